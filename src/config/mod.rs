@@ -1,0 +1,199 @@
+//! Configuration: `tripline.toml` as written (serde structs) and validated into [`Config`].
+//!
+//! Each configurable area owns its `FooConfig` type in its own module (`directory`,
+//! `connection`, `scheduler`, `webhook`, `notification`); this module reads the file, resolves
+//! relative folders against the file's own folder, and runs every section's check so that all
+//! problems are reported at once, each as `path:line:col: message`.
+
+pub mod secret;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::diag::Diagnostic;
+pub use secret::{Secret, SecretRef};
+
+/// `tripline.toml` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub engine: EngineConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub directories: BTreeMap<String, toml::Spanned<crate::directory::DirectoryConfig>>,
+    #[serde(default)]
+    pub connections: BTreeMap<String, toml::Spanned<crate::connection::ConnectionConfig>>,
+    #[serde(default)]
+    pub jobs: BTreeMap<String, toml::Spanned<crate::scheduler::JobConfig>>,
+    #[serde(default)]
+    pub server: Option<crate::webhook::ServerConfig>,
+    #[serde(default)]
+    pub webhooks: BTreeMap<String, toml::Spanned<crate::webhook::WebhookConfig>>,
+    #[serde(default)]
+    pub notify: BTreeMap<String, toml::Spanned<crate::notification::NotifyConfig>>,
+}
+
+/// `[engine]`: folders, the store and the dispatcher.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Folder of rule files (`*.toml`, subfolders included).
+    pub rules_dir: PathBuf,
+    /// Folder of scripts (`*.rhai`, subfolders included).
+    pub scripts_dir: PathBuf,
+    /// Folder of the SQLite store (`tripline.db`).
+    pub data_dir: PathBuf,
+    /// Runs executed at once by the daemon (events of one record stay in order).
+    pub workers: usize,
+    /// Largest record accepted, in bytes of JSON.
+    pub max_record_bytes: usize,
+    /// How many levels of events raised by scripts' own writes are followed before the chain
+    /// is stopped with an error (a rule that updates the record it fires on would loop).
+    pub max_chain_depth: u32,
+    /// Extra folders of rules and scripts that `tripline check` validates but the engine does
+    /// not load (the shipped examples).
+    pub check_dirs: Vec<PathBuf>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            rules_dir: "rules".into(),
+            scripts_dir: "scripts".into(),
+            data_dir: "data".into(),
+            workers: 8,
+            max_record_bytes: 1024 * 1024,
+            max_chain_depth: 8,
+            check_dirs: Vec::new(),
+        }
+    }
+}
+
+/// `[limits]`: the script sandbox. All limits are on by default.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Rhai operations per run.
+    pub max_operations: u64,
+    /// Nested function calls.
+    pub max_call_depth: usize,
+    /// Characters in one string.
+    pub max_string_size: usize,
+    /// Elements in one array.
+    pub max_array_size: usize,
+    /// Entries in one map.
+    pub max_map_size: usize,
+    /// Wall-clock time of one run, in milliseconds (host calls included).
+    pub timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_operations: 10_000_000,
+            max_call_depth: 64,
+            max_string_size: 1024 * 1024,
+            max_array_size: 100_000,
+            max_map_size: 100_000,
+            timeout_ms: 30_000,
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it was read from (`None` when built in code).
+    pub path: Option<PathBuf>,
+    pub engine: EngineConfig,
+    pub limits: LimitsConfig,
+    pub raw: RawConfig,
+}
+
+/// What a section check needs: the file, its text, and where to put problems.
+pub struct CheckCtx<'a> {
+    pub path: &'a Path,
+    pub source: &'a str,
+    /// The folder relative paths resolve against.
+    pub base_dir: &'a Path,
+    pub diags: Vec<Diagnostic>,
+}
+
+impl CheckCtx<'_> {
+    /// Records a problem at a byte span of the file.
+    pub fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.diags.push(Diagnostic::span(self.path, self.source, Some(span), message));
+    }
+
+    /// Resolves a secret, recording a problem (naming `what`) when it cannot be.
+    pub fn secret(&mut self, secret: &SecretRef, what: &str) -> Option<Secret> {
+        match secret.resolve() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.error(secret.span(), format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file; every problem is returned at once.
+    pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| vec![Diagnostic::file(path, format!("cannot read configuration: {e}"))])?;
+        Self::from_str(&source, path)
+    }
+
+    /// Validates configuration text that was read from `path`.
+    pub fn from_str(source: &str, path: &Path) -> Result<Config, Vec<Diagnostic>> {
+        let raw: RawConfig = toml::from_str(source)
+            .map_err(|e| vec![Diagnostic::span(path, source, e.span(), e.message().to_string())])?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
+        let mut ctx = CheckCtx { path, source, base_dir: &base_dir, diags: Vec::new() };
+        raw.check(&mut ctx);
+        if !ctx.diags.is_empty() {
+            return Err(ctx.diags);
+        }
+        let mut engine = raw.engine.clone();
+        engine.rules_dir = base_dir.join(&engine.rules_dir);
+        engine.scripts_dir = base_dir.join(&engine.scripts_dir);
+        engine.data_dir = base_dir.join(&engine.data_dir);
+        engine.check_dirs = engine.check_dirs.iter().map(|d| base_dir.join(d)).collect();
+        Ok(Config { path: Some(path.to_path_buf()), engine, limits: raw.limits.clone(), raw })
+    }
+
+    /// A configuration built in code (embedding), with the given folders.
+    pub fn with_engine(engine: EngineConfig) -> Config {
+        Config { path: None, limits: LimitsConfig::default(), engine, raw: RawConfig::default() }
+    }
+}
+
+impl RawConfig {
+    fn check(&self, ctx: &mut CheckCtx) {
+        if self.engine.workers == 0 {
+            ctx.diags.push(Diagnostic::file(ctx.path, "[engine] workers must be at least 1"));
+        }
+        for (name, d) in &self.directories {
+            d.get_ref().check(name, d.span(), ctx);
+        }
+        for (name, c) in &self.connections {
+            c.get_ref().check(name, c.span(), ctx);
+        }
+        for (name, j) in &self.jobs {
+            j.get_ref().check(name, j.span(), ctx);
+        }
+        for (name, w) in &self.webhooks {
+            w.get_ref().check(name, w.span(), ctx);
+        }
+        for (name, n) in &self.notify {
+            n.get_ref().check(name, n.span(), ctx);
+        }
+    }
+}

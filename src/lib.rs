@@ -1,0 +1,9 @@
+//! tripline: a rule and script engine for IT service management and identity automation.
+
+pub mod config;
+pub mod connection;
+pub mod diag;
+pub mod directory;
+pub mod notification;
+pub mod scheduler;
+pub mod webhook;
