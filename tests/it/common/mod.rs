@@ -1,0 +1,2 @@
+//! The test harness: temp folders, the real binary, and real servers on loopback.
+#![allow(dead_code)]

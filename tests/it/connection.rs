@@ -1,0 +1,1 @@
+//! Connections against local HTTP servers.
