@@ -99,7 +99,7 @@ mod tests {
         let s = "a = 1\nbé = \"x\"\n";
         assert_eq!(line_col(s, 0), (1, 1));
         assert_eq!(line_col(s, 6), (2, 1));
-        let after_e = s.find(" =").unwrap();
+        let after_e = s.rfind(" =").unwrap();
         assert_eq!(line_col(s, after_e), (2, 3));
     }
 

@@ -7,3 +7,6 @@ pub mod directory;
 pub mod notification;
 pub mod scheduler;
 pub mod webhook;
+pub mod record;
+pub mod rule;
+pub mod store;

@@ -1,0 +1,254 @@
+//! Records and events: what flows from ingress (the CLI, webhooks, jobs, scripts) to rules.
+//!
+//! A record is a ticket or any other entity: an id, its entity name, an open/closed status,
+//! free-form JSON fields and comments. An event says what happened to a record (created,
+//! updated, deleted, or a custom name) and carries the record as it was then, plus its previous
+//! version on updates, so rules and scripts see a consistent snapshot.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A record's fields.
+pub type Fields = serde_json::Map<String, Value>;
+
+/// Keys of the script's `record` map that are not fields.
+pub const RESERVED_KEYS: [&str; 3] = ["id", "entity", "status"];
+
+/// Whether a record is open or closed (tickets are closed when handled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    #[default]
+    Open,
+    Closed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Closed => "closed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        match s {
+            "open" => Some(Status::Open),
+            "closed" => Some(Status::Closed),
+            _ => None,
+        }
+    }
+}
+
+/// A comment on a record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comment {
+    pub text: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A stored record. Its JSON form is stable: `tripline records show --json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub entity: String,
+    pub status: Status,
+    pub fields: Fields,
+    #[serde(default)]
+    pub comments: Vec<Comment>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Record {
+    /// A new open record with a fresh, time-ordered id.
+    pub fn new(entity: &str, fields: Fields) -> Record {
+        let now = Utc::now();
+        Record {
+            id: new_id(),
+            entity: entity.to_string(),
+            status: Status::Open,
+            fields,
+            comments: Vec::new(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// The value at a dotted path of the fields (`manager.email`, `tags.0`).
+    pub fn path(&self, path: &[String]) -> Option<&Value> {
+        lookup(&self.fields, path)
+    }
+}
+
+/// A new record id: a UUIDv7, so ids sort by creation time.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// The value at a dotted path (already split) of a JSON object; numeric segments index arrays.
+pub fn lookup<'a>(fields: &'a Fields, path: &[String]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    let mut value = fields.get(first)?;
+    for seg in rest {
+        value = match value {
+            Value::Object(map) => map.get(seg)?,
+            Value::Array(items) => items.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
+/// What happened to a record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
+pub enum EventKind {
+    Created,
+    Updated,
+    Deleted,
+    /// A custom event name (a webhook's `event`, a job's own events).
+    Custom(String),
+}
+
+impl EventKind {
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventKind::Created => "created",
+            EventKind::Updated => "updated",
+            EventKind::Deleted => "deleted",
+            EventKind::Custom(s) => s,
+        }
+    }
+}
+
+impl From<String> for EventKind {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "created" => EventKind::Created,
+            "updated" => EventKind::Updated,
+            "deleted" => EventKind::Deleted,
+            _ => EventKind::Custom(s),
+        }
+    }
+}
+
+impl From<EventKind> for String {
+    fn from(k: EventKind) -> Self {
+        k.as_str().to_string()
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stored event: the record as it was when the event happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub kind: EventKind,
+    pub record: Record,
+    /// The record before an update.
+    pub previous: Option<Record>,
+    /// How many script writes led to this event (0 for events from outside).
+    pub depth: u32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Why an input record was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InputError {
+    #[error("line {line}: {message}")]
+    Line { line: usize, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A record as submitted from outside: its fields, and the id / status when given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submitted {
+    pub id: Option<String>,
+    pub status: Option<Status>,
+    pub fields: Fields,
+}
+
+/// Parses one submitted record: a JSON object whose keys are fields, except `id` (the record
+/// to update) and `status` (`open` or `closed`). `max_bytes` caps the JSON size.
+pub fn parse_submitted(json: &str, max_bytes: usize) -> Result<Submitted, String> {
+    if json.len() > max_bytes {
+        return Err(format!(
+            "record is {} bytes, larger than the {max_bytes}-byte limit ([engine] max_record_bytes)",
+            json.len()
+        ));
+    }
+    let value: Value = serde_json::from_str(json).map_err(|e| format!("malformed JSON: {e}"))?;
+    from_value(value)
+}
+
+/// Splits a JSON object into a submitted record.
+pub fn from_value(value: Value) -> Result<Submitted, String> {
+    let Value::Object(mut fields) = value else {
+        return Err(format!("a record must be a JSON object, not {}", kind_of(&value)));
+    };
+    let id = match fields.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => Some(s),
+        Some(other) => return Err(format!("`id` must be a non-empty string, not {}", kind_of(&other))),
+    };
+    let status = match fields.remove("status") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            Some(Status::parse(&s).ok_or_else(|| format!("`status` must be \"open\" or \"closed\", not {s:?}"))?)
+        }
+        Some(other) => return Err(format!("`status` must be \"open\" or \"closed\", not {}", kind_of(&other))),
+    };
+    if fields.contains_key("entity") {
+        return Err("`entity` is reserved: the entity is given on the command line".into());
+    }
+    Ok(Submitted { id, status, fields })
+}
+
+/// "a string", "an array", ... for error messages.
+pub fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn dotted_paths_reach_nested_values() {
+        let Value::Object(f) = json!({"manager": {"email": "a@b"}, "tags": ["x", "y"]}) else { unreachable!() };
+        let p = |s: &str| s.split('.').map(String::from).collect::<Vec<_>>();
+        assert_eq!(lookup(&f, &p("manager.email")), Some(&json!("a@b")));
+        assert_eq!(lookup(&f, &p("tags.1")), Some(&json!("y")));
+        assert_eq!(lookup(&f, &p("tags.9")), None);
+        assert_eq!(lookup(&f, &p("manager.email.x")), None);
+    }
+
+    #[test]
+    fn submitted_records_are_checked() {
+        let s = parse_submitted(r#"{"id":"r1","status":"closed","Source":"FlexHR"}"#, 1000).unwrap();
+        assert_eq!(s.id.as_deref(), Some("r1"));
+        assert_eq!(s.status, Some(Status::Closed));
+        assert_eq!(s.fields.len(), 1);
+        assert!(parse_submitted("[1,2]", 1000).unwrap_err().contains("JSON object"));
+        assert!(parse_submitted("{\"a\":", 1000).unwrap_err().starts_with("malformed JSON"));
+        assert!(parse_submitted("{\"a\":\"xxxxxxxx\"}", 5).unwrap_err().contains("max_record_bytes"));
+        assert!(parse_submitted(r#"{"status":"pending"}"#, 1000).is_err());
+        assert!(parse_submitted(r#"{"entity":"x"}"#, 1000).is_err());
+    }
+}

@@ -1,0 +1,375 @@
+//! Rules: one trigger per TOML file, compiled at load time into an indexed [`RuleSet`].
+//!
+//! Matching is native Rust. Rules are grouped by entity; within an entity, each rule whose
+//! conditions must all hold and that has an `equals` condition is filed under that
+//! condition's field and value, so an event looks up its candidates with one hash probe per
+//! indexed field instead of evaluating every rule.
+
+pub mod condition;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::diag::Diagnostic;
+use crate::record::Event;
+pub use condition::{Condition, FieldRef, Key};
+
+/// A rule file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: toml::Spanned<String>,
+    pub entity: toml::Spanned<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub conditions: Vec<toml::Spanned<ConditionConfig>>,
+    #[serde(default, rename = "match")]
+    pub match_: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    pub when: Option<toml::Spanned<String>>,
+    pub script: toml::Spanned<String>,
+    #[serde(default = "default_priority")]
+    pub priority: i64,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Passed to the script as `params`.
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+fn default_priority() -> i64 {
+    100
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `{ field, op, value }` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionConfig {
+    pub field: toml::Spanned<String>,
+    pub op: toml::Spanned<String>,
+    #[serde(default)]
+    pub value: Option<toml::Spanned<toml::Value>>,
+}
+
+/// Whether all conditions must hold, or any one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match {
+    All,
+    Any,
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub entity: String,
+    pub conditions: Vec<Condition>,
+    pub match_: Match,
+    /// The `when` guard, as written, compiled by the script engine.
+    pub when: Option<(String, Arc<rhai::AST>)>,
+    /// The script's path relative to the scripts folder.
+    pub script: String,
+    pub priority: i64,
+    pub enabled: bool,
+    pub params: serde_json::Map<String, Value>,
+    /// The file it came from.
+    pub path: PathBuf,
+}
+
+impl Rule {
+    /// Whether the native conditions hold (the `when` guard is the dispatcher's).
+    pub fn matches(&self, event: &Event) -> bool {
+        if event.record.entity != self.entity {
+            return false;
+        }
+        match self.match_ {
+            Match::All => self.conditions.iter().all(|c| c.eval(event)),
+            Match::Any => self.conditions.is_empty() || self.conditions.iter().any(|c| c.eval(event)),
+        }
+    }
+}
+
+/// Parses and checks one rule file. `compile_when` compiles a `when` expression, returning
+/// Rhai's message and position on failure.
+pub fn compile_rule(
+    path: &Path,
+    source: &str,
+    compile_when: &dyn Fn(&str) -> Result<rhai::AST, (String, usize, usize)>,
+) -> Result<Rule, Vec<Diagnostic>> {
+    let cfg: RuleConfig =
+        toml::from_str(source).map_err(|e| vec![Diagnostic::span(path, source, e.span(), e.message().to_string())])?;
+    let mut diags = Vec::new();
+    let mut err = |span: std::ops::Range<usize>, msg: String| diags.push(Diagnostic::span(path, source, Some(span), msg));
+
+    if cfg.name.get_ref().trim().is_empty() {
+        err(cfg.name.span(), "a rule needs a name".into());
+    }
+    if cfg.entity.get_ref().trim().is_empty() {
+        err(cfg.entity.span(), "a rule needs an entity".into());
+    }
+    let match_ = match cfg.match_.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        None | Some(("all", _)) => Match::All,
+        Some(("any", _)) => Match::Any,
+        Some((other, span)) => {
+            err(span, format!("`match` is \"all\" or \"any\", not {other:?}"));
+            Match::All
+        }
+    };
+    let mut conditions = Vec::new();
+    for c in &cfg.conditions {
+        let c = c.get_ref();
+        let value = match &c.value {
+            Some(v) => match toml_to_json(v.get_ref()) {
+                Ok(v) => Some(v),
+                Err(m) => {
+                    err(v.span(), m);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        match Condition::compile(c.field.get_ref(), c.op.get_ref(), value) {
+            Ok(cond) => conditions.push(cond),
+            Err((part, msg)) => {
+                let span = match part {
+                    "field" => c.field.span(),
+                    "value" => c.value.as_ref().map(|v| v.span()).unwrap_or(c.op.span()),
+                    _ => c.op.span(),
+                };
+                err(span, msg);
+            }
+        }
+    }
+    let when = match &cfg.when {
+        Some(w) => match compile_when(w.get_ref()) {
+            Ok(ast) => Some((w.get_ref().clone(), Arc::new(ast))),
+            Err((msg, line, col)) => {
+                // Point into the expression: its text starts one past the opening quote.
+                let (l0, c0) = crate::diag::line_col(source, w.span().start + 1);
+                let (line, col) = if line <= 1 { (l0, c0 + col.saturating_sub(1)) } else { (l0 + line - 1, col) };
+                diags.push(Diagnostic::at(path, line, col, format!("`when` does not compile: {msg}")));
+                None
+            }
+        },
+        None => None,
+    };
+    let params = match toml_to_json(&toml::Value::Table(cfg.params.clone())) {
+        Ok(Value::Object(m)) => m,
+        _ => Default::default(),
+    };
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    Ok(Rule {
+        name: cfg.name.into_inner(),
+        entity: cfg.entity.into_inner(),
+        conditions,
+        match_,
+        when,
+        script: cfg.script.into_inner(),
+        priority: cfg.priority,
+        enabled: cfg.enabled,
+        params,
+        path: path.to_path_buf(),
+    })
+}
+
+/// TOML values as JSON (dates become their RFC 3339 text).
+pub fn toml_to_json(v: &toml::Value) -> Result<Value, String> {
+    Ok(match v {
+        toml::Value::String(s) => Value::String(s.clone()),
+        toml::Value::Integer(i) => Value::from(*i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).ok_or("a number must be finite")?,
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.iter().map(toml_to_json).collect::<Result<_, _>>()?),
+        toml::Value::Table(t) => {
+            Value::Object(t.iter().map(|(k, v)| Ok((k.clone(), toml_to_json(v)?))).collect::<Result<_, String>>()?)
+        }
+    })
+}
+
+/// The rules of one entity, with their index.
+#[derive(Debug, Default)]
+struct EntityRules {
+    /// Rule indices (into `RuleSet::rules`) sorted by priority: a rule's rank is its position.
+    /// Indexed fields: field -> value -> ranks of the rules whose key condition it is.
+    index: Vec<(FieldRef, HashMap<Key, Vec<u32>>)>,
+    /// Ranks of rules without an indexable condition: always evaluated.
+    scan: Vec<u32>,
+    ranked: Vec<usize>,
+}
+
+/// All enabled rules, compiled and indexed.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<Arc<Rule>>,
+    by_entity: HashMap<String, EntityRules>,
+}
+
+impl RuleSet {
+    /// Builds the index. Disabled rules are kept (for `tripline test`) but never match.
+    pub fn new(mut rules: Vec<Rule>) -> RuleSet {
+        rules.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+        let rules: Vec<Arc<Rule>> = rules.into_iter().map(Arc::new).collect();
+        let mut grouped: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, r) in rules.iter().enumerate() {
+            if r.enabled {
+                grouped.entry(r.entity.clone()).or_default().push(i);
+            }
+        }
+        let mut by_entity = HashMap::new();
+        for (entity, ranked) in grouped {
+            // Prefer the field with the most distinct values among this entity's rules: it
+            // splits them most finely (Department beats Created).
+            let mut distinct: HashMap<&FieldRef, std::collections::HashSet<Key>> = HashMap::new();
+            for &i in &ranked {
+                if rules[i].match_ == Match::All {
+                    for c in &rules[i].conditions {
+                        if let Some(k) = c.index_key() {
+                            distinct.entry(&c.field).or_default().insert(k);
+                        }
+                    }
+                }
+            }
+            let mut er = EntityRules::default();
+            for (rank, &i) in ranked.iter().enumerate() {
+                let rule = &rules[i];
+                let key_condition = (rule.match_ == Match::All)
+                    .then(|| {
+                        rule.conditions
+                            .iter()
+                            .filter_map(|c| c.index_key().map(|k| (c, k)))
+                            .max_by_key(|(c, _)| distinct.get(&c.field).map_or(0, |s| s.len()))
+                    })
+                    .flatten();
+                match key_condition {
+                    Some((c, key)) => {
+                        let slot = match er.index.iter().position(|(f, _)| *f == c.field) {
+                            Some(p) => p,
+                            None => {
+                                er.index.push((c.field.clone(), HashMap::new()));
+                                er.index.len() - 1
+                            }
+                        };
+                        er.index[slot].1.entry(key).or_default().push(rank as u32);
+                    }
+                    None => er.scan.push(rank as u32),
+                }
+            }
+            er.ranked = ranked;
+            by_entity.insert(entity, er);
+        }
+        RuleSet { rules, by_entity }
+    }
+
+    /// Every rule, in priority order.
+    pub fn rules(&self) -> &[Arc<Rule>] {
+        &self.rules
+    }
+
+    /// A rule by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Rule>> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+
+    /// The enabled rules whose conditions hold for the event, in priority order.
+    pub fn matching(&self, event: &Event) -> Vec<Arc<Rule>> {
+        let Some(er) = self.by_entity.get(&event.record.entity) else { return Vec::new() };
+        let mut candidates: Vec<u32> = er.scan.clone();
+        for (field, map) in &er.index {
+            if let Some(ranks) = field.resolve(event).and_then(|v| v.key()).and_then(|k| map.get(&k)) {
+                candidates.extend_from_slice(ranks);
+            }
+        }
+        if candidates.len() > 1 {
+            candidates.sort_unstable();
+        }
+        candidates
+            .into_iter()
+            .map(|rank| &self.rules[er.ranked[rank as usize]])
+            .filter(|r| r.matches(event))
+            .cloned()
+            .collect()
+    }
+
+    /// How many rules the index would evaluate for an event (for tests of the index).
+    pub fn candidates(&self, event: &Event) -> usize {
+        let Some(er) = self.by_entity.get(&event.record.entity) else { return 0 };
+        er.scan.len()
+            + er
+                .index
+                .iter()
+                .filter_map(|(f, m)| f.resolve(event).and_then(|v| v.key()).and_then(|k| m.get(&k)))
+                .map(Vec::len)
+                .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{EventKind, Record};
+    use serde_json::json;
+
+    fn rule(name: &str, priority: i64, conds: &[(&str, &str, Value)], match_: Match) -> Rule {
+        Rule {
+            name: name.into(),
+            entity: "ticket".into(),
+            conditions: conds.iter().map(|(f, o, v)| Condition::compile(f, o, Some(v.clone())).unwrap()).collect(),
+            match_,
+            when: None,
+            script: "s.rhai".into(),
+            priority,
+            enabled: true,
+            params: Default::default(),
+            path: PathBuf::from("r.toml"),
+        }
+    }
+
+    fn ev(fields: Value) -> Event {
+        Event {
+            id: 1,
+            kind: EventKind::Created,
+            record: Record::new("ticket", fields.as_object().unwrap().clone()),
+            previous: None,
+            depth: 0,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn index_narrows_candidates_and_keeps_priority_order() {
+        let mut rules = Vec::new();
+        for i in 0..200 {
+            rules.push(rule(&format!("r{i}"), 200 - i, &[("Created", "equals", json!(true)), ("Dept", "equals", json!(format!("D{i}")))], Match::All));
+        }
+        rules.push(rule("any", 50, &[("Dept", "equals", json!("D7")), ("VIP", "equals", json!(true))], Match::Any));
+        rules.push(rule("first", 1, &[("Dept", "equals", json!("D7"))], Match::All));
+        let set = RuleSet::new(rules);
+        let e = ev(json!({"Dept": "D7"}));
+        assert_eq!(set.candidates(&e), 3, "one indexed rule per Dept value plus the `any` rule");
+        let names: Vec<_> = set.matching(&e).iter().map(|r| r.name.clone()).collect();
+        assert_eq!(names, ["first", "any", "r7"]);
+        assert!(set.matching(&ev(json!({"Dept": "nope"}))).is_empty());
+        assert_eq!(set.matching(&ev(json!({"VIP": true})))[0].name, "any");
+    }
+
+    #[test]
+    fn disabled_rules_never_match() {
+        let mut r = rule("off", 1, &[("Dept", "equals", json!("IT"))], Match::All);
+        r.enabled = false;
+        let set = RuleSet::new(vec![r]);
+        assert!(set.matching(&ev(json!({"Dept": "IT"}))).is_empty());
+        assert!(set.get("off").is_some());
+    }
+}

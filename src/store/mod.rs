@@ -1,0 +1,169 @@
+//! The store: records with comments, the event queue, runs with their log lines, and a
+//! key-value table (job watermarks, OAuth2 tokens).
+//!
+//! Everything goes through the [`Store`] trait so that another database can stand behind it
+//! without touching rules or scripts; SQLite ([`sqlite::SqliteStore`]) is the embedded default.
+
+pub mod sqlite;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::record::{Event, EventKind, Fields, Record, Submitted};
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no record with id {0}")]
+    NoRecord(String),
+    #[error("record {id} is a {actual}, not a {expected}")]
+    WrongEntity { id: String, actual: String, expected: String },
+    #[error("a record with id {0} already exists")]
+    Exists(String),
+    #[error("store: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("store: cannot create {0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("store: corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether retrying later can succeed (the database was busy or locked).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Db(rusqlite::Error::SqliteFailure(e, _))
+            if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// An event to store, from outside (CLI, webhook) or from a script's write.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    pub entity: String,
+    pub kind: EventKind,
+    pub record: Submitted,
+    /// A delivery key: an event with a key already stored is not stored again.
+    pub idempotency_key: Option<String>,
+}
+
+/// A write a script asked for, applied with its run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Insert a new record (its id is chosen by the script host).
+    Create(Record),
+    /// Set fields of a record (other fields are kept).
+    Update { id: String, fields: Fields },
+    /// Add a comment. With a key, a comment with the same key is replaced instead, so that a
+    /// retried run leaves one comment, not one per attempt.
+    Comment { id: String, text: String, key: Option<String> },
+    /// Close a record, with a comment when given.
+    Close { id: String, text: Option<String> },
+    /// Set a key of the key-value table.
+    SetState { namespace: String, key: String, value: Value },
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Ok,
+    Failed,
+    /// Failed transiently; scheduled to run again at `next_attempt_at`.
+    Retrying,
+    /// Failed transiently too many times; `tripline replay` runs it again.
+    Dead,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Ok => "ok",
+            RunStatus::Failed => "failed",
+            RunStatus::Retrying => "retrying",
+            RunStatus::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        Some(match s {
+            "ok" => RunStatus::Ok,
+            "failed" => RunStatus::Failed,
+            "retrying" => RunStatus::Retrying,
+            "dead" => RunStatus::Dead,
+            _ => return None,
+        })
+    }
+}
+
+/// A line a script logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub level: String,
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A run of a rule on an event, or of a job. Its JSON form is stable (`tripline runs --json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: i64,
+    /// The rule's name, or `job:NAME` for a job's run.
+    pub rule: String,
+    pub record_id: Option<String>,
+    pub event_id: Option<i64>,
+    /// The event's name (`created`, ...), or `schedule` / `manual` for jobs.
+    pub event: String,
+    pub status: RunStatus,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub log: Vec<LogLine>,
+    pub attempts: u32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Only runs that did not end `ok`.
+    pub failed: bool,
+    pub rule: Option<String>,
+    pub record_id: Option<String>,
+    pub limit: usize,
+}
+
+/// The store's operations. Implementations must be safe to share between threads.
+pub trait Store: Send + Sync {
+    /// Stores records and their events in one transaction; returns the events in order.
+    /// Items with an idempotency key already seen are skipped (`None`).
+    fn ingest(&self, items: &[Ingest]) -> Result<Vec<Option<Event>>>;
+    /// Checks that an item could be ingested (the record exists for an update, ...), storing
+    /// nothing.
+    fn validate(&self, item: &Ingest) -> Result<()>;
+    /// Events not yet processed, oldest first, with ids above `after`.
+    fn pending_events(&self, after: i64, limit: usize) -> Result<Vec<Event>>;
+    /// How many events wait.
+    fn queue_depth(&self) -> Result<u64>;
+    fn get_event(&self, id: i64) -> Result<Option<Event>>;
+    fn get_record(&self, id: &str) -> Result<Option<Record>>;
+    /// Records of an entity whose fields equal every criterion (`status` matches the status).
+    fn find_records(&self, entity: &str, criteria: &Fields, limit: usize) -> Result<Vec<Record>>;
+    /// Rules that already have a run for this event, with its status (the run ledger).
+    fn runs_of_event(&self, event_id: i64) -> Result<Vec<Run>>;
+    /// Saves a run with the writes it made, raising their events at `depth`; returns the
+    /// run's id and the raised events. With `finish_event`, the event is marked processed
+    /// in the same transaction.
+    fn commit_run(&self, run: &Run, writes: &[Write], depth: u32, finish_event: Option<i64>) -> Result<(i64, Vec<Event>)>;
+    /// Marks an event processed.
+    fn finish_event(&self, event_id: i64) -> Result<()>;
+    fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;
+    fn get_run(&self, id: i64) -> Result<Option<Run>>;
+    /// Runs in `retrying` whose next attempt is due.
+    fn due_retries(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Run>>;
+    fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Value>>;
+    fn kv_set(&self, namespace: &str, key: &str, value: &Value) -> Result<()>;
+}

@@ -1,0 +1,630 @@
+//! The SQLite store: one file (`data_dir/tripline.db`) in WAL mode with a busy timeout,
+//! migrated at start with `PRAGMA user_version`.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde_json::Value;
+
+use super::{Ingest, Result, Run, RunFilter, RunStatus, Store, StoreError, Write};
+use crate::record::{Comment, Event, EventKind, Fields, Record, Status};
+
+/// Schema migrations, applied in order; `user_version` counts the ones applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE records (
+    id TEXT PRIMARY KEY,
+    entity TEXT NOT NULL,
+    status TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX records_entity ON records(entity, id);
+CREATE TABLE comments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    record_id TEXT NOT NULL REFERENCES records(id) ON DELETE CASCADE,
+    text TEXT NOT NULL,
+    at TEXT NOT NULL,
+    key TEXT,
+    UNIQUE (record_id, key)
+);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    previous TEXT,
+    depth INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE
+);
+CREATE INDEX events_pending ON events(done, id);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id INTEGER,
+    rule TEXT NOT NULL,
+    record_id TEXT,
+    event TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    duration_ms INTEGER NOT NULL,
+    log TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    next_attempt_at TEXT
+);
+CREATE UNIQUE INDEX runs_ledger ON runs(event_id, rule) WHERE event_id IS NOT NULL;
+CREATE INDEX runs_status ON runs(status, next_attempt_at);
+CREATE TABLE kv (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
+"#];
+
+/// The SQLite store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(s: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("timestamp {s:?}: {e}")))
+}
+
+fn json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("values of the store serialize")
+}
+
+impl SqliteStore {
+    /// Opens (creating when needed) `dir/tripline.db` and applies pending migrations.
+    pub fn open_dir(dir: &Path) -> Result<SqliteStore> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(dir.display().to_string(), e))?;
+        Self::open(&dir.join("tripline.db"))
+    }
+
+    /// Opens a database file.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory store (tests, `tripline test`, embedding without persistence).
+    pub fn in_memory() -> Result<SqliteStore> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<SqliteStore> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let tx = conn.transaction()?;
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+            tx.execute_batch(m)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+        }
+        tx.commit()?;
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
+        // back on drop), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Copies the database, consistently, while it is in use (`tripline backup`).
+    pub fn backup(&self, to: &Path) -> Result<()> {
+        let conn = self.conn();
+        conn.execute("VACUUM INTO ?1", params![to.to_string_lossy()])?;
+        Ok(())
+    }
+}
+
+fn load_record(tx: &Connection, id: &str) -> Result<Option<Record>> {
+    let row = tx
+        .query_row(
+            "SELECT entity, status, fields, created_at, updated_at FROM records WHERE id = ?1",
+            params![id],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?)),
+        )
+        .optional()?;
+    let Some((entity, status, fields, created, updated)) = row else { return Ok(None) };
+    let mut stmt = tx.prepare_cached("SELECT text, at FROM comments WHERE record_id = ?1 ORDER BY id")?;
+    let comments = stmt
+        .query_map(params![id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .map(|c| {
+            let (text, at) = c?;
+            Ok(Comment { text, at: parse_ts(&at)? })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(Record {
+        id: id.to_string(),
+        entity,
+        status: Status::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status {status:?}")))?,
+        fields: json(&fields)?,
+        comments,
+        created_at: parse_ts(&created)?,
+        updated_at: parse_ts(&updated)?,
+    }))
+}
+
+fn save_record(tx: &Connection, r: &Record) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO records (id, entity, status, fields, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(id) DO UPDATE SET status = excluded.status, fields = excluded.fields, updated_at = excluded.updated_at",
+    )?
+    .execute(params![r.id, r.entity, r.status.as_str(), to_json(&r.fields), ts(r.created_at), ts(r.updated_at)])?;
+    Ok(())
+}
+
+/// A record as events carry it: without its comments, which only grow.
+fn snapshot(r: &Record) -> Record {
+    Record { comments: Vec::new(), ..r.clone() }
+}
+
+fn insert_event(tx: &Connection, kind: &EventKind, record: &Record, previous: Option<&Record>, depth: u32, key: Option<&str>) -> Result<Event> {
+    let now = Utc::now();
+    let record = snapshot(record);
+    let previous = previous.map(snapshot);
+    tx.prepare_cached(
+        "INSERT INTO events (kind, record_id, record, previous, depth, created_at, idempotency_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![kind.as_str(), record.id, to_json(&record), previous.as_ref().map(to_json), depth, ts(now), key])?;
+    Ok(Event { id: tx.last_insert_rowid(), kind: kind.clone(), record, previous, depth, created_at: now })
+}
+
+fn add_comment(tx: &Connection, id: &str, text: &str, key: Option<&str>, at: DateTime<Utc>) -> Result<()> {
+    let n = tx
+        .prepare_cached(
+            "INSERT INTO comments (record_id, text, at, key) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(record_id, key) DO UPDATE SET text = excluded.text, at = excluded.at",
+        )?
+        .execute(params![id, text, ts(at), key])?;
+    if n == 0 {
+        return Err(StoreError::NoRecord(id.to_string()));
+    }
+    Ok(())
+}
+
+/// Stores one ingested item: the record change and its event.
+fn ingest_one(tx: &Connection, item: &Ingest, depth: u32) -> Result<Option<Event>> {
+    if let Some(key) = &item.idempotency_key {
+        let seen: Option<i64> =
+            tx.query_row("SELECT id FROM events WHERE idempotency_key = ?1", params![key], |r| r.get(0)).optional()?;
+        if seen.is_some() {
+            return Ok(None);
+        }
+    }
+    let now = Utc::now();
+    let existing = match &item.record.id {
+        Some(id) => load_record(tx, id)?,
+        None => None,
+    };
+    if let Some(r) = &existing {
+        if r.entity != item.entity {
+            return Err(StoreError::WrongEntity { id: r.id.clone(), actual: r.entity.clone(), expected: item.entity.clone() });
+        }
+    }
+    let event = match (&item.kind, existing) {
+        (EventKind::Created, Some(r)) => return Err(StoreError::Exists(r.id)),
+        (EventKind::Created, None) | (EventKind::Custom(_), None) => {
+            if matches!(item.kind, EventKind::Custom(_)) {
+                if let Some(id) = &item.record.id {
+                    return Err(StoreError::NoRecord(id.clone()));
+                }
+            }
+            let mut r = Record::new(&item.entity, item.record.fields.clone());
+            if let Some(id) = &item.record.id {
+                r.id = id.clone();
+            }
+            if let Some(s) = item.record.status {
+                r.status = s;
+            }
+            save_record(tx, &r)?;
+            insert_event(tx, &item.kind, &r, None, depth, item.idempotency_key.as_deref())?
+        }
+        (EventKind::Updated, None) | (EventKind::Deleted, None) => {
+            let id = item.record.id.clone().unwrap_or_else(|| "(none given)".into());
+            return Err(StoreError::NoRecord(id));
+        }
+        (EventKind::Deleted, Some(r)) => {
+            tx.execute("DELETE FROM records WHERE id = ?1", params![r.id])?;
+            insert_event(tx, &item.kind, &r, None, depth, item.idempotency_key.as_deref())?
+        }
+        (kind, Some(previous)) => {
+            let mut r = previous.clone();
+            for (k, v) in &item.record.fields {
+                r.fields.insert(k.clone(), v.clone());
+            }
+            if let Some(s) = item.record.status {
+                r.status = s;
+            }
+            r.updated_at = now;
+            save_record(tx, &r)?;
+            insert_event(tx, kind, &r, Some(&previous), depth, item.idempotency_key.as_deref())?
+        }
+    };
+    Ok(Some(event))
+}
+
+fn row_to_event(r: &rusqlite::Row) -> rusqlite::Result<(i64, String, String, Option<String>, u32, String)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+}
+
+fn build_event((id, kind, record, previous, depth, created): (i64, String, String, Option<String>, u32, String)) -> Result<Event> {
+    Ok(Event {
+        id,
+        kind: EventKind::from(kind),
+        record: json(&record)?,
+        previous: previous.as_deref().map(json).transpose()?,
+        depth,
+        created_at: parse_ts(&created)?,
+    })
+}
+
+const RUN_COLUMNS: &str =
+    "id, rule, record_id, event_id, event, status, error, duration_ms, log, attempts, started_at, finished_at, next_attempt_at";
+
+fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Result<Run>> {
+    let status: String = r.get(5)?;
+    let log: String = r.get(8)?;
+    let started: String = r.get(10)?;
+    let finished: String = r.get(11)?;
+    let next: Option<String> = r.get(12)?;
+    let (id, rule, record_id, event_id, event, error, duration_ms, attempts) =
+        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(6)?, r.get::<_, i64>(7)?, r.get(9)?);
+    Ok((|| {
+        Ok(Run {
+            id,
+            rule,
+            record_id,
+            event_id,
+            event,
+            status: RunStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("run status {status:?}")))?,
+            error,
+            duration_ms: duration_ms as u64,
+            log: json(&log)?,
+            attempts,
+            started_at: parse_ts(&started)?,
+            finished_at: parse_ts(&finished)?,
+            next_attempt_at: next.as_deref().map(parse_ts).transpose()?,
+        })
+    })())
+}
+
+fn query_runs(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Run>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, row_to_run)?;
+    rows.map(|r| r?).collect()
+}
+
+/// A JSON path for SQLite's `json_extract` from a dotted field path.
+fn json_path(field: &str) -> String {
+    let mut p = String::from("$");
+    for seg in field.split('.') {
+        p.push_str(".\"");
+        p.push_str(&seg.replace('"', "\\\""));
+        p.push('"');
+    }
+    p
+}
+
+fn apply_write(tx: &Transaction, w: &Write, depth: u32, raised: &mut Vec<Event>) -> Result<()> {
+    let now = Utc::now();
+    match w {
+        Write::Create(r) => {
+            if load_record(tx, &r.id)?.is_some() {
+                return Err(StoreError::Exists(r.id.clone()));
+            }
+            save_record(tx, r)?;
+            raised.push(insert_event(tx, &EventKind::Created, r, None, depth, None)?);
+        }
+        Write::Update { id, fields } => {
+            let previous = load_record(tx, id)?.ok_or_else(|| StoreError::NoRecord(id.clone()))?;
+            let mut r = previous.clone();
+            for (k, v) in fields {
+                r.fields.insert(k.clone(), v.clone());
+            }
+            r.updated_at = now;
+            save_record(tx, &r)?;
+            raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None)?);
+        }
+        Write::Comment { id, text, key } => add_comment(tx, id, text, key.as_deref(), now)?,
+        Write::Close { id, text } => {
+            let previous = load_record(tx, id)?.ok_or_else(|| StoreError::NoRecord(id.clone()))?;
+            if let Some(text) = text {
+                add_comment(tx, id, text, None, now)?;
+            }
+            if previous.status != Status::Closed {
+                let mut r = previous.clone();
+                r.status = Status::Closed;
+                r.updated_at = now;
+                save_record(tx, &r)?;
+                raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None)?);
+            }
+        }
+        Write::SetState { namespace, key, value } => {
+            tx.prepare_cached(
+                "INSERT INTO kv (namespace, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(namespace, key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![namespace, key, to_json(value)])?;
+        }
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn ingest(&self, items: &[Ingest]) -> Result<Vec<Option<Event>>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let events = items.iter().map(|i| ingest_one(&tx, i, 0)).collect::<Result<Vec<_>>>()?;
+        tx.commit()?;
+        Ok(events)
+    }
+
+    fn validate(&self, item: &Ingest) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        ingest_one(&tx, item, 0)?;
+        tx.rollback()?;
+        Ok(())
+    }
+
+    fn pending_events(&self, after: i64, limit: usize) -> Result<Vec<Event>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, kind, record, previous, depth, created_at FROM events WHERE done = 0 AND id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after, limit as i64], row_to_event)?;
+        rows.map(|r| build_event(r?)).collect()
+    }
+
+    fn queue_depth(&self) -> Result<u64> {
+        Ok(self.conn().query_row("SELECT count(*) FROM events WHERE done = 0", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    fn get_event(&self, id: i64) -> Result<Option<Event>> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT id, kind, record, previous, depth, created_at FROM events WHERE id = ?1",
+                params![id],
+                row_to_event,
+            )
+            .optional()?;
+        row.map(build_event).transpose()
+    }
+
+    fn get_record(&self, id: &str) -> Result<Option<Record>> {
+        load_record(&self.conn(), id)
+    }
+
+    fn find_records(&self, entity: &str, criteria: &Fields, limit: usize) -> Result<Vec<Record>> {
+        let mut sql = String::from("SELECT id FROM records WHERE entity = ?");
+        let mut args: Vec<String> = vec![entity.to_string()];
+        for (k, v) in criteria {
+            match k.as_str() {
+                "id" | "status" => {
+                    sql.push_str(&format!(" AND {k} = ?"));
+                    args.push(v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
+                }
+                _ => {
+                    sql.push_str(" AND json_extract(fields, ?) IS json_extract(?, '$')");
+                    args.push(json_path(k));
+                    args.push(v.to_string());
+                }
+            }
+        }
+        sql.push_str(" ORDER BY id LIMIT ?");
+        args.push(limit.to_string());
+        let conn = self.conn();
+        let ids: Vec<String> = {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        ids.iter().filter_map(|id| load_record(&conn, id).transpose()).collect()
+    }
+
+    fn runs_of_event(&self, event_id: i64) -> Result<Vec<Run>> {
+        let conn = self.conn();
+        query_runs(&conn, &format!("SELECT {RUN_COLUMNS} FROM runs WHERE event_id = ?1 ORDER BY id"), params![event_id])
+    }
+
+    fn commit_run(&self, run: &Run, writes: &[Write], depth: u32, finish_event: Option<i64>) -> Result<(i64, Vec<Event>)> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut raised = Vec::new();
+        for w in writes {
+            apply_write(&tx, w, depth, &mut raised)?;
+        }
+        let args = params![
+            run.event_id,
+            run.rule,
+            run.record_id,
+            run.event,
+            run.status.as_str(),
+            run.error,
+            run.duration_ms as i64,
+            to_json(&run.log),
+            run.attempts,
+            ts(run.started_at),
+            ts(run.finished_at),
+            run.next_attempt_at.map(ts),
+        ];
+        let id: i64 = tx
+            .prepare_cached(
+                "INSERT INTO runs (event_id, rule, record_id, event, status, error, duration_ms, log, attempts, started_at, finished_at, next_attempt_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT(event_id, rule) WHERE event_id IS NOT NULL DO UPDATE SET
+                   status = excluded.status, error = excluded.error, duration_ms = excluded.duration_ms, log = excluded.log,
+                   attempts = excluded.attempts, started_at = excluded.started_at, finished_at = excluded.finished_at,
+                   next_attempt_at = excluded.next_attempt_at
+                 RETURNING id",
+            )?
+            .query_row(args, |r| r.get(0))?;
+        if let Some(e) = finish_event {
+            tx.prepare_cached("UPDATE events SET done = 1 WHERE id = ?1")?.execute(params![e])?;
+        }
+        tx.commit()?;
+        Ok((id, raised))
+    }
+
+    fn finish_event(&self, event_id: i64) -> Result<()> {
+        self.conn().prepare_cached("UPDATE events SET done = 1 WHERE id = ?1")?.execute(params![event_id])?;
+        Ok(())
+    }
+
+    fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
+        let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1");
+        let mut args: Vec<String> = Vec::new();
+        if filter.failed {
+            sql.push_str(" AND status != 'ok'");
+        }
+        if let Some(rule) = &filter.rule {
+            sql.push_str(" AND rule = ?");
+            args.push(rule.clone());
+        }
+        if let Some(record) = &filter.record_id {
+            sql.push_str(" AND record_id = ?");
+            args.push(record.clone());
+        }
+        let limit = if filter.limit == 0 { i64::MAX } else { filter.limit as i64 };
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
+        let conn = self.conn();
+        let mut runs = query_runs(&conn, &sql, rusqlite::params_from_iter(args.iter()))?;
+        runs.reverse();
+        Ok(runs)
+    }
+
+    fn get_run(&self, id: i64) -> Result<Option<Run>> {
+        let conn = self.conn();
+        Ok(query_runs(&conn, &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), params![id])?.pop())
+    }
+
+    fn due_retries(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Run>> {
+        let conn = self.conn();
+        query_runs(
+            &conn,
+            &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'retrying' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2"),
+            params![ts(now), limit as i64],
+        )
+    }
+
+    fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Value>> {
+        let conn = self.conn();
+        let v: Option<String> = conn
+            .query_row("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2", params![namespace, key], |r| r.get(0))
+            .optional()?;
+        v.as_deref().map(json).transpose()
+    }
+
+    fn kv_set(&self, namespace: &str, key: &str, value: &Value) -> Result<()> {
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO kv (namespace, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(namespace, key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![namespace, key, to_json(value)])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Submitted;
+    use serde_json::json;
+
+    fn fields(v: Value) -> Fields {
+        v.as_object().unwrap().clone()
+    }
+
+    fn ingest(entity: &str, kind: EventKind, id: Option<&str>, f: Value) -> Ingest {
+        Ingest {
+            entity: entity.into(),
+            kind,
+            record: Submitted { id: id.map(String::from), status: None, fields: fields(f) },
+            idempotency_key: None,
+        }
+    }
+
+    #[test]
+    fn created_then_updated_keeps_previous_and_queue_order() {
+        let s = SqliteStore::in_memory().unwrap();
+        let e1 = s.ingest(&[ingest("ticket", EventKind::Created, None, json!({"a": 1, "b": 2}))]).unwrap()[0].clone().unwrap();
+        let id = e1.record.id.clone();
+        let e2 = s.ingest(&[ingest("ticket", EventKind::Updated, Some(&id), json!({"a": 5}))]).unwrap()[0].clone().unwrap();
+        assert_eq!(e2.previous.as_ref().unwrap().fields["a"], json!(1));
+        assert_eq!(e2.record.fields, fields(json!({"a": 5, "b": 2})));
+        let pending = s.pending_events(0, 10).unwrap();
+        assert_eq!(pending.iter().map(|e| e.id).collect::<Vec<_>>(), vec![e1.id, e2.id]);
+        assert_eq!(s.find_records("ticket", &fields(json!({"a": 5})), 10).unwrap().len(), 1);
+        assert_eq!(s.find_records("ticket", &fields(json!({"a": 1})), 10).unwrap().len(), 0);
+        assert_eq!(s.find_records("ticket", &fields(json!({"status": "open", "b": 2})), 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn bad_ingest_stores_nothing() {
+        let s = SqliteStore::in_memory().unwrap();
+        let items = [
+            ingest("ticket", EventKind::Created, None, json!({"a": 1})),
+            ingest("ticket", EventKind::Updated, Some("nope"), json!({"a": 5})),
+        ];
+        assert!(matches!(s.ingest(&items), Err(StoreError::NoRecord(_))));
+        assert_eq!(s.queue_depth().unwrap(), 0);
+        assert!(s.find_records("ticket", &Fields::new(), 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn keyed_comments_are_replaced_and_idempotency_keys_dedupe() {
+        let s = SqliteStore::in_memory().unwrap();
+        let mut item = ingest("ticket", EventKind::Created, None, json!({}));
+        item.idempotency_key = Some("k1".into());
+        let e = s.ingest(&[item.clone()]).unwrap()[0].clone().unwrap();
+        assert!(s.ingest(&[item]).unwrap()[0].is_none());
+        let id = e.record.id.clone();
+        let run = Run {
+            id: 0,
+            rule: "r".into(),
+            record_id: Some(id.clone()),
+            event_id: Some(e.id),
+            event: "created".into(),
+            status: RunStatus::Retrying,
+            error: None,
+            duration_ms: 1,
+            log: vec![],
+            attempts: 1,
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            next_attempt_at: None,
+        };
+        for n in 1..=3 {
+            let w = Write::Comment { id: id.clone(), text: format!("attempt {n}"), key: Some("r".into()) };
+            s.commit_run(&Run { attempts: n, ..run.clone() }, &[w], 1, None).unwrap();
+        }
+        let r = s.get_record(&id).unwrap().unwrap();
+        assert_eq!(r.comments.len(), 1);
+        assert_eq!(r.comments[0].text, "attempt 3");
+        assert_eq!(s.runs_of_event(e.id).unwrap().len(), 1, "one ledger row per event and rule");
+        assert_eq!(s.runs_of_event(e.id).unwrap()[0].attempts, 3);
+    }
+}
