@@ -10,3 +10,8 @@ pub mod webhook;
 pub mod record;
 pub mod rule;
 pub mod store;
+pub mod script;
+pub mod catalog;
+pub mod runtime;
+pub mod cli;
+pub mod daemon;

@@ -55,6 +55,13 @@ pub struct EngineConfig {
     /// How many levels of events raised by scripts' own writes are followed before the chain
     /// is stopped with an error (a rule that updates the record it fires on would loop).
     pub max_chain_depth: u32,
+    /// Attempts of a run that fails transiently (directory unreachable, HTTP 503, ...) before
+    /// it is `dead`.
+    pub max_attempts: u32,
+    /// The first retry's delay, in milliseconds; each next one doubles, with jitter.
+    pub retry_backoff_ms: u64,
+    /// The longest delay between two attempts, in milliseconds.
+    pub retry_max_backoff_ms: u64,
     /// Extra folders of rules and scripts that `tripline check` validates but the engine does
     /// not load (the shipped examples).
     pub check_dirs: Vec<PathBuf>,
@@ -69,6 +76,9 @@ impl Default for EngineConfig {
             workers: 8,
             max_record_bytes: 1024 * 1024,
             max_chain_depth: 8,
+            max_attempts: 8,
+            retry_backoff_ms: 5_000,
+            retry_max_backoff_ms: 3_600_000,
             check_dirs: Vec::new(),
         }
     }
@@ -143,30 +153,41 @@ impl CheckCtx<'_> {
 }
 
 impl Config {
+    /// Reads a configuration file's text.
+    pub fn read(path: &Path) -> Result<String, Vec<Diagnostic>> {
+        std::fs::read_to_string(path).map_err(|e| vec![Diagnostic::file(path, format!("cannot read configuration: {e}"))])
+    }
+
     /// Reads and validates a configuration file; every problem is returned at once.
     pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
-        let source = std::fs::read_to_string(path)
-            .map_err(|e| vec![Diagnostic::file(path, format!("cannot read configuration: {e}"))])?;
-        Self::from_str(&source, path)
+        Self::from_str(&Self::read(path)?, path)
     }
 
     /// Validates configuration text that was read from `path`.
     pub fn from_str(source: &str, path: &Path) -> Result<Config, Vec<Diagnostic>> {
+        match Self::parse(source, path) {
+            Ok((config, diags)) if diags.is_empty() => Ok(config),
+            Ok((_, diags)) | Err(diags) => Err(diags),
+        }
+    }
+
+    /// Reads configuration text into a `Config` and the problems of its sections. `Err` only
+    /// when the file does not parse at all; otherwise the config is usable for locating the
+    /// rule and script folders even when sections have problems (so `check` reports those too).
+    pub fn parse(source: &str, path: &Path) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
         let raw: RawConfig = toml::from_str(source)
-            .map_err(|e| vec![Diagnostic::span(path, source, e.span(), e.message().to_string())])?;
+            .map_err(|e| vec![Diagnostic::span(path, source, e.span(), e.message().trim_end().to_string())])?;
+        // An empty parent (a bare file name) keeps paths relative to the working folder.
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
         let mut ctx = CheckCtx { path, source, base_dir: &base_dir, diags: Vec::new() };
         raw.check(&mut ctx);
-        if !ctx.diags.is_empty() {
-            return Err(ctx.diags);
-        }
+        let diags = ctx.diags;
         let mut engine = raw.engine.clone();
         engine.rules_dir = base_dir.join(&engine.rules_dir);
         engine.scripts_dir = base_dir.join(&engine.scripts_dir);
         engine.data_dir = base_dir.join(&engine.data_dir);
         engine.check_dirs = engine.check_dirs.iter().map(|d| base_dir.join(d)).collect();
-        Ok(Config { path: Some(path.to_path_buf()), engine, limits: raw.limits.clone(), raw })
+        Ok((Config { path: Some(path.to_path_buf()), engine, limits: raw.limits.clone(), raw }, diags))
     }
 
     /// A configuration built in code (embedding), with the given folders.

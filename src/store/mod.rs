@@ -150,6 +150,8 @@ pub trait Store: Send + Sync {
     fn queue_depth(&self) -> Result<u64>;
     fn get_event(&self, id: i64) -> Result<Option<Event>>;
     fn get_record(&self, id: &str) -> Result<Option<Record>>;
+    /// The entities that have records.
+    fn entities(&self) -> Result<Vec<String>>;
     /// Records of an entity whose fields equal every criterion (`status` matches the status).
     fn find_records(&self, entity: &str, criteria: &Fields, limit: usize) -> Result<Vec<Record>>;
     /// Rules that already have a run for this event, with its status (the run ledger).

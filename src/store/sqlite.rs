@@ -417,6 +417,13 @@ impl Store for SqliteStore {
         load_record(&self.conn(), id)
     }
 
+    fn entities(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT DISTINCT entity FROM records ORDER BY entity")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn find_records(&self, entity: &str, criteria: &Fields, limit: usize) -> Result<Vec<Record>> {
         let mut sql = String::from("SELECT id FROM records WHERE entity = ?");
         let mut args: Vec<String> = vec![entity.to_string()];

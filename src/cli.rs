@@ -1,0 +1,506 @@
+//! The command line: `tripline run | check | fire | test | runs | replay | records | ...`.
+//!
+//! Each command returns an [`ExitCode`]-like status: 0 when all went well, 1 when a run
+//! failed or the input was refused (with a one-line error), 2 for usage errors (clap).
+
+use std::io::{BufRead, BufReader, Read, Write as _};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::catalog::Catalog;
+use crate::config::{Config, EngineConfig};
+use crate::diag::Diagnostic;
+use crate::record::{from_value, EventKind};
+use crate::runtime::Runtime;
+use crate::script::ScriptEngine;
+use crate::store::{Ingest, Run, RunFilter, RunStatus};
+
+/// tripline: rules and scripts for IT service management and identity automation.
+#[derive(Debug, Parser)]
+#[command(name = "tripline", version, about)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, default_value = "tripline.toml", env = "TRIPLINE_CONFIG")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The daemon: dispatcher, scheduler, webhooks and hot reload, until Ctrl-C or SIGTERM.
+    Run,
+    /// Validates the configuration, rules and scripts; every problem as path:line:col.
+    Check,
+    /// Stores records as events and runs the rules they trigger now.
+    Fire(FireArgs),
+    /// Dry run: which rules match a record and why, and what their scripts would write.
+    Test(TestArgs),
+    /// Run history.
+    Runs(RunsArgs),
+    /// Runs a failed or dead run again.
+    Replay {
+        /// The run's id (from `tripline runs`).
+        run_id: i64,
+    },
+    /// Records and tickets.
+    #[command(subcommand)]
+    Records(RecordsCommand),
+    /// Copies the store, consistently, while the daemon runs.
+    Backup {
+        /// Where to write the copy (must not exist).
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct FireArgs {
+    /// The entity of the records (`ticket`, ...).
+    pub entity: String,
+    /// A JSON file: one record, or JSON Lines (one record per line); `-` reads stdin.
+    #[arg(long)]
+    pub record: String,
+    /// The event: created, updated (the record carries its `id`), deleted, or a custom name.
+    #[arg(long, default_value = "created")]
+    pub event: String,
+    /// Print only the summary.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print the runs as JSON Lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The rule to test.
+    pub rule: String,
+    /// A JSON file holding one record; `-` reads stdin.
+    #[arg(long)]
+    pub record: String,
+    /// The event to simulate.
+    #[arg(long, default_value = "created")]
+    pub event: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Only runs that did not end ok (failed, retrying, dead).
+    #[arg(long)]
+    pub failed: bool,
+    /// Only this rule's runs (or `job:NAME`).
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// Only this record's runs.
+    #[arg(long)]
+    pub record: Option<String>,
+    /// The most recent N runs.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecordsCommand {
+    /// Records of an entity, newest last.
+    List {
+        entity: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One record with its comments.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A command's failure: a message for stderr, and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub code: u8,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure { message: e.to_string(), code: 1 }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<u8, Failure> {
+    match cli.command {
+        Command::Check => check(&cli.config),
+        Command::Run => crate::daemon::run_blocking(build(&cli.config)?),
+        Command::Fire(args) => fire(&build(&cli.config)?, args),
+        Command::Test(args) => test(&build(&cli.config)?, args),
+        Command::Runs(args) => runs(&build(&cli.config)?, args),
+        Command::Replay { run_id } => replay(&build(&cli.config)?, run_id),
+        Command::Records(cmd) => records(&build(&cli.config)?, cmd),
+        Command::Backup { path } => backup(&cli.config, &path),
+    }
+}
+
+fn build(config: &Path) -> Result<Runtime, Failure> {
+    Runtime::builder().config_file(config).build().map_err(|e| Failure {
+        message: format!("{e}\n(run `tripline check` for the full report)"),
+        code: 1,
+    })
+}
+
+/// Every problem of the configuration, rules and scripts (and the example folders).
+pub fn check_all(config_path: &Path) -> (Vec<Diagnostic>, String) {
+    let mut diags = Vec::new();
+    let config = match Config::read(config_path).and_then(|src| Config::parse(&src, config_path)) {
+        Ok((config, d)) => {
+            diags.extend(d);
+            config
+        }
+        Err(d) => {
+            diags.extend(d);
+            // Check the default folders beside the file anyway: their problems are real too.
+            let base = config_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let d = EngineConfig::default();
+            let engine = EngineConfig {
+                rules_dir: base.join(d.rules_dir),
+                scripts_dir: base.join(d.scripts_dir),
+                data_dir: base.join(d.data_dir),
+                ..d
+            };
+            Config::with_engine(engine)
+        }
+    };
+    let engine = ScriptEngine::new(&config.limits, &[]);
+    let (catalog, d) = Catalog::load(&engine, &config.engine.rules_dir, &config.engine.scripts_dir);
+    diags.extend(d);
+    let mut examples = 0;
+    for dir in &config.engine.check_dirs {
+        let (c, d) = Catalog::load(&engine, &dir.join("rules"), &dir.join("scripts"));
+        examples += c.rules.rules().len();
+        diags.extend(d);
+    }
+    let raw = &config.raw;
+    let summary = format!(
+        "ok: {} rules, {} scripts, {} directories, {} connections, {} jobs, {} webhooks{}",
+        catalog.rules.rules().len(),
+        catalog.scripts.len(),
+        raw.directories.len(),
+        raw.connections.len(),
+        raw.jobs.len(),
+        raw.webhooks.len(),
+        if examples > 0 { format!(" ({examples} example rules checked)") } else { String::new() }
+    );
+    (diags, summary)
+}
+
+fn check(config: &Path) -> Result<u8, Failure> {
+    let (diags, summary) = check_all(config);
+    if diags.is_empty() {
+        println!("{summary}");
+        return Ok(0);
+    }
+    for d in &diags {
+        println!("{d}");
+    }
+    println!("{} problem{} found", diags.len(), if diags.len() == 1 { "" } else { "s" });
+    Ok(1)
+}
+
+/// Opens a record source: a file, or stdin for `-`.
+fn open_input(spec: &str) -> Result<Box<dyn Read>, Failure> {
+    if spec == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf)?;
+        return Ok(Box::new(std::io::Cursor::new(buf)));
+    }
+    let f = std::fs::File::open(spec).map_err(|e| Failure { message: format!("cannot read {spec}: {e}"), code: 1 })?;
+    Ok(Box::new(f))
+}
+
+/// Reads a stream of JSON values (one record, or JSON Lines), calling `each` with the value,
+/// its size in bytes and its 1-based line.
+fn each_record(input: Box<dyn Read>, mut each: impl FnMut(Value, usize, usize) -> Result<(), Failure>) -> Result<usize, Failure> {
+    let mut reader = BufReader::new(input);
+    let mut line_no = 0;
+    let mut count = 0;
+    let mut buf = String::new();
+    let mut pending = String::new();
+    let mut start_line = 1;
+    loop {
+        buf.clear();
+        if reader.read_line(&mut buf)? == 0 {
+            break;
+        }
+        line_no += 1;
+        if pending.is_empty() && buf.trim().is_empty() {
+            continue;
+        }
+        if pending.is_empty() {
+            start_line = line_no;
+        }
+        pending.push_str(&buf);
+        // A line that is a whole value is a JSON Lines record; otherwise keep reading (a
+        // pretty-printed single record spans lines).
+        match serde_json::from_str::<Value>(&pending) {
+            Ok(v) => {
+                count += 1;
+                each(v, pending.len(), start_line)?;
+                pending.clear();
+            }
+            Err(e) if e.is_eof() => continue,
+            Err(e) => {
+                return Err(Failure {
+                    message: format!("line {}: malformed JSON: {e}", start_line + e.line().saturating_sub(1)),
+                    code: 1,
+                })
+            }
+        }
+    }
+    if !pending.trim().is_empty() {
+        let e = serde_json::from_str::<Value>(&pending).err().map(|e| e.to_string()).unwrap_or_default();
+        return Err(Failure { message: format!("line {start_line}: malformed JSON: {e}"), code: 1 });
+    }
+    if count == 0 {
+        return Err(Failure { message: "no record in the input".into(), code: 1 });
+    }
+    Ok(count)
+}
+
+/// How many records `fire` stores per transaction.
+const FIRE_BATCH: usize = 500;
+
+fn fire(rt: &Runtime, args: FireArgs) -> Result<u8, Failure> {
+    let kind = EventKind::from(args.event.clone());
+    let max = rt.config().engine.max_record_bytes;
+    let item = |value: Value, size: usize, line: usize| -> Result<Ingest, Failure> {
+        let at = |m: String| Failure { message: format!("line {line}: {m}"), code: 1 };
+        if size > max {
+            return Err(at(format!("record is {size} bytes, larger than the {max}-byte limit ([engine] max_record_bytes)")));
+        }
+        let record = from_value(value).map_err(at)?;
+        Ok(Ingest { entity: args.entity.clone(), kind: kind.clone(), record, idempotency_key: None })
+    };
+    // Pass 1: refuse bad input before anything is stored. Stdin is buffered so it can be
+    // read twice; files are streamed twice, so memory stays flat for any batch size.
+    let input = open_input(&args.record)?;
+    let (first, second): (Box<dyn Read>, Box<dyn Read>) = if args.record == "-" {
+        let mut buf = Vec::new();
+        let mut input = input;
+        input.read_to_end(&mut buf)?;
+        (Box::new(std::io::Cursor::new(buf.clone())), Box::new(std::io::Cursor::new(buf)))
+    } else {
+        (input, open_input(&args.record)?)
+    };
+    each_record(first, |v, size, line| {
+        let i = item(v, size, line)?;
+        rt.store().validate(&i).map_err(|e| Failure { message: format!("line {line}: {e}"), code: 1 })
+    })?;
+
+    // Pass 2: store in batches, run each batch's events.
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let mut counts = [0usize; 4];
+    let mut events = 0;
+    let mut batch = Vec::with_capacity(FIRE_BATCH);
+    let mut flush = |batch: &mut Vec<Ingest>, out: &mut std::io::StdoutLock| -> Result<(), Failure> {
+        for event in rt.submit(batch)?.into_iter().flatten() {
+            events += 1;
+            for run in rt.process_chain(event)? {
+                counts[run.status as usize] += 1;
+                if args.json {
+                    writeln!(out, "{}", serde_json::to_string(&run)?)?;
+                } else if !args.quiet {
+                    print_run(out, &run)?;
+                }
+            }
+        }
+        batch.clear();
+        Ok(())
+    };
+    each_record(second, |v, size, line| {
+        batch.push(item(v, size, line)?);
+        if batch.len() >= FIRE_BATCH {
+            flush(&mut batch, &mut out)?;
+        }
+        Ok(())
+    })?;
+    flush(&mut batch, &mut out)?;
+    let [ok, failed, retrying, dead] = counts;
+    if !args.json {
+        writeln!(
+            out,
+            "{events} event{} stored, {} run{}: {ok} ok, {failed} failed, {retrying} retrying, {dead} dead",
+            if events == 1 { "" } else { "s" },
+            ok + failed + retrying + dead,
+            if ok + failed + retrying + dead == 1 { "" } else { "s" }
+        )?;
+    }
+    Ok(if failed + retrying + dead > 0 { 1 } else { 0 })
+}
+
+fn print_run(out: &mut impl std::io::Write, run: &Run) -> std::io::Result<()> {
+    let record = run.record_id.as_deref().unwrap_or("-");
+    write!(out, "{:<8} {}  record {}  {} ms", run.status.as_str(), run.rule, record, run.duration_ms)?;
+    if run.attempts > 1 {
+        write!(out, "  attempt {}", run.attempts)?;
+    }
+    if let Some(next) = run.next_attempt_at {
+        write!(out, "  next attempt {}", next.format("%Y-%m-%d %H:%M:%S UTC"))?;
+    }
+    writeln!(out)?;
+    for line in &run.log {
+        writeln!(out, "    {:<5} {}", line.level, line.message)?;
+    }
+    if let Some(e) = &run.error {
+        writeln!(out, "    error: {e}")?;
+    }
+    Ok(())
+}
+
+fn test(rt: &Runtime, args: TestArgs) -> Result<u8, Failure> {
+    let catalog = rt.catalog();
+    let entity = match catalog.rules.get(&args.rule) {
+        Some(r) => r.entity.clone(),
+        None => String::new(),
+    };
+    let mut values = Vec::new();
+    each_record(open_input(&args.record)?, |v, _, _| {
+        values.push(v);
+        Ok(())
+    })?;
+    if values.len() != 1 {
+        return Err(Failure { message: format!("`test` takes one record; the input holds {}", values.len()), code: 1 });
+    }
+    let record = from_value(values.pop().expect("one value"))?;
+    let report = rt.explain(&entity, EventKind::from(args.event.clone()), record, Some(&args.rule))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(0);
+    }
+    for ex in &report {
+        println!("rule {:?}: {}", ex.rule, if ex.matched { "matches" } else { "does not match" });
+        for c in &ex.conditions {
+            let value = c.value.as_ref().map(|v| format!(" {v}")).unwrap_or_default();
+            let actual = c.actual.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "(absent)".into());
+            println!("  [{}] {} {}{}  (record has {})", if c.holds { "yes" } else { "no " }, c.field, c.op, value, actual);
+        }
+        match &ex.when {
+            Some(Ok(b)) => println!("  [{}] when guard", if *b { "yes" } else { "no " }),
+            Some(Err(e)) => println!("  [err] when guard: {e}"),
+            None => {}
+        }
+        if ex.matched {
+            if ex.writes.is_empty() {
+                println!("  the script would write nothing");
+            } else {
+                println!("  the script would write (nothing was written):");
+                for w in &ex.writes {
+                    println!("    {w}");
+                }
+            }
+            for l in &ex.log {
+                println!("  log {:<5} {}", l.level, l.message);
+            }
+            if let Some(e) = &ex.error {
+                println!("  error: {e}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn runs(rt: &Runtime, args: RunsArgs) -> Result<u8, Failure> {
+    let filter = RunFilter { failed: args.failed, rule: args.rule, record_id: args.record, limit: args.limit };
+    let runs = rt.runs(&filter)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(0);
+    }
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    for run in &runs {
+        write!(out, "#{} {} ", run.id, run.started_at.format("%Y-%m-%d %H:%M:%S"))?;
+        print_run(&mut out, run)?;
+    }
+    if runs.is_empty() {
+        writeln!(out, "no runs")?;
+    }
+    Ok(0)
+}
+
+fn replay(rt: &Runtime, run_id: i64) -> Result<u8, Failure> {
+    let Some(previous) = rt.store().get_run(run_id)? else {
+        return Err(Failure { message: format!("no run with id {run_id}"), code: 1 });
+    };
+    if previous.status == RunStatus::Ok {
+        return Err(Failure { message: format!("run {run_id} ended ok; only failed, retrying or dead runs are replayed"), code: 1 });
+    }
+    let run = rt.replay(run_id)?.ok_or_else(|| Failure { message: "the rule's `when` guard no longer holds".into(), code: 1 })?;
+    print_run(&mut std::io::stdout(), &run)?;
+    Ok(if run.status == RunStatus::Ok { 0 } else { 1 })
+}
+
+fn records(rt: &Runtime, cmd: RecordsCommand) -> Result<u8, Failure> {
+    match cmd {
+        RecordsCommand::List { entity, limit, json } => {
+            let found = rt.store().find_records(&entity, &Default::default(), limit)?;
+            if found.is_empty() {
+                let known = rt.store().entities()?;
+                let in_rules = rt.catalog().rules.rules().iter().any(|r| r.entity == entity);
+                if !known.contains(&entity) && !in_rules {
+                    let hint = match crate::diag::did_you_mean(&entity, known.iter().map(String::as_str)) {
+                        Some(s) => format!("; did you mean {s:?}?"),
+                        None if known.is_empty() => "; the store has no records yet".into(),
+                        None => format!("; entities with records: {}", known.join(", ")),
+                    };
+                    return Err(Failure { message: format!("unknown entity {entity:?}{hint}"), code: 1 });
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&found)?);
+            } else {
+                for r in &found {
+                    let summary: Vec<String> = r.fields.iter().take(4).map(|(k, v)| format!("{k}={v}")).collect();
+                    println!("{}  {:<6}  {}  {}", r.id, r.status.as_str(), r.updated_at.format("%Y-%m-%d %H:%M:%S"), summary.join(" "));
+                }
+                println!("{} record{}", found.len(), if found.len() == 1 { "" } else { "s" });
+            }
+        }
+        RecordsCommand::Show { id, json } => {
+            let r = rt.store().get_record(&id)?.ok_or_else(|| Failure { message: format!("no record with id {id:?}"), code: 1 })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{} {}  {}", r.entity, r.id, r.status.as_str());
+                println!("created {}  updated {}", r.created_at, r.updated_at);
+                for (k, v) in &r.fields {
+                    println!("  {k}: {v}");
+                }
+                for c in &r.comments {
+                    println!("  comment {}: {}", c.at.format("%Y-%m-%d %H:%M:%S"), c.text);
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn backup(config: &Path, to: &Path) -> Result<u8, Failure> {
+    if to.exists() {
+        return Err(Failure { message: format!("{} already exists", to.display()), code: 1 });
+    }
+    let config = Config::load(config).map_err(|d| Failure { message: crate::diag::Diagnostics(d).to_string(), code: 1 })?;
+    let store = crate::store::sqlite::SqliteStore::open_dir(&config.engine.data_dir)?;
+    store.backup(to)?;
+    println!("store copied to {}", to.display());
+    Ok(0)
+}

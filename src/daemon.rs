@@ -1,0 +1,117 @@
+//! The daemon: one loop that drains the event queue and retries due runs until a shutdown
+//! signal (Ctrl-C or SIGTERM); runs in flight finish before it returns.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tracing::{error, info, warn};
+
+use crate::record::Event;
+use crate::runtime::Runtime;
+
+/// How long the dispatcher sleeps when the queue is empty.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
+/// Runs the daemon on a new tokio runtime until a signal; the CLI's `tripline run`.
+pub fn run_blocking(runtime: Runtime) -> Result<u8, crate::cli::Failure> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(run(Arc::new(runtime), shutdown_signal()))?;
+    Ok(0)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(%e, "Cannot listen for SIGTERM; only Ctrl-C stops the daemon.");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The daemon's loop, until `shutdown` resolves.
+pub async fn run(runtime: Arc<Runtime>, shutdown: impl Future<Output = ()>) -> Result<(), crate::store::StoreError> {
+    let catalog = runtime.catalog();
+    info!(rules = catalog.rules.rules().len(), scripts = catalog.scripts.len(), "tripline daemon started.");
+    let workers = Arc::new(Semaphore::new(runtime.config().engine.workers));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => {
+                info!("Shutdown requested; runs in flight have finished.");
+                return Ok(());
+            }
+            busy = dispatch_once(runtime.clone(), workers.clone()) => {
+                match busy {
+                    Ok(true) => {}
+                    Ok(false) => tokio::time::sleep(IDLE_POLL).await,
+                    Err(e) => {
+                        error!(%e, "Dispatch failed; retrying shortly.");
+                        tokio::time::sleep(IDLE_POLL).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One pass: due retries, then a batch of pending events, events of one record in order and
+/// records in parallel up to `[engine] workers`. Returns whether there was work.
+///
+/// The pass runs to its end even when shutdown is requested meanwhile: `select!` only checks
+/// shutdown between passes, so runs in flight are never cut.
+async fn dispatch_once(runtime: Arc<Runtime>, workers: Arc<Semaphore>) -> Result<bool, crate::store::StoreError> {
+    let rt = runtime.clone();
+    let retried = tokio::task::spawn_blocking(move || rt.retry_due()).await.expect("retry task panicked")?;
+    let rt = runtime.clone();
+    let events = tokio::task::spawn_blocking(move || rt.store().pending_events(0, 512)).await.expect("queue task panicked")?;
+    if events.is_empty() {
+        return Ok(!retried.is_empty());
+    }
+    let mut by_record: HashMap<String, Vec<Event>> = HashMap::new();
+    let mut order = Vec::new();
+    for e in events {
+        let id = e.record.id.clone();
+        if !by_record.contains_key(&id) {
+            order.push(id.clone());
+        }
+        by_record.entry(id).or_default().push(e);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in order {
+        let events = by_record.remove(&id).unwrap_or_default();
+        let permit = workers.clone().acquire_owned().await.expect("semaphore is never closed");
+        let rt = runtime.clone();
+        tasks.spawn_blocking(move || {
+            let _permit = permit;
+            for e in events {
+                if let Err(err) = rt.process_event(&e) {
+                    error!(event = e.id, %err, "Event processing failed; it stays queued.");
+                    return;
+                }
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r {
+            error!(%e, "A dispatch task panicked.");
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,518 @@
+//! The runtime: configuration, store, script engine and the current catalog of rules and
+//! scripts, and the dispatch of events to rules.
+//!
+//! Dispatch: an event (already stored) is matched natively against the rule set; each
+//! matching rule whose `when` guard holds runs its script with a fresh [`RunCtx`]; the run,
+//! its log and the writes it made are committed in one transaction, and the writes raise their
+//! own events (followed up to `[engine] max_chain_depth`). A run ledger keyed by event and
+//! rule means an event processed twice (after a crash) does not run a rule twice.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use chrono::Utc;
+use rand::Rng;
+
+use crate::catalog::Catalog;
+use crate::config::{Config, EngineConfig};
+use crate::diag::Diagnostic;
+use crate::record::{Event, EventKind, Record, Submitted};
+use crate::rule::Rule;
+use crate::script::{EngineHook, Hosts, Invocation, RunCtx, ScriptEngine};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Ingest, Run, RunFilter, RunStatus, Store, StoreError, Write};
+
+/// Why a runtime could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{}", crate::diag::Diagnostics(.0.clone()))]
+    Invalid(Vec<Diagnostic>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Builds a [`Runtime`] from a configuration file or programmatically.
+#[derive(Default)]
+pub struct RuntimeBuilder {
+    config: Option<Config>,
+    config_path: Option<PathBuf>,
+    store: Option<Arc<dyn Store>>,
+    hooks: Vec<EngineHook>,
+}
+
+impl RuntimeBuilder {
+    /// Reads `tripline.toml` (relative folders resolve against its folder).
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_path = Some(path.into());
+        self
+    }
+
+    /// Uses a configuration built in code.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Uses this store instead of the SQLite file under `data_dir`.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Registers the embedding program's own functions on the script engine, e.g. methods on
+    /// `api` (`engine.register_fn("hello", |api: &mut tripline::script::Api, who: &str| ...)`).
+    pub fn register(mut self, hook: impl Fn(&mut rhai::Engine) + Send + Sync + 'static) -> Self {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Validates everything and opens the store. Every problem is returned at once.
+    pub fn build(self) -> Result<Runtime, BuildError> {
+        let config = match (self.config, &self.config_path) {
+            (Some(c), _) => c,
+            (None, Some(p)) => Config::load(p).map_err(BuildError::Invalid)?,
+            (None, None) => Config::with_engine(EngineConfig::default()),
+        };
+        let scripts = Arc::new(ScriptEngine::new(&config.limits, &self.hooks));
+        let (catalog, diags) = Catalog::load(&scripts, &config.engine.rules_dir, &config.engine.scripts_dir);
+        if !diags.is_empty() {
+            return Err(BuildError::Invalid(diags));
+        }
+        let store = match self.store {
+            Some(s) => s,
+            None => Arc::new(SqliteStore::open_dir(&config.engine.data_dir)?),
+        };
+        Ok(Runtime {
+            config: Arc::new(config),
+            store,
+            scripts,
+            catalog: ArcSwap::from_pointee(catalog),
+            hosts: Arc::new(Hosts::default()),
+        })
+    }
+}
+
+/// The embedded rule engine.
+pub struct Runtime {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    scripts: Arc<ScriptEngine>,
+    catalog: ArcSwap<Catalog>,
+    hosts: Arc<Hosts>,
+}
+
+/// How one rule fared on one event in a dry run.
+#[derive(Debug, serde::Serialize)]
+pub struct Explanation {
+    pub rule: String,
+    pub matched: bool,
+    /// Each condition as written, with its verdict and the value it saw.
+    pub conditions: Vec<ConditionVerdict>,
+    /// The `when` guard's verdict, when the rule has one and the conditions held.
+    pub when: Option<Result<bool, String>>,
+    /// What running the script would have written (nothing is written).
+    pub writes: Vec<serde_json::Value>,
+    pub log: Vec<crate::store::LogLine>,
+    pub error: Option<String>,
+}
+
+/// One condition's verdict.
+#[derive(Debug, serde::Serialize)]
+pub struct ConditionVerdict {
+    pub field: String,
+    pub op: String,
+    pub value: Option<serde_json::Value>,
+    pub actual: Option<serde_json::Value>,
+    pub holds: bool,
+}
+
+impl Runtime {
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The rules and scripts in force.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load_full()
+    }
+
+    /// The script engine.
+    pub fn scripts(&self) -> &Arc<ScriptEngine> {
+        &self.scripts
+    }
+
+    /// Reloads rules and scripts from their folders; on any problem the catalog in force is
+    /// kept and the problems are returned.
+    pub fn reload(&self) -> Result<(), Vec<Diagnostic>> {
+        let (catalog, diags) = Catalog::load(&self.scripts, &self.config.engine.rules_dir, &self.config.engine.scripts_dir);
+        if !diags.is_empty() {
+            return Err(diags);
+        }
+        self.catalog.store(Arc::new(catalog));
+        Ok(())
+    }
+
+    /// Replaces the catalog (a reload built elsewhere).
+    pub fn swap_catalog(&self, catalog: Catalog) {
+        self.catalog.store(Arc::new(catalog));
+    }
+
+    /// Stores events (nothing runs yet); see [`Store::ingest`].
+    pub fn submit(&self, items: &[Ingest]) -> Result<Vec<Option<Event>>, StoreError> {
+        self.store.ingest(items)
+    }
+
+    /// Stores one record as an event of `kind` and runs every rule it triggers, following the
+    /// events its scripts' writes raise. Returns every run, in order.
+    pub fn fire(&self, entity: &str, kind: EventKind, record: Submitted) -> Result<Vec<Run>, StoreError> {
+        let item = Ingest { entity: entity.to_string(), kind, record, idempotency_key: None };
+        let mut runs = Vec::new();
+        for event in self.store.ingest(&[item])?.into_iter().flatten() {
+            runs.extend(self.process_chain(event)?);
+        }
+        Ok(runs)
+    }
+
+    /// Processes an event and, breadth first, the events its runs raised.
+    pub fn process_chain(&self, event: Event) -> Result<Vec<Run>, StoreError> {
+        let mut queue = std::collections::VecDeque::from([event]);
+        let mut runs = Vec::new();
+        while let Some(event) = queue.pop_front() {
+            let (r, raised) = self.process_event(&event)?;
+            runs.extend(r);
+            queue.extend(raised);
+        }
+        Ok(runs)
+    }
+
+    /// Processes every stored event not yet processed, oldest first. Returns the runs.
+    pub fn drain(&self) -> Result<Vec<Run>, StoreError> {
+        let mut runs = Vec::new();
+        loop {
+            let events = self.store.pending_events(0, 256)?;
+            if events.is_empty() {
+                return Ok(runs);
+            }
+            for e in events {
+                runs.extend(self.process_event(&e)?.0);
+            }
+        }
+    }
+
+    /// Runs the rules an event triggers (skipping those the run ledger says already ran),
+    /// commits each run with its writes, and marks the event processed. Returns the runs and
+    /// the events the writes raised.
+    pub fn process_event(&self, event: &Event) -> Result<(Vec<Run>, Vec<Event>), StoreError> {
+        let catalog = self.catalog.load_full();
+        let ledger = self.store.runs_of_event(event.id)?;
+        let rules: Vec<Arc<Rule>> = catalog
+            .rules
+            .matching(event)
+            .into_iter()
+            .filter(|r| !ledger.iter().any(|run| run.rule == r.name))
+            .collect();
+        let mut runs = Vec::new();
+        let mut raised = Vec::new();
+        let last = rules.len().saturating_sub(1);
+        for (i, rule) in rules.iter().enumerate() {
+            let finish = (i == last).then_some(event.id);
+            let Some(outcome) = self.execute(&catalog, rule, event, 1, false) else {
+                if let Some(id) = finish {
+                    self.store.finish_event(id)?;
+                }
+                continue;
+            };
+            let (run, r) = self.commit(outcome, event.depth, finish)?;
+            runs.push(run);
+            raised.extend(r);
+        }
+        if rules.is_empty() {
+            self.store.finish_event(event.id)?;
+        }
+        Ok((runs, raised))
+    }
+
+    /// Runs again the runs in `retrying` whose time has come. Returns them.
+    pub fn retry_due(&self) -> Result<Vec<Run>, StoreError> {
+        let mut out = Vec::new();
+        for previous in self.store.due_retries(Utc::now(), 64)? {
+            out.extend(self.rerun(&previous)?);
+        }
+        Ok(out)
+    }
+
+    /// Runs a failed or dead run again, on its event as stored (`tripline replay`).
+    pub fn replay(&self, run_id: i64) -> Result<Option<Run>, StoreError> {
+        match self.store.get_run(run_id)? {
+            Some(run) => Ok(self.rerun(&Run { attempts: 0, ..run })?.pop()),
+            None => Ok(None),
+        }
+    }
+
+    fn rerun(&self, previous: &Run) -> Result<Vec<Run>, StoreError> {
+        let catalog = self.catalog.load_full();
+        let event = match previous.event_id {
+            Some(id) => self.store.get_event(id)?,
+            None => None,
+        };
+        let rule = catalog.rules.get(&previous.rule).cloned();
+        let (Some(event), Some(rule)) = (event, rule) else {
+            let run = Run {
+                status: RunStatus::Failed,
+                error: Some(format!("cannot run again: rule {:?} or its event no longer exists", previous.rule)),
+                next_attempt_at: None,
+                finished_at: Utc::now(),
+                ..previous.clone()
+            };
+            self.store.commit_run(&run, &[], 0, None)?;
+            return Ok(vec![run]);
+        };
+        let Some(outcome) = self.execute(&catalog, &rule, &event, previous.attempts + 1, false) else {
+            return Ok(Vec::new());
+        };
+        let (run, raised) = self.commit(outcome, event.depth, None)?;
+        let mut runs = vec![run];
+        for e in raised {
+            runs.extend(self.process_chain(e)?);
+        }
+        Ok(runs)
+    }
+
+    fn commit(&self, o: Outcome, depth: u32, finish: Option<i64>) -> Result<(Run, Vec<Event>), StoreError> {
+        let mut writes = o.notes;
+        if o.run.status == RunStatus::Ok {
+            writes.splice(0..0, o.writes);
+        }
+        let (id, raised) = match self.store.commit_run(&o.run, &writes, depth + 1, finish) {
+            Ok(x) => x,
+            // A write the store refused (the record vanished meanwhile): the run fails, and
+            // nothing it wrote is kept.
+            Err(e) if !e.is_transient() && !writes.is_empty() => {
+                let run = Run { status: RunStatus::Failed, error: Some(format!("the run's writes were refused: {e}")), ..o.run };
+                return self.store.commit_run(&run, &[], depth + 1, finish).map(|(id, r)| (Run { id, ..run }, r));
+            }
+            Err(e) => return Err(e),
+        };
+        Ok((Run { id, ..o.run }, raised))
+    }
+
+    /// Executes one rule on one event. `None` when the `when` guard says no.
+    fn execute(&self, catalog: &Catalog, rule: &Rule, event: &Event, attempt: u32, dry_run: bool) -> Option<Outcome> {
+        let started_at = Utc::now();
+        let start = Instant::now();
+        let limits = self.scripts.limits();
+        let mut ctx = RunCtx::new(
+            self.store.clone(),
+            self.hosts.clone(),
+            &rule.name,
+            start + Duration::from_millis(limits.timeout_ms),
+            dry_run,
+        );
+        ctx.comment_key = format!("event:{}:rule:{}", event.id, rule.name);
+        let ctx = Arc::new(ctx);
+        let inv = Invocation {
+            record: Some(&event.record),
+            previous: event.previous.as_ref(),
+            event: event.kind.as_str(),
+            rule: &rule.name,
+            params: &rule.params,
+        };
+        let engine_cfg = &self.config.engine;
+        let result: Result<(), crate::script::ScriptError> = if event.depth > engine_cfg.max_chain_depth {
+            Err(crate::script::ScriptError {
+                message: format!(
+                    "not run: this event was raised by a chain of {} script writes, more than [engine] max_chain_depth = {}; \
+                     a rule probably updates the records that trigger it (add a condition such as `changed`)",
+                    event.depth, engine_cfg.max_chain_depth
+                ),
+                transient: false,
+            })
+        } else {
+            let guard = match &rule.when {
+                Some((_, ast)) => self.scripts.eval_guard(ast, &inv, ctx.clone()).map_err(|mut e| {
+                    e.message = format!("`when` guard failed: {}", e.message);
+                    e
+                }),
+                None => Ok(true),
+            };
+            match guard {
+                Ok(false) => return None,
+                Err(e) => Err(e),
+                Ok(true) => match catalog.scripts.get(&rule.script) {
+                    Some(ast) => self.scripts.run(ast, &inv, ctx.clone()).map(|_| ()),
+                    None => Err(crate::script::ScriptError {
+                        message: format!("script {:?} is not loaded", rule.script),
+                        transient: false,
+                    }),
+                },
+            }
+        };
+        let (status, error, next_attempt_at) = match result {
+            Ok(()) => (RunStatus::Ok, None, None),
+            Err(e) if e.transient && !dry_run => {
+                if attempt < engine_cfg.max_attempts {
+                    let delay = backoff(engine_cfg, attempt);
+                    (RunStatus::Retrying, Some(e.message), Some(Utc::now() + delay))
+                } else {
+                    let msg = format!("{} (gave up after {attempt} attempts)", e.message);
+                    (RunStatus::Dead, Some(msg), None)
+                }
+            }
+            Err(e) => (RunStatus::Failed, Some(e.message), None),
+        };
+        let (writes, notes) = ctx.take_writes();
+        Some(Outcome {
+            run: Run {
+                id: 0,
+                rule: rule.name.clone(),
+                record_id: Some(event.record.id.clone()),
+                event_id: Some(event.id),
+                event: event.kind.as_str().to_string(),
+                status,
+                error,
+                duration_ms: start.elapsed().as_millis() as u64,
+                log: ctx.log_lines(),
+                attempts: attempt,
+                started_at,
+                finished_at: Utc::now(),
+                next_attempt_at,
+            },
+            writes,
+            notes,
+        })
+    }
+
+    /// Which rules would match a record and why, and what their scripts would write, with
+    /// nothing written. `only` limits the report to one rule.
+    pub fn explain(&self, entity: &str, kind: EventKind, record: Submitted, only: Option<&str>) -> Result<Vec<Explanation>, String> {
+        let catalog = self.catalog.load_full();
+        let previous = match &record.id {
+            Some(id) => self.store.get_record(id).map_err(|e| e.to_string())?,
+            None => None,
+        };
+        if kind == EventKind::Updated && previous.is_none() {
+            return Err(format!("an update needs the `id` of a stored record; {:?} is not one", record.id.unwrap_or_default()));
+        }
+        let mut current = match &previous {
+            Some(p) => p.clone(),
+            None => Record::new(entity, Default::default()),
+        };
+        if let Some(id) = &record.id {
+            current.id = id.clone();
+        }
+        current.entity = entity.to_string();
+        current.fields.extend(record.fields);
+        if let Some(s) = record.status {
+            current.status = s;
+        }
+        let event = Event { id: 0, kind, record: current, previous, depth: 0, created_at: Utc::now() };
+        let rules: Vec<&Arc<Rule>> = match only {
+            Some(name) => vec![catalog.rules.get(name).ok_or_else(|| {
+                let names = catalog.rules.rules().iter().map(|r| r.name.as_str());
+                match crate::diag::did_you_mean(name, names) {
+                    Some(s) => format!("no rule named {name:?}; did you mean {s:?}?"),
+                    None => format!("no rule named {name:?}"),
+                }
+            })?],
+            None => catalog.rules.rules().iter().filter(|r| r.entity == entity).collect(),
+        };
+        let mut out = Vec::new();
+        for rule in rules {
+            let conditions: Vec<ConditionVerdict> = rule
+                .conditions
+                .iter()
+                .map(|c| ConditionVerdict {
+                    field: c.field_name.clone(),
+                    op: c.op_name.clone(),
+                    value: condition_value(&c.op),
+                    actual: c.actual(&event),
+                    holds: c.eval(&event),
+                })
+                .collect();
+            let mut ex = Explanation {
+                rule: rule.name.clone(),
+                matched: rule.enabled && rule.matches(&event),
+                conditions,
+                when: None,
+                writes: Vec::new(),
+                log: Vec::new(),
+                error: None,
+            };
+            if ex.matched {
+                match self.execute(&catalog, rule, &event, 1, true) {
+                    None => {
+                        ex.matched = false;
+                        ex.when = Some(Ok(false));
+                    }
+                    Some(o) => {
+                        if rule.when.is_some() {
+                            ex.when = Some(Ok(true));
+                        }
+                        ex.writes = o.writes.iter().chain(&o.notes).map(describe_write).collect();
+                        ex.log = o.run.log;
+                        ex.error = o.run.error;
+                    }
+                }
+            }
+            out.push(ex);
+        }
+        Ok(out)
+    }
+
+    /// Run history.
+    pub fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {
+        self.store.runs(filter)
+    }
+
+    /// The folder the configuration was read from.
+    pub fn base_dir(&self) -> &Path {
+        self.config.path.as_deref().and_then(Path::parent).unwrap_or(Path::new("."))
+    }
+}
+
+struct Outcome {
+    run: Run,
+    writes: Vec<Write>,
+    notes: Vec<Write>,
+}
+
+/// Exponential backoff with full jitter in the upper half: base * 2^(attempt-1), capped.
+fn backoff(cfg: &EngineConfig, attempt: u32) -> chrono::Duration {
+    let exp = cfg.retry_backoff_ms.saturating_mul(1u64 << (attempt - 1).min(30));
+    let capped = exp.min(cfg.retry_max_backoff_ms).max(1);
+    let ms = rand::rng().random_range(capped / 2..=capped);
+    chrono::Duration::milliseconds(ms as i64)
+}
+
+fn condition_value(op: &crate::rule::condition::Op) -> Option<serde_json::Value> {
+    use crate::rule::condition::Op::*;
+    match op {
+        Equals(v) | NotEquals(v) | Contains(v) | Gt(v) | Gte(v) | Lt(v) | Lte(v) => Some(v.clone()),
+        In(v, _) | NotIn(v, _) => Some(serde_json::Value::Array(v.clone())),
+        StartsWith(s) | EndsWith(s) => Some(s.clone().into()),
+        Matches(r) => Some(r.as_str().into()),
+        Exists | Missing | Changed => None,
+    }
+}
+
+/// A write as `tripline test` shows it.
+pub fn describe_write(w: &Write) -> serde_json::Value {
+    use serde_json::json;
+    match w {
+        Write::Create(r) => json!({"create": {"entity": r.entity, "id": r.id, "fields": r.fields}}),
+        Write::Update { id, fields } => json!({"update": {"id": id, "fields": fields}}),
+        Write::Comment { id, text, .. } => json!({"comment": {"id": id, "text": text}}),
+        Write::Close { id, text } => json!({"close": {"id": id, "text": text}}),
+        Write::SetState { namespace, key, value } => json!({"state": {"namespace": namespace, "key": key, "value": value}}),
+    }
+}

@@ -1,0 +1,330 @@
+//! The host object `api` that scripts call, and the context of one run behind it.
+//!
+//! Records and tickets: `api.create`, `api.update`, `api.find`, `api.get`, `api.comment`,
+//! `api.close`. Logging: `api.log` / `api.info` / `api.warn` / `api.error` (and `print`), lines
+//! attached to the run. Time: `api.now()`, `api.days_ago(n)`, ... State: `api.state_get` /
+//! `api.state_set`, a key-value store per job or rule that survives restarts (watermarks).
+//!
+//! A run's writes are buffered in its [`RunCtx`] and committed with the run in one
+//! transaction, so a failed run writes nothing half-way and a dry run writes nothing at all.
+//! Reads within a run see the run's own buffered writes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};
+use serde_json::Value;
+
+use super::{dynamic_to_json, json_to_dynamic, record_to_map};
+use crate::record::{lookup, Fields, Record, Status, RESERVED_KEYS};
+use crate::rule::condition::json_eq;
+use crate::store::{LogLine, Store, Write};
+
+/// The host systems scripts reach through `api` (directories, connections, notifications);
+/// each later host area adds its handles here.
+#[derive(Default)]
+pub struct Hosts {}
+
+/// The context of one run: where its log lines and writes go.
+pub struct RunCtx {
+    pub store: Arc<dyn Store>,
+    pub hosts: Arc<Hosts>,
+    /// The rule's (or job's) name.
+    pub rule: String,
+    /// The namespace of `api.state_get` / `state_set`.
+    pub state_namespace: String,
+    /// `tripline test`: nothing is written and host systems are not changed.
+    pub dry_run: bool,
+    /// The wall-clock limit of the run.
+    pub deadline: Instant,
+    /// The key of comments that must stay single across retries of this run.
+    pub comment_key: String,
+    log: Mutex<Vec<LogLine>>,
+    writes: Mutex<Vec<Write>>,
+    notes: Mutex<Vec<Write>>,
+    transient: AtomicBool,
+}
+
+/// Most records `api.find` returns.
+const FIND_LIMIT: usize = 10_000;
+
+impl RunCtx {
+    pub fn new(store: Arc<dyn Store>, hosts: Arc<Hosts>, rule: &str, deadline: Instant, dry_run: bool) -> RunCtx {
+        RunCtx {
+            store,
+            hosts,
+            rule: rule.to_string(),
+            state_namespace: format!("rule:{rule}"),
+            dry_run,
+            deadline,
+            comment_key: format!("rule:{rule}"),
+            log: Mutex::default(),
+            writes: Mutex::default(),
+            notes: Mutex::default(),
+            transient: AtomicBool::new(false),
+        }
+    }
+
+    /// Appends a line to the run's log (secrets redacted).
+    pub fn log(&self, level: &str, message: &str) {
+        let message = crate::config::secret::redact(message).into_owned();
+        lock(&self.log).push(LogLine { level: level.to_string(), message, at: Utc::now() });
+    }
+
+    /// The log so far.
+    pub fn log_lines(&self) -> Vec<LogLine> {
+        lock(&self.log).clone()
+    }
+
+    /// Buffers a write, committed with the run when it succeeds.
+    pub fn write(&self, w: Write) {
+        lock(&self.writes).push(w);
+    }
+
+    /// Buffers a write that is committed even when the run fails: the comment that tells the
+    /// ticket's owner why synchronisation failed must survive the failure it describes.
+    pub fn note(&self, w: Write) {
+        lock(&self.notes).push(w);
+    }
+
+    /// The buffered writes and notes, taken out.
+    pub fn take_writes(&self) -> (Vec<Write>, Vec<Write>) {
+        (std::mem::take(&mut *lock(&self.writes)), std::mem::take(&mut *lock(&self.notes)))
+    }
+
+    /// The writes buffered so far (for `tripline test`).
+    pub fn writes(&self) -> Vec<Write> {
+        lock(&self.writes).clone()
+    }
+
+    /// A script error from a host call; `transient` marks the run for a retry.
+    pub fn host_error(&self, message: impl Into<String>, transient: bool) -> Box<EvalAltResult> {
+        if transient {
+            self.transient.store(true, Ordering::Relaxed);
+        }
+        crate::config::secret::redact(&message.into()).into_owned().into()
+    }
+
+    /// Whether a host call failed transiently, resetting the flag.
+    pub fn take_transient(&self) -> bool {
+        self.transient.swap(false, Ordering::Relaxed)
+    }
+
+    /// A record as this run sees it: the store's version with the run's own writes applied.
+    pub fn get_record(&self, id: &str) -> Result<Option<Record>, String> {
+        let writes = lock(&self.writes);
+        let created = writes.iter().find_map(|w| match w {
+            Write::Create(r) if r.id == id => Some(r.clone()),
+            _ => None,
+        });
+        let base = match created {
+            Some(r) => Some(r),
+            None => self.store.get_record(id).map_err(|e| e.to_string())?,
+        };
+        Ok(base.map(|r| overlay(r, &writes)))
+    }
+
+    /// Records of an entity matching every criterion, as this run sees them.
+    pub fn find(&self, entity: &str, criteria: &Fields) -> Result<Vec<Record>, String> {
+        let stored = self.store.find_records(entity, criteria, FIND_LIMIT).map_err(|e| e.to_string())?;
+        let writes = lock(&self.writes);
+        let mut out: Vec<Record> = stored.into_iter().map(|r| overlay(r, &writes)).collect();
+        for w in writes.iter() {
+            if let Write::Create(r) = w {
+                if r.entity == entity {
+                    out.push(overlay(r.clone(), &writes));
+                }
+            }
+        }
+        out.retain(|r| satisfies(r, criteria));
+        Ok(out)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn overlay(mut r: Record, writes: &[Write]) -> Record {
+    for w in writes {
+        match w {
+            Write::Update { id, fields } if *id == r.id => {
+                for (k, v) in fields {
+                    r.fields.insert(k.clone(), v.clone());
+                }
+            }
+            Write::Close { id, text } if *id == r.id => {
+                r.status = Status::Closed;
+                if let Some(t) = text {
+                    r.comments.push(crate::record::Comment { text: t.clone(), at: Utc::now() });
+                }
+            }
+            Write::Comment { id, text, .. } if *id == r.id => {
+                r.comments.push(crate::record::Comment { text: text.clone(), at: Utc::now() })
+            }
+            _ => {}
+        }
+    }
+    r
+}
+
+fn satisfies(r: &Record, criteria: &Fields) -> bool {
+    criteria.iter().all(|(k, v)| match k.as_str() {
+        "status" => v.as_str() == Some(r.status.as_str()),
+        "id" => v.as_str() == Some(r.id.as_str()),
+        _ => {
+            let path: Vec<String> = k.split('.').map(String::from).collect();
+            lookup(&r.fields, &path).is_some_and(|x| json_eq(x, v))
+        }
+    })
+}
+
+/// The `api` object in a script's scope.
+#[derive(Clone)]
+pub struct Api(pub Arc<RunCtx>);
+
+impl Api {
+    pub fn new(ctx: Arc<RunCtx>) -> Dynamic {
+        Dynamic::from(Api(ctx))
+    }
+
+    /// The run's context, for host functions registered by embedders.
+    pub fn ctx(&self) -> &RunCtx {
+        &self.0
+    }
+}
+
+type Res<T> = Result<T, Box<EvalAltResult>>;
+
+/// The id of a record given as a record map or as an id string.
+pub fn record_id(record: &Dynamic) -> Res<String> {
+    if let Some(m) = record.read_lock::<Map>() {
+        return match m.get("id").and_then(|v| v.clone().into_immutable_string().ok()) {
+            Some(id) => Ok(id.to_string()),
+            None => Err("expected a record (a map with an `id`)".into()),
+        };
+    }
+    record
+        .clone()
+        .into_immutable_string()
+        .map(|s| s.to_string())
+        .map_err(|t| format!("expected a record or a record id, not {t}").into())
+}
+
+/// Script fields as JSON, refusing the keys that are not fields.
+fn fields_of(map: Map) -> Res<Fields> {
+    for k in RESERVED_KEYS {
+        if map.contains_key(k) {
+            return Err(format!(
+                "`{k}` is not a field: records have fixed `id`, `entity` and `status` (close a record with api.close)"
+            )
+            .into());
+        }
+    }
+    match dynamic_to_json(&Dynamic::from_map(map)) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => unreachable!("a map is an object"),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn existing(api: &Api, id: &str) -> Res<Record> {
+    api.0.get_record(id).map_err(|e| api.0.host_error(e, true))?.ok_or_else(|| format!("no record with id {id}").into())
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Registers `api`'s functions on the engine.
+pub fn register(engine: &mut Engine) {
+    engine.register_type_with_name::<Api>("Api");
+
+    engine.register_fn("create", |api: &mut Api, entity: &str, fields: Map| -> Res<Map> {
+        if entity.trim().is_empty() {
+            return Err("api.create needs an entity name".into());
+        }
+        let record = Record::new(entity, fields_of(fields)?);
+        let map = record_to_map(&record);
+        api.0.write(Write::Create(record));
+        Ok(map)
+    });
+    engine.register_fn("update", |api: &mut Api, record: Dynamic, fields: Map| -> Res<Map> {
+        let id = record_id(&record)?;
+        existing(api, &id)?;
+        api.0.write(Write::Update { id: id.clone(), fields: fields_of(fields)? });
+        Ok(record_to_map(&existing(api, &id)?))
+    });
+    engine.register_fn("find", |api: &mut Api, entity: &str, criteria: Map| -> Res<Array> {
+        let criteria = match dynamic_to_json(&Dynamic::from_map(criteria)).map_err(|e| -> Box<EvalAltResult> { e.into() })? {
+            Value::Object(o) => o,
+            _ => unreachable!("a map is an object"),
+        };
+        let found = api.0.find(entity, &criteria).map_err(|e| api.0.host_error(e, true))?;
+        Ok(found.iter().map(|r| Dynamic::from_map(record_to_map(r))).collect())
+    });
+    engine.register_fn("get", |api: &mut Api, id: &str| -> Res<Dynamic> {
+        Ok(match api.0.get_record(id).map_err(|e| api.0.host_error(e, true))? {
+            Some(r) => Dynamic::from_map(record_to_map(&r)),
+            None => Dynamic::UNIT,
+        })
+    });
+    engine.register_fn("comment", |api: &mut Api, record: Dynamic, text: &str| -> Res<()> {
+        let id = record_id(&record)?;
+        existing(api, &id)?;
+        api.0.write(Write::Comment { id, text: text.to_string(), key: None });
+        Ok(())
+    });
+    engine.register_fn("close", |api: &mut Api, record: Dynamic, text: &str| -> Res<()> {
+        let id = record_id(&record)?;
+        existing(api, &id)?;
+        api.0.write(Write::Close { id, text: Some(text.to_string()) });
+        Ok(())
+    });
+    engine.register_fn("close", |api: &mut Api, record: Dynamic| -> Res<()> {
+        let id = record_id(&record)?;
+        existing(api, &id)?;
+        api.0.write(Write::Close { id, text: None });
+        Ok(())
+    });
+
+    for level in ["info", "warn", "error"] {
+        engine.register_fn(level, move |api: &mut Api, msg: Dynamic| api.0.log(level, &msg.to_string()));
+    }
+    engine.register_fn("log", |api: &mut Api, msg: Dynamic| api.0.log("info", &msg.to_string()));
+
+    engine.register_fn("now", |_: &mut Api| ts(Utc::now()));
+    engine.register_fn("now_unix", |_: &mut Api| Utc::now().timestamp());
+    engine.register_fn("days_ago", |_: &mut Api, n: i64| ts(Utc::now() - Duration::days(n)));
+    engine.register_fn("hours_ago", |_: &mut Api, n: i64| ts(Utc::now() - Duration::hours(n)));
+    engine.register_fn("minutes_ago", |_: &mut Api, n: i64| ts(Utc::now() - Duration::minutes(n)));
+    engine.register_fn("parse_time", |_: &mut Api, s: &str| -> Res<i64> {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.timestamp())
+            .map_err(|e| format!("not an RFC 3339 time {s:?}: {e}").into())
+    });
+    engine.register_fn("format_time", |_: &mut Api, unix: i64| -> Res<String> {
+        DateTime::from_timestamp(unix, 0).map(ts).ok_or_else(|| format!("{unix} is out of range").into())
+    });
+
+    engine.register_fn("state_get", |api: &mut Api, key: &str| -> Res<Dynamic> {
+        let pending = lock(&api.0.writes).iter().rev().find_map(|w| match w {
+            Write::SetState { namespace, key: k, value } if *namespace == api.0.state_namespace && k == key => {
+                Some(value.clone())
+            }
+            _ => None,
+        });
+        let value = match pending {
+            Some(v) => Some(v),
+            None => api.0.store.kv_get(&api.0.state_namespace, key).map_err(|e| api.0.host_error(e.to_string(), true))?,
+        };
+        Ok(value.as_ref().map_or(Dynamic::UNIT, json_to_dynamic))
+    });
+    engine.register_fn("state_set", |api: &mut Api, key: &str, value: Dynamic| -> Res<()> {
+        let value = dynamic_to_json(&value).map_err(|e| -> Box<EvalAltResult> { e.into() })?;
+        api.0.write(Write::SetState { namespace: api.0.state_namespace.clone(), key: key.to_string(), value });
+        Ok(())
+    });
+}

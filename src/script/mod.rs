@@ -1,0 +1,281 @@
+//! Scripts: one shared Rhai [`Engine`](rhai::Engine) with the sandbox limits always on, scripts
+//! compiled once to ASTs, and the run of a script with its scope.
+//!
+//! The sandbox: Rhai has no file or process access of its own; `eval` and module imports are
+//! disabled; operations, call depth, string / array / map sizes and wall-clock time are
+//! limited per run (`[limits]`). A script that hits a limit fails its run with an error naming
+//! the limit; the process carries on.
+
+pub mod api;
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rhai::{Dynamic, Engine, EvalAltResult, Map, Scope, AST};
+use serde_json::Value;
+
+use crate::config::LimitsConfig;
+use crate::diag::Diagnostic;
+use crate::record::Record;
+pub use api::{Api, Hosts, RunCtx};
+
+/// A hook that registers an embedding program's own functions on the engine.
+pub type EngineHook = Arc<dyn Fn(&mut Engine) + Send + Sync>;
+
+/// Why a script run failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptError {
+    pub message: String,
+    /// A host call failed in a way that may succeed later (directory down, HTTP 503, ...).
+    pub transient: bool,
+}
+
+impl std::fmt::Display for ScriptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+thread_local! {
+    /// The run being executed on this thread: where `print` goes and whose deadline applies.
+    static CURRENT: RefCell<Option<Arc<RunCtx>>> = const { RefCell::new(None) };
+}
+
+struct CurrentGuard;
+
+impl CurrentGuard {
+    fn set(ctx: Arc<RunCtx>) -> CurrentGuard {
+        CURRENT.with(|c| *c.borrow_mut() = Some(ctx));
+        CurrentGuard
+    }
+}
+
+impl Drop for CurrentGuard {
+    fn drop(&mut self) {
+        CURRENT.with(|c| *c.borrow_mut() = None);
+    }
+}
+
+/// The shared engine and its limits.
+pub struct ScriptEngine {
+    engine: Engine,
+    limits: LimitsConfig,
+}
+
+/// What a script sees besides `api`.
+pub struct Invocation<'a> {
+    pub record: Option<&'a Record>,
+    pub previous: Option<&'a Record>,
+    pub event: &'a str,
+    pub rule: &'a str,
+    pub params: &'a serde_json::Map<String, Value>,
+}
+
+impl ScriptEngine {
+    /// Builds the engine: limits, sandbox, the host API, then the embedder's hooks.
+    pub fn new(limits: &LimitsConfig, hooks: &[EngineHook]) -> ScriptEngine {
+        let mut engine = Engine::new();
+        engine.set_max_operations(limits.max_operations);
+        engine.set_max_call_levels(limits.max_call_depth);
+        engine.set_max_string_size(limits.max_string_size);
+        engine.set_max_array_size(limits.max_array_size);
+        engine.set_max_map_size(limits.max_map_size);
+        engine.set_max_expr_depths(128, 64);
+        engine.disable_symbol("eval");
+        engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+        engine.on_print(|s| {
+            CURRENT.with(|c| {
+                if let Some(ctx) = &*c.borrow() {
+                    ctx.log("info", s);
+                }
+            })
+        });
+        engine.on_debug(|s, _, pos| {
+            CURRENT.with(|c| {
+                if let Some(ctx) = &*c.borrow() {
+                    ctx.log("debug", &format!("{s} ({pos})"));
+                }
+            })
+        });
+        engine.on_progress(|ops| {
+            // Checking the clock every operation would cost more than the operations.
+            if ops % 512 != 0 {
+                return None;
+            }
+            CURRENT.with(|c| match &*c.borrow() {
+                Some(ctx) if Instant::now() > ctx.deadline => Some(Dynamic::from("timeout")),
+                _ => None,
+            })
+        });
+        api::register(&mut engine);
+        for hook in hooks {
+            hook(&mut engine);
+        }
+        ScriptEngine { engine, limits: limits.clone() }
+    }
+
+    /// The engine, to evaluate expressions in tests and tools.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn limits(&self) -> &LimitsConfig {
+        &self.limits
+    }
+
+    /// Compiles a script file's text; on failure, a diagnostic at Rhai's position.
+    pub fn compile(&self, path: &Path, source: &str) -> Result<AST, Diagnostic> {
+        self.engine.compile(source).map_err(|e| {
+            let pos = e.position();
+            let (line, col) = (pos.line().unwrap_or(1), pos.position().unwrap_or(1));
+            Diagnostic::at(path, line, col, format!("{}{}", e.err_type(), quote_hint(source, line)))
+        })
+    }
+
+    /// Compiles a `when` guard expression; on failure, Rhai's message and position.
+    pub fn compile_guard(&self, source: &str) -> Result<AST, (String, usize, usize)> {
+        self.engine.compile_expression(source).map_err(|e| {
+            let pos = e.position();
+            let line = pos.line().unwrap_or(1);
+            (format!("{}{}", e.err_type(), quote_hint(source, line)), line, pos.position().unwrap_or(1))
+        })
+    }
+
+    fn scope<'s>(&self, inv: &Invocation) -> Scope<'s> {
+        let mut scope = Scope::new();
+        scope.push("record", inv.record.map_or(Dynamic::UNIT, |r| Dynamic::from_map(record_to_map(r))));
+        scope.push("previous", inv.previous.map_or(Dynamic::UNIT, |r| Dynamic::from_map(record_to_map(r))));
+        scope.push("event", Dynamic::from(inv.event.to_string()));
+        scope.push("rule", Dynamic::from(inv.rule.to_string()));
+        scope.push("params", Dynamic::from_map(json_map_to_rhai(inv.params)));
+        scope
+    }
+
+    /// Evaluates a `when` guard (no `api`: a guard decides, it does not act).
+    pub fn eval_guard(&self, ast: &AST, inv: &Invocation, ctx: Arc<RunCtx>) -> Result<bool, ScriptError> {
+        let _current = CurrentGuard::set(ctx.clone());
+        let mut scope = self.scope(inv);
+        self.engine
+            .eval_ast_with_scope::<bool>(&mut scope, ast)
+            .map_err(|e| self.error(*e, &ctx))
+    }
+
+    /// Runs a script to its end.
+    pub fn run(&self, ast: &AST, inv: &Invocation, ctx: Arc<RunCtx>) -> Result<Dynamic, ScriptError> {
+        let _current = CurrentGuard::set(ctx.clone());
+        let mut scope = self.scope(inv);
+        scope.push("api", Api::new(ctx.clone()));
+        self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast).map_err(|e| self.error(*e, &ctx))
+    }
+
+    /// Rhai's error in words an admin can act on, naming the limit that stopped the script.
+    fn error(&self, e: EvalAltResult, ctx: &RunCtx) -> ScriptError {
+        let l = &self.limits;
+        let at = |pos: rhai::Position| if pos.is_none() { String::new() } else { format!(" ({pos})") };
+        let message = match &e {
+            EvalAltResult::ErrorTooManyOperations(pos) => format!(
+                "script stopped after {} operations: the limit is [limits] max_operations = {}{}",
+                l.max_operations, l.max_operations, at(*pos)
+            ),
+            EvalAltResult::ErrorTerminated(_, pos) => format!(
+                "script stopped: it ran longer than [limits] timeout_ms = {}{}",
+                l.timeout_ms,
+                at(*pos)
+            ),
+            EvalAltResult::ErrorStackOverflow(pos) => format!(
+                "script stopped: calls nested deeper than [limits] max_call_depth = {}{}",
+                l.max_call_depth,
+                at(*pos)
+            ),
+            EvalAltResult::ErrorDataTooLarge(what, pos) => {
+                let limit = match what.as_str() {
+                    w if w.contains("string") || w.contains("String") => format!("max_string_size = {}", l.max_string_size),
+                    w if w.contains("array") || w.contains("Array") => format!("max_array_size = {}", l.max_array_size),
+                    w if w.contains("map") || w.contains("Map") || w.contains("object") => {
+                        format!("max_map_size = {}", l.max_map_size)
+                    }
+                    _ => format!(
+                        "max_string_size = {}, max_array_size = {}, max_map_size = {}",
+                        l.max_string_size, l.max_array_size, l.max_map_size
+                    ),
+                };
+                format!("script stopped: {what} grew larger than [limits] {limit}{}", at(*pos))
+            }
+            EvalAltResult::ErrorRuntime(value, pos) => format!("{value}{}", at(*pos)),
+            other => other.to_string(),
+        };
+        ScriptError {
+            message: crate::config::secret::redact(&message).into_owned(),
+            transient: ctx.take_transient(),
+        }
+    }
+}
+
+/// A hint when a compile error's line has typographic quotes, as text copied from a
+/// document or a chat often does.
+fn quote_hint(source: &str, line: usize) -> String {
+    let text = source.lines().nth(line.saturating_sub(1)).unwrap_or("");
+    if text.contains(['“', '”', '‘', '’', '«', '»', '„']) {
+        "; hint: this line has typographic quotes (“ ” ‘ ’), which Rhai does not read as quotes; use straight quotes (\")".into()
+    } else {
+        String::new()
+    }
+}
+
+/// A record as scripts see it: its fields as top-level keys, beside `id`, `entity`, `status`.
+pub fn record_to_map(r: &Record) -> Map {
+    let mut m = json_map_to_rhai(&r.fields);
+    m.insert("id".into(), Dynamic::from(r.id.clone()));
+    m.insert("entity".into(), Dynamic::from(r.entity.clone()));
+    m.insert("status".into(), Dynamic::from(r.status.as_str().to_string()));
+    m
+}
+
+/// JSON to a Rhai value.
+pub fn json_to_dynamic(v: &Value) -> Dynamic {
+    match v {
+        Value::Null => Dynamic::UNIT,
+        Value::Bool(b) => Dynamic::from_bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Dynamic::from_int(i),
+            None => Dynamic::from_float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Dynamic::from(s.clone()),
+        Value::Array(a) => Dynamic::from_array(a.iter().map(json_to_dynamic).collect()),
+        Value::Object(o) => Dynamic::from_map(json_map_to_rhai(o)),
+    }
+}
+
+/// A JSON object to a Rhai map.
+pub fn json_map_to_rhai(o: &serde_json::Map<String, Value>) -> Map {
+    o.iter().map(|(k, v)| (k.as_str().into(), json_to_dynamic(v))).collect()
+}
+
+/// A Rhai value to JSON (`()` is null; other host types are refused).
+pub fn dynamic_to_json(d: &Dynamic) -> Result<Value, String> {
+    rhai::serde::from_dynamic::<Value>(d).map_err(|e| format!("not a JSON value: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compile_errors_point_at_the_place_and_hint_at_typographic_quotes() {
+        let e = ScriptEngine::new(&LimitsConfig::default(), &[]);
+        let d = e.compile(Path::new("s.rhai"), "let x = 1;\napi.ProcessFlexHrUserOnAD(record, “ActiveDirectory”);\n").unwrap_err();
+        assert_eq!((d.line, d.col > 1), (2, true), "{d}");
+        assert!(d.message.contains("typographic quotes"), "{d}");
+        let d = e.compile(Path::new("s.rhai"), "let x = ;").unwrap_err();
+        assert_eq!(d.line, 1);
+        assert!(!d.message.contains("typographic"));
+    }
+
+    #[test]
+    fn json_round_trips_through_rhai() {
+        let v = serde_json::json!({"a": 1, "b": [true, null, "x"], "c": {"d": 1.5}});
+        assert_eq!(dynamic_to_json(&json_to_dynamic(&v)).unwrap(), v);
+    }
+}
