@@ -151,10 +151,10 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
 }
 
 fn build(config: &Path) -> Result<Runtime, Failure> {
-    Runtime::builder().config_file(config).build().map_err(|e| Failure {
-        message: format!("{e}\n(run `tripline check` for the full report)"),
-        code: 1,
-    })
+    Runtime::builder()
+        .config_file(config)
+        .build()
+        .map_err(|e| Failure { message: format!("{e}\n(run `tripline check` for the full report)"), code: 1 })
 }
 
 /// Every problem of the configuration, rules and scripts (and the example folders).
@@ -228,7 +228,10 @@ fn open_input(spec: &str) -> Result<Box<dyn Read>, Failure> {
 
 /// Reads a stream of JSON values (one record, or JSON Lines), calling `each` with the value,
 /// its size in bytes and its 1-based line.
-fn each_record(input: Box<dyn Read>, mut each: impl FnMut(Value, usize, usize) -> Result<(), Failure>) -> Result<usize, Failure> {
+fn each_record(
+    input: Box<dyn Read>,
+    mut each: impl FnMut(Value, usize, usize) -> Result<(), Failure>,
+) -> Result<usize, Failure> {
     let mut reader = BufReader::new(input);
     let mut line_no = 0;
     let mut count = 0;
@@ -284,7 +287,9 @@ fn fire(rt: &Runtime, args: FireArgs) -> Result<u8, Failure> {
     let item = |value: Value, size: usize, line: usize| -> Result<Ingest, Failure> {
         let at = |m: String| Failure { message: format!("line {line}: {m}"), code: 1 };
         if size > max {
-            return Err(at(format!("record is {size} bytes, larger than the {max}-byte limit ([engine] max_record_bytes)")));
+            return Err(at(format!(
+                "record is {size} bytes, larger than the {max}-byte limit ([engine] max_record_bytes)"
+            )));
         }
         let record = from_value(value).map_err(at)?;
         Ok(Ingest { entity: args.entity.clone(), kind: kind.clone(), record, idempotency_key: None })
@@ -391,7 +396,14 @@ fn test(rt: &Runtime, args: TestArgs) -> Result<u8, Failure> {
         for c in &ex.conditions {
             let value = c.value.as_ref().map(|v| format!(" {v}")).unwrap_or_default();
             let actual = c.actual.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "(absent)".into());
-            println!("  [{}] {} {}{}  (record has {})", if c.holds { "yes" } else { "no " }, c.field, c.op, value, actual);
+            println!(
+                "  [{}] {} {}{}  (record has {})",
+                if c.holds { "yes" } else { "no " },
+                c.field,
+                c.op,
+                value,
+                actual
+            );
         }
         match &ex.when {
             Some(Ok(b)) => println!("  [{}] when guard", if *b { "yes" } else { "no " }),
@@ -442,9 +454,14 @@ fn replay(rt: &Runtime, run_id: i64) -> Result<u8, Failure> {
         return Err(Failure { message: format!("no run with id {run_id}"), code: 1 });
     };
     if previous.status == RunStatus::Ok {
-        return Err(Failure { message: format!("run {run_id} ended ok; only failed, retrying or dead runs are replayed"), code: 1 });
+        return Err(Failure {
+            message: format!("run {run_id} ended ok; only failed, retrying or dead runs are replayed"),
+            code: 1,
+        });
     }
-    let run = rt.replay(run_id)?.ok_or_else(|| Failure { message: "the rule's `when` guard no longer holds".into(), code: 1 })?;
+    let run = rt
+        .replay(run_id)?
+        .ok_or_else(|| Failure { message: "the rule's `when` guard no longer holds".into(), code: 1 })?;
     print_run(&mut std::io::stdout(), &run)?;
     Ok(if run.status == RunStatus::Ok { 0 } else { 1 })
 }
@@ -470,13 +487,22 @@ fn records(rt: &Runtime, cmd: RecordsCommand) -> Result<u8, Failure> {
             } else {
                 for r in &found {
                     let summary: Vec<String> = r.fields.iter().take(4).map(|(k, v)| format!("{k}={v}")).collect();
-                    println!("{}  {:<6}  {}  {}", r.id, r.status.as_str(), r.updated_at.format("%Y-%m-%d %H:%M:%S"), summary.join(" "));
+                    println!(
+                        "{}  {:<6}  {}  {}",
+                        r.id,
+                        r.status.as_str(),
+                        r.updated_at.format("%Y-%m-%d %H:%M:%S"),
+                        summary.join(" ")
+                    );
                 }
                 println!("{} record{}", found.len(), if found.len() == 1 { "" } else { "s" });
             }
         }
         RecordsCommand::Show { id, json } => {
-            let r = rt.store().get_record(&id)?.ok_or_else(|| Failure { message: format!("no record with id {id:?}"), code: 1 })?;
+            let r = rt
+                .store()
+                .get_record(&id)?
+                .ok_or_else(|| Failure { message: format!("no record with id {id:?}"), code: 1 })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -498,7 +524,8 @@ fn backup(config: &Path, to: &Path) -> Result<u8, Failure> {
     if to.exists() {
         return Err(Failure { message: format!("{} already exists", to.display()), code: 1 });
     }
-    let config = Config::load(config).map_err(|d| Failure { message: crate::diag::Diagnostics(d).to_string(), code: 1 })?;
+    let config =
+        Config::load(config).map_err(|d| Failure { message: crate::diag::Diagnostics(d).to_string(), code: 1 })?;
     let store = crate::store::sqlite::SqliteStore::open_dir(&config.engine.data_dir)?;
     store.backup(to)?;
     println!("store copied to {}", to.display());

@@ -19,12 +19,7 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// A problem at a line and column.
     pub fn at(path: &Path, line: usize, col: usize, message: impl Into<String>) -> Self {
-        Self {
-            path: path.to_path_buf(),
-            line: line.max(1),
-            col: col.max(1),
-            message: message.into(),
-        }
+        Self { path: path.to_path_buf(), line: line.max(1), col: col.max(1), message: message.into() }
     }
 
     /// A problem about a whole file (reported at 1:1).

@@ -154,7 +154,8 @@ impl Runtime {
     /// Reloads rules and scripts from their folders; on any problem the catalog in force is
     /// kept and the problems are returned.
     pub fn reload(&self) -> Result<(), Vec<Diagnostic>> {
-        let (catalog, diags) = Catalog::load(&self.scripts, &self.config.engine.rules_dir, &self.config.engine.scripts_dir);
+        let (catalog, diags) =
+            Catalog::load(&self.scripts, &self.config.engine.rules_dir, &self.config.engine.scripts_dir);
         if !diags.is_empty() {
             return Err(diags);
         }
@@ -298,7 +299,11 @@ impl Runtime {
             // A write the store refused (the record vanished meanwhile): the run fails, and
             // nothing it wrote is kept.
             Err(e) if !e.is_transient() && !writes.is_empty() => {
-                let run = Run { status: RunStatus::Failed, error: Some(format!("the run's writes were refused: {e}")), ..o.run };
+                let run = Run {
+                    status: RunStatus::Failed,
+                    error: Some(format!("the run's writes were refused: {e}")),
+                    ..o.run
+                };
                 return self.store.commit_run(&run, &[], depth + 1, finish).map(|(id, r)| (Run { id, ..run }, r));
             }
             Err(e) => return Err(e),
@@ -394,14 +399,23 @@ impl Runtime {
 
     /// Which rules would match a record and why, and what their scripts would write, with
     /// nothing written. `only` limits the report to one rule.
-    pub fn explain(&self, entity: &str, kind: EventKind, record: Submitted, only: Option<&str>) -> Result<Vec<Explanation>, String> {
+    pub fn explain(
+        &self,
+        entity: &str,
+        kind: EventKind,
+        record: Submitted,
+        only: Option<&str>,
+    ) -> Result<Vec<Explanation>, String> {
         let catalog = self.catalog.load_full();
         let previous = match &record.id {
             Some(id) => self.store.get_record(id).map_err(|e| e.to_string())?,
             None => None,
         };
         if kind == EventKind::Updated && previous.is_none() {
-            return Err(format!("an update needs the `id` of a stored record; {:?} is not one", record.id.unwrap_or_default()));
+            return Err(format!(
+                "an update needs the `id` of a stored record; {:?} is not one",
+                record.id.unwrap_or_default()
+            ));
         }
         let mut current = match &previous {
             Some(p) => p.clone(),
@@ -513,6 +527,8 @@ pub fn describe_write(w: &Write) -> serde_json::Value {
         Write::Update { id, fields } => json!({"update": {"id": id, "fields": fields}}),
         Write::Comment { id, text, .. } => json!({"comment": {"id": id, "text": text}}),
         Write::Close { id, text } => json!({"close": {"id": id, "text": text}}),
-        Write::SetState { namespace, key, value } => json!({"state": {"namespace": namespace, "key": key, "value": value}}),
+        Write::SetState { namespace, key, value } => {
+            json!({"state": {"namespace": namespace, "key": key, "value": value}})
+        }
     }
 }

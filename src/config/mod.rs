@@ -155,7 +155,8 @@ impl CheckCtx<'_> {
 impl Config {
     /// Reads a configuration file's text.
     pub fn read(path: &Path) -> Result<String, Vec<Diagnostic>> {
-        std::fs::read_to_string(path).map_err(|e| vec![Diagnostic::file(path, format!("cannot read configuration: {e}"))])
+        std::fs::read_to_string(path)
+            .map_err(|e| vec![Diagnostic::file(path, format!("cannot read configuration: {e}"))])
     }
 
     /// Reads and validates a configuration file; every problem is returned at once.

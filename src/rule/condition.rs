@@ -156,6 +156,9 @@ pub enum Op {
     Changed,
 }
 
+/// A compile error: which part of the condition is wrong ("field", "op" or "value") and why.
+pub type CompileError = (&'static str, String);
+
 /// One compiled condition.
 #[derive(Debug, Clone)]
 pub struct Condition {
@@ -170,7 +173,7 @@ pub struct Condition {
 impl Condition {
     /// Compiles a condition, or says what is wrong with it (and where: `Err((part, message))`,
     /// `part` being "op", "value" or "field").
-    pub fn compile(field: &str, op: &str, value: Option<Value>) -> Result<Condition, (&'static str, String)> {
+    pub fn compile(field: &str, op: &str, value: Option<Value>) -> Result<Condition, CompileError> {
         let field_ref = FieldRef::parse(field);
         if field.is_empty() || field.split('.').any(str::is_empty) {
             return Err(("field", format!("field {field:?} is not a name or a dotted path")));
@@ -184,31 +187,40 @@ impl Condition {
             other => other,
         };
         let need = |v: Option<Value>| v.ok_or(("op", format!("operator `{op}` needs a `value`")));
-        let scalar = |v: Value| -> Result<Value, (&'static str, String)> {
+        let scalar = |v: Value| -> Result<Value, CompileError> {
             match v {
                 Value::Array(_) | Value::Object(_) => Err((
                     "value",
-                    format!("operator `{op}` compares with one value, not {}; use `in` for a list", crate::record::kind_of(&v)),
+                    format!(
+                        "operator `{op}` compares with one value, not {}; use `in` for a list",
+                        crate::record::kind_of(&v)
+                    ),
                 )),
                 v => Ok(v),
             }
         };
-        let string = |v: Value| -> Result<String, (&'static str, String)> {
+        let string = |v: Value| -> Result<String, CompileError> {
             match v {
                 Value::String(s) => Ok(s),
-                other => Err(("value", format!("operator `{op}` needs a string value, not {}", crate::record::kind_of(&other)))),
+                other => Err((
+                    "value",
+                    format!("operator `{op}` needs a string value, not {}", crate::record::kind_of(&other)),
+                )),
             }
         };
-        let ordered = |v: Value| -> Result<Value, (&'static str, String)> {
+        let ordered = |v: Value| -> Result<Value, CompileError> {
             match v {
                 Value::Number(_) | Value::String(_) => Ok(v),
                 other => Err((
                     "value",
-                    format!("operator `{op}` compares with a number or a string, not {}", crate::record::kind_of(&other)),
+                    format!(
+                        "operator `{op}` compares with a number or a string, not {}",
+                        crate::record::kind_of(&other)
+                    ),
                 )),
             }
         };
-        let list = |v: Value| -> Result<(Vec<Value>, HashSet<Key>), (&'static str, String)> {
+        let list = |v: Value| -> Result<(Vec<Value>, HashSet<Key>), CompileError> {
             match v {
                 Value::Array(items) => {
                     let mut keys = HashSet::new();
@@ -220,10 +232,13 @@ impl Condition {
                     }
                     Ok((items, keys))
                 }
-                other => Err(("value", format!("operator `{op}` needs a list value, not {}", crate::record::kind_of(&other)))),
+                other => Err((
+                    "value",
+                    format!("operator `{op}` needs a list value, not {}", crate::record::kind_of(&other)),
+                )),
             }
         };
-        let no_value = |v: &Option<Value>| -> Result<(), (&'static str, String)> {
+        let no_value = |v: &Option<Value>| -> Result<(), CompileError> {
             match v {
                 Some(_) => Err(("value", format!("operator `{op}` takes no `value`"))),
                 None => Ok(()),
@@ -332,13 +347,10 @@ fn pseudo_typo(field: &str) -> Option<&'static str> {
     if PSEUDO_FIELDS.contains(&field) || field.contains('.') {
         return None;
     }
-    PSEUDO_FIELDS
-        .iter()
-        .copied()
-        .find(|p| strsim::damerau_levenshtein(p, field) == 1 && p.len() > 4)
+    PSEUDO_FIELDS.iter().copied().find(|p| strsim::damerau_levenshtein(p, field) == 1 && p.len() > 4)
 }
 
-fn check_pseudo_types(field: &FieldRef, name: &str, op: &Op) -> Result<(), (&'static str, String)> {
+fn check_pseudo_types(field: &FieldRef, name: &str, op: &Op) -> Result<(), CompileError> {
     if field.is_bool_pseudo() {
         return match op {
             Op::Equals(Value::Bool(_)) | Op::NotEquals(Value::Bool(_)) => Ok(()),
@@ -414,7 +426,14 @@ mod tests {
             r.id = "r1".into();
             r
         };
-        Event { id: 1, kind, record: rec(fields), previous: previous.map(rec), depth: 0, created_at: chrono::Utc::now() }
+        Event {
+            id: 1,
+            kind,
+            record: rec(fields),
+            previous: previous.map(rec),
+            depth: 0,
+            created_at: chrono::Utc::now(),
+        }
     }
 
     fn check(field: &str, op: &str, value: Option<Value>, fields: Value) -> bool {

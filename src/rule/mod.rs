@@ -98,17 +98,17 @@ impl Rule {
     }
 }
 
+/// Compiles a `when` expression, or gives Rhai's message, line and column.
+pub type GuardCompiler<'a> = &'a dyn Fn(&str) -> Result<rhai::AST, (String, usize, usize)>;
+
 /// Parses and checks one rule file. `compile_when` compiles a `when` expression, returning
 /// Rhai's message and position on failure.
-pub fn compile_rule(
-    path: &Path,
-    source: &str,
-    compile_when: &dyn Fn(&str) -> Result<rhai::AST, (String, usize, usize)>,
-) -> Result<Rule, Vec<Diagnostic>> {
+pub fn compile_rule(path: &Path, source: &str, compile_when: GuardCompiler) -> Result<Rule, Vec<Diagnostic>> {
     let cfg: RuleConfig =
         toml::from_str(source).map_err(|e| vec![Diagnostic::span(path, source, e.span(), e.message().to_string())])?;
     let mut diags = Vec::new();
-    let mut err = |span: std::ops::Range<usize>, msg: String| diags.push(Diagnostic::span(path, source, Some(span), msg));
+    let mut err =
+        |span: std::ops::Range<usize>, msg: String| diags.push(Diagnostic::span(path, source, Some(span), msg));
 
     if cfg.name.get_ref().trim().is_empty() {
         err(cfg.name.span(), "a rule needs a name".into());
@@ -188,7 +188,9 @@ pub fn toml_to_json(v: &toml::Value) -> Result<Value, String> {
     Ok(match v {
         toml::Value::String(s) => Value::String(s.clone()),
         toml::Value::Integer(i) => Value::from(*i),
-        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).ok_or("a number must be finite")?,
+        toml::Value::Float(f) => {
+            serde_json::Number::from_f64(*f).map(Value::Number).ok_or("a number must be finite")?
+        }
         toml::Value::Boolean(b) => Value::Bool(*b),
         toml::Value::Datetime(d) => Value::String(d.to_string()),
         toml::Value::Array(a) => Value::Array(a.iter().map(toml_to_json).collect::<Result<_, _>>()?),
@@ -306,8 +308,7 @@ impl RuleSet {
     pub fn candidates(&self, event: &Event) -> usize {
         let Some(er) = self.by_entity.get(&event.record.entity) else { return 0 };
         er.scan.len()
-            + er
-                .index
+            + er.index
                 .iter()
                 .filter_map(|(f, m)| f.resolve(event).and_then(|v| v.key()).and_then(|k| m.get(&k)))
                 .map(Vec::len)
@@ -351,7 +352,12 @@ mod tests {
     fn index_narrows_candidates_and_keeps_priority_order() {
         let mut rules = Vec::new();
         for i in 0..200 {
-            rules.push(rule(&format!("r{i}"), 200 - i, &[("Created", "equals", json!(true)), ("Dept", "equals", json!(format!("D{i}")))], Match::All));
+            rules.push(rule(
+                &format!("r{i}"),
+                200 - i,
+                &[("Created", "equals", json!(true)), ("Dept", "equals", json!(format!("D{i}")))],
+                Match::All,
+            ));
         }
         rules.push(rule("any", 50, &[("Dept", "equals", json!("D7")), ("VIP", "equals", json!(true))], Match::Any));
         rules.push(rule("first", 1, &[("Dept", "equals", json!("D7"))], Match::All));

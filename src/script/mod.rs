@@ -157,16 +157,14 @@ impl ScriptEngine {
     pub fn eval_guard(&self, ast: &AST, inv: &Invocation, ctx: Arc<RunCtx>) -> Result<bool, ScriptError> {
         let _current = CurrentGuard::set(ctx.clone());
         let mut scope = self.scope(inv);
-        self.engine
-            .eval_ast_with_scope::<bool>(&mut scope, ast)
-            .map_err(|e| self.error(*e, &ctx))
+        self.engine.eval_ast_with_scope::<bool>(&mut scope, ast).map_err(|e| self.error(*e, &ctx))
     }
 
     /// Runs a script to its end.
     pub fn run(&self, ast: &AST, inv: &Invocation, ctx: Arc<RunCtx>) -> Result<Dynamic, ScriptError> {
         let _current = CurrentGuard::set(ctx.clone());
         let mut scope = self.scope(inv);
-        scope.push("api", Api::new(ctx.clone()));
+        scope.push("api", Api::dynamic(ctx.clone()));
         self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast).map_err(|e| self.error(*e, &ctx))
     }
 
@@ -177,13 +175,13 @@ impl ScriptEngine {
         let message = match &e {
             EvalAltResult::ErrorTooManyOperations(pos) => format!(
                 "script stopped after {} operations: the limit is [limits] max_operations = {}{}",
-                l.max_operations, l.max_operations, at(*pos)
-            ),
-            EvalAltResult::ErrorTerminated(_, pos) => format!(
-                "script stopped: it ran longer than [limits] timeout_ms = {}{}",
-                l.timeout_ms,
+                l.max_operations,
+                l.max_operations,
                 at(*pos)
             ),
+            EvalAltResult::ErrorTerminated(_, pos) => {
+                format!("script stopped: it ran longer than [limits] timeout_ms = {}{}", l.timeout_ms, at(*pos))
+            }
             EvalAltResult::ErrorStackOverflow(pos) => format!(
                 "script stopped: calls nested deeper than [limits] max_call_depth = {}{}",
                 l.max_call_depth,
@@ -191,7 +189,9 @@ impl ScriptEngine {
             ),
             EvalAltResult::ErrorDataTooLarge(what, pos) => {
                 let limit = match what.as_str() {
-                    w if w.contains("string") || w.contains("String") => format!("max_string_size = {}", l.max_string_size),
+                    w if w.contains("string") || w.contains("String") => {
+                        format!("max_string_size = {}", l.max_string_size)
+                    }
                     w if w.contains("array") || w.contains("Array") => format!("max_array_size = {}", l.max_array_size),
                     w if w.contains("map") || w.contains("Map") || w.contains("object") => {
                         format!("max_map_size = {}", l.max_map_size)
@@ -206,10 +206,7 @@ impl ScriptEngine {
             EvalAltResult::ErrorRuntime(value, pos) => format!("{value}{}", at(*pos)),
             other => other.to_string(),
         };
-        ScriptError {
-            message: crate::config::secret::redact(&message).into_owned(),
-            transient: ctx.take_transient(),
-        }
+        ScriptError { message: crate::config::secret::redact(&message).into_owned(), transient: ctx.take_transient() }
     }
 }
 
@@ -265,7 +262,9 @@ mod tests {
     #[test]
     fn compile_errors_point_at_the_place_and_hint_at_typographic_quotes() {
         let e = ScriptEngine::new(&LimitsConfig::default(), &[]);
-        let d = e.compile(Path::new("s.rhai"), "let x = 1;\napi.ProcessFlexHrUserOnAD(record, “ActiveDirectory”);\n").unwrap_err();
+        let d = e
+            .compile(Path::new("s.rhai"), "let x = 1;\napi.ProcessFlexHrUserOnAD(record, “ActiveDirectory”);\n")
+            .unwrap_err();
         assert_eq!((d.line, d.col > 1), (2, true), "{d}");
         assert!(d.message.contains("typographic quotes"), "{d}");
         let d = e.compile(Path::new("s.rhai"), "let x = ;").unwrap_err();

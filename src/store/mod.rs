@@ -159,7 +159,13 @@ pub trait Store: Send + Sync {
     /// Saves a run with the writes it made, raising their events at `depth`; returns the
     /// run's id and the raised events. With `finish_event`, the event is marked processed
     /// in the same transaction.
-    fn commit_run(&self, run: &Run, writes: &[Write], depth: u32, finish_event: Option<i64>) -> Result<(i64, Vec<Event>)>;
+    fn commit_run(
+        &self,
+        run: &Run,
+        writes: &[Write],
+        depth: u32,
+        finish_event: Option<i64>,
+    ) -> Result<(i64, Vec<Event>)>;
     /// Marks an event processed.
     fn finish_event(&self, event_id: i64) -> Result<()>;
     fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;

@@ -142,7 +142,15 @@ fn load_record(tx: &Connection, id: &str) -> Result<Option<Record>> {
         .query_row(
             "SELECT entity, status, fields, created_at, updated_at FROM records WHERE id = ?1",
             params![id],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?)),
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            },
         )
         .optional()?;
     let Some((entity, status, fields, created, updated)) = row else { return Ok(None) };
@@ -179,7 +187,14 @@ fn snapshot(r: &Record) -> Record {
     Record { comments: Vec::new(), ..r.clone() }
 }
 
-fn insert_event(tx: &Connection, kind: &EventKind, record: &Record, previous: Option<&Record>, depth: u32, key: Option<&str>) -> Result<Event> {
+fn insert_event(
+    tx: &Connection,
+    kind: &EventKind,
+    record: &Record,
+    previous: Option<&Record>,
+    depth: u32,
+    key: Option<&str>,
+) -> Result<Event> {
     let now = Utc::now();
     let record = snapshot(record);
     let previous = previous.map(snapshot);
@@ -219,7 +234,11 @@ fn ingest_one(tx: &Connection, item: &Ingest, depth: u32) -> Result<Option<Event
     };
     if let Some(r) = &existing {
         if r.entity != item.entity {
-            return Err(StoreError::WrongEntity { id: r.id.clone(), actual: r.entity.clone(), expected: item.entity.clone() });
+            return Err(StoreError::WrongEntity {
+                id: r.id.clone(),
+                actual: r.entity.clone(),
+                expected: item.entity.clone(),
+            });
         }
     }
     let event = match (&item.kind, existing) {
@@ -268,7 +287,9 @@ fn row_to_event(r: &rusqlite::Row) -> rusqlite::Result<(i64, String, String, Opt
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
 }
 
-fn build_event((id, kind, record, previous, depth, created): (i64, String, String, Option<String>, u32, String)) -> Result<Event> {
+fn build_event(
+    (id, kind, record, previous, depth, created): (i64, String, String, Option<String>, u32, String),
+) -> Result<Event> {
     Ok(Event {
         id,
         kind: EventKind::from(kind),
@@ -456,7 +477,13 @@ impl Store for SqliteStore {
         query_runs(&conn, &format!("SELECT {RUN_COLUMNS} FROM runs WHERE event_id = ?1 ORDER BY id"), params![event_id])
     }
 
-    fn commit_run(&self, run: &Run, writes: &[Write], depth: u32, finish_event: Option<i64>) -> Result<(i64, Vec<Event>)> {
+    fn commit_run(
+        &self,
+        run: &Run,
+        writes: &[Write],
+        depth: u32,
+        finish_event: Option<i64>,
+    ) -> Result<(i64, Vec<Event>)> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut raised = Vec::new();
@@ -577,9 +604,12 @@ mod tests {
     #[test]
     fn created_then_updated_keeps_previous_and_queue_order() {
         let s = SqliteStore::in_memory().unwrap();
-        let e1 = s.ingest(&[ingest("ticket", EventKind::Created, None, json!({"a": 1, "b": 2}))]).unwrap()[0].clone().unwrap();
+        let e1 = s.ingest(&[ingest("ticket", EventKind::Created, None, json!({"a": 1, "b": 2}))]).unwrap()[0]
+            .clone()
+            .unwrap();
         let id = e1.record.id.clone();
-        let e2 = s.ingest(&[ingest("ticket", EventKind::Updated, Some(&id), json!({"a": 5}))]).unwrap()[0].clone().unwrap();
+        let e2 =
+            s.ingest(&[ingest("ticket", EventKind::Updated, Some(&id), json!({"a": 5}))]).unwrap()[0].clone().unwrap();
         assert_eq!(e2.previous.as_ref().unwrap().fields["a"], json!(1));
         assert_eq!(e2.record.fields, fields(json!({"a": 5, "b": 2})));
         let pending = s.pending_events(0, 10).unwrap();

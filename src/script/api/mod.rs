@@ -186,7 +186,7 @@ fn satisfies(r: &Record, criteria: &Fields) -> bool {
 pub struct Api(pub Arc<RunCtx>);
 
 impl Api {
-    pub fn new(ctx: Arc<RunCtx>) -> Dynamic {
+    pub fn dynamic(ctx: Arc<RunCtx>) -> Dynamic {
         Dynamic::from(Api(ctx))
     }
 
@@ -258,10 +258,11 @@ pub fn register(engine: &mut Engine) {
         Ok(record_to_map(&existing(api, &id)?))
     });
     engine.register_fn("find", |api: &mut Api, entity: &str, criteria: Map| -> Res<Array> {
-        let criteria = match dynamic_to_json(&Dynamic::from_map(criteria)).map_err(|e| -> Box<EvalAltResult> { e.into() })? {
-            Value::Object(o) => o,
-            _ => unreachable!("a map is an object"),
-        };
+        let criteria =
+            match dynamic_to_json(&Dynamic::from_map(criteria)).map_err(|e| -> Box<EvalAltResult> { e.into() })? {
+                Value::Object(o) => o,
+                _ => unreachable!("a map is an object"),
+            };
         let found = api.0.find(entity, &criteria).map_err(|e| api.0.host_error(e, true))?;
         Ok(found.iter().map(|r| Dynamic::from_map(record_to_map(r))).collect())
     });
@@ -318,7 +319,9 @@ pub fn register(engine: &mut Engine) {
         });
         let value = match pending {
             Some(v) => Some(v),
-            None => api.0.store.kv_get(&api.0.state_namespace, key).map_err(|e| api.0.host_error(e.to_string(), true))?,
+            None => {
+                api.0.store.kv_get(&api.0.state_namespace, key).map_err(|e| api.0.host_error(e.to_string(), true))?
+            }
         };
         Ok(value.as_ref().map_or(Dynamic::UNIT, json_to_dynamic))
     });
