@@ -65,6 +65,9 @@ pub struct FireArgs {
     /// The event: created, updated (the record carries its `id`), deleted, or a custom name.
     #[arg(long, default_value = "created")]
     pub event: String,
+    /// Only store the events; the daemon (`tripline run`) runs them.
+    #[arg(long)]
+    pub queue: bool,
     /// Print only the summary.
     #[arg(long, short)]
     pub quiet: bool,
@@ -319,6 +322,9 @@ fn fire(rt: &Runtime, args: FireArgs) -> Result<u8, Failure> {
     let mut flush = |batch: &mut Vec<Ingest>, out: &mut std::io::StdoutLock| -> Result<(), Failure> {
         for event in rt.submit(batch)?.into_iter().flatten() {
             events += 1;
+            if args.queue {
+                continue;
+            }
             for run in rt.process_chain(event)? {
                 counts[run.status as usize] += 1;
                 if args.json {

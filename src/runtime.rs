@@ -324,6 +324,9 @@ impl Runtime {
             dry_run,
         );
         ctx.comment_key = format!("event:{}:rule:{}", event.id, rule.name);
+        if dry_run {
+            ctx.unstored = Some(event.record.clone());
+        }
         let ctx = Arc::new(ctx);
         let inv = Invocation {
             record: Some(&event.record),

@@ -41,6 +41,9 @@ pub struct RunCtx {
     pub deadline: Instant,
     /// The key of comments that must stay single across retries of this run.
     pub comment_key: String,
+    /// A record that exists for this run only: the record of a dry run's event, which is
+    /// never stored.
+    pub unstored: Option<Record>,
     log: Mutex<Vec<LogLine>>,
     writes: Mutex<Vec<Write>>,
     notes: Mutex<Vec<Write>>,
@@ -60,6 +63,7 @@ impl RunCtx {
             dry_run,
             deadline,
             comment_key: format!("rule:{rule}"),
+            unstored: None,
             log: Mutex::default(),
             writes: Mutex::default(),
             notes: Mutex::default(),
@@ -119,9 +123,10 @@ impl RunCtx {
             Write::Create(r) if r.id == id => Some(r.clone()),
             _ => None,
         });
-        let base = match created {
-            Some(r) => Some(r),
-            None => self.store.get_record(id).map_err(|e| e.to_string())?,
+        let base = match (created, &self.unstored) {
+            (Some(r), _) => Some(r),
+            (None, Some(r)) if r.id == id => Some(r.clone()),
+            (None, _) => self.store.get_record(id).map_err(|e| e.to_string())?,
         };
         Ok(base.map(|r| overlay(r, &writes)))
     }
