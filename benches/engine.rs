@@ -145,7 +145,7 @@ fn main() {
                     rule: &rule.name,
                     params: &params,
                 };
-                black_box(engine.run(&ast, &inv, ctx).unwrap());
+                let _ = black_box(engine.run(&ast, &inv, ctx).unwrap());
                 runs += 1;
             }
         }
@@ -157,7 +157,8 @@ fn main() {
     let (t_raw, _) = best_of(3, || {
         let mut scope = Scope::new();
         for m in &prebuilt {
-            black_box(raw.call_fn::<Dynamic>(&mut scope, &raw_ast, "f", (Dynamic::from_map(m.clone()),)).unwrap());
+            let _ =
+                black_box(raw.call_fn::<Dynamic>(&mut scope, &raw_ast, "f", (Dynamic::from_map(m.clone()),)).unwrap());
         }
         prebuilt.len()
     });
