@@ -64,7 +64,9 @@ pub fn bind_sentence(text: &str) -> Option<&'static str> {
 pub fn op_sentence(text: &str) -> Option<&'static str> {
     Some(match win32_code(text)? {
         0x0000_0005 => "the bind account lacks the rights for this change",
-        0x0000_001F | 0x0000_0032 => "the domain controller refuses this change (for a password: the connection must be encrypted)",
+        0x0000_001F | 0x0000_0032 => {
+            "the domain controller refuses this change (for a password: the connection must be encrypted)"
+        }
         0x0000_0056 => "the current password is wrong",
         0x0000_052D => "the password does not meet the domain's policy (length, complexity or history)",
         0x0000_0524 => "the user already exists",
@@ -107,7 +109,10 @@ mod tests {
     fn error_codes_become_sentences() {
         let short = "0000052D: Constraint violation - check_password_restrictions: the password is too short.";
         assert_eq!(win32_code(short), Some(0x52D));
-        assert_eq!(op_sentence(short), Some("the password does not meet the domain's policy (length, complexity or history)"));
+        assert_eq!(
+            op_sentence(short),
+            Some("the password does not meet the domain's policy (length, complexity or history)")
+        );
         let dup = "00002071: samldb: Account name (sAMAccountName) 'jdoe' already in use!";
         assert_eq!(op_sentence(dup), Some("sAMAccountName already in use"));
         assert_eq!(op_sentence("no code here"), None);

@@ -144,7 +144,8 @@ impl Timeout {
         } else {
             (t, 1.0)
         };
-        let n: f64 = num.trim().parse().map_err(|_| format!("`{text}` is not a duration like \"500ms\", \"10s\" or \"2m\""))?;
+        let n: f64 =
+            num.trim().parse().map_err(|_| format!("`{text}` is not a duration like \"500ms\", \"10s\" or \"2m\""))?;
         Self::from_secs(n * scale)
     }
 
@@ -309,14 +310,20 @@ impl DirectoryConfig {
             Some(s) => {
                 let v = s.get_ref().trim().trim_start_matches('@');
                 if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c == '@' || c == ',' || c == '=') {
-                    problem(Some(s.span()), format!("upn_suffix `{}` is not a domain name like example.com", s.get_ref()));
+                    problem(
+                        Some(s.span()),
+                        format!("upn_suffix `{}` is not a domain name like example.com", s.get_ref()),
+                    );
                 }
                 Some(v.to_string())
             }
             None => {
                 let derived = base_dn.as_ref().and_then(Dn::dns_domain);
                 if derived.is_none() && base_dn.is_some() && self.kind == DirectoryKind::ActiveDirectory {
-                    problem(Some(self.base_dn.span()), "base_dn has no DC= parts to derive upn_suffix from: set upn_suffix".into());
+                    problem(
+                        Some(self.base_dn.span()),
+                        "base_dn has no DC= parts to derive upn_suffix from: set upn_suffix".into(),
+                    );
                 }
                 derived
             }
@@ -340,7 +347,10 @@ impl DirectoryConfig {
         for (field, attr) in &self.mapping {
             let a = attr.get_ref().trim();
             if SYNC_FIELDS.iter().any(|s| s.eq_ignore_ascii_case(field)) {
-                problem(Some(attr.span()), format!("mapping: field {field} is handled by the sync itself and cannot be mapped"));
+                problem(
+                    Some(attr.span()),
+                    format!("mapping: field {field} is handled by the sync itself and cannot be mapped"),
+                );
                 continue;
             }
             if field.trim().is_empty() {
@@ -353,7 +363,10 @@ impl DirectoryConfig {
             }
             let reserved = [schema.login, schema.upn.unwrap_or(schema.login), "manager", "userAccountControl"];
             if reserved.iter().any(|r| r.eq_ignore_ascii_case(a)) || schema.protected_hint(a).is_some() {
-                problem(Some(attr.span()), format!("mapping: attribute {a} is set by tripline itself and cannot be mapped"));
+                problem(
+                    Some(attr.span()),
+                    format!("mapping: attribute {a} is set by tripline itself and cannot be mapped"),
+                );
                 continue;
             }
             if field == "EmployeeId" && a.is_empty() {

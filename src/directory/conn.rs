@@ -158,10 +158,9 @@ impl Pool {
                 reason: format!("no connection within {:?}", self.spec.connect_timeout),
             },
             LdapError::NativeTLS { source } => DirectoryError::Tls { url, reason: source.to_string() },
-            LdapError::LdapResult { result } => DirectoryError::Tls {
-                url,
-                reason: format!("StartTLS was refused: {}", rc_sentence(result.rc)),
-            },
+            LdapError::LdapResult { result } => {
+                DirectoryError::Tls { url, reason: format!("StartTLS was refused: {}", rc_sentence(result.rc)) }
+            }
             LdapError::UrlParsing { source } => DirectoryError::Config(format!("url {url}: {source}")),
             other => DirectoryError::Unreachable { url, reason: redact(&other.to_string()).into_owned() },
         }

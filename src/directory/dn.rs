@@ -173,8 +173,11 @@ impl Dn {
 
 impl Rdn {
     fn key(&self) -> String {
-        let mut avas: Vec<String> =
-            self.avas.iter().map(|(a, v)| format!("{}={}", a.to_lowercase(), escape_value(&v.to_lowercase()))).collect();
+        let mut avas: Vec<String> = self
+            .avas
+            .iter()
+            .map(|(a, v)| format!("{}={}", a.to_lowercase(), escape_value(&v.to_lowercase())))
+            .collect();
         avas.sort();
         avas.join("+")
     }

@@ -68,7 +68,11 @@ impl DirectoryError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Unreachable { .. } | Self::ConnectionLost(_) | Self::Timeout { .. } | Self::Busy(_) | Self::BindFailed { .. }
+            Self::Unreachable { .. }
+                | Self::ConnectionLost(_)
+                | Self::Timeout { .. }
+                | Self::Busy(_)
+                | Self::BindFailed { .. }
         )
     }
 
@@ -203,7 +207,10 @@ mod tests {
             e.to_string(),
             "create CN=x: the password does not meet the domain's policy (length, complexity or history)"
         );
-        let e = DirectoryError::from_result("create CN=x", &result(68, "00002071: samldb: Account name (sAMAccountName) 'x' already in use!"));
+        let e = DirectoryError::from_result(
+            "create CN=x",
+            &result(68, "00002071: samldb: Account name (sAMAccountName) 'x' already in use!"),
+        );
         assert!(matches!(e, DirectoryError::AlreadyExists { .. }));
         assert_eq!(e.to_string(), "create CN=x: sAMAccountName already in use");
         let e = DirectoryError::from_result("modify CN=x", &result(53, "server said no"));
@@ -232,6 +239,7 @@ mod tests {
 
     fn tokio_elapsed() -> tokio::time::error::Elapsed {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-        rt.block_on(async { tokio::time::timeout(Duration::from_millis(1), std::future::pending::<()>()).await }).unwrap_err()
+        rt.block_on(async { tokio::time::timeout(Duration::from_millis(1), std::future::pending::<()>()).await })
+            .unwrap_err()
     }
 }

@@ -249,7 +249,9 @@ pub fn with_suffix(base: &str, n: u32, max: usize) -> String {
 /// The first of `base`, `base (2)`, `base (3)`, ... (at most 64 characters) not in `taken`
 /// (lowercase).
 fn unique_cn(base: &str, taken: &HashSet<String>) -> Option<String> {
-    (1..1000u32).map(|n| if n == 1 { cut_cn(base, "") } else { cut_cn(base, &format!(" ({n})")) }).find(|c| !taken.contains(&c.to_lowercase()))
+    (1..1000u32)
+        .map(|n| if n == 1 { cut_cn(base, "") } else { cut_cn(base, &format!(" ({n})")) })
+        .find(|c| !taken.contains(&c.to_lowercase()))
 }
 
 fn cut_cn(base: &str, suffix: &str) -> String {
@@ -277,20 +279,26 @@ impl Directory {
     pub async fn sync_flexhr_user(&self, fields: &Map<String, Value>) -> Result<SyncOutcome, DirectoryError> {
         let hr = HrUser::parse(fields, &self.mapping)?;
         let key = UserId::EmployeeId(hr.employee_id.clone());
+        let _one_sync_per_employee = self.lock_employee(&hr.employee_id).await;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let result = match self.find_user(&key).await? {
                 Some(entry) => self.sync_existing(&hr, entry).await,
-                None if !hr.active => Ok(self.outcome(SyncStatus::Skipped, String::new(), String::new(), &hr)).map(|mut o| {
-                    o.notes.push(format!("no account has employee ID {} and the person is not active", hr.employee_id));
-                    o
-                }),
+                None if !hr.active => {
+                    Ok(self.outcome(SyncStatus::Skipped, String::new(), String::new(), &hr)).map(|mut o| {
+                        o.notes.push(format!(
+                            "no account has employee ID {} and the person is not active",
+                            hr.employee_id
+                        ));
+                        o
+                    })
+                }
                 None => self.sync_new(&hr).await,
             };
             match result {
-                // Another run created this person (or took the chosen names) between our
-                // look-up and our add: look again.
+                // Another process created this person (or took the chosen names) between
+                // our look-up and our add: look again.
                 Err(DirectoryError::AlreadyExists { .. }) if attempt < 3 => continue,
                 other => return other,
             }
@@ -358,10 +366,9 @@ impl Directory {
         outcome.changes = entry.attributes.keys().filter(|k| *k != "objectClass").cloned().collect();
         Self::note_manager(&mut outcome, hr, manager);
         if hr.is_new == Some(false) {
-            outcome.notes.push(format!(
-                "IsNewUser was 0 but no account had employee ID {}: created one",
-                hr.employee_id
-            ));
+            outcome
+                .notes
+                .push(format!("IsNewUser was 0 but no account had employee ID {}: created one", hr.employee_id));
         }
         Ok(outcome)
     }
@@ -370,7 +377,10 @@ impl Directory {
         let login = entry.get(self.schema.login).unwrap_or_default().to_string();
         let mut outcome = self.outcome(SyncStatus::Unchanged, entry.dn.clone(), login, hr);
         if hr.is_new == Some(true) {
-            outcome.notes.push(format!("IsNewUser was 1 but {} already has employee ID {}: updated it", entry.dn, hr.employee_id));
+            outcome.notes.push(format!(
+                "IsNewUser was 1 but {} already has employee ID {}: updated it",
+                entry.dn, hr.employee_id
+            ));
         }
         let display = hr.display_name();
         let mut wanted: BTreeMap<String, Vec<String>> =
@@ -398,15 +408,21 @@ impl Directory {
         }
 
         if self.kind == DirectoryKind::ActiveDirectory {
-            let disabled_now =
-                entry.get("userAccountControl").and_then(|v| v.parse().ok()).map(super::ad::is_disabled).unwrap_or(false);
+            let disabled_now = entry
+                .get("userAccountControl")
+                .and_then(|v| v.parse().ok())
+                .map(super::ad::is_disabled)
+                .unwrap_or(false);
             if !hr.active {
                 if self.apply_disabled(&entry, true).await? {
                     changes.push("userAccountControl".into());
                 }
                 outcome.disabled = true;
             } else if disabled_now {
-                outcome.notes.push("the account is disabled; tripline does not enable accounts (give it a password, then enable it)".into());
+                outcome.notes.push(
+                    "the account is disabled; tripline does not enable accounts (give it a password, then enable it)"
+                        .into(),
+                );
             }
         } else if !hr.active {
             return Err(DirectoryError::Unsupported(format!(
@@ -462,16 +478,22 @@ impl Directory {
             .iter()
             .flat_map(|e| {
                 let login = e.values(self.schema.login).iter().map(|v| v.to_lowercase());
-                let upn = self.schema.upn.map(|u| e.values(u)).unwrap_or(&[]).iter().filter_map(|v| {
-                    v.rsplit_once('@').map(|(local, _)| local.to_lowercase())
-                });
+                let upn = self
+                    .schema
+                    .upn
+                    .map(|u| e.values(u))
+                    .unwrap_or(&[])
+                    .iter()
+                    .filter_map(|v| v.rsplit_once('@').map(|(local, _)| local.to_lowercase()));
                 login.chain(upn).collect::<Vec<_>>()
             })
             .collect();
         (1..1000u32)
             .map(|n| if n == 1 { base.clone() } else { with_suffix(&base, n, max) })
             .find(|c| !taken.contains(&c.to_lowercase()))
-            .ok_or_else(|| DirectoryError::InvalidInput(format!("no free logon name like `{base}`: 999 accounts use it")))
+            .ok_or_else(|| {
+                DirectoryError::InvalidInput(format!("no free logon name like `{base}`: 999 accounts use it"))
+            })
     }
 }
 
@@ -518,7 +540,8 @@ mod tests {
 
     #[test]
     fn hr_records_are_read_and_checked() {
-        let mapping = vec![("EmployeeId".to_string(), "employeeID".to_string()), ("JobTitle".to_string(), "title".to_string())];
+        let mapping =
+            vec![("EmployeeId".to_string(), "employeeID".to_string()), ("JobTitle".to_string(), "title".to_string())];
         let rec = json!({"EmployeeId": 42, "FirstName": "  Zoë ", "LastName": "O'Brien,   Jr.", "JobTitle": "",
                          "Active": "false", "IsNewUser": 1, "ManagerEmployeeId": null});
         let hr = HrUser::parse(rec.as_object().unwrap(), &mapping).unwrap();
@@ -555,7 +578,10 @@ mod tests {
         };
         assert!(!o.is_complete());
         let s = o.summary();
-        assert!(s.starts_with("updated CN=Jane Doe,OU=Staff,DC=example,DC=test (username jane.doe) in DC=example,DC=test"), "{s}");
+        assert!(
+            s.starts_with("updated CN=Jane Doe,OU=Staff,DC=example,DC=test (username jane.doe) in DC=example,DC=test"),
+            "{s}"
+        );
         assert!(s.contains("changed: title, department") && s.contains("must be entered manually"), "{s}");
         let v = serde_json::to_value(&o).unwrap();
         assert_eq!(v["status"], "updated");

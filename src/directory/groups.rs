@@ -72,13 +72,22 @@ impl Directory {
                 tracing::info!(directory = %self.name, user = %user_dn, group = %group_dn, add, "Changed group membership.");
                 Ok(true)
             }
-            // Already a member (AD: 68 / 0x562, OpenLDAP: 20) or not one (16 / AD 0x561).
-            Err(DirectoryError::AlreadyExists { .. }) if add => Ok(false),
-            Err(DirectoryError::Rejected { code: 20, .. }) if add => Ok(false),
-            Err(DirectoryError::Rejected { code: 16, .. }) if !add => Ok(false),
-            Err(DirectoryError::Rejected { code: 53, ref reason, .. }) if reason.contains("not a member") && !add => Ok(false),
+            // Servers disagree on how they refuse adding a member twice or removing a
+            // non-member (68, 20, 16, 53 with or without an AD code): look instead.
+            Err(e @ (DirectoryError::AlreadyExists { .. } | DirectoryError::Rejected { .. })) => {
+                if self.is_member(&user_dn, &group_dn).await? == add {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
             Err(e) => Err(e),
         }
+    }
+
+    async fn is_member(&self, user_dn: &str, group_dn: &str) -> Result<bool, DirectoryError> {
+        let f = filter::eq(self.schema.member, user_dn);
+        Ok(!self.search_raw(group_dn, Scope::Base, &f, &["1.1"], None, true).await?.is_empty())
     }
 
     /// The groups the user is a direct member of (`dn`, `cn`, `description`, and
@@ -89,7 +98,8 @@ impl Directory {
         }
         let user_dn = self.locate(user, &["1.1"]).await?.dn;
         let f = filter::and(&[self.schema.group_filter.to_string(), filter::eq(self.schema.member, &user_dn)]);
-        let attrs: Vec<&str> = ["cn", "description"].into_iter().chain(self.schema.upn.map(|_| "sAMAccountName")).collect();
+        let attrs: Vec<&str> =
+            ["cn", "description"].into_iter().chain(self.schema.upn.map(|_| "sAMAccountName")).collect();
         let mut groups = self.search_raw(&self.base_dn.to_string(), Scope::Subtree, &f, &attrs, None, false).await?;
         groups.sort_by(|a, b| a.dn.cmp(&b.dn));
         Ok(groups)

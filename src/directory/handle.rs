@@ -37,10 +37,41 @@ pub struct Directory {
     pub(crate) op_timeout: Duration,
     pub(crate) secure: bool,
     mode: Mode,
+    /// Syncs of one employee run one at a time (two tickets for one person must not both
+    /// create an account).
+    sync_locks: KeyLocks,
+}
+
+/// Async locks by key, forgotten when nobody holds or waits for them.
+#[derive(Default)]
+struct KeyLocks(Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>);
+
+/// Holds the lock of one key; releasing it forgets the key when nobody else wants it.
+pub(crate) struct KeyGuard<'a> {
+    locks: &'a KeyLocks,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyLocks {
+    async fn lock(&self, key: &str) -> KeyGuard<'_> {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key.to_string()).or_default().clone();
+        KeyGuard { locks: self, key: key.to_string(), guard: Some(m.lock_owned().await) }
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&self.key).is_some_and(|m| std::sync::Arc::strong_count(m) == 1) {
+            map.remove(&self.key);
+        }
+    }
 }
 
 enum Mode {
-    Live(Pool),
+    Live(Box<Pool>),
     DryRun(Mutex<Vec<PlannedChange>>),
 }
 
@@ -153,7 +184,14 @@ pub struct SearchRequest {
 impl SearchRequest {
     /// A subtree search of `base_dn` for `filter` with its values.
     pub fn new(filter: impl Into<String>, values: Vec<String>) -> Self {
-        Self { filter: filter.into(), values, attributes: Vec::new(), base: None, scope: SearchScope::Subtree, limit: None }
+        Self {
+            filter: filter.into(),
+            values,
+            attributes: Vec::new(),
+            base: None,
+            scope: SearchScope::Subtree,
+            limit: None,
+        }
     }
 }
 
@@ -222,14 +260,14 @@ impl DirectoryConfig {
             } else {
                 None
             };
-            Mode::Live(Pool::new(ConnSpec {
+            Mode::Live(Box::new(Pool::new(ConnSpec {
                 url,
                 starttls: self.starttls,
                 tls,
                 connect_timeout: self.connect_timeout.0,
                 op_timeout: self.op_timeout.0,
                 bind,
-            }))
+            })))
         };
         let employee_attr =
             r.mapping.iter().find(|(f, _)| f == "EmployeeId").map(|(_, a)| a.clone()).unwrap_or_default();
@@ -247,6 +285,7 @@ impl DirectoryConfig {
             op_timeout: self.op_timeout.0,
             secure,
             mode,
+            sync_locks: KeyLocks::default(),
         })
     }
 }
@@ -324,6 +363,11 @@ impl Directory {
         }
     }
 
+    /// Waits until no other sync of this employee runs in this process.
+    pub(crate) async fn lock_employee(&self, employee_id: &str) -> KeyGuard<'_> {
+        self.sync_locks.lock(employee_id).await
+    }
+
     /// Records a planned change in dry-run mode; `Some(())` means "recorded, do not send".
     pub(crate) fn plan(
         &self,
@@ -392,7 +436,8 @@ impl Directory {
             return Ok(Vec::new());
         }
         let op = format!("search {base} for {filter}");
-        let attrs: Vec<String> = if attrs.is_empty() { vec!["*".into()] } else { attrs.iter().map(|a| a.to_string()).collect() };
+        let attrs: Vec<String> =
+            if attrs.is_empty() { vec!["*".into()] } else { attrs.iter().map(|a| a.to_string()).collect() };
         let page_size = self.page_size;
         let size_limit = limit.map(|l| l.min(i32::MAX as usize) as i32).unwrap_or(0);
         let (entries, result) = self
@@ -406,15 +451,23 @@ impl Directory {
                 let mut entries = Vec::new();
                 while let Some(entry) = stream.next().await? {
                     entries.push(Entry::from_search(SearchEntry::construct(entry)));
+                    if limit.is_some_and(|l| entries.len() >= l) {
+                        // Enough: not every server applies the size limit to paged searches.
+                        let msgid = stream.ldap_handle().last_id();
+                        let _ = stream.finish().await;
+                        let _ = stream.ldap_handle().abandon(msgid).await;
+                        return Ok((entries, None));
+                    }
                 }
-                Ok((entries, stream.finish().await))
+                Ok((entries, Some(stream.finish().await)))
             })
             .await?;
-        match result.rc {
-            0 => Ok(entries),
-            4 if limit.is_some() => Ok(entries),
-            32 if missing_base_ok => Ok(Vec::new()),
-            _ => Err(DirectoryError::from_result(&op, &result)),
+        match result {
+            None => Ok(entries),
+            Some(r) if r.rc == 0 => Ok(entries),
+            Some(r) if r.rc == 4 && limit.is_some() => Ok(entries),
+            Some(r) if r.rc == 32 && missing_base_ok => Ok(Vec::new()),
+            Some(r) => Err(DirectoryError::from_result(&op, &r)),
         }
     }
 

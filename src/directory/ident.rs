@@ -9,8 +9,8 @@ use std::fmt;
 
 use super::dn::Dn;
 use super::error::DirectoryError;
-use super::schema::Schema;
 use super::filter;
+use super::schema::Schema;
 
 /// A user, as a script names it.
 #[derive(Debug, Clone, PartialEq, Eq)]

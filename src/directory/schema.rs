@@ -5,6 +5,8 @@
 /// Names that differ between kinds of directory.
 #[derive(Debug)]
 pub struct Schema {
+    /// The naming attribute of new users' DNs, spelled as the server writes it.
+    pub rdn: &'static str,
     /// Object classes of a new user.
     pub user_classes: &'static [&'static str],
     /// Filter that selects user accounts.
@@ -29,6 +31,7 @@ pub struct Schema {
 
 /// Active Directory (and Samba AD).
 pub static AD: Schema = Schema {
+    rdn: "CN",
     user_classes: &["top", "person", "organizationalPerson", "user"],
     user_filter: "(&(objectClass=user)(!(objectClass=computer)))",
     login: "sAMAccountName",
@@ -43,6 +46,7 @@ pub static AD: Schema = Schema {
 
 /// OpenLDAP and other servers with the `inetOrgPerson` schema.
 pub static LDAP: Schema = Schema {
+    rdn: "cn",
     user_classes: &["top", "person", "organizationalPerson", "inetOrgPerson"],
     user_filter: "(objectClass=inetOrgPerson)",
     login: "uid",

@@ -35,7 +35,8 @@ pub struct NewUser {
 }
 
 /// Characters AD refuses in `sAMAccountName`.
-pub(crate) const SAM_FORBIDDEN: &[char] = &['"', '/', '\\', '[', ']', ':', ';', '|', '=', ',', '+', '*', '?', '<', '>', '@'];
+pub(crate) const SAM_FORBIDDEN: &[char] =
+    &['"', '/', '\\', '[', ']', ':', ';', '|', '=', ',', '+', '*', '?', '<', '>', '@'];
 
 fn vals(values: &[String]) -> HashSet<Vec<u8>> {
     values.iter().map(|v| v.as_bytes().to_vec()).collect()
@@ -74,8 +75,7 @@ impl Directory {
         if n > self.schema.login_max {
             return Err(invalid(format!(
                 "the logon name `{login}` has {n} characters; {} allows at most {}",
-                self.schema.login,
-                self.schema.login_max
+                self.schema.login, self.schema.login_max
             )));
         }
         if login.chars().any(char::is_control)
@@ -121,7 +121,9 @@ impl Directory {
         let is_ad = self.kind == DirectoryKind::ActiveDirectory;
         let enabled = user.enabled.unwrap_or(user.password.is_some());
         if enabled && user.password.is_none() && is_ad {
-            return Err(invalid("Active Directory enables an account only with a password: give one, or enabled = false".into()));
+            return Err(invalid(
+                "Active Directory enables an account only with a password: give one, or enabled = false".into(),
+            ));
         }
         if !is_ad && user.enabled == Some(false) {
             return Err(DirectoryError::Unsupported(
@@ -131,7 +133,7 @@ impl Directory {
         if user.password.is_some() {
             self.require_secure()?;
         }
-        let dn = ou.child("CN", name).to_string();
+        let dn = ou.child(self.schema.rdn, name).to_string();
 
         let mut attrs: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, v) in &user.attributes {
@@ -274,7 +276,8 @@ impl Directory {
         }
         let op = format!("{} {}", if disabled { "disable" } else { "enable" }, entry.dn);
         let dn = entry.dn.clone();
-        let mods = vec![Mod::Replace("userAccountControl".as_bytes().to_vec(), HashSet::from([new.to_string().into_bytes()]))];
+        let mods =
+            vec![Mod::Replace("userAccountControl".as_bytes().to_vec(), HashSet::from([new.to_string().into_bytes()]))];
         self.run(&op, |mut l| async move { l.modify(&dn, mods).await?.success() }).await?;
         tracing::info!(directory = %self.name, dn = %entry.dn, disabled, "Changed account state.");
         Ok(true)
@@ -323,9 +326,10 @@ impl Directory {
             return Err(invalid("a new name must have 1 to 64 characters".into()));
         }
         let target = Self::dry_target(id);
-        if self.plan("rename_user", &target, BTreeMap::new(), format!("would rename {target} to {new_name}")).is_some() {
+        if self.plan("rename_user", &target, BTreeMap::new(), format!("would rename {target} to {new_name}")).is_some()
+        {
             return Ok(match Dn::parse(&target).ok().and_then(|d| d.parent()) {
-                Some(parent) => parent.child("CN", new_name).to_string(),
+                Some(parent) => parent.child(self.schema.rdn, new_name).to_string(),
                 None => target,
             });
         }
@@ -336,7 +340,7 @@ impl Directory {
     /// Renames an entry by DN, keeping its naming attribute's type.
     pub(crate) async fn rename_entry(&self, dn: &str, new_name: &str) -> Result<String, DirectoryError> {
         let old = parse_dn("dn", dn)?;
-        let attr = old.leaf_rdn().split('=').next().unwrap_or("CN").to_string();
+        let attr = old.leaf_rdn().split('=').next().unwrap_or(self.schema.rdn).to_string();
         let parent = old.parent().ok_or_else(|| invalid(format!("{dn} has no parent to rename within")))?;
         let new = parent.child(&attr, new_name);
         let rdn = new.leaf_rdn();
@@ -351,7 +355,12 @@ impl Directory {
 
     /// Sets a new password. Only over LDAPS or StartTLS: on a plain connection this fails
     /// before anything is sent. `must_change`: the user must change it at next logon (AD).
-    pub async fn reset_password(&self, id: &UserId, password: &Secret, must_change: bool) -> Result<(), DirectoryError> {
+    pub async fn reset_password(
+        &self,
+        id: &UserId,
+        password: &Secret,
+        must_change: bool,
+    ) -> Result<(), DirectoryError> {
         self.require_secure()?;
         if password.expose().is_empty() {
             return Err(invalid("the new password is empty".into()));
@@ -370,7 +379,8 @@ impl Directory {
         let entry = self.locate(id, &["1.1"]).await?;
         match self.kind {
             DirectoryKind::ActiveDirectory => {
-                let mut mods = vec![Mod::Replace(b"unicodePwd".to_vec(), HashSet::from([ad::unicode_pwd(password.expose())]))];
+                let mut mods =
+                    vec![Mod::Replace(b"unicodePwd".to_vec(), HashSet::from([ad::unicode_pwd(password.expose())]))];
                 if must_change {
                     mods.push(Mod::Replace(b"pwdLastSet".to_vec(), HashSet::from([b"0".to_vec()])));
                 }
@@ -406,7 +416,10 @@ impl Directory {
             let (attrs, description) = match manager {
                 Some(m) => {
                     let m = Self::dry_target(m);
-                    (BTreeMap::from([("manager".to_string(), vec![m.clone()])]), format!("would set the manager of {target} to {m}"))
+                    (
+                        BTreeMap::from([("manager".to_string(), vec![m.clone()])]),
+                        format!("would set the manager of {target} to {m}"),
+                    )
                 }
                 None => (BTreeMap::new(), format!("would clear the manager of {target}")),
             };
