@@ -486,6 +486,30 @@ groups_base = "OU=Groups;;"
     }
 
     #[test]
+    fn tripline_check_reports_each_problem_at_its_place() {
+        let text = r#"
+[directories.AD]
+kind = "active_directory"
+url = "ldapx://dc1"
+bind_dn = "CN=svc,DC=example,DC=com"
+bind_password = "${TRIPLINE_TEST_UNSET_AD_PW}"
+base_dn = "DC=example,DC=com"
+users_ou = "OU=Staff,DC=elsewhere,DC=com"
+"#;
+        let diags = crate::config::Config::from_str(text, Path::new("tripline.toml")).unwrap_err();
+        let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(lines[0].starts_with("tripline.toml:4:7: directories.AD: url scheme `ldapx`"), "{lines:#?}");
+        assert!(lines[1].starts_with("tripline.toml:8:12: directories.AD: users_ou"), "{lines:#?}");
+        assert_eq!(
+            lines[2],
+            "tripline.toml:6:17: directories.AD.bind_password: environment variable TRIPLINE_TEST_UNSET_AD_PW is not set"
+        );
+        let good = "[directories.AD]\nkind = \"ldap\"\nurl = \"ldap://h\"\nbase_dn = \"dc=x\"\ndry_run = true\n";
+        assert!(crate::config::Config::from_str(good, Path::new("t.toml")).is_ok());
+    }
+
+    #[test]
     fn ldap_kind_defaults() {
         let cfg = parse(
             r#"

@@ -377,7 +377,7 @@ impl Directory {
         description: String,
     ) -> Option<()> {
         let Mode::DryRun(list) = &self.mode else { return None };
-        tracing::info!(directory = %self.name, operation, target, "Dry run: {description}");
+        tracing::info!(directory = %self.name, operation, target, %description, "Dry run: change recorded.");
         list.lock().unwrap_or_else(|e| e.into_inner()).push(PlannedChange {
             operation: operation.to_string(),
             target: target.to_string(),

@@ -6,6 +6,7 @@
 //! - `handle`: [`Directory`], the runtime: connection or dry-run record, search plumbing.
 //! - `conn`: opening, binding, sharing (pipelining) and reopening the connection.
 //! - `users`, `groups`: the operations; [`flexhr`]: `ProcessFlexHrUserOnAD`'s directory part.
+//! - [`json`]: operation arguments from script values.
 //! - [`dn`], [`filter`]: escaping (RFC 4514 / RFC 4515) and DN parsing; [`ident`]: how a user
 //!   or group is named; [`ad`]: userAccountControl, unicodePwd, AD error codes; `schema`:
 //!   attribute names per kind of directory; [`error`]: errors and their classification.
@@ -24,6 +25,7 @@ pub mod flexhr;
 mod groups;
 mod handle;
 pub mod ident;
+pub mod json;
 mod schema;
 mod users;
 
@@ -32,4 +34,5 @@ pub use error::DirectoryError;
 pub use flexhr::{ManagerOutcome, SyncOutcome, SyncStatus};
 pub use handle::{Directory, Entry, PlannedChange, SearchRequest, SearchScope};
 pub use ident::{GroupId, UserId};
+pub use json::attributes_from_json;
 pub use users::NewUser;

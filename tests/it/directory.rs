@@ -218,6 +218,22 @@ async fn ad_tls_verification_and_connection_errors() {
     assert!(matches!(err, DirectoryError::Unreachable { .. }) && err.is_transient(), "{err:?}");
 }
 
+#[tokio::test]
+async fn a_server_that_never_answers_times_out() {
+    // Accepts the connection, then says nothing: the bind must give up after op_timeout.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let mut cfg = ad_config(&format!("ldap://127.0.0.1:{port}"), "CN=Users,DC=example,DC=test", "");
+    cfg.op_timeout = tripline::directory::Timeout(std::time::Duration::from_millis(300));
+    let dir = Directory::new("AD", &cfg).unwrap();
+    let started = std::time::Instant::now();
+    let err = dir.user_exists(&login("anyone")).await.unwrap_err();
+    assert!(matches!(err, DirectoryError::Timeout { .. }) && err.is_transient(), "{err:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    drop(hold.join());
+}
+
 #[derive(serde::Deserialize)]
 struct Wrapper {
     v: tripline::config::SecretRef,
