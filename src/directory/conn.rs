@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError};
 use tracing::{debug, warn};
@@ -67,12 +67,22 @@ pub(crate) struct Pool {
     spec: ConnSpec,
     live: Mutex<Option<(Ldap, u64)>>,
     connecting: tokio::sync::Mutex<()>,
+    /// The last failed attempt: callers that waited for it fail with it instead of each
+    /// trying again (a server that drops packets would otherwise cost one connect timeout
+    /// per waiting caller).
+    last_failure: Mutex<Option<(Instant, DirectoryError)>>,
     opened: AtomicU64,
 }
 
 impl Pool {
     pub fn new(spec: ConnSpec) -> Self {
-        Self { spec, live: Mutex::new(None), connecting: tokio::sync::Mutex::new(()), opened: AtomicU64::new(0) }
+        Self {
+            spec,
+            live: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            last_failure: Mutex::new(None),
+            opened: AtomicU64::new(0),
+        }
     }
 
     /// How many connections were opened so far (1 while the first one lives).
@@ -85,11 +95,23 @@ impl Pool {
         if let Some(c) = self.current() {
             return Ok(c);
         }
+        let asked = Instant::now();
         let _one_at_a_time = self.connecting.lock().await;
         if let Some(c) = self.current() {
             return Ok(c);
         }
-        let ldap = self.open().await?;
+        if let Some((at, error)) = &*self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) {
+            if *at >= asked {
+                return Err(error.clone());
+            }
+        }
+        let ldap = match self.open().await {
+            Ok(ldap) => ldap,
+            Err(error) => {
+                *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), error.clone()));
+                return Err(error);
+            }
+        };
         let generation = self.opened.fetch_add(1, Ordering::Relaxed) + 1;
         *self.live.lock().unwrap_or_else(|e| e.into_inner()) = Some((ldap.clone(), generation));
         Ok(Conn { ldap, generation })

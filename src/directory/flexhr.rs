@@ -6,7 +6,7 @@
 //! on a clash) and a unique logon name (Username, or derived from the names, at most 20
 //! characters on AD, a numeric suffix on a clash), disabled until someone gives it a
 //! password. Present: the attributes that differ are updated and named, the CN follows a
-//! changed name. `Active = false` disables the account. The manager is found by
+//! changed name (`displayName` differs). `Active = false` disables the account. The manager is found by
 //! `ManagerEmployeeId` and set, or reported unresolved. Running the same record twice
 //! changes nothing the second time.
 //!
@@ -397,7 +397,9 @@ impl Directory {
         let mut changes = self.apply_changes(&entry, &wanted).await?;
 
         let dn = Dn::parse(&entry.dn).map_err(|e| DirectoryError::InvalidInput(e.to_string()))?;
-        if cn_base(dn.leaf_value()) != display {
+        // The CN follows a changed name; a CN an administrator chose while the name stayed
+        // the same ("Doe, Jane") is left alone.
+        if entry.get("displayName") != Some(display.as_str()) && cn_base(dn.leaf_value()) != display {
             if let Some(parent) = dn.parent() {
                 let cn = self.free_cn(&parent, &display, Some(&entry.dn)).await?;
                 if cn != dn.leaf_value() {

@@ -301,6 +301,8 @@ impl Directory {
     pub fn dry_run(name: &str, config: &DirectoryConfig) -> Result<Directory, DirectoryError> {
         let mut config = config.clone();
         config.dry_run = true;
+        // Nothing is connected, so the CA file is not read (nor required to exist here).
+        config.ca_file = None;
         config.build(name, Path::new("."))
     }
 
