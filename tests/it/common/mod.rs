@@ -1,3 +1,5 @@
 //! The test harness: temp folders, the real binary, and real servers on loopback.
 #![allow(dead_code)]
+
+pub mod directory_servers;
 pub mod project;
