@@ -482,6 +482,13 @@ mod tests {
 
     use super::*;
 
+    /// The daemon spawns the scheduler on tokio's worker threads.
+    #[allow(dead_code)]
+    fn the_loop_can_move_between_threads(s: Scheduler, r: impl JobRunner) {
+        fn send<T: Send>(_: T) {}
+        send(s.run(r, async {}));
+    }
+
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
     }

@@ -123,7 +123,7 @@ impl Auth {
             }),
             Auth::OAuth2(oauth) => {
                 let token = oauth.access_token().await?;
-                Ok(oauth.credentials(token))
+                oauth.credentials(token)
             }
         }
     }

@@ -10,7 +10,10 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
     /// The peer answered with a status outside 2xx.
-    #[error("connection {connection}: {method} {path} answered {status}: {body_excerpt}")]
+    #[error(
+        "connection {connection}: {method} {path} answered {status}{}",
+        if body_excerpt.is_empty() { String::new() } else { format!(": {body_excerpt}") }
+    )]
     Status {
         connection: String,
         method: String,
@@ -195,5 +198,6 @@ mod tests {
             e.to_string(),
             "connection c: GET /users timed out after 1s 500ms"
         );
+        assert_eq!(status(503).to_string(), "connection c: GET /x answered 503");
     }
 }

@@ -358,7 +358,7 @@ impl Connection {
                 let token = oauth
                     .token_after_rejection(credentials.token.as_ref())
                     .await?;
-                let credentials = oauth.credentials(token);
+                let credentials = oauth.credentials(token)?;
                 response = self
                     .send_once(method, url, options, extra_headers, &credentials)
                     .await?;
@@ -573,6 +573,19 @@ fn excerpt(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The script binding and the daemon spawn these on tokio's worker threads.
+    #[allow(dead_code)]
+    fn futures_can_move_between_threads(c: &Connection, pending: PendingAuthorization) {
+        fn send<T: Send>(_: T) {}
+        fn shared<T: Send + Sync>() {}
+        shared::<Connection>();
+        send(c.get("x", RequestOptions::default()));
+        send(c.get_all("x", PagingOptions::new(Paging::LinkHeader)));
+        send(c.test_connection());
+        send(c.begin_authorization());
+        send(pending.complete(Duration::from_secs(1)));
+    }
 
     #[test]
     fn excerpts_are_short_single_lines() {

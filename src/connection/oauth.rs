@@ -273,17 +273,20 @@ impl OAuth2 {
     }
 
     /// The `Authorization` header for `token`.
-    pub fn credentials(&self, token: Token) -> Credentials {
+    pub fn credentials(&self, token: Token) -> Result<Credentials, ConnectionError> {
         let value = format!("{} {}", self.header_prefix, token.expose());
-        let mut header = HeaderValue::from_str(&value)
-            .unwrap_or_else(|_| HeaderValue::from_static("invalid-token"));
+        let mut header = HeaderValue::from_str(&value).map_err(|_| ConnectionError::OAuth {
+            connection: self.connection.clone(),
+            message: "the provider issued a token that cannot be sent in a header".into(),
+            transient: false,
+        })?;
         header.set_sensitive(true);
-        Credentials {
+        Ok(Credentials {
             headers: vec![(AUTHORIZATION, header)],
             sent: vec![token.expose().to_string()],
             token: Some(token),
             ..Credentials::default()
-        }
+        })
     }
 
     /// A token that is fresh for at least the refresh margin, refreshing it if needed.
