@@ -5,3 +5,4 @@ mod cli;
 mod common;
 mod connection;
 mod directory;
+mod scheduler;

@@ -2,4 +2,5 @@
 #![allow(dead_code)]
 
 pub mod directory_servers;
+pub mod http;
 pub mod project;
