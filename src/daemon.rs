@@ -15,10 +15,9 @@ use crate::runtime::Runtime;
 /// How long the dispatcher sleeps when the queue is empty.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
-/// Runs the daemon on a new tokio runtime until a signal; the CLI's `tripline run`.
-pub fn run_blocking(runtime: Runtime) -> Result<u8, crate::cli::Failure> {
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(run(Arc::new(runtime), shutdown_signal()))?;
+/// Runs the daemon on the given tokio runtime until a signal; the CLI's `tripline run`.
+pub fn run_blocking(io: tokio::runtime::Runtime, runtime: Runtime) -> Result<u8, crate::cli::Failure> {
+    io.block_on(run(Arc::new(runtime), shutdown_signal()))?;
     Ok(0)
 }
 

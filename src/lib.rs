@@ -69,6 +69,7 @@ pub mod connection;
 pub mod daemon;
 pub mod diag;
 pub mod directory;
+pub mod jobs;
 pub mod notification;
 pub mod record;
 pub mod rule;

@@ -40,6 +40,7 @@ pub struct RuntimeBuilder {
     config_path: Option<PathBuf>,
     store: Option<Arc<dyn Store>>,
     hooks: Vec<EngineHook>,
+    handle: Option<tokio::runtime::Handle>,
 }
 
 impl RuntimeBuilder {
@@ -68,6 +69,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Drives LDAP and HTTP calls on this tokio runtime. Without it, the runtime in whose
+    /// context `build` is called is used, or else a small one of its own is started.
+    pub fn handle(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.handle = Some(handle);
+        self
+    }
+
     /// Validates everything and opens the store. Every problem is returned at once.
     pub fn build(self) -> Result<Runtime, BuildError> {
         let config = match (self.config, &self.config_path) {
@@ -76,7 +84,8 @@ impl RuntimeBuilder {
             (None, None) => Config::with_engine(EngineConfig::default()),
         };
         let scripts = Arc::new(ScriptEngine::new(&config.limits, &self.hooks));
-        let (catalog, diags) = Catalog::load(&scripts, &config.engine.rules_dir, &config.engine.scripts_dir);
+        let (catalog, mut diags) = Catalog::load(&scripts, &config.engine.rules_dir, &config.engine.scripts_dir);
+        let jobs = crate::jobs::build_jobs(&config, &catalog, &mut diags);
         if !diags.is_empty() {
             return Err(BuildError::Invalid(diags));
         }
@@ -84,13 +93,79 @@ impl RuntimeBuilder {
             Some(s) => s,
             None => Arc::new(SqliteStore::open_dir(&config.engine.data_dir)?),
         };
+        let (handle, owned) = match self.handle.or_else(|| tokio::runtime::Handle::try_current().ok()) {
+            Some(h) => (h, None),
+            None => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("tripline-io")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| StoreError::Io("the async runtime".into(), e))?;
+                (rt.handle().clone(), Some(rt))
+            }
+        };
+        let hosts = build_hosts(&config, &store, handle).map_err(BuildError::Invalid)?;
         Ok(Runtime {
             config: Arc::new(config),
             store,
             scripts,
             catalog: ArcSwap::from_pointee(catalog),
-            hosts: Arc::new(Hosts::default()),
+            hosts: Arc::new(hosts),
+            jobs,
+            _io: owned.map(OwnedRuntime),
         })
+    }
+}
+
+/// Builds the directories and connections of the configuration.
+fn build_hosts(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    handle: tokio::runtime::Handle,
+) -> Result<Hosts, Vec<Diagnostic>> {
+    let path = config.path.clone().unwrap_or_else(|| PathBuf::from("tripline.toml"));
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut diags = Vec::new();
+    let mut hosts = Hosts { handle: Some(handle), ..Hosts::default() };
+    for (name, cfg) in &config.raw.directories {
+        let cfg = cfg.get_ref();
+        match (cfg.build(name, &base_dir), crate::directory::Directory::dry_run(name, cfg)) {
+            (Ok(d), Ok(dry)) => {
+                hosts.directories.insert(name.clone(), Arc::new(d));
+                hosts.dry_directories.insert(name.clone(), Arc::new(dry));
+            }
+            (Err(e), _) | (_, Err(e)) => diags.push(Diagnostic::file(&path, format!("directories.{name}: {e}"))),
+        }
+    }
+    let tokens: Arc<dyn crate::connection::TokenStore> = Arc::new(crate::jobs::StoreTokens(store.clone()));
+    for (name, cfg) in &config.raw.connections {
+        match cfg.get_ref().build(name, tokens.clone()) {
+            Ok(c) => {
+                hosts.connections.insert(name.clone(), Arc::new(c));
+            }
+            Err(e) => diags.push(Diagnostic::file(&path, format!("connections.{name}: {e}"))),
+        }
+    }
+    if diags.is_empty() {
+        Ok(hosts)
+    } else {
+        Err(diags)
+    }
+}
+
+/// A tokio runtime the tripline runtime started for itself, shut down without waiting when
+/// it is dropped (dropping a runtime normally blocks, which is not allowed everywhere).
+struct OwnedRuntime(tokio::runtime::Runtime);
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        // Move the runtime out to shut it down in the background.
+        let rt = std::mem::replace(
+            &mut self.0,
+            tokio::runtime::Builder::new_current_thread().build().expect("an empty runtime builds"),
+        );
+        rt.shutdown_background();
     }
 }
 
@@ -101,6 +176,8 @@ pub struct Runtime {
     scripts: Arc<ScriptEngine>,
     catalog: ArcSwap<Catalog>,
     hosts: Arc<Hosts>,
+    jobs: std::collections::BTreeMap<String, crate::scheduler::Job>,
+    _io: Option<OwnedRuntime>,
 }
 
 /// How one rule fared on one event in a dry run.
@@ -489,6 +566,78 @@ impl Runtime {
     /// Run history.
     pub fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {
         self.store.runs(filter)
+    }
+
+    /// The host systems (directories, connections).
+    pub fn hosts(&self) -> &Arc<Hosts> {
+        &self.hosts
+    }
+
+    /// The configured jobs.
+    pub fn jobs(&self) -> &std::collections::BTreeMap<String, crate::scheduler::Job> {
+        &self.jobs
+    }
+
+    /// Runs a job's script once, now, and records the run (`rule` = `job:NAME`). `trigger` is
+    /// what scripts see as `event`: "schedule" or "manual". Returns the run and the events its
+    /// writes raised (stored; the dispatcher runs them).
+    pub fn run_job(&self, name: &str, trigger: &str) -> Result<(Run, Vec<Event>), crate::jobs::JobError> {
+        use crate::jobs::JobError;
+        let job = self.jobs.get(name).ok_or_else(|| {
+            let hint = crate::diag::did_you_mean(name, self.jobs.keys().map(String::as_str))
+                .map(|s| format!("; did you mean {s:?}?"))
+                .unwrap_or_default();
+            JobError::Unknown(format!("no job named {name:?}{hint}"))
+        })?;
+        let catalog = self.catalog.load_full();
+        let rule_name = format!("job:{name}");
+        let started_at = Utc::now();
+        let start = Instant::now();
+        let mut ctx = RunCtx::new(
+            self.store.clone(),
+            self.hosts.clone(),
+            &rule_name,
+            start + Duration::from_millis(self.scripts.limits().timeout_ms),
+            false,
+        );
+        ctx.state_namespace = rule_name.clone();
+        ctx.comment_key = rule_name.clone();
+        let ctx = Arc::new(ctx);
+        let params = match &job.params {
+            serde_json::Value::Object(m) => m.clone(),
+            _ => Default::default(),
+        };
+        let inv = Invocation { record: None, previous: None, event: trigger, rule: &rule_name, params: &params };
+        let result = match catalog.scripts.get(&job.script) {
+            Some(ast) => self.scripts.run(ast, &inv, ctx.clone()).map(|_| ()),
+            None => Err(crate::script::ScriptError {
+                message: format!("script {:?} is not loaded", job.script),
+                transient: false,
+            }),
+        };
+        let (status, error) = match result {
+            Ok(()) => (RunStatus::Ok, None),
+            // A job is retried by its next tick, not by the run queue.
+            Err(e) => (RunStatus::Failed, Some(e.message)),
+        };
+        let (writes, notes) = ctx.take_writes();
+        let run = Run {
+            id: 0,
+            rule: rule_name,
+            record_id: None,
+            event_id: None,
+            event: trigger.to_string(),
+            status,
+            error,
+            duration_ms: start.elapsed().as_millis() as u64,
+            log: ctx.log_lines(),
+            attempts: 1,
+            started_at,
+            finished_at: Utc::now(),
+            next_attempt_at: None,
+        };
+        let (run, raised) = self.commit(Outcome { run, writes, notes }, 0, None)?;
+        Ok((run, raised))
     }
 
     /// The folder the configuration was read from.

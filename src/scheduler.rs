@@ -78,21 +78,13 @@ impl JobConfig {
             ctx.error(self.script.span(), format!("job {name}: script is empty"));
         }
         if self.stale_after.is_some_and(|d| d.is_zero()) {
-            ctx.error(
-                span,
-                format!("job {name}: stale_after must be more than zero"),
-            );
+            ctx.error(span, format!("job {name}: stale_after must be more than zero"));
         }
     }
 
     /// `params` as JSON (TOML dates become RFC 3339 text).
     pub fn params_json(&self) -> Value {
-        Value::Object(
-            self.params
-                .iter()
-                .map(|(k, v)| (k.clone(), toml_to_json(v)))
-                .collect(),
-        )
+        Value::Object(self.params.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect())
     }
 
     /// The runtime job.
@@ -113,17 +105,11 @@ fn toml_to_json(value: &toml::Value) -> Value {
     match value {
         toml::Value::String(s) => Value::String(s.clone()),
         toml::Value::Integer(i) => Value::from(*i),
-        toml::Value::Float(f) => serde_json::Number::from_f64(*f)
-            .map(Value::Number)
-            .unwrap_or(Value::Null),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
         toml::Value::Boolean(b) => Value::Bool(*b),
         toml::Value::Datetime(d) => Value::String(d.to_string()),
         toml::Value::Array(items) => Value::Array(items.iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => Value::Object(
-            t.iter()
-                .map(|(k, v)| (k.clone(), toml_to_json(v)))
-                .collect(),
-        ),
+        toml::Value::Table(t) => Value::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
     }
 }
 
@@ -154,10 +140,7 @@ pub enum Zone {
 impl Schedule {
     /// 5 fields (minute-level) or 6 (seconds first); `@hourly`-style nicknames too.
     pub fn parse(text: &str) -> Result<Schedule, ScheduleError> {
-        let fail = |message: String| ScheduleError {
-            schedule: text.to_string(),
-            message,
-        };
+        let fail = |message: String| ScheduleError { schedule: text.to_string(), message };
         let fields = text.split_whitespace().count();
         if !text.trim_start().starts_with('@') && fields != 5 && fields != 6 {
             return Err(fail(format!(
@@ -171,10 +154,7 @@ impl Schedule {
             .build()
             .parse(text)
             .map_err(|e| fail(e.to_string()))?;
-        Ok(Schedule {
-            text: text.to_string(),
-            cron,
-        })
+        Ok(Schedule { text: text.to_string(), cron })
     }
 
     /// The expression as written.
@@ -186,11 +166,9 @@ impl Schedule {
     pub fn next_after(&self, t: DateTime<Utc>, zone: Zone) -> Option<DateTime<Utc>> {
         match zone {
             Zone::Utc => self.cron.find_next_occurrence(&t, false).ok(),
-            Zone::Local => self
-                .cron
-                .find_next_occurrence(&t.with_timezone(&Local), false)
-                .ok()
-                .map(|d| d.with_timezone(&Utc)),
+            Zone::Local => {
+                self.cron.find_next_occurrence(&t.with_timezone(&Local), false).ok().map(|d| d.with_timezone(&Utc))
+            }
         }
     }
 
@@ -198,11 +176,9 @@ impl Schedule {
     pub fn latest_until(&self, t: DateTime<Utc>, zone: Zone) -> Option<DateTime<Utc>> {
         match zone {
             Zone::Utc => self.cron.find_previous_occurrence(&t, true).ok(),
-            Zone::Local => self
-                .cron
-                .find_previous_occurrence(&t.with_timezone(&Local), true)
-                .ok()
-                .map(|d| d.with_timezone(&Utc)),
+            Zone::Local => {
+                self.cron.find_previous_occurrence(&t.with_timezone(&Local), true).ok().map(|d| d.with_timezone(&Utc))
+            }
         }
     }
 }
@@ -249,19 +225,11 @@ impl MemoryLastRunStore {
 
 impl LastRunStore for MemoryLastRunStore {
     fn last_tick(&self, job: &str) -> Result<Option<DateTime<Utc>>, BoxError> {
-        Ok(self
-            .ticks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(job)
-            .copied())
+        Ok(self.ticks.lock().unwrap_or_else(|e| e.into_inner()).get(job).copied())
     }
 
     fn record_tick(&self, job: &str, tick: DateTime<Utc>) -> Result<(), BoxError> {
-        self.ticks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(job.to_string(), tick);
+        self.ticks.lock().unwrap_or_else(|e| e.into_inner()).insert(job.to_string(), tick);
         Ok(())
     }
 }
@@ -291,10 +259,7 @@ pub struct TokioClock {
 
 impl TokioClock {
     pub fn starting_at(wall: DateTime<Utc>) -> Self {
-        Self {
-            wall,
-            origin: tokio::time::Instant::now(),
-        }
+        Self { wall, origin: tokio::time::Instant::now() }
     }
 }
 
@@ -345,35 +310,22 @@ impl Scheduler {
     /// Starts jobs until `shutdown` completes, then waits for the runs in progress. (Dropping
     /// the future instead aborts them.)
     pub async fn run(self, runner: impl JobRunner, shutdown: impl Future<Output = ()>) {
-        let Scheduler {
-            jobs,
-            last_runs,
-            clock,
-            zone,
-        } = self;
+        let Scheduler { jobs, last_runs, clock, zone } = self;
         let runner = Arc::new(runner);
         let mut running: JoinSet<Result<(), BoxError>> = JoinSet::new();
         let mut tasks: HashMap<tokio::task::Id, (usize, DateTime<Utc>)> = HashMap::new();
-        let mut slots: Vec<Slot> = jobs
-            .into_iter()
-            .map(|job| Slot {
-                job,
-                next: None,
-                running: false,
-            })
-            .collect();
+        let mut slots: Vec<Slot> = jobs.into_iter().map(|job| Slot { job, next: None, running: false }).collect();
 
-        let start =
-            |slot: &mut Slot,
-             index: usize,
-             tick: DateTime<Utc>,
-             running: &mut JoinSet<Result<(), BoxError>>,
-             tasks: &mut HashMap<tokio::task::Id, (usize, DateTime<Utc>)>| {
-                info!(job = %slot.job.name, %tick, "Starting job.");
-                let handle = running.spawn(runner.run_job(&slot.job, tick));
-                tasks.insert(handle.id(), (index, tick));
-                slot.running = true;
-            };
+        let start = |slot: &mut Slot,
+                     index: usize,
+                     tick: DateTime<Utc>,
+                     running: &mut JoinSet<Result<(), BoxError>>,
+                     tasks: &mut HashMap<tokio::task::Id, (usize, DateTime<Utc>)>| {
+            info!(job = %slot.job.name, %tick, "Starting job.");
+            let handle = running.spawn(runner.run_job(&slot.job, tick));
+            tasks.insert(handle.id(), (index, tick));
+            slot.running = true;
+        };
         let record = |job: &str, tick: DateTime<Utc>| {
             if let Err(e) = last_runs.record_tick(job, tick) {
                 warn!(job, %tick, error = %e, "Cannot record the job's last tick; a restart may run it once more.");
@@ -441,10 +393,7 @@ impl Scheduler {
             }
         }
         if !running.is_empty() {
-            info!(
-                runs = running.len(),
-                "Scheduler stopping; waiting for the runs in progress."
-            );
+            info!(runs = running.len(), "Scheduler stopping; waiting for the runs in progress.");
         }
         while let Some(done) = running.join_next_with_id().await {
             finished(done, &mut slots, &mut tasks);
@@ -454,11 +403,7 @@ impl Scheduler {
 
 type Finished = Result<(tokio::task::Id, Result<(), BoxError>), tokio::task::JoinError>;
 
-fn finished(
-    done: Finished,
-    slots: &mut [Slot],
-    tasks: &mut HashMap<tokio::task::Id, (usize, DateTime<Utc>)>,
-) {
+fn finished(done: Finished, slots: &mut [Slot], tasks: &mut HashMap<tokio::task::Id, (usize, DateTime<Utc>)>) {
     let id = match &done {
         Ok((id, _)) => *id,
         Err(e) => e.id(),
@@ -497,19 +442,10 @@ mod tests {
     fn five_and_six_fields() {
         let t = utc(2026, 1, 5, 10, 0, 30);
         let five = Schedule::parse("*/2 * * * *").unwrap();
-        assert_eq!(
-            five.next_after(t, Zone::Utc),
-            Some(utc(2026, 1, 5, 10, 2, 0))
-        );
-        assert_eq!(
-            five.latest_until(t, Zone::Utc),
-            Some(utc(2026, 1, 5, 10, 0, 0))
-        );
+        assert_eq!(five.next_after(t, Zone::Utc), Some(utc(2026, 1, 5, 10, 2, 0)));
+        assert_eq!(five.latest_until(t, Zone::Utc), Some(utc(2026, 1, 5, 10, 0, 0)));
         let six = Schedule::parse("15 */2 * * * *").unwrap();
-        assert_eq!(
-            six.next_after(t, Zone::Utc),
-            Some(utc(2026, 1, 5, 10, 2, 15))
-        );
+        assert_eq!(six.next_after(t, Zone::Utc), Some(utc(2026, 1, 5, 10, 2, 15)));
         let exact = Schedule::parse("30 0 10 * * *").unwrap();
         assert_eq!(exact.latest_until(t, Zone::Utc), Some(t));
         assert!(Schedule::parse("@hourly").is_ok());
@@ -560,21 +496,14 @@ stale_after = "24h"
         }
         let file: File = toml::from_str(source).unwrap();
         let path = std::path::Path::new("tripline.toml");
-        let mut ctx = CheckCtx {
-            path,
-            source,
-            base_dir: std::path::Path::new("."),
-            diags: Vec::new(),
-        };
+        let mut ctx = CheckCtx { path, source, base_dir: std::path::Path::new("."), diags: Vec::new() };
         for (name, job) in &file.jobs {
             job.get_ref().check(name, job.span(), &mut ctx);
         }
         let messages: Vec<String> = ctx.diags.iter().map(|d| d.to_string()).collect();
         assert_eq!(messages.len(), 1, "{messages:?}");
         assert!(
-            messages[0].starts_with(
-                "tripline.toml:2:12: job sync: schedule `0 0 * *`: a cron expression has 5 fields"
-            ),
+            messages[0].starts_with("tripline.toml:2:12: job sync: schedule `0 0 * *`: a cron expression has 5 fields"),
             "{messages:?}"
         );
         let e = toml::from_str::<JobConfig>("schedule = \"* * * * *\"\nscript = \"x\"\ncron = 1\n")

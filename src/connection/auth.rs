@@ -54,34 +54,24 @@ impl Auth {
             })
         };
         Ok(match config {
-            AuthConfig::ApiKey {
-                name,
-                value,
-                location,
-            } => {
+            AuthConfig::ApiKey { name, value, location } => {
                 let value = resolve("auth.value", value)?;
                 if *location == ApiKeyIn::Header {
                     header(connection, name, value.expose())?;
                 }
-                Auth::ApiKey {
-                    name: name.clone(),
-                    value,
-                    location: *location,
-                }
+                Auth::ApiKey { name: name.clone(), value, location: *location }
             }
             AuthConfig::Basic { username, password } => {
                 let password = resolve("auth.password", password)?;
-                let encoded = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{username}:{}", password.expose()));
+                let encoded =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose()));
                 Auth::Header(Secret::new(format!("Basic {encoded}")))
             }
             AuthConfig::Bearer { token } => {
                 let token = resolve("auth.token", token)?;
                 Auth::Header(Secret::new(format!("Bearer {}", token.expose())))
             }
-            AuthConfig::OAuth2(o) => {
-                Auth::OAuth2(Arc::new(OAuth2::build(connection, o, timeout, tokens)?))
-            }
+            AuthConfig::OAuth2(o) => Auth::OAuth2(Arc::new(OAuth2::build(connection, o, timeout, tokens)?)),
         })
     }
 
@@ -99,15 +89,8 @@ impl Auth {
     pub async fn credentials(&self, connection: &str) -> Result<Credentials, ConnectionError> {
         match self {
             Auth::None => Ok(Credentials::default()),
-            Auth::ApiKey {
-                name,
-                value,
-                location,
-            } => {
-                let mut c = Credentials {
-                    sent: vec![value.expose().to_string()],
-                    ..Credentials::default()
-                };
+            Auth::ApiKey { name, value, location } => {
+                let mut c = Credentials { sent: vec![value.expose().to_string()], ..Credentials::default() };
                 let pair = (name.clone(), value.expose().to_string());
                 match location {
                     ApiKeyIn::Header => c.headers.push(header(connection, name, value.expose())?),
@@ -130,11 +113,7 @@ impl Auth {
 }
 
 /// A header carrying a secret, marked sensitive so that no `Debug` of it shows the value.
-fn header(
-    connection: &str,
-    name: &str,
-    value: &str,
-) -> Result<(HeaderName, HeaderValue), ConnectionError> {
+fn header(connection: &str, name: &str, value: &str) -> Result<(HeaderName, HeaderValue), ConnectionError> {
     let invalid = |what: &str| ConnectionError::Invalid {
         connection: connection.to_string(),
         message: format!("the credential's {what} cannot be sent in a header"),
@@ -167,10 +146,7 @@ mod tests {
     fn scrub_replaces_whole_header_values_and_their_credentials() {
         let sent = vec!["Basic dXNlcjpwYXNz".to_string(), "key-12345".to_string()];
         assert_eq!(
-            scrub(
-                "got Basic dXNlcjpwYXNz and key-12345 and dXNlcjpwYXNz",
-                &sent
-            ),
+            scrub("got Basic dXNlcjpwYXNz and key-12345 and dXNlcjpwYXNz", &sent),
             "got **REDACTED** and **REDACTED** and **REDACTED**"
         );
         assert_eq!(scrub("abc", &["abc".to_string()]), "abc");

@@ -43,10 +43,7 @@ pub struct ConnectionConfig {
     /// Every request path is relative to it.
     pub base_url: Spanned<String>,
     /// For one attempt of one request, body included (`"30s"`, `"500ms"` or seconds).
-    #[serde(
-        default = "default_timeout",
-        deserialize_with = "duration::deserialize"
-    )]
+    #[serde(default = "default_timeout", deserialize_with = "duration::deserialize")]
     pub timeout: Duration,
     /// Sent with every request. A value with `${...}` is resolved like a secret and never
     /// logged; a plain value is sent as written.
@@ -83,16 +80,9 @@ fn default_timeout() -> Duration {
 #[serde(try_from = "RawAuth")]
 pub enum AuthConfig {
     /// A key sent as a header, a query parameter or a form field.
-    ApiKey {
-        name: String,
-        value: SecretRef,
-        location: ApiKeyIn,
-    },
+    ApiKey { name: String, value: SecretRef, location: ApiKeyIn },
     /// HTTP basic authentication.
-    Basic {
-        username: String,
-        password: SecretRef,
-    },
+    Basic { username: String, password: SecretRef },
     /// A fixed bearer token.
     Bearer { token: SecretRef },
     /// OAuth2 tokens obtained, refreshed and stored by the host.
@@ -253,10 +243,7 @@ impl RawAuth {
             ("header_prefix", self.header_prefix.is_some()),
             ("refresh_margin", self.refresh_margin.is_some()),
         ];
-        set.into_iter()
-            .filter(|(_, p)| *p)
-            .map(|(n, _)| n)
-            .collect()
+        set.into_iter().filter(|(_, p)| *p).map(|(n, _)| n).collect()
     }
 }
 
@@ -275,12 +262,8 @@ impl TryFrom<RawAuth> for AuthConfig {
 
     fn try_from(raw: RawAuth) -> Result<Self, Self::Error> {
         let kind = raw.kind;
-        let foreign: Vec<_> = raw
-            .present()
-            .into_iter()
-            .filter(|s| !kind.settings().contains(s))
-            .map(|s| format!("`{s}`"))
-            .collect();
+        let foreign: Vec<_> =
+            raw.present().into_iter().filter(|s| !kind.settings().contains(s)).map(|s| format!("`{s}`")).collect();
         if !foreign.is_empty() {
             return Err(AuthShapeError(format!(
                 "{} not a setting of auth type `{}` (it takes {})",
@@ -289,9 +272,7 @@ impl TryFrom<RawAuth> for AuthConfig {
                 kind.settings().join(", ")
             )));
         }
-        let missing = |setting: &str| {
-            AuthShapeError(format!("auth type `{}` needs `{setting}`", kind.as_str()))
-        };
+        let missing = |setting: &str| AuthShapeError(format!("auth type `{}` needs `{setting}`", kind.as_str()));
         Ok(match kind {
             AuthKind::ApiKey => AuthConfig::ApiKey {
                 name: raw.name.ok_or_else(|| missing("name"))?,
@@ -302,13 +283,9 @@ impl TryFrom<RawAuth> for AuthConfig {
                 username: raw.username.ok_or_else(|| missing("username"))?,
                 password: raw.password.ok_or_else(|| missing("password"))?,
             },
-            AuthKind::Bearer => AuthConfig::Bearer {
-                token: raw.token.ok_or_else(|| missing("token"))?,
-            },
+            AuthKind::Bearer => AuthConfig::Bearer { token: raw.token.ok_or_else(|| missing("token"))? },
             AuthKind::OAuth2 => AuthConfig::OAuth2(Box::new(OAuth2Config {
-                grant: raw.grant.ok_or_else(|| {
-                    missing("grant (\"client_credentials\" or \"authorization_code\")")
-                })?,
+                grant: raw.grant.ok_or_else(|| missing("grant (\"client_credentials\" or \"authorization_code\")"))?,
                 token_url: raw.token_url.ok_or_else(|| missing("token_url"))?,
                 auth_url: raw.auth_url,
                 client_id: raw.client_id.ok_or_else(|| missing("client_id"))?,
@@ -357,11 +334,7 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            base_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(30),
-        }
+        Self { max_attempts: 3, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(30) }
     }
 }
 
@@ -398,18 +371,12 @@ impl ConnectionConfig {
         }
         for (header, value) in &self.headers {
             if HeaderName::from_bytes(header.as_bytes()).is_err() {
-                ctx.error(
-                    value.span(),
-                    format!("`{header}` is not a valid header name"),
-                );
+                ctx.error(value.span(), format!("`{header}` is not a valid header name"));
             }
             if is_template(value) {
                 ctx.secret(value, &format!("header {header}"));
             } else if HeaderValue::from_str(value.0.get_ref()).is_err() {
-                ctx.error(
-                    value.span(),
-                    format!("header {header}: not a valid header value"),
-                );
+                ctx.error(value.span(), format!("header {header}: not a valid header value"));
             }
         }
         if let Some(auth) = &self.auth {
@@ -418,40 +385,25 @@ impl ConnectionConfig {
         if let Some(limit) = &self.rate_limit {
             let l = limit.get_ref();
             if l.requests == 0 || l.per_seconds == 0 {
-                ctx.error(
-                    limit.span(),
-                    "rate_limit needs requests and per_seconds of at least 1",
-                );
+                ctx.error(limit.span(), "rate_limit needs requests and per_seconds of at least 1");
             }
         }
         if let Some(retry) = &self.retry {
             let r = retry.get_ref();
             if r.max_attempts == 0 {
-                ctx.error(
-                    retry.span(),
-                    "retry.max_attempts must be at least 1 (1 = no retries)",
-                );
+                ctx.error(retry.span(), "retry.max_attempts must be at least 1 (1 = no retries)");
             }
             if r.base_delay > r.max_delay {
-                ctx.error(
-                    retry.span(),
-                    "retry.base_delay must not exceed retry.max_delay",
-                );
+                ctx.error(retry.span(), "retry.base_delay must not exceed retry.max_delay");
             }
         }
         if let Some(test) = &self.test {
             let t = test.get_ref();
             if parse_method(&t.method).is_none() {
-                ctx.error(
-                    test.span(),
-                    format!("test.method `{}` is not an HTTP method", t.method),
-                );
+                ctx.error(test.span(), format!("test.method `{}` is not an HTTP method", t.method));
             }
             if Url::parse(&t.path).is_ok() {
-                ctx.error(
-                    test.span(),
-                    "test.path is relative to base_url, not a full URL",
-                );
+                ctx.error(test.span(), "test.path is relative to base_url, not a full URL");
             }
         }
         if let Some(max) = &self.max_pages {
@@ -463,17 +415,9 @@ impl ConnectionConfig {
 
     /// The runtime connection. Secrets are resolved again here (the environment may have
     /// changed since `check`); OAuth2 tokens are read from and written to `tokens`.
-    pub fn build(
-        &self,
-        name: &str,
-        tokens: Arc<dyn TokenStore>,
-    ) -> Result<Connection, ConnectionError> {
-        let invalid = |message: String| ConnectionError::Invalid {
-            connection: name.to_string(),
-            message,
-        };
-        let mut base_url =
-            Url::parse(self.base_url.get_ref()).map_err(|e| invalid(format!("base_url: {e}")))?;
+    pub fn build(&self, name: &str, tokens: Arc<dyn TokenStore>) -> Result<Connection, ConnectionError> {
+        let invalid = |message: String| ConnectionError::Invalid { connection: name.to_string(), message };
+        let mut base_url = Url::parse(self.base_url.get_ref()).map_err(|e| invalid(format!("base_url: {e}")))?;
         // Paths are relative to the base URL's folder: without the slash, `join` would drop
         // the base URL's last segment.
         if !base_url.path().ends_with('/') {
@@ -484,9 +428,7 @@ impl ConnectionConfig {
             let header_name = HeaderName::from_bytes(header.as_bytes())
                 .map_err(|_| invalid(format!("`{header}` is not a valid header name")))?;
             let mut header_value = if is_template(value) {
-                let secret = value
-                    .resolve()
-                    .map_err(|e| invalid(format!("header {header}: {e}")))?;
+                let secret = value.resolve().map_err(|e| invalid(format!("header {header}: {e}")))?;
                 let mut v = HeaderValue::from_str(secret.expose())
                     .map_err(|_| invalid(format!("header {header}: not a valid header value")))?;
                 v.set_sensitive(true);
@@ -516,16 +458,11 @@ impl ConnectionConfig {
             }
             None => None,
         };
-        let retry = self
-            .retry
-            .as_ref()
-            .map(|r| r.get_ref().clone())
-            .unwrap_or_default();
+        let retry = self.retry.as_ref().map(|r| r.get_ref().clone()).unwrap_or_default();
         let test = self.test.as_ref().map(|t| t.get_ref().clone());
         let test_method = match &test {
-            Some(t) => parse_method(&t.method).ok_or_else(|| {
-                invalid(format!("test.method `{}` is not an HTTP method", t.method))
-            })?,
+            Some(t) => parse_method(&t.method)
+                .ok_or_else(|| invalid(format!("test.method `{}` is not an HTTP method", t.method)))?,
             None => Method::GET,
         };
         let client = reqwest::Client::builder()
@@ -546,12 +483,7 @@ impl ConnectionConfig {
             retry: RetryPolicy::new(retry.max_attempts.max(1), retry.base_delay, retry.max_delay),
             test_method,
             test_path: test.map(|t| t.path).unwrap_or_default(),
-            max_pages: self
-                .max_pages
-                .as_ref()
-                .map(|m| *m.get_ref())
-                .unwrap_or(DEFAULT_MAX_PAGES)
-                .max(1),
+            max_pages: self.max_pages.as_ref().map(|m| *m.get_ref()).unwrap_or(DEFAULT_MAX_PAGES).max(1),
         })
     }
 }
@@ -561,10 +493,7 @@ impl ConnectionConfig {
 /// not custom headers).
 fn same_origin_redirects() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
-        let same = attempt
-            .previous()
-            .first()
-            .is_some_and(|first| first.origin() == attempt.url().origin());
+        let same = attempt.previous().first().is_some_and(|first| first.origin() == attempt.url().origin());
         if attempt.previous().len() > 5 || !same {
             attempt.stop()
         } else {
@@ -580,32 +509,18 @@ fn is_template(value: &SecretRef) -> bool {
 pub(crate) fn parse_method(method: &str) -> Option<Method> {
     let upper = method.to_ascii_uppercase();
     match upper.as_str() {
-        "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS" => {
-            Method::from_bytes(upper.as_bytes()).ok()
-        }
+        "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS" => Method::from_bytes(upper.as_bytes()).ok(),
         _ => None,
     }
 }
 
 fn check_auth(auth: &AuthConfig, span: Range<usize>, ctx: &mut CheckCtx) {
     match auth {
-        AuthConfig::ApiKey {
-            name,
-            value,
-            location,
-        } => {
+        AuthConfig::ApiKey { name, value, location } => {
             if name.trim().is_empty() {
-                ctx.error(
-                    span.clone(),
-                    "auth.name (the key's parameter name) is empty",
-                );
-            } else if *location == ApiKeyIn::Header
-                && HeaderName::from_bytes(name.as_bytes()).is_err()
-            {
-                ctx.error(
-                    span.clone(),
-                    format!("auth.name `{name}` is not a valid header name"),
-                );
+                ctx.error(span.clone(), "auth.name (the key's parameter name) is empty");
+            } else if *location == ApiKeyIn::Header && HeaderName::from_bytes(name.as_bytes()).is_err() {
+                ctx.error(span.clone(), format!("auth.name `{name}` is not a valid header name"));
             }
             ctx.secret(value, "auth.value");
         }
@@ -614,10 +529,7 @@ fn check_auth(auth: &AuthConfig, span: Range<usize>, ctx: &mut CheckCtx) {
                 ctx.error(span.clone(), "auth.username is empty");
             }
             if username.contains(':') {
-                ctx.error(
-                    span.clone(),
-                    "auth.username cannot contain `:` in basic authentication",
-                );
+                ctx.error(span.clone(), "auth.username cannot contain `:` in basic authentication");
             }
             ctx.secret(password, "auth.password");
         }
@@ -639,10 +551,7 @@ fn check_oauth2(o: &OAuth2Config, span: Range<usize>, ctx: &mut CheckCtx) {
     match o.grant {
         OAuth2Grant::ClientCredentials => {
             if o.client_secret.is_none() {
-                ctx.error(
-                    span.clone(),
-                    "grant client_credentials needs auth.client_secret",
-                );
+                ctx.error(span.clone(), "grant client_credentials needs auth.client_secret");
             }
             for (setting, given) in [
                 ("auth_url", o.auth_url.is_some()),
@@ -650,10 +559,7 @@ fn check_oauth2(o: &OAuth2Config, span: Range<usize>, ctx: &mut CheckCtx) {
                 ("callback_listen", o.callback_listen.is_some()),
             ] {
                 if given {
-                    ctx.error(
-                        span.clone(),
-                        format!("auth.{setting} is only used by grant authorization_code"),
-                    );
+                    ctx.error(span.clone(), format!("auth.{setting} is only used by grant authorization_code"));
                 }
             }
         }
@@ -668,20 +574,14 @@ fn check_oauth2(o: &OAuth2Config, span: Range<usize>, ctx: &mut CheckCtx) {
                     Url::parse(url.get_ref()).ok()
                 }
                 None => {
-                    ctx.error(
-                        span.clone(),
-                        "grant authorization_code needs auth.redirect_url",
-                    );
+                    ctx.error(span.clone(), "grant authorization_code needs auth.redirect_url");
                     None
                 }
             };
             match &o.callback_listen {
                 Some(listen) => {
                     if listen.get_ref().parse::<std::net::SocketAddr>().is_err() {
-                        ctx.error(
-                            listen.span(),
-                            "auth.callback_listen must be an address like 127.0.0.1:8976",
-                        );
+                        ctx.error(listen.span(), "auth.callback_listen must be an address like 127.0.0.1:8976");
                     }
                 }
                 None => {
@@ -707,10 +607,7 @@ fn check_http_url(url: &Spanned<String>, what: &str, ctx: &mut CheckCtx) {
             if u.scheme() != "http" && u.scheme() != "https" {
                 ctx.error(url.span(), format!("{what} must be an http or https URL"));
             } else if !u.username().is_empty() || u.password().is_some() {
-                ctx.error(
-                    url.span(),
-                    format!("{what} must not carry credentials; put them in `auth`"),
-                );
+                ctx.error(url.span(), format!("{what} must not carry credentials; put them in `auth`"));
             } else if u.fragment().is_some() {
                 ctx.error(url.span(), format!("{what} must not have a #fragment"));
             }
@@ -722,12 +619,9 @@ fn check_http_url(url: &Spanned<String>, what: &str, ctx: &mut CheckCtx) {
 /// a letter: `flex_hr`, `halo2`. ServiceDesk Plus requires the same of connection link names.
 pub fn is_snake_case(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.split('_').all(|word| {
-            !word.is_empty()
-                && word
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        })
+        && name
+            .split('_')
+            .all(|word| !word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
 }
 
 /// A snake_case suggestion for a name that is not (`FlexHR` -> `flex_hr`).
@@ -740,8 +634,7 @@ fn to_snake_case(name: &str) -> String {
                 && i > 0
                 && (chars[i - 1].is_ascii_lowercase()
                     || chars[i - 1].is_ascii_digit()
-                    || chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase())
-                        && chars[i - 1].is_ascii_uppercase());
+                    || chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase()) && chars[i - 1].is_ascii_uppercase());
             if boundary && !out.ends_with('_') {
                 out.push('_');
             }
@@ -779,9 +672,7 @@ pub(crate) mod duration {
         }
 
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-            u64::try_from(v)
-                .map(Duration::from_secs)
-                .map_err(|_| E::custom("a duration cannot be negative"))
+            u64::try_from(v).map(Duration::from_secs).map_err(|_| E::custom("a duration cannot be negative"))
         }
 
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
@@ -791,18 +682,15 @@ pub(crate) mod duration {
 
     /// Parses `"30s"`, `"500ms"`, `"24h"`, `"1h 30m"`.
     pub fn parse(text: &str) -> Result<Duration, String> {
-        humantime::parse_duration(text.trim()).map_err(|e| {
-            format!("invalid duration `{text}` ({e}); write e.g. \"30s\", \"500ms\" or \"24h\"")
-        })
+        humantime::parse_duration(text.trim())
+            .map_err(|e| format!("invalid duration `{text}` ({e}); write e.g. \"30s\", \"500ms\" or \"24h\""))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         d.deserialize_any(DurationVisitor)
     }
 
-    pub fn deserialize_option<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
+    pub fn deserialize_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         d.deserialize_any(DurationVisitor).map(Some)
     }
 }
@@ -821,12 +709,7 @@ mod tests {
         }
         let file: File = toml::from_str(source).expect("parses");
         let path = Path::new("tripline.toml");
-        let mut ctx = CheckCtx {
-            path,
-            source,
-            base_dir: Path::new("."),
-            diags: Vec::new(),
-        };
+        let mut ctx = CheckCtx { path, source, base_dir: Path::new("."), diags: Vec::new() };
         for (name, c) in &file.connections {
             c.get_ref().check(name, c.span(), &mut ctx);
         }
@@ -834,9 +717,7 @@ mod tests {
     }
 
     fn parse_error(source: &str) -> String {
-        toml::from_str::<BTreeMap<String, BTreeMap<String, ConnectionConfig>>>(source)
-            .expect_err("fails")
-            .to_string()
+        toml::from_str::<BTreeMap<String, BTreeMap<String, ConnectionConfig>>>(source).expect_err("fails").to_string()
     }
 
     #[test]
@@ -844,9 +725,7 @@ mod tests {
         for good in ["flex_hr", "halo", "ninja_one2", "a1_b2"] {
             assert!(is_snake_case(good), "{good}");
         }
-        for bad in [
-            "FlexHR", "flex-hr", "_x", "x_", "a__b", "1abc", "", "flex hr", "fléx",
-        ] {
+        for bad in ["FlexHR", "flex-hr", "_x", "x_", "a__b", "1abc", "", "flex hr", "fléx"] {
             assert!(!is_snake_case(bad), "{bad}");
         }
         assert_eq!(to_snake_case("FlexHR"), "flex_hr");
@@ -925,10 +804,7 @@ auth = { type = "oauth2", grant = "authorization_code", token_url = "https://x.e
             "auth.redirect_url does not name a local address to listen on",
         ];
         for e in expect {
-            assert!(
-                messages.iter().any(|m| m.contains(e)),
-                "missing {e:?} in {messages:#?}"
-            );
+            assert!(messages.iter().any(|m| m.contains(e)), "missing {e:?} in {messages:#?}");
         }
         assert_eq!(messages.len(), expect.len(), "{messages:#?}");
     }
@@ -938,13 +814,8 @@ auth = { type = "oauth2", grant = "authorization_code", token_url = "https://x.e
         let e = parse_error(
             "[c.x]\nbase_url = \"https://x\"\nauth = { type = \"bearer\", token = \"t\", password = \"p\" }\n",
         );
-        assert!(
-            e.contains("`password` is not a setting of auth type `bearer` (it takes token)"),
-            "{e}"
-        );
-        let e = parse_error(
-            "[c.x]\nbase_url = \"https://x\"\nauth = { type = \"basic\", username = \"u\" }\n",
-        );
+        assert!(e.contains("`password` is not a setting of auth type `bearer` (it takes token)"), "{e}");
+        let e = parse_error("[c.x]\nbase_url = \"https://x\"\nauth = { type = \"basic\", username = \"u\" }\n");
         assert!(e.contains("auth type `basic` needs `password`"), "{e}");
         let e = parse_error("[c.x]\nbase_url = \"https://x\"\nauth = { type = \"basic_auth\" }\n");
         assert!(e.contains("unknown variant `basic_auth`"), "{e}");
@@ -956,14 +827,12 @@ auth = { type = "oauth2", grant = "authorization_code", token_url = "https://x.e
 
     #[test]
     fn api_key_defaults_to_a_header_and_keeps_secret_spans() {
-        let source = "[c.x]\nbase_url = \"https://x\"\nauth = { type = \"api_key\", name = \"k\", value = \"${NOPE_X}\" }\n";
-        let file: BTreeMap<String, BTreeMap<String, ConnectionConfig>> =
-            toml::from_str(source).unwrap();
+        let source =
+            "[c.x]\nbase_url = \"https://x\"\nauth = { type = \"api_key\", name = \"k\", value = \"${NOPE_X}\" }\n";
+        let file: BTreeMap<String, BTreeMap<String, ConnectionConfig>> = toml::from_str(source).unwrap();
         let auth = file["c"]["x"].auth.as_ref().unwrap().get_ref();
         match auth {
-            AuthConfig::ApiKey {
-                value, location, ..
-            } => {
+            AuthConfig::ApiKey { value, location, .. } => {
                 assert_eq!(*location, ApiKeyIn::Header);
                 assert_eq!(&source[value.span()], "\"${NOPE_X}\"");
             }
@@ -975,18 +844,11 @@ auth = { type = "oauth2", grant = "authorization_code", token_url = "https://x.e
 
     #[test]
     fn durations() {
-        assert_eq!(
-            duration::parse("500ms").unwrap(),
-            Duration::from_millis(500)
-        );
+        assert_eq!(duration::parse("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(duration::parse("24h").unwrap(), Duration::from_secs(86400));
-        assert_eq!(
-            duration::parse("1h 30m").unwrap(),
-            Duration::from_secs(5400)
-        );
+        assert_eq!(duration::parse("1h 30m").unwrap(), Duration::from_secs(5400));
         assert!(duration::parse("5 parsecs").is_err());
-        let c: ConnectionConfig =
-            toml::from_str("base_url = \"https://x\"\ntimeout = 7\n").unwrap();
+        let c: ConnectionConfig = toml::from_str("base_url = \"https://x\"\ntimeout = 7\n").unwrap();
         assert_eq!(c.timeout, Duration::from_secs(7));
     }
 }

@@ -26,43 +26,22 @@ pub enum ConnectionError {
     },
     /// No answer within the connection's `timeout`.
     #[error("connection {connection}: {method} {path} timed out after {}", humantime::format_duration(*timeout))]
-    Timeout {
-        connection: String,
-        method: String,
-        path: String,
-        timeout: Duration,
-    },
+    Timeout { connection: String, method: String, path: String, timeout: Duration },
     /// The peer could not be reached (DNS, refused, TLS handshake).
     #[error("connection {connection}: cannot reach {host}: {reason}")]
-    Connect {
-        connection: String,
-        host: String,
-        reason: String,
-    },
+    Connect { connection: String, host: String, reason: String },
     /// The exchange broke off after it started (reset, truncated body).
     #[error("connection {connection}: {method} {path} failed: {reason}")]
-    Transport {
-        connection: String,
-        method: String,
-        path: String,
-        reason: String,
-    },
+    Transport { connection: String, method: String, path: String, reason: String },
     /// The token endpoint refused or failed to issue a token.
     #[error("connection {connection}: OAuth2 token request failed: {message}")]
-    OAuth {
-        connection: String,
-        message: String,
-        transient: bool,
-    },
+    OAuth { connection: String, message: String, transient: bool },
     /// An authorization-code connection without a usable token.
     #[error(
         "connection {connection} is not authorized: run `tripline connection authorize {connection}`{}",
         reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
     )]
-    NotAuthorized {
-        connection: String,
-        reason: Option<String>,
-    },
+    NotAuthorized { connection: String, reason: Option<String> },
     /// `tripline connection authorize` did not complete.
     #[error("connection {connection}: authorization failed: {message}")]
     Authorize { connection: String, message: String },
@@ -71,19 +50,13 @@ pub enum ConnectionError {
     TokenStore { connection: String, message: String },
     /// `get_all` found more pages than allowed; nothing is returned rather than a partial list
     /// a sync could mistake for the whole.
-    #[error("connection {connection}: GET {path} has more than {max_pages} pages; raise max_pages or narrow the query")]
-    TooManyPages {
-        connection: String,
-        path: String,
-        max_pages: u32,
-    },
+    #[error(
+        "connection {connection}: GET {path} has more than {max_pages} pages; raise max_pages or narrow the query"
+    )]
+    TooManyPages { connection: String, path: String, max_pages: u32 },
     /// A page did not have the shape the paging options describe.
     #[error("connection {connection}: paging GET {path}: {message}")]
-    Paging {
-        connection: String,
-        path: String,
-        message: String,
-    },
+    Paging { connection: String, path: String, message: String },
     /// The call itself is wrong: a path to another host, a bad header name, a missing setting.
     #[error("connection {connection}: {message}")]
     Invalid { connection: String, message: String },
@@ -96,9 +69,9 @@ impl ConnectionError {
     pub fn is_transient(&self) -> bool {
         match self {
             ConnectionError::Status { status, .. } => status_is_transient(*status),
-            ConnectionError::Timeout { .. }
-            | ConnectionError::Connect { .. }
-            | ConnectionError::Transport { .. } => true,
+            ConnectionError::Timeout { .. } | ConnectionError::Connect { .. } | ConnectionError::Transport { .. } => {
+                true
+            }
             ConnectionError::OAuth { transient, .. } => *transient,
             ConnectionError::NotAuthorized { .. }
             | ConnectionError::Authorize { .. }
@@ -129,10 +102,7 @@ impl ConnectionError {
     /// non-idempotent call (POST, PATCH) can be sent again: the connection was refused, or the
     /// peer rate-limited it (429) without processing it.
     pub(crate) fn certainly_not_processed(&self) -> bool {
-        matches!(
-            self,
-            ConnectionError::Connect { .. } | ConnectionError::Status { status: 429, .. }
-        )
+        matches!(self, ConnectionError::Connect { .. } | ConnectionError::Status { status: 429, .. })
     }
 }
 
@@ -170,34 +140,21 @@ mod tests {
     fn only_refusals_are_safe_to_resend_for_any_method() {
         assert!(status(429).certainly_not_processed());
         assert!(!status(503).certainly_not_processed());
-        let refused = ConnectionError::Connect {
-            connection: "c".into(),
-            host: "h".into(),
-            reason: "refused".into(),
-        };
+        let refused = ConnectionError::Connect { connection: "c".into(), host: "h".into(), reason: "refused".into() };
         assert!(refused.certainly_not_processed() && refused.is_transient());
     }
 
     #[test]
     fn messages_name_the_way_out() {
-        let e = ConnectionError::NotAuthorized {
-            connection: "halo".into(),
-            reason: None,
-        };
-        assert_eq!(
-            e.to_string(),
-            "connection halo is not authorized: run `tripline connection authorize halo`"
-        );
+        let e = ConnectionError::NotAuthorized { connection: "halo".into(), reason: None };
+        assert_eq!(e.to_string(), "connection halo is not authorized: run `tripline connection authorize halo`");
         let e = ConnectionError::Timeout {
             connection: "c".into(),
             method: "GET".into(),
             path: "/users".into(),
             timeout: Duration::from_millis(1500),
         };
-        assert_eq!(
-            e.to_string(),
-            "connection c: GET /users timed out after 1s 500ms"
-        );
+        assert_eq!(e.to_string(), "connection c: GET /users timed out after 1s 500ms");
         assert_eq!(status(503).to_string(), "connection c: GET /x answered 503");
     }
 }

@@ -31,13 +31,11 @@ use url::Url;
 
 use auth::{scrub, Auth, Credentials};
 pub use config::{
-    ApiKeyIn, AuthConfig, ClientAuth, ConnectionConfig, OAuth2Config, OAuth2Grant, RateLimitConfig,
-    RetryConfig, TestRequestConfig,
+    ApiKeyIn, AuthConfig, ClientAuth, ConnectionConfig, OAuth2Config, OAuth2Grant, RateLimitConfig, RetryConfig,
+    TestRequestConfig,
 };
 pub use error::ConnectionError;
-pub use oauth::{
-    MemoryTokenStore, PendingAuthorization, StoredToken, Token, TokenStore, TokenStoreError,
-};
+pub use oauth::{MemoryTokenStore, PendingAuthorization, StoredToken, Token, TokenStore, TokenStoreError};
 pub use paging::{Paging, PagingOptions};
 use politeness::{parse_retry_after, RateLimit, RetryPolicy};
 
@@ -144,10 +142,7 @@ struct Failure {
 
 impl From<ConnectionError> for Failure {
     fn from(error: ConnectionError) -> Self {
-        Failure {
-            error,
-            response: None,
-        }
+        Failure { error, response: None }
     }
 }
 
@@ -163,47 +158,27 @@ impl Connection {
     }
 
     /// GET `path`.
-    pub async fn get(
-        &self,
-        path: &str,
-        options: RequestOptions,
-    ) -> Result<Response, ConnectionError> {
+    pub async fn get(&self, path: &str, options: RequestOptions) -> Result<Response, ConnectionError> {
         self.request(Method::GET, path, options).await
     }
 
     /// POST `path` (not retried unless the request certainly was not processed).
-    pub async fn post(
-        &self,
-        path: &str,
-        options: RequestOptions,
-    ) -> Result<Response, ConnectionError> {
+    pub async fn post(&self, path: &str, options: RequestOptions) -> Result<Response, ConnectionError> {
         self.request(Method::POST, path, options).await
     }
 
     /// PUT `path`.
-    pub async fn put(
-        &self,
-        path: &str,
-        options: RequestOptions,
-    ) -> Result<Response, ConnectionError> {
+    pub async fn put(&self, path: &str, options: RequestOptions) -> Result<Response, ConnectionError> {
         self.request(Method::PUT, path, options).await
     }
 
     /// PATCH `path` (not retried unless the request certainly was not processed).
-    pub async fn patch(
-        &self,
-        path: &str,
-        options: RequestOptions,
-    ) -> Result<Response, ConnectionError> {
+    pub async fn patch(&self, path: &str, options: RequestOptions) -> Result<Response, ConnectionError> {
         self.request(Method::PATCH, path, options).await
     }
 
     /// DELETE `path`.
-    pub async fn delete(
-        &self,
-        path: &str,
-        options: RequestOptions,
-    ) -> Result<Response, ConnectionError> {
+    pub async fn delete(&self, path: &str, options: RequestOptions) -> Result<Response, ConnectionError> {
         self.request(Method::DELETE, path, options).await
     }
 
@@ -223,14 +198,9 @@ impl Connection {
     /// no retries; any status is an outcome, only a failure to get an answer is an error.
     pub async fn test_connection(&self) -> Result<TestOutcome, ConnectionError> {
         let url = self.resolve(&self.test_path, &[])?;
-        let options = RequestOptions {
-            allow_error_status: true,
-            ..RequestOptions::default()
-        };
+        let options = RequestOptions { allow_error_status: true, ..RequestOptions::default() };
         let started = tokio::time::Instant::now();
-        let response = self
-            .send_attempts(self.test_method.clone(), url.clone(), &options, 1)
-            .await?;
+        let response = self.send_attempts(self.test_method.clone(), url.clone(), &options, 1).await?;
         Ok(TestOutcome {
             method: self.test_method.to_string(),
             path: url.path().to_string(),
@@ -253,15 +223,8 @@ impl Connection {
     }
 
     /// `path` against `base_url`, with `query` appended.
-    pub(crate) fn resolve(
-        &self,
-        path: &str,
-        query: &[(String, String)],
-    ) -> Result<Url, ConnectionError> {
-        let invalid = |message: String| ConnectionError::Invalid {
-            connection: self.name.clone(),
-            message,
-        };
+    pub(crate) fn resolve(&self, path: &str, query: &[(String, String)]) -> Result<Url, ConnectionError> {
+        let invalid = |message: String| ConnectionError::Invalid { connection: self.name.clone(), message };
         let mut url = match Url::parse(path) {
             Ok(absolute) => {
                 if absolute.origin() != self.base_url.origin() {
@@ -294,8 +257,7 @@ impl Connection {
         url: Url,
         options: &RequestOptions,
     ) -> Result<Response, ConnectionError> {
-        self.send_attempts(method, url, options, self.retry.max_attempts)
-            .await
+        self.send_attempts(method, url, options, self.retry.max_attempts).await
     }
 
     async fn send_attempts(
@@ -308,17 +270,12 @@ impl Connection {
         let extra_headers = self.extra_headers(&options.headers)?;
         // Sending again is safe for idempotent methods; for POST and PATCH only when the
         // first try certainly changed nothing.
-        let idempotent = matches!(
-            method,
-            Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
-        );
+        let idempotent = matches!(method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
         let attempt = || self.attempt(&method, &url, options, &extra_headers);
         let outcome = attempt
             .retry(self.retry.backoff(attempts))
             .sleep(tokio::time::sleep)
-            .when(|f: &Failure| {
-                f.error.is_transient() && (idempotent || f.error.certainly_not_processed())
-            })
+            .when(|f: &Failure| f.error.is_transient() && (idempotent || f.error.certainly_not_processed()))
             .adjust(|f: &Failure, next| self.retry.next_delay(f.error.retry_after(), next))
             .notify(|f: &Failure, delay| {
                 warn!(
@@ -333,10 +290,7 @@ impl Connection {
             .await;
         match outcome {
             Ok(response) => Ok(response),
-            Err(Failure {
-                response: Some(response),
-                ..
-            }) if options.allow_error_status => Ok(response),
+            Err(Failure { response: Some(response), .. }) if options.allow_error_status => Ok(response),
             Err(failure) => Err(failure.error),
         }
     }
@@ -350,27 +304,18 @@ impl Connection {
         extra_headers: &HeaderMap,
     ) -> Result<Response, Failure> {
         let credentials = self.auth.credentials(&self.name).await?;
-        let mut response = self
-            .send_once(method, url, options, extra_headers, &credentials)
-            .await?;
+        let mut response = self.send_once(method, url, options, extra_headers, &credentials).await?;
         if response.status == 401 {
             if let Auth::OAuth2(oauth) = &self.auth {
-                let token = oauth
-                    .token_after_rejection(credentials.token.as_ref())
-                    .await?;
+                let token = oauth.token_after_rejection(credentials.token.as_ref()).await?;
                 let credentials = oauth.credentials(token)?;
-                response = self
-                    .send_once(method, url, options, extra_headers, &credentials)
-                    .await?;
+                response = self.send_once(method, url, options, extra_headers, &credentials).await?;
             }
         }
         if response.is_success() {
             return Ok(response);
         }
-        let retry_after = response
-            .headers
-            .get("retry-after")
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let retry_after = response.headers.get("retry-after").and_then(|v| parse_retry_after(v, SystemTime::now()));
         Err(Failure {
             error: ConnectionError::Status {
                 connection: self.name.clone(),
@@ -409,9 +354,7 @@ impl Connection {
         let mut request = self.client.request(method.clone(), target).headers(headers);
         match (&options.json, &options.form, &credentials.form) {
             (Some(_), _, Some(_)) | (Some(_), Some(_), _) => {
-                return Err(self.invalid(
-                    "a request has either a JSON body or a form body (the API key goes in a form)",
-                ))
+                return Err(self.invalid("a request has either a JSON body or a form body (the API key goes in a form)"))
             }
             (Some(json), None, None) => request = request.json(json),
             (None, form, key) => {
@@ -423,13 +366,8 @@ impl Connection {
             }
         }
         let started = tokio::time::Instant::now();
-        let answer = request
-            .send()
-            .await
-            .map_err(|e| self.transport_error(method, url, e))?;
-        let response = self
-            .read_response(method, url, answer, &credentials.sent)
-            .await?;
+        let answer = request.send().await.map_err(|e| self.transport_error(method, url, e))?;
+        let response = self.read_response(method, url, answer, &credentials.sent).await?;
         debug!(
             connection = %self.name,
             method = %method,
@@ -461,11 +399,7 @@ impl Connection {
                 .or_insert(value);
         }
         let mut bytes = Vec::new();
-        while let Some(chunk) = answer
-            .chunk()
-            .await
-            .map_err(|e| self.transport_error(method, url, e))?
-        {
+        while let Some(chunk) = answer.chunk().await.map_err(|e| self.transport_error(method, url, e))? {
             if bytes.len() + chunk.len() > MAX_BODY_BYTES {
                 return Err(self.invalid(&format!(
                     "{method} {} answered more than {} MiB",
@@ -488,11 +422,7 @@ impl Connection {
         } else {
             Value::String(text)
         };
-        Ok(Response {
-            status,
-            headers,
-            body,
-        })
+        Ok(Response { status, headers, body })
     }
 
     fn extra_headers(&self, headers: &[(String, String)]) -> Result<HeaderMap, ConnectionError> {
@@ -508,10 +438,7 @@ impl Connection {
     }
 
     fn invalid(&self, message: &str) -> ConnectionError {
-        ConnectionError::Invalid {
-            connection: self.name.clone(),
-            message: message.to_string(),
-        }
+        ConnectionError::Invalid { connection: self.name.clone(), message: message.to_string() }
     }
 
     /// Our error for a reqwest failure, without the URL (its query may hold a key).
@@ -531,10 +458,7 @@ impl Connection {
                 reason: describe_reqwest(e),
             }
         } else if e.is_builder() {
-            ConnectionError::Invalid {
-                connection,
-                message: describe_reqwest(e),
-            }
+            ConnectionError::Invalid { connection, message: describe_reqwest(e) }
         } else {
             ConnectionError::Transport {
                 connection,

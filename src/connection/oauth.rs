@@ -19,9 +19,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use oauth2::basic::{BasicClient, BasicErrorResponse, BasicErrorResponseType, BasicTokenResponse};
 use oauth2::{
-    AsyncHttpClient, AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
-    EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, PkceCodeChallenge,
-    PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
+    AsyncHttpClient, AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet,
+    EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
+    RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
 };
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use serde::{Deserialize, Serialize};
@@ -142,8 +142,8 @@ impl StoredToken {
 
     /// Reads what [`StoredToken::to_json`] wrote.
     pub fn from_json(text: &str) -> Result<StoredToken, TokenStoreError> {
-        let j: StoredTokenJson = serde_json::from_str(text)
-            .map_err(|e| TokenStoreError(format!("stored token is not readable: {e}")))?;
+        let j: StoredTokenJson =
+            serde_json::from_str(text).map_err(|e| TokenStoreError(format!("stored token is not readable: {e}")))?;
         Ok(StoredToken {
             access_token: Token::new(j.access_token),
             refresh_token: j.refresh_token.map(Token::new),
@@ -154,8 +154,7 @@ impl StoredToken {
     /// Whether the access token can still be used for `margin` from `now`.
     pub fn is_fresh(&self, now: DateTime<Utc>, margin: Duration) -> bool {
         let margin = chrono::Duration::from_std(margin).unwrap_or(chrono::Duration::MAX);
-        self.expires_at
-            .is_none_or(|at| now.checked_add_signed(margin).is_some_and(|t| t < at))
+        self.expires_at.is_none_or(|at| now.checked_add_signed(margin).is_some_and(|t| t < at))
     }
 
     fn from_response(response: &BasicTokenResponse, previous_refresh: Option<&Token>) -> Self {
@@ -167,17 +166,14 @@ impl StoredToken {
                 .refresh_token()
                 .map(|t| Token::new(t.secret().clone()))
                 .or_else(|| previous_refresh.cloned()),
-            expires_at: response.expires_in().and_then(|d| {
-                chrono::Duration::from_std(d)
-                    .ok()
-                    .and_then(|d| now.checked_add_signed(d))
-            }),
+            expires_at: response
+                .expires_in()
+                .and_then(|d| chrono::Duration::from_std(d).ok().and_then(|d| now.checked_add_signed(d))),
         }
     }
 }
 
-type OAuthClient =
-    BasicClient<EndpointMaybeSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+type OAuthClient = BasicClient<EndpointMaybeSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
 /// The OAuth2 side of one connection.
 pub(crate) struct OAuth2 {
@@ -208,12 +204,9 @@ impl OAuth2 {
         timeout: Duration,
         store: Arc<dyn TokenStore>,
     ) -> Result<OAuth2, ConnectionError> {
-        let invalid = |message: String| ConnectionError::Invalid {
-            connection: connection.to_string(),
-            message,
-        };
-        let token_url = TokenUrl::new(config.token_url.get_ref().clone())
-            .map_err(|e| invalid(format!("auth.token_url: {e}")))?;
+        let invalid = |message: String| ConnectionError::Invalid { connection: connection.to_string(), message };
+        let token_url =
+            TokenUrl::new(config.token_url.get_ref().clone()).map_err(|e| invalid(format!("auth.token_url: {e}")))?;
         let auth_url = config
             .auth_url
             .as_ref()
@@ -228,9 +221,7 @@ impl OAuth2 {
                 ClientAuth::Body => AuthType::RequestBody,
             });
         if let Some(secret) = &config.client_secret {
-            let secret = secret
-                .resolve()
-                .map_err(|e| invalid(format!("auth.client_secret: {e}")))?;
+            let secret = secret.resolve().map_err(|e| invalid(format!("auth.client_secret: {e}")))?;
             client = client.set_client_secret(ClientSecret::new(secret.expose().to_string()));
         }
         let redirect_url = config
@@ -258,11 +249,7 @@ impl OAuth2 {
             http: TokenHttp(http),
             grant: config.grant,
             scopes: config.scopes.iter().cloned().map(Scope::new).collect(),
-            extra_params: config
-                .extra_params
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            extra_params: config.extra_params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             header_prefix: config.header_prefix.clone(),
             refresh_margin: config.refresh_margin,
             redirect_url,
@@ -303,10 +290,7 @@ impl OAuth2 {
 
     /// After the API answered 401 to `rejected`: a newer token if another caller already
     /// replaced it, else a refreshed one. The caller retries its request once with it.
-    pub async fn token_after_rejection(
-        &self,
-        rejected: Option<&Token>,
-    ) -> Result<Token, ConnectionError> {
+    pub async fn token_after_rejection(&self, rejected: Option<&Token>) -> Result<Token, ConnectionError> {
         let mut state = self.state.lock().await;
         self.load_once(&mut state)?;
         if let (Some(current), Some(rejected)) = (&state.token, rejected) {
@@ -320,13 +304,10 @@ impl OAuth2 {
 
     fn load_once(&self, state: &mut TokenState) -> Result<(), ConnectionError> {
         if !state.loaded {
-            state.token =
-                self.store
-                    .load(&self.connection)
-                    .map_err(|e| ConnectionError::TokenStore {
-                        connection: self.connection.clone(),
-                        message: e.to_string(),
-                    })?;
+            state.token = self.store.load(&self.connection).map_err(|e| ConnectionError::TokenStore {
+                connection: self.connection.clone(),
+                message: e.to_string(),
+            })?;
             state.loaded = true;
         }
         Ok(())
@@ -353,10 +334,7 @@ impl OAuth2 {
             },
             (None, OAuth2Grant::ClientCredentials) => self.client_credentials().await?,
             (None, OAuth2Grant::AuthorizationCode) => {
-                return Err(ConnectionError::NotAuthorized {
-                    connection: self.connection.clone(),
-                    reason: None,
-                })
+                return Err(ConnectionError::NotAuthorized { connection: self.connection.clone(), reason: None })
             }
         };
         self.persist(&token);
@@ -376,43 +354,28 @@ impl OAuth2 {
 
     async fn refresh(&self, refresh: &Token) -> Result<StoredToken, ConnectionError> {
         let refresh_token = RefreshToken::new(refresh.expose().to_string());
-        let mut request = self
-            .client
-            .exchange_refresh_token(&refresh_token)
-            .add_scopes(self.scopes.clone());
+        let mut request = self.client.exchange_refresh_token(&refresh_token).add_scopes(self.scopes.clone());
         for (k, v) in &self.extra_params {
             request = request.add_extra_param(k.as_str(), v.as_str());
         }
-        let response = request
-            .request_async(&self.http)
-            .await
-            .map_err(|e| self.token_error(e))?;
+        let response = request.request_async(&self.http).await.map_err(|e| self.token_error(e))?;
         info!(connection = %self.connection, rotated = response.refresh_token().is_some(), "Access token refreshed.");
         Ok(StoredToken::from_response(&response, Some(refresh)))
     }
 
     async fn client_credentials(&self) -> Result<StoredToken, ConnectionError> {
-        let mut request = self
-            .client
-            .exchange_client_credentials()
-            .add_scopes(self.scopes.clone());
+        let mut request = self.client.exchange_client_credentials().add_scopes(self.scopes.clone());
         for (k, v) in &self.extra_params {
             request = request.add_extra_param(k.as_str(), v.as_str());
         }
-        let response = request
-            .request_async(&self.http)
-            .await
-            .map_err(|e| self.token_error(e))?;
+        let response = request.request_async(&self.http).await.map_err(|e| self.token_error(e))?;
         info!(connection = %self.connection, "Access token obtained with client credentials.");
         Ok(StoredToken::from_response(&response, None))
     }
 
     /// Our error for a failed token request. Bodies are never quoted: a token endpoint's
     /// answer may hold a token.
-    fn token_error(
-        &self,
-        e: RequestTokenError<TokenHttpError, BasicErrorResponse>,
-    ) -> ConnectionError {
+    fn token_error(&self, e: RequestTokenError<TokenHttpError, BasicErrorResponse>) -> ConnectionError {
         let (message, transient) = match e {
             RequestTokenError::ServerResponse(r) => {
                 let transient = matches!(r.error(), BasicErrorResponseType::Extension(code)
@@ -423,37 +386,22 @@ impl OAuth2 {
                 (format!("the token endpoint answered {status}"), true)
             }
             RequestTokenError::Request(TokenHttpError::Transport(reason)) => (reason, true),
-            RequestTokenError::Parse(_, _) => (
-                "the token endpoint's answer is not an OAuth2 token response".to_string(),
-                false,
-            ),
+            RequestTokenError::Parse(_, _) => {
+                ("the token endpoint's answer is not an OAuth2 token response".to_string(), false)
+            }
             RequestTokenError::Other(message) => (scrub(&message, &[]), false),
         };
-        ConnectionError::OAuth {
-            connection: self.connection.clone(),
-            message,
-            transient,
-        }
+        ConnectionError::OAuth { connection: self.connection.clone(), message, transient }
     }
 
     /// Starts `tripline connection authorize`: listens for the callback and builds the URL
     /// the person opens (with PKCE and a random state).
-    pub async fn begin_authorization(
-        self: &Arc<Self>,
-    ) -> Result<PendingAuthorization, ConnectionError> {
-        let fail = |message: String| ConnectionError::Authorize {
-            connection: self.connection.clone(),
-            message,
-        };
+    pub async fn begin_authorization(self: &Arc<Self>) -> Result<PendingAuthorization, ConnectionError> {
+        let fail = |message: String| ConnectionError::Authorize { connection: self.connection.clone(), message };
         if self.grant != OAuth2Grant::AuthorizationCode {
-            return Err(fail(
-                "only connections with grant authorization_code are authorized by a person".into(),
-            ));
+            return Err(fail("only connections with grant authorization_code are authorized by a person".into()));
         }
-        let mut redirect = self
-            .redirect_url
-            .clone()
-            .ok_or_else(|| fail("auth.redirect_url is not set".into()))?;
+        let mut redirect = self.redirect_url.clone().ok_or_else(|| fail("auth.redirect_url is not set".into()))?;
         let listen = self
             .callback_listen
             .or_else(|| listen_address(&redirect))
@@ -461,9 +409,7 @@ impl OAuth2 {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| fail(format!("cannot listen for the callback on {listen}: {e}")))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| fail(format!("cannot listen for the callback: {e}")))?;
+        let bound = listener.local_addr().map_err(|e| fail(format!("cannot listen for the callback: {e}")))?;
         if redirect.port() == Some(0) {
             // "Any free port" (RFC 8252 section 7.3): tell the provider the one we got.
             let _ = redirect.set_port(Some(bound.port()));
@@ -506,10 +452,7 @@ impl OAuth2 {
         for (k, v) in &self.extra_params {
             request = request.add_extra_param(k.as_str(), v.as_str());
         }
-        let response = request
-            .request_async(&self.http)
-            .await
-            .map_err(|e| self.token_error(e))?;
+        let response = request.request_async(&self.http).await.map_err(|e| self.token_error(e))?;
         let token = StoredToken::from_response(&response, None);
         if token.refresh_token.is_none() {
             info!(connection = %self.connection, "The provider issued no refresh token; the connection works until the access token expires (ask for offline access in scopes).");
@@ -517,10 +460,7 @@ impl OAuth2 {
         let mut state = self.state.lock().await;
         self.store
             .save(&self.connection, &token)
-            .map_err(|e| ConnectionError::TokenStore {
-                connection: self.connection.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| ConnectionError::TokenStore { connection: self.connection.clone(), message: e.to_string() })?;
         state.loaded = true;
         state.token = Some(token);
         info!(connection = %self.connection, "Connection authorized; tokens stored.");
@@ -588,19 +528,14 @@ impl PendingAuthorization {
     /// another state are answered 400 and ignored.
     pub async fn complete(self, wait: Duration) -> Result<(), ConnectionError> {
         let connection = self.oauth.connection.clone();
-        let fail = |message: String| ConnectionError::Authorize {
-            connection: connection.clone(),
-            message,
-        };
+        let fail = |message: String| ConnectionError::Authorize { connection: connection.clone(), message };
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         let state = CallbackState {
             expected_state: self.csrf.secret().as_str().into(),
             connection: connection.as_str().into(),
             outcome: tx,
         };
-        let app = axum::Router::new()
-            .route(&self.callback_path, axum::routing::get(callback))
-            .with_state(state);
+        let app = axum::Router::new().route(&self.callback_path, axum::routing::get(callback)).with_state(state);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
             axum::serve(self.listener, app)
@@ -613,37 +548,23 @@ impl PendingAuthorization {
         let _ = stop.send(());
         // The answer to the browser is written before the handler returns; a browser that
         // keeps its connection open must not hold us here.
-        if tokio::time::timeout(Duration::from_secs(2), server)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(2), server).await.is_err() {
             info!(connection = %connection, "Callback server stopped with a connection still open.");
         }
         let code = match outcome {
-            Err(_) => {
-                return Err(fail(format!(
-                    "no callback within {}",
-                    humantime::format_duration(wait)
-                )))
-            }
+            Err(_) => return Err(fail(format!("no callback within {}", humantime::format_duration(wait)))),
             Ok(None) => return Err(fail("the callback server stopped".into())),
             Ok(Some(Err(message))) => return Err(fail(message)),
             Ok(Some(Ok(code))) => code,
         };
-        self.oauth
-            .exchange_code(code, self.verifier, self.redirect)
-            .await
+        self.oauth.exchange_code(code, self.verifier, self.redirect).await
     }
 }
 
 async fn callback(
     axum::extract::State(state): axum::extract::State<CallbackState>,
     axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
-) -> (
-    axum::http::StatusCode,
-    [(axum::http::HeaderName, &'static str); 1],
-    String,
-) {
+) -> (axum::http::StatusCode, [(axum::http::HeaderName, &'static str); 1], String) {
     use axum::http::{header::CONNECTION, StatusCode};
     let close = [(CONNECTION, "close")];
     if params.get("state").map(String::as_str) != Some(&*state.expected_state) {
@@ -654,17 +575,10 @@ async fn callback(
         );
     }
     if let Some(error) = params.get("error") {
-        let detail = params
-            .get("error_description")
-            .map(|d| format!(": {d}"))
-            .unwrap_or_default();
+        let detail = params.get("error_description").map(|d| format!(": {d}")).unwrap_or_default();
         let message = scrub(&format!("the provider refused: {error}{detail}"), &[]);
         let _ = state.outcome.try_send(Err(message.clone()));
-        return (
-            StatusCode::BAD_REQUEST,
-            close,
-            format!("tripline: {message}\n"),
-        );
+        return (StatusCode::BAD_REQUEST, close, format!("tripline: {message}\n"));
     }
     match params.get("code") {
         Some(code) => {
@@ -672,17 +586,10 @@ async fn callback(
             (
                 StatusCode::OK,
                 close,
-                format!(
-                    "tripline: connection {} is authorized. You can close this window.\n",
-                    state.connection
-                ),
+                format!("tripline: connection {} is authorized. You can close this window.\n", state.connection),
             )
         }
-        None => (
-            StatusCode::BAD_REQUEST,
-            close,
-            "tripline: the callback carries no code.\n".into(),
-        ),
+        None => (StatusCode::BAD_REQUEST, close, "tripline: the callback carries no code.\n".into()),
     }
 }
 
@@ -701,19 +608,15 @@ pub(crate) enum TokenHttpError {
 
 impl<'c> AsyncHttpClient<'c> for TokenHttp {
     type Error = TokenHttpError;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<HttpResponse, Self::Error>> + Send + Sync + 'c>>;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, Self::Error>> + Send + Sync + 'c>>;
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(async move {
-            let request: reqwest::Request = request.try_into().map_err(|e: reqwest::Error| {
-                TokenHttpError::Transport(super::describe_reqwest(e))
-            })?;
-            let response = self
-                .0
-                .execute(request)
-                .await
-                .map_err(|e| TokenHttpError::Transport(super::describe_reqwest(e)))?;
+            let request: reqwest::Request = request
+                .try_into()
+                .map_err(|e: reqwest::Error| TokenHttpError::Transport(super::describe_reqwest(e)))?;
+            let response =
+                self.0.execute(request).await.map_err(|e| TokenHttpError::Transport(super::describe_reqwest(e)))?;
             let status = response.status();
             if status.as_u16() == 429 || status.is_server_error() {
                 return Err(TokenHttpError::Status(status.as_u16()));
@@ -722,13 +625,8 @@ impl<'c> AsyncHttpClient<'c> for TokenHttp {
             for (name, value) in response.headers() {
                 builder = builder.header(name, value);
             }
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| TokenHttpError::Transport(super::describe_reqwest(e)))?;
-            builder
-                .body(body.to_vec())
-                .map_err(|e| TokenHttpError::Transport(e.to_string()))
+            let body = response.bytes().await.map_err(|e| TokenHttpError::Transport(super::describe_reqwest(e)))?;
+            builder.body(body.to_vec()).map_err(|e| TokenHttpError::Transport(e.to_string()))
         })
     }
 }
@@ -749,10 +647,7 @@ mod tests {
         assert!(token(3600).is_fresh(now, margin));
         assert!(!token(30).is_fresh(now, margin));
         assert!(!token(-5).is_fresh(now, margin));
-        let unknown = StoredToken {
-            expires_at: None,
-            ..token(0)
-        };
+        let unknown = StoredToken { expires_at: None, ..token(0) };
         assert!(unknown.is_fresh(now, margin));
     }
 
@@ -773,18 +668,9 @@ mod tests {
     #[test]
     fn listen_addresses_for_redirects() {
         let at = |u: &str| listen_address(&Url::parse(u).unwrap());
-        assert_eq!(
-            at("http://localhost:8976/cb"),
-            Some("127.0.0.1:8976".parse().unwrap())
-        );
-        assert_eq!(
-            at("http://127.0.0.1:0/cb"),
-            Some("127.0.0.1:0".parse().unwrap())
-        );
-        assert_eq!(
-            at("http://[::1]:9000/cb"),
-            Some("[::1]:9000".parse().unwrap())
-        );
+        assert_eq!(at("http://localhost:8976/cb"), Some("127.0.0.1:8976".parse().unwrap()));
+        assert_eq!(at("http://127.0.0.1:0/cb"), Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(at("http://[::1]:9000/cb"), Some("[::1]:9000".parse().unwrap()));
         assert_eq!(at("https://tripline.example.com/cb"), None);
     }
 }

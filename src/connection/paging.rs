@@ -99,13 +99,7 @@ pub struct PagingOptions {
 
 impl PagingOptions {
     pub fn new(paging: Paging) -> Self {
-        Self {
-            paging,
-            items: None,
-            query: Vec::new(),
-            headers: Vec::new(),
-            max_pages: None,
-        }
+        Self { paging, items: None, query: Vec::new(), headers: Vec::new(), max_pages: None }
     }
 
     /// Reads the items from this key of each page (dotted for nested keys).
@@ -123,11 +117,7 @@ impl PagingOptions {
 
 impl Connection {
     /// GETs `path` page after page and returns the items of all pages in order.
-    pub async fn get_all(
-        &self,
-        path: &str,
-        options: PagingOptions,
-    ) -> Result<Vec<Value>, ConnectionError> {
+    pub async fn get_all(&self, path: &str, options: PagingOptions) -> Result<Vec<Value>, ConnectionError> {
         let max_pages = options.max_pages.unwrap_or(self.max_pages).max(1);
         let start = self.resolve(path, &options.query)?;
         let fail = |message: String| ConnectionError::Paging {
@@ -135,24 +125,17 @@ impl Connection {
             path: start.path().to_string(),
             message,
         };
-        let request = RequestOptions {
-            headers: options.headers.clone(),
-            ..RequestOptions::default()
-        };
+        let request = RequestOptions { headers: options.headers.clone(), ..RequestOptions::default() };
         let mut url = first_url(&options.paging, &start);
         let mut all = Vec::new();
         let mut pages = 0u32;
         loop {
-            let response = self
-                .send(reqwest::Method::GET, url.clone(), &request)
-                .await?;
+            let response = self.send(reqwest::Method::GET, url.clone(), &request).await?;
             pages += 1;
-            let items =
-                take_items(response.body.clone(), options.items.as_deref()).map_err(fail)?;
+            let items = take_items(response.body.clone(), options.items.as_deref()).map_err(fail)?;
             let count = items.len();
             all.extend(items);
-            let next = next_url(&options.paging, &url, pages, all.len(), count, &response)
-                .map_err(fail)?;
+            let next = next_url(&options.paging, &url, pages, all.len(), count, &response).map_err(fail)?;
             debug!(connection = %self.name, path = url.path(), page = pages, items = count, more = next.is_some(), "Page read.");
             let Some(next) = next else { break };
             if next.origin() != self.base_url.origin() {
@@ -178,24 +161,13 @@ impl Connection {
 fn first_url(paging: &Paging, start: &Url) -> Url {
     let mut url = start.clone();
     match paging {
-        Paging::Page {
-            page_param,
-            size_param,
-            size,
-            first,
-            ..
-        } => {
+        Paging::Page { page_param, size_param, size, first, .. } => {
             set_query(&mut url, page_param, &first.to_string());
             if let (Some(param), Some(size)) = (size_param, size) {
                 set_query(&mut url, param, &size.to_string());
             }
         }
-        Paging::Offset {
-            offset_param,
-            limit_param,
-            limit,
-            ..
-        } => {
+        Paging::Offset { offset_param, limit_param, limit, .. } => {
             set_query(&mut url, offset_param, "0");
             set_query(&mut url, limit_param, &limit.to_string());
         }
@@ -224,21 +196,14 @@ fn next_url(
             None => Ok(false),
             Some(key) => match lookup(body, key) {
                 None | Some(Value::Null) => Ok(false),
-                Some(v) => as_count(v)
-                    .map(|total| have >= total)
-                    .ok_or_else(|| format!("`{key}` is not a number: {v}")),
+                Some(v) => {
+                    as_count(v).map(|total| have >= total).ok_or_else(|| format!("`{key}` is not a number: {v}"))
+                }
             },
         }
     };
     Ok(match paging {
-        Paging::Page {
-            page_param,
-            size,
-            first,
-            total_pages,
-            total_items,
-            ..
-        } => {
+        Paging::Page { page_param, size, first, total_pages, total_items, .. } => {
             if reached(total_pages, u64::from(pages))?
                 || reached(total_items, so_far as u64)?
                 || size.is_some_and(|size| (count as u64) < size)
@@ -246,35 +211,21 @@ fn next_url(
                 None
             } else {
                 let mut url = current.clone();
-                set_query(
-                    &mut url,
-                    page_param,
-                    &(first + u64::from(pages)).to_string(),
-                );
+                set_query(&mut url, page_param, &(first + u64::from(pages)).to_string());
                 Some(url)
             }
         }
-        Paging::Offset {
-            offset_param,
-            limit,
-            total_items,
-            ..
-        } => {
+        Paging::Offset { offset_param, limit, total_items, .. } => {
             if reached(total_items, so_far as u64)? || (count as u64) < *limit {
                 None
             } else {
-                let offset = query_value(current, offset_param)
-                    .and_then(|o| o.parse::<u64>().ok())
-                    .unwrap_or(0);
+                let offset = query_value(current, offset_param).and_then(|o| o.parse::<u64>().ok()).unwrap_or(0);
                 let mut url = current.clone();
                 set_query(&mut url, offset_param, &(offset + count as u64).to_string());
                 Some(url)
             }
         }
-        Paging::Cursor {
-            cursor_param,
-            cursor,
-        } => match lookup(body, cursor) {
+        Paging::Cursor { cursor_param, cursor } => match lookup(body, cursor) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.is_empty() => None,
             Some(Value::String(s)) => {
@@ -292,24 +243,22 @@ fn next_url(
         Paging::NextLink { next } => match lookup(body, next) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.is_empty() => None,
-            Some(Value::String(s)) => Some(
-                current
-                    .join(s)
-                    .map_err(|e| format!("the next link `{s}` is not a URL: {e}"))?,
-            ),
+            Some(Value::String(s)) => {
+                Some(current.join(s).map_err(|e| format!("the next link `{s}` is not a URL: {e}"))?)
+            }
             Some(other) => return Err(format!("the next link `{next}` is not a string: {other}")),
         },
-        Paging::LinkHeader => {
-            match response.headers.get("link") {
+        Paging::LinkHeader => match response.headers.get("link") {
+            None => None,
+            Some(header) => match link_next(header) {
                 None => None,
-                Some(header) => match link_next(header) {
-                    None => None,
-                    Some(target) => Some(current.join(&target).map_err(|e| {
-                        format!("the Link header's next `{target}` is not a URL: {e}")
-                    })?),
-                },
-            }
-        }
+                Some(target) => Some(
+                    current
+                        .join(&target)
+                        .map_err(|e| format!("the Link header's next `{target}` is not a URL: {e}"))?,
+                ),
+            },
+        },
     })
 }
 
@@ -374,18 +323,13 @@ fn as_count(v: &Value) -> Option<u64> {
 }
 
 fn query_value(url: &Url, name: &str) -> Option<String> {
-    url.query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
+    url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 /// Sets `name` to `value`, replacing any earlier value, keeping the other parameters.
 fn set_query(url: &mut Url, name: &str, value: &str) {
-    let kept: Vec<(String, String)> = url
-        .query_pairs()
-        .filter(|(k, _)| k != name)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let kept: Vec<(String, String)> =
+        url.query_pairs().filter(|(k, _)| k != name).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     let mut pairs = url.query_pairs_mut();
     pairs.clear();
     for (k, v) in &kept {
@@ -447,11 +391,7 @@ mod tests {
     use super::*;
 
     fn response(body: Value) -> Response {
-        Response {
-            status: 200,
-            headers: BTreeMap::new(),
-            body,
-        }
+        Response { status: 200, headers: BTreeMap::new(), body }
     }
 
     fn url(s: &str) -> Url {
@@ -465,15 +405,10 @@ mod tests {
             Some("https://x/u?page=2".into())
         );
         assert_eq!(
-            link_next(
-                r#"<https://x/u?page=1>; rel="prev"; title="a, <b>", <https://x/u?page=3>; rel="last next""#
-            ),
+            link_next(r#"<https://x/u?page=1>; rel="prev"; title="a, <b>", <https://x/u?page=3>; rel="last next""#),
             Some("https://x/u?page=3".into())
         );
-        assert_eq!(
-            link_next(r#"</u?page=4>;rel=next"#),
-            Some("/u?page=4".into())
-        );
+        assert_eq!(link_next(r#"</u?page=4>;rel=next"#), Some("/u?page=4".into()));
         assert_eq!(link_next(r#"<https://x/u?page=9>; rel="last""#), None);
         assert_eq!(link_next("garbage"), None);
     }
@@ -493,28 +428,14 @@ mod tests {
         }))
         .unwrap();
         let first = first_url(&paging, &url("https://x/users?instanceId=A"));
-        assert_eq!(
-            first.as_str(),
-            "https://x/users?instanceId=A&page=1&pageSize=2"
-        );
+        assert_eq!(first.as_str(), "https://x/users?instanceId=A&page=1&pageSize=2");
         let body = json!({"users": [1, 2], "page": 1, "totalPages": 3});
-        let next = next_url(&paging, &first, 1, 2, 2, &response(body))
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            next.as_str(),
-            "https://x/users?instanceId=A&pageSize=2&page=2"
-        );
+        let next = next_url(&paging, &first, 1, 2, 2, &response(body)).unwrap().unwrap();
+        assert_eq!(next.as_str(), "https://x/users?instanceId=A&pageSize=2&page=2");
         let body = json!({"users": [5, 6], "page": 3, "totalPages": 3});
-        assert_eq!(
-            next_url(&paging, &next, 3, 6, 2, &response(body)).unwrap(),
-            None
-        );
+        assert_eq!(next_url(&paging, &next, 3, 6, 2, &response(body)).unwrap(), None);
         let body = json!({"users": [5]});
-        assert_eq!(
-            next_url(&paging, &next, 2, 3, 1, &response(body)).unwrap(),
-            None
-        );
+        assert_eq!(next_url(&paging, &next, 2, 3, 1, &response(body)).unwrap(), None);
         let body = json!({"users": [5, 6], "totalPages": "many"});
         assert!(next_url(&paging, &next, 2, 4, 2, &response(body)).is_err());
     }
@@ -539,19 +460,10 @@ mod tests {
 
     #[test]
     fn items_need_a_list() {
-        assert_eq!(
-            take_items(json!([1, 2]), None).unwrap(),
-            vec![json!(1), json!(2)]
-        );
-        assert_eq!(
-            take_items(json!({"data": {"users": [3]}}), Some("data.users")).unwrap(),
-            vec![json!(3)]
-        );
+        assert_eq!(take_items(json!([1, 2]), None).unwrap(), vec![json!(1), json!(2)]);
+        assert_eq!(take_items(json!({"data": {"users": [3]}}), Some("data.users")).unwrap(), vec![json!(3)]);
         let e = take_items(json!({"users": [], "page": 1}), None).unwrap_err();
-        assert!(
-            e.contains("say which key holds the items") && e.contains("users"),
-            "{e}"
-        );
+        assert!(e.contains("say which key holds the items") && e.contains("users"), "{e}");
         let e = take_items(json!({"page": 1}), Some("users")).unwrap_err();
         assert!(e.contains("has no `users`"), "{e}");
         assert!(take_items(json!({"users": 3}), Some("users")).is_err());
@@ -559,9 +471,7 @@ mod tests {
 
     #[test]
     fn paging_from_a_script_map_rejects_typos() {
-        let e = serde_json::from_value::<Paging>(json!({"style": "page", "page_parm": "p"}))
-            .unwrap_err()
-            .to_string();
+        let e = serde_json::from_value::<Paging>(json!({"style": "page", "page_parm": "p"})).unwrap_err().to_string();
         assert!(e.contains("unknown field `page_parm`"), "{e}");
         let p: Paging = serde_json::from_value(json!({"style": "link_header"})).unwrap();
         assert_eq!(p, Paging::LinkHeader);

@@ -34,17 +34,10 @@ pub(crate) struct RateLimit {
 
 impl RateLimit {
     pub fn new(requests: NonZeroU32, per: Duration) -> Self {
-        let clock = TokioClock {
-            start: tokio::time::Instant::now(),
-        };
+        let clock = TokioClock { start: tokio::time::Instant::now() };
         let period = (per / requests.get()).max(Duration::from_nanos(1));
-        let quota = Quota::with_period(period)
-            .expect("period is not zero")
-            .allow_burst(requests);
-        Self {
-            limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
-            clock,
-        }
+        let quota = Quota::with_period(period).expect("period is not zero").allow_burst(requests);
+        Self { limiter: RateLimiter::direct_with_clock(quota, clock.clone()), clock }
     }
 
     /// Waits (on tokio's clock) until one more request is allowed, and takes it.
@@ -66,11 +59,7 @@ pub(crate) struct RetryPolicy {
 
 impl RetryPolicy {
     pub fn new(max_attempts: u32, base_delay: Duration, max_delay: Duration) -> Self {
-        Self {
-            max_attempts,
-            base_delay,
-            max_delay,
-        }
+        Self { max_attempts, base_delay, max_delay }
     }
 
     /// Delays of `base_delay`, doubling up to `max_delay`, each plus up to 100 % jitter, for
@@ -86,11 +75,7 @@ impl RetryPolicy {
     /// The wait before the next attempt: the peer's `Retry-After` when it gave one (if it is
     /// not longer than `max_delay`; a longer one ends the call), else the backoff's `next`
     /// (`None` once attempts are used up).
-    pub fn next_delay(
-        &self,
-        retry_after: Option<Duration>,
-        next: Option<Duration>,
-    ) -> Option<Duration> {
+    pub fn next_delay(&self, retry_after: Option<Duration>, next: Option<Duration>) -> Option<Duration> {
         let next = next?;
         match retry_after {
             Some(wait) if wait > self.max_delay => None,
@@ -118,18 +103,9 @@ mod tests {
     #[test]
     fn retry_after_in_both_forms() {
         let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now), Some(Duration::from_secs(30)));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-3", now), None);
     }
@@ -139,10 +115,7 @@ mod tests {
         let p = RetryPolicy::new(3, Duration::from_millis(100), Duration::from_secs(10));
         let backoff = Some(Duration::from_millis(150));
         assert_eq!(p.next_delay(None, backoff), backoff);
-        assert_eq!(
-            p.next_delay(Some(Duration::from_secs(2)), backoff),
-            Some(Duration::from_secs(2))
-        );
+        assert_eq!(p.next_delay(Some(Duration::from_secs(2)), backoff), Some(Duration::from_secs(2)));
         assert_eq!(p.next_delay(Some(Duration::from_secs(60)), backoff), None);
         assert_eq!(p.next_delay(Some(Duration::from_secs(2)), None), None);
     }

@@ -7,8 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use futures::future::BoxFuture;
 use tripline::scheduler::{
-    BoxError, Job, JobConfig, JobRunner, LastRunStore, MemoryLastRunStore, Scheduler, TokioClock,
-    Zone,
+    BoxError, Job, JobConfig, JobRunner, LastRunStore, MemoryLastRunStore, Scheduler, TokioClock, Zone,
 };
 
 fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
@@ -16,10 +15,9 @@ fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
 }
 
 fn job(name: &str, schedule: &str) -> Job {
-    let config: JobConfig = toml::from_str(&format!(
-        "schedule = \"{schedule}\"\nscript = \"{name}.rhai\"\nparams = {{ days = 30 }}\n"
-    ))
-    .unwrap();
+    let config: JobConfig =
+        toml::from_str(&format!("schedule = \"{schedule}\"\nscript = \"{name}.rhai\"\nparams = {{ days = 30 }}\n"))
+            .unwrap();
     config.build(name).unwrap()
 }
 
@@ -57,12 +55,7 @@ impl Runner {
     }
 
     fn ticks(&self) -> Vec<DateTime<Utc>> {
-        self.started
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|s| s.tick)
-            .collect()
+        self.started.lock().unwrap().iter().map(|s| s.tick).collect()
     }
 }
 
@@ -70,11 +63,7 @@ impl JobRunner for Runner {
     fn run_job(&self, job: &Job, tick: DateTime<Utc>) -> BoxFuture<'static, Result<(), BoxError>> {
         use tripline::scheduler::WallClock as _;
         assert_eq!(job.params["days"], 30);
-        self.started.lock().unwrap().push(Started {
-            job: job.name.clone(),
-            tick,
-            at: self.clock.now(),
-        });
+        self.started.lock().unwrap().push(Started { job: job.name.clone(), tick, at: self.clock.now() });
         let runner = self.clone();
         Box::pin(async move {
             let now = runner.active.fetch_add(1, Ordering::SeqCst) + 1;
@@ -92,9 +81,7 @@ impl JobRunner for Runner {
 }
 
 fn scheduler(jobs: Vec<Job>, clock: &TokioClock, store: Arc<MemoryLastRunStore>) -> Scheduler {
-    Scheduler::new(jobs, store)
-        .with_clock(Arc::new(clock.clone()))
-        .with_zone(Zone::Utc)
+    Scheduler::new(jobs, store).with_clock(Arc::new(clock.clone())).with_zone(Zone::Utc)
 }
 
 #[tokio::test(start_paused = true)]
@@ -108,11 +95,7 @@ async fn ticks_with_seconds_run_on_time() {
     let started = runner.started.lock().unwrap().clone();
     let expected: Vec<Started> = [10, 20, 30, 40]
         .into_iter()
-        .map(|s| Started {
-            job: "sync".into(),
-            tick: at(10, 0, s),
-            at: at(10, 0, s),
-        })
+        .map(|s| Started { job: "sync".into(), tick: at(10, 0, s), at: at(10, 0, s) })
         .collect();
     assert_eq!(started, expected);
     assert_eq!(store.last_tick("sync").unwrap(), Some(at(10, 0, 40)));
@@ -125,26 +108,13 @@ async fn five_fields_tick_by_the_minute_and_jobs_keep_their_own_schedules() {
     let runner = Runner::new(&clock, Duration::from_secs(5));
     let store = Arc::new(MemoryLastRunStore::new());
     let jobs = vec![job("every_two", "*/2 * * * *"), job("hourly", "0 * * * *")];
-    scheduler(jobs, &clock, store)
-        .run(
-            runner.clone(),
-            tokio::time::sleep(Duration::from_secs(3600)),
-        )
-        .await;
+    scheduler(jobs, &clock, store).run(runner.clone(), tokio::time::sleep(Duration::from_secs(3600))).await;
     let started = runner.started.lock().unwrap().clone();
-    let every_two: Vec<_> = started
-        .iter()
-        .filter(|s| s.job == "every_two")
-        .map(|s| s.tick)
-        .collect();
+    let every_two: Vec<_> = started.iter().filter(|s| s.job == "every_two").map(|s| s.tick).collect();
     assert_eq!(every_two.len(), 30);
     assert_eq!(every_two[0], at(10, 2, 0));
     assert_eq!(every_two[29], at(11, 0, 0));
-    let hourly: Vec<_> = started
-        .iter()
-        .filter(|s| s.job == "hourly")
-        .map(|s| s.tick)
-        .collect();
+    let hourly: Vec<_> = started.iter().filter(|s| s.job == "hourly").map(|s| s.tick).collect();
     assert_eq!(hourly, [at(11, 0, 0)]);
 }
 
@@ -180,16 +150,8 @@ async fn ticks_missed_while_down_run_once_on_start() {
     assert_eq!(
         started,
         [
-            Started {
-                job: "sync".into(),
-                tick: at(10, 0, 0),
-                at: at(10, 0, 30),
-            },
-            Started {
-                job: "sync".into(),
-                tick: at(10, 2, 0),
-                at: at(10, 2, 0),
-            },
+            Started { job: "sync".into(), tick: at(10, 0, 0), at: at(10, 0, 30) },
+            Started { job: "sync".into(), tick: at(10, 2, 0), at: at(10, 2, 0) },
         ]
     );
     assert_eq!(store.last_tick("sync").unwrap(), Some(at(10, 2, 0)));
@@ -201,18 +163,9 @@ async fn nothing_is_caught_up_when_nothing_was_missed() {
     let runner = Runner::new(&clock, Duration::from_secs(1));
     let store = Arc::new(MemoryLastRunStore::new());
     store.record_tick("up_to_date", at(10, 0, 0)).unwrap();
-    let jobs = vec![
-        job("up_to_date", "*/2 * * * *"),
-        job("new_job", "*/2 * * * *"),
-    ];
-    scheduler(jobs, &clock, store.clone())
-        .run(runner.clone(), tokio::time::sleep(Duration::from_secs(60)))
-        .await;
-    assert!(
-        runner.ticks().is_empty(),
-        "{:?}",
-        runner.started.lock().unwrap()
-    );
+    let jobs = vec![job("up_to_date", "*/2 * * * *"), job("new_job", "*/2 * * * *")];
+    scheduler(jobs, &clock, store.clone()).run(runner.clone(), tokio::time::sleep(Duration::from_secs(60))).await;
+    assert!(runner.ticks().is_empty(), "{:?}", runner.started.lock().unwrap());
     // A job seen for the first time is remembered from now, so a later outage is noticed.
     assert_eq!(store.last_tick("new_job").unwrap(), Some(at(10, 0, 30)));
 }
@@ -244,18 +197,11 @@ async fn disabled_jobs_never_run_and_failures_do_not_stop_the_schedule() {
     let store = Arc::new(MemoryLastRunStore::new());
     let mut off = job("off", "* * * * * *");
     off.enabled = false;
-    scheduler(
-        vec![off, job("flaky", "*/10 * * * * *")],
-        &clock,
-        store.clone(),
-    )
-    .run(runner.clone(), tokio::time::sleep(Duration::from_secs(30)))
-    .await;
+    scheduler(vec![off, job("flaky", "*/10 * * * * *")], &clock, store.clone())
+        .run(runner.clone(), tokio::time::sleep(Duration::from_secs(30)))
+        .await;
     let started = runner.started.lock().unwrap().clone();
     assert!(started.iter().all(|s| s.job == "flaky"));
-    assert_eq!(
-        runner.ticks(),
-        [at(10, 0, 10), at(10, 0, 20), at(10, 0, 30)]
-    );
+    assert_eq!(runner.ticks(), [at(10, 0, 10), at(10, 0, 20), at(10, 0, 30)]);
     assert_eq!(store.last_tick("off").unwrap(), None);
 }

@@ -9,6 +9,7 @@
 //! transaction, so a failed run writes nothing half-way and a dry run writes nothing at all.
 //! Reads within a run see the run's own buffered writes.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -22,10 +23,34 @@ use crate::record::{lookup, Fields, Record, Status, RESERVED_KEYS};
 use crate::rule::condition::json_eq;
 use crate::store::{LogLine, Store, Write};
 
-/// The host systems scripts reach through `api` (directories, connections, notifications);
-/// each later host area adds its handles here.
+pub mod connection;
+pub mod directory;
+
+/// The host systems scripts reach through `api`: directories, connections, and the async
+/// runtime their calls run on.
 #[derive(Default)]
-pub struct Hosts {}
+pub struct Hosts {
+    /// The tokio runtime that drives LDAP and HTTP calls. Scripts run on blocking threads
+    /// and wait on it (`block_on`); `None` when no host area needs one (tests, benches).
+    pub handle: Option<tokio::runtime::Handle>,
+    /// `[directories.NAME]`, connected lazily and shared by every run.
+    pub directories: BTreeMap<String, Arc<crate::directory::Directory>>,
+    /// The same directories in dry-run mode, for `tripline test`: they record the changes
+    /// they would make.
+    pub dry_directories: BTreeMap<String, Arc<crate::directory::Directory>>,
+    /// `[connections.NAME]`.
+    pub connections: BTreeMap<String, Arc<crate::connection::Connection>>,
+}
+
+impl Hosts {
+    /// Waits for a host call. Must be called from a blocking thread (scripts run on one).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> Result<F::Output, String> {
+        match &self.handle {
+            Some(h) => Ok(h.block_on(f)),
+            None => Err("no async runtime is available to this runtime's host calls".into()),
+        }
+    }
+}
 
 /// The context of one run: where its log lines and writes go.
 pub struct RunCtx {
@@ -246,6 +271,8 @@ fn ts(t: DateTime<Utc>) -> String {
 /// Registers `api`'s functions on the engine.
 pub fn register(engine: &mut Engine) {
     engine.register_type_with_name::<Api>("Api");
+    directory::register(engine);
+    connection::register(engine);
 
     engine.register_fn("create", |api: &mut Api, entity: &str, fields: Map| -> Res<Map> {
         if entity.trim().is_empty() {
