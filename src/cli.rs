@@ -585,7 +585,15 @@ fn backup(config: &Path, to: &Path) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// Runs a job now. A disabled job runs too, with a note: naming it is the way to try a job
+/// before switching it on, and `enabled` is about the schedule.
 fn job_run(rt: &Runtime, name: &str, json: bool) -> Result<u8, Failure> {
+    if rt.jobs().get(name).is_some_and(|job| !job.enabled) {
+        eprintln!(
+            "note: job {name} is disabled (enabled = false): it runs once now because it was named; \
+             the scheduler does not run it"
+        );
+    }
     let (run, raised) = rt.run_job(name, "manual")?;
     let mut runs = vec![run];
     for event in raised {

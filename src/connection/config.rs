@@ -17,6 +17,7 @@ use super::auth::Auth;
 use super::oauth::TokenStore;
 use super::politeness::{RateLimit, RetryPolicy};
 use super::{Connection, ConnectionError};
+use crate::config::secret::SecretError;
 use crate::config::{CheckCtx, SecretRef};
 
 /// Used when `timeout` is not given.
@@ -36,7 +37,13 @@ pub const DEFAULT_MAX_PAGES: u32 = 1000;
 /// retry = { max_attempts = 3, base_delay = "500ms", max_delay = "30s" }
 /// test = { method = "GET", path = "users?page=1&pageSize=1" }
 /// max_pages = 1000
+/// enabled = true
 /// ```
+///
+/// `enabled = false` keeps a connection configured but out of use: `check` still validates
+/// its settings but does not resolve its secrets (so an example connection whose
+/// `${VARIABLE}` is not set yet does not fail `check` or startup), and every call on it fails
+/// with [`ConnectionError::Disabled`], which says how to turn it on.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionConfig {
@@ -64,6 +71,13 @@ pub struct ConnectionConfig {
     /// The most pages `get_all` reads before it gives up with an error.
     #[serde(default)]
     pub max_pages: Option<Spanned<u32>>,
+    /// Whether the connection is in use (default true); see the type's docs.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 fn default_timeout() -> Duration {
@@ -374,13 +388,13 @@ impl ConnectionConfig {
                 ctx.error(value.span(), format!("`{header}` is not a valid header name"));
             }
             if is_template(value) {
-                ctx.secret(value, &format!("header {header}"));
+                check_secret(value, &format!("header {header}"), self.enabled, ctx);
             } else if HeaderValue::from_str(value.0.get_ref()).is_err() {
                 ctx.error(value.span(), format!("header {header}: not a valid header value"));
             }
         }
         if let Some(auth) = &self.auth {
-            check_auth(auth.get_ref(), auth.span(), ctx);
+            check_auth(auth.get_ref(), auth.span(), self.enabled, ctx);
         }
         if let Some(limit) = &self.rate_limit {
             let l = limit.get_ref();
@@ -415,6 +429,9 @@ impl ConnectionConfig {
 
     /// The runtime connection. Secrets are resolved again here (the environment may have
     /// changed since `check`); OAuth2 tokens are read from and written to `tokens`.
+    ///
+    /// A disabled connection is built without its secrets and headers: it only answers
+    /// [`ConnectionError::Disabled`].
     pub fn build(&self, name: &str, tokens: Arc<dyn TokenStore>) -> Result<Connection, ConnectionError> {
         let invalid = |message: String| ConnectionError::Invalid { connection: name.to_string(), message };
         let mut base_url = Url::parse(self.base_url.get_ref()).map_err(|e| invalid(format!("base_url: {e}")))?;
@@ -424,7 +441,7 @@ impl ConnectionConfig {
             base_url.set_path(&format!("{}/", base_url.path()));
         }
         let mut headers = HeaderMap::new();
-        for (header, value) in &self.headers {
+        for (header, value) in self.headers.iter().filter(|_| self.enabled) {
             let header_name = HeaderName::from_bytes(header.as_bytes())
                 .map_err(|_| invalid(format!("`{header}` is not a valid header name")))?;
             let mut header_value = if is_template(value) {
@@ -443,8 +460,8 @@ impl ConnectionConfig {
             headers.insert(header_name, header_value);
         }
         let auth = match &self.auth {
-            None => Auth::None,
-            Some(auth) => Auth::build(name, auth.get_ref(), self.timeout, tokens)?,
+            Some(auth) if self.enabled => Auth::build(name, auth.get_ref(), self.timeout, tokens)?,
+            _ => Auth::None,
         };
         let rate_limit = match &self.rate_limit {
             Some(l) => {
@@ -474,6 +491,7 @@ impl ConnectionConfig {
             .map_err(|e| invalid(format!("cannot set up the HTTP client: {e}")))?;
         Ok(Connection {
             name: name.to_string(),
+            enabled: self.enabled,
             base_url,
             client,
             timeout: self.timeout,
@@ -514,7 +532,26 @@ pub(crate) fn parse_method(method: &str) -> Option<Method> {
     }
 }
 
-fn check_auth(auth: &AuthConfig, span: Range<usize>, ctx: &mut CheckCtx) {
+/// Resolves a secret to report an unset variable or unreadable file, when the connection is
+/// enabled; a disabled connection's secrets are only checked for their `${...}` syntax.
+fn check_secret(secret: &SecretRef, what: &str, enabled: bool, ctx: &mut CheckCtx) {
+    if enabled {
+        ctx.secret(secret, what);
+        return;
+    }
+    let mut rest = secret.0.get_ref().as_str();
+    while let Some(start) = rest.find("${") {
+        match rest[start + 2..].find('}') {
+            Some(end) => rest = &rest[start + 2 + end + 1..],
+            None => {
+                ctx.error(secret.span(), format!("{what}: {}", SecretError::Unterminated));
+                return;
+            }
+        }
+    }
+}
+
+fn check_auth(auth: &AuthConfig, span: Range<usize>, enabled: bool, ctx: &mut CheckCtx) {
     match auth {
         AuthConfig::ApiKey { name, value, location } => {
             if name.trim().is_empty() {
@@ -522,7 +559,7 @@ fn check_auth(auth: &AuthConfig, span: Range<usize>, ctx: &mut CheckCtx) {
             } else if *location == ApiKeyIn::Header && HeaderName::from_bytes(name.as_bytes()).is_err() {
                 ctx.error(span.clone(), format!("auth.name `{name}` is not a valid header name"));
             }
-            ctx.secret(value, "auth.value");
+            check_secret(value, "auth.value", enabled, ctx);
         }
         AuthConfig::Basic { username, password } => {
             if username.is_empty() {
@@ -531,22 +568,22 @@ fn check_auth(auth: &AuthConfig, span: Range<usize>, ctx: &mut CheckCtx) {
             if username.contains(':') {
                 ctx.error(span.clone(), "auth.username cannot contain `:` in basic authentication");
             }
-            ctx.secret(password, "auth.password");
+            check_secret(password, "auth.password", enabled, ctx);
         }
         AuthConfig::Bearer { token } => {
-            ctx.secret(token, "auth.token");
+            check_secret(token, "auth.token", enabled, ctx);
         }
-        AuthConfig::OAuth2(o) => check_oauth2(o, span, ctx),
+        AuthConfig::OAuth2(o) => check_oauth2(o, span, enabled, ctx),
     }
 }
 
-fn check_oauth2(o: &OAuth2Config, span: Range<usize>, ctx: &mut CheckCtx) {
+fn check_oauth2(o: &OAuth2Config, span: Range<usize>, enabled: bool, ctx: &mut CheckCtx) {
     check_http_url(&o.token_url, "auth.token_url", ctx);
     if o.client_id.is_empty() {
         ctx.error(span.clone(), "auth.client_id is empty");
     }
     if let Some(secret) = &o.client_secret {
-        ctx.secret(secret, "auth.client_secret");
+        check_secret(secret, "auth.client_secret", enabled, ctx);
     }
     match o.grant {
         OAuth2Grant::ClientCredentials => {
@@ -807,6 +844,53 @@ auth = { type = "oauth2", grant = "authorization_code", token_url = "https://x.e
             assert!(messages.iter().any(|m| m.contains(e)), "missing {e:?} in {messages:#?}");
         }
         assert_eq!(messages.len(), expect.len(), "{messages:#?}");
+    }
+
+    #[test]
+    fn a_disabled_connection_needs_no_secrets_but_is_otherwise_checked() {
+        let source = r#"
+[connections.flex_hr]
+base_url = "https://flexhr.example.com/api/"
+enabled = false
+headers = { X-Tenant = "${TRIPLINE_SURELY_UNSET_TENANT}" }
+auth = { type = "basic", username = "svc", password = "${TRIPLINE_SURELY_UNSET_VAR}" }
+
+[connections.broken]
+base_url = "ftp://x.example.com"
+enabled = false
+auth = { type = "bearer", token = "${UNTERMINATED" }
+"#;
+        let messages: Vec<String> = check(source).iter().map(|d| d.to_string()).collect();
+        assert_eq!(messages.len(), 2, "{messages:#?}");
+        assert!(messages[0].contains("tripline.toml:9:12: base_url must be an http or https URL"), "{messages:#?}");
+        assert!(messages[1].contains("auth.token: unterminated `${`"), "{messages:#?}");
+
+        // Enabled again, the unset variables are problems.
+        let enabled = source.replace("enabled = false", "enabled = true");
+        let messages: Vec<String> = check(&enabled).iter().map(|d| d.to_string()).collect();
+        assert!(messages.iter().any(|m| m.contains("TRIPLINE_SURELY_UNSET_VAR is not set")), "{messages:#?}");
+        assert!(messages.iter().any(|m| m.contains("TRIPLINE_SURELY_UNSET_TENANT is not set")), "{messages:#?}");
+    }
+
+    #[tokio::test]
+    async fn a_disabled_connection_builds_without_secrets_and_refuses_every_call() {
+        let c: ConnectionConfig = toml::from_str(
+            "base_url = \"https://x.example.com/api\"\nenabled = false\n\
+             auth = { type = \"basic\", username = \"svc\", password = \"${TRIPLINE_SURELY_UNSET_VAR}\" }\n",
+        )
+        .unwrap();
+        let conn = c.build("flex_hr", Arc::new(crate::connection::MemoryTokenStore::new())).expect("builds");
+        assert!(!conn.is_enabled());
+        let e = conn.get("users", Default::default()).await.unwrap_err();
+        assert!(matches!(e, ConnectionError::Disabled { .. }) && !e.is_transient(), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "connection flex_hr is disabled (enabled = false in [connections.flex_hr]); \
+             set enabled = true once its URL and secrets are in place"
+        );
+        assert!(matches!(conn.test_connection().await, Err(ConnectionError::Disabled { .. })));
+        let paging = crate::connection::PagingOptions::new(crate::connection::Paging::LinkHeader);
+        assert!(matches!(conn.get_all("users", paging).await, Err(ConnectionError::Disabled { .. })));
     }
 
     #[test]

@@ -57,6 +57,12 @@ pub enum ConnectionError {
     /// A page did not have the shape the paging options describe.
     #[error("connection {connection}: paging GET {path}: {message}")]
     Paging { connection: String, path: String, message: String },
+    /// The connection is configured with `enabled = false`.
+    #[error(
+        "connection {connection} is disabled (enabled = false in [connections.{connection}]); \
+         set enabled = true once its URL and secrets are in place"
+    )]
+    Disabled { connection: String },
     /// The call itself is wrong: a path to another host, a bad header name, a missing setting.
     #[error("connection {connection}: {message}")]
     Invalid { connection: String, message: String },
@@ -78,6 +84,7 @@ impl ConnectionError {
             | ConnectionError::TokenStore { .. }
             | ConnectionError::TooManyPages { .. }
             | ConnectionError::Paging { .. }
+            | ConnectionError::Disabled { .. }
             | ConnectionError::Invalid { .. } => false,
         }
     }

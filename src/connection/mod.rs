@@ -49,6 +49,8 @@ const EXCERPT_CHARS: usize = 300;
 /// One configured HTTP peer, ready for requests from any task.
 pub struct Connection {
     name: String,
+    /// `enabled = false`: every call fails with [`ConnectionError::Disabled`].
+    enabled: bool,
     base_url: Url,
     client: reqwest::Client,
     timeout: Duration,
@@ -66,6 +68,7 @@ impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
             .field("name", &self.name)
+            .field("enabled", &self.enabled)
             .field("base_url", &self.base_url.as_str())
             .field("auth", &self.auth.kind())
             .field("timeout", &self.timeout)
@@ -152,6 +155,11 @@ impl Connection {
         &self.name
     }
 
+    /// Whether the connection is in use (`enabled`, true unless configured otherwise).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// The URL paths are relative to (always ending in `/`).
     pub fn base_url(&self) -> &Url {
         &self.base_url
@@ -213,6 +221,7 @@ impl Connection {
     /// Starts `tripline connection authorize NAME` for an OAuth2 authorization-code
     /// connection: binds the callback listener and builds the login URL.
     pub async fn begin_authorization(&self) -> Result<PendingAuthorization, ConnectionError> {
+        self.ensure_enabled()?;
         match &self.auth {
             Auth::OAuth2(oauth) => oauth.begin_authorization().await,
             _ => Err(ConnectionError::Authorize {
@@ -222,8 +231,18 @@ impl Connection {
         }
     }
 
-    /// `path` against `base_url`, with `query` appended.
+    fn ensure_enabled(&self) -> Result<(), ConnectionError> {
+        if self.enabled {
+            Ok(())
+        } else {
+            Err(ConnectionError::Disabled { connection: self.name.clone() })
+        }
+    }
+
+    /// `path` against `base_url`, with `query` appended; the one door every request (tests
+    /// and pages included) goes through, so a disabled connection is refused here.
     pub(crate) fn resolve(&self, path: &str, query: &[(String, String)]) -> Result<Url, ConnectionError> {
+        self.ensure_enabled()?;
         let invalid = |message: String| ConnectionError::Invalid { connection: self.name.clone(), message };
         let mut url = match Url::parse(path) {
             Ok(absolute) => {

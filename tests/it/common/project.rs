@@ -7,6 +7,8 @@ use std::process::{Command, Output, Stdio};
 /// A project in a temp folder, removed on drop.
 pub struct Project {
     pub dir: tempfile::TempDir,
+    /// Environment variables every command of this project gets (secrets).
+    env: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 /// What a command printed and how it ended.
@@ -43,7 +45,13 @@ impl Project {
         std::fs::create_dir_all(dir.path().join("rules")).unwrap();
         std::fs::create_dir_all(dir.path().join("scripts")).unwrap();
         std::fs::write(dir.path().join("tripline.toml"), config).unwrap();
-        Project { dir }
+        Project { dir, env: Default::default() }
+    }
+
+    /// Sets an environment variable for every later command (a connection's secret).
+    pub fn set_env(&self, name: &str, value: &str) -> &Self {
+        self.env.borrow_mut().push((name.to_string(), value.to_string()));
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -75,15 +83,32 @@ impl Project {
     }
 
     pub fn run_stdin(&self, args: &[&str], stdin: Option<&str>) -> Ran {
+        self.run_with(self.command(args), stdin)
+    }
+
+    /// Runs with extra environment variables (`TRIPLINE_LOG` among them overrides `warn`).
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Ran {
+        let mut cmd = self.command(args);
+        cmd.envs(env.iter().copied());
+        self.run_with(cmd, None)
+    }
+
+    /// The command `run` runs, to adjust (environment, stdio) before spawning.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(binary());
         cmd.args(args)
             .arg("--config")
             .arg(self.path().join("tripline.toml"))
             .current_dir(std::env::temp_dir())
             .env("TRIPLINE_LOG", "warn")
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .envs(self.env.borrow().iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        cmd
+    }
+
+    fn run_with(&self, mut cmd: Command, stdin: Option<&str>) -> Ran {
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         let mut child = cmd.spawn().expect("tripline binary runs");
         if let Some(text) = stdin {
             child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();

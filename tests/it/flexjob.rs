@@ -1,0 +1,730 @@
+//! Connections from scripts and the shipped Flex HR job, through the real binary against
+//! local HTTP servers (wiremock on loopback) standing in for Flex HR and the other APIs.
+
+use chrono::{Duration, SecondsFormat, Utc};
+use serde_json::{json, Value};
+use wiremock::matchers::{basic_auth, body_json, header, method, path, query_param};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+use crate::common::project::{Project, Ran};
+
+/// The Flex HR password, and the secret canary: it must appear in no output, log, run or
+/// record.
+const PASSWORD: &str = "flex-canary-Zq81xT";
+
+/// The shipped job script, tested as shipped.
+const JOB_SCRIPT: &str = include_str!("../../scripts/flex_hr_job.rhai");
+
+fn json_answer(body: Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(body)
+}
+
+/// RFC 3339, `hours` ago.
+fn hours_ago(hours: i64) -> String {
+    (Utc::now() - Duration::hours(hours)).to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// A local Flex HR: `GET /api/users` by the SPEC's contract, basic auth, one mock per page.
+struct FlexHr {
+    server: MockServer,
+}
+
+impl FlexHr {
+    async fn start() -> FlexHr {
+        FlexHr { server: MockServer::start().await }
+    }
+
+    /// Serves `users` in pages of `page_size`, only to the job's credentials and instance
+    /// (anything else gets wiremock's 404). Forgets earlier answers and requests.
+    async fn serve(&self, users: &[Value], page_size: usize) {
+        self.server.reset().await;
+        let pages: Vec<&[Value]> = users.chunks(page_size).collect();
+        let total = pages.len();
+        for (i, page) in pages.iter().enumerate() {
+            Mock::given(method("GET"))
+                .and(path("/api/users"))
+                .and(basic_auth("svc-tripline", PASSWORD))
+                .and(query_param("instanceId", "ACME"))
+                .and(query_param("pageSize", page_size.to_string()))
+                .and(query_param("page", (i + 1).to_string()))
+                .respond_with(json_answer(json!({"users": page, "page": i + 1, "totalPages": total})))
+                .mount(&self.server)
+                .await;
+        }
+    }
+
+    async fn user_requests(&self) -> Vec<Request> {
+        let all = self.server.received_requests().await.unwrap();
+        all.into_iter().filter(|r| r.url.path() == "/api/users").collect()
+    }
+}
+
+fn query_of(r: &Request, name: &str) -> Option<String> {
+    r.url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+/// A project with the Flex HR connection and job as `tripline.toml` ships them, switched on
+/// and pointed at `server`; the shipped job script.
+fn flex_project(server: &MockServer, extra_params: &str) -> Project {
+    let p = Project::new(&format!(
+        r#"
+[connections.flex_hr]
+base_url = "{}/api/"
+auth = {{ type = "basic", username = "svc-tripline", password = "${{FLEX_HR_PASSWORD}}" }}
+headers = {{ Accept = "application/json" }}
+test = {{ path = "companies?instanceId=ACME" }}
+retry = {{ max_attempts = 1 }}
+
+[jobs.flex_hr_sync]
+schedule = "0 */2 * * * *"
+script = "flex_hr_job.rhai"
+params = {{ modified_since_days = 30, instance_id = "ACME", page_size = 2{extra_params} }}
+"#,
+        server.uri()
+    ));
+    p.script("flex_hr_job.rhai", JOB_SCRIPT);
+    p.set_env("FLEX_HR_PASSWORD", PASSWORD);
+    p
+}
+
+fn env() -> [(&'static str, &'static str); 1] {
+    [("FLEX_HR_PASSWORD", PASSWORD)]
+}
+
+/// `tripline job run flex_hr_sync --json`: every run, the job's first.
+fn run_job(p: &Project) -> (Ran, Vec<Value>) {
+    let ran = p.run_env(&["job", "run", "flex_hr_sync", "--json"], &env());
+    let runs: Vec<Value> =
+        ran.stdout.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+    (ran, runs)
+}
+
+/// Runs the job, which must end ok; returns its log messages.
+fn job_ok(p: &Project) -> Vec<String> {
+    let (ran, runs) = run_job(p);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let job = &runs[0];
+    assert_eq!(job["rule"], "job:flex_hr_sync");
+    assert_eq!(job["status"], "ok", "{job:#}");
+    job["log"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap().to_string()).collect()
+}
+
+fn summary(log: &[String]) -> &str {
+    log.iter().find(|l| l.starts_with("Flex HR sync since ")).unwrap_or_else(|| panic!("no summary in {log:#?}"))
+}
+
+fn by_employee<'a>(records: &'a [Value], id: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["fields"]["EmployeeId"] == id).collect()
+}
+
+/// New (with untidy text), one to change later, one without EmployeeId, a leaver and one
+/// whose manager is not known anywhere.
+fn hr_users() -> Vec<Value> {
+    vec![
+        json!({"EmployeeId": " E1001 ", "FirstName": "Ann\u{0007}", "LastName": "  Lee ",
+               "Email": "Ann.Lee@Example.COM", "Department": "Sales\tEMEA", "JobTitle": "Account  Manager",
+               "Company": "ACME", "ManagerEmployeeId": "E1000", "Active": true, "ModifiedAt": hours_ago(5),
+               "LastLogin": "2024-01-01T00:00:00Z"}),
+        json!({"EmployeeId": "E1002", "FirstName": "Bob", "LastName": "Stone", "Email": "bob.stone@example.com",
+               "Department": "IT", "JobTitle": "Engineer", "Active": true, "ModifiedAt": hours_ago(4)}),
+        json!({"FirstName": "No", "LastName": "Key", "Email": "no.key@example.com", "ModifiedAt": hours_ago(3)}),
+        json!({"EmployeeId": 1003, "FirstName": "Lea", "LastName": "Ver", "Department": "Finance",
+               "Active": "false", "ModifiedAt": hours_ago(2)}),
+        json!({"employeeId": "E1004", "firstName": "Max", "lastName": "Mustermann", "managerEmployeeId": "E9999",
+               "active": 1, "modifiedAt": hours_ago(1)}),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flex_hr_job_stages_opens_tickets_comments_changes_and_stays_quiet() {
+    let hr = FlexHr::start().await;
+    let mut users = hr_users();
+    hr.serve(&users, 2).await;
+    let p = flex_project(&hr.server, "");
+
+    // First run: four people staged as new, four tickets, one skipped and counted.
+    let log = job_ok(&p);
+    assert!(
+        summary(&log).ends_with(
+            "fetched 5, skipped 1 without EmployeeId, 0 duplicates, unchanged 0, new 4, changed 0 (1 leavers), \
+             tickets opened 4, tickets commented 0"
+        ),
+        "{log:#?}"
+    );
+    assert!(log.iter().any(|l| l == "Skipped a Flex HR user without EmployeeId: No Key"), "{log:#?}");
+    let requests = hr.user_requests().await;
+    assert_eq!(requests.len(), 3, "three pages");
+    let since = query_of(&requests[0], "modifiedSince").unwrap();
+    let days = (Utc::now() - chrono::DateTime::parse_from_rfc3339(&since).unwrap().with_timezone(&Utc)).num_days();
+    assert!((29..=30).contains(&days), "30 days back: {since}");
+
+    let staged = p.records("flexhr_log");
+    assert_eq!(staged.len(), 4);
+    assert!(staged.iter().all(|r| r["fields"]["IsNewUser"] == 1), "{staged:#?}");
+    let ann = by_employee(&staged, "E1001")[0];
+    let expected = json!({
+        "EmployeeId": "E1001", "FirstName": "Ann", "LastName": "Lee", "Email": "ann.lee@example.com",
+        "Department": "Sales EMEA", "JobTitle": "Account Manager", "Company": "ACME",
+        "ManagerEmployeeId": "E1000", "Active": true, "IsNewUser": 1,
+        "ModifiedAt": ann["fields"]["ModifiedAt"],
+    });
+    assert_eq!(ann["fields"], expected, "sanitized, contract fields only");
+    let lea = &by_employee(&staged, "1003")[0]["fields"];
+    assert_eq!((&lea["EmployeeId"], &lea["Active"]), (&json!("1003"), &json!(false)), "a number as text, a flag read");
+    let max = &by_employee(&staged, "E1004")[0]["fields"];
+    assert_eq!(
+        (&max["FirstName"], &max["ManagerEmployeeId"], &max["Active"]),
+        (&json!("Max"), &json!("E9999"), &json!(true))
+    );
+
+    let tickets = p.records("ticket");
+    assert_eq!(tickets.len(), 4);
+    for t in &tickets {
+        assert_eq!(t["fields"]["Source"], "FlexHR");
+        assert_eq!(t["fields"]["IsNewUser"], 1);
+        assert_eq!(t["status"], "open");
+    }
+    let ann_ticket = &by_employee(&tickets, "E1001")[0]["fields"];
+    assert_eq!(ann_ticket["Subject"], "Flex HR: new user Ann Lee (E1001)");
+    assert_eq!(ann_ticket["Department"], "Sales EMEA");
+    assert_eq!(by_employee(&tickets, "1003")[0]["fields"]["Subject"], "Flex HR: leaver Lea Ver (1003)");
+
+    // Nothing changed: nothing written at all, to the byte.
+    let before = (p.records("flexhr_log"), p.records("ticket"));
+    let log = job_ok(&p);
+    assert!(summary(&log).contains("unchanged 4, new 0, changed 0"), "{log:#?}");
+    assert_eq!(log.len(), 2, "the skip warning and the summary only: {log:#?}");
+    assert_eq!((p.records("flexhr_log"), p.records("ticket")), before);
+
+    // Only ModifiedAt moved (HR touched the record): still nothing.
+    users[1]["ModifiedAt"] = json!(hours_ago(0));
+    hr.serve(&users, 2).await;
+    let log = job_ok(&p);
+    assert!(summary(&log).contains("unchanged 4, new 0, changed 0"), "{log:#?}");
+    assert_eq!((p.records("flexhr_log"), p.records("ticket")), before);
+
+    // Bob changes department while his ticket is open: a comment, his fields updated, no
+    // second ticket.
+    users[1]["Department"] = json!("Platform");
+    users[1]["Phone"] = json!("+41 44 000 00 00");
+    hr.serve(&users, 2).await;
+    let log = job_ok(&p);
+    assert!(
+        summary(&log).contains("unchanged 3, new 0, changed 1 (0 leavers), tickets opened 0, tickets commented 1"),
+        "{log:#?}"
+    );
+    let tickets = p.records("ticket");
+    assert_eq!(tickets.len(), 4, "no second ticket");
+    let bob = by_employee(&tickets, "E1002");
+    assert_eq!(bob.len(), 1);
+    let comments = bob[0]["comments"].as_array().unwrap();
+    assert_eq!(comments.len(), 1);
+    assert_eq!(
+        comments[0]["text"],
+        "User information changed in Flex HR (Department, Phone); the ticket remains open."
+    );
+    assert_eq!(bob[0]["fields"]["Department"], "Platform");
+    assert_eq!(bob[0]["fields"]["Phone"], "+41 44 000 00 00");
+    assert_eq!(bob[0]["fields"]["IsNewUser"], 1, "the ticket keeps what it was opened for");
+    let staged = p.records("flexhr_log");
+    let bob_log = &by_employee(&staged, "E1002")[0]["fields"];
+    assert_eq!((&bob_log["Department"], &bob_log["IsNewUser"]), (&json!("Platform"), &json!(0)));
+    for other in ["E1001", "1003", "E1004"] {
+        assert!(by_employee(&tickets, other)[0]["comments"].as_array().unwrap().is_empty());
+    }
+
+    // The phone is gone again: cleared on the staged record and the ticket.
+    users[1].as_object_mut().unwrap().remove("Phone");
+    hr.serve(&users, 2).await;
+    let log = job_ok(&p);
+    assert!(summary(&log).contains("changed 1 (0 leavers), tickets opened 0, tickets commented 1"), "{log:#?}");
+    let bob = p.records("ticket").into_iter().find(|t| t["fields"]["EmployeeId"] == "E1002").unwrap();
+    assert_eq!(bob["fields"]["Phone"], Value::Null);
+    assert_eq!(bob["comments"][1]["text"], "User information changed in Flex HR (Phone); the ticket remains open.");
+
+    // And quiet again.
+    let before = (p.records("flexhr_log"), p.records("ticket"));
+    job_ok(&p);
+    assert_eq!((p.records("flexhr_log"), p.records("ticket")), before);
+
+    // The job's runs are in the run history.
+    let runs = p.run(&["runs", "--rule", "job:flex_hr_sync", "--json"]).json();
+    assert_eq!(runs.as_array().unwrap().len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_after_the_ticket_was_closed_opens_a_new_ticket_for_a_known_person() {
+    let hr = FlexHr::start().await;
+    let mut users = vec![hr_users()[1].clone()];
+    hr.serve(&users, 2).await;
+    let p = flex_project(&hr.server, "");
+    // Stands in for the AD rule: every FlexHR ticket is handled and closed at once.
+    p.rule(
+        "close",
+        r#"
+name = "Handle FlexHR tickets"
+entity = "ticket"
+conditions = [
+  { field = "Created", op = "equals", value = true },
+  { field = "Source", op = "equals", value = "FlexHR" },
+]
+script = "close.rhai"
+"#,
+    )
+    .script("close.rhai", r#"api.close(record, `handled ${record.EmployeeId} (IsNewUser ${record.IsNewUser})`);"#);
+
+    let (ran, runs) = run_job(&p);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(runs.len(), 2, "the job and the rule its ticket triggered: {runs:#?}");
+    assert_eq!((&runs[1]["rule"], &runs[1]["status"]), (&json!("Handle FlexHR tickets"), &json!("ok")));
+
+    users[0]["JobTitle"] = json!("Staff Engineer");
+    hr.serve(&users, 2).await;
+    let log = job_ok(&p);
+    assert!(summary(&log).contains("changed 1 (0 leavers), tickets opened 1, tickets commented 0"), "{log:#?}");
+    let tickets = p.records("ticket");
+    assert_eq!(tickets.len(), 2);
+    assert_eq!(tickets[1]["fields"]["IsNewUser"], 0);
+    assert_eq!(tickets[1]["fields"]["JobTitle"], "Staff Engineer");
+    assert_eq!(tickets[1]["fields"]["Subject"], "Flex HR: user information changed: Bob Stone (E1002)");
+    assert_eq!(tickets[1]["comments"][0]["text"], "handled E1002 (IsNewUser 0)");
+    assert!(tickets.iter().all(|t| t["status"] == "closed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watermark_survives_between_processes_and_narrows_an_incremental_query() {
+    let hr = FlexHr::start().await;
+    let mut users = hr_users();
+    users[0]["ModifiedAt"] = json!(hours_ago(30));
+    users[1]["ModifiedAt"] = json!(hours_ago(50));
+    users[1]["EmployeeId"] = json!("E1001");
+    users[3]["ModifiedAt"] = json!("not a time");
+    users[4]["modifiedAt"] = json!(hours_ago(72));
+    let newest = users[0]["ModifiedAt"].as_str().unwrap().to_string();
+    hr.serve(&users, 10).await;
+    let p = flex_project(&hr.server, ", incremental = true");
+    p.file(
+        "tripline.toml",
+        &std::fs::read_to_string(p.path().join("tripline.toml")).unwrap().replace("page_size = 2", "page_size = 10"),
+    );
+
+    // First run: no watermark yet, the whole window; the same person twice counts once, the
+    // newer entry wins.
+    let log = job_ok(&p);
+    assert!(
+        summary(&log).contains("fetched 5, skipped 1 without EmployeeId, 1 duplicates, unchanged 0, new 3"),
+        "{log:#?}"
+    );
+    let ann = p.records("flexhr_log").into_iter().find(|r| r["fields"]["EmployeeId"] == "E1001").unwrap();
+    assert_eq!(ann["fields"]["FirstName"], "Ann");
+    let first = query_of(&hr.user_requests().await[0], "modifiedSince").unwrap();
+
+    // Second run, another process: it asks from a day before the newest ModifiedAt seen.
+    hr.serve(&users, 10).await;
+    job_ok(&p);
+    let second = query_of(&hr.user_requests().await[0], "modifiedSince").unwrap();
+    let expected = chrono::DateTime::parse_from_rfc3339(&newest).unwrap() - Duration::days(1);
+    assert_eq!(second, expected.with_timezone(&Utc).to_rfc3339_opts(SecondsFormat::Secs, true), "first: {first}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_fails_clearly_on_a_refusal_and_writes_nothing() {
+    let hr = FlexHr::start().await;
+    hr.serve(&hr_users(), 2).await;
+    let p = flex_project(&hr.server, "");
+    // A wrong password: the pages above do not match it, this catch-all (lower priority)
+    // answers as Flex HR would.
+    Mock::given(method("GET"))
+        .and(path("/api/users"))
+        .respond_with(ResponseTemplate::new(401).set_body_string("{\"error\": \"bad credentials\"}"))
+        .with_priority(10)
+        .mount(&hr.server)
+        .await;
+    let ran = p.run_env(&["job", "run", "flex_hr_sync"], &[("FLEX_HR_PASSWORD", "wrong-password-1")]);
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(
+        ran.stdout.contains("error: connection flex_hr: GET /api/users answered 401: {\"error\": \"bad credentials\"}"),
+        "{ran:?}"
+    );
+    assert!(!ran.stdout.contains("wrong-password-1") && !ran.stderr.contains("wrong-password-1"));
+    let ran = p.run(&["records", "list", "ticket"]);
+    assert_ne!(ran.code, 0, "no ticket entity at all: {ran:?}");
+
+    // A missing instance id is the job's own clear error.
+    p.file(
+        "tripline.toml",
+        &std::fs::read_to_string(p.path().join("tripline.toml")).unwrap().replace("instance_id = \"ACME\", ", ""),
+    );
+    let ran = p.run_env(&["job", "run", "flex_hr_sync"], &env());
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stdout.contains("params.instance_id is required"), "{ran:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The script handle: `api.connection(name)`
+
+/// A project with one connection `peer` on `server` (basic auth with the canary password,
+/// no retries) and the given files.
+fn peer_project(server: &MockServer) -> Project {
+    let p = Project::new(&format!(
+        r#"
+[connections.peer]
+base_url = "{}/"
+auth = {{ type = "basic", username = "svc-tripline", password = "${{FLEX_HR_PASSWORD}}" }}
+retry = {{ max_attempts = 1 }}
+test = {{ path = "companies?instanceId=ACME" }}
+
+[jobs.script]
+schedule = "0 0 * * *"
+script = "script.rhai"
+"#,
+        server.uri()
+    ));
+    p.script("script.rhai", "");
+    p.set_env("FLEX_HR_PASSWORD", PASSWORD);
+    p
+}
+
+/// Runs `script` as the job `script`; returns the run (printed with `--json`).
+fn run_script(p: &Project, script: &str) -> (Ran, Value) {
+    p.script("script.rhai", script);
+    let ran = p.run_env(&["job", "run", "script", "--json"], &env());
+    let run = serde_json::from_str(ran.stdout.lines().next().unwrap_or("null")).unwrap();
+    (ran, run)
+}
+
+fn messages(run: &Value) -> Vec<String> {
+    run["log"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_call_every_verb_with_options_and_read_the_answer() {
+    let server = MockServer::start().await;
+    let auth = || basic_auth("svc-tripline", PASSWORD);
+    Mock::given(method("GET"))
+        .and(path("/items"))
+        .and(auth())
+        .and(query_param("q", "a b"))
+        .and(query_param("n", "2"))
+        .and(header("x-trace", "t1"))
+        .respond_with(json_answer(json!({"items": [1, 2, 3]})).insert_header("x-peer", "p1"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/items"))
+        .and(auth())
+        .and(body_json(json!({"name": "x", "tags": ["a"]})))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 7})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path("/items/7"))
+        .and(body_json(json!({"name": "y"})))
+        .respond_with(ResponseTemplate::new(200).set_body_string("replaced"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path("/items/7"))
+        .and(header("if-match", "e1"))
+        .and(body_json(json!({"name": "z"})))
+        .respond_with(json_answer(json!({"name": "z"})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/items/7"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/forms"))
+        .and(wiremock::matchers::body_string("a=1&b=two+words"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/missing"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"error": "no such thing"})))
+        .mount(&server)
+        .await;
+    for page in 1..=3 {
+        let data: Vec<i64> = (0..2).map(|i| (page - 1) * 2 + i).collect();
+        Mock::given(method("GET"))
+            .and(path("/pages"))
+            .and(query_param("page", page.to_string()))
+            .and(query_param("per_page", "2"))
+            .respond_with(json_answer(json!({"data": data, "pages": 3})))
+            .expect(1)
+            .mount(&server)
+            .await;
+    }
+    let p = peer_project(&server);
+    let (ran, run) = run_script(
+        &p,
+        r#"
+let c = api.connection("peer");
+let r = c.get("items", #{ query: #{ q: "a b", n: 2 }, headers: #{ "X-Trace": "t1" } });
+api.info(`get ${r.status} ${r.body.items.len()} ${r.headers["x-peer"]}`);
+r = c.post("items", #{ name: "x", tags: ["a"] });
+api.info(`post ${r.status} ${r.body.id}`);
+r = c.put("/items/7", #{ name: "y" });
+api.info(`put ${r.status} ${r.body}`);
+r = c.patch("items/7", #{ name: "z" }, #{ headers: #{ "If-Match": "e1" } });
+api.info(`patch ${r.status} ${r.body.name}`);
+r = c.delete("items/7");
+api.info(`delete ${r.status} ${r.body == ()}`);
+r = c.post("forms", (), #{ form: #{ a: 1, b: "two words" } });
+api.info(`form ${r.status}`);
+r = c.get("missing", #{ allow_error: true });
+api.info(`allowed ${r.status} ${r.body.error}`);
+let all = c.get_all("pages", #{ style: "page", size_param: "per_page", size: 2, total_pages: "pages", items: "data" });
+api.info(`all ${all}`);
+api.info(`${c}`);
+"#,
+    );
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(
+        messages(&run),
+        [
+            "get 200 3 p1",
+            "post 201 7",
+            "put 200 replaced",
+            "patch 200 z",
+            "delete 204 true",
+            "form 200",
+            "allowed 404 no such thing",
+            "all [0, 1, 2, 3, 4, 5]",
+            "connection peer",
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_fails_the_run_with_status_and_excerpt_and_mistakes_say_what_to_write() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/missing"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"error": "no such thing"})))
+        .mount(&server)
+        .await;
+    let p = peer_project(&server);
+    let cases = [
+        (
+            r#"api.connection("peer").get("missing");"#,
+            r#"connection peer: GET /missing answered 404: {"error":"no such thing"}"#,
+        ),
+        (r#"api.connection("pear");"#, r#"no connection named "pear"; did you mean "peer"?"#),
+        (
+            r#"api.connection("peer").get("x", #{ header: #{} });"#,
+            "`header` is not a request option; did you mean `headers`?",
+        ),
+        (r#"api.connection("peer").get_all("x", #{ items: "data" });"#, "get_all needs a paging `style`"),
+        (
+            r#"api.connection("peer").post("x", #{ a: 1 }, #{ form: #{ b: 2 } });"#,
+            "POST x: a request has a JSON body or a `form`, not both",
+        ),
+        (
+            r#"api.connection("peer").get("https://elsewhere.example.com/x");"#,
+            "a connection only talks to its own host",
+        ),
+    ];
+    for (script, expected) in cases {
+        let (ran, run) = run_script(&p, script);
+        assert_eq!(ran.code, 1, "{script}: {ran:?}");
+        assert_eq!(run["status"], "failed");
+        let error = run["error"].as_str().unwrap();
+        assert!(error.contains(expected), "{script}: {error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_makes_a_rule_run_retry_later() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/busy"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("maintenance"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let p = peer_project(&server);
+    p.rule("busy", "name = \"busy\"\nentity = \"ticket\"\nscript = \"busy.rhai\"\n")
+        .script("busy.rhai", r#"api.connection("peer").get("busy");"#);
+    p.file("t.json", r#"{"Title": "x"}"#);
+    let record = p.path().join("t.json");
+    let ran = p.run_env(&["fire", "ticket", "--record", record.to_str().unwrap(), "--json"], &env());
+    assert_eq!(ran.code, 1, "{ran:?}");
+    let run: Value = serde_json::from_str(ran.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(run["status"], "retrying", "{run:#}");
+    assert!(run["error"].as_str().unwrap().starts_with("connection peer: GET /busy answered 503: maintenance"));
+    assert!(run["next_attempt_at"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_reads_but_does_not_send_changes() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/devices/d1"))
+        .respond_with(json_answer(json!({"name": "laptop-1"})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).expect(0).mount(&server).await;
+    let p = peer_project(&server);
+    p.rule("act", "name = \"act\"\nentity = \"ticket\"\nscript = \"act.rhai\"\n").script(
+        "act.rhai",
+        r#"
+let c = api.connection("peer");
+let device = c.get("devices/d1").body;
+let r = c.post("actions", #{ device: device.name, ticket: record.Title }, #{ query: #{ dry: "no" } });
+api.info(`post answered ${r.status}, dry run ${r.dry_run}`);
+api.comment(record, `action sent to ${device.name}`);
+"#,
+    );
+    let mut cmd = p.command(&["test", "act", "--record", "-"]);
+    cmd.env("FLEX_HR_PASSWORD", PASSWORD).stdin(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(br#"{"Title": "VPN broken"}"#).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            r#"dry run: would POST actions on connection peer with query dry=no with body {"device":"laptop-1","ticket":"VPN broken"} (not sent)"#
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("post answered 0, dry run true"), "{stdout}");
+    assert!(stdout.contains("action sent to laptop-1"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_test_prints_status_time_and_excerpt() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/companies"))
+        .and(query_param("instanceId", "ACME"))
+        .and(basic_auth("svc-tripline", PASSWORD))
+        .respond_with(json_answer(json!([{"id": 1, "name": "ACME AG"}])))
+        .mount(&server)
+        .await;
+    let p = peer_project(&server);
+    let ran = p.run_env(&["connection", "test", "peer"], &env());
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert!(lines[0].starts_with("GET /companies -> 200 in ") && lines[0].ends_with(" ms"), "{ran:?}");
+    assert_eq!(lines[1], r#"[{"id":1,"name":"ACME AG"}]"#);
+
+    // The peer refuses the password: the status is printed and the exit code says so.
+    let ran = p.run_env(&["connection", "test", "peer"], &[("FLEX_HR_PASSWORD", "wrong-password-2")]);
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stdout.starts_with("GET /companies -> 404 in "), "{ran:?}");
+
+    let ran = p.run_env(&["connection", "test", "pere"], &env());
+    assert_eq!(ran.code, 1);
+    assert_eq!(ran.stderr.trim(), r#"error: no connection named "pere"; did you mean "peer"?"#);
+
+    // Switched off: no secret needed, and the error says how to switch it on.
+    p.file(
+        "tripline.toml",
+        &std::fs::read_to_string(p.path().join("tripline.toml"))
+            .unwrap()
+            .replace("retry =", "enabled = false\nretry ="),
+    );
+    let ran = p.run(&["connection", "test", "peer"]);
+    assert_eq!(ran.code, 1);
+    assert_eq!(
+        ran.stderr.trim(),
+        "error: connection peer is disabled (enabled = false in [connections.peer]); \
+         set enabled = true once its URL and secrets are in place"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secret_never_appears_in_output_logs_runs_or_records() {
+    use base64::Engine as _;
+    let server = MockServer::start().await;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("svc-tripline:{PASSWORD}"));
+    // A careless peer that echoes the credentials it received.
+    let echo = format!("you sent Basic {encoded} (password {PASSWORD})");
+    Mock::given(method("GET"))
+        .and(path("/echo"))
+        .respond_with(json_answer(json!({"echo": echo})).insert_header("x-echo", echo.as_str()))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/companies"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(echo.clone()))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/fail"))
+        .respond_with(ResponseTemplate::new(500).set_body_string(echo.clone()))
+        .mount(&server)
+        .await;
+    let p = peer_project(&server);
+    p.rule("echo", "name = \"echo\"\nentity = \"ticket\"\nscript = \"echo.rhai\"\n")
+        .script("echo.rhai", r#"api.comment(record, api.connection("peer").get("echo").body.echo);"#);
+    let verbose = [("FLEX_HR_PASSWORD", PASSWORD), ("TRIPLINE_LOG", "trace")];
+    let mut outputs = Vec::new();
+    let (ran, run) = run_script(
+        &p,
+        r#"
+let c = api.connection("peer");
+let r = c.get("echo");
+api.info(r);
+print(r.headers);
+api.create("ticket", #{ Title: "echo", Echo: r.body.echo, Headers: r.headers });
+c.post("fail", #{});
+"#,
+    );
+    assert_eq!(ran.code, 1, "the POST failed: {ran:?}");
+    assert!(run["error"].as_str().unwrap().contains("answered 500: you sent **REDACTED**"), "{run:#}");
+    outputs.push(format!("{ran:?}"));
+    outputs.push(format!("{:?}", p.run_env(&["job", "run", "script"], &verbose)));
+    outputs.push(format!("{:?}", p.run_env(&["connection", "test", "peer"], &verbose)));
+    p.file("t.json", r#"{"Title": "x"}"#);
+    let record = p.path().join("t.json");
+    outputs.push(format!("{:?}", p.run_env(&["fire", "ticket", "--record", record.to_str().unwrap()], &verbose)));
+    outputs.push(format!("{:?}", p.run_env(&["runs", "--json"], &verbose)));
+    outputs.push(format!("{:?}", p.run_env(&["runs"], &verbose)));
+    outputs.push(format!("{:?}", p.run_env(&["records", "list", "ticket", "--json"], &verbose)));
+    let all = outputs.join("\n");
+    assert!(all.contains("**REDACTED**"), "the echo is there, scrubbed: {all}");
+    for canary in [PASSWORD, encoded.as_str()] {
+        assert!(!all.contains(canary), "{canary} leaked:\n{all}");
+    }
+    for file in ["data/tripline.db", "data/tripline.db-wal"] {
+        let bytes = std::fs::read(p.path().join(file)).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&bytes).contains(PASSWORD), "{file} holds the password");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// `tripline job run`
+
+#[test]
+fn job_run_names_an_unknown_job_and_runs_a_disabled_one_with_a_note() {
+    let p = Project::new(
+        r#"
+[jobs.nightly_report]
+schedule = "0 2 * * *"
+script = "report.rhai"
+enabled = false
+"#,
+    );
+    p.script("report.rhai", r#"api.info(`report by ${event}`);"#);
+    let ran = p.run(&["job", "run", "nightly_reprot"]);
+    assert_eq!(ran.code, 1);
+    assert_eq!(ran.stderr.trim(), r#"error: no job named "nightly_reprot"; did you mean "nightly_report"?"#);
+
+    let ran = p.run(&["job", "run", "nightly_report"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stderr.contains("note: job nightly_report is disabled (enabled = false): it runs once now"), "{ran:?}");
+    assert!(ran.stdout.contains("report by manual"), "{ran:?}");
+}
