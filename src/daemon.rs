@@ -85,8 +85,7 @@ async fn dispatch_once(runtime: Arc<Runtime>, workers: Arc<Semaphore>) -> Result
     let rt = runtime.clone();
     let retried = tokio::task::spawn_blocking(move || rt.retry_due()).await.expect("retry task panicked")?;
     let rt = runtime.clone();
-    let events =
-        tokio::task::spawn_blocking(move || rt.pending(512)).await.expect("queue task panicked")?;
+    let events = tokio::task::spawn_blocking(move || rt.pending(512)).await.expect("queue task panicked")?;
     if events.is_empty() {
         return Ok(!retried.is_empty());
     }

@@ -351,6 +351,13 @@ impl Runtime {
             // Another process has it (or it is finished).
             return Ok((Vec::new(), Vec::new()));
         }
+        if self.config.engine.after_failure == crate::config::AfterFailure::Wait
+            && self.store.record_waits(&event.record.id, event.id)?
+        {
+            // An earlier event of this record waits for a retry: this one runs after it.
+            self.store.unclaim(event.id, &self.owner)?;
+            return Ok((Vec::new(), Vec::new()));
+        }
         let catalog = self.catalog.load_full();
         let ledger = self.store.runs_of_event(event.id)?;
         let rules: Vec<Arc<Rule>> = catalog

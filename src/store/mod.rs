@@ -152,6 +152,10 @@ pub trait Store: Send + Sync {
     /// Claims events for `owner` until `until` (events already claimed by `owner` are
     /// re-claimed); returns the ids claimed. A claimed event is processed by its owner only.
     fn claim(&self, ids: &[i64], owner: &str, until: DateTime<Utc>) -> Result<Vec<i64>>;
+    /// Gives up a claim (the event waits for a later pass).
+    fn unclaim(&self, event_id: i64, owner: &str) -> Result<()>;
+    /// Whether a record has a run waiting for a retry, other than for `event_id`.
+    fn record_waits(&self, record_id: &str, event_id: i64) -> Result<bool>;
     /// The owners holding unexpired claims on unfinished events.
     fn claim_owners(&self) -> Result<Vec<String>>;
     /// Releases every claim of `owner` (an owner known to be gone).

@@ -12,7 +12,8 @@ use super::{Ingest, Result, Run, RunFilter, RunStatus, Store, StoreError, Write}
 use crate::record::{Comment, Event, EventKind, Fields, Record, Status};
 
 /// Schema migrations, applied in order; `user_version` counts the ones applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE records (
     id TEXT PRIMARY KEY,
     entity TEXT NOT NULL,
@@ -122,8 +123,10 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let tx = conn.transaction()?;
+        // Read the version inside a write transaction, so that two processes opening a new
+        // store at once do not both migrate it.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
             tx.execute_batch(m)?;
             tx.pragma_update(None, "user_version", i + 1)?;
@@ -228,7 +231,12 @@ fn add_comment(tx: &Connection, id: &str, text: &str, key: Option<&str>, at: Dat
 }
 
 /// Stores one ingested item: the record change and its event.
-fn ingest_one(tx: &Connection, item: &Ingest, depth: u32, claim: Option<(&str, DateTime<Utc>)>) -> Result<Option<Event>> {
+fn ingest_one(
+    tx: &Connection,
+    item: &Ingest,
+    depth: u32,
+    claim: Option<(&str, DateTime<Utc>)>,
+) -> Result<Option<Event>> {
     if let Some(key) = &item.idempotency_key {
         let seen: Option<i64> =
             tx.query_row("SELECT id FROM events WHERE idempotency_key = ?1", params![key], |r| r.get(0)).optional()?;
@@ -290,8 +298,11 @@ fn ingest_one(tx: &Connection, item: &Ingest, depth: u32, claim: Option<(&str, D
         }
     };
     if let Some((owner, until)) = claim {
-        tx.prepare_cached("UPDATE events SET claimed_by = ?1, claimed_until = ?2 WHERE id = ?3")?
-            .execute(params![owner, ts(until), event.id])?;
+        tx.prepare_cached("UPDATE events SET claimed_by = ?1, claimed_until = ?2 WHERE id = ?3")?.execute(params![
+            owner,
+            ts(until),
+            event.id
+        ])?;
     }
     Ok(Some(event))
 }
@@ -456,6 +467,24 @@ impl Store for SqliteStore {
         Ok(claimed)
     }
 
+    fn unclaim(&self, event_id: i64, owner: &str) -> Result<()> {
+        self.conn()
+            .prepare_cached(
+                "UPDATE events SET claimed_by = NULL, claimed_until = NULL WHERE id = ?1 AND claimed_by = ?2",
+            )?
+            .execute(params![event_id, owner])?;
+        Ok(())
+    }
+
+    fn record_waits(&self, record_id: &str, event_id: i64) -> Result<bool> {
+        let conn = self.conn();
+        let n: i64 = conn.prepare_cached(
+            "SELECT count(*) FROM runs WHERE record_id = ?1 AND status = 'retrying' AND (event_id IS NULL OR event_id != ?2)",
+        )?
+        .query_row(params![record_id, event_id], |r| r.get(0))?;
+        Ok(n > 0)
+    }
+
     fn claim_owners(&self) -> Result<Vec<String>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
@@ -466,9 +495,10 @@ impl Store for SqliteStore {
     }
 
     fn release_claims(&self, owner: &str) -> Result<u64> {
-        let n = self
-            .conn()
-            .execute("UPDATE events SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = ?1 AND done = 0", params![owner])?;
+        let n = self.conn().execute(
+            "UPDATE events SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = ?1 AND done = 0",
+            params![owner],
+        )?;
         Ok(n as u64)
     }
 
@@ -686,8 +716,9 @@ mod tests {
             .clone()
             .unwrap();
         let id = e1.record.id.clone();
-        let e2 =
-            s.ingest_all(&[ingest("ticket", EventKind::Updated, Some(&id), json!({"a": 5}))]).unwrap()[0].clone().unwrap();
+        let e2 = s.ingest_all(&[ingest("ticket", EventKind::Updated, Some(&id), json!({"a": 5}))]).unwrap()[0]
+            .clone()
+            .unwrap();
         assert_eq!(e2.previous.as_ref().unwrap().fields["a"], json!(1));
         assert_eq!(e2.record.fields, fields(json!({"a": 5, "b": 2})));
         let pending = s.pending_events(10, true).unwrap();
