@@ -367,7 +367,8 @@ fn fire(rt: &Runtime, args: FireArgs) -> Result<u8, Failure> {
     let mut events = 0;
     let mut batch = Vec::with_capacity(FIRE_BATCH);
     let mut flush = |batch: &mut Vec<Ingest>, out: &mut std::io::StdoutLock| -> Result<(), Failure> {
-        for event in rt.submit(batch)?.into_iter().flatten() {
+        let stored = if args.queue { rt.submit(batch)? } else { rt.submit_claimed(batch)? };
+        for event in stored.into_iter().flatten() {
             events += 1;
             if args.queue {
                 continue;

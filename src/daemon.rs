@@ -47,6 +47,12 @@ pub async fn shutdown_signal() {
 pub async fn run(runtime: Arc<Runtime>, shutdown: impl Future<Output = ()>) -> Result<(), crate::store::StoreError> {
     let catalog = runtime.catalog();
     info!(rules = catalog.rules.rules().len(), scripts = catalog.scripts.len(), "tripline daemon started.");
+    let rt = runtime.clone();
+    match tokio::task::spawn_blocking(move || rt.release_dead_claims()).await.expect("release task panicked") {
+        Ok(0) => {}
+        Ok(n) => info!(events = n, "Released the claims of a process that died; its events run now."),
+        Err(e) => warn!(%e, "Cannot release the claims of dead processes; they expire by themselves."),
+    }
     let workers = Arc::new(Semaphore::new(runtime.config().engine.workers));
     tokio::pin!(shutdown);
     loop {
@@ -79,8 +85,7 @@ async fn dispatch_once(runtime: Arc<Runtime>, workers: Arc<Semaphore>) -> Result
     let rt = runtime.clone();
     let retried = tokio::task::spawn_blocking(move || rt.retry_due()).await.expect("retry task panicked")?;
     let rt = runtime.clone();
-    let events =
-        tokio::task::spawn_blocking(move || rt.store().pending_events(0, 512)).await.expect("queue task panicked")?;
+    let events = tokio::task::spawn_blocking(move || rt.pending(512)).await.expect("queue task panicked")?;
     if events.is_empty() {
         return Ok(!retried.is_empty());
     }

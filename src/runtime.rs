@@ -113,6 +113,7 @@ impl RuntimeBuilder {
             catalog: ArcSwap::from_pointee(catalog),
             hosts: Arc::new(hosts),
             jobs,
+            owner: claim_owner(),
             _io: owned.map(OwnedRuntime),
         })
     }
@@ -177,7 +178,25 @@ pub struct Runtime {
     catalog: ArcSwap<Catalog>,
     hosts: Arc<Hosts>,
     jobs: std::collections::BTreeMap<String, crate::scheduler::Job>,
+    /// Who this runtime is in event claims: `pid@host/instance`.
+    owner: String,
     _io: Option<OwnedRuntime>,
+}
+
+/// This runtime's name in event claims. The pid and host let a restarted daemon release the
+/// claims of a process that died (`kill -9`) at once instead of waiting for them to expire.
+fn claim_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+    let instance = uuid::Uuid::now_v7().simple().to_string();
+    format!("{}@{}/{}", std::process::id(), host.trim(), &instance[instance.len() - 8..])
+}
+
+/// Whether a claim owner on this host is a process that no longer exists.
+fn owner_is_gone(owner: &str) -> bool {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+    let Some((pid, rest)) = owner.split_once('@') else { return false };
+    let same_host = rest.split('/').next() == Some(host.trim());
+    same_host && pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// How one rule fared on one event in a dry run.
@@ -245,9 +264,46 @@ impl Runtime {
         self.catalog.store(Arc::new(catalog));
     }
 
-    /// Stores events (nothing runs yet); see [`Store::ingest`].
+    /// Stores events (nothing runs yet; the dispatcher picks them up); see [`Store::ingest`].
     pub fn submit(&self, items: &[Ingest]) -> Result<Vec<Option<Event>>, StoreError> {
-        self.store.ingest(items)
+        self.store.ingest(items, None)
+    }
+
+    /// Stores events claimed by this runtime, to process them now with [`Runtime::process_chain`].
+    pub fn submit_claimed(&self, items: &[Ingest]) -> Result<Vec<Option<Event>>, StoreError> {
+        self.store.ingest(items, Some((&self.owner, self.lease_until())))
+    }
+
+    /// How long a claim holds: long enough for a run at its wall-clock limit, renewed before
+    /// each rule.
+    fn lease_until(&self) -> chrono::DateTime<Utc> {
+        Utc::now() + chrono::Duration::milliseconds(self.scripts.limits().timeout_ms as i64 * 2 + 60_000)
+    }
+
+    /// Releases the claims of processes on this host that died; the daemon calls it at start
+    /// so that a crash's unfinished events run at once.
+    pub fn release_dead_claims(&self) -> Result<u64, StoreError> {
+        let mut released = 0;
+        for owner in self.store.claim_owners()? {
+            if owner != self.owner && owner_is_gone(&owner) {
+                released += self.store.release_claims(&owner)?;
+            }
+        }
+        Ok(released)
+    }
+
+    /// Events that can run now, oldest first, under `[engine] after_failure`.
+    pub fn pending(&self, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let wait = self.config.engine.after_failure == crate::config::AfterFailure::Wait;
+        self.store.pending_events(limit, wait)
+    }
+
+    /// Prunes what `[engine] retention_days` no longer keeps.
+    pub fn prune(&self) -> Result<u64, StoreError> {
+        match self.config.engine.retention_days {
+            0 => Ok(0),
+            days => self.store.prune(Utc::now() - chrono::Duration::days(days as i64)),
+        }
     }
 
     /// Stores one record as an event of `kind` and runs every rule it triggers, following the
@@ -255,7 +311,7 @@ impl Runtime {
     pub fn fire(&self, entity: &str, kind: EventKind, record: Submitted) -> Result<Vec<Run>, StoreError> {
         let item = Ingest { entity: entity.to_string(), kind, record, idempotency_key: None };
         let mut runs = Vec::new();
-        for event in self.store.ingest(&[item])?.into_iter().flatten() {
+        for event in self.submit_claimed(&[item])?.into_iter().flatten() {
             runs.extend(self.process_chain(event)?);
         }
         Ok(runs)
@@ -277,7 +333,7 @@ impl Runtime {
     pub fn drain(&self) -> Result<Vec<Run>, StoreError> {
         let mut runs = Vec::new();
         loop {
-            let events = self.store.pending_events(0, 256)?;
+            let events = self.pending(256)?;
             if events.is_empty() {
                 return Ok(runs);
             }
@@ -291,6 +347,17 @@ impl Runtime {
     /// commits each run with its writes, and marks the event processed. Returns the runs and
     /// the events the writes raised.
     pub fn process_event(&self, event: &Event) -> Result<(Vec<Run>, Vec<Event>), StoreError> {
+        if self.store.claim(&[event.id], &self.owner, self.lease_until())?.is_empty() {
+            // Another process has it (or it is finished).
+            return Ok((Vec::new(), Vec::new()));
+        }
+        if self.config.engine.after_failure == crate::config::AfterFailure::Wait
+            && self.store.record_waits(&event.record.id, event.id)?
+        {
+            // An earlier event of this record waits for a retry: this one runs after it.
+            self.store.unclaim(event.id, &self.owner)?;
+            return Ok((Vec::new(), Vec::new()));
+        }
         let catalog = self.catalog.load_full();
         let ledger = self.store.runs_of_event(event.id)?;
         let rules: Vec<Arc<Rule>> = catalog
@@ -303,6 +370,9 @@ impl Runtime {
         let mut raised = Vec::new();
         let last = rules.len().saturating_sub(1);
         for (i, rule) in rules.iter().enumerate() {
+            if i > 0 && self.store.claim(&[event.id], &self.owner, self.lease_until())?.is_empty() {
+                return Ok((runs, raised));
+            }
             let finish = (i == last).then_some(event.id);
             let Some(outcome) = self.execute(&catalog, rule, event, 1, false) else {
                 if let Some(id) = finish {

@@ -6,4 +6,5 @@ mod common;
 mod connection;
 mod directory;
 mod flexjob;
+mod reliability;
 mod scheduler;

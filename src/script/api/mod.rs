@@ -327,6 +327,9 @@ pub fn register(engine: &mut Engine) {
         engine.register_fn(level, move |api: &mut Api, msg: Dynamic| api.0.log(level, &msg.to_string()));
     }
     engine.register_fn("log", |api: &mut Api, msg: Dynamic| api.0.log("info", &msg.to_string()));
+    // A script's own "not now": the run goes to `retrying` and runs again after a backoff
+    // (e.g. a record waits for data another system has not delivered yet).
+    engine.register_fn("retry_later", |api: &mut Api, reason: &str| -> Res<()> { Err(api.0.host_error(reason, true)) });
 
     engine.register_fn("now", |_: &mut Api| ts(Utc::now()));
     engine.register_fn("now_unix", |_: &mut Api| Utc::now().timestamp());
