@@ -728,3 +728,336 @@ enabled = false
     assert!(ran.stderr.contains("note: job nightly_report is disabled (enabled = false): it runs once now"), "{ran:?}");
     assert!(ran.stdout.contains("report by manual"), "{ran:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// The shipped configuration and the examples
+
+/// The repository's own files.
+fn repo(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A copy of the shipped tripline.toml, rules, scripts and examples.
+fn shipped() -> Project {
+    let p = Project::new(&std::fs::read_to_string(repo("tripline.toml")).unwrap());
+    for dir in ["rules", "scripts", "examples/rules-and-scripts"] {
+        copy_tree(&repo(dir), &p.path().join(dir));
+    }
+    p
+}
+
+/// A command of `p` without the Flex HR password in its environment, whatever the test
+/// process has.
+fn without_password(p: &Project, args: &[&str]) -> Ran {
+    let out = p.command(args).env_remove("FLEX_HR_PASSWORD").stdin(std::process::Stdio::null()).output().unwrap();
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn the_shipped_configuration_checks_and_starts_without_the_flex_hr_password() {
+    let p = shipped();
+    let ran = without_password(&p, &["check"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("1 connections, 1 jobs"), "{ran:?}");
+    assert!(ran.stdout.contains("example rules checked"), "{ran:?}");
+
+    // Every command builds the runtime: it must build too.
+    let ran = without_password(&p, &["runs"]);
+    assert_eq!((ran.code, ran.stdout.trim()), (0, "no runs"), "{ran:?}");
+
+    // Running the switched-off job by hand says what to do.
+    let ran = without_password(&p, &["job", "run", "flex_hr_sync"]);
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stderr.contains("note: job flex_hr_sync is disabled"), "{ran:?}");
+    assert!(
+        ran.stdout.contains("connection flex_hr is disabled (enabled = false in [connections.flex_hr])"),
+        "{ran:?}"
+    );
+
+    // The daemon starts, and stops on SIGTERM.
+    let mut child = p
+        .command(&["run"])
+        .env_remove("FLEX_HR_PASSWORD")
+        .env("TRIPLINE_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in std::io::BufRead::lines(stderr) {
+        let line = line.unwrap();
+        let started = line.contains("tripline daemon started");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    assert!(seen.last().is_some_and(|l| l.contains("daemon started")), "the daemon did not start: {seen:#?}");
+    assert!(child.try_wait().unwrap().is_none(), "{seen:#?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The examples' own configuration checks too, secrets unset.
+    let example = p.path().join("examples/rules-and-scripts/tripline.example.toml");
+    let out = std::process::Command::new(crate::common::project::binary())
+        .args(["check", "--config"])
+        .arg(&example)
+        .env_remove("HALO_CLIENT_SECRET")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("3 connections, 3 jobs"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn going_live_is_the_documented_edit() {
+    let hr = FlexHr::start().await;
+    hr.serve(&hr_users()[..2], 100).await;
+    let p = shipped();
+    let config = std::fs::read_to_string(p.path().join("tripline.toml")).unwrap();
+    let live = config
+        .replace("https://flexhr.example.com/api/", &format!("{}/api/", hr.server.uri()))
+        .replace("enabled = false", "enabled = true");
+    assert_eq!(live.lines().filter(|l| *l == "enabled = true").count(), 2, "the connection and the job");
+    p.file("tripline.toml", &live);
+    // The shipped rules need a directory this test does not have; the job is what is tested.
+    std::fs::remove_dir_all(p.path().join("rules")).unwrap();
+    std::fs::create_dir(p.path().join("rules")).unwrap();
+    p.set_env("FLEX_HR_PASSWORD", PASSWORD);
+
+    assert_eq!(p.run(&["check"]).code, 0);
+    let log = job_ok(&p);
+    assert!(
+        summary(&log).contains("fetched 2, skipped 0 without EmployeeId, 0 duplicates, unchanged 0, new 2"),
+        "{log:#?}"
+    );
+    assert_eq!(p.records("ticket").len(), 2);
+}
+
+const EXAMPLES: &str = "examples/rules-and-scripts";
+
+/// Copies example files (rules and scripts, by their path under the examples folder).
+fn with_examples(p: &Project, files: &[&str]) {
+    for f in files {
+        p.file(f, &std::fs::read_to_string(repo(&format!("{EXAMPLES}/{f}"))).unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ninjaone_example_syncs_by_its_key_in_each_mode() {
+    let server = MockServer::start().await;
+    let mut users = json!([
+        {"id": 1, "uid": "u-1", "email": "Ann.Lee@Example.com", "firstName": "Ann", "lastName": "Lee", "enabled": true},
+        {"id": 2, "uid": "u-2", "email": "", "firstName": "No", "lastName": "Mail"},
+        {"id": 3, "uid": "u-3", "email": "cy@example.com", "firstName": "Cy", "lastName": "Berg", "phone": " 123 "},
+        {"id": 4, "uid": "u-4", "email": "CY@example.com", "firstName": "Cy", "lastName": "Again"},
+    ]);
+    let serve = |users: Value| {
+        let server = &server;
+        async move {
+            server.reset().await;
+            Mock::given(method("GET"))
+                .and(path("/v2/users"))
+                .and(header("authorization", "Bearer ninja-token-1"))
+                .respond_with(json_answer(users))
+                .mount(server)
+                .await;
+        }
+    };
+    serve(users.clone()).await;
+    let mut config = format!(
+        "[connections.ninjaone]\nbase_url = \"{}/\"\nauth = {{ type = \"bearer\", token = \"ninja-token-1\" }}\n",
+        server.uri()
+    );
+    for mode in ["create_and_update", "create_only", "update_only"] {
+        config.push_str(&format!(
+            "\n[jobs.ninja_{mode}]\nschedule = \"30 2 * * *\"\nscript = \"ninjaone_users_job.rhai\"\n\
+             params = {{ sync_key = \"email\", mode = \"{mode}\" }}\n"
+        ));
+    }
+    let p = Project::new(&config);
+    with_examples(&p, &["scripts/ninjaone_users_job.rhai"]);
+    let run = |mode: &str| {
+        let ran = p.run(&["job", "run", &format!("ninja_{mode}"), "--json"]);
+        assert_eq!(ran.code, 0, "{ran:?}");
+        let run: Value = serde_json::from_str(ran.stdout.lines().next().unwrap()).unwrap();
+        messages(&run).last().unwrap().clone()
+    };
+
+    // Update only: nobody is known yet, nobody is added.
+    let line = run("update_only");
+    assert!(line.ends_with("created 0, updated 0, unchanged 0, not created 2, not updated 0"), "{line}");
+    assert_eq!(p.run(&["records", "list", "ninja_user"]).code, 1, "no records at all");
+
+    // Create only: the two users with a key; the one without is skipped, the same key twice
+    // is reported.
+    let line = run("create_only");
+    assert!(line.contains("fetched 4, skipped 1 without a sync key, 1 duplicates, created 2, updated 0"), "{line}");
+    let records = p.records("ninja_user");
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["fields"]["Email"], "ann.lee@example.com");
+    assert_eq!(records[1]["fields"]["Phone"], "123");
+
+    // A change: create only leaves it, create & update writes it, once.
+    users[0]["lastName"] = json!("Lee-Smith");
+    serve(users.clone()).await;
+    let line = run("create_only");
+    assert!(line.ends_with("created 0, updated 0, unchanged 1, not created 0, not updated 1"), "{line}");
+    let line = run("update_only");
+    assert!(line.ends_with("created 0, updated 1, unchanged 1, not created 0, not updated 0"), "{line}");
+    assert_eq!(p.records("ninja_user")[0]["fields"]["LastName"], "Lee-Smith");
+    let before = p.records("ninja_user");
+    let line = run("create_and_update");
+    assert!(line.ends_with("created 0, updated 0, unchanged 2, not created 0, not updated 0"), "{line}");
+    assert_eq!(p.records("ninja_user"), before, "nothing written when nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nexthink_example_triggers_a_remote_action_and_polls_its_status() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth2/default/v1/token"))
+        .and(wiremock::matchers::body_string_contains("grant_type=client_credentials"))
+        .respond_with(json_answer(json!({"access_token": "nx-token", "token_type": "Bearer", "expires_in": 900})))
+        .expect(1..)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/act/execute"))
+        .and(header("authorization", "Bearer nx-token"))
+        .and(wiremock::matchers::body_partial_json(json!({
+            "remoteActionId": "#restart_teams",
+            "devices": ["dev-1"],
+            "expiresInMinutes": 60,
+            "triggerInfo": {"externalSource": "tripline", "reason": "Teams hangs"},
+        })))
+        .respond_with(json_answer(json!({"requestId": "req-1", "expiresInMinutes": 60})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let status = |status: &str| {
+        json_answer(json!({
+            "queryId": "#remote_action_status",
+            "headers": ["device.name", "remote_action.execution.status", "remote_action.execution.status_details",
+                        "remote_action.execution.outputs"],
+            "data": [["laptop-1", status, "", "restarted 1 process"]],
+        }))
+    };
+    let nql = || {
+        Mock::given(method("POST"))
+            .and(path("/api/v1/nql/execute"))
+            .and(body_json(json!({"queryId": "#remote_action_status", "parameters": {"request_id": "req-1"}})))
+    };
+    nql().respond_with(status("in_progress")).up_to_n_times(1).with_priority(1).mount(&server).await;
+    nql().respond_with(status("success")).mount(&server).await;
+
+    let p = Project::new(&format!(
+        r#"
+[connections.nexthink]
+base_url = "{uri}/"
+auth = {{ type = "oauth2", grant = "client_credentials", token_url = "{uri}/oauth2/default/v1/token", client_id = "tripline", client_secret = "${{NEXTHINK_CLIENT_SECRET}}" }}
+rate_limit = {{ requests = 5, per_seconds = 1 }}
+
+[jobs.nexthink_remote_action_status]
+schedule = "0 * * * * *"
+script = "nexthink_remote_action_status.rhai"
+"#,
+        uri = server.uri()
+    ));
+    p.set_env("NEXTHINK_CLIENT_SECRET", "nx-secret-value");
+    with_examples(
+        &p,
+        &[
+            "rules/nexthink_remote_action.toml",
+            "scripts/nexthink_trigger_remote_action.rhai",
+            "scripts/nexthink_remote_action_status.rhai",
+        ],
+    );
+    p.file("t.json", r##"{"Subject": "Teams hangs", "RemoteActionId": "#restart_teams", "DeviceUid": "dev-1"}"##);
+    let ran = p.run(&["fire", "ticket", "--record", p.path().join("t.json").to_str().unwrap()]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let ticket = &p.records("ticket")[0];
+    assert_eq!(ticket["fields"]["RemoteActionRequestId"], "req-1");
+    assert_eq!(ticket["fields"]["RemoteActionStatus"], "submitted");
+    assert!(ticket["comments"][0]["text"].as_str().unwrap().contains("sent to device dev-1 (request req-1)"));
+
+    // Still running: nothing written.
+    let ran = p.run(&["job", "run", "nexthink_remote_action_status", "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("1 waiting, 0 succeeded, 0 failed, 1 still running"), "{ran:?}");
+    assert_eq!(&p.records("ticket")[0], ticket);
+
+    // Done: closed with the outputs.
+    let ran = p.run(&["job", "run", "nexthink_remote_action_status", "--json"]);
+    assert!(ran.stdout.contains("1 waiting, 1 succeeded"), "{ran:?}");
+    let ticket = &p.records("ticket")[0];
+    assert_eq!(ticket["status"], "closed");
+    assert_eq!(ticket["fields"]["RemoteActionStatus"], "success");
+    assert_eq!(ticket["comments"][1]["text"], "Remote action #restart_teams succeeded on dev-1: restarted 1 process");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_haloitsm_example_reads_every_page_and_opens_tickets() {
+    let server = MockServer::start().await;
+    let users = [
+        json!({"id": 26, "firstname": "Baskar", "surname": "Balaji", "emailaddress": "Baskar@Example.com",
+               "site_name": "Main", "client_name": "Demo", "inactive": false, "use": "user"}),
+        json!({"id": 3, "firstname": "Agent", "surname": "Smith", "use": "agent"}),
+        json!({"id": 27, "firstname": "Lea", "surname": "Ver", "inactive": true, "use": "user", "login": "lver"}),
+    ];
+    for (page, chunk) in users.chunks(2).enumerate() {
+        Mock::given(method("GET"))
+            .and(path("/api/Users"))
+            .and(query_param("pageinate", "true"))
+            .and(query_param("page_size", "2"))
+            .and(query_param("page_no", (page + 1).to_string()))
+            .respond_with(json_answer(json!({"record_count": 3, "users": chunk})))
+            .expect(1..)
+            .mount(&server)
+            .await;
+    }
+    let p = Project::new(&format!(
+        "[connections.halo_itsm]\nbase_url = \"{}/\"\nauth = {{ type = \"bearer\", token = \"halo-token\" }}\n\n\
+         [jobs.halo_users_sync]\nschedule = \"0 */15 * * * *\"\nscript = \"halo_users_job.rhai\"\nparams = {{ page_size = 2 }}\n",
+        server.uri()
+    ));
+    with_examples(&p, &["scripts/halo_users_job.rhai"]);
+    let ran = p.run(&["job", "run", "halo_users_sync", "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("fetched 3, skipped 1, unchanged 0, tickets opened 2, tickets commented 0"), "{ran:?}");
+    let tickets = p.records("ticket");
+    let fields: Vec<(&Value, &Value, &Value, &Value)> = tickets
+        .iter()
+        .map(|t| (&t["fields"]["Source"], &t["fields"]["EmployeeId"], &t["fields"]["Email"], &t["fields"]["Active"]))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            (&json!("HaloITSM"), &json!("26"), &json!("baskar@example.com"), &json!(true)),
+            (&json!("HaloITSM"), &json!("27"), &Value::Null, &json!(false)),
+        ]
+    );
+    assert_eq!(tickets[1]["fields"]["Username"], "lver");
+    assert!(!tickets[1]["fields"].as_object().unwrap().contains_key("Email"), "what Halo does not say is left out");
+    let ran = p.run(&["job", "run", "halo_users_sync", "--json"]);
+    assert!(ran.stdout.contains("unchanged 2, tickets opened 0"), "{ran:?}");
+}
