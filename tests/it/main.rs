@@ -5,5 +5,6 @@ mod cli;
 mod common;
 mod connection;
 mod directory;
+mod hostile;
 mod reliability;
 mod scheduler;
