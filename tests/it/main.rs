@@ -6,5 +6,6 @@ mod common;
 mod connection;
 mod directory;
 mod flexjob;
+mod hostile;
 mod reliability;
 mod scheduler;
