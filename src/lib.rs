@@ -7,6 +7,7 @@ pub mod connection;
 pub mod daemon;
 pub mod diag;
 pub mod directory;
+pub mod metrics;
 pub mod notification;
 pub mod record;
 pub mod rule;

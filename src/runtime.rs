@@ -84,12 +84,13 @@ impl RuntimeBuilder {
             Some(s) => s,
             None => Arc::new(SqliteStore::open_dir(&config.engine.data_dir)?),
         };
+        let notifier = crate::notification::Notifier::from_config(&config.raw.notify);
         Ok(Runtime {
             config: Arc::new(config),
             store,
             scripts,
             catalog: ArcSwap::from_pointee(catalog),
-            hosts: Arc::new(Hosts::default()),
+            hosts: Arc::new(Hosts { notifier, ..Hosts::default() }),
         })
     }
 }
@@ -491,6 +492,12 @@ impl Runtime {
     /// The folder the configuration was read from.
     pub fn base_dir(&self) -> &Path {
         self.config.path.as_deref().and_then(Path::parent).unwrap_or(Path::new("."))
+    }
+
+    /// The host systems scripts reach (the daemon reconfigures notification channels through
+    /// it on SIGHUP, and notifies failures through it).
+    pub fn hosts(&self) -> &Arc<Hosts> {
+        &self.hosts
     }
 }
 

@@ -9,6 +9,8 @@
 //! transaction, so a failed run writes nothing half-way and a dry run writes nothing at all.
 //! Reads within a run see the run's own buffered writes.
 
+mod notify;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -25,7 +27,10 @@ use crate::store::{LogLine, Store, Write};
 /// The host systems scripts reach through `api` (directories, connections, notifications);
 /// each later host area adds its handles here.
 #[derive(Default)]
-pub struct Hosts {}
+pub struct Hosts {
+    /// The `[notify.NAME]` channels (`api.notify`).
+    pub notifier: crate::notification::Notifier,
+}
 
 /// The context of one run: where its log lines and writes go.
 pub struct RunCtx {
@@ -241,6 +246,7 @@ fn ts(t: DateTime<Utc>) -> String {
 /// Registers `api`'s functions on the engine.
 pub fn register(engine: &mut Engine) {
     engine.register_type_with_name::<Api>("Api");
+    notify::register(engine);
 
     engine.register_fn("create", |api: &mut Api, entity: &str, fields: Map| -> Res<Map> {
         if entity.trim().is_empty() {
