@@ -15,4 +15,5 @@ pub mod runtime;
 pub mod scheduler;
 pub mod script;
 pub mod store;
+pub mod watch;
 pub mod webhook;

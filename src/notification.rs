@@ -240,7 +240,7 @@ impl NotifyConfig {
                         .iter()
                         .map(|t| t.parse::<Mailbox>().map_err(|m| format!("to: {t:?}: {m}")))
                         .collect::<Result<Vec<_>, _>>()?;
-                Ok(Channel::Email { transport: builder.build(), from, to })
+                Ok(Channel::Email { transport: Box::new(builder.build()), from, to })
             }
         }
     }
@@ -286,7 +286,7 @@ fn smtp_endpoint(text: &str, starttls: bool) -> Result<SmtpEndpoint, String> {
 /// A channel ready to send.
 pub enum Channel {
     Webhook { url: Secret, headers: Vec<(reqwest::header::HeaderName, Secret)> },
-    Email { transport: AsyncSmtpTransport<Tokio1Executor>, from: Mailbox, to: Vec<Mailbox> },
+    Email { transport: Box<AsyncSmtpTransport<Tokio1Executor>>, from: Mailbox, to: Vec<Mailbox> },
 }
 
 /// Why a notification was not sent.

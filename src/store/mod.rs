@@ -148,6 +148,11 @@ pub trait Store: Send + Sync {
     fn pending_events(&self, after: i64, limit: usize) -> Result<Vec<Event>>;
     /// How many events wait.
     fn queue_depth(&self) -> Result<u64>;
+    /// The event stored with an idempotency key, to answer a redelivery with the original
+    /// ids. Stores that cannot look keys up answer `None`.
+    fn event_by_idempotency_key(&self, _key: &str) -> Result<Option<Event>> {
+        Ok(None)
+    }
     fn get_event(&self, id: i64) -> Result<Option<Event>>;
     fn get_record(&self, id: &str) -> Result<Option<Record>>;
     /// The entities that have records.

@@ -3,4 +3,7 @@
 
 mod common;
 mod connection;
+mod daemon;
 mod directory;
+mod notification;
+mod webhook;
