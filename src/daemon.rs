@@ -23,7 +23,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -246,13 +245,13 @@ pub async fn run_with(
     let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server_task = match listener {
         Some(listener) => {
-            let state = Arc::new(ServerState {
-                runtime: runtime.clone(),
-                webhooks: ArcSwap::from_pointee(webhooks),
-                wake: wake.clone(),
-                health: health_report(runtime.clone(), status.clone()),
+            let state = Arc::new(ServerState::new(
+                runtime.clone(),
+                webhooks,
+                wake.clone(),
+                health_report(runtime.clone(), status.clone()),
                 request_timeout,
-            });
+            ));
             daemon.server = Some(state.clone());
             let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
             info!(%addr, webhooks = state.webhooks.load().len(), "Listening for webhooks, /healthz and /metrics.");

@@ -96,7 +96,7 @@ impl FolderWatcher {
             }
         };
         // A tick well under the debounce keeps delivery close to `debounce` after the event.
-        let tick = (debounce / 8).clamp(Duration::from_millis(2), Duration::from_millis(50));
+        let tick = (debounce / 20).clamp(Duration::from_millis(2), Duration::from_millis(20));
         let mut debouncer = new_debouncer(debounce, Some(tick), move |result: DebounceEventResult| match result {
             Ok(events) => {
                 let mut paths = Vec::new();

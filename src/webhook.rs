@@ -471,6 +471,77 @@ pub struct ServerState {
     pub health: HealthReport,
     /// The longest a client may take to send a request's headers, and then its body.
     pub request_timeout: Duration,
+    ingester: Ingester,
+}
+
+impl ServerState {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        webhooks: Webhooks,
+        wake: Arc<tokio::sync::Notify>,
+        health: HealthReport,
+        request_timeout: Duration,
+    ) -> ServerState {
+        let ingester = Ingester::start(runtime.clone());
+        ServerState { runtime, webhooks: ArcSwap::from_pointee(webhooks), wake, health, request_timeout, ingester }
+    }
+}
+
+/// The most deliveries stored in one transaction.
+const MAX_BATCH: usize = 256;
+
+type IngestReply = tokio::sync::oneshot::Sender<Result<Option<crate::record::Event>, StoreError>>;
+
+/// Stores deliveries with group commit: a thread takes every delivery waiting and stores them
+/// in one transaction, because a commit costs far more than an insert (about 7,000 single
+/// commits a second against 60,000 rows a second in batches, on SQLite). An idle server stores
+/// a delivery at once; under load, batches form by themselves. A batch that fails is retried
+/// one delivery at a time, so one bad delivery does not fail the others.
+struct Ingester {
+    tx: tokio::sync::mpsc::Sender<(Ingest, IngestReply)>,
+}
+
+impl Ingester {
+    fn start(runtime: Arc<Runtime>) -> Ingester {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Ingest, IngestReply)>(4 * MAX_BATCH);
+        std::thread::Builder::new()
+            .name("tripline-ingest".into())
+            .spawn(move || {
+                // Ends when the server state, and with it the sender, is dropped.
+                while let Some(first) = rx.blocking_recv() {
+                    let mut items = vec![first.0];
+                    let mut replies = vec![first.1];
+                    while items.len() < MAX_BATCH {
+                        let Ok((item, reply)) = rx.try_recv() else { break };
+                        items.push(item);
+                        replies.push(reply);
+                    }
+                    match runtime.submit(&items) {
+                        Ok(events) => {
+                            for (reply, event) in replies.into_iter().zip(events) {
+                                let _ = reply.send(Ok(event));
+                            }
+                        }
+                        Err(_) => {
+                            for (item, reply) in items.iter().zip(replies) {
+                                let _ = reply
+                                    .send(runtime.submit(std::slice::from_ref(item)).map(|mut e| e.pop().flatten()));
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("the ingest thread starts");
+        Ingester { tx }
+    }
+
+    /// Stores one delivery: the event, or `None` when its idempotency key was seen before.
+    /// The outer `None`: the ingest thread is gone (the server is stopping).
+    async fn submit(&self, item: Ingest) -> Option<Result<Option<crate::record::Event>, StoreError>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx.send((item, reply)).await.ok()?;
+        answer.await.ok()
+    }
 }
 
 /// The server's routes.
@@ -643,30 +714,33 @@ async fn deliver(state: &ServerState, hook: &Webhook, req: Request) -> Response 
         }
     };
     let item = Ingest { entity: hook.entity.clone(), kind: hook.kind.clone(), record, idempotency_key: key.clone() };
-    let rt = state.runtime.clone();
-    let stored = tokio::task::spawn_blocking(move || -> Result<(bool, Option<crate::record::Event>), StoreError> {
-        match rt.submit(std::slice::from_ref(&item))?.pop().flatten() {
-            Some(e) => Ok((true, Some(e))),
-            None => Ok((false, rt.store().event_by_idempotency_key(item.idempotency_key.as_deref().unwrap_or(""))?)),
-        }
-    })
-    .await;
-    match stored {
-        Ok(Ok((true, Some(event)))) => {
+    let ids = |e: &crate::record::Event| json!({ "event_id": e.id, "record_id": e.record.id });
+    match state.ingester.submit(item).await {
+        Some(Ok(Some(event))) => {
             crate::metrics::event_ingested(&format!("webhook:{}", hook.name));
             state.wake.notify_one();
-            (StatusCode::ACCEPTED, Json(json!({ "event_id": event.id, "record_id": event.record.id }))).into_response()
+            (StatusCode::ACCEPTED, Json(ids(&event))).into_response()
         }
-        Ok(Ok((_, Some(event)))) => {
-            (StatusCode::OK, Json(json!({ "event_id": event.id, "record_id": event.record.id, "duplicate": true })))
-                .into_response()
+        // A redelivery: nothing was stored; answer with the original ids.
+        Some(Ok(None)) => {
+            let rt = state.runtime.clone();
+            let key = key.unwrap_or_default();
+            match tokio::task::spawn_blocking(move || rt.store().event_by_idempotency_key(&key)).await {
+                Ok(Ok(Some(original))) => {
+                    let mut body = ids(&original);
+                    body["duplicate"] = json!(true);
+                    (StatusCode::OK, Json(body)).into_response()
+                }
+                Ok(Ok(None)) => (StatusCode::OK, Json(json!({ "duplicate": true }))).into_response(),
+                Ok(Err(e)) => store_problem(hook, e),
+                Err(e) => {
+                    error!(webhook = %hook.name, error = %e, "The store task failed.");
+                    problem(StatusCode::INTERNAL_SERVER_ERROR, "the delivery could not be looked up")
+                }
+            }
         }
-        Ok(Ok((_, None))) => (StatusCode::OK, Json(json!({ "duplicate": true }))).into_response(),
-        Ok(Err(e)) => store_problem(hook, e),
-        Err(e) => {
-            error!(webhook = %hook.name, error = %e, "The store task failed.");
-            problem(StatusCode::INTERNAL_SERVER_ERROR, "the delivery could not be stored")
-        }
+        Some(Err(e)) => store_problem(hook, e),
+        None => problem(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping"),
     }
 }
 
@@ -746,6 +820,31 @@ mod tests {
         let Value::Object(body) = json!({"source": "nx", "employee": {"id": 7}, "other": 1}) else { unreachable!() };
         let r = h.record_of(body);
         assert_eq!(Value::Object(r), json!({"Source": "nx", "EmployeeId": 7, "Kind": "alert"}));
+    }
+
+    #[test]
+    fn check_reports_every_problem_with_its_place() {
+        let text = "[server]\nlisten = \"localhost\"\n\n\
+                    [webhooks.a]\npath = \"hooks/a\"\nentity = \"ticket\"\nauth = { type = \"bearer\", token = \"${TRIPLINE_UNIT_UNSET_VAR}\" }\n\n\
+                    [webhooks.b]\npath = \"/metrics\"\nentity = \"ticket\"\nevent = \"Bad Name\"\nauth = { type = \"none\" }\n\n\
+                    [webhooks.c]\npath = \"/metrics\"\nentity = \"ticket\"\nauth = { type = \"none\" }\nfields = { X = \"a..b\" }\n";
+        let diags = crate::config::Config::from_str(text, std::path::Path::new("t.toml")).unwrap_err();
+        let shown: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        let expect = [
+            "t.toml:2:10: [server] listen: \"localhost\" is not an address",
+            "t.toml:5:8: [webhooks.a] path must start with `/`",
+            "t.toml:7:35: [webhooks.a] auth token: environment variable TRIPLINE_UNIT_UNSET_VAR is not set",
+            "t.toml:10:8: [webhooks.b] path \"/metrics\" is the server's own",
+            "t.toml:12:9: [webhooks.b] event: \"Bad Name\" is not an event name",
+            "t.toml:16:8: [webhooks.c] path \"/metrics\" is already the path of [webhooks.b]",
+            "t.toml:19:10: [webhooks.c] fields: X = \"a..b\": not a dotted path",
+        ];
+        for e in expect {
+            assert!(shown.iter().any(|s| s.starts_with(e)), "{e:?} in {shown:#?}");
+        }
+        let no_server = "[webhooks.a]\npath = \"/a\"\nentity = \"t\"\nauth = { type = \"none\" }\n";
+        let diags = crate::config::Config::from_str(no_server, std::path::Path::new("t.toml")).unwrap_err();
+        assert!(diags[0].to_string().contains("needs a [server] section"), "{diags:?}");
     }
 
     #[test]
