@@ -199,40 +199,10 @@ pub async fn run_with(
     let wake = Arc::new(Notify::new());
     let config = runtime.config();
 
-    // Watch first: once the server answers, every later change is seen.
+    // Watch first: once the server answers, every later change is seen. The sender stays
+    // alive (here) even without a watcher, so the loop's receiver never reports closed.
     let (files_tx, mut files_rx) = unbounded_channel();
-    let watcher = if options.watch {
-        let folders = [config.engine.rules_dir.clone(), config.engine.scripts_dir.clone()];
-        match FolderWatcher::start(&folders, options.debounce, files_tx.clone()) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                error!(error = %e, "Cannot watch the rules and scripts folders; reload them with SIGHUP.");
-                None
-            }
-        }
-    } else {
-        None
-    };
-
-    let webhooks = Webhooks::from_config(&config.raw.webhooks).map_err(|p| DaemonError::Config(p.join("\n")))?;
-    let listener = match options.listener.take() {
-        Some(l) => Some(l),
-        None => match &config.raw.server {
-            Some(s) => {
-                let addr = s.addr().map_err(DaemonError::Config)?;
-                Some(
-                    tokio::net::TcpListener::bind(addr)
-                        .await
-                        .map_err(|e| DaemonError::Bind { addr: addr.to_string(), source: e })?,
-                )
-            }
-            None => None,
-        },
-    };
-    let request_timeout = config.raw.server.as_ref().map_or(
-        Duration::from_millis(crate::webhook::DEFAULT_REQUEST_TIMEOUT_MS),
-        crate::webhook::ServerConfig::request_timeout,
-    );
+    let watcher = if options.watch { start_watcher(config, options.debounce, files_tx.clone()) } else { None };
     let mut daemon = Daemon {
         runtime: runtime.clone(),
         status: status.clone(),
@@ -242,55 +212,9 @@ pub async fn run_with(
         server: None,
         config_text: config.path.as_deref().and_then(|p| std::fs::read_to_string(p).ok()),
     };
-    let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_task = match listener {
-        Some(listener) => {
-            let state = Arc::new(ServerState::new(
-                runtime.clone(),
-                webhooks,
-                wake.clone(),
-                health_report(runtime.clone(), status.clone()),
-                request_timeout,
-            ));
-            daemon.server = Some(state.clone());
-            let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            info!(%addr, webhooks = state.webhooks.load().len(), "Listening for webhooks, /healthz and /metrics.");
-            let router = crate::webhook::router(state);
-            let grace = options.shutdown_grace;
-            Some(tokio::spawn(crate::webhook::serve(listener, router, request_timeout, grace, async {
-                let _ = server_stop_rx.await;
-            })))
-        }
-        None => None,
-    };
-
-    let (control_tx, mut control_rx) = unbounded_channel();
-    if let Some(mut external) = options.control.take() {
-        let tx = control_tx.clone();
-        tokio::spawn(async move {
-            while let Some(c) = external.recv().await {
-                if tx.send(c).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    #[cfg(unix)]
-    if options.signals {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(mut hup) => {
-                let tx = control_tx.clone();
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        if tx.send(Control::ReloadConfig).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-            Err(e) => warn!(error = %e, "Cannot listen for SIGHUP; the configuration reloads only with a restart."),
-        }
-    }
+    let server = start_server(&runtime, &mut options, &status, &wake).await?;
+    daemon.server = server.as_ref().map(|s| s.state.clone());
+    let (_control_tx, mut control_rx) = controls(&mut options);
 
     let catalog = runtime.catalog();
     info!(rules = catalog.rules.rules().len(), scripts = catalog.scripts.len(), "tripline daemon started.");
@@ -308,16 +232,113 @@ pub async fn run_with(
     }
 
     info!("Shutdown requested: finishing requests and runs in progress.");
-    let _ = server_stop_tx.send(());
-    if let Some(task) = server_task {
-        let _ = task.await;
-    }
-    if let Some(pass) = daemon.pass.take() {
-        let _ = pass.await;
-    }
+    let server_stopped = async {
+        if let Some(server) = server {
+            let _ = server.stop.send(());
+            let _ = server.task.await;
+        }
+    };
+    let pass_finished = async {
+        if let Some(pass) = daemon.pass.take() {
+            let _ = pass.await;
+        }
+    };
+    tokio::join!(server_stopped, pass_finished);
     drop(daemon.watcher.take());
+    drop(files_tx);
     info!("tripline daemon stopped.");
     Ok(())
+}
+
+fn start_watcher(config: &Config, debounce: Duration, tx: UnboundedSender<Changes>) -> Option<FolderWatcher> {
+    let folders = [config.engine.rules_dir.clone(), config.engine.scripts_dir.clone()];
+    match FolderWatcher::start(&folders, debounce, tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            error!(error = %e, "Cannot watch the rules and scripts folders; reload them with SIGHUP.");
+            None
+        }
+    }
+}
+
+/// The HTTP server task and how to stop it.
+struct RunningServer {
+    state: Arc<ServerState>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// Starts the HTTP server on the given listener, or on `[server] listen`; `None` without either.
+async fn start_server(
+    runtime: &Arc<Runtime>,
+    options: &mut Options,
+    status: &Arc<Mutex<Status>>,
+    wake: &Arc<Notify>,
+) -> Result<Option<RunningServer>, DaemonError> {
+    let config = runtime.config();
+    let webhooks = Webhooks::from_config(&config.raw.webhooks).map_err(|p| DaemonError::Config(p.join("\n")))?;
+    let listener = match (options.listener.take(), &config.raw.server) {
+        (Some(l), _) => l,
+        (None, Some(s)) => {
+            let addr = s.addr().map_err(DaemonError::Config)?;
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| DaemonError::Bind { addr: addr.to_string(), source: e })?
+        }
+        (None, None) => return Ok(None),
+    };
+    let request_timeout = config.raw.server.as_ref().map_or(
+        Duration::from_millis(crate::webhook::DEFAULT_REQUEST_TIMEOUT_MS),
+        crate::webhook::ServerConfig::request_timeout,
+    );
+    let state = Arc::new(ServerState::new(
+        runtime.clone(),
+        webhooks,
+        wake.clone(),
+        health_report(runtime.clone(), status.clone()),
+        request_timeout,
+    ));
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    info!(%addr, webhooks = state.webhooks.load().len(), "Listening for webhooks, /healthz and /metrics.");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = crate::webhook::router(state.clone());
+    let task = tokio::spawn(crate::webhook::serve(listener, router, request_timeout, options.shutdown_grace, async {
+        let _ = stopped.await;
+    }));
+    Ok(Some(RunningServer { state, stop, task }))
+}
+
+/// One channel for every reload request: SIGHUP and the options' [`ControlHandle`]. The caller
+/// keeps the sender so that the receiver never reports closed.
+fn controls(options: &mut Options) -> (UnboundedSender<Control>, UnboundedReceiver<Control>) {
+    let (tx, rx) = unbounded_channel();
+    if let Some(mut external) = options.control.take() {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(c) = external.recv().await {
+                if tx.send(c).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    #[cfg(unix)]
+    if options.signals {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        if tx.send(Control::ReloadConfig).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(e) => warn!(error = %e, "Cannot listen for SIGHUP; the configuration reloads only with a restart."),
+        }
+    }
+    (tx, rx)
 }
 
 /// The pass in progress's result; pending forever when there is none.
