@@ -237,8 +237,13 @@ impl Catalog {
             });
             let (rule, source) = match compiled {
                 Ok(rule) => (rule, Arc::<str>::from(src)),
+                // The last good rule runs only with its script, itself possibly a last good
+                // version (the file broke and its script was deleted in the same change).
                 Err(mut d) => match last_good(&path) {
-                    Some((rule, src)) if scripts.contains_key(&rule.script) => {
+                    Some((rule, src))
+                        if scripts.contains_key(&rule.script)
+                            || keep_script(&rule.script, &mut scripts, &mut script_hashes) =>
+                    {
                         if let Some(first) = d.first_mut() {
                             first.message.push_str(kept_note(true));
                         }
@@ -378,6 +383,11 @@ mod tests {
         let p = &c1.problems[0];
         assert!(p.path.ends_with("a.toml") && p.line == 3, "{p}");
         assert!(p.message.contains("does not exist") && p.message.contains("last good"), "{p}");
+
+        // The rule file breaking as well keeps both last good versions.
+        std::fs::write(d.rules.join("a.toml"), "name = ").unwrap();
+        let c1b = Catalog::reload(&e, &d.rules, &d.scripts, &c0);
+        assert!(c1b.rules.get("A").is_some() && c1b.scripts.contains_key("a.rhai"), "{:?}", c1b.problems);
 
         // Deleting the rule too clears everything.
         std::fs::remove_file(d.rules.join("a.toml")).unwrap();
