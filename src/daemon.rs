@@ -2,11 +2,11 @@
 //! and scripts when their files change, reloads the configuration on SIGHUP, and serves
 //! webhooks, `/healthz` and `/metrics`, until a shutdown signal (Ctrl-C or SIGTERM).
 //!
-//! Each arm of the loop calls a named handler: [`Daemon::dispatch`] starts a pass over the
-//! queue (as a task of its own, so that nothing cancels runs half-way), [`Daemon::handle_reload`]
-//! rebuilds the catalog aside and swaps it in, [`Daemon::handle_signal`] re-reads
-//! `tripline.toml`. Runs in progress keep the catalog they started with (they hold an `Arc` of
-//! it), and the run ledger means no event runs a rule twice, whatever a swap interleaves.
+//! Each arm of the loop calls a named handler: `dispatch` starts a pass over the queue (as a
+//! task of its own, so that nothing cancels runs half-way), `handle_reload` rebuilds the
+//! catalog aside and swaps it in, `handle_signal` re-reads `tripline.toml`. Runs in progress
+//! keep the catalog they started with (they hold an `Arc` of it), and the run ledger means no
+//! event runs a rule twice, whatever a swap interleaves.
 //!
 //! Shutdown: the HTTP server stops accepting and finishes the requests in progress, the
 //! dispatcher finishes the pass in progress (runs in flight complete) and starts no other, then
