@@ -48,6 +48,12 @@ pub enum Command {
     /// Records and tickets.
     #[command(subcommand)]
     Records(RecordsCommand),
+    /// Scheduled jobs.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// HTTP connections.
+    #[command(subcommand)]
+    Connection(ConnectionCommand),
     /// Copies the store, consistently, while the daemon runs.
     Backup {
         /// Where to write the copy (must not exist).
@@ -65,6 +71,9 @@ pub struct FireArgs {
     /// The event: created, updated (the record carries its `id`), deleted, or a custom name.
     #[arg(long, default_value = "created")]
     pub event: String,
+    /// Only store the events; the daemon (`tripline run`) runs them.
+    #[arg(long)]
+    pub queue: bool,
     /// Print only the summary.
     #[arg(long, short)]
     pub quiet: bool,
@@ -123,6 +132,30 @@ pub enum RecordsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Runs a job once, now, and then the rules its writes trigger.
+    Run {
+        name: String,
+        /// Print the runs as JSON Lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectionCommand {
+    /// Sends the connection's configured test request; prints status, time and a body excerpt.
+    Test { name: String },
+    /// OAuth2 authorization code: prints the login URL, waits for the callback, stores tokens.
+    Authorize {
+        name: String,
+        /// How long to wait for the login, in seconds.
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+    },
+}
+
 /// A command's failure: a message for stderr, and the exit code.
 #[derive(Debug)]
 pub struct Failure {
@@ -140,7 +173,16 @@ impl<E: std::fmt::Display> From<E> for Failure {
 pub fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Check => check(&cli.config),
-        Command::Run => crate::daemon::run_blocking(build(&cli.config)?),
+        Command::Run => {
+            let io = tokio::runtime::Runtime::new()?;
+            let runtime = build_on(&cli.config, Some(io.handle().clone()))?;
+            crate::daemon::run_blocking(io, runtime)
+        }
+        Command::Job(JobCommand::Run { name, json }) => job_run(&build(&cli.config)?, &name, json),
+        Command::Connection(ConnectionCommand::Test { name }) => connection_test(&build(&cli.config)?, &name),
+        Command::Connection(ConnectionCommand::Authorize { name, wait }) => {
+            connection_authorize(&build(&cli.config)?, &name, wait)
+        }
         Command::Fire(args) => fire(&build(&cli.config)?, args),
         Command::Test(args) => test(&build(&cli.config)?, args),
         Command::Runs(args) => runs(&build(&cli.config)?, args),
@@ -151,8 +193,15 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
 }
 
 fn build(config: &Path) -> Result<Runtime, Failure> {
-    Runtime::builder()
-        .config_file(config)
+    build_on(config, None)
+}
+
+fn build_on(config: &Path, handle: Option<tokio::runtime::Handle>) -> Result<Runtime, Failure> {
+    let mut builder = Runtime::builder().config_file(config);
+    if let Some(h) = handle {
+        builder = builder.handle(h);
+    }
+    builder
         .build()
         .map_err(|e| Failure { message: format!("{e}\n(run `tripline check` for the full report)"), code: 1 })
 }
@@ -188,6 +237,7 @@ pub fn check_all(config_path: &Path) -> (Vec<Diagnostic>, String) {
         examples += c.rules.rules().len();
         diags.extend(d);
     }
+    crate::jobs::build_jobs(&config, &catalog, &mut diags);
     let raw = &config.raw;
     let summary = format!(
         "ok: {} rules, {} scripts, {} directories, {} connections, {} jobs, {} webhooks{}",
@@ -317,8 +367,12 @@ fn fire(rt: &Runtime, args: FireArgs) -> Result<u8, Failure> {
     let mut events = 0;
     let mut batch = Vec::with_capacity(FIRE_BATCH);
     let mut flush = |batch: &mut Vec<Ingest>, out: &mut std::io::StdoutLock| -> Result<(), Failure> {
-        for event in rt.submit(batch)?.into_iter().flatten() {
+        let stored = if args.queue { rt.submit(batch)? } else { rt.submit_claimed(batch)? };
+        for event in stored.into_iter().flatten() {
             events += 1;
+            if args.queue {
+                continue;
+            }
             for run in rt.process_chain(event)? {
                 counts[run.status as usize] += 1;
                 if args.json {
@@ -529,5 +583,60 @@ fn backup(config: &Path, to: &Path) -> Result<u8, Failure> {
     let store = crate::store::sqlite::SqliteStore::open_dir(&config.engine.data_dir)?;
     store.backup(to)?;
     println!("store copied to {}", to.display());
+    Ok(0)
+}
+
+fn job_run(rt: &Runtime, name: &str, json: bool) -> Result<u8, Failure> {
+    let (run, raised) = rt.run_job(name, "manual")?;
+    let mut runs = vec![run];
+    for event in raised {
+        runs.extend(rt.process_chain(event)?);
+    }
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let mut failed = 0;
+    for run in &runs {
+        if run.status != RunStatus::Ok {
+            failed += 1;
+        }
+        if json {
+            writeln!(out, "{}", serde_json::to_string(run)?)?;
+        } else {
+            print_run(&mut out, run)?;
+        }
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+fn connection_of<'r>(
+    rt: &'r Runtime,
+    name: &str,
+) -> Result<&'r std::sync::Arc<crate::connection::Connection>, Failure> {
+    rt.hosts().connections.get(name).ok_or_else(|| {
+        let names = rt.hosts().connections.keys().map(String::as_str);
+        let hint = crate::diag::did_you_mean(name, names).map(|s| format!("; did you mean {s:?}?")).unwrap_or_default();
+        Failure { message: format!("no connection named {name:?}{hint}"), code: 1 }
+    })
+}
+
+fn connection_test(rt: &Runtime, name: &str) -> Result<u8, Failure> {
+    let conn = connection_of(rt, name)?;
+    let outcome = rt.hosts().block_on(conn.test_connection())??;
+    println!("{} {} -> {} in {} ms", outcome.method, outcome.path, outcome.status, outcome.elapsed.as_millis());
+    if !outcome.body_excerpt.is_empty() {
+        println!("{}", outcome.body_excerpt);
+    }
+    Ok(if (200..300).contains(&outcome.status) { 0 } else { 1 })
+}
+
+fn connection_authorize(rt: &Runtime, name: &str, wait: u64) -> Result<u8, Failure> {
+    let conn = connection_of(rt, name)?;
+    rt.hosts().block_on(async {
+        let pending = conn.begin_authorization().await?;
+        println!("Open this URL in a browser and log in:\n\n  {}\n", pending.url());
+        println!("Waiting for the callback on {} ...", pending.redirect_url());
+        pending.complete(std::time::Duration::from_secs(wait)).await
+    })??;
+    println!("Authorized: tokens for {name:?} are stored; they refresh by themselves.");
     Ok(0)
 }

@@ -1,6 +1,7 @@
 //! The daemon: one `tokio::select!` loop that dispatches stored events to rules, reloads rules
-//! and scripts when their files change, reloads the configuration on SIGHUP, and serves
-//! webhooks, `/healthz` and `/metrics`, until a shutdown signal (Ctrl-C or SIGTERM).
+//! and scripts when their files change, reloads the configuration on SIGHUP and prunes old
+//! history, beside two long-lived tasks (the job scheduler and the HTTP server for webhooks,
+//! `/healthz` and `/metrics`), until a shutdown signal (Ctrl-C or SIGTERM).
 //!
 //! Each arm of the loop calls a named handler: `dispatch` starts a pass over the queue (as a
 //! task of its own, so that nothing cancels runs half-way), `handle_reload` rebuilds the
@@ -9,8 +10,8 @@
 //! event runs a rule twice, whatever a swap interleaves.
 //!
 //! Shutdown: the HTTP server stops accepting and finishes the requests in progress, the
-//! dispatcher finishes the pass in progress (runs in flight complete) and starts no other, then
-//! [`run`] returns. Events stored but not yet processed stay queued for the next start.
+//! scheduler starts no job and lets running ones finish, the dispatcher finishes the pass in
+//! progress (runs in flight complete) and starts no other, then [`run`] returns. Events stored but not yet processed stay queued for the next start.
 //!
 //! What a SIGHUP applies at once: `[webhooks.*]` and `[notify.*]`, and the rules and scripts.
 //! What needs a restart (a warning names the section when it changed): `[engine]`, `[limits]`,
@@ -43,6 +44,9 @@ use crate::webhook::{ServerState, Webhooks};
 pub const IDLE_POLL: Duration = Duration::from_millis(500);
 /// Events fetched per dispatch pass.
 const PASS_BATCH: usize = 512;
+/// How often old finished events and successful runs are pruned (`[engine] retention_days`);
+/// also once at start.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -113,10 +117,9 @@ impl ControlHandle {
     }
 }
 
-/// Runs the daemon on a new tokio runtime until a signal; the CLI's `tripline run`.
-pub fn run_blocking(runtime: Runtime) -> Result<u8, crate::cli::Failure> {
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(run(Arc::new(runtime), shutdown_signal()))?;
+/// Runs the daemon on the given tokio runtime until a signal; the CLI's `tripline run`.
+pub fn run_blocking(io: tokio::runtime::Runtime, runtime: Runtime) -> Result<u8, crate::cli::Failure> {
+    io.block_on(run(Arc::new(runtime), shutdown_signal()))?;
     Ok(0)
 }
 
@@ -215,6 +218,12 @@ pub async fn run_with(
     let server = start_server(&runtime, &mut options, &status, &wake).await?;
     daemon.server = server.as_ref().map(|s| s.state.clone());
     let (_control_tx, mut control_rx) = controls(&mut options);
+    release_dead_claims(&runtime).await;
+    let (scheduler_stop, scheduler_stopped) = tokio::sync::oneshot::channel::<()>();
+    let scheduler = tokio::spawn(crate::jobs::scheduler_task(runtime.clone(), async {
+        let _ = scheduler_stopped.await;
+    }));
+    let mut prune = tokio::time::interval(PRUNE_EVERY);
 
     let catalog = runtime.catalog();
     info!(rules = catalog.rules.rules().len(), scripts = catalog.scripts.len(), "tripline daemon started.");
@@ -228,6 +237,7 @@ pub async fn run_with(
             result = wait_pass(&mut daemon.pass) => daemon.pass_finished(result),
             _ = wake.notified(), if daemon.pass.is_none() => daemon.dispatch(),
             _ = tokio::time::sleep(options.idle_poll), if daemon.pass.is_none() => daemon.dispatch(),
+            _ = prune.tick() => daemon.handle_prune().await,
         }
     }
 
@@ -243,7 +253,13 @@ pub async fn run_with(
             let _ = pass.await;
         }
     };
-    tokio::join!(server_stopped, pass_finished);
+    let jobs_finished = async {
+        let _ = scheduler_stop.send(());
+        if let Err(e) = scheduler.await {
+            error!(error = %e, "The scheduler panicked.");
+        }
+    };
+    tokio::join!(server_stopped, pass_finished, jobs_finished);
     drop(daemon.watcher.take());
     drop(files_tx);
     info!("tripline daemon stopped.");
@@ -339,6 +355,17 @@ fn controls(options: &mut Options) -> (UnboundedSender<Control>, UnboundedReceiv
         }
     }
     (tx, rx)
+}
+
+/// Releases the event claims of processes on this host that died, so that a crash's
+/// unfinished events run at once rather than when their leases expire.
+async fn release_dead_claims(runtime: &Arc<Runtime>) {
+    let rt = runtime.clone();
+    match tokio::task::spawn_blocking(move || rt.release_dead_claims()).await.expect("release task panicked") {
+        Ok(0) => {}
+        Ok(n) => info!(events = n, "Released the claims of a process that died; its events run now."),
+        Err(e) => warn!(%e, "Cannot release the claims of dead processes; they expire by themselves."),
+    }
 }
 
 /// The pass in progress's result; pending forever when there is none.
@@ -454,6 +481,17 @@ impl Daemon {
         });
     }
 
+    /// Deletes what `[engine] retention_days` no longer keeps.
+    async fn handle_prune(&mut self) {
+        let rt = self.runtime.clone();
+        match tokio::task::spawn_blocking(move || rt.prune()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(rows = n, "Pruned finished events and successful runs past the retention."),
+            Ok(Err(e)) => warn!(error = %e, "Pruning failed; it is tried again later."),
+            Err(e) => error!(error = %e, "The pruning task panicked."),
+        }
+    }
+
     /// SIGHUP (or a control request): re-read and validate `tripline.toml`, apply what can
     /// change at runtime, then reload the rules and scripts.
     async fn handle_signal(&mut self, control: Control, files: &mut UnboundedReceiver<Changes>) {
@@ -541,9 +579,7 @@ async fn dispatch_pass(runtime: Arc<Runtime>, workers: Arc<Semaphore>) -> PassRe
     let retried = tokio::task::spawn_blocking(move || rt.retry_due()).await.expect("retry task panicked")?;
     retried.iter().for_each(crate::metrics::run_finished);
     let rt = runtime.clone();
-    let events = tokio::task::spawn_blocking(move || rt.store().pending_events(0, PASS_BATCH))
-        .await
-        .expect("queue task panicked")?;
+    let events = tokio::task::spawn_blocking(move || rt.pending(PASS_BATCH)).await.expect("queue task panicked")?;
     if events.is_empty() {
         return Ok(!retried.is_empty());
     }

@@ -40,6 +40,7 @@ pub struct RuntimeBuilder {
     config_path: Option<PathBuf>,
     store: Option<Arc<dyn Store>>,
     hooks: Vec<EngineHook>,
+    handle: Option<tokio::runtime::Handle>,
 }
 
 impl RuntimeBuilder {
@@ -68,6 +69,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Drives LDAP and HTTP calls on this tokio runtime. Without it, the runtime in whose
+    /// context `build` is called is used, or else a small one of its own is started.
+    pub fn handle(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.handle = Some(handle);
+        self
+    }
+
     /// Validates everything and opens the store. Every problem is returned at once.
     pub fn build(self) -> Result<Runtime, BuildError> {
         let config = match (self.config, &self.config_path) {
@@ -76,7 +84,8 @@ impl RuntimeBuilder {
             (None, None) => Config::with_engine(EngineConfig::default()),
         };
         let scripts = Arc::new(ScriptEngine::new(&config.limits, &self.hooks));
-        let (catalog, diags) = Catalog::load(&scripts, &config.engine.rules_dir, &config.engine.scripts_dir);
+        let (catalog, mut diags) = Catalog::load(&scripts, &config.engine.rules_dir, &config.engine.scripts_dir);
+        let jobs = crate::jobs::build_jobs(&config, &catalog, &mut diags);
         if !diags.is_empty() {
             return Err(BuildError::Invalid(diags));
         }
@@ -84,17 +93,81 @@ impl RuntimeBuilder {
             Some(s) => s,
             None => Arc::new(SqliteStore::open_dir(&config.engine.data_dir)?),
         };
-        let notifier = crate::notification::Notifier::from_config(&config.raw.notify);
-        // Other host areas add their own fields to `Hosts`; the update keeps this line valid.
-        #[allow(clippy::needless_update)]
-        let hosts = Hosts { notifier, ..Hosts::default() };
+        let (handle, owned) = match self.handle.or_else(|| tokio::runtime::Handle::try_current().ok()) {
+            Some(h) => (h, None),
+            None => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("tripline-io")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| StoreError::Io("the async runtime".into(), e))?;
+                (rt.handle().clone(), Some(rt))
+            }
+        };
+        let hosts = build_hosts(&config, &store, handle).map_err(BuildError::Invalid)?;
         Ok(Runtime {
             config: Arc::new(config),
             store,
             scripts,
             catalog: ArcSwap::from_pointee(catalog),
             hosts: Arc::new(hosts),
+            jobs,
+            owner: claim_owner(),
+            _io: owned.map(OwnedRuntime),
         })
+    }
+}
+
+/// Builds the directories and connections of the configuration.
+fn build_hosts(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    handle: tokio::runtime::Handle,
+) -> Result<Hosts, Vec<Diagnostic>> {
+    let path = config.path.clone().unwrap_or_else(|| PathBuf::from("tripline.toml"));
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut diags = Vec::new();
+    let notifier = crate::notification::Notifier::from_config(&config.raw.notify);
+    let mut hosts = Hosts { handle: Some(handle), notifier, ..Hosts::default() };
+    for (name, cfg) in &config.raw.directories {
+        let cfg = cfg.get_ref();
+        match (cfg.build(name, &base_dir), crate::directory::Directory::dry_run(name, cfg)) {
+            (Ok(d), Ok(dry)) => {
+                hosts.directories.insert(name.clone(), Arc::new(d));
+                hosts.dry_directories.insert(name.clone(), Arc::new(dry));
+            }
+            (Err(e), _) | (_, Err(e)) => diags.push(Diagnostic::file(&path, format!("directories.{name}: {e}"))),
+        }
+    }
+    let tokens: Arc<dyn crate::connection::TokenStore> = Arc::new(crate::jobs::StoreTokens(store.clone()));
+    for (name, cfg) in &config.raw.connections {
+        match cfg.get_ref().build(name, tokens.clone()) {
+            Ok(c) => {
+                hosts.connections.insert(name.clone(), Arc::new(c));
+            }
+            Err(e) => diags.push(Diagnostic::file(&path, format!("connections.{name}: {e}"))),
+        }
+    }
+    if diags.is_empty() {
+        Ok(hosts)
+    } else {
+        Err(diags)
+    }
+}
+
+/// A tokio runtime the tripline runtime started for itself, shut down without waiting when
+/// it is dropped (dropping a runtime normally blocks, which is not allowed everywhere).
+struct OwnedRuntime(tokio::runtime::Runtime);
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        // Move the runtime out to shut it down in the background.
+        let rt = std::mem::replace(
+            &mut self.0,
+            tokio::runtime::Builder::new_current_thread().build().expect("an empty runtime builds"),
+        );
+        rt.shutdown_background();
     }
 }
 
@@ -105,6 +178,26 @@ pub struct Runtime {
     scripts: Arc<ScriptEngine>,
     catalog: ArcSwap<Catalog>,
     hosts: Arc<Hosts>,
+    jobs: std::collections::BTreeMap<String, crate::scheduler::Job>,
+    /// Who this runtime is in event claims: `pid@host/instance`.
+    owner: String,
+    _io: Option<OwnedRuntime>,
+}
+
+/// This runtime's name in event claims. The pid and host let a restarted daemon release the
+/// claims of a process that died (`kill -9`) at once instead of waiting for them to expire.
+fn claim_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+    let instance = uuid::Uuid::now_v7().simple().to_string();
+    format!("{}@{}/{}", std::process::id(), host.trim(), &instance[instance.len() - 8..])
+}
+
+/// Whether a claim owner on this host is a process that no longer exists.
+fn owner_is_gone(owner: &str) -> bool {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+    let Some((pid, rest)) = owner.split_once('@') else { return false };
+    let same_host = rest.split('/').next() == Some(host.trim());
+    same_host && pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// How one rule fared on one event in a dry run.
@@ -172,9 +265,46 @@ impl Runtime {
         self.catalog.store(Arc::new(catalog));
     }
 
-    /// Stores events (nothing runs yet); see [`Store::ingest`].
+    /// Stores events (nothing runs yet; the dispatcher picks them up); see [`Store::ingest`].
     pub fn submit(&self, items: &[Ingest]) -> Result<Vec<Option<Event>>, StoreError> {
-        self.store.ingest(items)
+        self.store.ingest(items, None)
+    }
+
+    /// Stores events claimed by this runtime, to process them now with [`Runtime::process_chain`].
+    pub fn submit_claimed(&self, items: &[Ingest]) -> Result<Vec<Option<Event>>, StoreError> {
+        self.store.ingest(items, Some((&self.owner, self.lease_until())))
+    }
+
+    /// How long a claim holds: long enough for a run at its wall-clock limit, renewed before
+    /// each rule.
+    fn lease_until(&self) -> chrono::DateTime<Utc> {
+        Utc::now() + chrono::Duration::milliseconds(self.scripts.limits().timeout_ms as i64 * 2 + 60_000)
+    }
+
+    /// Releases the claims of processes on this host that died; the daemon calls it at start
+    /// so that a crash's unfinished events run at once.
+    pub fn release_dead_claims(&self) -> Result<u64, StoreError> {
+        let mut released = 0;
+        for owner in self.store.claim_owners()? {
+            if owner != self.owner && owner_is_gone(&owner) {
+                released += self.store.release_claims(&owner)?;
+            }
+        }
+        Ok(released)
+    }
+
+    /// Events that can run now, oldest first, under `[engine] after_failure`.
+    pub fn pending(&self, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let wait = self.config.engine.after_failure == crate::config::AfterFailure::Wait;
+        self.store.pending_events(limit, wait)
+    }
+
+    /// Prunes what `[engine] retention_days` no longer keeps.
+    pub fn prune(&self) -> Result<u64, StoreError> {
+        match self.config.engine.retention_days {
+            0 => Ok(0),
+            days => self.store.prune(Utc::now() - chrono::Duration::days(days as i64)),
+        }
     }
 
     /// Stores one record as an event of `kind` and runs every rule it triggers, following the
@@ -182,7 +312,7 @@ impl Runtime {
     pub fn fire(&self, entity: &str, kind: EventKind, record: Submitted) -> Result<Vec<Run>, StoreError> {
         let item = Ingest { entity: entity.to_string(), kind, record, idempotency_key: None };
         let mut runs = Vec::new();
-        for event in self.store.ingest(&[item])?.into_iter().flatten() {
+        for event in self.submit_claimed(&[item])?.into_iter().flatten() {
             runs.extend(self.process_chain(event)?);
         }
         Ok(runs)
@@ -204,7 +334,7 @@ impl Runtime {
     pub fn drain(&self) -> Result<Vec<Run>, StoreError> {
         let mut runs = Vec::new();
         loop {
-            let events = self.store.pending_events(0, 256)?;
+            let events = self.pending(256)?;
             if events.is_empty() {
                 return Ok(runs);
             }
@@ -218,6 +348,17 @@ impl Runtime {
     /// commits each run with its writes, and marks the event processed. Returns the runs and
     /// the events the writes raised.
     pub fn process_event(&self, event: &Event) -> Result<(Vec<Run>, Vec<Event>), StoreError> {
+        if self.store.claim(&[event.id], &self.owner, self.lease_until())?.is_empty() {
+            // Another process has it (or it is finished).
+            return Ok((Vec::new(), Vec::new()));
+        }
+        if self.config.engine.after_failure == crate::config::AfterFailure::Wait
+            && self.store.record_waits(&event.record.id, event.id)?
+        {
+            // An earlier event of this record waits for a retry: this one runs after it.
+            self.store.unclaim(event.id, &self.owner)?;
+            return Ok((Vec::new(), Vec::new()));
+        }
         let catalog = self.catalog.load_full();
         let ledger = self.store.runs_of_event(event.id)?;
         let rules: Vec<Arc<Rule>> = catalog
@@ -230,6 +371,9 @@ impl Runtime {
         let mut raised = Vec::new();
         let last = rules.len().saturating_sub(1);
         for (i, rule) in rules.iter().enumerate() {
+            if i > 0 && self.store.claim(&[event.id], &self.owner, self.lease_until())?.is_empty() {
+                return Ok((runs, raised));
+            }
             let finish = (i == last).then_some(event.id);
             let Some(outcome) = self.execute(&catalog, rule, event, 1, false) else {
                 if let Some(id) = finish {
@@ -328,6 +472,9 @@ impl Runtime {
             dry_run,
         );
         ctx.comment_key = format!("event:{}:rule:{}", event.id, rule.name);
+        if dry_run {
+            ctx.unstored = Some(event.record.clone());
+        }
         let ctx = Arc::new(ctx);
         let inv = Invocation {
             record: Some(&event.record),
@@ -492,15 +639,81 @@ impl Runtime {
         self.store.runs(filter)
     }
 
+    /// The host systems (directories, connections).
+    pub fn hosts(&self) -> &Arc<Hosts> {
+        &self.hosts
+    }
+
+    /// The configured jobs.
+    pub fn jobs(&self) -> &std::collections::BTreeMap<String, crate::scheduler::Job> {
+        &self.jobs
+    }
+
+    /// Runs a job's script once, now, and records the run (`rule` = `job:NAME`). `trigger` is
+    /// what scripts see as `event`: "schedule" or "manual". Returns the run and the events its
+    /// writes raised (stored; the dispatcher runs them).
+    pub fn run_job(&self, name: &str, trigger: &str) -> Result<(Run, Vec<Event>), crate::jobs::JobError> {
+        use crate::jobs::JobError;
+        let job = self.jobs.get(name).ok_or_else(|| {
+            let hint = crate::diag::did_you_mean(name, self.jobs.keys().map(String::as_str))
+                .map(|s| format!("; did you mean {s:?}?"))
+                .unwrap_or_default();
+            JobError::Unknown(format!("no job named {name:?}{hint}"))
+        })?;
+        let catalog = self.catalog.load_full();
+        let rule_name = format!("job:{name}");
+        let started_at = Utc::now();
+        let start = Instant::now();
+        let mut ctx = RunCtx::new(
+            self.store.clone(),
+            self.hosts.clone(),
+            &rule_name,
+            start + Duration::from_millis(self.scripts.limits().timeout_ms),
+            false,
+        );
+        ctx.state_namespace = rule_name.clone();
+        ctx.comment_key = rule_name.clone();
+        let ctx = Arc::new(ctx);
+        let params = match &job.params {
+            serde_json::Value::Object(m) => m.clone(),
+            _ => Default::default(),
+        };
+        let inv = Invocation { record: None, previous: None, event: trigger, rule: &rule_name, params: &params };
+        let result = match catalog.scripts.get(&job.script) {
+            Some(ast) => self.scripts.run(ast, &inv, ctx.clone()).map(|_| ()),
+            None => Err(crate::script::ScriptError {
+                message: format!("script {:?} is not loaded", job.script),
+                transient: false,
+            }),
+        };
+        let (status, error) = match result {
+            Ok(()) => (RunStatus::Ok, None),
+            // A job is retried by its next tick, not by the run queue.
+            Err(e) => (RunStatus::Failed, Some(e.message)),
+        };
+        let (writes, notes) = ctx.take_writes();
+        let run = Run {
+            id: 0,
+            rule: rule_name,
+            record_id: None,
+            event_id: None,
+            event: trigger.to_string(),
+            status,
+            error,
+            duration_ms: start.elapsed().as_millis() as u64,
+            log: ctx.log_lines(),
+            attempts: 1,
+            started_at,
+            finished_at: Utc::now(),
+            next_attempt_at: None,
+        };
+        let (run, raised) = self.commit(Outcome { run, writes, notes }, 0, None)?;
+        Ok((run, raised))
+    }
+
     /// The folder the configuration was read from.
     pub fn base_dir(&self) -> &Path {
         self.config.path.as_deref().and_then(Path::parent).unwrap_or(Path::new("."))
-    }
-
-    /// The host systems scripts reach (the daemon reconfigures notification channels through
-    /// it on SIGHUP, and notifies failures through it).
-    pub fn hosts(&self) -> &Arc<Hosts> {
-        &self.hosts
     }
 }
 

@@ -1,15 +1,514 @@
-//! Placeholder: scheduled jobs, filled by its own issue.
+//! Scheduled jobs: `[jobs.NAME]` and the loop that starts them on their cron schedules.
+//!
+//! The [`Scheduler`] decides *when*; the daemon's [`JobRunner`] decides *how* (run the
+//! script, record the run). Two promises live here:
+//!
+//! - a job never overlaps itself: a tick that comes while the previous run is still going is
+//!   skipped (and logged);
+//! - a tick missed while the daemon was down runs once on start, not once per missed tick.
+//!   The last handled tick of each job is kept in a [`LastRunStore`] for that.
+//!
+//! Time comes from a [`WallClock`]; [`TokioClock`] follows tokio's clock so that tests can
+//! pause time and step through a day of ticks at once.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Local, Utc};
+use croner::parser::{CronParser, Seconds, Year};
+use croner::Cron;
+use futures::future::BoxFuture;
 use serde::Deserialize;
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
 
 use crate::config::CheckCtx;
+use crate::connection::config::duration;
+
+/// Any error, as runners and stores report them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `[jobs.NAME]` as written.
+///
+/// ```toml
+/// [jobs.flex_hr_sync]
+/// schedule = "0 */2 * * * *"     # 6 fields: with seconds; 5 fields: minute-level
+/// script = "flex_hr_job.rhai"
+/// params = { modified_since_days = 30, instance_id = "ACME" }
+/// enabled = true
+/// notify_on_failure = ["it_ops"]
+/// stale_after = "24h"
+/// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct JobConfig {}
+pub struct JobConfig {
+    /// A cron expression of 5 fields (minute hour day-of-month month day-of-week) or 6 (a
+    /// seconds field first), evaluated in the scheduler's time zone (local by default).
+    pub schedule: toml::Spanned<String>,
+    /// The script to run, under `scripts_dir`.
+    pub script: toml::Spanned<String>,
+    /// What the script sees as `params`.
+    #[serde(default)]
+    pub params: toml::Table,
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// Notification channels told when a run fails.
+    #[serde(default)]
+    pub notify_on_failure: Vec<String>,
+    /// How long without a successful run before the job counts as stale.
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    pub stale_after: Option<Duration>,
+}
+
+fn enabled() -> bool {
+    true
+}
 
 impl JobConfig {
     /// Records every problem of this section.
-    pub fn check(&self, _name: &str, _span: std::ops::Range<usize>, _ctx: &mut CheckCtx) {}
+    pub fn check(&self, name: &str, span: Range<usize>, ctx: &mut CheckCtx) {
+        if let Err(e) = Schedule::parse(self.schedule.get_ref()) {
+            ctx.error(self.schedule.span(), format!("job {name}: {e}"));
+        }
+        if self.script.get_ref().trim().is_empty() {
+            ctx.error(self.script.span(), format!("job {name}: script is empty"));
+        }
+        if self.stale_after.is_some_and(|d| d.is_zero()) {
+            ctx.error(span, format!("job {name}: stale_after must be more than zero"));
+        }
+    }
+
+    /// `params` as JSON (TOML dates become RFC 3339 text).
+    pub fn params_json(&self) -> Value {
+        Value::Object(self.params.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect())
+    }
+
+    /// The runtime job.
+    pub fn build(&self, name: &str) -> Result<Job, ScheduleError> {
+        Ok(Job {
+            name: name.to_string(),
+            schedule: Schedule::parse(self.schedule.get_ref())?,
+            script: self.script.get_ref().clone(),
+            params: self.params_json(),
+            enabled: self.enabled,
+            notify_on_failure: self.notify_on_failure.clone(),
+            stale_after: self.stale_after,
+        })
+    }
+}
+
+fn toml_to_json(value: &toml::Value) -> Value {
+    match value {
+        toml::Value::String(s) => Value::String(s.clone()),
+        toml::Value::Integer(i) => Value::from(*i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(items) => Value::Array(items.iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => Value::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
+    }
+}
+
+/// A schedule that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("schedule `{schedule}`: {message}")]
+pub struct ScheduleError {
+    pub schedule: String,
+    pub message: String,
+}
+
+/// A parsed cron expression.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    text: String,
+    cron: Cron,
+}
+
+/// The time zone cron expressions are read in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Zone {
+    /// The machine's local time (a daily `0 2 * * *` runs at 2 a.m. where the daemon is).
+    #[default]
+    Local,
+    Utc,
+}
+
+impl Schedule {
+    /// 5 fields (minute-level) or 6 (seconds first); `@hourly`-style nicknames too.
+    pub fn parse(text: &str) -> Result<Schedule, ScheduleError> {
+        let fail = |message: String| ScheduleError { schedule: text.to_string(), message };
+        let fields = text.split_whitespace().count();
+        if !text.trim_start().starts_with('@') && fields != 5 && fields != 6 {
+            return Err(fail(format!(
+                "a cron expression has 5 fields (minute hour day-of-month month day-of-week) \
+                 or 6 (second first), not {fields}"
+            )));
+        }
+        let cron = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .year(Year::Disallowed)
+            .build()
+            .parse(text)
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(Schedule { text: text.to_string(), cron })
+    }
+
+    /// The expression as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The first tick strictly after `t`.
+    pub fn next_after(&self, t: DateTime<Utc>, zone: Zone) -> Option<DateTime<Utc>> {
+        match zone {
+            Zone::Utc => self.cron.find_next_occurrence(&t, false).ok(),
+            Zone::Local => {
+                self.cron.find_next_occurrence(&t.with_timezone(&Local), false).ok().map(|d| d.with_timezone(&Utc))
+            }
+        }
+    }
+
+    /// The latest tick at or before `t`.
+    pub fn latest_until(&self, t: DateTime<Utc>, zone: Zone) -> Option<DateTime<Utc>> {
+        match zone {
+            Zone::Utc => self.cron.find_previous_occurrence(&t, true).ok(),
+            Zone::Local => {
+                self.cron.find_previous_occurrence(&t.with_timezone(&Local), true).ok().map(|d| d.with_timezone(&Utc))
+            }
+        }
+    }
+}
+
+/// A job ready to be scheduled.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub schedule: Schedule,
+    pub script: String,
+    pub params: Value,
+    pub enabled: bool,
+    pub notify_on_failure: Vec<String>,
+    pub stale_after: Option<Duration>,
+}
+
+/// Runs one job once; the daemon's implementation runs the script and records the run.
+pub trait JobRunner: Send + Sync + 'static {
+    /// Runs `job` for the scheduled `tick`. The future must own what it needs.
+    fn run_job(&self, job: &Job, tick: DateTime<Utc>) -> BoxFuture<'static, Result<(), BoxError>>;
+}
+
+/// The last handled tick of each job, kept across restarts.
+///
+/// "Handled" means started, or skipped because the previous run was still going. A job seen
+/// for the first time gets the start time, so that a later outage is noticed even before
+/// its first tick.
+pub trait LastRunStore: Send + Sync {
+    fn last_tick(&self, job: &str) -> Result<Option<DateTime<Utc>>, BoxError>;
+    fn record_tick(&self, job: &str, tick: DateTime<Utc>) -> Result<(), BoxError>;
+}
+
+/// Last ticks in memory only.
+#[derive(Debug, Default)]
+pub struct MemoryLastRunStore {
+    ticks: Mutex<HashMap<String, DateTime<Utc>>>,
+}
+
+impl MemoryLastRunStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl LastRunStore for MemoryLastRunStore {
+    fn last_tick(&self, job: &str) -> Result<Option<DateTime<Utc>>, BoxError> {
+        Ok(self.ticks.lock().unwrap_or_else(|e| e.into_inner()).get(job).copied())
+    }
+
+    fn record_tick(&self, job: &str, tick: DateTime<Utc>) -> Result<(), BoxError> {
+        self.ticks.lock().unwrap_or_else(|e| e.into_inner()).insert(job.to_string(), tick);
+        Ok(())
+    }
+}
+
+/// Where the scheduler reads the time.
+pub trait WallClock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl WallClock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A wall clock that starts at a given time and advances with tokio's clock, so that a
+/// paused test runtime controls it.
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    wall: DateTime<Utc>,
+    origin: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn starting_at(wall: DateTime<Utc>) -> Self {
+        Self { wall, origin: tokio::time::Instant::now() }
+    }
+}
+
+impl WallClock for TokioClock {
+    fn now(&self) -> DateTime<Utc> {
+        let elapsed = chrono::Duration::from_std(self.origin.elapsed()).unwrap_or_default();
+        self.wall + elapsed
+    }
+}
+
+/// Starts jobs on their ticks.
+pub struct Scheduler {
+    jobs: Vec<Job>,
+    last_runs: Arc<dyn LastRunStore>,
+    clock: Arc<dyn WallClock>,
+    zone: Zone,
+}
+
+struct Slot {
+    job: Job,
+    next: Option<DateTime<Utc>>,
+    running: bool,
+}
+
+impl Scheduler {
+    /// A scheduler for the enabled ones of `jobs`, on the system clock in local time.
+    pub fn new(jobs: impl IntoIterator<Item = Job>, last_runs: Arc<dyn LastRunStore>) -> Self {
+        Self {
+            jobs: jobs.into_iter().filter(|j| j.enabled).collect(),
+            last_runs,
+            clock: Arc::new(SystemClock),
+            zone: Zone::Local,
+        }
+    }
+
+    /// Reads the time from `clock` instead of the system.
+    pub fn with_clock(mut self, clock: Arc<dyn WallClock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Reads cron expressions in `zone`.
+    pub fn with_zone(mut self, zone: Zone) -> Self {
+        self.zone = zone;
+        self
+    }
+
+    /// Starts jobs until `shutdown` completes, then waits for the runs in progress. (Dropping
+    /// the future instead aborts them.)
+    pub async fn run(self, runner: impl JobRunner, shutdown: impl Future<Output = ()>) {
+        let Scheduler { jobs, last_runs, clock, zone } = self;
+        let runner = Arc::new(runner);
+        let mut running: JoinSet<Result<(), BoxError>> = JoinSet::new();
+        let mut tasks: HashMap<tokio::task::Id, (usize, DateTime<Utc>)> = HashMap::new();
+        let mut slots: Vec<Slot> = jobs.into_iter().map(|job| Slot { job, next: None, running: false }).collect();
+
+        let start = |slot: &mut Slot,
+                     index: usize,
+                     tick: DateTime<Utc>,
+                     running: &mut JoinSet<Result<(), BoxError>>,
+                     tasks: &mut HashMap<tokio::task::Id, (usize, DateTime<Utc>)>| {
+            info!(job = %slot.job.name, %tick, "Starting job.");
+            let handle = running.spawn(runner.run_job(&slot.job, tick));
+            tasks.insert(handle.id(), (index, tick));
+            slot.running = true;
+        };
+        let record = |job: &str, tick: DateTime<Utc>| {
+            if let Err(e) = last_runs.record_tick(job, tick) {
+                warn!(job, %tick, error = %e, "Cannot record the job's last tick; a restart may run it once more.");
+            }
+        };
+
+        let now = clock.now();
+        for (index, slot) in slots.iter_mut().enumerate() {
+            match last_runs.last_tick(&slot.job.name) {
+                Ok(Some(last)) => {
+                    if let Some(missed) = slot.job.schedule.latest_until(now, zone) {
+                        if missed > last {
+                            info!(job = %slot.job.name, tick = %missed, last = %last, "Running the tick missed while the daemon was down.");
+                            start(slot, index, missed, &mut running, &mut tasks);
+                            record(&slot.job.name, missed);
+                        }
+                    }
+                }
+                Ok(None) => record(&slot.job.name, now),
+                Err(e) => {
+                    warn!(job = %slot.job.name, error = %e, "Cannot read the job's last tick; missed ticks are not caught up.")
+                }
+            }
+            slot.next = slot.job.schedule.next_after(now, zone);
+            if slot.next.is_none() {
+                warn!(job = %slot.job.name, schedule = slot.job.schedule.as_str(), "The schedule has no future tick.");
+            }
+        }
+
+        tokio::pin!(shutdown);
+        loop {
+            let next = slots.iter().filter_map(|s| s.next).min();
+            let wait = async {
+                match next {
+                    Some(at) => {
+                        let delay = (at - clock.now()).to_std().unwrap_or(Duration::ZERO);
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    finished(done, &mut slots, &mut tasks);
+                    continue;
+                }
+                _ = wait => {}
+            }
+            let now = clock.now();
+            for (index, slot) in slots.iter_mut().enumerate() {
+                let Some(tick) = slot.next else { continue };
+                if tick > now {
+                    continue;
+                }
+                if slot.running {
+                    info!(job = %slot.job.name, %tick, "Skipping the tick: the previous run is still going.");
+                } else {
+                    start(slot, index, tick, &mut running, &mut tasks);
+                }
+                record(&slot.job.name, tick);
+                // From now, not from the tick: ticks passed while asleep (a suspended
+                // machine) are not run one after another.
+                slot.next = slot.job.schedule.next_after(now, zone);
+            }
+        }
+        if !running.is_empty() {
+            info!(runs = running.len(), "Scheduler stopping; waiting for the runs in progress.");
+        }
+        while let Some(done) = running.join_next_with_id().await {
+            finished(done, &mut slots, &mut tasks);
+        }
+    }
+}
+
+type Finished = Result<(tokio::task::Id, Result<(), BoxError>), tokio::task::JoinError>;
+
+fn finished(done: Finished, slots: &mut [Slot], tasks: &mut HashMap<tokio::task::Id, (usize, DateTime<Utc>)>) {
+    let id = match &done {
+        Ok((id, _)) => *id,
+        Err(e) => e.id(),
+    };
+    let Some((index, tick)) = tasks.remove(&id) else {
+        return;
+    };
+    let slot = &mut slots[index];
+    slot.running = false;
+    let job = &slot.job.name;
+    match done {
+        Ok((_, Ok(()))) => info!(job = %job, %tick, "Job finished."),
+        Ok((_, Err(e))) => warn!(job = %job, %tick, error = %e, "Job failed."),
+        Err(e) => error!(job = %job, %tick, error = %e, "Job run panicked or was aborted."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    /// The daemon spawns the scheduler on tokio's worker threads.
+    #[allow(dead_code)]
+    fn the_loop_can_move_between_threads(s: Scheduler, r: impl JobRunner) {
+        fn send<T: Send>(_: T) {}
+        send(s.run(r, async {}));
+    }
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+    }
+
+    #[test]
+    fn five_and_six_fields() {
+        let t = utc(2026, 1, 5, 10, 0, 30);
+        let five = Schedule::parse("*/2 * * * *").unwrap();
+        assert_eq!(five.next_after(t, Zone::Utc), Some(utc(2026, 1, 5, 10, 2, 0)));
+        assert_eq!(five.latest_until(t, Zone::Utc), Some(utc(2026, 1, 5, 10, 0, 0)));
+        let six = Schedule::parse("15 */2 * * * *").unwrap();
+        assert_eq!(six.next_after(t, Zone::Utc), Some(utc(2026, 1, 5, 10, 2, 15)));
+        let exact = Schedule::parse("30 0 10 * * *").unwrap();
+        assert_eq!(exact.latest_until(t, Zone::Utc), Some(t));
+        assert!(Schedule::parse("@hourly").is_ok());
+    }
+
+    #[test]
+    fn bad_schedules_say_why() {
+        let e = Schedule::parse("* * * *").unwrap_err().to_string();
+        assert!(e.contains("5 fields") && e.contains("not 4"), "{e}");
+        let e = Schedule::parse("0 0 0 * * * 2030").unwrap_err().to_string();
+        assert!(e.contains("not 7"), "{e}");
+        let e = Schedule::parse("61 * * * *").unwrap_err().to_string();
+        assert!(e.starts_with("schedule `61 * * * *`: "), "{e}");
+    }
+
+    #[test]
+    fn params_become_json() {
+        let job: JobConfig = toml::from_str(
+            r#"
+schedule = "0 */2 * * * *"
+script = "flex_hr_job.rhai"
+params = { modified_since_days = 30, instance_id = "ACME", since = 2026-01-01T00:00:00Z, nested = { a = [1.5, true] } }
+notify_on_failure = ["it_ops"]
+stale_after = "24h"
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            job.params_json(),
+            serde_json::json!({
+                "modified_since_days": 30, "instance_id": "ACME",
+                "since": "2026-01-01T00:00:00Z", "nested": {"a": [1.5, true]}
+            })
+        );
+        assert!(job.enabled);
+        assert_eq!(job.stale_after, Some(Duration::from_secs(86400)));
+        assert_eq!(job.notify_on_failure, ["it_ops"]);
+        let built = job.build("flex_hr_sync").unwrap();
+        assert_eq!(built.schedule.as_str(), "0 */2 * * * *");
+    }
+
+    #[test]
+    fn check_reports_the_schedule_at_its_place() {
+        let source = "[jobs.sync]\nschedule = \"0 0 * *\"\nscript = \"x.rhai\"\n";
+        #[derive(Deserialize)]
+        struct File {
+            jobs: std::collections::BTreeMap<String, toml::Spanned<JobConfig>>,
+        }
+        let file: File = toml::from_str(source).unwrap();
+        let path = std::path::Path::new("tripline.toml");
+        let mut ctx = CheckCtx { path, source, base_dir: std::path::Path::new("."), diags: Vec::new() };
+        for (name, job) in &file.jobs {
+            job.get_ref().check(name, job.span(), &mut ctx);
+        }
+        let messages: Vec<String> = ctx.diags.iter().map(|d| d.to_string()).collect();
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert!(
+            messages[0].starts_with("tripline.toml:2:12: job sync: schedule `0 0 * *`: a cron expression has 5 fields"),
+            "{messages:?}"
+        );
+        let e = toml::from_str::<JobConfig>("schedule = \"* * * * *\"\nscript = \"x\"\ncron = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `cron`"), "{e}");
+    }
 }

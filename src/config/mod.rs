@@ -62,6 +62,13 @@ pub struct EngineConfig {
     pub retry_backoff_ms: u64,
     /// The longest delay between two attempts, in milliseconds.
     pub retry_max_backoff_ms: u64,
+    /// What a record's later events do while one of its runs waits for a retry: `"wait"`
+    /// (default: they run after it, keeping the record's events in order) or `"proceed"`.
+    /// A dead run no longer holds anything back; it waits in `runs --failed` for a replay.
+    pub after_failure: AfterFailure,
+    /// Finished events and successful runs older than this many days are pruned by the
+    /// daemon (0 keeps everything). Failed and dead runs are kept.
+    pub retention_days: u32,
     /// Extra folders of rules and scripts that `tripline check` validates but the engine does
     /// not load (the shipped examples).
     pub check_dirs: Vec<PathBuf>,
@@ -79,9 +86,19 @@ impl Default for EngineConfig {
             max_attempts: 8,
             retry_backoff_ms: 5_000,
             retry_max_backoff_ms: 3_600_000,
+            after_failure: AfterFailure::Wait,
+            retention_days: 30,
             check_dirs: Vec::new(),
         }
     }
+}
+
+/// See [`EngineConfig::after_failure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterFailure {
+    Wait,
+    Proceed,
 }
 
 /// `[limits]`: the script sandbox. All limits are on by default.

@@ -1,15 +1,38 @@
-//! Placeholder: filled by its own issue.
+//! LDAP and Active Directory: the `[directories.NAME]` configuration, one shared connection
+//! per directory, the user and group operations scripts call, and the Flex HR sync.
+//!
+//! Layout:
+//! - [`config`]: `DirectoryConfig` as written, its checks, the HR attribute mapping.
+//! - `handle`: [`Directory`], the runtime: connection or dry-run record, search plumbing.
+//! - `conn`: opening, binding, sharing (pipelining) and reopening the connection.
+//! - `users`, `groups`: the operations; [`flexhr`]: `ProcessFlexHrUserOnAD`'s directory part.
+//! - [`json`]: operation arguments from script values.
+//! - [`dn`], [`filter`]: escaping (RFC 4514 / RFC 4515) and DN parsing; [`ident`]: how a user
+//!   or group is named; [`ad`]: userAccountControl, unicodePwd, AD error codes; `schema`:
+//!   attribute names per kind of directory; [`error`]: errors and their classification.
+//!
+//! Dry-run mode (`dry_run = true`, or [`Directory::dry_run`]) never connects: reads find
+//! nothing, writes succeed and are recorded as [`PlannedChange`]s ("would create CN=...")
+//! that [`Directory::planned_changes`] returns. A fresh install starts in this mode.
 
-use serde::Deserialize;
+pub mod ad;
+pub mod config;
+mod conn;
+pub mod dn;
+pub mod error;
+pub mod filter;
+pub mod flexhr;
+mod groups;
+mod handle;
+pub mod ident;
+pub mod json;
+mod schema;
+mod users;
 
-use crate::config::CheckCtx;
-
-/// `[directories.NAME]` as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DirectoryConfig {}
-
-impl DirectoryConfig {
-    /// Records every problem of this section.
-    pub fn check(&self, _name: &str, _span: std::ops::Range<usize>, _ctx: &mut CheckCtx) {}
-}
+pub use config::{default_mapping, DirectoryConfig, DirectoryKind, Timeout};
+pub use error::DirectoryError;
+pub use flexhr::{ManagerOutcome, SyncOutcome, SyncStatus};
+pub use handle::{Directory, Entry, PlannedChange, SearchRequest, SearchScope};
+pub use ident::{GroupId, UserId};
+pub use json::attributes_from_json;
+pub use users::NewUser;

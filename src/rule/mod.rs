@@ -379,3 +379,96 @@ mod tests {
         assert!(set.get("off").is_some());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests: rule files, whatever their text, give a rule or diagnostics, never a
+    //! panic; and rules that compile evaluate any record without panicking.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn compile(src: &str) -> Result<Rule, Vec<Diagnostic>> {
+        let engine = crate::script::ScriptEngine::new(&crate::config::LimitsConfig::default(), &[]);
+        compile_rule(Path::new("fuzz.toml"), src, &|w| engine.compile_guard(w))
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
+            ".{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map("[a-c.]{1,3}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn toml_literal() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("true".to_string()),
+            any::<i32>().prop_map(|i| i.to_string()),
+            "[a-zA-Z(*)\\\\.^$]{0,6}".prop_map(|s| format!("{s:?}")),
+            prop::collection::vec(any::<i16>(), 0..3).prop_map(|v| format!("{v:?}")),
+            Just("{ x = 1 }".to_string()),
+            Just("1979-05-27T07:32:00Z".to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_text_is_a_rule_or_diagnostics(src in "\\PC{0,200}") {
+            let _ = compile(&src);
+        }
+
+        #[test]
+        fn structured_rules_never_panic(
+            field in "[A-Za-z.]{0,10}|Created|Updated|Event|Entity",
+            op in "[a-z_]{0,12}|equals|in|matches|gt|changed|exists",
+            value in proptest::option::of(toml_literal()),
+            when in proptest::option::of("[a-z .=<>!&|\"0-9]{0,20}"),
+            record in json_value(),
+        ) {
+            let value = value.map(|v| format!(", value = {v}")).unwrap_or_default();
+            let when = when.map(|w| format!("when = {w:?}\n")).unwrap_or_default();
+            let src = format!(
+                "name = \"p\"\nentity = \"t\"\nscript = \"s.rhai\"\n{when}conditions = [{{ field = {field:?}, op = {op:?}{value} }}]\n"
+            );
+            if let Ok(rule) = compile(&src) {
+                let fields = match record { serde_json::Value::Object(m) => m, other => [("v".to_string(), other)].into_iter().collect() };
+                let event = Event {
+                    id: 1,
+                    kind: crate::record::EventKind::Updated,
+                    record: crate::record::Record::new("t", fields.clone()),
+                    previous: Some(crate::record::Record::new("t", Default::default())),
+                    depth: 0,
+                    created_at: chrono::Utc::now(),
+                };
+                let set = RuleSet::new(vec![rule]);
+                let _ = set.matching(&event);
+            }
+        }
+
+        #[test]
+        fn any_config_text_is_a_config_or_diagnostics(src in "\\PC{0,300}") {
+            let _ = crate::config::Config::from_str(&src, Path::new("tripline.toml"));
+        }
+
+        #[test]
+        fn config_sections_with_random_values_never_panic(
+            section in "engine|limits|directories.AD|connections.hr|jobs.j|webhooks.w|notify.n|server",
+            key in "[a-z_]{1,12}|url|schedule|kind|auth|workers|timeout_ms|base_dn|path",
+            value in toml_literal(),
+        ) {
+            let src = format!("[{section}]\n{key} = {value}\n");
+            let _ = crate::config::Config::from_str(&src, Path::new("tripline.toml"));
+        }
+    }
+}

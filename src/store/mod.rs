@@ -139,13 +139,30 @@ pub struct RunFilter {
 /// The store's operations. Implementations must be safe to share between threads.
 pub trait Store: Send + Sync {
     /// Stores records and their events in one transaction; returns the events in order.
-    /// Items with an idempotency key already seen are skipped (`None`).
-    fn ingest(&self, items: &[Ingest]) -> Result<Vec<Option<Event>>>;
+    /// Items with an idempotency key already seen are skipped (`None`). With `claim`, the
+    /// events are stored already claimed by that owner until that time.
+    fn ingest(&self, items: &[Ingest], claim: Option<(&str, DateTime<Utc>)>) -> Result<Vec<Option<Event>>>;
     /// Checks that an item could be ingested (the record exists for an update, ...), storing
     /// nothing.
     fn validate(&self, item: &Ingest) -> Result<()>;
-    /// Events not yet processed, oldest first, with ids above `after`.
-    fn pending_events(&self, after: i64, limit: usize) -> Result<Vec<Event>>;
+    /// Events not yet processed and not claimed by a live owner, oldest first, that can run
+    /// now: no earlier event of the same record is still being processed elsewhere, and with
+    /// `wait_behind_retries`, the record has no run waiting for a retry.
+    fn pending_events(&self, limit: usize, wait_behind_retries: bool) -> Result<Vec<Event>>;
+    /// Claims events for `owner` until `until` (events already claimed by `owner` are
+    /// re-claimed); returns the ids claimed. A claimed event is processed by its owner only.
+    fn claim(&self, ids: &[i64], owner: &str, until: DateTime<Utc>) -> Result<Vec<i64>>;
+    /// Gives up a claim (the event waits for a later pass).
+    fn unclaim(&self, event_id: i64, owner: &str) -> Result<()>;
+    /// Whether a record has a run waiting for a retry, other than for `event_id`.
+    fn record_waits(&self, record_id: &str, event_id: i64) -> Result<bool>;
+    /// The owners holding unexpired claims on unfinished events.
+    fn claim_owners(&self) -> Result<Vec<String>>;
+    /// Releases every claim of `owner` (an owner known to be gone).
+    fn release_claims(&self, owner: &str) -> Result<u64>;
+    /// Deletes finished events and runs that ended `ok` older than `before`; returns how many
+    /// rows went. Failed and dead runs are kept for `runs --failed`.
+    fn prune(&self, before: DateTime<Utc>) -> Result<u64>;
     /// How many events wait.
     fn queue_depth(&self) -> Result<u64>;
     /// The event stored with an idempotency key, to answer a redelivery with the original

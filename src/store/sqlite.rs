@@ -12,7 +12,8 @@ use super::{Ingest, Result, Run, RunFilter, RunStatus, Store, StoreError, Write}
 use crate::record::{Comment, Event, EventKind, Fields, Record, Status};
 
 /// Schema migrations, applied in order; `user_version` counts the ones applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE records (
     id TEXT PRIMARY KEY,
     entity TEXT NOT NULL,
@@ -65,7 +66,16 @@ CREATE TABLE kv (
     value TEXT NOT NULL,
     PRIMARY KEY (namespace, key)
 );
-"#];
+"#,
+    // Claims: which process is working on an event, until when (a crashed owner's claims
+    // expire or are released when its death is noticed).
+    r#"
+ALTER TABLE events ADD COLUMN claimed_by TEXT;
+ALTER TABLE events ADD COLUMN claimed_until TEXT;
+CREATE INDEX events_record ON events(record_id, done, id);
+CREATE INDEX runs_record ON runs(record_id, status);
+"#,
+];
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -113,8 +123,10 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let tx = conn.transaction()?;
+        // Read the version inside a write transaction, so that two processes opening a new
+        // store at once do not both migrate it.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
             tx.execute_batch(m)?;
             tx.pragma_update(None, "user_version", i + 1)?;
@@ -219,7 +231,12 @@ fn add_comment(tx: &Connection, id: &str, text: &str, key: Option<&str>, at: Dat
 }
 
 /// Stores one ingested item: the record change and its event.
-fn ingest_one(tx: &Connection, item: &Ingest, depth: u32) -> Result<Option<Event>> {
+fn ingest_one(
+    tx: &Connection,
+    item: &Ingest,
+    depth: u32,
+    claim: Option<(&str, DateTime<Utc>)>,
+) -> Result<Option<Event>> {
     if let Some(key) = &item.idempotency_key {
         let seen: Option<i64> =
             tx.query_row("SELECT id FROM events WHERE idempotency_key = ?1", params![key], |r| r.get(0)).optional()?;
@@ -280,6 +297,13 @@ fn ingest_one(tx: &Connection, item: &Ingest, depth: u32) -> Result<Option<Event
             insert_event(tx, kind, &r, Some(&previous), depth, item.idempotency_key.as_deref())?
         }
     };
+    if let Some((owner, until)) = claim {
+        tx.prepare_cached("UPDATE events SET claimed_by = ?1, claimed_until = ?2 WHERE id = ?3")?.execute(params![
+            owner,
+            ts(until),
+            event.id
+        ])?;
+    }
     Ok(Some(event))
 }
 
@@ -393,10 +417,10 @@ fn apply_write(tx: &Transaction, w: &Write, depth: u32, raised: &mut Vec<Event>)
 }
 
 impl Store for SqliteStore {
-    fn ingest(&self, items: &[Ingest]) -> Result<Vec<Option<Event>>> {
+    fn ingest(&self, items: &[Ingest], claim: Option<(&str, DateTime<Utc>)>) -> Result<Vec<Option<Event>>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let events = items.iter().map(|i| ingest_one(&tx, i, 0)).collect::<Result<Vec<_>>>()?;
+        let events = items.iter().map(|i| ingest_one(&tx, i, 0, claim)).collect::<Result<Vec<_>>>()?;
         tx.commit()?;
         Ok(events)
     }
@@ -404,18 +428,93 @@ impl Store for SqliteStore {
     fn validate(&self, item: &Ingest) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        ingest_one(&tx, item, 0)?;
+        ingest_one(&tx, item, 0, None)?;
         tx.rollback()?;
         Ok(())
     }
 
-    fn pending_events(&self, after: i64, limit: usize) -> Result<Vec<Event>> {
+    fn pending_events(&self, limit: usize, wait_behind_retries: bool) -> Result<Vec<Event>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT id, kind, record, previous, depth, created_at FROM events WHERE done = 0 AND id > ?1 ORDER BY id LIMIT ?2",
+            "SELECT e.id, e.kind, e.record, e.previous, e.depth, e.created_at FROM events e
+             WHERE e.done = 0 AND (e.claimed_until IS NULL OR e.claimed_until < ?1)
+               AND NOT EXISTS (SELECT 1 FROM events p WHERE p.record_id = e.record_id AND p.done = 0 AND p.id < e.id
+                               AND p.claimed_until >= ?1)
+               AND (?2 = 0 OR NOT EXISTS (SELECT 1 FROM runs r WHERE r.record_id = e.record_id AND r.status = 'retrying'))
+             ORDER BY e.id LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![after, limit as i64], row_to_event)?;
+        let rows = stmt.query_map(params![ts(Utc::now()), wait_behind_retries, limit as i64], row_to_event)?;
         rows.map(|r| build_event(r?)).collect()
+    }
+
+    fn claim(&self, ids: &[i64], owner: &str, until: DateTime<Utc>) -> Result<Vec<i64>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = ts(Utc::now());
+        let mut claimed = Vec::with_capacity(ids.len());
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE events SET claimed_by = ?1, claimed_until = ?2
+                 WHERE id = ?3 AND done = 0 AND (claimed_by IS NULL OR claimed_by = ?1 OR claimed_until < ?4)",
+            )?;
+            for id in ids {
+                if stmt.execute(params![owner, ts(until), id, now])? == 1 {
+                    claimed.push(*id);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(claimed)
+    }
+
+    fn unclaim(&self, event_id: i64, owner: &str) -> Result<()> {
+        self.conn()
+            .prepare_cached(
+                "UPDATE events SET claimed_by = NULL, claimed_until = NULL WHERE id = ?1 AND claimed_by = ?2",
+            )?
+            .execute(params![event_id, owner])?;
+        Ok(())
+    }
+
+    fn record_waits(&self, record_id: &str, event_id: i64) -> Result<bool> {
+        let conn = self.conn();
+        let n: i64 = conn.prepare_cached(
+            "SELECT count(*) FROM runs WHERE record_id = ?1 AND status = 'retrying' AND (event_id IS NULL OR event_id != ?2)",
+        )?
+        .query_row(params![record_id, event_id], |r| r.get(0))?;
+        Ok(n > 0)
+    }
+
+    fn claim_owners(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT DISTINCT claimed_by FROM events WHERE done = 0 AND claimed_by IS NOT NULL AND claimed_until >= ?1",
+        )?;
+        let rows = stmt.query_map(params![ts(Utc::now())], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn release_claims(&self, owner: &str) -> Result<u64> {
+        let n = self.conn().execute(
+            "UPDATE events SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = ?1 AND done = 0",
+            params![owner],
+        )?;
+        Ok(n as u64)
+    }
+
+    fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let cutoff = ts(before);
+        let runs = tx.execute("DELETE FROM runs WHERE status = 'ok' AND finished_at < ?1", params![cutoff])?;
+        // An event goes once it is finished, old, and none of its runs is kept.
+        let events = tx.execute(
+            "DELETE FROM events WHERE done = 1 AND created_at < ?1
+             AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = events.id)",
+            params![cutoff],
+        )?;
+        tx.commit()?;
+        Ok((runs + events) as u64)
     }
 
     fn queue_depth(&self) -> Result<u64> {
@@ -528,14 +627,17 @@ impl Store for SqliteStore {
             )?
             .query_row(args, |r| r.get(0))?;
         if let Some(e) = finish_event {
-            tx.prepare_cached("UPDATE events SET done = 1 WHERE id = ?1")?.execute(params![e])?;
+            tx.prepare_cached("UPDATE events SET done = 1, claimed_by = NULL, claimed_until = NULL WHERE id = ?1")?
+                .execute(params![e])?;
         }
         tx.commit()?;
         Ok((id, raised))
     }
 
     fn finish_event(&self, event_id: i64) -> Result<()> {
-        self.conn().prepare_cached("UPDATE events SET done = 1 WHERE id = ?1")?.execute(params![event_id])?;
+        self.conn()
+            .prepare_cached("UPDATE events SET done = 1, claimed_by = NULL, claimed_until = NULL WHERE id = ?1")?
+            .execute(params![event_id])?;
         Ok(())
     }
 
@@ -600,6 +702,12 @@ mod tests {
     use crate::record::Submitted;
     use serde_json::json;
 
+    impl SqliteStore {
+        fn ingest_all(&self, items: &[Ingest]) -> Result<Vec<Option<Event>>> {
+            self.ingest(items, None)
+        }
+    }
+
     fn fields(v: Value) -> Fields {
         v.as_object().unwrap().clone()
     }
@@ -616,15 +724,16 @@ mod tests {
     #[test]
     fn created_then_updated_keeps_previous_and_queue_order() {
         let s = SqliteStore::in_memory().unwrap();
-        let e1 = s.ingest(&[ingest("ticket", EventKind::Created, None, json!({"a": 1, "b": 2}))]).unwrap()[0]
+        let e1 = s.ingest_all(&[ingest("ticket", EventKind::Created, None, json!({"a": 1, "b": 2}))]).unwrap()[0]
             .clone()
             .unwrap();
         let id = e1.record.id.clone();
-        let e2 =
-            s.ingest(&[ingest("ticket", EventKind::Updated, Some(&id), json!({"a": 5}))]).unwrap()[0].clone().unwrap();
+        let e2 = s.ingest_all(&[ingest("ticket", EventKind::Updated, Some(&id), json!({"a": 5}))]).unwrap()[0]
+            .clone()
+            .unwrap();
         assert_eq!(e2.previous.as_ref().unwrap().fields["a"], json!(1));
         assert_eq!(e2.record.fields, fields(json!({"a": 5, "b": 2})));
-        let pending = s.pending_events(0, 10).unwrap();
+        let pending = s.pending_events(10, true).unwrap();
         assert_eq!(pending.iter().map(|e| e.id).collect::<Vec<_>>(), vec![e1.id, e2.id]);
         assert_eq!(s.find_records("ticket", &fields(json!({"a": 5})), 10).unwrap().len(), 1);
         assert_eq!(s.find_records("ticket", &fields(json!({"a": 1})), 10).unwrap().len(), 0);
@@ -638,7 +747,7 @@ mod tests {
             ingest("ticket", EventKind::Created, None, json!({"a": 1})),
             ingest("ticket", EventKind::Updated, Some("nope"), json!({"a": 5})),
         ];
-        assert!(matches!(s.ingest(&items), Err(StoreError::NoRecord(_))));
+        assert!(matches!(s.ingest_all(&items), Err(StoreError::NoRecord(_))));
         assert_eq!(s.queue_depth().unwrap(), 0);
         assert!(s.find_records("ticket", &Fields::new(), 10).unwrap().is_empty());
     }
@@ -648,8 +757,8 @@ mod tests {
         let s = SqliteStore::in_memory().unwrap();
         let mut item = ingest("ticket", EventKind::Created, None, json!({}));
         item.idempotency_key = Some("k1".into());
-        let e = s.ingest(&[item.clone()]).unwrap()[0].clone().unwrap();
-        assert!(s.ingest(&[item]).unwrap()[0].is_none());
+        let e = s.ingest_all(&[item.clone()]).unwrap()[0].clone().unwrap();
+        assert!(s.ingest_all(&[item]).unwrap()[0].is_none());
         assert_eq!(s.event_by_idempotency_key("k1").unwrap().map(|e| e.id), Some(e.id));
         assert!(s.event_by_idempotency_key("k2").unwrap().is_none());
         let id = e.record.id.clone();

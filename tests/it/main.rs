@@ -1,9 +1,13 @@
 //! The integration tests: one binary, with a harness in `common/` that starts real servers
 //! (Samba AD DC, slapd, local HTTP peers) and makes temp folders.
 
+mod cli;
 mod common;
 mod connection;
 mod daemon;
 mod directory;
+mod hostile;
 mod notification;
+mod reliability;
+mod scheduler;
 mod webhook;

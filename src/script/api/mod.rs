@@ -9,8 +9,7 @@
 //! transaction, so a failed run writes nothing half-way and a dry run writes nothing at all.
 //! Reads within a run see the run's own buffered writes.
 
-mod notify;
-
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -24,12 +23,36 @@ use crate::record::{lookup, Fields, Record, Status, RESERVED_KEYS};
 use crate::rule::condition::json_eq;
 use crate::store::{LogLine, Store, Write};
 
-/// The host systems scripts reach through `api` (directories, connections, notifications);
-/// each later host area adds its handles here.
+pub mod connection;
+pub mod directory;
+mod notify;
+
+/// The host systems scripts reach through `api`: directories, connections, and the async
+/// runtime their calls run on.
 #[derive(Default)]
 pub struct Hosts {
+    /// The tokio runtime that drives LDAP and HTTP calls. Scripts run on blocking threads
+    /// and wait on it (`block_on`); `None` when no host area needs one (tests, benches).
+    pub handle: Option<tokio::runtime::Handle>,
+    /// `[directories.NAME]`, connected lazily and shared by every run.
+    pub directories: BTreeMap<String, Arc<crate::directory::Directory>>,
+    /// The same directories in dry-run mode, for `tripline test`: they record the changes
+    /// they would make.
+    pub dry_directories: BTreeMap<String, Arc<crate::directory::Directory>>,
+    /// `[connections.NAME]`.
+    pub connections: BTreeMap<String, Arc<crate::connection::Connection>>,
     /// The `[notify.NAME]` channels (`api.notify`).
     pub notifier: crate::notification::Notifier,
+}
+
+impl Hosts {
+    /// Waits for a host call. Must be called from a blocking thread (scripts run on one).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> Result<F::Output, String> {
+        match &self.handle {
+            Some(h) => Ok(h.block_on(f)),
+            None => Err("no async runtime is available to this runtime's host calls".into()),
+        }
+    }
 }
 
 /// The context of one run: where its log lines and writes go.
@@ -46,6 +69,9 @@ pub struct RunCtx {
     pub deadline: Instant,
     /// The key of comments that must stay single across retries of this run.
     pub comment_key: String,
+    /// A record that exists for this run only: the record of a dry run's event, which is
+    /// never stored.
+    pub unstored: Option<Record>,
     log: Mutex<Vec<LogLine>>,
     writes: Mutex<Vec<Write>>,
     notes: Mutex<Vec<Write>>,
@@ -65,6 +91,7 @@ impl RunCtx {
             dry_run,
             deadline,
             comment_key: format!("rule:{rule}"),
+            unstored: None,
             log: Mutex::default(),
             writes: Mutex::default(),
             notes: Mutex::default(),
@@ -124,9 +151,10 @@ impl RunCtx {
             Write::Create(r) if r.id == id => Some(r.clone()),
             _ => None,
         });
-        let base = match created {
-            Some(r) => Some(r),
-            None => self.store.get_record(id).map_err(|e| e.to_string())?,
+        let base = match (created, &self.unstored) {
+            (Some(r), _) => Some(r),
+            (None, Some(r)) if r.id == id => Some(r.clone()),
+            (None, _) => self.store.get_record(id).map_err(|e| e.to_string())?,
         };
         Ok(base.map(|r| overlay(r, &writes)))
     }
@@ -246,6 +274,8 @@ fn ts(t: DateTime<Utc>) -> String {
 /// Registers `api`'s functions on the engine.
 pub fn register(engine: &mut Engine) {
     engine.register_type_with_name::<Api>("Api");
+    directory::register(engine);
+    connection::register(engine);
     notify::register(engine);
 
     engine.register_fn("create", |api: &mut Api, entity: &str, fields: Map| -> Res<Map> {
@@ -301,6 +331,9 @@ pub fn register(engine: &mut Engine) {
         engine.register_fn(level, move |api: &mut Api, msg: Dynamic| api.0.log(level, &msg.to_string()));
     }
     engine.register_fn("log", |api: &mut Api, msg: Dynamic| api.0.log("info", &msg.to_string()));
+    // A script's own "not now": the run goes to `retrying` and runs again after a backoff
+    // (e.g. a record waits for data another system has not delivered yet).
+    engine.register_fn("retry_later", |api: &mut Api, reason: &str| -> Res<()> { Err(api.0.host_error(reason, true)) });
 
     engine.register_fn("now", |_: &mut Api| ts(Utc::now()));
     engine.register_fn("now_unix", |_: &mut Api| Utc::now().timestamp());

@@ -2,4 +2,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod directory_servers;
+pub mod http;
+pub mod project;
 pub mod smtp;

@@ -1,0 +1,854 @@
+//! `[connections.NAME]` as written: the serde structs, their checks, and `build()`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::Method;
+use serde::Deserialize;
+use toml::Spanned;
+use url::Url;
+
+use super::auth::Auth;
+use super::oauth::TokenStore;
+use super::politeness::{RateLimit, RetryPolicy};
+use super::{Connection, ConnectionError};
+use crate::config::{CheckCtx, SecretRef};
+
+/// Used when `timeout` is not given.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Used when `max_pages` is not given.
+pub const DEFAULT_MAX_PAGES: u32 = 1000;
+
+/// `[connections.NAME]` as written.
+///
+/// ```toml
+/// [connections.flex_hr]
+/// base_url = "https://flexhr.example.com/api/"
+/// timeout = "30s"
+/// headers = { Accept = "application/json" }
+/// auth = { type = "basic", username = "svc", password = "${FLEX_PASSWORD}" }
+/// rate_limit = { requests = 10, per_seconds = 1 }
+/// retry = { max_attempts = 3, base_delay = "500ms", max_delay = "30s" }
+/// test = { method = "GET", path = "users?page=1&pageSize=1" }
+/// max_pages = 1000
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Every request path is relative to it.
+    pub base_url: Spanned<String>,
+    /// For one attempt of one request, body included (`"30s"`, `"500ms"` or seconds).
+    #[serde(default = "default_timeout", deserialize_with = "duration::deserialize")]
+    pub timeout: Duration,
+    /// Sent with every request. A value with `${...}` is resolved like a secret and never
+    /// logged; a plain value is sent as written.
+    #[serde(default)]
+    pub headers: BTreeMap<String, SecretRef>,
+    /// How requests authenticate; none when absent.
+    #[serde(default)]
+    pub auth: Option<Spanned<AuthConfig>>,
+    /// At most `requests` per `per_seconds`, bursts included.
+    #[serde(default)]
+    pub rate_limit: Option<Spanned<RateLimitConfig>>,
+    /// Retries of transient failures.
+    #[serde(default)]
+    pub retry: Option<Spanned<RetryConfig>>,
+    /// The request `tripline connection test NAME` makes.
+    #[serde(default)]
+    pub test: Option<Spanned<TestRequestConfig>>,
+    /// The most pages `get_all` reads before it gives up with an error.
+    #[serde(default)]
+    pub max_pages: Option<Spanned<u32>>,
+}
+
+fn default_timeout() -> Duration {
+    DEFAULT_TIMEOUT
+}
+
+/// `auth = { type = "...", ... }`: how a connection authenticates.
+///
+/// Written as one table tagged by `type`. It is read through a flat struct rather than
+/// `#[serde(tag = "type")]` because serde buffers tagged enums, which loses the spans that
+/// [`SecretRef`] (a `toml::Spanned`) needs: the flat struct keeps them and the conversion
+/// still rejects settings that belong to another type.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawAuth")]
+pub enum AuthConfig {
+    /// A key sent as a header, a query parameter or a form field.
+    ApiKey { name: String, value: SecretRef, location: ApiKeyIn },
+    /// HTTP basic authentication.
+    Basic { username: String, password: SecretRef },
+    /// A fixed bearer token.
+    Bearer { token: SecretRef },
+    /// OAuth2 tokens obtained, refreshed and stored by the host.
+    OAuth2(Box<OAuth2Config>),
+}
+
+/// Where an API key goes (`in = "header" | "query" | "form"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiKeyIn {
+    Header,
+    Query,
+    Form,
+}
+
+/// `grant = "client_credentials" | "authorization_code"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuth2Grant {
+    /// Machine to machine: the client id and secret obtain tokens.
+    ClientCredentials,
+    /// A person logs in once (`tripline connection authorize NAME`); the refresh token keeps
+    /// the connection going.
+    AuthorizationCode,
+}
+
+/// `client_auth = "basic" | "body"`: how the client id and secret reach the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP basic authentication, as RFC 6749 recommends.
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` form fields (HaloITSM and others want this).
+    Body,
+}
+
+/// The settings of `auth = { type = "oauth2", ... }`.
+#[derive(Debug, Clone)]
+pub struct OAuth2Config {
+    pub grant: OAuth2Grant,
+    pub token_url: Spanned<String>,
+    /// The provider's login page (authorization code only).
+    pub auth_url: Option<Spanned<String>>,
+    pub client_id: String,
+    /// Required for client credentials; optional for authorization code (public clients
+    /// rely on PKCE alone).
+    pub client_secret: Option<SecretRef>,
+    pub scopes: Vec<String>,
+    /// Where the provider sends the browser back (authorization code only). A loopback URL
+    /// with port 0 means "any free port", which RFC 8252 requires providers to accept.
+    pub redirect_url: Option<Spanned<String>>,
+    /// The local address the callback listens on, when it differs from the redirect URL's
+    /// host and port (behind a proxy).
+    pub callback_listen: Option<Spanned<String>>,
+    /// Extra parameters for the authorization and token requests (`tenant`, `resource`).
+    pub extra_params: BTreeMap<String, String>,
+    pub client_auth: ClientAuth,
+    /// The word before the token in `Authorization` (default `Bearer`).
+    pub header_prefix: String,
+    /// A token is refreshed this long before it expires (default one minute).
+    pub refresh_margin: Duration,
+}
+
+/// Used when `refresh_margin` is not given.
+pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum AuthKind {
+    ApiKey,
+    Basic,
+    Bearer,
+    #[serde(rename = "oauth2")]
+    OAuth2,
+}
+
+impl AuthKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AuthKind::ApiKey => "api_key",
+            AuthKind::Basic => "basic",
+            AuthKind::Bearer => "bearer",
+            AuthKind::OAuth2 => "oauth2",
+        }
+    }
+
+    fn settings(self) -> &'static [&'static str] {
+        match self {
+            AuthKind::ApiKey => &["name", "value", "in"],
+            AuthKind::Basic => &["username", "password"],
+            AuthKind::Bearer => &["token"],
+            AuthKind::OAuth2 => &[
+                "grant",
+                "token_url",
+                "auth_url",
+                "client_id",
+                "client_secret",
+                "scopes",
+                "redirect_url",
+                "callback_listen",
+                "extra_params",
+                "client_auth",
+                "header_prefix",
+                "refresh_margin",
+            ],
+        }
+    }
+}
+
+/// Every setting of every auth type, as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(rename = "type")]
+    kind: AuthKind,
+    name: Option<String>,
+    value: Option<SecretRef>,
+    #[serde(rename = "in")]
+    location: Option<ApiKeyIn>,
+    username: Option<String>,
+    password: Option<SecretRef>,
+    token: Option<SecretRef>,
+    grant: Option<OAuth2Grant>,
+    token_url: Option<Spanned<String>>,
+    auth_url: Option<Spanned<String>>,
+    client_id: Option<String>,
+    client_secret: Option<SecretRef>,
+    scopes: Option<Vec<String>>,
+    redirect_url: Option<Spanned<String>>,
+    callback_listen: Option<Spanned<String>>,
+    extra_params: Option<BTreeMap<String, String>>,
+    client_auth: Option<ClientAuth>,
+    header_prefix: Option<String>,
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    refresh_margin: Option<Duration>,
+}
+
+impl RawAuth {
+    fn present(&self) -> Vec<&'static str> {
+        let set = [
+            ("name", self.name.is_some()),
+            ("value", self.value.is_some()),
+            ("in", self.location.is_some()),
+            ("username", self.username.is_some()),
+            ("password", self.password.is_some()),
+            ("token", self.token.is_some()),
+            ("grant", self.grant.is_some()),
+            ("token_url", self.token_url.is_some()),
+            ("auth_url", self.auth_url.is_some()),
+            ("client_id", self.client_id.is_some()),
+            ("client_secret", self.client_secret.is_some()),
+            ("scopes", self.scopes.is_some()),
+            ("redirect_url", self.redirect_url.is_some()),
+            ("callback_listen", self.callback_listen.is_some()),
+            ("extra_params", self.extra_params.is_some()),
+            ("client_auth", self.client_auth.is_some()),
+            ("header_prefix", self.header_prefix.is_some()),
+            ("refresh_margin", self.refresh_margin.is_some()),
+        ];
+        set.into_iter().filter(|(_, p)| *p).map(|(n, _)| n).collect()
+    }
+}
+
+/// Why an `auth` table does not describe one auth type.
+#[derive(Debug)]
+pub struct AuthShapeError(String);
+
+impl fmt::Display for AuthShapeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<RawAuth> for AuthConfig {
+    type Error = AuthShapeError;
+
+    fn try_from(raw: RawAuth) -> Result<Self, Self::Error> {
+        let kind = raw.kind;
+        let foreign: Vec<_> =
+            raw.present().into_iter().filter(|s| !kind.settings().contains(s)).map(|s| format!("`{s}`")).collect();
+        if !foreign.is_empty() {
+            return Err(AuthShapeError(format!(
+                "{} not a setting of auth type `{}` (it takes {})",
+                foreign.join(", ") + if foreign.len() == 1 { " is" } else { " are" },
+                kind.as_str(),
+                kind.settings().join(", ")
+            )));
+        }
+        let missing = |setting: &str| AuthShapeError(format!("auth type `{}` needs `{setting}`", kind.as_str()));
+        Ok(match kind {
+            AuthKind::ApiKey => AuthConfig::ApiKey {
+                name: raw.name.ok_or_else(|| missing("name"))?,
+                value: raw.value.ok_or_else(|| missing("value"))?,
+                location: raw.location.unwrap_or(ApiKeyIn::Header),
+            },
+            AuthKind::Basic => AuthConfig::Basic {
+                username: raw.username.ok_or_else(|| missing("username"))?,
+                password: raw.password.ok_or_else(|| missing("password"))?,
+            },
+            AuthKind::Bearer => AuthConfig::Bearer { token: raw.token.ok_or_else(|| missing("token"))? },
+            AuthKind::OAuth2 => AuthConfig::OAuth2(Box::new(OAuth2Config {
+                grant: raw.grant.ok_or_else(|| missing("grant (\"client_credentials\" or \"authorization_code\")"))?,
+                token_url: raw.token_url.ok_or_else(|| missing("token_url"))?,
+                auth_url: raw.auth_url,
+                client_id: raw.client_id.ok_or_else(|| missing("client_id"))?,
+                client_secret: raw.client_secret,
+                scopes: raw.scopes.unwrap_or_default(),
+                redirect_url: raw.redirect_url,
+                callback_listen: raw.callback_listen,
+                extra_params: raw.extra_params.unwrap_or_default(),
+                client_auth: raw.client_auth.unwrap_or_default(),
+                header_prefix: raw.header_prefix.unwrap_or_else(|| "Bearer".into()),
+                refresh_margin: raw.refresh_margin.unwrap_or(DEFAULT_REFRESH_MARGIN),
+            })),
+        })
+    }
+}
+
+/// `rate_limit = { requests = 10, per_seconds = 1 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub requests: u32,
+    #[serde(default = "one")]
+    pub per_seconds: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// `retry = { max_attempts = 3, base_delay = "500ms", max_delay = "30s" }`.
+///
+/// Transient failures (429, 5xx, timeouts, unreachable peers) of idempotent methods are tried
+/// again after `base_delay`, doubling each time, with jitter. A `Retry-After` answer is
+/// honoured when it is at most `max_delay`; a longer one ends the call with the error (which
+/// carries the delay) so the run is retried later instead of holding a worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included; 1 turns retries off.
+    pub max_attempts: u32,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub base_delay: Duration,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub max_delay: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self { max_attempts: 3, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(30) }
+    }
+}
+
+/// `test = { method = "GET", path = "users?pageSize=1" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestRequestConfig {
+    #[serde(default = "get")]
+    pub method: String,
+    #[serde(default)]
+    pub path: String,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+impl ConnectionConfig {
+    /// Records every problem of this section.
+    pub fn check(&self, name: &str, span: Range<usize>, ctx: &mut CheckCtx) {
+        if !is_snake_case(name) {
+            ctx.error(
+                span.clone(),
+                format!(
+                    "connection name `{name}` must be snake_case (lowercase letters, digits and \
+                     underscores, starting with a letter), e.g. `{}`",
+                    to_snake_case(name)
+                ),
+            );
+        }
+        check_http_url(&self.base_url, "base_url", ctx);
+        if self.timeout.is_zero() {
+            ctx.error(span.clone(), "timeout must be more than zero");
+        }
+        for (header, value) in &self.headers {
+            if HeaderName::from_bytes(header.as_bytes()).is_err() {
+                ctx.error(value.span(), format!("`{header}` is not a valid header name"));
+            }
+            if is_template(value) {
+                ctx.secret(value, &format!("header {header}"));
+            } else if HeaderValue::from_str(value.0.get_ref()).is_err() {
+                ctx.error(value.span(), format!("header {header}: not a valid header value"));
+            }
+        }
+        if let Some(auth) = &self.auth {
+            check_auth(auth.get_ref(), auth.span(), ctx);
+        }
+        if let Some(limit) = &self.rate_limit {
+            let l = limit.get_ref();
+            if l.requests == 0 || l.per_seconds == 0 {
+                ctx.error(limit.span(), "rate_limit needs requests and per_seconds of at least 1");
+            }
+        }
+        if let Some(retry) = &self.retry {
+            let r = retry.get_ref();
+            if r.max_attempts == 0 {
+                ctx.error(retry.span(), "retry.max_attempts must be at least 1 (1 = no retries)");
+            }
+            if r.base_delay > r.max_delay {
+                ctx.error(retry.span(), "retry.base_delay must not exceed retry.max_delay");
+            }
+        }
+        if let Some(test) = &self.test {
+            let t = test.get_ref();
+            if parse_method(&t.method).is_none() {
+                ctx.error(test.span(), format!("test.method `{}` is not an HTTP method", t.method));
+            }
+            if Url::parse(&t.path).is_ok() {
+                ctx.error(test.span(), "test.path is relative to base_url, not a full URL");
+            }
+        }
+        if let Some(max) = &self.max_pages {
+            if *max.get_ref() == 0 {
+                ctx.error(max.span(), "max_pages must be at least 1");
+            }
+        }
+    }
+
+    /// The runtime connection. Secrets are resolved again here (the environment may have
+    /// changed since `check`); OAuth2 tokens are read from and written to `tokens`.
+    pub fn build(&self, name: &str, tokens: Arc<dyn TokenStore>) -> Result<Connection, ConnectionError> {
+        let invalid = |message: String| ConnectionError::Invalid { connection: name.to_string(), message };
+        let mut base_url = Url::parse(self.base_url.get_ref()).map_err(|e| invalid(format!("base_url: {e}")))?;
+        // Paths are relative to the base URL's folder: without the slash, `join` would drop
+        // the base URL's last segment.
+        if !base_url.path().ends_with('/') {
+            base_url.set_path(&format!("{}/", base_url.path()));
+        }
+        let mut headers = HeaderMap::new();
+        for (header, value) in &self.headers {
+            let header_name = HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| invalid(format!("`{header}` is not a valid header name")))?;
+            let mut header_value = if is_template(value) {
+                let secret = value.resolve().map_err(|e| invalid(format!("header {header}: {e}")))?;
+                let mut v = HeaderValue::from_str(secret.expose())
+                    .map_err(|_| invalid(format!("header {header}: not a valid header value")))?;
+                v.set_sensitive(true);
+                v
+            } else {
+                HeaderValue::from_str(value.0.get_ref())
+                    .map_err(|_| invalid(format!("header {header}: not a valid header value")))?
+            };
+            if header_name == reqwest::header::AUTHORIZATION {
+                header_value.set_sensitive(true);
+            }
+            headers.insert(header_name, header_value);
+        }
+        let auth = match &self.auth {
+            None => Auth::None,
+            Some(auth) => Auth::build(name, auth.get_ref(), self.timeout, tokens)?,
+        };
+        let rate_limit = match &self.rate_limit {
+            Some(l) => {
+                let l = l.get_ref();
+                let requests = NonZeroU32::new(l.requests)
+                    .ok_or_else(|| invalid("rate_limit.requests must be at least 1".into()))?;
+                if l.per_seconds == 0 {
+                    return Err(invalid("rate_limit.per_seconds must be at least 1".into()));
+                }
+                Some(RateLimit::new(requests, Duration::from_secs(l.per_seconds)))
+            }
+            None => None,
+        };
+        let retry = self.retry.as_ref().map(|r| r.get_ref().clone()).unwrap_or_default();
+        let test = self.test.as_ref().map(|t| t.get_ref().clone());
+        let test_method = match &test {
+            Some(t) => parse_method(&t.method)
+                .ok_or_else(|| invalid(format!("test.method `{}` is not an HTTP method", t.method)))?,
+            None => Method::GET,
+        };
+        let client = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("tripline/", env!("CARGO_PKG_VERSION")))
+            .redirect(same_origin_redirects())
+            .build()
+            .map_err(|e| invalid(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Connection {
+            name: name.to_string(),
+            base_url,
+            client,
+            timeout: self.timeout,
+            headers,
+            auth,
+            rate_limit,
+            retry: RetryPolicy::new(retry.max_attempts.max(1), retry.base_delay, retry.max_delay),
+            test_method,
+            test_path: test.map(|t| t.path).unwrap_or_default(),
+            max_pages: self.max_pages.as_ref().map(|m| *m.get_ref()).unwrap_or(DEFAULT_MAX_PAGES).max(1),
+        })
+    }
+}
+
+/// Follows redirects only within the origin they started from: a header carrying an API key
+/// must not be replayed to another host (reqwest strips `Authorization` across hosts, but
+/// not custom headers).
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same = attempt.previous().first().is_some_and(|first| first.origin() == attempt.url().origin());
+        if attempt.previous().len() > 5 || !same {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+fn is_template(value: &SecretRef) -> bool {
+    value.0.get_ref().contains("${")
+}
+
+pub(crate) fn parse_method(method: &str) -> Option<Method> {
+    let upper = method.to_ascii_uppercase();
+    match upper.as_str() {
+        "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS" => Method::from_bytes(upper.as_bytes()).ok(),
+        _ => None,
+    }
+}
+
+fn check_auth(auth: &AuthConfig, span: Range<usize>, ctx: &mut CheckCtx) {
+    match auth {
+        AuthConfig::ApiKey { name, value, location } => {
+            if name.trim().is_empty() {
+                ctx.error(span.clone(), "auth.name (the key's parameter name) is empty");
+            } else if *location == ApiKeyIn::Header && HeaderName::from_bytes(name.as_bytes()).is_err() {
+                ctx.error(span.clone(), format!("auth.name `{name}` is not a valid header name"));
+            }
+            ctx.secret(value, "auth.value");
+        }
+        AuthConfig::Basic { username, password } => {
+            if username.is_empty() {
+                ctx.error(span.clone(), "auth.username is empty");
+            }
+            if username.contains(':') {
+                ctx.error(span.clone(), "auth.username cannot contain `:` in basic authentication");
+            }
+            ctx.secret(password, "auth.password");
+        }
+        AuthConfig::Bearer { token } => {
+            ctx.secret(token, "auth.token");
+        }
+        AuthConfig::OAuth2(o) => check_oauth2(o, span, ctx),
+    }
+}
+
+fn check_oauth2(o: &OAuth2Config, span: Range<usize>, ctx: &mut CheckCtx) {
+    check_http_url(&o.token_url, "auth.token_url", ctx);
+    if o.client_id.is_empty() {
+        ctx.error(span.clone(), "auth.client_id is empty");
+    }
+    if let Some(secret) = &o.client_secret {
+        ctx.secret(secret, "auth.client_secret");
+    }
+    match o.grant {
+        OAuth2Grant::ClientCredentials => {
+            if o.client_secret.is_none() {
+                ctx.error(span.clone(), "grant client_credentials needs auth.client_secret");
+            }
+            for (setting, given) in [
+                ("auth_url", o.auth_url.is_some()),
+                ("redirect_url", o.redirect_url.is_some()),
+                ("callback_listen", o.callback_listen.is_some()),
+            ] {
+                if given {
+                    ctx.error(span.clone(), format!("auth.{setting} is only used by grant authorization_code"));
+                }
+            }
+        }
+        OAuth2Grant::AuthorizationCode => {
+            match &o.auth_url {
+                Some(url) => check_http_url(url, "auth.auth_url", ctx),
+                None => ctx.error(span.clone(), "grant authorization_code needs auth.auth_url"),
+            }
+            let redirect = match &o.redirect_url {
+                Some(url) => {
+                    check_http_url(url, "auth.redirect_url", ctx);
+                    Url::parse(url.get_ref()).ok()
+                }
+                None => {
+                    ctx.error(span.clone(), "grant authorization_code needs auth.redirect_url");
+                    None
+                }
+            };
+            match &o.callback_listen {
+                Some(listen) => {
+                    if listen.get_ref().parse::<std::net::SocketAddr>().is_err() {
+                        ctx.error(listen.span(), "auth.callback_listen must be an address like 127.0.0.1:8976");
+                    }
+                }
+                None => {
+                    if let Some(url) = redirect {
+                        if super::oauth::listen_address(&url).is_none() {
+                            ctx.error(
+                                o.redirect_url.as_ref().map(|u| u.span()).unwrap_or(span),
+                                "auth.redirect_url does not name a local address to listen on; \
+                                 set auth.callback_listen (e.g. \"127.0.0.1:8976\")",
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_http_url(url: &Spanned<String>, what: &str, ctx: &mut CheckCtx) {
+    match Url::parse(url.get_ref()) {
+        Err(e) => ctx.error(url.span(), format!("{what}: {e}")),
+        Ok(u) => {
+            if u.scheme() != "http" && u.scheme() != "https" {
+                ctx.error(url.span(), format!("{what} must be an http or https URL"));
+            } else if !u.username().is_empty() || u.password().is_some() {
+                ctx.error(url.span(), format!("{what} must not carry credentials; put them in `auth`"));
+            } else if u.fragment().is_some() {
+                ctx.error(url.span(), format!("{what} must not have a #fragment"));
+            }
+        }
+    }
+}
+
+/// Lowercase ASCII letters and digits in words joined by single underscores, starting with
+/// a letter: `flex_hr`, `halo2`. ServiceDesk Plus requires the same of connection link names.
+pub fn is_snake_case(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .split('_')
+            .all(|word| !word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+}
+
+/// A snake_case suggestion for a name that is not (`FlexHR` -> `flex_hr`).
+fn to_snake_case(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    let mut out = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_ascii_alphanumeric() {
+            let boundary = c.is_ascii_uppercase()
+                && i > 0
+                && (chars[i - 1].is_ascii_lowercase()
+                    || chars[i - 1].is_ascii_digit()
+                    || chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase()) && chars[i - 1].is_ascii_uppercase());
+            if boundary && !out.ends_with('_') {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else if !out.is_empty() && !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    let out = out.trim_end_matches('_').to_string();
+    if out.starts_with(|c: char| c.is_ascii_lowercase()) {
+        out
+    } else {
+        format!("c_{out}")
+    }
+}
+
+/// Durations written as `"30s"`, `"500ms"`, `"24h"`, `"1h 30m"` or as whole seconds.
+pub(crate) mod duration {
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::de::{self, Deserializer, Visitor};
+
+    struct DurationVisitor;
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a duration such as \"30s\", \"500ms\" or \"24h\", or whole seconds")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v).map(Duration::from_secs).map_err(|_| E::custom("a duration cannot be negative"))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+            parse(v).map_err(E::custom)
+        }
+    }
+
+    /// Parses `"30s"`, `"500ms"`, `"24h"`, `"1h 30m"`.
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        humantime::parse_duration(text.trim())
+            .map_err(|e| format!("invalid duration `{text}` ({e}); write e.g. \"30s\", \"500ms\" or \"24h\""))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        d.deserialize_any(DurationVisitor)
+    }
+
+    pub fn deserialize_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        d.deserialize_any(DurationVisitor).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::diag::Diagnostic;
+
+    fn check(source: &str) -> Vec<Diagnostic> {
+        #[derive(Deserialize)]
+        struct File {
+            connections: BTreeMap<String, Spanned<ConnectionConfig>>,
+        }
+        let file: File = toml::from_str(source).expect("parses");
+        let path = Path::new("tripline.toml");
+        let mut ctx = CheckCtx { path, source, base_dir: Path::new("."), diags: Vec::new() };
+        for (name, c) in &file.connections {
+            c.get_ref().check(name, c.span(), &mut ctx);
+        }
+        ctx.diags
+    }
+
+    fn parse_error(source: &str) -> String {
+        toml::from_str::<BTreeMap<String, BTreeMap<String, ConnectionConfig>>>(source).expect_err("fails").to_string()
+    }
+
+    #[test]
+    fn snake_case_names() {
+        for good in ["flex_hr", "halo", "ninja_one2", "a1_b2"] {
+            assert!(is_snake_case(good), "{good}");
+        }
+        for bad in ["FlexHR", "flex-hr", "_x", "x_", "a__b", "1abc", "", "flex hr", "fléx"] {
+            assert!(!is_snake_case(bad), "{bad}");
+        }
+        assert_eq!(to_snake_case("FlexHR"), "flex_hr");
+        assert_eq!(to_snake_case("HaloITSM"), "halo_itsm");
+        assert_eq!(to_snake_case("flex-hr api"), "flex_hr_api");
+        assert_eq!(to_snake_case("2go"), "c_2go");
+    }
+
+    #[test]
+    fn a_full_section_is_valid() {
+        let diags = check(
+            r#"
+[connections.flex_hr]
+base_url = "https://flexhr.example.com/api"
+timeout = "10s"
+headers = { Accept = "application/json" }
+auth = { type = "basic", username = "svc", password = "pw-literal" }
+rate_limit = { requests = 10, per_seconds = 1 }
+retry = { max_attempts = 4, base_delay = "200ms" }
+test = { path = "users?pageSize=1" }
+max_pages = 50
+
+[connections.halo]
+base_url = "https://halo.example.com/api/"
+[connections.halo.auth]
+type = "oauth2"
+grant = "authorization_code"
+token_url = "https://halo.example.com/auth/token?tenant=acme"
+auth_url = "https://halo.example.com/auth/authorize?tenant=acme"
+client_id = "abc"
+client_secret = "def-literal"
+scopes = ["all", "offline_access"]
+redirect_url = "http://localhost:8976/callback"
+client_auth = "body"
+"#,
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_its_place() {
+        let source = r#"
+[connections.FlexHR]
+base_url = "ftp://flexhr.example.com"
+headers = { "bad header" = "x" }
+auth = { type = "api_key", name = "X-Key", value = "${TRIPLINE_SURELY_UNSET_VAR}" }
+rate_limit = { requests = 0 }
+retry = { max_attempts = 0 }
+test = { method = "FETCH", path = "https://elsewhere.example.com/" }
+max_pages = 0
+
+[connections.cc]
+base_url = "https://x.example.com"
+auth = { type = "oauth2", grant = "client_credentials", token_url = "not a url", client_id = "id", redirect_url = "http://localhost:1/cb" }
+
+[connections.code]
+base_url = "https://user:pw@x.example.com"
+auth = { type = "oauth2", grant = "authorization_code", token_url = "https://x.example.com/t", client_id = "id", redirect_url = "https://tripline.example.com/cb" }
+"#;
+        let messages: Vec<String> = check(source).iter().map(|d| d.to_string()).collect();
+        let expect = [
+            "tripline.toml:2:1: connection name `FlexHR` must be snake_case",
+            "tripline.toml:3:12: base_url must be an http or https URL",
+            "tripline.toml:4:28: `bad header` is not a valid header name",
+            "tripline.toml:5:52: auth.value: environment variable TRIPLINE_SURELY_UNSET_VAR is not set",
+            "tripline.toml:6:14: rate_limit needs requests and per_seconds of at least 1",
+            "tripline.toml:7:9: retry.max_attempts must be at least 1",
+            "tripline.toml:8:8: test.method `FETCH` is not an HTTP method",
+            "tripline.toml:8:8: test.path is relative to base_url, not a full URL",
+            "tripline.toml:9:13: max_pages must be at least 1",
+            "tripline.toml:13:69: auth.token_url: relative URL without a base",
+            "auth.redirect_url is only used by grant authorization_code",
+            "grant client_credentials needs auth.client_secret",
+            "tripline.toml:16:12: base_url must not carry credentials",
+            "grant authorization_code needs auth.auth_url",
+            "auth.redirect_url does not name a local address to listen on",
+        ];
+        for e in expect {
+            assert!(messages.iter().any(|m| m.contains(e)), "missing {e:?} in {messages:#?}");
+        }
+        assert_eq!(messages.len(), expect.len(), "{messages:#?}");
+    }
+
+    #[test]
+    fn auth_tables_reject_settings_of_other_types() {
+        let e = parse_error(
+            "[c.x]\nbase_url = \"https://x\"\nauth = { type = \"bearer\", token = \"t\", password = \"p\" }\n",
+        );
+        assert!(e.contains("`password` is not a setting of auth type `bearer` (it takes token)"), "{e}");
+        let e = parse_error("[c.x]\nbase_url = \"https://x\"\nauth = { type = \"basic\", username = \"u\" }\n");
+        assert!(e.contains("auth type `basic` needs `password`"), "{e}");
+        let e = parse_error("[c.x]\nbase_url = \"https://x\"\nauth = { type = \"basic_auth\" }\n");
+        assert!(e.contains("unknown variant `basic_auth`"), "{e}");
+        let e = parse_error("[c.x]\nbase_url = \"https://x\"\nauth = { type = \"api_key\", name = \"k\", value = \"v\", in = \"cookie\" }\n");
+        assert!(e.contains("unknown variant `cookie`"), "{e}");
+        let e = parse_error("[c.x]\nbase_url = \"https://x\"\ntimeout = \"soon\"\n");
+        assert!(e.contains("invalid duration `soon`"), "{e}");
+    }
+
+    #[test]
+    fn api_key_defaults_to_a_header_and_keeps_secret_spans() {
+        let source =
+            "[c.x]\nbase_url = \"https://x\"\nauth = { type = \"api_key\", name = \"k\", value = \"${NOPE_X}\" }\n";
+        let file: BTreeMap<String, BTreeMap<String, ConnectionConfig>> = toml::from_str(source).unwrap();
+        let auth = file["c"]["x"].auth.as_ref().unwrap().get_ref();
+        match auth {
+            AuthConfig::ApiKey { value, location, .. } => {
+                assert_eq!(*location, ApiKeyIn::Header);
+                assert_eq!(&source[value.span()], "\"${NOPE_X}\"");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The template may be a literal password: Debug never shows it.
+        assert!(!format!("{auth:?}").contains("NOPE_X"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration::parse("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(duration::parse("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(duration::parse("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert!(duration::parse("5 parsecs").is_err());
+        let c: ConnectionConfig = toml::from_str("base_url = \"https://x\"\ntimeout = 7\n").unwrap();
+        assert_eq!(c.timeout, Duration::from_secs(7));
+    }
+}

@@ -1,0 +1,160 @@
+//! What can go wrong on a connection, and whether trying again later can help.
+
+use std::time::Duration;
+
+/// Every failure of a connection call.
+///
+/// Messages name the connection, the method and the URL *path* (never the query string, which
+/// may carry an API key) and never contain a secret: bodies are scrubbed of the credentials the
+/// request carried before they are excerpted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// The peer answered with a status outside 2xx.
+    #[error(
+        "connection {connection}: {method} {path} answered {status}{}",
+        if body_excerpt.is_empty() { String::new() } else { format!(": {body_excerpt}") }
+    )]
+    Status {
+        connection: String,
+        method: String,
+        path: String,
+        status: u16,
+        /// The start of the body, on one line, scrubbed of secrets.
+        body_excerpt: String,
+        /// What the peer asked for in `Retry-After` (429 and 503 answers carry it).
+        retry_after: Option<Duration>,
+    },
+    /// No answer within the connection's `timeout`.
+    #[error("connection {connection}: {method} {path} timed out after {}", humantime::format_duration(*timeout))]
+    Timeout { connection: String, method: String, path: String, timeout: Duration },
+    /// The peer could not be reached (DNS, refused, TLS handshake).
+    #[error("connection {connection}: cannot reach {host}: {reason}")]
+    Connect { connection: String, host: String, reason: String },
+    /// The exchange broke off after it started (reset, truncated body).
+    #[error("connection {connection}: {method} {path} failed: {reason}")]
+    Transport { connection: String, method: String, path: String, reason: String },
+    /// The token endpoint refused or failed to issue a token.
+    #[error("connection {connection}: OAuth2 token request failed: {message}")]
+    OAuth { connection: String, message: String, transient: bool },
+    /// An authorization-code connection without a usable token.
+    #[error(
+        "connection {connection} is not authorized: run `tripline connection authorize {connection}`{}",
+        reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+    )]
+    NotAuthorized { connection: String, reason: Option<String> },
+    /// `tripline connection authorize` did not complete.
+    #[error("connection {connection}: authorization failed: {message}")]
+    Authorize { connection: String, message: String },
+    /// Reading or writing the persisted OAuth2 tokens failed.
+    #[error("connection {connection}: token store: {message}")]
+    TokenStore { connection: String, message: String },
+    /// `get_all` found more pages than allowed; nothing is returned rather than a partial list
+    /// a sync could mistake for the whole.
+    #[error(
+        "connection {connection}: GET {path} has more than {max_pages} pages; raise max_pages or narrow the query"
+    )]
+    TooManyPages { connection: String, path: String, max_pages: u32 },
+    /// A page did not have the shape the paging options describe.
+    #[error("connection {connection}: paging GET {path}: {message}")]
+    Paging { connection: String, path: String, message: String },
+    /// The call itself is wrong: a path to another host, a bad header name, a missing setting.
+    #[error("connection {connection}: {message}")]
+    Invalid { connection: String, message: String },
+}
+
+impl ConnectionError {
+    /// Whether the same call may succeed later: 408, 429 and 5xx answers, timeouts, unreachable
+    /// peers, broken exchanges and token endpoints that are down. Everything else (other 4xx,
+    /// refused credentials, bad calls) needs someone to change something first.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ConnectionError::Status { status, .. } => status_is_transient(*status),
+            ConnectionError::Timeout { .. } | ConnectionError::Connect { .. } | ConnectionError::Transport { .. } => {
+                true
+            }
+            ConnectionError::OAuth { transient, .. } => *transient,
+            ConnectionError::NotAuthorized { .. }
+            | ConnectionError::Authorize { .. }
+            | ConnectionError::TokenStore { .. }
+            | ConnectionError::TooManyPages { .. }
+            | ConnectionError::Paging { .. }
+            | ConnectionError::Invalid { .. } => false,
+        }
+    }
+
+    /// The HTTP status, when the peer answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ConnectionError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// How long the peer asked us to wait before trying again, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ConnectionError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Whether the request certainly never reached the peer's application, so that even a
+    /// non-idempotent call (POST, PATCH) can be sent again: the connection was refused, or the
+    /// peer rate-limited it (429) without processing it.
+    pub(crate) fn certainly_not_processed(&self) -> bool {
+        matches!(self, ConnectionError::Connect { .. } | ConnectionError::Status { status: 429, .. })
+    }
+}
+
+/// 408 Request Timeout, 429 Too Many Requests and every 5xx.
+pub(crate) fn status_is_transient(status: u16) -> bool {
+    status == 408 || status == 429 || (500..600).contains(&status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16) -> ConnectionError {
+        ConnectionError::Status {
+            connection: "c".into(),
+            method: "GET".into(),
+            path: "/x".into(),
+            status,
+            body_excerpt: String::new(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn classifies_statuses() {
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert!(status(s).is_transient(), "{s}");
+        }
+        for s in [400, 401, 403, 404, 409, 422] {
+            assert!(!status(s).is_transient(), "{s}");
+        }
+    }
+
+    #[test]
+    fn only_refusals_are_safe_to_resend_for_any_method() {
+        assert!(status(429).certainly_not_processed());
+        assert!(!status(503).certainly_not_processed());
+        let refused = ConnectionError::Connect { connection: "c".into(), host: "h".into(), reason: "refused".into() };
+        assert!(refused.certainly_not_processed() && refused.is_transient());
+    }
+
+    #[test]
+    fn messages_name_the_way_out() {
+        let e = ConnectionError::NotAuthorized { connection: "halo".into(), reason: None };
+        assert_eq!(e.to_string(), "connection halo is not authorized: run `tripline connection authorize halo`");
+        let e = ConnectionError::Timeout {
+            connection: "c".into(),
+            method: "GET".into(),
+            path: "/users".into(),
+            timeout: Duration::from_millis(1500),
+        };
+        assert_eq!(e.to_string(), "connection c: GET /users timed out after 1s 500ms");
+        assert_eq!(status(503).to_string(), "connection c: GET /x answered 503");
+    }
+}

@@ -1,0 +1,676 @@
+//! OAuth2 for connections: tokens obtained with the `oauth2` crate, kept fresh, persisted,
+//! and the authorization-code login behind `tripline connection authorize NAME`.
+//!
+//! One [`OAuth2`] per connection holds the current token behind an async mutex: a caller
+//! that finds the token stale refreshes it while holding the lock, so N concurrent callers
+//! cause one refresh and all use its result. A token is refreshed `refresh_margin` before it
+//! expires (from `expires_in`) and once more when the API answers 401 to it. Every new token,
+//! with a rotated refresh token, is written to the [`TokenStore`] before it is used.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use oauth2::basic::{BasicClient, BasicErrorResponse, BasicErrorResponseType, BasicTokenResponse};
+use oauth2::{
+    AsyncHttpClient, AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet,
+    EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
+    RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
+};
+use reqwest::header::{HeaderValue, AUTHORIZATION};
+use serde::{Deserialize, Serialize};
+use tracing::{error, info};
+use url::Url;
+
+use super::auth::{scrub, Credentials};
+use super::config::{ClientAuth, OAuth2Config, OAuth2Grant};
+use super::ConnectionError;
+
+/// Where a connection's OAuth2 tokens survive restarts. The daemon implements it on its
+/// key-value table; [`MemoryTokenStore`] serves tests and embedders without a store.
+///
+/// Calls are short and synchronous; they are made while the connection's token lock is
+/// held, so a save completes before any request uses the token it saved.
+pub trait TokenStore: Send + Sync {
+    /// The token last saved for `connection`, if any.
+    fn load(&self, connection: &str) -> Result<Option<StoredToken>, TokenStoreError>;
+    /// Replaces the token of `connection`.
+    fn save(&self, connection: &str, token: &StoredToken) -> Result<(), TokenStoreError>;
+}
+
+/// A [`TokenStore`] failure, as text.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TokenStoreError(pub String);
+
+impl TokenStoreError {
+    pub fn new(cause: impl fmt::Display) -> Self {
+        Self(cause.to_string())
+    }
+}
+
+/// Tokens kept in memory only.
+#[derive(Default)]
+pub struct MemoryTokenStore {
+    tokens: Mutex<HashMap<String, StoredToken>>,
+}
+
+impl MemoryTokenStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl TokenStore for MemoryTokenStore {
+    fn load(&self, connection: &str) -> Result<Option<StoredToken>, TokenStoreError> {
+        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(tokens.get(connection).cloned())
+    }
+
+    fn save(&self, connection: &str, token: &StoredToken) -> Result<(), TokenStoreError> {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens.insert(connection.to_string(), token.clone());
+        Ok(())
+    }
+}
+
+/// An OAuth2 token value. `Debug` and `Display` print `**REDACTED**`.
+///
+/// Unlike [`crate::config::Secret`] it is not registered for global redaction: tokens rotate
+/// every hour or so and the registry would only grow. Instead each response is scrubbed of
+/// the token its request carried.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(Arc<str>);
+
+impl Token {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into().into())
+    }
+
+    /// The value, for the one place that builds the header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("**REDACTED**")
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("**REDACTED**")
+    }
+}
+
+/// A connection's tokens as persisted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredToken {
+    pub access_token: Token,
+    pub refresh_token: Option<Token>,
+    /// When the access token expires; `None` when the provider did not say (then it is used
+    /// until a 401).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The persisted form: tokens in clear, so only [`StoredToken::to_json`] writes it.
+#[derive(Serialize, Deserialize)]
+struct StoredTokenJson {
+    access_token: String,
+    refresh_token: Option<String>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+impl StoredToken {
+    /// The persisted form, JSON with the tokens in clear: for the token store only.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&StoredTokenJson {
+            access_token: self.access_token.expose().to_string(),
+            refresh_token: self.refresh_token.as_ref().map(|t| t.expose().to_string()),
+            expires_at: self.expires_at,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Reads what [`StoredToken::to_json`] wrote.
+    pub fn from_json(text: &str) -> Result<StoredToken, TokenStoreError> {
+        let j: StoredTokenJson =
+            serde_json::from_str(text).map_err(|e| TokenStoreError(format!("stored token is not readable: {e}")))?;
+        Ok(StoredToken {
+            access_token: Token::new(j.access_token),
+            refresh_token: j.refresh_token.map(Token::new),
+            expires_at: j.expires_at,
+        })
+    }
+
+    /// Whether the access token can still be used for `margin` from `now`.
+    pub fn is_fresh(&self, now: DateTime<Utc>, margin: Duration) -> bool {
+        let margin = chrono::Duration::from_std(margin).unwrap_or(chrono::Duration::MAX);
+        self.expires_at.is_none_or(|at| now.checked_add_signed(margin).is_some_and(|t| t < at))
+    }
+
+    fn from_response(response: &BasicTokenResponse, previous_refresh: Option<&Token>) -> Self {
+        let now = Utc::now();
+        StoredToken {
+            access_token: Token::new(response.access_token().secret().clone()),
+            // A provider that does not rotate refresh tokens leaves the field out: keep ours.
+            refresh_token: response
+                .refresh_token()
+                .map(|t| Token::new(t.secret().clone()))
+                .or_else(|| previous_refresh.cloned()),
+            expires_at: response
+                .expires_in()
+                .and_then(|d| chrono::Duration::from_std(d).ok().and_then(|d| now.checked_add_signed(d))),
+        }
+    }
+}
+
+type OAuthClient = BasicClient<EndpointMaybeSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+
+/// The OAuth2 side of one connection.
+pub(crate) struct OAuth2 {
+    connection: String,
+    client: OAuthClient,
+    http: TokenHttp,
+    grant: OAuth2Grant,
+    scopes: Vec<Scope>,
+    extra_params: Vec<(String, String)>,
+    header_prefix: String,
+    refresh_margin: Duration,
+    redirect_url: Option<Url>,
+    callback_listen: Option<SocketAddr>,
+    store: Arc<dyn TokenStore>,
+    state: tokio::sync::Mutex<TokenState>,
+}
+
+#[derive(Default)]
+struct TokenState {
+    loaded: bool,
+    token: Option<StoredToken>,
+}
+
+impl OAuth2 {
+    pub fn build(
+        connection: &str,
+        config: &OAuth2Config,
+        timeout: Duration,
+        store: Arc<dyn TokenStore>,
+    ) -> Result<OAuth2, ConnectionError> {
+        let invalid = |message: String| ConnectionError::Invalid { connection: connection.to_string(), message };
+        let token_url =
+            TokenUrl::new(config.token_url.get_ref().clone()).map_err(|e| invalid(format!("auth.token_url: {e}")))?;
+        let auth_url = config
+            .auth_url
+            .as_ref()
+            .map(|u| AuthUrl::new(u.get_ref().clone()))
+            .transpose()
+            .map_err(|e| invalid(format!("auth.auth_url: {e}")))?;
+        let mut client = BasicClient::new(ClientId::new(config.client_id.clone()))
+            .set_token_uri(token_url)
+            .set_auth_uri_option(auth_url)
+            .set_auth_type(match config.client_auth {
+                ClientAuth::Basic => AuthType::BasicAuth,
+                ClientAuth::Body => AuthType::RequestBody,
+            });
+        if let Some(secret) = &config.client_secret {
+            let secret = secret.resolve().map_err(|e| invalid(format!("auth.client_secret: {e}")))?;
+            client = client.set_client_secret(ClientSecret::new(secret.expose().to_string()));
+        }
+        let redirect_url = config
+            .redirect_url
+            .as_ref()
+            .map(|u| Url::parse(u.get_ref()))
+            .transpose()
+            .map_err(|e| invalid(format!("auth.redirect_url: {e}")))?;
+        let callback_listen = config
+            .callback_listen
+            .as_ref()
+            .map(|a| a.get_ref().parse::<SocketAddr>())
+            .transpose()
+            .map_err(|e| invalid(format!("auth.callback_listen: {e}")))?;
+        // Token endpoints never redirect in a way we should follow (the oauth2 crate's advice
+        // against SSRF); the timeout is the connection's.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .build()
+            .map_err(|e| invalid(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(OAuth2 {
+            connection: connection.to_string(),
+            client,
+            http: TokenHttp(http),
+            grant: config.grant,
+            scopes: config.scopes.iter().cloned().map(Scope::new).collect(),
+            extra_params: config.extra_params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            header_prefix: config.header_prefix.clone(),
+            refresh_margin: config.refresh_margin,
+            redirect_url,
+            callback_listen,
+            store,
+            state: tokio::sync::Mutex::new(TokenState::default()),
+        })
+    }
+
+    /// The `Authorization` header for `token`.
+    pub fn credentials(&self, token: Token) -> Result<Credentials, ConnectionError> {
+        let value = format!("{} {}", self.header_prefix, token.expose());
+        let mut header = HeaderValue::from_str(&value).map_err(|_| ConnectionError::OAuth {
+            connection: self.connection.clone(),
+            message: "the provider issued a token that cannot be sent in a header".into(),
+            transient: false,
+        })?;
+        header.set_sensitive(true);
+        Ok(Credentials {
+            headers: vec![(AUTHORIZATION, header)],
+            sent: vec![token.expose().to_string()],
+            token: Some(token),
+            ..Credentials::default()
+        })
+    }
+
+    /// A token that is fresh for at least the refresh margin, refreshing it if needed.
+    pub async fn access_token(&self) -> Result<Token, ConnectionError> {
+        let mut state = self.state.lock().await;
+        self.load_once(&mut state)?;
+        if let Some(token) = &state.token {
+            if token.is_fresh(Utc::now(), self.refresh_margin) {
+                return Ok(token.access_token.clone());
+            }
+        }
+        self.renew(&mut state).await
+    }
+
+    /// After the API answered 401 to `rejected`: a newer token if another caller already
+    /// replaced it, else a refreshed one. The caller retries its request once with it.
+    pub async fn token_after_rejection(&self, rejected: Option<&Token>) -> Result<Token, ConnectionError> {
+        let mut state = self.state.lock().await;
+        self.load_once(&mut state)?;
+        if let (Some(current), Some(rejected)) = (&state.token, rejected) {
+            if current.access_token != *rejected {
+                return Ok(current.access_token.clone());
+            }
+        }
+        info!(connection = %self.connection, "Access token refused (401); refreshing it.");
+        self.renew(&mut state).await
+    }
+
+    fn load_once(&self, state: &mut TokenState) -> Result<(), ConnectionError> {
+        if !state.loaded {
+            state.token = self.store.load(&self.connection).map_err(|e| ConnectionError::TokenStore {
+                connection: self.connection.clone(),
+                message: e.to_string(),
+            })?;
+            state.loaded = true;
+        }
+        Ok(())
+    }
+
+    /// Obtains a new token (refresh grant, else client credentials), saves it, keeps it.
+    async fn renew(&self, state: &mut TokenState) -> Result<Token, ConnectionError> {
+        let refresh = state.token.as_ref().and_then(|t| t.refresh_token.clone());
+        let token = match (&refresh, self.grant) {
+            (Some(refresh), grant) => match self.refresh(refresh).await {
+                Ok(t) => t,
+                // A refused refresh token is no dead end when the client can ask anew.
+                Err(e) if grant == OAuth2Grant::ClientCredentials && !e.is_transient() => {
+                    info!(connection = %self.connection, error = %e, "Refresh token refused; requesting a new token.");
+                    self.client_credentials().await?
+                }
+                Err(e) if grant == OAuth2Grant::AuthorizationCode && !e.is_transient() => {
+                    return Err(ConnectionError::NotAuthorized {
+                        connection: self.connection.clone(),
+                        reason: Some(format!("the refresh token was refused: {e}")),
+                    });
+                }
+                Err(e) => return Err(e),
+            },
+            (None, OAuth2Grant::ClientCredentials) => self.client_credentials().await?,
+            (None, OAuth2Grant::AuthorizationCode) => {
+                return Err(ConnectionError::NotAuthorized { connection: self.connection.clone(), reason: None })
+            }
+        };
+        self.persist(&token);
+        let access = token.access_token.clone();
+        state.token = Some(token);
+        Ok(access)
+    }
+
+    /// Writes the token before anyone uses it: a rotated refresh token is the only way back
+    /// in after a restart. A failing store is logged loudly but does not fail the call, since
+    /// the token in memory still works.
+    fn persist(&self, token: &StoredToken) {
+        if let Err(e) = self.store.save(&self.connection, token) {
+            error!(connection = %self.connection, error = %e, "Cannot save the OAuth2 token; it will be lost on restart.");
+        }
+    }
+
+    async fn refresh(&self, refresh: &Token) -> Result<StoredToken, ConnectionError> {
+        let refresh_token = RefreshToken::new(refresh.expose().to_string());
+        let mut request = self.client.exchange_refresh_token(&refresh_token).add_scopes(self.scopes.clone());
+        for (k, v) in &self.extra_params {
+            request = request.add_extra_param(k.as_str(), v.as_str());
+        }
+        let response = request.request_async(&self.http).await.map_err(|e| self.token_error(e))?;
+        info!(connection = %self.connection, rotated = response.refresh_token().is_some(), "Access token refreshed.");
+        Ok(StoredToken::from_response(&response, Some(refresh)))
+    }
+
+    async fn client_credentials(&self) -> Result<StoredToken, ConnectionError> {
+        let mut request = self.client.exchange_client_credentials().add_scopes(self.scopes.clone());
+        for (k, v) in &self.extra_params {
+            request = request.add_extra_param(k.as_str(), v.as_str());
+        }
+        let response = request.request_async(&self.http).await.map_err(|e| self.token_error(e))?;
+        info!(connection = %self.connection, "Access token obtained with client credentials.");
+        Ok(StoredToken::from_response(&response, None))
+    }
+
+    /// Our error for a failed token request. Bodies are never quoted: a token endpoint's
+    /// answer may hold a token.
+    fn token_error(&self, e: RequestTokenError<TokenHttpError, BasicErrorResponse>) -> ConnectionError {
+        let (message, transient) = match e {
+            RequestTokenError::ServerResponse(r) => {
+                let transient = matches!(r.error(), BasicErrorResponseType::Extension(code)
+                    if code == "temporarily_unavailable");
+                (scrub(&r.to_string(), &[]), transient)
+            }
+            RequestTokenError::Request(TokenHttpError::Status(status)) => {
+                (format!("the token endpoint answered {status}"), true)
+            }
+            RequestTokenError::Request(TokenHttpError::Transport(reason)) => (reason, true),
+            RequestTokenError::Parse(_, _) => {
+                ("the token endpoint's answer is not an OAuth2 token response".to_string(), false)
+            }
+            RequestTokenError::Other(message) => (scrub(&message, &[]), false),
+        };
+        ConnectionError::OAuth { connection: self.connection.clone(), message, transient }
+    }
+
+    /// Starts `tripline connection authorize`: listens for the callback and builds the URL
+    /// the person opens (with PKCE and a random state).
+    pub async fn begin_authorization(self: &Arc<Self>) -> Result<PendingAuthorization, ConnectionError> {
+        let fail = |message: String| ConnectionError::Authorize { connection: self.connection.clone(), message };
+        if self.grant != OAuth2Grant::AuthorizationCode {
+            return Err(fail("only connections with grant authorization_code are authorized by a person".into()));
+        }
+        let mut redirect = self.redirect_url.clone().ok_or_else(|| fail("auth.redirect_url is not set".into()))?;
+        let listen = self
+            .callback_listen
+            .or_else(|| listen_address(&redirect))
+            .ok_or_else(|| fail("set auth.callback_listen to a local address".into()))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| fail(format!("cannot listen for the callback on {listen}: {e}")))?;
+        let bound = listener.local_addr().map_err(|e| fail(format!("cannot listen for the callback: {e}")))?;
+        if redirect.port() == Some(0) {
+            // "Any free port" (RFC 8252 section 7.3): tell the provider the one we got.
+            let _ = redirect.set_port(Some(bound.port()));
+        }
+        let redirect = RedirectUrl::from_url(redirect);
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let mut request = self
+            .client
+            .authorize_url(CsrfToken::new_random)
+            .map_err(|e| fail(format!("auth.auth_url: {e}")))?
+            .add_scopes(self.scopes.clone())
+            .set_pkce_challenge(challenge)
+            .set_redirect_uri(Cow::Borrowed(&redirect));
+        for (k, v) in &self.extra_params {
+            request = request.add_extra_param(k.as_str(), v.as_str());
+        }
+        let (url, csrf) = request.url();
+        Ok(PendingAuthorization {
+            oauth: Arc::clone(self),
+            url,
+            callback_path: redirect.url().path().to_string(),
+            redirect,
+            listener,
+            csrf,
+            verifier,
+        })
+    }
+
+    async fn exchange_code(
+        &self,
+        code: String,
+        verifier: PkceCodeVerifier,
+        redirect: RedirectUrl,
+    ) -> Result<(), ConnectionError> {
+        let mut request = self
+            .client
+            .exchange_code(AuthorizationCode::new(code))
+            .set_pkce_verifier(verifier)
+            .set_redirect_uri(Cow::Owned(redirect));
+        for (k, v) in &self.extra_params {
+            request = request.add_extra_param(k.as_str(), v.as_str());
+        }
+        let response = request.request_async(&self.http).await.map_err(|e| self.token_error(e))?;
+        let token = StoredToken::from_response(&response, None);
+        if token.refresh_token.is_none() {
+            info!(connection = %self.connection, "The provider issued no refresh token; the connection works until the access token expires (ask for offline access in scopes).");
+        }
+        let mut state = self.state.lock().await;
+        self.store
+            .save(&self.connection, &token)
+            .map_err(|e| ConnectionError::TokenStore { connection: self.connection.clone(), message: e.to_string() })?;
+        state.loaded = true;
+        state.token = Some(token);
+        info!(connection = %self.connection, "Connection authorized; tokens stored.");
+        Ok(())
+    }
+}
+
+/// The address to listen on for a redirect URL on this machine: an IP address as written,
+/// `localhost` as 127.0.0.1; `None` for other host names.
+pub(crate) fn listen_address(redirect: &Url) -> Option<SocketAddr> {
+    let port = redirect.port_or_known_default()?;
+    let ip = match redirect.host()? {
+        url::Host::Ipv4(ip) => IpAddr::V4(ip),
+        url::Host::Ipv6(ip) => IpAddr::V6(ip),
+        url::Host::Domain("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        url::Host::Domain(_) => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// An authorization in progress: show [`url`](Self::url) to the person, then
+/// [`complete`](Self::complete) waits for the provider's callback.
+pub struct PendingAuthorization {
+    oauth: Arc<OAuth2>,
+    url: Url,
+    redirect: RedirectUrl,
+    callback_path: String,
+    listener: tokio::net::TcpListener,
+    csrf: CsrfToken,
+    verifier: PkceCodeVerifier,
+}
+
+impl fmt::Debug for PendingAuthorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingAuthorization")
+            .field("connection", &self.oauth.connection)
+            .field("redirect", &self.redirect.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the callback handler passes on.
+type CallbackOutcome = Result<String, String>;
+
+#[derive(Clone)]
+struct CallbackState {
+    expected_state: Arc<str>,
+    connection: Arc<str>,
+    outcome: tokio::sync::mpsc::Sender<CallbackOutcome>,
+}
+
+impl PendingAuthorization {
+    /// The provider's login page to open in a browser.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The redirect URL sent to the provider (with the actual port when configured as 0).
+    pub fn redirect_url(&self) -> &str {
+        self.redirect.as_str()
+    }
+
+    /// Serves the callback until the provider sends the person back with a code (or an
+    /// error) or `wait` passes, then exchanges the code and stores the tokens. Callbacks with
+    /// another state are answered 400 and ignored.
+    pub async fn complete(self, wait: Duration) -> Result<(), ConnectionError> {
+        let connection = self.oauth.connection.clone();
+        let fail = |message: String| ConnectionError::Authorize { connection: connection.clone(), message };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let state = CallbackState {
+            expected_state: self.csrf.secret().as_str().into(),
+            connection: connection.as_str().into(),
+            outcome: tx,
+        };
+        let app = axum::Router::new().route(&self.callback_path, axum::routing::get(callback)).with_state(state);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            axum::serve(self.listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .into_future(),
+        );
+        let outcome = tokio::time::timeout(wait, rx.recv()).await;
+        let _ = stop.send(());
+        // The answer to the browser is written before the handler returns; a browser that
+        // keeps its connection open must not hold us here.
+        if tokio::time::timeout(Duration::from_secs(2), server).await.is_err() {
+            info!(connection = %connection, "Callback server stopped with a connection still open.");
+        }
+        let code = match outcome {
+            Err(_) => return Err(fail(format!("no callback within {}", humantime::format_duration(wait)))),
+            Ok(None) => return Err(fail("the callback server stopped".into())),
+            Ok(Some(Err(message))) => return Err(fail(message)),
+            Ok(Some(Ok(code))) => code,
+        };
+        self.oauth.exchange_code(code, self.verifier, self.redirect).await
+    }
+}
+
+async fn callback(
+    axum::extract::State(state): axum::extract::State<CallbackState>,
+    axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
+) -> (axum::http::StatusCode, [(axum::http::HeaderName, &'static str); 1], String) {
+    use axum::http::{header::CONNECTION, StatusCode};
+    let close = [(CONNECTION, "close")];
+    if params.get("state").map(String::as_str) != Some(&*state.expected_state) {
+        return (
+            StatusCode::BAD_REQUEST,
+            close,
+            "tripline: this callback does not belong to the authorization in progress.\n".into(),
+        );
+    }
+    if let Some(error) = params.get("error") {
+        let detail = params.get("error_description").map(|d| format!(": {d}")).unwrap_or_default();
+        let message = scrub(&format!("the provider refused: {error}{detail}"), &[]);
+        let _ = state.outcome.try_send(Err(message.clone()));
+        return (StatusCode::BAD_REQUEST, close, format!("tripline: {message}\n"));
+    }
+    match params.get("code") {
+        Some(code) => {
+            let _ = state.outcome.try_send(Ok(code.clone()));
+            (
+                StatusCode::OK,
+                close,
+                format!("tripline: connection {} is authorized. You can close this window.\n", state.connection),
+            )
+        }
+        None => (StatusCode::BAD_REQUEST, close, "tripline: the callback carries no code.\n".into()),
+    }
+}
+
+/// The HTTP client the `oauth2` crate sends token requests with: reqwest, with 429 and 5xx
+/// answers turned into errors so that a token endpoint that is down reads as transient
+/// rather than as an unparsable answer.
+struct TokenHttp(reqwest::Client);
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TokenHttpError {
+    #[error("the token endpoint answered {0}")]
+    Status(u16),
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl<'c> AsyncHttpClient<'c> for TokenHttp {
+    type Error = TokenHttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, Self::Error>> + Send + Sync + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let request: reqwest::Request = request
+                .try_into()
+                .map_err(|e: reqwest::Error| TokenHttpError::Transport(super::describe_reqwest(e)))?;
+            let response =
+                self.0.execute(request).await.map_err(|e| TokenHttpError::Transport(super::describe_reqwest(e)))?;
+            let status = response.status();
+            if status.as_u16() == 429 || status.is_server_error() {
+                return Err(TokenHttpError::Status(status.as_u16()));
+            }
+            let mut builder = oauth2::http::Response::builder().status(status);
+            for (name, value) in response.headers() {
+                builder = builder.header(name, value);
+            }
+            let body = response.bytes().await.map_err(|e| TokenHttpError::Transport(super::describe_reqwest(e)))?;
+            builder.body(body.to_vec()).map_err(|e| TokenHttpError::Transport(e.to_string()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness_uses_the_margin() {
+        let now = Utc::now();
+        let token = |secs: i64| StoredToken {
+            access_token: Token::new("a"),
+            refresh_token: None,
+            expires_at: Some(now + chrono::Duration::seconds(secs)),
+        };
+        let margin = Duration::from_secs(60);
+        assert!(token(3600).is_fresh(now, margin));
+        assert!(!token(30).is_fresh(now, margin));
+        assert!(!token(-5).is_fresh(now, margin));
+        let unknown = StoredToken { expires_at: None, ..token(0) };
+        assert!(unknown.is_fresh(now, margin));
+    }
+
+    #[test]
+    fn stored_tokens_round_trip_and_never_print() {
+        let t = StoredToken {
+            access_token: Token::new("access-canary-1"),
+            refresh_token: Some(Token::new("refresh-canary-2")),
+            expires_at: Some("2030-01-01T00:00:00Z".parse().unwrap()),
+        };
+        let back = StoredToken::from_json(&t.to_json()).unwrap();
+        assert_eq!(back, t);
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("canary"), "{shown}");
+        assert!(StoredToken::from_json("{").is_err());
+    }
+
+    #[test]
+    fn listen_addresses_for_redirects() {
+        let at = |u: &str| listen_address(&Url::parse(u).unwrap());
+        assert_eq!(at("http://localhost:8976/cb"), Some("127.0.0.1:8976".parse().unwrap()));
+        assert_eq!(at("http://127.0.0.1:0/cb"), Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(at("http://[::1]:9000/cb"), Some("[::1]:9000".parse().unwrap()));
+        assert_eq!(at("https://tripline.example.com/cb"), None);
+    }
+}

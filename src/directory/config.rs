@@ -1,0 +1,526 @@
+//! `[directories.NAME]` as written in `tripline.toml`, its validation, and the attribute
+//! mapping (HR field -> directory attribute) with SPEC.md's defaults.
+//!
+//! ```toml
+//! [directories.ActiveDirectory]
+//! kind = "active_directory"            # or "ldap" (OpenLDAP, inetOrgPerson)
+//! url = "ldaps://dc1.example.com"      # ldap:// or ldaps://, optional :port
+//! starttls = false                     # upgrade an ldap:// connection with StartTLS
+//! bind_dn = "svc-tripline@example.com" # a DN, or on AD also user@domain / DOMAIN\user
+//! bind_password = "${AD_BIND_PASSWORD}"
+//! base_dn = "DC=example,DC=com"
+//! users_ou = "OU=Staff,DC=example,DC=com"   # where new users go; default CN=Users (AD) or base_dn
+//! groups_base = "OU=Groups,DC=example,DC=com" # where groups named without a DN are looked up
+//! upn_suffix = "example.com"           # default: the DC= parts of base_dn
+//! tls_verify = true                    # false only for a lab
+//! ca_file = "certs/ad-ca.pem"          # PEM CA to trust, relative to this file
+//! connect_timeout = 10                 # seconds, or a string "500ms" / "10s"
+//! op_timeout = "30s"
+//! page_size = 500                      # entries per page of a search
+//! dry_run = false                      # record the changes instead of connecting
+//!
+//! [directories.ActiveDirectory.mapping] # HR field = attribute; "" drops a default
+//! Office = "physicalDeliveryOfficeName"
+//! CostCenter = "extensionAttribute1"
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use super::dn::{is_attribute_type, Dn};
+use super::schema::{Schema, AD, LDAP};
+use crate::config::{CheckCtx, SecretRef};
+
+/// `[directories.NAME]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// `active_directory` or `ldap`.
+    pub kind: DirectoryKind,
+    /// `ldap://host[:port]` or `ldaps://host[:port]`.
+    pub url: Spanned<String>,
+    /// Upgrade an `ldap://` connection with StartTLS.
+    #[serde(default)]
+    pub starttls: bool,
+    /// The account tripline binds as; anonymous when absent.
+    pub bind_dn: Option<Spanned<String>>,
+    /// Its password (`${VAR}` or `${file:PATH}` allowed).
+    pub bind_password: Option<SecretRef>,
+    /// The naming context searched for users and groups.
+    pub base_dn: Spanned<String>,
+    /// Where new users are created. Default: `CN=Users,<base_dn>` on AD, `base_dn` elsewhere.
+    pub users_ou: Option<Spanned<String>>,
+    /// Where groups named without a DN are looked up. Default: `base_dn`.
+    pub groups_base: Option<Spanned<String>>,
+    /// The part after `@` of new users' `userPrincipalName`. Default: base_dn's `DC=` parts.
+    pub upn_suffix: Option<Spanned<String>>,
+    /// Verify the server's certificate (default true).
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+    /// A PEM file of CA certificates to trust besides the system's.
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// How long opening a connection (TCP, TLS, StartTLS) may take. Default 10 s.
+    #[serde(default = "Timeout::connect_default")]
+    pub connect_timeout: Timeout,
+    /// How long one operation may wait for its answer. Default 30 s.
+    #[serde(default = "Timeout::op_default")]
+    pub op_timeout: Timeout,
+    /// Entries per page of a paged search (default 500; AD's MaxPageSize is 1000).
+    #[serde(default = "default_page_size")]
+    pub page_size: Spanned<u32>,
+    /// Record the changes that would be made instead of connecting (see the module docs).
+    #[serde(default)]
+    pub dry_run: bool,
+    /// HR field -> attribute, over the defaults of [`default_mapping`]; `""` drops a field.
+    #[serde(default)]
+    pub mapping: BTreeMap<String, Spanned<String>>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_page_size() -> Spanned<u32> {
+    Spanned::new(0..0, 500)
+}
+
+/// What kind of server a directory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectoryKind {
+    /// Microsoft Active Directory or Samba AD: `user` objects, `sAMAccountName`.
+    ActiveDirectory,
+    /// OpenLDAP-style servers: `inetOrgPerson`, `uid`.
+    Ldap,
+}
+
+impl DirectoryKind {
+    /// The attribute names of this kind.
+    pub fn schema(self) -> &'static Schema {
+        match self {
+            DirectoryKind::ActiveDirectory => &AD,
+            DirectoryKind::Ldap => &LDAP,
+        }
+    }
+}
+
+impl fmt::Display for DirectoryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DirectoryKind::ActiveDirectory => "active_directory",
+            DirectoryKind::Ldap => "ldap",
+        })
+    }
+}
+
+/// A timeout: a number of seconds (`10`, `0.5`) or a string with a unit (`"500ms"`, `"10s"`,
+/// `"2m"`). Zero is refused: a directory call must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout(pub Duration);
+
+impl Timeout {
+    fn connect_default() -> Timeout {
+        Timeout(Duration::from_secs(10))
+    }
+    fn op_default() -> Timeout {
+        Timeout(Duration::from_secs(30))
+    }
+
+    /// Parses `"500ms"`, `"10s"`, `"2m"` or a bare number of seconds.
+    pub fn parse(text: &str) -> Result<Timeout, String> {
+        let t = text.trim();
+        let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+            (n, 0.001)
+        } else if let Some(n) = t.strip_suffix('s') {
+            (n, 1.0)
+        } else if let Some(n) = t.strip_suffix('m') {
+            (n, 60.0)
+        } else {
+            (t, 1.0)
+        };
+        let n: f64 =
+            num.trim().parse().map_err(|_| format!("`{text}` is not a duration like \"500ms\", \"10s\" or \"2m\""))?;
+        Self::from_secs(n * scale)
+    }
+
+    fn from_secs(secs: f64) -> Result<Timeout, String> {
+        if !(secs > 0.0 && secs <= 86_400.0) {
+            return Err("a timeout must be more than 0 and at most a day".into());
+        }
+        Ok(Timeout(Duration::from_secs_f64(secs)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Timeout {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Float(f64),
+            Text(String),
+        }
+        let t = match Raw::deserialize(d)? {
+            Raw::Int(n) => Timeout::from_secs(n as f64),
+            Raw::Float(n) => Timeout::from_secs(n),
+            Raw::Text(s) => Timeout::parse(&s),
+        };
+        t.map_err(serde::de::Error::custom)
+    }
+}
+
+/// HR fields the sync reads itself; they cannot be mapped to attributes.
+pub const SYNC_FIELDS: &[&str] = &["Username", "ManagerEmployeeId", "Active", "IsNewUser"];
+
+/// SPEC.md's default mapping (HR field -> attribute) for a kind of directory. `displayName`
+/// and `cn` come from the names, `sAMAccountName`/`uid` from Username, `manager` from
+/// ManagerEmployeeId; they are not in this table.
+pub fn default_mapping(kind: DirectoryKind) -> Vec<(&'static str, &'static str)> {
+    let common = [
+        ("EmployeeId", kind.schema().employee_id),
+        ("FirstName", "givenName"),
+        ("LastName", "sn"),
+        ("Email", "mail"),
+        ("JobTitle", "title"),
+        ("Phone", "telephoneNumber"),
+        ("Office", "physicalDeliveryOfficeName"),
+    ];
+    let specific = match kind {
+        DirectoryKind::ActiveDirectory => [("Department", "department"), ("Company", "company")],
+        DirectoryKind::Ldap => [("Department", "departmentNumber"), ("Company", "o")],
+    };
+    common.into_iter().chain(specific).collect()
+}
+
+/// A problem found in a section, with the place it points at (`None`: the whole section).
+#[derive(Debug, Clone)]
+pub(crate) struct Problem {
+    pub span: Option<Range<usize>>,
+    pub message: String,
+}
+
+/// The validated, defaulted view of a [`DirectoryConfig`] that the runtime is built from.
+#[derive(Debug, Clone)]
+pub(crate) struct Resolved {
+    pub base_dn: Dn,
+    pub users_ou: Dn,
+    pub groups_base: Dn,
+    pub upn_suffix: String,
+    pub mapping: Vec<(String, String)>,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl DirectoryConfig {
+    /// Records every problem of this section (`name` is the section's key, `span` its place).
+    pub fn check(&self, name: &str, span: Range<usize>, ctx: &mut CheckCtx) {
+        let (_, problems) = self.resolve(name, ctx.base_dir);
+        for p in problems {
+            ctx.error(p.span.unwrap_or_else(|| span.clone()), p.message);
+        }
+        if let Some(pw) = &self.bind_password {
+            ctx.secret(pw, &format!("directories.{name}.bind_password"));
+        }
+    }
+
+    /// Validates and fills in defaults; the same code serves `tripline check` and start-up.
+    pub(crate) fn resolve(&self, name: &str, base_dir: &Path) -> (Option<Resolved>, Vec<Problem>) {
+        let mut problems = Vec::new();
+        let mut problem = |span: Option<Range<usize>>, message: String| {
+            problems.push(Problem { span, message: format!("directories.{name}: {message}") })
+        };
+        let schema = self.kind.schema();
+
+        match url::Url::parse(self.url.get_ref()) {
+            Ok(u) if !matches!(u.scheme(), "ldap" | "ldaps") => problem(
+                Some(self.url.span()),
+                format!("url scheme `{}` is not supported: use ldap:// or ldaps://", u.scheme()),
+            ),
+            Ok(u) if u.host_str().unwrap_or("").is_empty() => {
+                problem(Some(self.url.span()), "url has no host (ldap://host[:port])".into())
+            }
+            Ok(u) if u.scheme() == "ldaps" && self.starttls => problem(
+                Some(self.url.span()),
+                "starttls = true needs an ldap:// url; ldaps:// is already encrypted".into(),
+            ),
+            Ok(u) if (u.path() != "" && u.path() != "/") || u.query().is_some() => problem(
+                Some(self.url.span()),
+                "url must be only ldap[s]://host[:port]; set base_dn for the naming context".into(),
+            ),
+            Ok(_) => {}
+            Err(e) => problem(Some(self.url.span()), format!("url `{}` does not parse: {e}", self.url.get_ref())),
+        }
+
+        match (&self.bind_dn, &self.bind_password) {
+            (Some(dn), None) => problem(Some(dn.span()), "bind_dn is set but bind_password is not".into()),
+            (None, Some(pw)) => problem(Some(pw.span()), "bind_password is set but bind_dn is not".into()),
+            _ => {}
+        }
+        if let Some(bind_dn) = &self.bind_dn {
+            let text = bind_dn.get_ref();
+            let ad_name = self.kind == DirectoryKind::ActiveDirectory && (text.contains('@') || text.contains('\\'));
+            if !ad_name {
+                if let Err(e) = Dn::parse(text) {
+                    let hint = match self.kind {
+                        DirectoryKind::ActiveDirectory => " (or user@domain, DOMAIN\\user)",
+                        DirectoryKind::Ldap => "",
+                    };
+                    problem(Some(bind_dn.span()), format!("bind_dn: {e}{hint}"));
+                }
+            }
+        }
+
+        let base_dn = match Dn::parse(self.base_dn.get_ref()) {
+            Ok(dn) => Some(dn),
+            Err(e) => {
+                problem(Some(self.base_dn.span()), format!("base_dn: {e}"));
+                None
+            }
+        };
+        let mut under_base = |key: &str, value: &Option<Spanned<String>>, default: Option<Dn>| -> Option<Dn> {
+            let Some(v) = value else { return default };
+            match Dn::parse(v.get_ref()) {
+                Ok(dn) => {
+                    if let Some(base) = &base_dn {
+                        if !dn.is_within(base) {
+                            problem(Some(v.span()), format!("{key} `{dn}` is outside base_dn `{base}`"));
+                        }
+                    }
+                    Some(dn)
+                }
+                Err(e) => {
+                    problem(Some(v.span()), format!("{key}: {e}"));
+                    None
+                }
+            }
+        };
+        let default_users = base_dn.as_ref().map(|b| match self.kind {
+            DirectoryKind::ActiveDirectory => b.child("CN", "Users"),
+            DirectoryKind::Ldap => b.clone(),
+        });
+        let users_ou = under_base("users_ou", &self.users_ou, default_users);
+        let groups_base = under_base("groups_base", &self.groups_base, base_dn.clone());
+
+        let upn_suffix = match &self.upn_suffix {
+            Some(s) => {
+                let v = s.get_ref().trim().trim_start_matches('@');
+                if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c == '@' || c == ',' || c == '=') {
+                    problem(
+                        Some(s.span()),
+                        format!("upn_suffix `{}` is not a domain name like example.com", s.get_ref()),
+                    );
+                }
+                Some(v.to_string())
+            }
+            None => {
+                let derived = base_dn.as_ref().and_then(Dn::dns_domain);
+                if derived.is_none() && base_dn.is_some() && self.kind == DirectoryKind::ActiveDirectory {
+                    problem(
+                        Some(self.base_dn.span()),
+                        "base_dn has no DC= parts to derive upn_suffix from: set upn_suffix".into(),
+                    );
+                }
+                derived
+            }
+        };
+
+        let ca_file = self.ca_file.as_ref().map(|f| {
+            let path = base_dir.join(f.get_ref());
+            if let Err(e) = std::fs::metadata(&path) {
+                problem(Some(f.span()), format!("ca_file {} cannot be read: {e}", path.display()));
+            }
+            path
+        });
+
+        let page_size = *self.page_size.get_ref();
+        if !(1..=100_000).contains(&page_size) {
+            problem(Some(self.page_size.span()), "page_size must be between 1 and 100000".into());
+        }
+
+        let mut mapping: Vec<(String, String)> =
+            default_mapping(self.kind).into_iter().map(|(f, a)| (f.to_string(), a.to_string())).collect();
+        for (field, attr) in &self.mapping {
+            let a = attr.get_ref().trim();
+            if SYNC_FIELDS.iter().any(|s| s.eq_ignore_ascii_case(field)) {
+                problem(
+                    Some(attr.span()),
+                    format!("mapping: field {field} is handled by the sync itself and cannot be mapped"),
+                );
+                continue;
+            }
+            if field.trim().is_empty() {
+                problem(Some(attr.span()), "mapping: a field name is empty".into());
+                continue;
+            }
+            if !a.is_empty() && !is_attribute_type(a) {
+                problem(Some(attr.span()), format!("mapping: `{a}` is not an attribute name"));
+                continue;
+            }
+            let reserved = [schema.login, schema.upn.unwrap_or(schema.login), "manager", "userAccountControl"];
+            if reserved.iter().any(|r| r.eq_ignore_ascii_case(a)) || schema.protected_hint(a).is_some() {
+                problem(
+                    Some(attr.span()),
+                    format!("mapping: attribute {a} is set by tripline itself and cannot be mapped"),
+                );
+                continue;
+            }
+            if field == "EmployeeId" && a.is_empty() {
+                problem(Some(attr.span()), "mapping: EmployeeId is the sync key and needs an attribute".into());
+                continue;
+            }
+            mapping.retain(|(f, _)| f != field);
+            if !a.is_empty() {
+                mapping.push((field.clone(), a.to_string()));
+            }
+        }
+
+        let resolved = match (base_dn, users_ou, groups_base) {
+            (Some(base_dn), Some(users_ou), Some(groups_base)) if problems.is_empty() => Some(Resolved {
+                base_dn,
+                users_ou,
+                groups_base,
+                upn_suffix: upn_suffix.unwrap_or_default(),
+                mapping,
+                ca_file,
+            }),
+            _ => None,
+        };
+        (resolved, problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> DirectoryConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        parse(text).resolve("AD", Path::new(".")).1.into_iter().map(|p| p.message).collect()
+    }
+
+    const GOOD: &str = r#"
+kind = "active_directory"
+url = "ldaps://dc1.example.com"
+bind_dn = "svc@example.com"
+bind_password = "${AD_PW}"
+base_dn = "DC=example,DC=com"
+users_ou = "OU=Staff,DC=example,DC=com"
+"#;
+
+    #[test]
+    fn a_good_section_resolves_with_defaults() {
+        let cfg = parse(GOOD);
+        let (r, p) = cfg.resolve("AD", Path::new("."));
+        assert!(p.is_empty(), "{p:?}");
+        let r = r.unwrap();
+        assert_eq!(r.upn_suffix, "example.com");
+        assert_eq!(r.groups_base.to_string(), "DC=example,DC=com");
+        assert!(r.mapping.contains(&("EmployeeId".into(), "employeeID".into())));
+        assert!(r.mapping.contains(&("Office".into(), "physicalDeliveryOfficeName".into())));
+        assert!(cfg.tls_verify && !cfg.dry_run && !cfg.starttls);
+        assert_eq!(cfg.op_timeout.0, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let p = problems(
+            r#"
+kind = "active_directory"
+url = "http://dc1"
+bind_dn = "not a dn"
+base_dn = "DC=example,DC=com"
+users_ou = "OU=Staff,DC=other,DC=com"
+groups_base = "OU=Groups;;"
+"#,
+        );
+        let all = p.join("\n");
+        assert!(all.contains("url scheme `http`"), "{all}");
+        assert!(all.contains("bind_dn is set but bind_password is not"), "{all}");
+        assert!(all.contains("bind_dn: `not a dn` is not a distinguished name"), "{all}");
+        assert!(all.contains("users_ou `OU=Staff,DC=other,DC=com` is outside base_dn"), "{all}");
+        assert!(all.contains("groups_base:"), "{all}");
+        assert_eq!(p.len(), 5, "{all}");
+    }
+
+    #[test]
+    fn starttls_with_ldaps_and_bad_mapping() {
+        let p = problems(&format!(
+            "{GOOD}starttls = true\n[mapping]\nUsername = \"uid\"\nNick = \"sAMAccountName\"\nX = \"bad attr\"\nPhone = \"\"\n"
+        ));
+        let all = p.join("\n");
+        assert!(all.contains("starttls = true needs an ldap:// url"), "{all}");
+        assert!(all.contains("field Username is handled by the sync"), "{all}");
+        assert!(all.contains("attribute sAMAccountName is set by tripline"), "{all}");
+        assert!(all.contains("`bad attr` is not an attribute name"), "{all}");
+        assert_eq!(p.len(), 4, "{all}");
+    }
+
+    #[test]
+    fn mapping_overrides_and_drops_defaults() {
+        let cfg = parse(&format!("{GOOD}[mapping]\nPhone = \"\"\nCostCenter = \"extensionAttribute1\"\n"));
+        let r = cfg.resolve("AD", Path::new(".")).0.unwrap();
+        assert!(!r.mapping.iter().any(|(f, _)| f == "Phone"));
+        assert!(r.mapping.contains(&("CostCenter".into(), "extensionAttribute1".into())));
+    }
+
+    #[test]
+    fn timeouts_take_numbers_and_units() {
+        assert_eq!(Timeout::parse("500ms").unwrap().0, Duration::from_millis(500));
+        assert_eq!(Timeout::parse("10s").unwrap().0, Duration::from_secs(10));
+        assert_eq!(Timeout::parse("2m").unwrap().0, Duration::from_secs(120));
+        assert!(Timeout::parse("0").is_err() && Timeout::parse("soon").is_err());
+        let cfg = parse(&format!("{GOOD}connect_timeout = 2\nop_timeout = 0.25\n"));
+        assert_eq!(cfg.connect_timeout.0, Duration::from_secs(2));
+        assert_eq!(cfg.op_timeout.0, Duration::from_millis(250));
+        let err = toml::from_str::<DirectoryConfig>(&format!("{GOOD}op_timeout = \"forever\"\n")).unwrap_err();
+        assert!(err.to_string().contains("not a duration"), "{err}");
+        assert!(toml::from_str::<DirectoryConfig>(&format!("{GOOD}colour = 1\n")).is_err());
+    }
+
+    #[test]
+    fn tripline_check_reports_each_problem_at_its_place() {
+        let text = r#"
+[directories.AD]
+kind = "active_directory"
+url = "ldapx://dc1"
+bind_dn = "CN=svc,DC=example,DC=com"
+bind_password = "${TRIPLINE_TEST_UNSET_AD_PW}"
+base_dn = "DC=example,DC=com"
+users_ou = "OU=Staff,DC=elsewhere,DC=com"
+"#;
+        let diags = crate::config::Config::from_str(text, Path::new("tripline.toml")).unwrap_err();
+        let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(lines[0].starts_with("tripline.toml:4:7: directories.AD: url scheme `ldapx`"), "{lines:#?}");
+        assert!(lines[1].starts_with("tripline.toml:8:12: directories.AD: users_ou"), "{lines:#?}");
+        assert_eq!(
+            lines[2],
+            "tripline.toml:6:17: directories.AD.bind_password: environment variable TRIPLINE_TEST_UNSET_AD_PW is not set"
+        );
+        let good = "[directories.AD]\nkind = \"ldap\"\nurl = \"ldap://h\"\nbase_dn = \"dc=x\"\ndry_run = true\n";
+        assert!(crate::config::Config::from_str(good, Path::new("t.toml")).is_ok());
+    }
+
+    #[test]
+    fn ldap_kind_defaults() {
+        let cfg = parse(
+            r#"
+kind = "ldap"
+url = "ldap://127.0.0.1:3890"
+base_dn = "dc=example,dc=com"
+"#,
+        );
+        let r = cfg.resolve("ol", Path::new(".")).0.unwrap();
+        assert_eq!(r.users_ou.to_string(), "dc=example,dc=com");
+        assert!(r.mapping.contains(&("EmployeeId".into(), "employeeNumber".into())));
+        assert!(r.mapping.contains(&("Company".into(), "o".into())));
+    }
+}

@@ -1,0 +1,593 @@
+//! The directory half of the seed's `api.ProcessFlexHrUserOnAD(record, directory)`: one Flex
+//! HR user (the ticket's fields) made true in the directory.
+//!
+//! The user is found by its HR key (`EmployeeId` in `employeeID`). Absent and active: it is
+//! created in `users_ou` with the mapped attributes, a unique CN (the display name, `Name (2)`
+//! on a clash) and a unique logon name (Username, or derived from the names, at most 20
+//! characters on AD, a numeric suffix on a clash), disabled until someone gives it a
+//! password. Present: the attributes that differ are updated and named, the CN follows a
+//! changed name (`displayName` differs). `Active = false` disables the account. The manager is found by
+//! `ManagerEmployeeId` and set, or reported unresolved. Running the same record twice
+//! changes nothing the second time.
+//!
+//! Decisions the seed leaves open:
+//! - `IsNewUser = 0` with no account: the account is created anyway (the HR record is the
+//!   truth; a missing account is the bug) and a note says so.
+//! - `Active = false` with no account: nothing is created (status `skipped`).
+//! - A disabled account whose person is active again is not re-enabled (it may have no
+//!   password); a note says so.
+//! - The logon name and UPN of an existing account never change (logons would break).
+//! - A field missing from the record leaves its attribute alone; present but empty clears it.
+//! - Values are trimmed and runs of whitespace collapsed; control characters are refused.
+
+use std::collections::{BTreeMap, HashSet};
+
+use ldap3::Scope;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::config::DirectoryKind;
+use super::dn::Dn;
+use super::error::DirectoryError;
+use super::filter;
+use super::handle::{Directory, Entry};
+use super::ident::UserId;
+use super::users::{NewUser, SAM_FORBIDDEN};
+
+/// What one sync did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncOutcome {
+    /// created, updated, unchanged or skipped.
+    pub status: SyncStatus,
+    /// The account's DN (empty when skipped).
+    pub dn: String,
+    /// The account's logon name (`sAMAccountName`, or `uid` on OpenLDAP).
+    #[serde(rename = "sAMAccountName")]
+    pub login: String,
+    /// Attributes written, by name (for a new account: all it was created with).
+    pub changes: Vec<String>,
+    /// Whether the manager was found.
+    pub manager: ManagerOutcome,
+    /// `Active` was false: the account is disabled (now, or it already was).
+    pub disabled: bool,
+    /// The directory's base DN, for the closing comment.
+    pub base_dn: String,
+    /// Things a person should know (decisions taken, see the module docs).
+    pub notes: Vec<String>,
+    /// Nothing was written: the directory is in dry-run mode (see `planned_changes`).
+    pub dry_run: bool,
+}
+
+/// The overall result of a sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncStatus {
+    /// A new account was created.
+    Created,
+    /// An existing account had attributes that differed; they were written.
+    Updated,
+    /// The account already matched the record.
+    Unchanged,
+    /// Nothing to do (a leaver without an account).
+    Skipped,
+}
+
+/// What became of `ManagerEmployeeId`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ManagerOutcome {
+    /// The record names no manager.
+    NotGiven,
+    /// Found; `manager` points at this DN.
+    Resolved { employee_id: String, dn: String },
+    /// No account has this employee ID: the manager must be entered by hand.
+    Unresolved { employee_id: String },
+}
+
+impl SyncOutcome {
+    /// Whether everything was done (false while the manager is unresolved): the caller
+    /// closes the ticket only then.
+    pub fn is_complete(&self) -> bool {
+        !matches!(self.manager, ManagerOutcome::Unresolved { .. })
+    }
+
+    /// One line for a ticket comment.
+    pub fn summary(&self) -> String {
+        let what = match self.status {
+            SyncStatus::Created => "created",
+            SyncStatus::Updated => "updated",
+            SyncStatus::Unchanged => "already up to date:",
+            SyncStatus::Skipped => "skipped:",
+        };
+        let mut s = match self.status {
+            SyncStatus::Skipped => format!("{what} {}", self.notes.join("; ")),
+            _ => format!("{what} {} (username {}) in {}", self.dn, self.login, self.base_dn),
+        };
+        if self.status == SyncStatus::Updated {
+            s.push_str(&format!("; changed: {}", self.changes.join(", ")));
+        }
+        if self.disabled {
+            s.push_str("; account disabled");
+        }
+        if let ManagerOutcome::Unresolved { employee_id } = &self.manager {
+            s.push_str(&format!(
+                "; manager with employee ID {employee_id} not found: the manager must be entered manually"
+            ));
+        }
+        if self.dry_run {
+            s.insert_str(0, "dry run: ");
+        }
+        s
+    }
+}
+
+/// A Flex HR user, read and checked.
+#[derive(Debug)]
+struct HrUser {
+    employee_id: String,
+    first: String,
+    last: String,
+    username: Option<String>,
+    manager_id: Option<String>,
+    active: bool,
+    is_new: Option<bool>,
+    /// Mapped attributes present in the record: `None` clears the attribute.
+    attrs: Vec<(String, Option<String>)>,
+}
+
+fn field<'a>(fields: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    fields.get(name).or_else(|| fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+}
+
+/// A field as text: trimmed, whitespace collapsed; `None` when null or empty.
+fn text(name: &str, v: &Value) -> Result<Option<String>, DirectoryError> {
+    let raw = match v {
+        Value::Null => return Ok(None),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => if *b { "TRUE" } else { "FALSE" }.to_string(),
+        _ => return Err(DirectoryError::InvalidInput(format!("field {name} must be text, not {v}"))),
+    };
+    if raw.chars().any(char::is_control) {
+        return Err(DirectoryError::InvalidInput(format!("field {name} contains control characters")));
+    }
+    let s = raw.split_whitespace().collect::<Vec<_>>().join(" ");
+    Ok((!s.is_empty()).then_some(s))
+}
+
+fn flag(name: &str, v: &Value) -> Result<Option<bool>, DirectoryError> {
+    let b = match v {
+        Value::Null => return Ok(None),
+        Value::Bool(b) => *b,
+        Value::Number(n) if n.as_i64() == Some(0) => false,
+        Value::Number(n) if n.as_i64() == Some(1) => true,
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            "" => return Ok(None),
+            _ => return Err(DirectoryError::InvalidInput(format!("field {name} must be true or false, not {s:?}"))),
+        },
+        _ => return Err(DirectoryError::InvalidInput(format!("field {name} must be true or false, not {v}"))),
+    };
+    Ok(Some(b))
+}
+
+impl HrUser {
+    fn parse(fields: &Map<String, Value>, mapping: &[(String, String)]) -> Result<HrUser, DirectoryError> {
+        let required = |name: &str| -> Result<String, DirectoryError> {
+            field(fields, name)
+                .map(|v| text(name, v))
+                .transpose()?
+                .flatten()
+                .ok_or_else(|| DirectoryError::InvalidInput(format!("the Flex HR record has no {name}")))
+        };
+        let optional = |name: &str| field(fields, name).map(|v| text(name, v)).transpose().map(Option::flatten);
+        let employee_id = required("EmployeeId")?;
+        let first = required("FirstName")?;
+        let last = required("LastName")?;
+        let mut attrs = Vec::new();
+        for (hr_field, attr) in mapping {
+            if let Some(v) = field(fields, hr_field) {
+                attrs.push((attr.clone(), text(hr_field, v)?));
+            }
+        }
+        Ok(HrUser {
+            employee_id,
+            first,
+            last,
+            username: optional("Username")?,
+            manager_id: optional("ManagerEmployeeId")?,
+            active: field(fields, "Active").map(|v| flag("Active", v)).transpose()?.flatten().unwrap_or(true),
+            is_new: field(fields, "IsNewUser").map(|v| flag("IsNewUser", v)).transpose()?.flatten(),
+            attrs,
+        })
+    }
+
+    fn display_name(&self) -> String {
+        format!("{} {}", self.first, self.last)
+    }
+}
+
+/// Lowercase ASCII letters, digits and `-` of a name (`Zoë` -> `zoe`, `O'Brien` -> `obrien`).
+fn slug(name: &str) -> String {
+    deunicode::deunicode(name)
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect::<String>()
+        .trim_matches('-')
+        .to_string()
+}
+
+/// The first `max` characters, without a trailing `.` or `-`.
+fn cut(s: &str, max: usize) -> String {
+    s.chars().take(max).collect::<String>().trim_end_matches(['.', '-']).to_string()
+}
+
+/// A logon name from the names: `first.last`, ASCII, at most `max` characters.
+pub fn derive_login(first: &str, last: &str, max: usize) -> String {
+    let parts: Vec<String> = [slug(first), slug(last)].into_iter().filter(|s| !s.is_empty()).collect();
+    cut(&parts.join("."), max)
+}
+
+/// A Username from HR made acceptable as a logon name: ASCII letters, digits, `.`, `-`, `_`.
+pub fn sanitize_login(username: &str, max: usize) -> String {
+    let ascii = deunicode::deunicode(username);
+    let kept: String = ascii
+        .chars()
+        .filter(|c| (c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')) && !SAM_FORBIDDEN.contains(c))
+        .collect();
+    cut(kept.trim_start_matches('.'), max)
+}
+
+/// `base` with the numeric suffix `n`, cut so the whole stays within `max` characters.
+pub fn with_suffix(base: &str, n: u32, max: usize) -> String {
+    let suffix = n.to_string();
+    format!("{}{suffix}", cut(base, max.saturating_sub(suffix.len())))
+}
+
+/// The first of `base`, `base (2)`, `base (3)`, ... (at most 64 characters) not in `taken`
+/// (lowercase).
+fn unique_cn(base: &str, taken: &HashSet<String>) -> Option<String> {
+    (1..1000u32)
+        .map(|n| if n == 1 { cut_cn(base, "") } else { cut_cn(base, &format!(" ({n})")) })
+        .find(|c| !taken.contains(&c.to_lowercase()))
+}
+
+fn cut_cn(base: &str, suffix: &str) -> String {
+    let keep = 64 - suffix.chars().count();
+    format!("{}{suffix}", base.chars().take(keep).collect::<String>().trim_end())
+}
+
+/// `Jane Doe (2)` -> `Jane Doe`: the name a unique CN was made from.
+fn cn_base(cn: &str) -> &str {
+    if let Some(open) = cn.rfind(" (") {
+        let inner = &cn[open + 2..];
+        if inner.ends_with(')') && inner.len() > 1 && inner[..inner.len() - 1].bytes().all(|b| b.is_ascii_digit()) {
+            return &cn[..open];
+        }
+    }
+    cn
+}
+
+impl Directory {
+    /// Makes the directory match one Flex HR user (`fields`: the ticket's fields). See the
+    /// module docs for what it does; the caller comments and closes the ticket from the
+    /// returned [`SyncOutcome`], and retries when the error [`is_transient`].
+    ///
+    /// [`is_transient`]: DirectoryError::is_transient
+    pub async fn sync_flexhr_user(&self, fields: &Map<String, Value>) -> Result<SyncOutcome, DirectoryError> {
+        let hr = HrUser::parse(fields, &self.mapping)?;
+        let key = UserId::EmployeeId(hr.employee_id.clone());
+        let _one_sync_per_employee = self.lock_employee(&hr.employee_id).await;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match self.find_user(&key).await? {
+                Some(entry) => self.sync_existing(&hr, entry).await,
+                None if !hr.active => {
+                    Ok(self.outcome(SyncStatus::Skipped, String::new(), String::new(), &hr)).map(|mut o| {
+                        o.notes.push(format!(
+                            "no account has employee ID {} and the person is not active",
+                            hr.employee_id
+                        ));
+                        o
+                    })
+                }
+                None => self.sync_new(&hr).await,
+            };
+            match result {
+                // Another process created this person (or took the chosen names) between
+                // our look-up and our add: look again.
+                Err(DirectoryError::AlreadyExists { .. }) if attempt < 3 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn outcome(&self, status: SyncStatus, dn: String, login: String, hr: &HrUser) -> SyncOutcome {
+        SyncOutcome {
+            status,
+            dn,
+            login,
+            changes: Vec::new(),
+            manager: match &hr.manager_id {
+                Some(id) => ManagerOutcome::Unresolved { employee_id: id.clone() },
+                None => ManagerOutcome::NotGiven,
+            },
+            disabled: false,
+            base_dn: self.base_dn.to_string(),
+            notes: Vec::new(),
+            dry_run: self.is_dry_run(),
+        }
+    }
+
+    /// The manager's DN, when the record names one and it exists.
+    async fn manager_dn(&self, hr: &HrUser) -> Result<Option<String>, DirectoryError> {
+        match &hr.manager_id {
+            Some(id) => Ok(self.lookup(&UserId::EmployeeId(id.clone()), &["1.1"]).await?.map(|e| e.dn)),
+            None => Ok(None),
+        }
+    }
+
+    fn note_manager(outcome: &mut SyncOutcome, hr: &HrUser, dn: Option<String>) {
+        if let (Some(id), Some(dn)) = (&hr.manager_id, dn) {
+            outcome.manager = ManagerOutcome::Resolved { employee_id: id.clone(), dn };
+        }
+    }
+
+    async fn sync_new(&self, hr: &HrUser) -> Result<SyncOutcome, DirectoryError> {
+        let display = hr.display_name();
+        let cn = self.free_cn(&self.users_ou, &display, None).await?;
+        let login = self.free_login(hr).await?;
+        let mut attributes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (attr, value) in &hr.attrs {
+            if let Some(v) = value {
+                attributes.insert(attr.clone(), vec![v.clone()]);
+            }
+        }
+        attributes.insert("displayName".into(), vec![display]);
+        let manager = self.manager_dn(hr).await?;
+        if let Some(m) = &manager {
+            attributes.insert("manager".into(), vec![m.clone()]);
+        }
+        let is_ad = self.kind == DirectoryKind::ActiveDirectory;
+        let new = NewUser {
+            name: cn,
+            login: login.clone(),
+            ou: None,
+            attributes,
+            password: None,
+            // AD: a new account stays disabled until the helpdesk gives it a password.
+            enabled: is_ad.then_some(false),
+        };
+        let entry = self.create_user(&new).await?;
+        let mut outcome = self.outcome(SyncStatus::Created, entry.dn.clone(), login, hr);
+        outcome.changes = entry.attributes.keys().filter(|k| *k != "objectClass").cloned().collect();
+        Self::note_manager(&mut outcome, hr, manager);
+        if hr.is_new == Some(false) {
+            outcome
+                .notes
+                .push(format!("IsNewUser was 0 but no account had employee ID {}: created one", hr.employee_id));
+        }
+        Ok(outcome)
+    }
+
+    async fn sync_existing(&self, hr: &HrUser, entry: Entry) -> Result<SyncOutcome, DirectoryError> {
+        let login = entry.get(self.schema.login).unwrap_or_default().to_string();
+        let mut outcome = self.outcome(SyncStatus::Unchanged, entry.dn.clone(), login, hr);
+        if hr.is_new == Some(true) {
+            outcome.notes.push(format!(
+                "IsNewUser was 1 but {} already has employee ID {}: updated it",
+                entry.dn, hr.employee_id
+            ));
+        }
+        let display = hr.display_name();
+        let mut wanted: BTreeMap<String, Vec<String>> =
+            hr.attrs.iter().map(|(a, v)| (a.clone(), v.iter().cloned().collect())).collect();
+        wanted.insert("displayName".into(), vec![display.clone()]);
+        let manager = self.manager_dn(hr).await?;
+        if let Some(m) = &manager {
+            let current = entry.get("manager").and_then(|c| Dn::parse(c).ok());
+            if current != Dn::parse(m).ok() {
+                wanted.insert("manager".into(), vec![m.clone()]);
+            }
+        }
+        Self::note_manager(&mut outcome, hr, manager);
+        let mut changes = self.apply_changes(&entry, &wanted).await?;
+
+        let dn = Dn::parse(&entry.dn).map_err(|e| DirectoryError::InvalidInput(e.to_string()))?;
+        // The CN follows a changed name; a CN an administrator chose while the name stayed
+        // the same ("Doe, Jane") is left alone.
+        if entry.get("displayName") != Some(display.as_str()) && cn_base(dn.leaf_value()) != display {
+            if let Some(parent) = dn.parent() {
+                let cn = self.free_cn(&parent, &display, Some(&entry.dn)).await?;
+                if cn != dn.leaf_value() {
+                    outcome.dn = self.rename_entry(&entry.dn, &cn).await?;
+                    changes.push("cn".into());
+                }
+            }
+        }
+
+        if self.kind == DirectoryKind::ActiveDirectory {
+            let disabled_now = entry
+                .get("userAccountControl")
+                .and_then(|v| v.parse().ok())
+                .map(super::ad::is_disabled)
+                .unwrap_or(false);
+            if !hr.active {
+                if self.apply_disabled(&entry, true).await? {
+                    changes.push("userAccountControl".into());
+                }
+                outcome.disabled = true;
+            } else if disabled_now {
+                outcome.notes.push(
+                    "the account is disabled; tripline does not enable accounts (give it a password, then enable it)"
+                        .into(),
+                );
+            }
+        } else if !hr.active {
+            return Err(DirectoryError::Unsupported(format!(
+                "employee {} is not active, but disabling accounts needs Active Directory's userAccountControl",
+                hr.employee_id
+            )));
+        }
+        if !changes.is_empty() {
+            outcome.status = SyncStatus::Updated;
+        }
+        outcome.changes = changes;
+        Ok(outcome)
+    }
+
+    /// A CN not used in `ou` (other than by `own`, the entry being renamed).
+    async fn free_cn(&self, ou: &Dn, wanted: &str, own: Option<&str>) -> Result<String, DirectoryError> {
+        let base = cut_cn(wanted, "");
+        let f = filter::prefix("cn", &base);
+        let own = own.and_then(|d| Dn::parse(d).ok());
+        let taken: HashSet<String> = self
+            .search_raw(&ou.to_string(), Scope::OneLevel, &f, &["cn"], None, true)
+            .await?
+            .into_iter()
+            .filter(|e| own.is_none() || Dn::parse(&e.dn).ok() != own)
+            .filter_map(|e| Dn::parse(&e.dn).ok().map(|d| d.leaf_value().to_lowercase()))
+            .collect();
+        unique_cn(&base, &taken).ok_or_else(|| {
+            DirectoryError::InvalidInput(format!("no free name like `{base}` in {ou}: 999 entries already use it"))
+        })
+    }
+
+    /// A logon name (and, on AD, UPN) no account uses yet.
+    async fn free_login(&self, hr: &HrUser) -> Result<String, DirectoryError> {
+        let max = self.schema.login_max;
+        let mut base = match &hr.username {
+            Some(u) => sanitize_login(u, max),
+            None => derive_login(&hr.first, &hr.last, max),
+        };
+        if base.is_empty() {
+            base = cut(&format!("user{}", slug(&hr.employee_id)), max);
+        }
+        // Every candidate up to `base999` starts with this prefix.
+        let prefix = cut(&base, max.saturating_sub(3)).to_lowercase();
+        let mut parts = vec![filter::prefix(self.schema.login, &prefix)];
+        if let Some(upn) = self.schema.upn {
+            parts.push(filter::prefix(upn, &prefix));
+        }
+        let mut attrs = vec![self.schema.login];
+        attrs.extend(self.schema.upn);
+        let taken: HashSet<String> = self
+            .search_raw(&self.base_dn.to_string(), Scope::Subtree, &filter::or(&parts), &attrs, None, false)
+            .await?
+            .iter()
+            .flat_map(|e| {
+                let login = e.values(self.schema.login).iter().map(|v| v.to_lowercase());
+                let upn = self
+                    .schema
+                    .upn
+                    .map(|u| e.values(u))
+                    .unwrap_or(&[])
+                    .iter()
+                    .filter_map(|v| v.rsplit_once('@').map(|(local, _)| local.to_lowercase()));
+                login.chain(upn).collect::<Vec<_>>()
+            })
+            .collect();
+        (1..1000u32)
+            .map(|n| if n == 1 { base.clone() } else { with_suffix(&base, n, max) })
+            .find(|c| !taken.contains(&c.to_lowercase()))
+            .ok_or_else(|| {
+                DirectoryError::InvalidInput(format!("no free logon name like `{base}`: 999 accounts use it"))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn logins_are_derived_ascii_and_short() {
+        assert_eq!(derive_login("Zoë", "O'Brien, Jr.", 20), "zoe.obrienjr");
+        assert_eq!(derive_login("José", "Müller-Lüdenscheidt", 20), "jose.muller-ludensch");
+        assert_eq!(derive_login(" Anna ", "*)(objectClass=*", 20), "anna.objectclass");
+        assert_eq!(derive_login("Łukasz", "Żółć", 20), "lukasz.zolc");
+        assert_eq!(derive_login("Ab", "-", 20), "ab");
+        assert_eq!(derive_login("Averyveryverylongfirstname", "X", 20), "averyveryverylongfir");
+        assert!(derive_login("a", "b-c-d-e-f-g-h-i-j-k-l-m", 20).chars().count() <= 20);
+        assert_eq!(derive_login("a", "bbbbbbbbbbbbbbbbb-x", 20), "a.bbbbbbbbbbbbbbbbb");
+    }
+
+    #[test]
+    fn suffixes_keep_the_limit() {
+        assert_eq!(with_suffix("zoe.obrien", 2, 20), "zoe.obrien2");
+        assert_eq!(with_suffix("jose.muller-ludensch", 2, 20), "jose.muller-ludensc2");
+        assert_eq!(with_suffix("jose.muller-ludensch", 12, 20), "jose.muller-ludens12");
+        assert_eq!(with_suffix("abcdefghijklmnopqr.t", 10, 20), "abcdefghijklmnopqr10");
+        assert_eq!(sanitize_login("j.doe@corp", 20), "j.doecorp");
+        assert_eq!(sanitize_login("Zoë*O'B", 20), "ZoeOB");
+    }
+
+    #[test]
+    fn cns_are_unique_and_recognised() {
+        let taken: HashSet<String> = ["jane doe".into(), "jane doe (2)".into()].into();
+        assert_eq!(unique_cn("Jane Doe", &taken).as_deref(), Some("Jane Doe (3)"));
+        assert_eq!(unique_cn("John Doe", &taken).as_deref(), Some("John Doe"));
+        let long = "x".repeat(80);
+        let c = unique_cn(&long, &[long[..64].to_string()].into()).unwrap();
+        assert_eq!(c.chars().count(), 64);
+        assert!(c.ends_with(" (2)"));
+        assert_eq!(cn_base("Jane Doe (12)"), "Jane Doe");
+        assert_eq!(cn_base("Jane (Jr) Doe"), "Jane (Jr) Doe");
+        assert_eq!(cn_base("Jane ()"), "Jane ()");
+    }
+
+    #[test]
+    fn hr_records_are_read_and_checked() {
+        let mapping =
+            vec![("EmployeeId".to_string(), "employeeID".to_string()), ("JobTitle".to_string(), "title".to_string())];
+        let rec = json!({"EmployeeId": 42, "FirstName": "  Zoë ", "LastName": "O'Brien,   Jr.", "JobTitle": "",
+                         "Active": "false", "IsNewUser": 1, "ManagerEmployeeId": null});
+        let hr = HrUser::parse(rec.as_object().unwrap(), &mapping).unwrap();
+        assert_eq!(hr.employee_id, "42");
+        assert_eq!(hr.display_name(), "Zoë O'Brien, Jr.");
+        assert!(!hr.active);
+        assert_eq!(hr.is_new, Some(true));
+        assert_eq!(hr.manager_id, None);
+        assert_eq!(hr.attrs, vec![("employeeID".into(), Some("42".into())), ("title".into(), None)]);
+
+        let missing = json!({"EmployeeId": "1", "FirstName": "A"});
+        let e = HrUser::parse(missing.as_object().unwrap(), &mapping).unwrap_err();
+        assert_eq!(e.to_string(), "the Flex HR record has no LastName");
+        let control = json!({"EmployeeId": "1", "FirstName": "A\u{0}", "LastName": "B"});
+        assert!(HrUser::parse(control.as_object().unwrap(), &mapping).is_err());
+        let bad_flag = json!({"EmployeeId": "1", "FirstName": "A", "LastName": "B", "Active": "maybe"});
+        assert!(HrUser::parse(bad_flag.as_object().unwrap(), &mapping).is_err());
+        let lower = json!({"employeeid": "7", "firstname": "A", "lastname": "B"});
+        assert_eq!(HrUser::parse(lower.as_object().unwrap(), &mapping).unwrap().employee_id, "7");
+    }
+
+    #[test]
+    fn summaries_name_what_matters() {
+        let o = SyncOutcome {
+            status: SyncStatus::Updated,
+            dn: "CN=Jane Doe,OU=Staff,DC=example,DC=test".into(),
+            login: "jane.doe".into(),
+            changes: vec!["title".into(), "department".into()],
+            manager: ManagerOutcome::Unresolved { employee_id: "E9".into() },
+            disabled: false,
+            base_dn: "DC=example,DC=test".into(),
+            notes: vec![],
+            dry_run: false,
+        };
+        assert!(!o.is_complete());
+        let s = o.summary();
+        assert!(
+            s.starts_with("updated CN=Jane Doe,OU=Staff,DC=example,DC=test (username jane.doe) in DC=example,DC=test"),
+            "{s}"
+        );
+        assert!(s.contains("changed: title, department") && s.contains("must be entered manually"), "{s}");
+        let v = serde_json::to_value(&o).unwrap();
+        assert_eq!(v["status"], "updated");
+        assert_eq!(v["sAMAccountName"], "jane.doe");
+        assert_eq!(v["manager"]["status"], "unresolved");
+    }
+}

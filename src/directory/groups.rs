@@ -1,0 +1,107 @@
+//! Group membership: add a user to a group, remove it, list a user's groups. Groups are
+//! named by DN or by name (`cn`, or `sAMAccountName` on AD), looked up under `groups_base`.
+
+use std::collections::{BTreeMap, HashSet};
+
+use ldap3::{Mod, Scope};
+
+use super::error::DirectoryError;
+use super::filter;
+use super::handle::{Directory, Entry};
+use super::ident::{GroupId, UserId};
+
+impl Directory {
+    /// The DN of the group `group` names.
+    pub(crate) async fn group_dn(&self, group: &GroupId) -> Result<String, DirectoryError> {
+        let found = match group {
+            GroupId::Dn(dn) => self.search_raw(dn, Scope::Base, self.schema.group_filter, &["1.1"], None, true).await?,
+            GroupId::Name(name) => {
+                let names: Vec<String> = self.schema.group_names.iter().map(|a| filter::eq(a, name)).collect();
+                let f = filter::and(&[self.schema.group_filter.to_string(), filter::or(&names)]);
+                let base = self.groups_base.to_string();
+                self.search_raw(&base, Scope::Subtree, &f, &["1.1"], Some(2), false).await?
+            }
+        };
+        match found.len() {
+            0 => Err(DirectoryError::NotFound(group.to_string())),
+            1 => Ok(found.into_iter().next().map(|e| e.dn).unwrap_or_default()),
+            count => Err(DirectoryError::Ambiguous { what: group.to_string(), count }),
+        }
+    }
+
+    fn dry_group(group: &GroupId) -> String {
+        match group {
+            GroupId::Dn(dn) => dn.clone(),
+            GroupId::Name(n) => format!("group {n}"),
+        }
+    }
+
+    /// Adds the user to the group. Returns `false` when it already was a member.
+    pub async fn add_to_group(&self, user: &UserId, group: &GroupId) -> Result<bool, DirectoryError> {
+        self.change_membership(user, group, true).await
+    }
+
+    /// Removes the user from the group. Returns `false` when it was not a member.
+    pub async fn remove_from_group(&self, user: &UserId, group: &GroupId) -> Result<bool, DirectoryError> {
+        self.change_membership(user, group, false).await
+    }
+
+    async fn change_membership(&self, user: &UserId, group: &GroupId, add: bool) -> Result<bool, DirectoryError> {
+        let (u, g) = (Self::dry_target(user), Self::dry_group(group));
+        let (op, description) = match add {
+            true => ("add_to_group", format!("would add {u} to {g}")),
+            false => ("remove_from_group", format!("would remove {u} from {g}")),
+        };
+        let attrs = BTreeMap::from([(self.schema.member.to_string(), vec![u.clone()])]);
+        if self.plan(op, &g, attrs, description).is_some() {
+            return Ok(true);
+        }
+        let user_dn = self.locate(user, &["1.1"]).await?.dn;
+        let group_dn = self.group_dn(group).await?;
+        let member = self.schema.member.as_bytes().to_vec();
+        let value = HashSet::from([user_dn.clone().into_bytes()]);
+        let mods = vec![if add { Mod::Add(member, value) } else { Mod::Delete(member, value) }];
+        let what = match add {
+            true => format!("add {user_dn} to {group_dn}"),
+            false => format!("remove {user_dn} from {group_dn}"),
+        };
+        let dn = group_dn.clone();
+        let result = self.run(&what, |mut l| async move { l.modify(&dn, mods).await?.success() }).await;
+        match result {
+            Ok(_) => {
+                tracing::info!(directory = %self.name, user = %user_dn, group = %group_dn, add, "Changed group membership.");
+                Ok(true)
+            }
+            // Servers disagree on how they refuse adding a member twice or removing a
+            // non-member (68, 20, 16, 53 with or without an AD code): look instead.
+            Err(e @ (DirectoryError::AlreadyExists { .. } | DirectoryError::Rejected { .. })) => {
+                if self.is_member(&user_dn, &group_dn).await? == add {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn is_member(&self, user_dn: &str, group_dn: &str) -> Result<bool, DirectoryError> {
+        let f = filter::eq(self.schema.member, user_dn);
+        Ok(!self.search_raw(group_dn, Scope::Base, &f, &["1.1"], None, true).await?.is_empty())
+    }
+
+    /// The groups the user is a direct member of (`dn`, `cn`, `description`, and
+    /// `sAMAccountName` on AD), sorted by DN.
+    pub async fn groups_of(&self, user: &UserId) -> Result<Vec<Entry>, DirectoryError> {
+        if self.is_dry_run() {
+            return Ok(Vec::new());
+        }
+        let user_dn = self.locate(user, &["1.1"]).await?.dn;
+        let f = filter::and(&[self.schema.group_filter.to_string(), filter::eq(self.schema.member, &user_dn)]);
+        let attrs: Vec<&str> =
+            ["cn", "description"].into_iter().chain(self.schema.upn.map(|_| "sAMAccountName")).collect();
+        let mut groups = self.search_raw(&self.base_dn.to_string(), Scope::Subtree, &f, &attrs, None, false).await?;
+        groups.sort_by(|a, b| a.dn.cmp(&b.dn));
+        Ok(groups)
+    }
+}

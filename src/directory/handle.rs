@@ -1,0 +1,549 @@
+//! [`Directory`], the runtime of one `[directories.NAME]`: built from its configuration, it
+//! owns the shared connection (or, in dry-run mode, the list of planned changes) and runs
+//! operations on it. The operations themselves live in `users`, `groups` and `flexhr`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
+use ldap3::{Ldap, LdapError, Scope, SearchEntry, SearchOptions};
+use serde::Serialize;
+
+use super::config::{DirectoryConfig, DirectoryKind};
+use super::conn::{tls_connector, ConnSpec, Pool};
+use super::dn::Dn;
+use super::error::DirectoryError;
+use super::filter;
+use super::ident::UserId;
+use super::schema::Schema;
+
+/// One directory: its settings and its connection. `Send + Sync`; share it in an `Arc`.
+pub struct Directory {
+    pub(crate) name: String,
+    pub(crate) kind: DirectoryKind,
+    pub(crate) schema: &'static Schema,
+    pub(crate) base_dn: Dn,
+    pub(crate) users_ou: Dn,
+    pub(crate) groups_base: Dn,
+    pub(crate) upn_suffix: String,
+    /// HR field -> attribute, defaults merged with the configured mapping.
+    pub(crate) mapping: Vec<(String, String)>,
+    /// The attribute that holds the HR key (`employeeID`).
+    pub(crate) employee_attr: String,
+    pub(crate) page_size: i32,
+    pub(crate) op_timeout: Duration,
+    pub(crate) secure: bool,
+    mode: Mode,
+    /// Syncs of one employee run one at a time (two tickets for one person must not both
+    /// create an account).
+    sync_locks: KeyLocks,
+}
+
+/// Async locks by key, forgotten when nobody holds or waits for them.
+#[derive(Default)]
+struct KeyLocks(Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>);
+
+/// Holds the lock of one key; releasing it forgets the key when nobody else wants it.
+pub(crate) struct KeyGuard<'a> {
+    locks: &'a KeyLocks,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyLocks {
+    async fn lock(&self, key: &str) -> KeyGuard<'_> {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key.to_string()).or_default().clone();
+        KeyGuard { locks: self, key: key.to_string(), guard: Some(m.lock_owned().await) }
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&self.key).is_some_and(|m| std::sync::Arc::strong_count(m) == 1) {
+            map.remove(&self.key);
+        }
+    }
+}
+
+enum Mode {
+    Live(Box<Pool>),
+    DryRun(Mutex<Vec<PlannedChange>>),
+}
+
+/// An entry read from the directory: its DN and its attributes, every value as text
+/// (`objectGUID` and `objectSid` in their usual text forms, other binary values in hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    /// The entry's distinguished name.
+    pub dn: String,
+    /// Attribute name (as the server spells it) -> values.
+    pub attributes: BTreeMap<String, Vec<String>>,
+}
+
+impl Entry {
+    /// The values of an attribute, its name matched without regard to case.
+    pub fn values(&self, attr: &str) -> &[String] {
+        self.attributes.iter().find(|(k, _)| k.eq_ignore_ascii_case(attr)).map(|(_, v)| v.as_slice()).unwrap_or(&[])
+    }
+
+    /// The first value of an attribute.
+    pub fn get(&self, attr: &str) -> Option<&str> {
+        self.values(attr).first().map(String::as_str)
+    }
+
+    fn from_search(e: SearchEntry) -> Entry {
+        let mut attributes: BTreeMap<String, Vec<String>> = e.attrs.into_iter().collect();
+        for (name, values) in e.bin_attrs {
+            let text = values
+                .iter()
+                .map(|v| match name.to_ascii_lowercase().as_str() {
+                    "objectguid" if v.len() == 16 => guid_text(v),
+                    "objectsid" => sid_text(v).unwrap_or_else(|| hex::encode(v)),
+                    _ => hex::encode(v),
+                })
+                .collect();
+            attributes.insert(name, text);
+        }
+        Entry { dn: e.dn, attributes }
+    }
+}
+
+/// A GUID as AD writes it (the first three groups little-endian).
+fn guid_text(b: &[u8]) -> String {
+    format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{}-{}",
+        b[3],
+        b[2],
+        b[1],
+        b[0],
+        b[5],
+        b[4],
+        b[7],
+        b[6],
+        hex::encode(&b[8..10]),
+        hex::encode(&b[10..16])
+    )
+}
+
+/// A binary SID as `S-1-5-21-...`.
+fn sid_text(b: &[u8]) -> Option<String> {
+    let count = *b.get(1)? as usize;
+    if b.len() != 8 + 4 * count {
+        return None;
+    }
+    let authority = b[2..8].iter().fold(0u64, |acc, &x| (acc << 8) | x as u64);
+    let mut s = format!("S-{}-{authority}", b[0]);
+    for i in 0..count {
+        let at = 8 + 4 * i;
+        s.push_str(&format!("-{}", u32::from_le_bytes(b[at..at + 4].try_into().ok()?)));
+    }
+    Some(s)
+}
+
+/// A change a dry-run directory would have made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedChange {
+    /// The operation (`create_user`, `update_user`, `disable_user`, ...).
+    pub operation: String,
+    /// The entry's DN, or how the caller named it when its DN is unknown.
+    pub target: String,
+    /// The attributes it would write (passwords never appear).
+    pub attributes: BTreeMap<String, Vec<String>>,
+    /// A sentence: "would create CN=...,OU=... with attributes ...".
+    pub description: String,
+}
+
+impl std::fmt::Display for PlannedChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+/// A search as a script asks for it.
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    /// The filter, with `{}` holes for [`SearchRequest::values`] (escaped by the host).
+    pub filter: String,
+    /// Values for the holes.
+    pub values: Vec<String>,
+    /// Attributes to return; empty means all user attributes.
+    pub attributes: Vec<String>,
+    /// Where to search; default the directory's `base_dn`.
+    pub base: Option<String>,
+    /// `base`, `one` or `sub` (default).
+    pub scope: SearchScope,
+    /// Stop after this many entries.
+    pub limit: Option<usize>,
+}
+
+impl SearchRequest {
+    /// A subtree search of `base_dn` for `filter` with its values.
+    pub fn new(filter: impl Into<String>, values: Vec<String>) -> Self {
+        Self {
+            filter: filter.into(),
+            values,
+            attributes: Vec::new(),
+            base: None,
+            scope: SearchScope::Subtree,
+            limit: None,
+        }
+    }
+}
+
+/// How deep a search goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchScope {
+    /// Only the base entry.
+    Base,
+    /// The entries directly under the base.
+    OneLevel,
+    /// The base and everything under it.
+    Subtree,
+}
+
+impl SearchScope {
+    /// `base`, `one` / `onelevel`, `sub` / `subtree`.
+    pub fn parse(text: &str) -> Result<Self, DirectoryError> {
+        match text.to_ascii_lowercase().as_str() {
+            "base" => Ok(Self::Base),
+            "one" | "onelevel" | "one_level" => Ok(Self::OneLevel),
+            "sub" | "subtree" => Ok(Self::Subtree),
+            _ => Err(DirectoryError::InvalidInput(format!("search scope `{text}` is not base, one or sub"))),
+        }
+    }
+
+    fn ldap(self) -> Scope {
+        match self {
+            Self::Base => Scope::Base,
+            Self::OneLevel => Scope::OneLevel,
+            Self::Subtree => Scope::Subtree,
+        }
+    }
+}
+
+impl DirectoryConfig {
+    /// Builds the runtime directory; relative paths (`ca_file`) resolve against `base_dir`,
+    /// the configuration file's folder. Nothing is connected yet.
+    pub fn build(&self, name: &str, base_dir: &Path) -> Result<Directory, DirectoryError> {
+        let (resolved, problems) = self.resolve(name, base_dir);
+        let Some(r) = resolved else {
+            let all: Vec<String> = problems.into_iter().map(|p| p.message).collect();
+            return Err(DirectoryError::Config(all.join("; ")));
+        };
+        let bind = match (&self.bind_dn, &self.bind_password) {
+            (Some(dn), Some(pw)) => {
+                let secret = pw
+                    .resolve()
+                    .map_err(|e| DirectoryError::Config(format!("directories.{name}.bind_password: {e}")))?;
+                Some((dn.get_ref().clone(), secret))
+            }
+            _ => None,
+        };
+        let url = self.url.get_ref().trim_end_matches('/').to_string();
+        let secure = url.starts_with("ldaps://") || self.starttls;
+        let mode = if self.dry_run {
+            Mode::DryRun(Mutex::new(Vec::new()))
+        } else {
+            let tls = if secure {
+                let pem = match &r.ca_file {
+                    Some(path) => Some(std::fs::read(path).map_err(|e| {
+                        DirectoryError::Config(format!("ca_file {} cannot be read: {e}", path.display()))
+                    })?),
+                    None => None,
+                };
+                Some(tls_connector(self.tls_verify, pem.as_deref())?)
+            } else {
+                None
+            };
+            Mode::Live(Box::new(Pool::new(ConnSpec {
+                url,
+                starttls: self.starttls,
+                tls,
+                connect_timeout: self.connect_timeout.0,
+                op_timeout: self.op_timeout.0,
+                bind,
+            })))
+        };
+        let employee_attr =
+            r.mapping.iter().find(|(f, _)| f == "EmployeeId").map(|(_, a)| a.clone()).unwrap_or_default();
+        Ok(Directory {
+            name: name.to_string(),
+            kind: self.kind,
+            schema: self.kind.schema(),
+            base_dn: r.base_dn,
+            users_ou: r.users_ou,
+            groups_base: r.groups_base,
+            upn_suffix: r.upn_suffix,
+            mapping: r.mapping,
+            employee_attr,
+            page_size: *self.page_size.get_ref() as i32,
+            op_timeout: self.op_timeout.0,
+            secure,
+            mode,
+            sync_locks: KeyLocks::default(),
+        })
+    }
+}
+
+impl Directory {
+    /// Builds a directory from its configuration (relative paths against the current folder).
+    pub fn new(name: &str, config: &DirectoryConfig) -> Result<Directory, DirectoryError> {
+        config.build(name, Path::new("."))
+    }
+
+    /// The same directory in dry-run mode: nothing is connected, writes are recorded
+    /// (for `tripline test`, which must show the writes that would happen).
+    pub fn dry_run(name: &str, config: &DirectoryConfig) -> Result<Directory, DirectoryError> {
+        let mut config = config.clone();
+        config.dry_run = true;
+        // Nothing is connected, so the CA file is not read (nor required to exist here).
+        config.ca_file = None;
+        config.build(name, Path::new("."))
+    }
+
+    /// The configured name (`ActiveDirectory`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Active Directory or OpenLDAP.
+    pub fn kind(&self) -> DirectoryKind {
+        self.kind
+    }
+
+    /// The configured `base_dn`, as text.
+    pub fn base_dn(&self) -> String {
+        self.base_dn.to_string()
+    }
+
+    /// Where new users are created, as text.
+    pub fn users_ou(&self) -> String {
+        self.users_ou.to_string()
+    }
+
+    /// Whether this directory records changes instead of making them.
+    pub fn is_dry_run(&self) -> bool {
+        matches!(self.mode, Mode::DryRun(_))
+    }
+
+    /// The changes recorded so far in dry-run mode (always empty otherwise).
+    pub fn planned_changes(&self) -> Vec<PlannedChange> {
+        match &self.mode {
+            Mode::DryRun(list) => list.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            Mode::Live(_) => Vec::new(),
+        }
+    }
+
+    /// Returns and forgets the changes recorded so far in dry-run mode.
+    pub fn take_planned_changes(&self) -> Vec<PlannedChange> {
+        match &self.mode {
+            Mode::DryRun(list) => std::mem::take(&mut *list.lock().unwrap_or_else(|e| e.into_inner())),
+            Mode::Live(_) => Vec::new(),
+        }
+    }
+
+    /// How many connections were opened so far: 1 while the first one lives, more after
+    /// reconnects, 0 in dry-run mode or before first use.
+    pub fn connections_opened(&self) -> u64 {
+        match &self.mode {
+            Mode::Live(pool) => pool.connections_opened(),
+            Mode::DryRun(_) => 0,
+        }
+    }
+
+    /// Opens and binds the connection now if it is not open (the seed's "bind" step, and
+    /// `tripline connection test`). A dry-run directory always succeeds.
+    pub async fn connect(&self) -> Result<(), DirectoryError> {
+        match &self.mode {
+            Mode::Live(pool) => pool.get().await.map(|_| ()),
+            Mode::DryRun(_) => Ok(()),
+        }
+    }
+
+    /// Waits until no other sync of this employee runs in this process.
+    pub(crate) async fn lock_employee(&self, employee_id: &str) -> KeyGuard<'_> {
+        self.sync_locks.lock(employee_id).await
+    }
+
+    /// Records a planned change in dry-run mode; `Some(())` means "recorded, do not send".
+    pub(crate) fn plan(
+        &self,
+        operation: &str,
+        target: &str,
+        attributes: BTreeMap<String, Vec<String>>,
+        description: String,
+    ) -> Option<()> {
+        let Mode::DryRun(list) = &self.mode else { return None };
+        tracing::info!(directory = %self.name, operation, target, %description, "Dry run: change recorded.");
+        list.lock().unwrap_or_else(|e| e.into_inner()).push(PlannedChange {
+            operation: operation.to_string(),
+            target: target.to_string(),
+            attributes,
+            description,
+        });
+        Some(())
+    }
+
+    /// Fails before anything is sent when a password would travel unencrypted.
+    pub(crate) fn require_secure(&self) -> Result<(), DirectoryError> {
+        if self.secure {
+            Ok(())
+        } else {
+            Err(DirectoryError::InsecureConnection { directory: self.name.clone() })
+        }
+    }
+
+    /// Runs one operation on the shared connection: converts its error, and drops the
+    /// connection when it broke so the next call opens a new one.
+    pub(crate) async fn run<T, F, Fut>(&self, op: &str, f: F) -> Result<T, DirectoryError>
+    where
+        F: FnOnce(Ldap) -> Fut,
+        Fut: Future<Output = Result<T, LdapError>>,
+    {
+        let Mode::Live(pool) = &self.mode else {
+            return Err(DirectoryError::Unsupported(format!("{op}: directory {} is in dry-run mode", self.name)));
+        };
+        let conn = pool.get().await?;
+        let mut ldap = conn.ldap;
+        ldap.with_timeout(self.op_timeout);
+        match f(ldap).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let err = DirectoryError::from_ldap(op, e, self.op_timeout);
+                if err.breaks_connection() {
+                    pool.discard(conn.generation);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// A paged search. `missing_base_ok`: an absent base gives no entries instead of an error
+    /// (lookups by DN). Returns nothing in dry-run mode.
+    pub(crate) async fn search_raw(
+        &self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+        limit: Option<usize>,
+        missing_base_ok: bool,
+    ) -> Result<Vec<Entry>, DirectoryError> {
+        if self.is_dry_run() {
+            return Ok(Vec::new());
+        }
+        let op = format!("search {base} for {filter}");
+        let attrs: Vec<String> =
+            if attrs.is_empty() { vec!["*".into()] } else { attrs.iter().map(|a| a.to_string()).collect() };
+        let page_size = self.page_size;
+        let size_limit = limit.map(|l| l.min(i32::MAX as usize) as i32).unwrap_or(0);
+        let (entries, result) = self
+            .run(&op, |mut ldap| async move {
+                let adapters: Vec<Box<dyn Adapter<'_, String, Vec<String>>>> =
+                    vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(page_size))];
+                let mut stream = ldap
+                    .with_search_options(SearchOptions::new().sizelimit(size_limit))
+                    .streaming_search_with(adapters, base, scope, filter, attrs)
+                    .await?;
+                let mut entries = Vec::new();
+                while let Some(entry) = stream.next().await? {
+                    entries.push(Entry::from_search(SearchEntry::construct(entry)));
+                    if limit.is_some_and(|l| entries.len() >= l) {
+                        // Enough: not every server applies the size limit to paged searches.
+                        let msgid = stream.ldap_handle().last_id();
+                        let _ = stream.finish().await;
+                        let _ = stream.ldap_handle().abandon(msgid).await;
+                        return Ok((entries, None));
+                    }
+                }
+                Ok((entries, Some(stream.finish().await)))
+            })
+            .await?;
+        match result {
+            None => Ok(entries),
+            Some(r) if r.rc == 0 => Ok(entries),
+            Some(r) if r.rc == 4 && limit.is_some() => Ok(entries),
+            Some(r) if r.rc == 32 && missing_base_ok => Ok(Vec::new()),
+            Some(r) => Err(DirectoryError::from_result(&op, &r)),
+        }
+    }
+
+    /// Searches with a script's filter template; values are escaped into its holes.
+    pub async fn search(&self, request: &SearchRequest) -> Result<Vec<Entry>, DirectoryError> {
+        let filter = filter::fill_template(&request.filter, &request.values)?;
+        let base = match &request.base {
+            Some(b) => Dn::parse(b).map_err(|e| DirectoryError::InvalidInput(e.to_string()))?.to_string(),
+            None => self.base_dn.to_string(),
+        };
+        let attrs: Vec<&str> = request.attributes.iter().map(String::as_str).collect();
+        for a in &attrs {
+            if *a != "*" && *a != "+" && !super::dn::is_attribute_type(a) {
+                return Err(DirectoryError::InvalidInput(format!("`{a}` is not an attribute name")));
+            }
+        }
+        self.search_raw(&base, request.scope.ldap(), &filter, &attrs, request.limit, false).await
+    }
+
+    /// The one user `id` names, with the given attributes (all when empty), or `None`.
+    pub(crate) async fn lookup(&self, id: &UserId, attrs: &[&str]) -> Result<Option<Entry>, DirectoryError> {
+        let found = match id {
+            UserId::Dn(dn) => self.search_raw(dn, Scope::Base, self.schema.user_filter, attrs, None, true).await?,
+            _ => {
+                let f = id.filter(self.schema, &self.employee_attr);
+                self.search_raw(&self.base_dn.to_string(), Scope::Subtree, &f, attrs, Some(2), false).await?
+            }
+        };
+        match found.len() {
+            0 | 1 => Ok(found.into_iter().next()),
+            count => Err(DirectoryError::Ambiguous { what: id.to_string(), count }),
+        }
+    }
+
+    /// Like [`Directory::lookup`], but a missing user is an error.
+    pub(crate) async fn locate(&self, id: &UserId, attrs: &[&str]) -> Result<Entry, DirectoryError> {
+        self.lookup(id, attrs).await?.ok_or_else(|| DirectoryError::NotFound(id.to_string()))
+    }
+
+    /// How a dry-run change names a user it cannot look up.
+    pub(crate) fn dry_target(id: &UserId) -> String {
+        match id {
+            UserId::Dn(dn) => dn.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// `a: x; b: y, z` for descriptions.
+pub(crate) fn describe_attrs(attrs: &BTreeMap<String, Vec<String>>) -> String {
+    attrs.iter().map(|(k, v)| format!("{k}: {}", v.join(", "))).collect::<Vec<_>>().join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_identifiers_read_as_text() {
+        let guid = [0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff];
+        assert_eq!(guid_text(&guid), "00112233-4455-6677-8899-aabbccddeeff");
+        // S-1-5-21-1-2-3-500
+        let mut sid = vec![1u8, 5, 0, 0, 0, 0, 0, 5];
+        for n in [21u32, 1, 2, 3, 500] {
+            sid.extend_from_slice(&n.to_le_bytes());
+        }
+        assert_eq!(sid_text(&sid).as_deref(), Some("S-1-5-21-1-2-3-500"));
+        assert_eq!(sid_text(&[1, 5, 0]), None);
+    }
+
+    #[test]
+    fn entries_match_attribute_names_without_case() {
+        let e = Entry { dn: "CN=x".into(), attributes: BTreeMap::from([("sAMAccountName".into(), vec!["jd".into()])]) };
+        assert_eq!(e.get("samaccountname"), Some("jd"));
+        assert!(e.values("mail").is_empty());
+    }
+}

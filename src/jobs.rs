@@ -1,0 +1,131 @@
+//! Jobs in the runtime: building `[jobs.NAME]`, running them on the scheduler's ticks, and the
+//! store-backed state the scheduler and OAuth2 connections keep across restarts.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::connection::{StoredToken, TokenStore, TokenStoreError};
+use crate::diag::Diagnostic;
+use crate::runtime::Runtime;
+use crate::scheduler::{BoxError, Job, JobRunner, LastRunStore, Scheduler};
+use crate::store::{RunStatus, Store, StoreError};
+
+/// Why a job could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{0}")]
+    Unknown(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The jobs of the configuration, with a problem for each whose script is not loaded.
+pub fn build_jobs(config: &Config, catalog: &Catalog, diags: &mut Vec<Diagnostic>) -> BTreeMap<String, Job> {
+    let path = config.path.clone().unwrap_or_else(|| "tripline.toml".into());
+    let source = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut jobs = BTreeMap::new();
+    for (name, cfg) in &config.raw.jobs {
+        let span = Some(cfg.span());
+        let cfg = cfg.get_ref();
+        if !catalog.scripts.contains_key(cfg.script.get_ref()) {
+            diags.push(Diagnostic::span(
+                &path,
+                &source,
+                Some(cfg.script.span()),
+                format!(
+                    "jobs.{name}: script {:?} does not exist in {}",
+                    cfg.script.get_ref(),
+                    config.engine.scripts_dir.display()
+                ),
+            ));
+            continue;
+        }
+        match cfg.build(name) {
+            Ok(job) => {
+                jobs.insert(name.clone(), job);
+            }
+            Err(e) => diags.push(Diagnostic::span(&path, &source, span, format!("jobs.{name}: {e}"))),
+        }
+    }
+    jobs
+}
+
+/// OAuth2 tokens in the store's key-value table (namespace `oauth2`).
+pub struct StoreTokens(pub Arc<dyn Store>);
+
+const TOKENS: &str = "oauth2";
+
+impl TokenStore for StoreTokens {
+    fn load(&self, connection: &str) -> Result<Option<StoredToken>, TokenStoreError> {
+        match self.0.kv_get(TOKENS, connection).map_err(TokenStoreError::new)? {
+            Some(Value::String(text)) => StoredToken::from_json(&text).map(Some),
+            Some(_) => Err(TokenStoreError::new("stored token is not text")),
+            None => Ok(None),
+        }
+    }
+
+    fn save(&self, connection: &str, token: &StoredToken) -> Result<(), TokenStoreError> {
+        self.0.kv_set(TOKENS, connection, &Value::String(token.to_json())).map_err(TokenStoreError::new)
+    }
+}
+
+/// The scheduler's last handled tick per job, in the key-value table (namespace `scheduler`).
+pub struct StoreLastRuns(pub Arc<dyn Store>);
+
+impl LastRunStore for StoreLastRuns {
+    fn last_tick(&self, job: &str) -> Result<Option<DateTime<Utc>>, BoxError> {
+        match self.0.kv_get("scheduler", job)? {
+            Some(Value::String(s)) => Ok(Some(DateTime::parse_from_rfc3339(&s)?.with_timezone(&Utc))),
+            _ => Ok(None),
+        }
+    }
+
+    fn record_tick(&self, job: &str, tick: DateTime<Utc>) -> Result<(), BoxError> {
+        Ok(self.0.kv_set("scheduler", job, &Value::String(tick.to_rfc3339()))?)
+    }
+}
+
+/// Runs jobs on the runtime's blocking threads; their runs land in the run history and the
+/// events their writes raise wait in the queue for the dispatcher.
+#[derive(Clone)]
+pub struct RuntimeJobs(pub Arc<Runtime>);
+
+impl JobRunner for RuntimeJobs {
+    fn run_job(&self, job: &Job, tick: DateTime<Utc>) -> BoxFuture<'static, Result<(), BoxError>> {
+        let rt = self.0.clone();
+        let name = job.name.clone();
+        Box::pin(async move {
+            let job_name = name.clone();
+            let (run, raised) = tokio::task::spawn_blocking(move || rt.run_job(&job_name, "schedule")).await??;
+            match run.status {
+                RunStatus::Ok => {
+                    info!(job = %name, %tick, ms = run.duration_ms, events = raised.len(), "Job ran.");
+                    Ok(())
+                }
+                _ => {
+                    let error = run.error.unwrap_or_default();
+                    warn!(job = %name, %tick, %error, "Job failed.");
+                    Err(error.into())
+                }
+            }
+        })
+    }
+}
+
+/// The scheduler over the runtime's enabled jobs, until `shutdown`.
+pub fn scheduler_task(
+    runtime: Arc<Runtime>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> impl Future<Output = ()> + Send {
+    let jobs: Vec<Job> = runtime.jobs().values().filter(|j| j.enabled).cloned().collect();
+    let scheduler = Scheduler::new(jobs, Arc::new(StoreLastRuns(runtime.store().clone())));
+    scheduler.run(RuntimeJobs(runtime), shutdown)
+}

@@ -1,0 +1,108 @@
+//! A temp project folder (tripline.toml, rules/, scripts/) and the real `tripline` binary.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// A project in a temp folder, removed on drop.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug)]
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    fn from(o: Output) -> Ran {
+        Ran {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// The stdout as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tripline"))
+}
+
+impl Project {
+    /// An empty project with the given configuration text.
+    pub fn new(config: &str) -> Project {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+        std::fs::create_dir_all(dir.path().join("scripts")).unwrap();
+        std::fs::write(dir.path().join("tripline.toml"), config).unwrap();
+        Project { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file under the project (folders created).
+    pub fn file(&self, rel: &str, text: &str) -> &Self {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+        self
+    }
+
+    /// A rule file.
+    pub fn rule(&self, name: &str, text: &str) -> &Self {
+        self.file(&format!("rules/{name}.toml"), text)
+    }
+
+    /// A script file.
+    pub fn script(&self, name: &str, text: &str) -> &Self {
+        self.file(&format!("scripts/{name}"), text)
+    }
+
+    /// Runs `tripline ARGS --config <project>/tripline.toml` from another folder, so relative
+    /// paths in the configuration must resolve against the configuration's folder.
+    pub fn run(&self, args: &[&str]) -> Ran {
+        self.run_stdin(args, None)
+    }
+
+    pub fn run_stdin(&self, args: &[&str], stdin: Option<&str>) -> Ran {
+        let mut cmd = Command::new(binary());
+        cmd.args(args)
+            .arg("--config")
+            .arg(self.path().join("tripline.toml"))
+            .current_dir(std::env::temp_dir())
+            .env("TRIPLINE_LOG", "warn")
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("tripline binary runs");
+        if let Some(text) = stdin {
+            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        }
+        Ran::from(child.wait_with_output().unwrap())
+    }
+
+    /// Fires one record (as JSON text) and returns the runs printed with `--json`.
+    pub fn fire(&self, entity: &str, record: &str) -> (Ran, Vec<serde_json::Value>) {
+        let ran = self.run_stdin(&["fire", entity, "--record", "-", "--json"], Some(record));
+        let runs =
+            ran.stdout.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+        (ran, runs)
+    }
+
+    /// Every record of an entity, as JSON.
+    pub fn records(&self, entity: &str) -> Vec<serde_json::Value> {
+        let ran = self.run(&["records", "list", entity, "--json"]);
+        assert_eq!(ran.code, 0, "{ran:?}");
+        ran.json().as_array().unwrap().clone()
+    }
+}
