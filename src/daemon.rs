@@ -47,6 +47,8 @@ const PASS_BATCH: usize = 512;
 /// How often old finished events and successful runs are pruned (`[engine] retention_days`);
 /// also once at start.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often jobs with `stale_after` are checked for a success that is too old.
+const STALE_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +226,7 @@ pub async fn run_with(
         let _ = scheduler_stopped.await;
     }));
     let mut prune = tokio::time::interval(PRUNE_EVERY);
+    let mut stale_jobs = tokio::time::interval(STALE_CHECK_EVERY);
 
     let catalog = runtime.catalog();
     info!(rules = catalog.rules.rules().len(), scripts = catalog.scripts.len(), "tripline daemon started.");
@@ -238,6 +241,7 @@ pub async fn run_with(
             _ = wake.notified(), if daemon.pass.is_none() => daemon.dispatch(),
             _ = tokio::time::sleep(options.idle_poll), if daemon.pass.is_none() => daemon.dispatch(),
             _ = prune.tick() => daemon.handle_prune().await,
+            _ = stale_jobs.tick() => daemon.handle_stale_jobs().await,
         }
     }
 
@@ -489,6 +493,16 @@ impl Daemon {
             Ok(Ok(n)) => info!(rows = n, "Pruned finished events and successful runs past the retention."),
             Ok(Err(e)) => warn!(error = %e, "Pruning failed; it is tried again later."),
             Err(e) => error!(error = %e, "The pruning task panicked."),
+        }
+    }
+
+    /// Tells the contacts of jobs that have not succeeded within their `stale_after`.
+    async fn handle_stale_jobs(&mut self) {
+        let rt = self.runtime.clone();
+        match tokio::task::spawn_blocking(move || crate::notification::check_stale_jobs(&rt, Utc::now())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "The stale job check failed; it is tried again later."),
+            Err(e) => error!(error = %e, "The stale job check panicked."),
         }
     }
 

@@ -421,8 +421,8 @@ impl Notifier {
     /// are ignored: a run that will be retried has not failed yet). Blocking; failures to
     /// notify are logged, never raised: the run's own failure is what matters.
     ///
-    /// Wiring: the dispatcher calls it after committing a run, with the rule's
-    /// `notify_on_failure` (or the job's) as `contacts`.
+    /// Wiring: jobs call it through [`job_finished`]; the dispatcher is to call it after
+    /// committing a rule's run, with the rule's `notify_on_failure` as `contacts`.
     pub fn run_failed(&self, contacts: &[String], run: &Run) {
         if contacts.is_empty() || !matches!(run.status, RunStatus::Failed | RunStatus::Dead) {
             return;
@@ -445,8 +445,7 @@ impl Notifier {
     /// when the job started being expected to run (the daemon's start, or the job's first
     /// schedule) and counts when it never succeeded. Returns whether contacts were notified.
     ///
-    /// Wiring: the scheduler calls it for each job with contacts on every tick (or every
-    /// minute); the call is cheap when the job is not stale.
+    /// The daemon calls it every minute through [`check_stale_jobs`].
     #[allow(clippy::too_many_arguments)]
     pub fn job_stale(
         &self,
@@ -464,7 +463,7 @@ impl Notifier {
         }
         let key = format!("stale:{job}");
         let marker = serde_json::Value::String(reference.to_rfc3339());
-        if store.kv_get("notify", &key)?.as_ref() == Some(&marker) {
+        if store.kv_get(STATE, &key)?.as_ref() == Some(&marker) {
             return Ok(false);
         }
         let hours = (now - reference).num_minutes() as f64 / 60.0;
@@ -490,7 +489,7 @@ impl Notifier {
         }
         // Remembered only once someone was told, so a channel that was down is tried again.
         if sent {
-            store.kv_set("notify", &key, &marker)?;
+            store.kv_set(STATE, &key, &marker)?;
         }
         Ok(sent)
     }
@@ -499,6 +498,56 @@ impl Notifier {
 /// Tells a rule's or job's contacts that `run` failed; see [`Notifier::run_failed`].
 pub fn notify_failure(runtime: &crate::runtime::Runtime, contacts: &[String], run: &Run) {
     runtime.hosts().notifier.run_failed(contacts, run);
+}
+
+/// The key-value namespace of the notifier's own state.
+const STATE: &str = "notify";
+
+/// After a job's run: a success is remembered (for [`check_stale_jobs`]); a failure is told
+/// to the job's `notify_on_failure` contacts. Blocking.
+pub fn job_finished(runtime: &crate::runtime::Runtime, contacts: &[String], run: &Run) {
+    let job = run.rule.strip_prefix("job:").unwrap_or(&run.rule);
+    if run.status == RunStatus::Ok {
+        let at = serde_json::Value::String(run.finished_at.to_rfc3339());
+        if let Err(e) = runtime.store().kv_set(STATE, &format!("last_success:{job}"), &at) {
+            warn!(job, error = %e, "Cannot record the job's success; its staleness check may notify early.");
+        }
+    } else {
+        runtime.hosts().notifier.run_failed(contacts, run);
+    }
+}
+
+/// Checks every enabled job that has `stale_after` and contacts, telling them (once per stale
+/// period, see [`Notifier::job_stale`]) about a job without a successful run for that long.
+/// A job that never succeeded counts from when tripline first checked it. Blocking; returns
+/// how many jobs were reported.
+pub fn check_stale_jobs(runtime: &crate::runtime::Runtime, now: DateTime<Utc>) -> Result<usize, StoreError> {
+    let store = runtime.store().as_ref();
+    let time = |key: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(match store.kv_get(STATE, key)? {
+            Some(serde_json::Value::String(s)) => DateTime::parse_from_rfc3339(&s).ok().map(|t| t.with_timezone(&Utc)),
+            _ => None,
+        })
+    };
+    let mut reported = 0;
+    for (name, job) in runtime.jobs() {
+        let Some(max_age) = job.stale_after.filter(|_| job.enabled && !job.notify_on_failure.is_empty()) else {
+            continue;
+        };
+        let since = match time(&format!("watched_since:{name}"))? {
+            Some(t) => t,
+            None => {
+                store.kv_set(STATE, &format!("watched_since:{name}"), &serde_json::Value::String(now.to_rfc3339()))?;
+                now
+            }
+        };
+        let last_success = time(&format!("last_success:{name}"))?;
+        let max_age = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
+        if runtime.hosts().notifier.job_stale(store, name, &job.notify_on_failure, last_success, since, max_age, now)? {
+            reported += 1;
+        }
+    }
+    Ok(reported)
 }
 
 fn build_channels(config: &BTreeMap<String, Spanned<NotifyConfig>>) -> (HashMap<String, Channel>, Vec<String>) {

@@ -204,3 +204,51 @@ async fn a_stale_job_notifies_once_per_stale_period() {
         mails[0].data
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_tell_their_contacts_when_they_fail_or_go_stale() {
+    let sink = SmtpSink::start().await;
+    let extra = format!(
+        "[notify.contacts]\ntype = \"email\"\nsmtp = \"smtp://{}\"\nstarttls = false\n\
+         from = \"tripline@example.com\"\nto = [\"integration-owner@example.com\"]\n\n\
+         [jobs.sync_ok]\nschedule = \"0 0 1 1 *\"\nscript = \"job_ok.rhai\"\nnotify_on_failure = [\"contacts\"]\nstale_after = \"24h\"\n\n\
+         [jobs.sync_bad]\nschedule = \"0 0 1 1 *\"\nscript = \"job_bad.rhai\"\nnotify_on_failure = [\"contacts\"]\n",
+        sink.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_files(
+        dir.path(),
+        &[
+            ("tripline.toml", &config(&extra)),
+            ("rules/alert.toml", RULE),
+            ("scripts/alert.rhai", "1"),
+            ("scripts/job_ok.rhai", "1"),
+            ("scripts/job_bad.rhai", "throw \"the HR API is down\";"),
+        ],
+    );
+    let rt = Arc::new(Runtime::builder().config_file(dir.path().join("tripline.toml")).build().unwrap());
+
+    // A failed scheduled run is told to the contacts; a successful one is remembered.
+    let runner = tripline::jobs::RuntimeJobs(rt.clone());
+    use tripline::scheduler::JobRunner;
+    assert!(runner.run_job(&rt.jobs()["sync_bad"], Utc::now()).await.is_err());
+    assert!(runner.run_job(&rt.jobs()["sync_ok"], Utc::now()).await.is_ok());
+    let mails = sink.mails();
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].data.contains("Subject: tripline: job \"sync_bad\" failed"), "{}", mails[0].data);
+    assert!(mails[0].data.contains("the HR API is down"), "{}", mails[0].data);
+
+    // Staleness, counted from that success: only sync_ok has `stale_after`.
+    let rt2 = rt.clone();
+    let reported = tokio::task::spawn_blocking(move || {
+        let now = Utc::now();
+        [now + Duration::hours(1), now + Duration::hours(25), now + Duration::hours(26)]
+            .map(|at| tripline::notification::check_stale_jobs(&rt2, at).unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(reported, [0, 1, 0]);
+    let mails = sink.mails();
+    assert_eq!(mails.len(), 2);
+    assert!(mails[1].data.contains("job \"sync_ok\" has not completed successfully"), "{}", mails[1].data);
+}
