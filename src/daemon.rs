@@ -152,7 +152,7 @@ pub async fn run(runtime: Arc<Runtime>, shutdown: impl Future<Output = ()>) -> R
     run_with(runtime, Options::default(), shutdown).await
 }
 
-/// The last reload, as `/healthz` shows it.
+/// The last reload that changed the catalog (or was rejected), as `/healthz` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReloadReport {
     pub at: DateTime<Utc>,
@@ -473,6 +473,11 @@ impl Daemon {
                     "Rules and scripts reloaded with problems."
                 );
             }
+        }
+        // A re-scan that found nothing new (late events of a save already applied) is no
+        // reload to report: `/healthz` keeps describing the catalog in force.
+        if outcome == ReloadOutcome::Unchanged {
+            return;
         }
         let mut status = lock(&self.status);
         status.reloads += 1;
