@@ -128,7 +128,8 @@ fn build_hosts(
     let path = config.path.clone().unwrap_or_else(|| PathBuf::from("tripline.toml"));
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut diags = Vec::new();
-    let mut hosts = Hosts { handle: Some(handle), ..Hosts::default() };
+    let notifier = crate::notification::Notifier::from_config(&config.raw.notify);
+    let mut hosts = Hosts { handle: Some(handle), notifier, ..Hosts::default() };
     for (name, cfg) in &config.raw.directories {
         let cfg = cfg.get_ref();
         match (cfg.build(name, &base_dir), crate::directory::Directory::dry_run(name, cfg)) {

@@ -4,7 +4,10 @@
 mod cli;
 mod common;
 mod connection;
+mod daemon;
 mod directory;
 mod hostile;
+mod notification;
 mod reliability;
 mod scheduler;
+mod webhook;
