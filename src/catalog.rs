@@ -1,7 +1,16 @@
 //! The catalog: every rule and script loaded from their folders, compiled, as one value that
 //! the runtime swaps atomically on reload.
+//!
+//! A reload ([`Catalog::reload`]) builds a whole new catalog aside from the one in force and
+//! keeps, file by file, the last good version of anything that no longer loads: a script that
+//! stops compiling keeps its previous AST, a rule file that stops parsing keeps its previous
+//! rule (rebuilt from its last good text), and a script that a rule still names but that was
+//! deleted keeps running in its last good version. Each such file is reported in
+//! [`Catalog::problems`]; every other file's change applies.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,6 +26,41 @@ pub struct Catalog {
     pub rules: RuleSet,
     /// Scripts by their path relative to the scripts folder, with `/` separators.
     pub scripts: HashMap<String, Arc<AST>>,
+    /// The problems of the files in error when this catalog was built. A file listed here runs
+    /// in its last good version when it had one, and is left out otherwise.
+    pub problems: Vec<Diagnostic>,
+    /// Each script's source hash, so that a reload recompiles only the scripts that changed.
+    script_hashes: HashMap<String, u64>,
+    /// The last good text of each rule file, by path: a rule file that breaks is rebuilt from
+    /// it. (Rules are rebuilt rather than shared because a rule set owns its rules.)
+    rule_sources: HashMap<PathBuf, Arc<str>>,
+    /// A hash of every file read (names and contents): equal fingerprints mean equal folders.
+    fingerprint: u64,
+}
+
+/// What a reload did, for logs, metrics and `/healthz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadOutcome {
+    /// Every file loaded; the new catalog is in force.
+    Applied,
+    /// Some files are in error and run in their last good version; the others' changes apply.
+    Partial,
+    /// The files did not change since the catalog in force was built; nothing was swapped.
+    Unchanged,
+    /// Nothing was applied (a configuration that does not validate).
+    Rejected,
+}
+
+impl ReloadOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadOutcome::Applied => "applied",
+            ReloadOutcome::Partial => "partial",
+            ReloadOutcome::Unchanged => "unchanged",
+            ReloadOutcome::Rejected => "rejected",
+        }
+    }
 }
 
 /// The files of a folder (recursively) with an extension, sorted, as (path, relative name).
@@ -25,7 +69,8 @@ pub fn files_with_extension(dir: &Path, ext: &str) -> std::io::Result<Vec<(PathB
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            // Editors' temporary and backup files (".x.swp", "x~", ".#x") are not rules.
+            // Editors' temporary and backup files (".x.swp", "x~", ".#x") are not rules, and
+            // neither are Kubernetes' ConfigMap internals ("..data", "..2024_01_01_...").
             if name.starts_with('.') || name.ends_with('~') {
                 continue;
             }
@@ -45,70 +90,198 @@ pub fn files_with_extension(dir: &Path, ext: &str) -> std::io::Result<Vec<(PathB
     Ok(out)
 }
 
+fn hash_of(text: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
 impl Catalog {
     /// Loads and compiles every script and rule; returns what compiled and every problem.
     pub fn load(engine: &ScriptEngine, rules_dir: &Path, scripts_dir: &Path) -> (Catalog, Vec<Diagnostic>) {
+        let catalog = Self::build(engine, rules_dir, scripts_dir, None);
+        let diags = catalog.problems.clone();
+        (catalog, diags)
+    }
+
+    /// Builds a new catalog from the folders, keeping from `previous` the last good version of
+    /// every file that no longer loads (see the module docs). The problems are in
+    /// [`Catalog::problems`].
+    pub fn reload(engine: &ScriptEngine, rules_dir: &Path, scripts_dir: &Path, previous: &Catalog) -> Catalog {
+        Self::build(engine, rules_dir, scripts_dir, Some(previous))
+    }
+
+    /// Whether this catalog was built from exactly the same files as `other`.
+    pub fn same_files_as(&self, other: &Catalog) -> bool {
+        self.fingerprint == other.fingerprint
+    }
+
+    fn build(engine: &ScriptEngine, rules_dir: &Path, scripts_dir: &Path, previous: Option<&Catalog>) -> Catalog {
         let mut diags = Vec::new();
+        let mut fingerprint = DefaultHasher::new();
         let mut scripts = HashMap::new();
+        let mut script_hashes = HashMap::new();
         let mut broken_scripts = Vec::new();
+        let keep_script = |rel: &str, scripts: &mut HashMap<String, Arc<AST>>, hashes: &mut HashMap<String, u64>| {
+            if let Some(p) = previous {
+                if let Some(ast) = p.scripts.get(rel) {
+                    scripts.insert(rel.to_string(), ast.clone());
+                    if let Some(h) = p.script_hashes.get(rel) {
+                        hashes.insert(rel.to_string(), *h);
+                    }
+                    return true;
+                }
+            }
+            false
+        };
         match files_with_extension(scripts_dir, "rhai") {
             Ok(files) => {
                 for (path, rel) in files {
-                    match std::fs::read_to_string(&path) {
-                        Ok(src) => match engine.compile(&path, &src) {
-                            Ok(ast) => {
-                                scripts.insert(rel, Arc::new(ast));
-                            }
-                            Err(d) => {
-                                diags.push(d);
-                                broken_scripts.push(rel);
-                            }
-                        },
-                        Err(e) => diags.push(Diagnostic::file(&path, format!("cannot read script: {e}"))),
-                    }
-                }
-            }
-            Err(e) => diags.push(Diagnostic::file(scripts_dir, format!("cannot read the scripts folder: {e}"))),
-        }
-        let mut rules: Vec<Rule> = Vec::new();
-        match files_with_extension(rules_dir, "toml") {
-            Ok(files) => {
-                for (path, _) in files {
                     let src = match std::fs::read_to_string(&path) {
                         Ok(s) => s,
                         Err(e) => {
-                            diags.push(Diagnostic::file(&path, format!("cannot read rule: {e}")));
+                            diags.push(Diagnostic::file(&path, format!("cannot read script: {e}")));
+                            keep_script(&rel, &mut scripts, &mut script_hashes);
+                            broken_scripts.push(rel);
                             continue;
                         }
                     };
-                    match compile_rule(&path, &src, &|w| engine.compile_guard(w)) {
-                        Ok(rule) => {
-                            if !scripts.contains_key(&rule.script) && !broken_scripts.contains(&rule.script) {
-                                let span = script_span(&src);
-                                diags.push(Diagnostic::span(
-                                    &path,
-                                    &src,
-                                    span,
-                                    format!("script {:?} does not exist in {}", rule.script, scripts_dir.display()),
-                                ));
-                                continue;
-                            }
-                            if let Some(other) = rules.iter().find(|r| r.name == rule.name) {
-                                diags.push(Diagnostic::file(
-                                    &path,
-                                    format!("rule name {:?} is already used by {}", rule.name, other.path.display()),
-                                ));
-                                continue;
-                            }
-                            rules.push(rule);
+                    let hash = hash_of(&src);
+                    (&rel, hash).hash(&mut fingerprint);
+                    let unchanged = previous
+                        .and_then(|p| Some((p.script_hashes.get(&rel)?, p.scripts.get(&rel)?)))
+                        .filter(|(h, _)| **h == hash);
+                    if let Some((_, ast)) = unchanged {
+                        scripts.insert(rel.clone(), ast.clone());
+                        script_hashes.insert(rel, hash);
+                        continue;
+                    }
+                    match engine.compile(&path, &src) {
+                        Ok(ast) => {
+                            scripts.insert(rel.clone(), Arc::new(ast));
+                            script_hashes.insert(rel, hash);
                         }
-                        Err(d) => diags.extend(d),
+                        Err(mut d) => {
+                            if keep_script(&rel, &mut scripts, &mut script_hashes) {
+                                d.message.push_str(" (the last good version keeps running)");
+                            }
+                            diags.push(d);
+                            broken_scripts.push(rel);
+                        }
                     }
                 }
             }
-            Err(e) => diags.push(Diagnostic::file(rules_dir, format!("cannot read the rules folder: {e}"))),
+            Err(e) => {
+                diags.push(Diagnostic::file(scripts_dir, format!("cannot read the scripts folder: {e}")));
+                // A folder that cannot be read (mid-swap, permissions) keeps every script.
+                if let Some(p) = previous {
+                    scripts.clone_from(&p.scripts);
+                    script_hashes.clone_from(&p.script_hashes);
+                }
+            }
         }
-        (Catalog { rules: RuleSet::new(rules), scripts }, diags)
+
+        let mut rules: Vec<Rule> = Vec::new();
+        let mut rule_sources: HashMap<PathBuf, Arc<str>> = HashMap::new();
+        let guard = |w: &str| engine.compile_guard(w);
+        // The last good version of a rule file, when it had one.
+        let last_good = |path: &Path| -> Option<(Rule, Arc<str>)> {
+            let src = previous?.rule_sources.get(path)?.clone();
+            compile_rule(path, &src, &guard).ok().map(|r| (r, src))
+        };
+        let rule_files = match files_with_extension(rules_dir, "toml") {
+            Ok(files) => files.into_iter().map(|(p, _)| p).collect(),
+            Err(e) => {
+                diags.push(Diagnostic::file(rules_dir, format!("cannot read the rules folder: {e}")));
+                // As for scripts: an unreadable folder keeps every rule.
+                let mut kept: Vec<PathBuf> =
+                    previous.map(|p| p.rule_sources.keys().cloned().collect()).unwrap_or_default();
+                kept.sort();
+                for path in kept {
+                    if let Some((rule, src)) = last_good(&path) {
+                        rules.push(rule);
+                        rule_sources.insert(path, src);
+                    }
+                }
+                Vec::new()
+            }
+        };
+        for path in rule_files {
+            let src = match std::fs::read_to_string(&path) {
+                Ok(s) => s,
+                Err(e) => {
+                    let kept = last_good(&path);
+                    diags.push(Diagnostic::file(&path, format!("cannot read rule: {e}{}", kept_note(kept.is_some()))));
+                    if let Some((rule, src)) = kept {
+                        rule_sources.insert(path, src);
+                        rules.push(rule);
+                    }
+                    continue;
+                }
+            };
+            (&path, hash_of(&src)).hash(&mut fingerprint);
+            let compiled = compile_rule(&path, &src, &guard).and_then(|rule| {
+                if scripts.contains_key(&rule.script) || broken_scripts.contains(&rule.script) {
+                    return Ok(rule);
+                }
+                let missing = |kept: bool| {
+                    let msg = format!("script {:?} does not exist in {}", rule.script, scripts_dir.display());
+                    vec![Diagnostic::span(&path, &src, script_span(&src), msg + kept_note(kept))]
+                };
+                // A script deleted under a rule that still names it keeps its last good version.
+                if keep_script(&rule.script, &mut scripts, &mut script_hashes) {
+                    diags.extend(missing(true));
+                    return Ok(rule);
+                }
+                Err(missing(false))
+            });
+            let (rule, source) = match compiled {
+                Ok(rule) => (rule, Arc::<str>::from(src)),
+                // The last good rule runs only with its script, itself possibly a last good
+                // version (the file broke and its script was deleted in the same change).
+                Err(mut d) => match last_good(&path) {
+                    Some((rule, src))
+                        if scripts.contains_key(&rule.script)
+                            || keep_script(&rule.script, &mut scripts, &mut script_hashes) =>
+                    {
+                        if let Some(first) = d.first_mut() {
+                            first.message.push_str(kept_note(true));
+                        }
+                        diags.extend(d);
+                        (rule, src)
+                    }
+                    _ => {
+                        diags.extend(d);
+                        continue;
+                    }
+                },
+            };
+            if let Some(other) = rules.iter().find(|r| r.name == rule.name) {
+                diags.push(Diagnostic::file(
+                    &path,
+                    format!("rule name {:?} is already used by {}", rule.name, other.path.display()),
+                ));
+                continue;
+            }
+            rule_sources.insert(path, source);
+            rules.push(rule);
+        }
+        Catalog {
+            rules: RuleSet::new(rules),
+            scripts,
+            problems: diags,
+            script_hashes,
+            rule_sources,
+            fingerprint: fingerprint.finish(),
+        }
+    }
+}
+
+fn kept_note(kept: bool) -> &'static str {
+    if kept {
+        " (the last good version keeps running)"
+    } else {
+        ""
     }
 }
 
@@ -119,4 +292,119 @@ fn script_span(src: &str) -> Option<std::ops::Range<usize>> {
         script: toml::Spanned<String>,
     }
     toml::from_str::<OnlyScript>(src).ok().map(|o| o.script.span())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LimitsConfig;
+
+    struct Dirs {
+        _tmp: tempfile::TempDir,
+        rules: PathBuf,
+        scripts: PathBuf,
+    }
+
+    fn dirs() -> Dirs {
+        let tmp = tempfile::tempdir().unwrap();
+        let rules = tmp.path().join("rules");
+        let scripts = tmp.path().join("scripts");
+        std::fs::create_dir_all(&rules).unwrap();
+        std::fs::create_dir_all(&scripts).unwrap();
+        Dirs { _tmp: tmp, rules, scripts }
+    }
+
+    fn rule(name: &str, script: &str, value: &str) -> String {
+        format!(
+            "name = \"{name}\"\nentity = \"ticket\"\nscript = \"{script}\"\n\
+             conditions = [{{ field = \"Source\", op = \"equals\", value = \"{value}\" }}]\n"
+        )
+    }
+
+    fn condition_value(c: &Catalog, name: &str) -> serde_json::Value {
+        let r = c.rules.get(name).unwrap();
+        match &r.conditions[0].op {
+            crate::rule::condition::Op::Equals(v) => v.clone(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_broken_file_keeps_its_last_good_version_and_others_apply() {
+        let d = dirs();
+        let e = ScriptEngine::new(&LimitsConfig::default(), &[]);
+        std::fs::write(d.scripts.join("a.rhai"), "let x = 1;").unwrap();
+        std::fs::write(d.rules.join("a.toml"), rule("A", "a.rhai", "one")).unwrap();
+        std::fs::write(d.rules.join("b.toml"), rule("B", "a.rhai", "one")).unwrap();
+        let (c0, diags) = Catalog::load(&e, &d.rules, &d.scripts);
+        assert!(diags.is_empty(), "{diags:?}");
+
+        // Break rule A and the script; change rule B.
+        std::fs::write(d.rules.join("a.toml"), "name = \"A\"\nentity = ").unwrap();
+        std::fs::write(d.scripts.join("a.rhai"), "let x = ;").unwrap();
+        std::fs::write(d.rules.join("b.toml"), rule("B", "a.rhai", "two")).unwrap();
+        let c1 = Catalog::reload(&e, &d.rules, &d.scripts, &c0);
+        assert_eq!(c1.problems.len(), 2, "{:?}", c1.problems);
+        assert!(c1.problems.iter().all(|p| p.message.contains("last good version")), "{:?}", c1.problems);
+        assert_eq!(condition_value(&c1, "A"), "one");
+        assert_eq!(condition_value(&c1, "B"), "two");
+        assert!(Arc::ptr_eq(&c1.scripts["a.rhai"], &c0.scripts["a.rhai"]));
+
+        // Still broken on the next reload: the same last good versions.
+        let c2 = Catalog::reload(&e, &d.rules, &d.scripts, &c1);
+        assert_eq!(condition_value(&c2, "A"), "one");
+        assert!(Arc::ptr_eq(&c2.scripts["a.rhai"], &c0.scripts["a.rhai"]));
+        assert!(c2.same_files_as(&c1));
+
+        // Fixed: the new versions apply.
+        std::fs::write(d.rules.join("a.toml"), rule("A", "a.rhai", "three")).unwrap();
+        std::fs::write(d.scripts.join("a.rhai"), "let x = 2;").unwrap();
+        let c3 = Catalog::reload(&e, &d.rules, &d.scripts, &c2);
+        assert!(c3.problems.is_empty(), "{:?}", c3.problems);
+        assert_eq!(condition_value(&c3, "A"), "three");
+        assert!(!Arc::ptr_eq(&c3.scripts["a.rhai"], &c0.scripts["a.rhai"]));
+        assert!(!c3.same_files_as(&c2));
+    }
+
+    #[test]
+    fn a_deleted_script_that_a_rule_names_keeps_running_and_is_reported() {
+        let d = dirs();
+        let e = ScriptEngine::new(&LimitsConfig::default(), &[]);
+        std::fs::write(d.scripts.join("a.rhai"), "1").unwrap();
+        std::fs::write(d.scripts.join("unused.rhai"), "2").unwrap();
+        std::fs::write(d.rules.join("a.toml"), rule("A", "a.rhai", "x")).unwrap();
+        let (c0, _) = Catalog::load(&e, &d.rules, &d.scripts);
+        std::fs::remove_file(d.scripts.join("a.rhai")).unwrap();
+        std::fs::remove_file(d.scripts.join("unused.rhai")).unwrap();
+        let c1 = Catalog::reload(&e, &d.rules, &d.scripts, &c0);
+        assert!(c1.scripts.contains_key("a.rhai"));
+        assert!(!c1.scripts.contains_key("unused.rhai"), "a script no rule names goes with its file");
+        assert_eq!(c1.problems.len(), 1);
+        let p = &c1.problems[0];
+        assert!(p.path.ends_with("a.toml") && p.line == 3, "{p}");
+        assert!(p.message.contains("does not exist") && p.message.contains("last good"), "{p}");
+
+        // The rule file breaking as well keeps both last good versions.
+        std::fs::write(d.rules.join("a.toml"), "name = ").unwrap();
+        let c1b = Catalog::reload(&e, &d.rules, &d.scripts, &c0);
+        assert!(c1b.rules.get("A").is_some() && c1b.scripts.contains_key("a.rhai"), "{:?}", c1b.problems);
+
+        // Deleting the rule too clears everything.
+        std::fs::remove_file(d.rules.join("a.toml")).unwrap();
+        let c2 = Catalog::reload(&e, &d.rules, &d.scripts, &c1);
+        assert!(c2.problems.is_empty() && c2.scripts.is_empty() && c2.rules.rules().is_empty());
+    }
+
+    #[test]
+    fn a_new_broken_file_without_a_good_version_is_only_reported() {
+        let d = dirs();
+        let e = ScriptEngine::new(&LimitsConfig::default(), &[]);
+        std::fs::write(d.scripts.join("a.rhai"), "1").unwrap();
+        let (c0, _) = Catalog::load(&e, &d.rules, &d.scripts);
+        std::fs::write(d.rules.join("new.toml"), rule("N", "missing.rhai", "x")).unwrap();
+        let c1 = Catalog::reload(&e, &d.rules, &d.scripts, &c0);
+        assert!(c1.rules.rules().is_empty());
+        assert_eq!(c1.problems.len(), 1);
+        assert!(!c1.problems[0].message.contains("last good"));
+    }
 }

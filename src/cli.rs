@@ -357,6 +357,11 @@ fn fire(rt: &Runtime, args: FireArgs) -> Result<u8, Failure> {
     };
     each_record(first, |v, size, line| {
         let i = item(v, size, line)?;
+        // A new record without an id cannot clash with the store; anything naming a record
+        // is checked against it.
+        if i.record.id.is_none() && i.kind == EventKind::Created {
+            return Ok(());
+        }
         rt.store().validate(&i).map_err(|e| Failure { message: format!("line {line}: {e}"), code: 1 })
     })?;
 
@@ -373,7 +378,7 @@ fn fire(rt: &Runtime, args: FireArgs) -> Result<u8, Failure> {
             if args.queue {
                 continue;
             }
-            for run in rt.process_chain(event)? {
+            for run in rt.process_claimed_chain(event)? {
                 counts[run.status as usize] += 1;
                 if args.json {
                     writeln!(out, "{}", serde_json::to_string(&run)?)?;

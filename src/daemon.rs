@@ -1,19 +1,123 @@
-//! The daemon: one loop that drains the event queue and retries due runs until a shutdown
-//! signal (Ctrl-C or SIGTERM); runs in flight finish before it returns.
+//! The daemon: one `tokio::select!` loop that dispatches stored events to rules, reloads rules
+//! and scripts when their files change, reloads the configuration on SIGHUP and prunes old
+//! history, beside two long-lived tasks (the job scheduler and the HTTP server for webhooks,
+//! `/healthz` and `/metrics`), until a shutdown signal (Ctrl-C or SIGTERM).
+//!
+//! Each arm of the loop calls a named handler: `dispatch` starts a pass over the queue (as a
+//! task of its own, so that nothing cancels runs half-way), `handle_reload` rebuilds the
+//! catalog aside and swaps it in, `handle_signal` re-reads `tripline.toml`. Runs in progress
+//! keep the catalog they started with (they hold an `Arc` of it), and the run ledger means no
+//! event runs a rule twice, whatever a swap interleaves.
+//!
+//! Shutdown: the HTTP server stops accepting and finishes the requests in progress, the
+//! scheduler starts no job and lets running ones finish, the dispatcher finishes the pass in
+//! progress (runs in flight complete) and starts no other, then [`run`] returns. Events stored but not yet processed stay queued for the next start.
+//!
+//! What a SIGHUP applies at once: `[webhooks.*]` and `[notify.*]`, and the rules and scripts.
+//! What needs a restart (a warning names the section when it changed): `[engine]`, `[limits]`,
+//! `[server]`, `[directories.*]`, `[connections.*]` and `[jobs.*]`, because the runtime, the
+//! script engine, the listener and the host connections were built from them.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
-use tracing::{error, info, warn};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
 
+use crate::catalog::{Catalog, ReloadOutcome};
+use crate::config::Config;
+use crate::diag::Diagnostic;
 use crate::record::Event;
 use crate::runtime::Runtime;
+use crate::watch::{Changes, FolderWatcher};
+use crate::webhook::{ServerState, Webhooks};
 
-/// How long the dispatcher sleeps when the queue is empty.
-const IDLE_POLL: Duration = Duration::from_millis(200);
+/// How long an idle dispatcher waits before looking at the queue again (events stored by
+/// another process, retries coming due). Events from webhooks wake it at once.
+pub const IDLE_POLL: Duration = Duration::from_millis(500);
+/// Events fetched per dispatch pass.
+const PASS_BATCH: usize = 512;
+/// How often old finished events and successful runs are pruned (`[engine] retention_days`);
+/// also once at start.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often jobs with `stale_after` are checked for a success that is too old.
+const STALE_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// How the daemon runs; [`Options::default`] is what `tripline run` uses.
+pub struct Options {
+    /// The quiet time of file events before a reload.
+    pub debounce: Duration,
+    /// Watch the rules and scripts folders (otherwise only SIGHUP / [`Control`] reloads).
+    pub watch: bool,
+    /// Listen for SIGHUP.
+    pub signals: bool,
+    /// A listener bound already (tests bind port 0); otherwise `[server] listen` is bound.
+    pub listener: Option<tokio::net::TcpListener>,
+    /// See [`IDLE_POLL`].
+    pub idle_poll: Duration,
+    /// How long requests in progress may take to finish at shutdown.
+    pub shutdown_grace: Duration,
+    control: Option<UnboundedReceiver<Control>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            debounce: crate::watch::DEFAULT_DEBOUNCE,
+            watch: true,
+            signals: true,
+            listener: None,
+            idle_poll: IDLE_POLL,
+            shutdown_grace: Duration::from_secs(10),
+            control: None,
+        }
+    }
+}
+
+impl Options {
+    /// A handle to request reloads from outside the process's signals (tests, embedders).
+    pub fn control(&mut self) -> ControlHandle {
+        let (tx, rx) = unbounded_channel();
+        self.control = Some(rx);
+        ControlHandle(tx)
+    }
+}
+
+/// What a [`ControlHandle`] or a signal asks of the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// What SIGHUP does: re-read `tripline.toml`, then the rules and scripts.
+    ReloadConfig,
+    /// Re-read the rules and scripts.
+    ReloadFiles,
+}
+
+/// Sends [`Control`] requests to a running daemon.
+#[derive(Clone)]
+pub struct ControlHandle(UnboundedSender<Control>);
+
+impl ControlHandle {
+    /// Asks for a reload; false when the daemon has stopped.
+    pub fn send(&self, c: Control) -> bool {
+        self.0.send(c).is_ok()
+    }
+}
 
 /// Runs the daemon on the given tokio runtime until a signal; the CLI's `tripline run`.
 pub fn run_blocking(io: tokio::runtime::Runtime, runtime: Runtime) -> Result<u8, crate::cli::Failure> {
@@ -43,49 +147,458 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// The daemon with default [`Options`], until `shutdown` resolves.
+pub async fn run(runtime: Arc<Runtime>, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    run_with(runtime, Options::default(), shutdown).await
+}
+
+/// The last reload that changed the catalog (or was rejected), as `/healthz` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadReport {
+    pub at: DateTime<Utc>,
+    /// `files` (a change under the folders), `signal` (SIGHUP) or `control`.
+    pub trigger: &'static str,
+    pub outcome: ReloadOutcome,
+    pub duration_ms: u64,
+    /// The problems of that reload, as `path:line:col: message`.
+    pub problems: Vec<String>,
+}
+
+/// What the daemon knows about itself beyond the runtime: reloads and configuration problems.
+#[derive(Default)]
+struct Status {
+    started_at: Option<DateTime<Utc>>,
+    last_reload: Option<ReloadReport>,
+    last_config_reload: Option<ReloadReport>,
+    reloads: u64,
+}
+
+/// The daemon's state, owned by its loop.
+struct Daemon {
+    runtime: Arc<Runtime>,
+    status: Arc<Mutex<Status>>,
+    watcher: Option<FolderWatcher>,
+    workers: Arc<Semaphore>,
+    /// The dispatch pass in progress.
+    pass: Option<JoinHandle<PassResult>>,
+    /// The webhooks in force (shared with the server).
+    server: Option<Arc<ServerState>>,
+    /// The text of the configuration in force, to tell which sections a SIGHUP changed.
+    config_text: Option<String>,
+}
+
+/// What a dispatch pass did: whether it found work.
+type PassResult = Result<bool, crate::store::StoreError>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The daemon's loop, until `shutdown` resolves.
-pub async fn run(runtime: Arc<Runtime>, shutdown: impl Future<Output = ()>) -> Result<(), crate::store::StoreError> {
+pub async fn run_with(
+    runtime: Arc<Runtime>,
+    mut options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let status = Arc::new(Mutex::new(Status { started_at: Some(Utc::now()), ..Status::default() }));
+    let wake = Arc::new(Notify::new());
+    let config = runtime.config();
+
+    // Watch first: once the server answers, every later change is seen. The sender stays
+    // alive (here) even without a watcher, so the loop's receiver never reports closed.
+    let (files_tx, mut files_rx) = unbounded_channel();
+    let watcher = if options.watch { start_watcher(config, options.debounce, files_tx.clone()) } else { None };
+    let mut daemon = Daemon {
+        runtime: runtime.clone(),
+        status: status.clone(),
+        watcher,
+        workers: Arc::new(Semaphore::new(config.engine.workers)),
+        pass: None,
+        server: None,
+        config_text: config.path.as_deref().and_then(|p| std::fs::read_to_string(p).ok()),
+    };
+    let server = start_server(&runtime, &mut options, &status, &wake).await?;
+    daemon.server = server.as_ref().map(|s| s.state.clone());
+    let (_control_tx, mut control_rx) = controls(&mut options);
+    release_dead_claims(&runtime).await;
+    let (scheduler_stop, scheduler_stopped) = tokio::sync::oneshot::channel::<()>();
+    let scheduler = tokio::spawn(crate::jobs::scheduler_task(runtime.clone(), async {
+        let _ = scheduler_stopped.await;
+    }));
+    let mut prune = tokio::time::interval(PRUNE_EVERY);
+    let mut stale_jobs = tokio::time::interval(STALE_CHECK_EVERY);
+
     let catalog = runtime.catalog();
     info!(rules = catalog.rules.rules().len(), scripts = catalog.scripts.len(), "tripline daemon started.");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(changes) = files_rx.recv() => daemon.handle_reload("files", Some(changes), &mut files_rx).await,
+            Some(control) = control_rx.recv() => daemon.handle_signal(control, &mut files_rx).await,
+            result = wait_pass(&mut daemon.pass) => daemon.pass_finished(result),
+            _ = wake.notified(), if daemon.pass.is_none() => daemon.dispatch(),
+            _ = tokio::time::sleep(options.idle_poll), if daemon.pass.is_none() => daemon.dispatch(),
+            _ = prune.tick() => daemon.handle_prune().await,
+            _ = stale_jobs.tick() => daemon.handle_stale_jobs().await,
+        }
+    }
+
+    info!("Shutdown requested: finishing requests and runs in progress.");
+    let server_stopped = async {
+        if let Some(server) = server {
+            let _ = server.stop.send(());
+            let _ = server.task.await;
+        }
+    };
+    let pass_finished = async {
+        if let Some(pass) = daemon.pass.take() {
+            let _ = pass.await;
+        }
+    };
+    let jobs_finished = async {
+        let _ = scheduler_stop.send(());
+        if let Err(e) = scheduler.await {
+            error!(error = %e, "The scheduler panicked.");
+        }
+    };
+    tokio::join!(server_stopped, pass_finished, jobs_finished);
+    drop(daemon.watcher.take());
+    drop(files_tx);
+    info!("tripline daemon stopped.");
+    Ok(())
+}
+
+fn start_watcher(config: &Config, debounce: Duration, tx: UnboundedSender<Changes>) -> Option<FolderWatcher> {
+    let folders = [config.engine.rules_dir.clone(), config.engine.scripts_dir.clone()];
+    match FolderWatcher::start(&folders, debounce, tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            error!(error = %e, "Cannot watch the rules and scripts folders; reload them with SIGHUP.");
+            None
+        }
+    }
+}
+
+/// The HTTP server task and how to stop it.
+struct RunningServer {
+    state: Arc<ServerState>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// Starts the HTTP server on the given listener, or on `[server] listen`; `None` without either.
+async fn start_server(
+    runtime: &Arc<Runtime>,
+    options: &mut Options,
+    status: &Arc<Mutex<Status>>,
+    wake: &Arc<Notify>,
+) -> Result<Option<RunningServer>, DaemonError> {
+    let config = runtime.config();
+    let webhooks = Webhooks::from_config(&config.raw.webhooks).map_err(|p| DaemonError::Config(p.join("\n")))?;
+    let listener = match (options.listener.take(), &config.raw.server) {
+        (Some(l), _) => l,
+        (None, Some(s)) => {
+            let addr = s.addr().map_err(DaemonError::Config)?;
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| DaemonError::Bind { addr: addr.to_string(), source: e })?
+        }
+        (None, None) => return Ok(None),
+    };
+    let request_timeout = config.raw.server.as_ref().map_or(
+        Duration::from_millis(crate::webhook::DEFAULT_REQUEST_TIMEOUT_MS),
+        crate::webhook::ServerConfig::request_timeout,
+    );
+    let state = Arc::new(ServerState::new(
+        runtime.clone(),
+        webhooks,
+        wake.clone(),
+        health_report(runtime.clone(), status.clone()),
+        request_timeout,
+    ));
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    info!(%addr, webhooks = state.webhooks.load().len(), "Listening for webhooks, /healthz and /metrics.");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = crate::webhook::router(state.clone());
+    let task = tokio::spawn(crate::webhook::serve(listener, router, request_timeout, options.shutdown_grace, async {
+        let _ = stopped.await;
+    }));
+    Ok(Some(RunningServer { state, stop, task }))
+}
+
+/// One channel for every reload request: SIGHUP and the options' [`ControlHandle`]. The caller
+/// keeps the sender so that the receiver never reports closed.
+fn controls(options: &mut Options) -> (UnboundedSender<Control>, UnboundedReceiver<Control>) {
+    let (tx, rx) = unbounded_channel();
+    if let Some(mut external) = options.control.take() {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(c) = external.recv().await {
+                if tx.send(c).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    #[cfg(unix)]
+    if options.signals {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        if tx.send(Control::ReloadConfig).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(e) => warn!(error = %e, "Cannot listen for SIGHUP; the configuration reloads only with a restart."),
+        }
+    }
+    (tx, rx)
+}
+
+/// Releases the event claims of processes on this host that died, so that a crash's
+/// unfinished events run at once rather than when their leases expire.
+async fn release_dead_claims(runtime: &Arc<Runtime>) {
     let rt = runtime.clone();
     match tokio::task::spawn_blocking(move || rt.release_dead_claims()).await.expect("release task panicked") {
         Ok(0) => {}
         Ok(n) => info!(events = n, "Released the claims of a process that died; its events run now."),
         Err(e) => warn!(%e, "Cannot release the claims of dead processes; they expire by themselves."),
     }
-    let workers = Arc::new(Semaphore::new(runtime.config().engine.workers));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => {
-                info!("Shutdown requested; runs in flight have finished.");
-                return Ok(());
-            }
-            busy = dispatch_once(runtime.clone(), workers.clone()) => {
-                match busy {
-                    Ok(true) => {}
-                    Ok(false) => tokio::time::sleep(IDLE_POLL).await,
-                    Err(e) => {
-                        error!(%e, "Dispatch failed; retrying shortly.");
-                        tokio::time::sleep(IDLE_POLL).await;
-                    }
-                }
-            }
+}
+
+/// The pass in progress's result; pending forever when there is none.
+async fn wait_pass(pass: &mut Option<JoinHandle<PassResult>>) -> PassResult {
+    match pass {
+        Some(handle) => {
+            let r = handle.await.unwrap_or_else(|e| {
+                error!(error = %e, "A dispatch pass panicked.");
+                Ok(false)
+            });
+            *pass = None;
+            r
         }
+        None => std::future::pending().await,
     }
 }
 
+impl Daemon {
+    /// Starts a dispatch pass over the queue.
+    fn dispatch(&mut self) {
+        debug_assert!(self.pass.is_none());
+        self.pass = Some(tokio::spawn(dispatch_pass(self.runtime.clone(), self.workers.clone())));
+    }
+
+    /// A pass ended: when it found work, look again at once (the queue may hold more).
+    fn pass_finished(&mut self, result: PassResult) {
+        match result {
+            Ok(true) => self.dispatch(),
+            Ok(false) => {}
+            Err(e) => error!(error = %e, "Dispatch failed; retrying shortly."),
+        }
+    }
+
+    /// Rebuilds the catalog from the folders (after file changes, a SIGHUP or a control
+    /// request) and swaps it in; files in error keep their last good version.
+    async fn handle_reload(
+        &mut self,
+        trigger: &'static str,
+        first: Option<Changes>,
+        more: &mut UnboundedReceiver<Changes>,
+    ) {
+        // Coalesce: one re-scan covers every change already announced.
+        let mut paths: Vec<PathBuf> = first.map(|c| c.paths).unwrap_or_default();
+        while let Ok(c) = more.try_recv() {
+            paths.extend(c.paths);
+        }
+        if let Some(w) = &mut self.watcher {
+            w.refresh();
+        }
+        let started = Instant::now();
+        let rt = self.runtime.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let previous = rt.catalog();
+            let engine = &rt.config().engine;
+            let next = Catalog::reload(rt.scripts(), &engine.rules_dir, &engine.scripts_dir, &previous);
+            if next.same_files_as(&previous) {
+                return (ReloadOutcome::Unchanged, next.problems.clone(), next.rules.rules().len(), next.scripts.len());
+            }
+            let outcome = if next.problems.is_empty() { ReloadOutcome::Applied } else { ReloadOutcome::Partial };
+            let (problems, rules, scripts) = (next.problems.clone(), next.rules.rules().len(), next.scripts.len());
+            rt.swap_catalog(next);
+            (outcome, problems, rules, scripts)
+        })
+        .await;
+        let (outcome, problems, rules, scripts) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                error!(error = %e, "The reload failed; the rules and scripts in force are kept.");
+                return;
+            }
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        crate::metrics::reload(trigger, outcome.as_str());
+        crate::metrics::set_files_in_error(problems.len());
+        let changed: Vec<String> = paths.iter().take(8).map(|p| p.display().to_string()).collect();
+        match outcome {
+            ReloadOutcome::Unchanged => debug!(trigger, ?changed, "Reload: no rule or script changed."),
+            ReloadOutcome::Applied => {
+                info!(
+                    trigger,
+                    outcome = outcome.as_str(),
+                    rules,
+                    scripts,
+                    duration_ms,
+                    ?changed,
+                    "Rules and scripts reloaded."
+                )
+            }
+            _ => {
+                for p in &problems {
+                    warn!(problem = %p, "A file is in error; its last good version, if any, keeps running.");
+                }
+                warn!(
+                    trigger,
+                    outcome = outcome.as_str(),
+                    rules,
+                    scripts,
+                    files_in_error = problems.len(),
+                    duration_ms,
+                    ?changed,
+                    "Rules and scripts reloaded with problems."
+                );
+            }
+        }
+        // A re-scan that found nothing new (late events of a save already applied) is no
+        // reload to report: `/healthz` keeps describing the catalog in force.
+        if outcome == ReloadOutcome::Unchanged {
+            return;
+        }
+        let mut status = lock(&self.status);
+        status.reloads += 1;
+        status.last_reload = Some(ReloadReport {
+            at: Utc::now(),
+            trigger,
+            outcome,
+            duration_ms,
+            problems: problems.iter().map(Diagnostic::to_string).collect(),
+        });
+    }
+
+    /// Deletes what `[engine] retention_days` no longer keeps.
+    async fn handle_prune(&mut self) {
+        let rt = self.runtime.clone();
+        match tokio::task::spawn_blocking(move || rt.prune()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(rows = n, "Pruned finished events and successful runs past the retention."),
+            Ok(Err(e)) => warn!(error = %e, "Pruning failed; it is tried again later."),
+            Err(e) => error!(error = %e, "The pruning task panicked."),
+        }
+    }
+
+    /// Tells the contacts of jobs that have not succeeded within their `stale_after`.
+    async fn handle_stale_jobs(&mut self) {
+        let rt = self.runtime.clone();
+        match tokio::task::spawn_blocking(move || crate::notification::check_stale_jobs(&rt, Utc::now())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "The stale job check failed; it is tried again later."),
+            Err(e) => error!(error = %e, "The stale job check panicked."),
+        }
+    }
+
+    /// SIGHUP (or a control request): re-read and validate `tripline.toml`, apply what can
+    /// change at runtime, then reload the rules and scripts.
+    async fn handle_signal(&mut self, control: Control, files: &mut UnboundedReceiver<Changes>) {
+        if control == Control::ReloadConfig {
+            self.reload_config().await;
+        }
+        let trigger = if control == Control::ReloadConfig { "signal" } else { "control" };
+        self.handle_reload(trigger, None, files).await;
+    }
+
+    async fn reload_config(&mut self) {
+        let Some(path) = self.runtime.config().path.clone() else {
+            info!("The configuration was built in code; only rules and scripts are reloaded.");
+            return;
+        };
+        let started = Instant::now();
+        let loaded = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let text = Config::read(&path)?;
+                Config::from_str(&text, &path).map(|c| (c, text))
+            })
+            .await
+        };
+        let loaded = loaded.unwrap_or_else(|e| Err(vec![Diagnostic::file(&path, format!("reading failed: {e}"))]));
+        let report = |outcome: ReloadOutcome, problems: Vec<String>| {
+            crate::metrics::reload("signal", outcome.as_str());
+            lock(&self.status).last_config_reload = Some(ReloadReport {
+                at: Utc::now(),
+                trigger: "signal",
+                outcome,
+                duration_ms: started.elapsed().as_millis() as u64,
+                problems,
+            });
+        };
+        let (config, text) = match loaded {
+            Ok(x) => x,
+            Err(diags) => {
+                for d in &diags {
+                    warn!(problem = %d, "The configuration does not validate.");
+                }
+                warn!(path = %path.display(), problems = diags.len(), "Configuration reload rejected; the running one is kept.");
+                report(ReloadOutcome::Rejected, diags.iter().map(Diagnostic::to_string).collect());
+                return;
+            }
+        };
+        let mut problems = Vec::new();
+        match (&self.server, Webhooks::from_config(&config.raw.webhooks)) {
+            (Some(server), Ok(hooks)) => server.webhooks.store(Arc::new(hooks)),
+            (None, Ok(hooks)) if !hooks.is_empty() => {
+                problems.push("webhooks were added but no server is listening: restart to start it".to_string())
+            }
+            (None, Ok(_)) => {}
+            (_, Err(p)) => problems.extend(p),
+        }
+        problems.extend(self.runtime.hosts().notifier.replace(&config.raw.notify));
+        let needs_restart = changed_sections(self.config_text.as_deref().unwrap_or(""), &text);
+        for section in &needs_restart {
+            warn!(section = %section, "This configuration section changed; restart the daemon to apply it.");
+            problems.push(format!("[{section}] changed: restart the daemon to apply it"));
+        }
+        self.config_text = Some(text);
+        let outcome = if problems.is_empty() { ReloadOutcome::Applied } else { ReloadOutcome::Partial };
+        info!(path = %path.display(), outcome = outcome.as_str(), "Configuration reloaded (webhooks, notification channels).");
+        report(outcome, problems);
+    }
+}
+
+/// The top-level sections that cannot change at runtime and differ between two texts.
+fn changed_sections(old: &str, new: &str) -> Vec<String> {
+    let parse = |t: &str| t.parse::<toml::Table>().unwrap_or_default();
+    let (old, new) = (parse(old), parse(new));
+    ["engine", "limits", "server", "directories", "connections", "jobs"]
+        .into_iter()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .map(String::from)
+        .collect()
+}
+
 /// One pass: due retries, then a batch of pending events, events of one record in order and
-/// records in parallel up to `[engine] workers`. Returns whether there was work.
-///
-/// The pass runs to its end even when shutdown is requested meanwhile: `select!` only checks
-/// shutdown between passes, so runs in flight are never cut.
-async fn dispatch_once(runtime: Arc<Runtime>, workers: Arc<Semaphore>) -> Result<bool, crate::store::StoreError> {
+/// records in parallel up to `[engine] workers`. Returns whether there was work. It always runs
+/// to its end: the daemon awaits it rather than cancelling it.
+async fn dispatch_pass(runtime: Arc<Runtime>, workers: Arc<Semaphore>) -> PassResult {
     let rt = runtime.clone();
     let retried = tokio::task::spawn_blocking(move || rt.retry_due()).await.expect("retry task panicked")?;
+    retried.iter().for_each(crate::metrics::run_finished);
     let rt = runtime.clone();
-    let events = tokio::task::spawn_blocking(move || rt.pending(512)).await.expect("queue task panicked")?;
+    let events = tokio::task::spawn_blocking(move || rt.pending(PASS_BATCH)).await.expect("queue task panicked")?;
     if events.is_empty() {
         return Ok(!retried.is_empty());
     }
@@ -106,9 +619,16 @@ async fn dispatch_once(runtime: Arc<Runtime>, workers: Arc<Semaphore>) -> Result
         tasks.spawn_blocking(move || {
             let _permit = permit;
             for e in events {
-                if let Err(err) = rt.process_event(&e) {
-                    error!(event = e.id, %err, "Event processing failed; it stays queued.");
-                    return;
+                match rt.process_event(&e) {
+                    Ok((runs, _raised)) => {
+                        // Raised events are queued; a later pass takes them.
+                        runs.iter().for_each(crate::metrics::run_finished);
+                        crate::metrics::event_processed();
+                    }
+                    Err(err) => {
+                        error!(event = e.id, %err, "Event processing failed; it stays queued.");
+                        return;
+                    }
                 }
             }
         });
@@ -119,4 +639,55 @@ async fn dispatch_once(runtime: Arc<Runtime>, workers: Arc<Semaphore>) -> Result
         }
     }
     Ok(true)
+}
+
+/// `/healthz`'s report: rules and scripts in force, files in error, the last reloads, the
+/// queue.
+fn health_report(runtime: Arc<Runtime>, status: Arc<Mutex<Status>>) -> crate::webhook::HealthReport {
+    Arc::new(move || {
+        let catalog = runtime.catalog();
+        let files_in_error: Vec<Value> = catalog
+            .problems
+            .iter()
+            .map(|d| {
+                json!({
+                    "path": d.path.display().to_string(),
+                    "line": d.line,
+                    "col": d.col,
+                    "message": d.message,
+                    "diagnostic": d.to_string(),
+                })
+            })
+            .collect();
+        let queue_depth = runtime.store().queue_depth().ok();
+        let s = lock(&status);
+        let config_rejected = s.last_config_reload.as_ref().is_some_and(|r| r.outcome == ReloadOutcome::Rejected);
+        let healthy = files_in_error.is_empty() && !config_rejected && queue_depth.is_some();
+        json!({
+            "status": if healthy { "ok" } else { "degraded" },
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_at": s.started_at,
+            "rules": catalog.rules.rules().len(),
+            "scripts": catalog.scripts.len(),
+            "files_in_error": files_in_error,
+            "last_reload": s.last_reload,
+            "last_config_reload": s.last_config_reload,
+            "reloads": s.reloads,
+            "queue_depth": queue_depth,
+            "notify_channels": runtime.hosts().notifier.channels(),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_that_need_a_restart_are_named() {
+        let old = "[engine]\nworkers = 2\n[webhooks.a]\npath = \"/a\"\n";
+        let new = "[engine]\nworkers = 4\n[webhooks.a]\npath = \"/b\"\n";
+        assert_eq!(changed_sections(old, new), vec!["engine"]);
+        assert!(changed_sections(old, old).is_empty());
+    }
 }

@@ -102,9 +102,17 @@ impl JobRunner for RuntimeJobs {
     fn run_job(&self, job: &Job, tick: DateTime<Utc>) -> BoxFuture<'static, Result<(), BoxError>> {
         let rt = self.0.clone();
         let name = job.name.clone();
+        let contacts = job.notify_on_failure.clone();
         Box::pin(async move {
             let job_name = name.clone();
-            let (run, raised) = tokio::task::spawn_blocking(move || rt.run_job(&job_name, "schedule")).await??;
+            let (run, raised) = tokio::task::spawn_blocking(move || {
+                let outcome = rt.run_job(&job_name, "schedule");
+                if let Ok((run, _)) = &outcome {
+                    crate::notification::job_finished(&rt, &contacts, run);
+                }
+                outcome
+            })
+            .await??;
             match run.status {
                 RunStatus::Ok => {
                     info!(job = %name, %tick, ms = run.duration_ms, events = raised.len(), "Job ran.");

@@ -57,8 +57,10 @@
 //! | [`directory`] | Active Directory / LDAP |
 //! | [`connection`] | authenticated HTTP connections |
 //! | [`scheduler`] | cron jobs |
-//! | [`webhook`] | inbound HTTP |
-//! | [`notification`] | outbound notifications |
+//! | [`webhook`] | inbound HTTP: webhooks, `/healthz`, `/metrics` |
+//! | [`notification`] | outbound notifications (webhook, email), failure and stale-job notices |
+//! | [`watch`] | file watching -> reload requests |
+//! | [`metrics`] | the Prometheus counters every subsystem records into |
 //! | [`daemon`] | `tripline run`: the loop that ties them together |
 //! | [`cli`] | the command line |
 
@@ -70,6 +72,7 @@ pub mod daemon;
 pub mod diag;
 pub mod directory;
 pub mod jobs;
+pub mod metrics;
 pub mod notification;
 pub mod record;
 pub mod rule;
@@ -77,4 +80,5 @@ pub mod runtime;
 pub mod scheduler;
 pub mod script;
 pub mod store;
+pub mod watch;
 pub mod webhook;

@@ -128,7 +128,8 @@ fn build_hosts(
     let path = config.path.clone().unwrap_or_else(|| PathBuf::from("tripline.toml"));
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut diags = Vec::new();
-    let mut hosts = Hosts { handle: Some(handle), ..Hosts::default() };
+    let notifier = crate::notification::Notifier::from_config(&config.raw.notify);
+    let mut hosts = Hosts { handle: Some(handle), notifier, ..Hosts::default() };
     for (name, cfg) in &config.raw.directories {
         let cfg = cfg.get_ref();
         match (cfg.build(name, &base_dir), crate::directory::Directory::dry_run(name, cfg)) {
@@ -312,19 +313,28 @@ impl Runtime {
         let item = Ingest { entity: entity.to_string(), kind, record, idempotency_key: None };
         let mut runs = Vec::new();
         for event in self.submit_claimed(&[item])?.into_iter().flatten() {
-            runs.extend(self.process_chain(event)?);
+            runs.extend(self.process_claimed_chain(event)?);
         }
         Ok(runs)
     }
 
     /// Processes an event and, breadth first, the events its runs raised.
     pub fn process_chain(&self, event: Event) -> Result<Vec<Run>, StoreError> {
-        let mut queue = std::collections::VecDeque::from([event]);
+        self.chain(event, false)
+    }
+
+    /// [`Runtime::process_chain`] for an event stored with [`Runtime::submit_claimed`].
+    pub fn process_claimed_chain(&self, event: Event) -> Result<Vec<Run>, StoreError> {
+        self.chain(event, true)
+    }
+
+    fn chain(&self, event: Event, claimed: bool) -> Result<Vec<Run>, StoreError> {
+        let mut queue = std::collections::VecDeque::from([(event, claimed)]);
         let mut runs = Vec::new();
-        while let Some(event) = queue.pop_front() {
-            let (r, raised) = self.process_event(&event)?;
+        while let Some((event, claimed)) = queue.pop_front() {
+            let (r, raised) = self.process(&event, claimed)?;
             runs.extend(r);
-            queue.extend(raised);
+            queue.extend(raised.into_iter().map(|e| (e, false)));
         }
         Ok(runs)
     }
@@ -347,7 +357,13 @@ impl Runtime {
     /// commits each run with its writes, and marks the event processed. Returns the runs and
     /// the events the writes raised.
     pub fn process_event(&self, event: &Event) -> Result<(Vec<Run>, Vec<Event>), StoreError> {
-        if self.store.claim(&[event.id], &self.owner, self.lease_until())?.is_empty() {
+        self.process(event, false)
+    }
+
+    /// [`Runtime::process_event`] for an event this runtime may already hold a claim on
+    /// (stored with [`Runtime::submit_claimed`]), which saves a write.
+    fn process(&self, event: &Event, claimed: bool) -> Result<(Vec<Run>, Vec<Event>), StoreError> {
+        if !claimed && self.store.claim(&[event.id], &self.owner, self.lease_until())?.is_empty() {
             // Another process has it (or it is finished).
             return Ok((Vec::new(), Vec::new()));
         }

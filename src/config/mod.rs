@@ -228,9 +228,7 @@ impl RawConfig {
         for (name, j) in &self.jobs {
             j.get_ref().check(name, j.span(), ctx);
         }
-        for (name, w) in &self.webhooks {
-            w.get_ref().check(name, w.span(), ctx);
-        }
+        crate::webhook::check(self.server.as_ref(), &self.webhooks, ctx);
         for (name, n) in &self.notify {
             n.get_ref().check(name, n.span(), ctx);
         }

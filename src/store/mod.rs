@@ -165,6 +165,11 @@ pub trait Store: Send + Sync {
     fn prune(&self, before: DateTime<Utc>) -> Result<u64>;
     /// How many events wait.
     fn queue_depth(&self) -> Result<u64>;
+    /// The event stored with an idempotency key, to answer a redelivery with the original
+    /// ids. Stores that cannot look keys up answer `None`.
+    fn event_by_idempotency_key(&self, _key: &str) -> Result<Option<Event>> {
+        Ok(None)
+    }
     fn get_event(&self, id: i64) -> Result<Option<Event>>;
     fn get_record(&self, id: &str) -> Result<Option<Record>>;
     /// The entities that have records.

@@ -521,6 +521,18 @@ impl Store for SqliteStore {
         Ok(self.conn().query_row("SELECT count(*) FROM events WHERE done = 0", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
+    fn event_by_idempotency_key(&self, key: &str) -> Result<Option<Event>> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT id, kind, record, previous, depth, created_at FROM events WHERE idempotency_key = ?1",
+                params![key],
+                row_to_event,
+            )
+            .optional()?;
+        row.map(build_event).transpose()
+    }
+
     fn get_event(&self, id: i64) -> Result<Option<Event>> {
         let conn = self.conn();
         let row = conn
@@ -747,6 +759,8 @@ mod tests {
         item.idempotency_key = Some("k1".into());
         let e = s.ingest_all(&[item.clone()]).unwrap()[0].clone().unwrap();
         assert!(s.ingest_all(&[item]).unwrap()[0].is_none());
+        assert_eq!(s.event_by_idempotency_key("k1").unwrap().map(|e| e.id), Some(e.id));
+        assert!(s.event_by_idempotency_key("k2").unwrap().is_none());
         let id = e.record.id.clone();
         let run = Run {
             id: 0,

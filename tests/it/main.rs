@@ -4,8 +4,11 @@
 mod cli;
 mod common;
 mod connection;
+mod daemon;
 mod directory;
 mod flexjob;
 mod hostile;
+mod notification;
 mod reliability;
 mod scheduler;
+mod webhook;

@@ -25,6 +25,7 @@ use crate::store::{LogLine, Store, Write};
 
 pub mod connection;
 pub mod directory;
+mod notify;
 
 /// The host systems scripts reach through `api`: directories, connections, and the async
 /// runtime their calls run on.
@@ -40,6 +41,8 @@ pub struct Hosts {
     pub dry_directories: BTreeMap<String, Arc<crate::directory::Directory>>,
     /// `[connections.NAME]`.
     pub connections: BTreeMap<String, Arc<crate::connection::Connection>>,
+    /// The `[notify.NAME]` channels (`api.notify`).
+    pub notifier: crate::notification::Notifier,
 }
 
 impl Hosts {
@@ -273,6 +276,7 @@ pub fn register(engine: &mut Engine) {
     engine.register_type_with_name::<Api>("Api");
     directory::register(engine);
     connection::register(engine);
+    notify::register(engine);
 
     engine.register_fn("create", |api: &mut Api, entity: &str, fields: Map| -> Res<Map> {
         if entity.trim().is_empty() {
