@@ -42,6 +42,7 @@ fn rules() -> Vec<Rule> {
                 priority: 100,
                 enabled: true,
                 params: Default::default(),
+                notify_on_failure: Vec::new(),
                 path: "r.toml".into(),
             });
         }

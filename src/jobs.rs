@@ -29,6 +29,7 @@ pub enum JobError {
 
 /// The jobs of the configuration, with a problem for each whose script is not loaded.
 pub fn build_jobs(config: &Config, catalog: &Catalog, diags: &mut Vec<Diagnostic>) -> BTreeMap<String, Job> {
+    diags.extend(check_contacts(config, catalog));
     let path = config.path.clone().unwrap_or_else(|| "tripline.toml".into());
     let source = std::fs::read_to_string(&path).unwrap_or_default();
     let mut jobs = BTreeMap::new();
@@ -56,6 +57,43 @@ pub fn build_jobs(config: &Config, catalog: &Catalog, diags: &mut Vec<Diagnostic
         }
     }
     jobs
+}
+
+/// Problems with the notification channels that rules and jobs name in `notify_on_failure`:
+/// each must be a `[notify.NAME]` of the configuration.
+pub fn check_contacts(config: &Config, catalog: &Catalog) -> Vec<Diagnostic> {
+    let known: Vec<&str> = config.raw.notify.keys().map(String::as_str).collect();
+    let mut diags = Vec::new();
+    let mut check = |path: &std::path::Path, name: &str| {
+        if known.contains(&name) {
+            return;
+        }
+        let source = std::fs::read_to_string(path).unwrap_or_default();
+        let span = source.find(&format!("\"{name}\"")).map(|i| i..i + name.len() + 2);
+        let hint = match crate::diag::did_you_mean(name, known.iter().copied()) {
+            Some(s) => format!("; did you mean {s:?}?"),
+            None if known.is_empty() => "; the configuration has no [notify] channels".into(),
+            None => format!("; channels are {}", known.join(", ")),
+        };
+        diags.push(Diagnostic::span(
+            path,
+            &source,
+            span,
+            format!("notify_on_failure names unknown channel {name:?}{hint}"),
+        ));
+    };
+    for rule in catalog.rules.rules() {
+        for name in &rule.notify_on_failure {
+            check(&rule.path, name);
+        }
+    }
+    let config_path = config.path.clone().unwrap_or_else(|| "tripline.toml".into());
+    for job in config.raw.jobs.values() {
+        for name in &job.get_ref().notify_on_failure {
+            check(&config_path, name);
+        }
+    }
+    diags
 }
 
 /// OAuth2 tokens in the store's key-value table (namespace `oauth2`).
@@ -102,17 +140,9 @@ impl JobRunner for RuntimeJobs {
     fn run_job(&self, job: &Job, tick: DateTime<Utc>) -> BoxFuture<'static, Result<(), BoxError>> {
         let rt = self.0.clone();
         let name = job.name.clone();
-        let contacts = job.notify_on_failure.clone();
         Box::pin(async move {
             let job_name = name.clone();
-            let (run, raised) = tokio::task::spawn_blocking(move || {
-                let outcome = rt.run_job(&job_name, "schedule");
-                if let Ok((run, _)) = &outcome {
-                    crate::notification::job_finished(&rt, &contacts, run);
-                }
-                outcome
-            })
-            .await??;
+            let (run, raised) = tokio::task::spawn_blocking(move || rt.run_job(&job_name, "schedule")).await??;
             match run.status {
                 RunStatus::Ok => {
                     info!(job = %name, %tick, ms = run.duration_ms, events = raised.len(), "Job ran.");

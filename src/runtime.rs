@@ -397,6 +397,7 @@ impl Runtime {
                 continue;
             };
             let (run, r) = self.commit(outcome, event.depth, finish)?;
+            crate::notification::notify_failure(self, &rule.notify_on_failure, &run);
             runs.push(run);
             raised.extend(r);
         }
@@ -445,6 +446,7 @@ impl Runtime {
             return Ok(Vec::new());
         };
         let (run, raised) = self.commit(outcome, event.depth, None)?;
+        crate::notification::notify_failure(self, &rule.notify_on_failure, &run);
         let mut runs = vec![run];
         for e in raised {
             runs.extend(self.process_chain(e)?);
@@ -723,6 +725,8 @@ impl Runtime {
             next_attempt_at: None,
         };
         let (run, raised) = self.commit(Outcome { run, writes, notes }, 0, None)?;
+        // Manual runs count too: a job's success resets its staleness clock.
+        crate::notification::job_finished(self, &job.notify_on_failure, &run);
         Ok((run, raised))
     }
 

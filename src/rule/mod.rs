@@ -40,6 +40,9 @@ pub struct RuleConfig {
     /// Passed to the script as `params`.
     #[serde(default)]
     pub params: toml::Table,
+    /// `[notify.NAME]` channels told when a run of this rule fails or is dead.
+    #[serde(default)]
+    pub notify_on_failure: Vec<toml::Spanned<String>>,
 }
 
 fn default_priority() -> i64 {
@@ -81,6 +84,8 @@ pub struct Rule {
     pub priority: i64,
     pub enabled: bool,
     pub params: serde_json::Map<String, Value>,
+    /// Notification channels told when a run fails or is dead.
+    pub notify_on_failure: Vec<String>,
     /// The file it came from.
     pub path: PathBuf,
 }
@@ -179,6 +184,7 @@ pub fn compile_rule(path: &Path, source: &str, compile_when: GuardCompiler) -> R
         priority: cfg.priority,
         enabled: cfg.enabled,
         params,
+        notify_on_failure: cfg.notify_on_failure.into_iter().map(|n| n.into_inner()).collect(),
         path: path.to_path_buf(),
     })
 }
@@ -333,6 +339,7 @@ mod tests {
             priority,
             enabled: true,
             params: Default::default(),
+            notify_on_failure: Vec::new(),
             path: PathBuf::from("r.toml"),
         }
     }

@@ -252,3 +252,36 @@ async fn jobs_tell_their_contacts_when_they_fail_or_go_stale() {
     assert_eq!(mails.len(), 2);
     assert!(mails[1].data.contains("job \"sync_ok\" has not completed successfully"), "{}", mails[1].data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_with_notify_on_failure_tells_its_contacts_when_a_run_fails() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).and(path(HOOK_PATH)).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rule = format!("{RULE}notify_on_failure = [\"desk\"]\n");
+    write_files(
+        dir.path(),
+        &[
+            ("tripline.toml", &config(&webhook_channel(&server))),
+            ("rules/alert.toml", &rule),
+            ("scripts/alert.rhai", "if record.Device == \"bad\" { throw \"device unknown\"; }"),
+        ],
+    );
+    let rt = Arc::new(Runtime::builder().config_file(dir.path().join("tripline.toml")).build().unwrap());
+    assert_eq!(fire(&rt, json!({"Device": "ok"})).await[0].status, RunStatus::Ok);
+    assert!(server.received_requests().await.unwrap().is_empty(), "an ok run notifies nobody");
+    let runs = fire(&rt, json!({"Device": "bad"})).await;
+    assert_eq!(runs[0].status, RunStatus::Failed);
+    let received = server.received_requests().await.unwrap();
+    assert_eq!(received.len(), 1, "one notice for the failed run");
+    let body = String::from_utf8_lossy(&received[0].body);
+    assert!(body.contains("Alert desk") && body.contains("device unknown"), "{body}");
+
+    // A channel that does not exist is a `check` error at its place.
+    std::fs::write(dir.path().join("rules/alert.toml"), format!("{RULE}notify_on_failure = [\"dsek\"]\n")).unwrap();
+    let err = Runtime::builder().config_file(dir.path().join("tripline.toml")).build().err().unwrap().to_string();
+    assert!(
+        err.contains("alert.toml:5:22: notify_on_failure names unknown channel \"dsek\"; did you mean \"desk\"?"),
+        "{err}"
+    );
+}
