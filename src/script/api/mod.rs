@@ -156,18 +156,32 @@ impl RunCtx {
             (None, Some(r)) if r.id == id => Some(r.clone()),
             (None, _) => self.store.get_record(id).map_err(|e| e.to_string())?,
         };
-        Ok(base.map(|r| overlay(r, &writes)))
+        Ok(base.map(|r| overlay(r, writes.iter().filter(|w| write_target(w) == Some(id)))))
     }
 
     /// Records of an entity matching every criterion, as this run sees them.
     pub fn find(&self, entity: &str, criteria: &Fields) -> Result<Vec<Record>, String> {
         let stored = self.store.find_records(entity, criteria, FIND_LIMIT).map_err(|e| e.to_string())?;
         let writes = lock(&self.writes);
-        let mut out: Vec<Record> = stored.into_iter().map(|r| overlay(r, &writes)).collect();
+        // The run's writes by record, so that each record is overlaid with its own writes only
+        // (a job that creates thousands of records and looks them up stays linear).
+        let mut by_id: std::collections::HashMap<&str, Vec<&Write>> = std::collections::HashMap::new();
+        for w in writes.iter() {
+            if let Some(id) = write_target(w) {
+                by_id.entry(id).or_default().push(w);
+            }
+        }
+        let own = |r: Record| {
+            let ws = by_id.get(r.id.as_str()).map(Vec::as_slice).unwrap_or_default();
+            overlay(r, ws.iter().copied())
+        };
+        let mut out: Vec<Record> = stored.into_iter().map(own).collect();
         for w in writes.iter() {
             if let Write::Create(r) = w {
-                if r.entity == entity {
-                    out.push(overlay(r.clone(), &writes));
+                // Only a record the run changed after creating it needs the overlay to decide.
+                let changed_since = by_id.get(r.id.as_str()).is_some_and(|ws| ws.len() > 1);
+                if r.entity == entity && (changed_since || satisfies(r, criteria)) {
+                    out.push(own(r.clone()));
                 }
             }
         }
@@ -180,7 +194,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn overlay(mut r: Record, writes: &[Write]) -> Record {
+/// The record a write is about.
+fn write_target(w: &Write) -> Option<&str> {
+    match w {
+        Write::Create(r) => Some(&r.id),
+        Write::Update { id, .. } | Write::Comment { id, .. } | Write::Close { id, .. } => Some(id),
+        Write::SetState { .. } => None,
+    }
+}
+
+/// A record with a run's writes to it applied, in order.
+fn overlay<'w>(mut r: Record, writes: impl IntoIterator<Item = &'w Write>) -> Record {
     for w in writes {
         match w {
             Write::Update { id, fields } if *id == r.id => {
@@ -369,4 +393,38 @@ pub fn register(engine: &mut Engine) {
         api.0.write(Write::SetState { namespace: api.0.state_namespace.clone(), key: key.to_string(), value });
         Ok(())
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    fn ctx() -> RunCtx {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        RunCtx::new(store, Arc::new(Hosts::default()), "r", Instant::now() + std::time::Duration::from_secs(5), false)
+    }
+
+    fn fields(v: Value) -> Fields {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn reads_see_the_runs_own_writes() {
+        let ctx = ctx();
+        let a = Record::new("user", fields(serde_json::json!({"Id": 1, "Dept": "IT"})));
+        let b = Record::new("user", fields(serde_json::json!({"Id": 2, "Dept": "HR"})));
+        ctx.write(Write::Create(a.clone()));
+        ctx.write(Write::Create(b.clone()));
+        ctx.write(Write::Update { id: b.id.clone(), fields: fields(serde_json::json!({"Dept": "IT"})) });
+        ctx.write(Write::Close { id: a.id.clone(), text: Some("done".into()) });
+        let it = ctx.find("user", &fields(serde_json::json!({"Dept": "IT"}))).unwrap();
+        assert_eq!(it.len(), 2, "b moved to IT within the run");
+        let open = ctx.find("user", &fields(serde_json::json!({"status": "open"}))).unwrap();
+        assert_eq!(open.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [b.id.clone()]);
+        assert_eq!(ctx.find("user", &fields(serde_json::json!({"Dept": "HR"}))).unwrap().len(), 0);
+        let got = ctx.get_record(&a.id).unwrap().unwrap();
+        assert_eq!((got.status, got.comments.len()), (Status::Closed, 1));
+        assert!(ctx.find("group", &Fields::new()).unwrap().is_empty());
+    }
 }
