@@ -421,7 +421,7 @@ mod tests {
         let it = ctx.find("user", &fields(serde_json::json!({"Dept": "IT"}))).unwrap();
         assert_eq!(it.len(), 2, "b moved to IT within the run");
         let open = ctx.find("user", &fields(serde_json::json!({"status": "open"}))).unwrap();
-        assert_eq!(open.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [b.id.clone()]);
+        assert_eq!(open.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [b.id.as_str()]);
         assert_eq!(ctx.find("user", &fields(serde_json::json!({"Dept": "HR"}))).unwrap().len(), 0);
         let got = ctx.get_record(&a.id).unwrap().unwrap();
         assert_eq!((got.status, got.comments.len()), (Status::Closed, 1));
