@@ -5,4 +5,5 @@ mod cli;
 mod common;
 mod connection;
 mod directory;
+mod flexhr;
 mod scheduler;
