@@ -489,6 +489,8 @@ impl Runtime {
             dry_run,
         );
         ctx.comment_key = format!("event:{}:rule:{}", event.id, rule.name);
+        ctx.attempt = attempt;
+        ctx.max_attempts = self.config.engine.max_attempts;
         if dry_run {
             ctx.unstored = Some(event.record.clone());
         }

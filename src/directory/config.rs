@@ -223,7 +223,8 @@ impl DirectoryConfig {
         for p in problems {
             ctx.error(p.span.unwrap_or_else(|| span.clone()), p.message);
         }
-        if let Some(pw) = &self.bind_password {
+        // In dry-run mode nothing binds, so an unset `${AD_BIND_PASSWORD}` is no problem yet.
+        if let (Some(pw), false) = (&self.bind_password, self.dry_run) {
             ctx.secret(pw, &format!("directories.{name}.bind_password"));
         }
     }
@@ -507,6 +508,11 @@ users_ou = "OU=Staff,DC=elsewhere,DC=com"
         );
         let good = "[directories.AD]\nkind = \"ldap\"\nurl = \"ldap://h\"\nbase_dn = \"dc=x\"\ndry_run = true\n";
         assert!(crate::config::Config::from_str(good, Path::new("t.toml")).is_ok());
+        // Dry run binds nothing: an unset password variable is not an error (yet).
+        let dry = text.replace("ldapx://", "ldaps://").replace("DC=elsewhere", "DC=example") + "dry_run = true\n";
+        let config = crate::config::Config::from_str(&dry, Path::new("t.toml")).unwrap();
+        let section = config.raw.directories["AD"].get_ref();
+        assert!(section.build("AD", Path::new(".")).unwrap().is_dry_run());
     }
 
     #[test]

@@ -235,7 +235,10 @@ impl DirectoryConfig {
             let all: Vec<String> = problems.into_iter().map(|p| p.message).collect();
             return Err(DirectoryError::Config(all.join("; ")));
         };
+        // A dry-run directory never binds, so its password is not resolved: the shipped
+        // configuration names `${AD_BIND_PASSWORD}` and must work where it is not set.
         let bind = match (&self.bind_dn, &self.bind_password) {
+            _ if self.dry_run => None,
             (Some(dn), Some(pw)) => {
                 let secret = pw
                     .resolve()
@@ -304,6 +307,28 @@ impl Directory {
         // Nothing is connected, so the CA file is not read (nor required to exist here).
         config.ca_file = None;
         config.build(name, Path::new("."))
+    }
+
+    /// A dry-run directory with this one's settings and an empty list of planned changes,
+    /// so that concurrent runs each see only their own changes (the list of a shared
+    /// dry-run directory mixes them).
+    pub fn dry_run_copy(&self) -> Directory {
+        Directory {
+            name: self.name.clone(),
+            kind: self.kind,
+            schema: self.schema,
+            base_dn: self.base_dn.clone(),
+            users_ou: self.users_ou.clone(),
+            groups_base: self.groups_base.clone(),
+            upn_suffix: self.upn_suffix.clone(),
+            mapping: self.mapping.clone(),
+            employee_attr: self.employee_attr.clone(),
+            page_size: self.page_size,
+            op_timeout: self.op_timeout,
+            secure: self.secure,
+            mode: Mode::DryRun(Mutex::new(Vec::new())),
+            sync_locks: KeyLocks::default(),
+        }
     }
 
     /// The configured name (`ActiveDirectory`).

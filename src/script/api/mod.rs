@@ -69,6 +69,10 @@ pub struct RunCtx {
     pub deadline: Instant,
     /// The key of comments that must stay single across retries of this run.
     pub comment_key: String,
+    /// Which attempt this run is (1 for the first; retries of a transient failure count up).
+    pub attempt: u32,
+    /// The attempt after which a transient failure is no longer retried (`dead`).
+    pub max_attempts: u32,
     /// A record that exists for this run only: the record of a dry run's event, which is
     /// never stored.
     pub unstored: Option<Record>,
@@ -91,6 +95,8 @@ impl RunCtx {
             dry_run,
             deadline,
             comment_key: format!("rule:{rule}"),
+            attempt: 1,
+            max_attempts: 1,
             unstored: None,
             log: Mutex::default(),
             writes: Mutex::default(),
