@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use wiremock::matchers::{basic_auth, body_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
+use crate::common::directory_servers::{ad_admin, make_ou, read_attr, samba, unique, AD_ADMIN, AD_ADMIN_PW, AD_BASE};
 use crate::common::project::{Project, Ran};
 
 /// The Flex HR password, and the secret canary: it must appear in no output, log, run or
@@ -839,18 +840,25 @@ async fn going_live_is_the_documented_edit() {
         .replace("enabled = false", "enabled = true");
     assert_eq!(live.lines().filter(|l| *l == "enabled = true").count(), 2, "the connection and the job");
     p.file("tripline.toml", &live);
-    // The shipped rules need a directory this test does not have; the job is what is tested.
-    std::fs::remove_dir_all(p.path().join("rules")).unwrap();
-    std::fs::create_dir(p.path().join("rules")).unwrap();
     p.set_env("FLEX_HR_PASSWORD", PASSWORD);
 
     assert_eq!(p.run(&["check"]).code, 0);
-    let log = job_ok(&p);
+    let (ran, runs) = run_job(&p);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let log = messages(&runs[0]);
     assert!(
         summary(&log).contains("fetched 2, skipped 0 without EmployeeId, 0 duplicates, unchanged 0, new 2"),
         "{log:#?}"
     );
-    assert_eq!(p.records("ticket").len(), 2);
+    // The shipped rule ran on both tickets, against the directory as shipped: in dry run, it
+    // closes them with the changes it would make (the end-to-end test goes live with AD).
+    assert_eq!(runs.len(), 3, "{runs:#?}");
+    let tickets = p.records("ticket");
+    assert_eq!(tickets.len(), 2);
+    for t in &tickets {
+        assert_eq!(t["status"], "closed");
+        assert!(comment_texts(t)[0].contains("dry run"), "{t:#}");
+    }
 }
 
 const EXAMPLES: &str = "examples/rules-and-scripts";
@@ -1060,4 +1068,191 @@ async fn the_haloitsm_example_reads_every_page_and_opens_tickets() {
     assert!(!tickets[1]["fields"].as_object().unwrap().contains_key("Email"), "what Halo does not say is left out");
     let ran = p.run(&["job", "run", "halo_users_sync", "--json"]);
     assert!(ran.stdout.contains("unchanged 2, tickets opened 0"), "{ran:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// End to end: schedule -> Flex HR -> staging -> tickets -> rule -> Active Directory
+
+/// An admin connection over LDAPS, to set a password (the helpdesk's part of onboarding).
+async fn ad_admin_tls() -> ldap3::Ldap {
+    samba();
+    let settings = ldap3::LdapConnSettings::new().set_no_tls_verify(true);
+    let (conn, mut ldap) = ldap3::LdapConnAsync::with_settings(settings, "ldaps://127.0.0.1").await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.drive().await;
+    });
+    ldap.simple_bind(AD_ADMIN, AD_ADMIN_PW).await.unwrap().success().unwrap();
+    ldap
+}
+
+/// DNs under `base` whose `attr` is `value`.
+async fn dns_with(ldap: &mut ldap3::Ldap, base: &str, attr: &str, value: &str) -> Vec<String> {
+    let filter = format!("({attr}={})", ldap3::ldap_escape(value));
+    let (entries, _) = ldap.search(base, ldap3::Scope::Subtree, &filter, vec!["1.1"]).await.unwrap().success().unwrap();
+    entries.into_iter().map(|e| ldap3::SearchEntry::construct(e).dn).collect()
+}
+
+fn ticket_of<'a>(tickets: &'a [Value], id: &str) -> Vec<&'a Value> {
+    by_employee(tickets, id)
+}
+
+fn comment_texts(record: &Value) -> Vec<String> {
+    record["comments"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_flex_hr_to_active_directory() {
+    let mut admin = ad_admin().await;
+    let ou = make_ou(&mut admin, AD_BASE, "flexjob-e2e").await;
+    let tag = unique();
+    let id = |n: u32| format!("E{tag}{n}");
+    let boss = json!({"EmployeeId": id(1), "FirstName": "Bea", "LastName": format!("Boss{tag}"),
+                      "Department": "Sales", "Active": true, "ModifiedAt": hours_ago(6)});
+    let ann = json!({"EmployeeId": id(2), "FirstName": "Ann", "LastName": format!("New{tag}"),
+                     "Email": "Ann.New@Example.TEST", "Department": "Sales", "JobTitle": "Account Manager",
+                     "ManagerEmployeeId": id(1), "Active": true, "ModifiedAt": hours_ago(5)});
+    let nobody = json!({"FirstName": "No", "LastName": format!("Key{tag}"), "ModifiedAt": hours_ago(4)});
+    let mut lea = json!({"EmployeeId": id(3), "FirstName": "Lea", "LastName": format!("Ver{tag}"),
+                         "Department": "Finance", "Active": true, "ModifiedAt": hours_ago(3)});
+    let mut max = json!({"EmployeeId": id(4), "FirstName": "Max", "LastName": format!("Alone{tag}"),
+                         "JobTitle": "Analyst", "ManagerEmployeeId": format!("X{tag}"), "Active": true,
+                         "ModifiedAt": hours_ago(2)});
+    let hr = FlexHr::start().await;
+    hr.serve(&[boss.clone(), ann.clone(), nobody.clone(), lea.clone(), max.clone()], 2).await;
+
+    // The shipped configuration, rules and scripts, with the documented edits for going live:
+    // the Flex HR URL, the connection and the job switched on, the directory's address and
+    // OU, dry_run off; the secrets in the environment.
+    let p = shipped();
+    let edits = [
+        ("https://flexhr.example.com/api/".to_string(), format!("{}/api/", hr.server.uri())),
+        ("enabled = false".into(), "enabled = true".into()),
+        ("url = \"ldaps://dc1.example.com\"".into(), "url = \"ldaps://127.0.0.1\"".into()),
+        ("bind_dn = \"svc-tripline@example.com\"".into(), format!("bind_dn = \"{AD_ADMIN}\"")),
+        ("base_dn = \"DC=example,DC=com\"".into(), format!("base_dn = \"{AD_BASE}\"")),
+        ("users_ou = \"OU=Staff,DC=example,DC=com\"".into(), format!("users_ou = '{ou}'")),
+        ("# ca_file = \"certs/ad-ca.pem\"".into(), format!("ca_file = '{}' #", samba().ca_file().display())),
+        ("dry_run = true".into(), "dry_run = false".into()),
+        // Not part of going live: small pages, so that this test reads several.
+        ("page_size = 100".into(), "page_size = 2".into()),
+    ];
+    let mut config = std::fs::read_to_string(p.path().join("tripline.toml")).unwrap();
+    for (from, to) in &edits {
+        assert!(config.contains(from.as_str()), "the shipped tripline.toml has no {from:?}");
+        config = config.replace(from.as_str(), to);
+    }
+    p.file("tripline.toml", &config);
+    p.set_env("FLEX_HR_PASSWORD", PASSWORD).set_env("AD_BIND_PASSWORD", AD_ADMIN_PW);
+    let ran = p.run(&["check"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+
+    // Run 1: four people, four tickets; the rule provisions each in AD.
+    let (ran, runs) = run_job(&p);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let log: Vec<String> = messages(&runs[0]);
+    assert!(
+        summary(&log).ends_with(
+            "fetched 5, skipped 1 without EmployeeId, 0 duplicates, unchanged 0, new 4, changed 0 (0 leavers), \
+             tickets opened 4, tickets commented 0"
+        ),
+        "{log:#?}"
+    );
+    assert_eq!(runs.len(), 5, "the job and one rule run per ticket: {runs:#?}");
+    for run in &runs[1..] {
+        assert_eq!((&run["rule"], &run["status"]), (&json!("Process FlexHR user on AD"), &json!("ok")), "{run:#}");
+    }
+    let staged = p.records("flexhr_log");
+    assert_eq!(staged.len(), 4);
+    assert!(staged.iter().all(|r| r["fields"]["IsNewUser"] == 1));
+
+    let tickets = p.records("ticket");
+    assert_eq!(tickets.len(), 4);
+    let boss_dn = format!("CN=Bea Boss{tag},{ou}");
+    let ann_dn = format!("CN=Ann New{tag},{ou}");
+    let lea_dn = format!("CN=Lea Ver{tag},{ou}");
+    let max_dn = format!("CN=Max Alone{tag},{ou}");
+
+    // A new user: created (after the manager, who came first), the manager set, closed with
+    // a comment naming the base DN and the username.
+    let t = ticket_of(&tickets, &id(2))[0];
+    assert_eq!(t["status"], "closed");
+    let login = read_attr(&mut admin, &ann_dn, "sAMAccountName").await.pop().expect("Ann exists in AD");
+    let c = comment_texts(t);
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert!(
+        c[0].starts_with(&format!("synchronized with Flex HR: created user {login} ({ann_dn}) in {AD_BASE}")),
+        "{c:?}"
+    );
+    assert!(c[0].contains(&format!("; manager: {boss_dn}")), "{c:?}");
+    assert_eq!(read_attr(&mut admin, &ann_dn, "manager").await, vec![boss_dn.clone()]);
+    assert_eq!(read_attr(&mut admin, &ann_dn, "mail").await, vec!["ann.new@example.test"]);
+    assert_eq!(read_attr(&mut admin, &ann_dn, "employeeID").await, vec![id(2)]);
+    assert_eq!(ticket_of(&tickets, &id(1))[0]["status"], "closed");
+    assert_eq!(ticket_of(&tickets, &id(3))[0]["status"], "closed");
+
+    // The manager is unknown: the account exists, the ticket stays open and says why.
+    let t = ticket_of(&tickets, &id(4))[0];
+    assert_eq!(t["status"], "open");
+    let c = comment_texts(t);
+    assert!(
+        c[0].contains(&format!(
+            "the manager (employee ID X{tag}) was not found in the directory: the manager must be entered manually"
+        )),
+        "{c:?}"
+    );
+    assert!(read_attr(&mut admin, &max_dn, "manager").await.is_empty());
+
+    // The person without EmployeeId is nowhere.
+    assert!(dns_with(&mut admin, AD_BASE, "sn", &format!("Key{tag}")).await.is_empty());
+    assert!(tickets.iter().all(|t| t["fields"]["LastName"] != json!(format!("Key{tag}"))));
+
+    // The helpdesk gives Lea a password and enables her account.
+    let mut tls = ad_admin_tls().await;
+    let pw: Vec<u8> = format!("\"Onboard!Pw-{tag}\"").encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let mods = vec![
+        ldap3::Mod::Replace(b"unicodePwd".to_vec(), std::collections::HashSet::from([pw])),
+        ldap3::Mod::Replace(b"userAccountControl".to_vec(), std::collections::HashSet::from([b"512".to_vec()])),
+    ];
+    tls.modify(&lea_dn, mods).await.unwrap().success().unwrap();
+
+    // Run 2: Lea leaves (her ticket was closed: a new one), Max changes title while his ticket
+    // is open (a comment, no second ticket).
+    lea["Active"] = json!(false);
+    lea["ModifiedAt"] = json!(hours_ago(1));
+    max["JobTitle"] = json!("Senior Analyst");
+    hr.serve(&[boss.clone(), ann.clone(), nobody.clone(), lea.clone(), max.clone()], 2).await;
+    let (ran, runs) = run_job(&p);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(
+        summary(&messages(&runs[0]))
+            .ends_with("unchanged 2, new 0, changed 2 (1 leavers), tickets opened 1, tickets commented 1"),
+        "{runs:#?}"
+    );
+    assert_eq!(runs.len(), 2, "one new ticket, one rule run: {runs:#?}");
+    let tickets = p.records("ticket");
+    assert_eq!(tickets.len(), 5);
+    let lea_tickets = ticket_of(&tickets, &id(3));
+    assert_eq!(lea_tickets.len(), 2);
+    let t = lea_tickets[1];
+    assert_eq!((&t["fields"]["IsNewUser"], &t["status"]), (&json!(0), &json!("closed")));
+    assert!(comment_texts(t)[0].contains("; account disabled"), "{:?}", comment_texts(t));
+    assert_eq!(read_attr(&mut admin, &lea_dn, "userAccountControl").await, vec!["514"]);
+    let max_tickets = ticket_of(&tickets, &id(4));
+    assert_eq!(max_tickets.len(), 1, "no second ticket while one is open");
+    let c = comment_texts(max_tickets[0]);
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert_eq!(c[1], "User information changed in Flex HR (JobTitle); the ticket remains open.");
+    assert_eq!(max_tickets[0]["fields"]["JobTitle"], "Senior Analyst");
+    assert_eq!(max_tickets[0]["status"], "open");
+
+    // Run 3: nothing changed, nothing happens.
+    let before = (p.records("flexhr_log"), p.records("ticket"));
+    let (ran, runs) = run_job(&p);
+    assert_eq!((ran.code, runs.len()), (0, 1), "{ran:?}");
+    assert_eq!((p.records("flexhr_log"), p.records("ticket")), before);
+    assert_eq!(dns_with(&mut admin, &ou, "objectClass", "user").await.len(), 4, "four accounts, no more");
+
+    for out in [&ran.stdout, &ran.stderr] {
+        assert!(!out.contains(PASSWORD) && !out.contains(AD_ADMIN_PW));
+    }
 }
