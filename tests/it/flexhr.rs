@@ -517,7 +517,7 @@ async fn tripline_test_shows_the_planned_changes_and_writes_nothing() {
 #[test]
 fn the_shipped_configuration_runs_the_example_ticket_in_dry_run() {
     let p = Project::new(&repo_file("tripline.toml"));
-    for dir in ["rules", "scripts"] {
+    for dir in ["rules", "scripts", "examples/rules-and-scripts"] {
         copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join(dir), &p.path().join(dir));
     }
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/flexhr/new_user_ticket.json");

@@ -12,4 +12,5 @@ mod hostile;
 mod notification;
 mod reliability;
 mod scheduler;
+mod secrets;
 mod webhook;
