@@ -4,16 +4,16 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::common::directory_servers::{
-    ad_admin, make_ou, read_attr, samba, unique, Slapd, AD_ADMIN, AD_ADMIN_PW, AD_BASE, LDAP_ADMIN, LDAP_ADMIN_PW,
-    LDAP_BASE,
+    ad_admin, ad_admin_tls, dns_with, make_ou, read_attr, samba, unique, Slapd, AD_ADMIN, AD_ADMIN_PW, AD_BASE,
+    LDAP_ADMIN, LDAP_ADMIN_PW, LDAP_BASE,
 };
-use crate::common::project::{binary, Project, Ran};
+use crate::common::project::{binary, Daemon, Project, Ran};
 
 const SEED_RULE: &str = "Process FlexHR user on AD";
 
@@ -73,13 +73,6 @@ fn comments(record: &Value) -> Vec<String> {
 
 fn log_text(run: &Value) -> String {
     run["log"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect::<Vec<_>>().join("\n")
-}
-
-/// DNs of the entries under `base` whose `attr` is `value`, read by an admin connection.
-async fn dns_with(ldap: &mut ldap3::Ldap, base: &str, attr: &str, value: &str) -> Vec<String> {
-    let filter = format!("({attr}={})", ldap3::ldap_escape(value));
-    let (entries, _) = ldap.search(base, ldap3::Scope::Subtree, &filter, vec!["1.1"]).await.unwrap().success().unwrap();
-    entries.into_iter().map(|e| ldap3::SearchEntry::construct(e).dn).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,18 +308,6 @@ async fn a_leaver_is_disabled_and_the_ticket_says_so() {
     assert_eq!(read_attr(&mut admin, &dn, "userAccountControl").await, vec!["66050"], "only the disable bit flipped");
 }
 
-/// An admin connection over LDAPS (the server's certificate not checked: set-up only).
-async fn ad_admin_tls() -> ldap3::Ldap {
-    samba();
-    let settings = ldap3::LdapConnSettings::new().set_no_tls_verify(true);
-    let (conn, mut ldap) = ldap3::LdapConnAsync::with_settings(settings, "ldaps://127.0.0.1").await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.drive().await;
-    });
-    ldap.simple_bind(AD_ADMIN, AD_ADMIN_PW).await.unwrap().success().unwrap();
-    ldap
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_names_are_names() {
     let mut admin = ad_admin().await;
@@ -410,29 +391,6 @@ async fn unreachable_directory_retries_with_one_comment_and_nothing_lost() {
     assert_eq!(dns_with(&mut admin, AD_BASE, "employeeID", &emp).await.len(), 1);
     let runs = p.run(&["runs", "--json"]).json();
     assert_eq!(runs.as_array().unwrap().len(), 1, "one run per event and rule: {runs:#}");
-}
-
-/// `tripline run` on a project, stopped with SIGTERM when dropped.
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(p: &Project) -> Daemon {
-        let child = Command::new(binary())
-            .args(["run", "--config"])
-            .arg(p.path().join("tripline.toml"))
-            .env("TRIPLINE_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        Daemon(child)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let _ = self.0.wait();
-    }
 }
 
 /// Waits until `done` holds for the run list (the daemon works in the background).

@@ -6,7 +6,9 @@ use serde_json::{json, Value};
 use wiremock::matchers::{basic_auth, body_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-use crate::common::directory_servers::{ad_admin, make_ou, read_attr, samba, unique, AD_ADMIN, AD_ADMIN_PW, AD_BASE};
+use crate::common::directory_servers::{
+    ad_admin, ad_admin_tls, dns_with, make_ou, read_attr, samba, unique, AD_ADMIN, AD_ADMIN_PW, AD_BASE,
+};
 use crate::common::project::{Project, Ran};
 
 /// The Flex HR password, and the secret canary: it must appear in no output, log, run or
@@ -1072,25 +1074,6 @@ async fn the_haloitsm_example_reads_every_page_and_opens_tickets() {
 
 // ---------------------------------------------------------------------------------------
 // End to end: schedule -> Flex HR -> staging -> tickets -> rule -> Active Directory
-
-/// An admin connection over LDAPS, to set a password (the helpdesk's part of onboarding).
-async fn ad_admin_tls() -> ldap3::Ldap {
-    samba();
-    let settings = ldap3::LdapConnSettings::new().set_no_tls_verify(true);
-    let (conn, mut ldap) = ldap3::LdapConnAsync::with_settings(settings, "ldaps://127.0.0.1").await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.drive().await;
-    });
-    ldap.simple_bind(AD_ADMIN, AD_ADMIN_PW).await.unwrap().success().unwrap();
-    ldap
-}
-
-/// DNs under `base` whose `attr` is `value`.
-async fn dns_with(ldap: &mut ldap3::Ldap, base: &str, attr: &str, value: &str) -> Vec<String> {
-    let filter = format!("({attr}={})", ldap3::ldap_escape(value));
-    let (entries, _) = ldap.search(base, ldap3::Scope::Subtree, &filter, vec!["1.1"]).await.unwrap().success().unwrap();
-    entries.into_iter().map(|e| ldap3::SearchEntry::construct(e).dn).collect()
-}
 
 fn ticket_of<'a>(tickets: &'a [Value], id: &str) -> Vec<&'a Value> {
     by_employee(tickets, id)

@@ -1,41 +1,11 @@
 //! Nothing lost, nothing twice: retries, dead letters, replay, per-record order, crashes.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::project::{binary, Project};
-
-/// A running `tripline run`, stopped (SIGTERM) on drop.
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(p: &Project) -> Daemon {
-        let child = Command::new(binary())
-            .args(["run", "--config"])
-            .arg(p.path().join("tripline.toml"))
-            .env("TRIPLINE_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        Daemon(child)
-    }
-
-    fn stop(mut self) {
-        signal(self.0.id(), "-TERM");
-        let status = self.0.wait().unwrap();
-        assert!(status.success(), "daemon exit: {status:?}");
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::common::project::{binary, Daemon, Project};
 
 fn signal(pid: u32, sig: &str) {
     assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());

@@ -506,3 +506,23 @@ pub fn dump_log(path: &Path) {
         let _ = writeln!(std::io::stderr(), "--- {} ---\n{text}", path.display());
     }
 }
+
+/// An admin connection to the shared Samba DC over LDAPS (the server's certificate not
+/// checked: test set-up only), e.g. to set a password as the helpdesk would.
+pub async fn ad_admin_tls() -> ldap3::Ldap {
+    samba();
+    let settings = ldap3::LdapConnSettings::new().set_no_tls_verify(true);
+    let (conn, mut ldap) = ldap3::LdapConnAsync::with_settings(settings, "ldaps://127.0.0.1").await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.drive().await;
+    });
+    ldap.simple_bind(AD_ADMIN, AD_ADMIN_PW).await.unwrap().success().unwrap();
+    ldap
+}
+
+/// DNs under `base` whose `attr` is `value`.
+pub async fn dns_with(ldap: &mut ldap3::Ldap, base: &str, attr: &str, value: &str) -> Vec<String> {
+    let filter = format!("({attr}={})", ldap3::ldap_escape(value));
+    let (entries, _) = ldap.search(base, ldap3::Scope::Subtree, &filter, vec!["1.1"]).await.unwrap().success().unwrap();
+    entries.into_iter().map(|e| ldap3::SearchEntry::construct(e).dn).collect()
+}

@@ -131,3 +131,34 @@ impl Project {
         ran.json().as_array().unwrap().clone()
     }
 }
+
+/// `tripline run` on a project, in the background; stopped with SIGTERM by [`Daemon::stop`]
+/// (which checks a clean exit) or when dropped.
+pub struct Daemon(std::process::Child);
+
+impl Daemon {
+    pub fn start(p: &Project) -> Daemon {
+        let mut cmd = p.command(&["run"]);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        Daemon(cmd.spawn().expect("tripline binary runs"))
+    }
+
+    /// Stops the daemon and checks that it exited cleanly.
+    pub fn stop(mut self) {
+        let status = self.terminate();
+        assert!(status.success(), "daemon exit: {status:?}");
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        self.0.wait().expect("the daemon can be waited for")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.terminate();
+        }
+    }
+}
