@@ -753,6 +753,60 @@ mod tests {
     }
 
     #[test]
+    fn prune_drops_old_finished_work_and_keeps_failures() {
+        let s = SqliteStore::in_memory().unwrap();
+        let events: Vec<Event> = s
+            .ingest_all(&[
+                ingest("ticket", EventKind::Created, None, json!({})),
+                ingest("ticket", EventKind::Created, None, json!({})),
+                ingest("ticket", EventKind::Created, None, json!({})),
+            ])
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .collect();
+        let old = Utc::now() - chrono::Duration::days(40);
+        let run = |e: &Event, status: RunStatus, at: DateTime<Utc>| Run {
+            id: 0,
+            rule: "r".into(),
+            record_id: Some(e.record.id.clone()),
+            event_id: Some(e.id),
+            event: "created".into(),
+            status,
+            error: None,
+            duration_ms: 1,
+            log: vec![],
+            attempts: 1,
+            started_at: at,
+            finished_at: at,
+            next_attempt_at: None,
+        };
+        s.commit_run(&run(&events[0], RunStatus::Ok, old), &[], 1, Some(events[0].id)).unwrap();
+        s.commit_run(&run(&events[1], RunStatus::Dead, old), &[], 1, Some(events[1].id)).unwrap();
+        s.commit_run(&run(&events[2], RunStatus::Ok, Utc::now()), &[], 1, Some(events[2].id)).unwrap();
+        // Events are as old as the test: prune everything finished before tomorrow.
+        s.conn().execute("UPDATE events SET created_at = ?1", params![ts(old)]).unwrap();
+        let removed = s.prune(Utc::now() - chrono::Duration::days(30)).unwrap();
+        assert_eq!(removed, 2, "the old ok run and its event");
+        let left: Vec<RunStatus> = s.runs(&RunFilter::default()).unwrap().iter().map(|r| r.status).collect();
+        assert_eq!(left, [RunStatus::Dead, RunStatus::Ok]);
+        assert!(s.get_event(events[0].id).unwrap().is_none());
+        assert!(s.get_event(events[1].id).unwrap().is_some(), "a dead run's event stays for replay");
+    }
+
+    #[test]
+    fn backup_is_a_consistent_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_dir(dir.path()).unwrap();
+        s.ingest_all(&[ingest("ticket", EventKind::Created, None, json!({"a": 1}))]).unwrap();
+        let copy = dir.path().join("copy.db");
+        s.backup(&copy).unwrap();
+        let c = SqliteStore::open(&copy).unwrap();
+        assert_eq!(c.find_records("ticket", &Fields::new(), 10).unwrap().len(), 1);
+        assert!(s.backup(&copy).is_err(), "an existing file is not overwritten");
+    }
+
+    #[test]
     fn keyed_comments_are_replaced_and_idempotency_keys_dedupe() {
         let s = SqliteStore::in_memory().unwrap();
         let mut item = ingest("ticket", EventKind::Created, None, json!({}));
