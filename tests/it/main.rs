@@ -10,6 +10,7 @@ mod flexhr;
 mod flexjob;
 mod hostile;
 mod notification;
+mod outage;
 mod reliability;
 mod scheduler;
 mod secrets;

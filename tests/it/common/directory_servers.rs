@@ -1,15 +1,18 @@
 //! Real directory servers for the tests, following `recipes/directory-servers.md`:
 //!
-//! - one Samba AD DC per test run, provisioned into a temp folder on first use and shared by
-//!   every test (its ports 389/636 are fixed; tests keep apart by working in OUs of their
-//!   own). A file lock keeps two test processes on one machine from starting two DCs. The DC
-//!   is started with `samba -i` holding its stdin: when the test process ends, the pipe
-//!   closes and the DC exits (a dead-man switch).
+//! - one Samba AD DC per test run, on 127.0.0.1 and shared by every test (its ports 389/636
+//!   are fixed; tests keep apart by working in OUs of their own). A file lock keeps two test
+//!   processes on one machine from starting two DCs. The DC is started with `samba -i`
+//!   holding its stdin: when the test process ends, the pipe closes and the DC exits (a
+//!   dead-man switch). The domain is provisioned once per run into a template folder that
+//!   is never started; each DC runs on a copy of it.
+//! - private DCs for tests that stop and start their DC ([`Samba::private_on`]), copies of
+//!   the same template on another loopback address (127.0.0.2).
 //! - one slapd per test that asks, on free loopback ports (plain and LDAPS), in its own temp
 //!   folder, stopped when dropped (and by the same stdin switch if the process dies).
 //!
 //! Both speak TLS with a certificate of a throwaway CA made per run (`subjectAltName`
-//! localhost and 127.0.0.1), so tests can verify it with `ca_file`.
+//! localhost, 127.0.0.1 and 127.0.0.2), so tests can verify it with `ca_file`.
 //! Missing binaries fail the test with the command that installs them.
 
 use std::io::Write;
@@ -116,7 +119,7 @@ pub fn certs() -> &'static Certs {
                 .arg(p("req.csr")),
             "openssl: make the server key",
         );
-        std::fs::write(p("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+        std::fs::write(p("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:127.0.0.2\n").unwrap();
         run(
             Command::new(&openssl)
                 .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
@@ -138,8 +141,8 @@ pub fn certs() -> &'static Certs {
     })
 }
 
-fn port_open(port: u16) -> bool {
-    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+fn port_open(ip: std::net::IpAddr, port: u16) -> bool {
+    TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(200)).is_ok()
 }
 
 /// Waits until `ldapsearch` gets an answer from `url`, or the child exits, or time is up.
@@ -192,16 +195,18 @@ pub fn samba() -> &'static Samba {
     SAMBA.get_or_init(start_samba)
 }
 
-fn start_samba() -> Samba {
+/// A DC folder provisioned once per test run and never started: every DC of the run is a
+/// copy of it (0.1 s instead of a provision's 3–7 s).
+fn samba_template() -> &'static Path {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(provision_samba)
+}
+
+fn provision_samba() -> PathBuf {
     let samba_tool = binary("samba-tool");
-    let samba = binary("samba");
+    binary("samba");
     binary("ldapsearch");
     let certs = certs();
-
-    // One DC per machine at a time: ports 389 and 636 are fixed.
-    let lock = std::fs::File::create(std::env::temp_dir().join("tripline-it-samba.lock")).unwrap();
-    lock.lock().expect("lock the Samba test lock file");
-
     let d = run_dir("samba");
     std::fs::create_dir_all(d.join("run")).unwrap();
     let ds = d.display();
@@ -239,14 +244,31 @@ fn start_samba() -> Samba {
         certs.cert.display(),
         certs.ca.display()
     );
-    assert!(conf.contains("[global]\n"), "unexpected smb.conf:\n{conf}");
+    assert!(conf.contains("[global]\n") && conf.contains("\tinterfaces = 127.0.0.1\n"), "unexpected smb.conf:\n{conf}");
     std::fs::write(&conf_path, conf.replacen("[global]\n", &extra, 1)).unwrap();
+    d
+}
 
-    // A DC of a test run that just ended may still be shutting down.
-    let start = Instant::now();
-    while (port_open(389) || port_open(636)) && start.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(100));
+/// A copy of the template in a folder of its own, serving on `ip` (a loopback address).
+/// Samba takes a bare address only when an interface has it; `ip/8` makes it bind the
+/// address anyway, so 127.0.0.2 works without `ip addr add`.
+fn copy_samba_template(ip: &str) -> PathBuf {
+    let tpl = samba_template();
+    let d = run_dir("samba");
+    run(Command::new("cp").arg("-a").arg(tpl.join(".")).arg(&d), "copy the Samba template");
+    let conf_path = d.join("etc/smb.conf");
+    let mut conf = std::fs::read_to_string(&conf_path).unwrap().replace(&*tpl.to_string_lossy(), &d.to_string_lossy());
+    if ip != "127.0.0.1" {
+        conf = conf.replace("\tinterfaces = 127.0.0.1\n", &format!("\tinterfaces = {ip}/8\n"));
     }
+    std::fs::write(&conf_path, conf).unwrap();
+    d
+}
+
+/// Starts `samba -i` on the DC folder `d` and waits until it answers on `ip`. Its stdin is
+/// the returned pipe: closing it stops the DC.
+fn spawn_samba(d: &Path, ip: &str) -> (Child, ChildStdin) {
+    let samba = binary("samba");
     let log = d.join("samba.out");
     let mut last_error = String::new();
     for _attempt in 0..3 {
@@ -254,19 +276,17 @@ fn start_samba() -> Samba {
         let out = std::fs::File::create(&log).unwrap();
         let mut child = Command::new(&samba)
             .args(["-i", "-M", "single", "--debug-stdout", "-d1", "-s"])
-            .arg(&conf_path)
+            .arg(d.join("etc/smb.conf"))
             .stdin(Stdio::piped())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start samba: {e}"));
-        match wait_ready(&mut child, "ldap://127.0.0.1", &log, Duration::from_secs(30)) {
+        match wait_ready(&mut child, &format!("ldap://{ip}"), &log, Duration::from_secs(30)) {
             Ok(()) => {
                 let stdin = child.stdin.take().unwrap();
-                // Reap it when it exits (the handle itself is not kept).
-                std::thread::spawn(move || child.wait());
-                return Samba { dir: d, _stdin: stdin, _lock: lock };
+                return (child, stdin);
             }
             Err(e) => {
                 last_error = e;
@@ -276,7 +296,105 @@ fn start_samba() -> Samba {
             }
         }
     }
-    panic!("Samba AD DC did not start: {last_error}");
+    panic!("Samba AD DC did not start on {ip}: {last_error}");
+}
+
+/// Waits (up to 20 s) until nothing listens on the DC ports of `ip`.
+fn wait_dc_ports_closed(ip: &str) {
+    let ip: std::net::IpAddr = ip.parse().unwrap();
+    let start = Instant::now();
+    while (port_open(ip, 389) || port_open(ip, 636)) && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A file lock per DC address: two test processes on one machine never start two DCs on
+/// the same fixed ports.
+fn dc_lock(ip: &str) -> std::fs::File {
+    let name =
+        if ip == "127.0.0.1" { "tripline-it-samba.lock".to_string() } else { format!("tripline-it-samba-{ip}.lock") };
+    let lock = std::fs::File::create(std::env::temp_dir().join(name)).unwrap();
+    lock.lock().expect("lock the Samba test lock file");
+    lock
+}
+
+fn start_samba() -> Samba {
+    let lock = dc_lock("127.0.0.1");
+    let d = copy_samba_template("127.0.0.1");
+    // A DC of a test run that just ended may still be shutting down.
+    wait_dc_ports_closed("127.0.0.1");
+    let (mut child, stdin) = spawn_samba(&d, "127.0.0.1");
+    // Reap it when it exits (the handle itself is not kept).
+    std::thread::spawn(move || child.wait());
+    Samba { dir: d, _stdin: stdin, _lock: lock }
+}
+
+/// A DC of one test, a copy of the template on another loopback address (the shared DC
+/// holds 127.0.0.1's fixed ports), which the test may stop and start; stopped and removed
+/// when dropped, and by the stdin switch if the process dies.
+pub struct PrivateSamba {
+    dir: PathBuf,
+    ip: String,
+    child: Option<(Child, ChildStdin)>,
+    _lock: std::fs::File,
+}
+
+impl Samba {
+    /// Starts a private DC on `ip` (127.0.0.2, ...), with the shared DC's domain, admin and
+    /// certificate (whose names include 127.0.0.2).
+    pub fn private_on(ip: &str) -> PrivateSamba {
+        let lock = dc_lock(ip);
+        let dir = copy_samba_template(ip);
+        wait_dc_ports_closed(ip);
+        let mut s = PrivateSamba { dir, ip: ip.to_string(), child: None, _lock: lock };
+        s.start();
+        s
+    }
+}
+
+impl PrivateSamba {
+    /// Starts the DC again (its data kept); returns once it answers.
+    pub fn start(&mut self) {
+        if self.child.is_none() {
+            self.child = Some(spawn_samba(&self.dir, &self.ip));
+        }
+    }
+
+    /// Stops the DC (its data kept); returns once its ports are closed.
+    pub fn stop(&mut self) {
+        if let Some((mut child, stdin)) = self.child.take() {
+            drop(stdin);
+            let _ = child.wait();
+        }
+        wait_dc_ports_closed(&self.ip);
+    }
+
+    /// `ldaps://IP`.
+    pub fn ldaps_url(&self) -> String {
+        format!("ldaps://{}", self.ip)
+    }
+
+    /// The CA that signed the DC's certificate.
+    pub fn ca_file(&self) -> &Path {
+        &certs().ca
+    }
+
+    /// Where the DC's files are (its log: `samba.out`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// An ldap3 connection bound as the DC's administrator over plain LDAP.
+    pub async fn admin(&self) -> Ldap {
+        admin_conn(&format!("ldap://{}", self.ip), AD_ADMIN, AD_ADMIN_PW).await
+    }
+}
+
+impl Drop for PrivateSamba {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A `[directories.X]` section for the shared DC: `url` and extra lines of TOML.
@@ -450,7 +568,7 @@ impl Slapd {
             let _ = child.wait();
         }
         let start = Instant::now();
-        while port_open(self.port) && start.elapsed() < Duration::from_secs(5) {
+        while port_open([127, 0, 0, 1].into(), self.port) && start.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
