@@ -300,6 +300,12 @@ impl Directory {
                 // Another process created this person (or took the chosen names) between
                 // our look-up and our add: look again.
                 Err(DirectoryError::AlreadyExists { .. }) if attempt < 3 => continue,
+                // Still racing other workers for the same names (people whose logon names
+                // derive to the same text): a later attempt of the run will find them taken
+                // and pick the next free ones, so this is not the person's fault.
+                Err(DirectoryError::AlreadyExists { op, reason }) => {
+                    return Err(DirectoryError::Busy(format!("{op}: {reason} (names taken concurrently; will retry)")))
+                }
                 other => return other,
             }
         }
