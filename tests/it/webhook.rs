@@ -234,3 +234,47 @@ async fn metrics_count_requests_and_runs() {
     }
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connections_at_once_are_each_stored_and_run_once() {
+    let d = start().await;
+    const N: usize = 100;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..N {
+        // A client of its own per delivery: N separate connections at once.
+        let client = reqwest::Client::new();
+        let url = d.url("/hooks/signed");
+        let body = format!(r#"{{"Title": "alert {i}"}}"#);
+        let signature = sign(HMAC_SECRET, body.as_bytes());
+        let forged = i % 10 == 0;
+        tasks.spawn(async move {
+            let r = client
+                .post(url)
+                .header("X-Signature", if forged { "00".repeat(32) } else { signature })
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (forged, r.status().as_u16(), r.json::<Value>().await.ok())
+        });
+    }
+    let mut events = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        let (forged, status, ids) = result.unwrap();
+        if forged {
+            assert_eq!(status, 401);
+        } else {
+            assert_eq!(status, 202);
+            events.push(ids.unwrap()["event_id"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(events.len(), N - N / 10);
+    events.sort_unstable();
+    events.dedup();
+    assert_eq!(events.len(), N - N / 10, "each delivery is its own event");
+    for event in &events {
+        let runs = d.runs_of(*event).await;
+        assert_eq!(runs.len(), 1, "event {event} ran once: {runs:?}");
+    }
+    d.stop().await;
+}
