@@ -1,12 +1,11 @@
 //! The daemon: one loop that drains the event queue and retries due runs until a shutdown
 //! signal (Ctrl-C or SIGTERM); runs in flight finish before it returns.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tracing::{error, info, warn};
 
 use crate::record::Event;
@@ -47,7 +46,7 @@ pub async fn shutdown_signal() {
 pub async fn run(runtime: Arc<Runtime>, shutdown: impl Future<Output = ()>) -> Result<(), crate::store::StoreError> {
     let catalog = runtime.catalog();
     info!(rules = catalog.rules.rules().len(), scripts = catalog.scripts.len(), "tripline daemon started.");
-    let workers = Arc::new(Semaphore::new(runtime.config().engine.workers));
+    let workers = runtime.config().engine.workers;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -56,7 +55,7 @@ pub async fn run(runtime: Arc<Runtime>, shutdown: impl Future<Output = ()>) -> R
                 info!("Shutdown requested; runs in flight have finished.");
                 return Ok(());
             }
-            busy = dispatch_once(runtime.clone(), workers.clone()) => {
+            busy = dispatch_once(runtime.clone(), workers) => {
                 match busy {
                     Ok(true) => {}
                     Ok(false) => tokio::time::sleep(IDLE_POLL).await,
@@ -75,7 +74,7 @@ pub async fn run(runtime: Arc<Runtime>, shutdown: impl Future<Output = ()>) -> R
 ///
 /// The pass runs to its end even when shutdown is requested meanwhile: `select!` only checks
 /// shutdown between passes, so runs in flight are never cut.
-async fn dispatch_once(runtime: Arc<Runtime>, workers: Arc<Semaphore>) -> Result<bool, crate::store::StoreError> {
+async fn dispatch_once(runtime: Arc<Runtime>, workers: usize) -> Result<bool, crate::store::StoreError> {
     let rt = runtime.clone();
     let retried = tokio::task::spawn_blocking(move || rt.retry_due()).await.expect("retry task panicked")?;
     let rt = runtime.clone();
@@ -93,17 +92,21 @@ async fn dispatch_once(runtime: Arc<Runtime>, workers: Arc<Semaphore>) -> Result
         }
         by_record.entry(id).or_default().push(e);
     }
+    // A few long-lived blocking tasks take records from a shared queue, rather than one task
+    // per record: handing each record to a fresh task cost more CPU than a short run itself
+    // (see benches/directory_flow.rs).
+    let queue: VecDeque<Vec<Event>> = order.into_iter().map(|id| by_record.remove(&id).unwrap_or_default()).collect();
+    let workers = workers.min(queue.len());
+    let queue = Arc::new(Mutex::new(queue));
     let mut tasks = tokio::task::JoinSet::new();
-    for id in order {
-        let events = by_record.remove(&id).unwrap_or_default();
-        let permit = workers.clone().acquire_owned().await.expect("semaphore is never closed");
-        let rt = runtime.clone();
-        tasks.spawn_blocking(move || {
-            let _permit = permit;
+    for _ in 0..workers {
+        let (rt, queue) = (runtime.clone(), queue.clone());
+        tasks.spawn_blocking(move || loop {
+            let Some(events) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else { return };
             for e in events {
                 if let Err(err) = rt.process_event(&e) {
                     error!(event = e.id, %err, "Event processing failed; it stays queued.");
-                    return;
+                    break;
                 }
             }
         });
