@@ -159,9 +159,12 @@ impl Directory {
             }
         }
 
-        let pw_note = if user.password.is_some() { " and an initial password" } else { "" };
-        let description = format!("would create {dn} with attributes {}{pw_note}", describe_attrs(&attrs));
-        if self.plan("create_user", &dn, attrs.clone(), description).is_some() {
+        // Described only in dry-run mode: on the hot path of bulk creation, the text would be
+        // built for nothing.
+        if self.is_dry_run() {
+            let pw_note = if user.password.is_some() { " and an initial password" } else { "" };
+            let description = format!("would create {dn} with attributes {}{pw_note}", describe_attrs(&attrs));
+            self.plan("create_user", &dn, attrs.clone(), description);
             return Ok(Entry { dn, attributes: attrs });
         }
 

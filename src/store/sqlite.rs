@@ -1,11 +1,19 @@
 //! The SQLite store: one file (`data_dir/tripline.db`) in WAL mode with a busy timeout,
 //! migrated at start with `PRAGMA user_version`.
+//!
+//! Runs are committed in groups: a run that finishes while another thread is writing waits,
+//! and the next writer commits every run that waits in one transaction (should one of them
+//! fail, each is committed alone instead, so one run's refused write undoes no other). Many
+//! workers finishing at once then cost one WAL append and one lock cycle instead of one each,
+//! which is most of a short run's cost (see `benches/directory_flow.rs`).
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::{Ingest, Result, Run, RunFilter, RunStatus, Store, StoreError, Write};
@@ -75,11 +83,86 @@ ALTER TABLE events ADD COLUMN claimed_until TEXT;
 CREATE INDEX events_record ON events(record_id, done, id);
 CREATE INDEX runs_record ON runs(record_id, status);
 "#,
+    // Partial indexes: a processed event and a run that ended leave them, so that committing a
+    // run writes two pages fewer (about 7 -> 5 WAL frames per run).
+    r#"
+DROP INDEX events_pending;
+CREATE INDEX events_pending ON events(id) WHERE done = 0;
+DROP INDEX runs_status;
+CREATE INDEX runs_retrying ON runs(next_attempt_at) WHERE status = 'retrying';
+"#,
 ];
 
 /// The SQLite store.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    commits: CommitQueue,
+}
+
+/// Runs waiting to be committed, and the results of those committed by another thread.
+#[derive(Default)]
+struct CommitQueue {
+    state: Mutex<QueueState>,
+    /// A group was written (results are in `done`, `writing` is false).
+    changed: Condvar,
+    /// Enough runs wait for a lingering writer to stop waiting.
+    gathered: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// A thread is writing a group.
+    writing: bool,
+    next_ticket: u64,
+    waiting: Vec<PendingRun>,
+    done: HashMap<u64, Committed>,
+    /// Runs inside `commit_run` now, the most at once since the last group was taken, and
+    /// that most for each of the last groups: how many runs a group can expect.
+    inside: usize,
+    peak: usize,
+    peaks: std::collections::VecDeque<usize>,
+    /// A writer waits for more runs to join its group.
+    lingering: bool,
+}
+
+/// While runs of several threads keep coming, a writer waits for as many runs as were lately
+/// seen committing at once, but never longer than `LINGER` after its own run arrived. Each
+/// run waits a little longer, and the store writes far fewer transactions. A single caller
+/// (the CLI, a sequential embedder) writes at once.
+const LINGER: Duration = Duration::from_millis(1);
+/// How many groups the expected group size is remembered for.
+const PEAKS: usize = 16;
+
+impl QueueState {
+    fn expected(&self) -> usize {
+        self.peaks.iter().copied().max().unwrap_or(1)
+    }
+}
+
+/// What committing a run gives: its id and the events its writes raised.
+type Committed = Result<(i64, Vec<Event>)>;
+
+/// A run to commit, with what `commit_run` was given.
+struct PendingRun {
+    ticket: u64,
+    run: Run,
+    writes: Vec<Write>,
+    depth: u32,
+    finish_event: Option<i64>,
+}
+
+/// Clears `writing` if the writer unwinds, so that the others do not wait forever.
+struct WritingGuard<'a>(&'a CommitQueue);
+
+impl Drop for WritingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).writing = false;
+        self.0.changed.notify_all();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -132,7 +215,7 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", i + 1)?;
         }
         tx.commit()?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore { conn: Mutex::new(conn), commits: CommitQueue::default() })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -371,7 +454,7 @@ fn json_path(field: &str) -> String {
     p
 }
 
-fn apply_write(tx: &Transaction, w: &Write, depth: u32, raised: &mut Vec<Event>) -> Result<()> {
+fn apply_write(tx: &Connection, w: &Write, depth: u32, raised: &mut Vec<Event>) -> Result<()> {
     let now = Utc::now();
     match w {
         Write::Create(r) => {
@@ -414,6 +497,131 @@ fn apply_write(tx: &Transaction, w: &Write, depth: u32, raised: &mut Vec<Event>)
         }
     }
     Ok(())
+}
+
+impl SqliteStore {
+    /// Waits until the run of `ticket` is written by another thread, or writes the group it
+    /// belongs to. Returns the state lock, held again, with the run's result.
+    fn commit_waiting<'a>(
+        &'a self,
+        mut st: std::sync::MutexGuard<'a, QueueState>,
+        ticket: u64,
+        arrived: Instant,
+    ) -> (std::sync::MutexGuard<'a, QueueState>, Committed) {
+        let q = &self.commits;
+        while st.writing {
+            st = q.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            if let Some(result) = st.done.remove(&ticket) {
+                return (st, result);
+            }
+        }
+        if !st.waiting.iter().any(|p| p.ticket == ticket) {
+            let lost = StoreError::Corrupt("a run's commit was lost: the thread writing it panicked".into());
+            return (st, Err(lost));
+        }
+        // Nobody is writing: gather, then write everything that waits, this run included.
+        st.writing = true;
+        let until = arrived + LINGER;
+        while st.waiting.len() < st.expected() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st.lingering = true;
+            st = q.gathered.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
+            st.lingering = false;
+        }
+        let group = std::mem::take(&mut st.waiting);
+        let inside = st.inside;
+        let peak = std::mem::replace(&mut st.peak, inside);
+        st.peaks.push_back(peak);
+        if st.peaks.len() > PEAKS {
+            st.peaks.pop_front();
+        }
+        drop(st);
+        let unwinding = WritingGuard(q);
+        let mut results = self.commit_group(group);
+        let mine = results.remove(&ticket).expect("the group holds this run");
+        std::mem::forget(unwinding);
+        let mut st = lock(&q.state);
+        st.done.extend(results);
+        st.writing = false;
+        q.changed.notify_all();
+        (st, mine)
+    }
+
+    /// Commits a group of runs in one transaction. When any of them fails (a write the
+    /// store refuses), nothing of the group is kept and each run is committed alone, so that
+    /// each gets its own result.
+    fn commit_group(&self, group: Vec<PendingRun>) -> HashMap<u64, Committed> {
+        let mut conn = self.conn();
+        if group.len() > 1 {
+            let together = (|| -> Result<Vec<(u64, Committed)>> {
+                let tx = conn.transaction()?;
+                let mut out = Vec::with_capacity(group.len());
+                for p in &group {
+                    out.push((p.ticket, Ok(write_run(&tx, p)?)));
+                }
+                tx.commit()?;
+                Ok(out)
+            })();
+            if let Ok(out) = together {
+                return out.into_iter().collect();
+            }
+        }
+        group
+            .iter()
+            .map(|p| {
+                let one = (|| {
+                    let tx = conn.transaction()?;
+                    let done = write_run(&tx, p)?;
+                    tx.commit()?;
+                    Ok(done)
+                })();
+                (p.ticket, one)
+            })
+            .collect()
+    }
+}
+
+/// Saves a run with its writes and marks its event processed (within the caller's
+/// transaction).
+fn write_run(tx: &Connection, p: &PendingRun) -> Result<(i64, Vec<Event>)> {
+    let (run, depth) = (&p.run, p.depth);
+    let mut raised = Vec::new();
+    for w in &p.writes {
+        apply_write(tx, w, depth, &mut raised)?;
+    }
+    let args = params![
+        run.event_id,
+        run.rule,
+        run.record_id,
+        run.event,
+        run.status.as_str(),
+        run.error,
+        run.duration_ms as i64,
+        to_json(&run.log),
+        run.attempts,
+        ts(run.started_at),
+        ts(run.finished_at),
+        run.next_attempt_at.map(ts),
+    ];
+    let id: i64 = tx
+        .prepare_cached(
+            "INSERT INTO runs (event_id, rule, record_id, event, status, error, duration_ms, log, attempts, started_at, finished_at, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT(event_id, rule) WHERE event_id IS NOT NULL DO UPDATE SET
+               status = excluded.status, error = excluded.error, duration_ms = excluded.duration_ms, log = excluded.log,
+               attempts = excluded.attempts, started_at = excluded.started_at, finished_at = excluded.finished_at,
+               next_attempt_at = excluded.next_attempt_at
+             RETURNING id",
+        )?
+        .query_row(args, |r| r.get(0))?;
+    if let Some(e) = p.finish_event {
+        tx.prepare_cached("UPDATE events SET done = 1, claimed_by = NULL, claimed_until = NULL WHERE id = ?1")?
+            .execute(params![e])?;
+    }
+    Ok((id, raised))
 }
 
 impl Store for SqliteStore {
@@ -585,7 +793,12 @@ impl Store for SqliteStore {
 
     fn runs_of_event(&self, event_id: i64) -> Result<Vec<Run>> {
         let conn = self.conn();
-        query_runs(&conn, &format!("SELECT {RUN_COLUMNS} FROM runs WHERE event_id = ?1 ORDER BY id"), params![event_id])
+        // Sorted here: `ORDER BY id` would make SQLite build a sorter for every event, most of
+        // which have no run yet.
+        let mut runs =
+            query_runs(&conn, &format!("SELECT {RUN_COLUMNS} FROM runs WHERE event_id = ?1"), params![event_id])?;
+        runs.sort_by_key(|r| r.id);
+        Ok(runs)
     }
 
     fn commit_run(
@@ -595,43 +808,20 @@ impl Store for SqliteStore {
         depth: u32,
         finish_event: Option<i64>,
     ) -> Result<(i64, Vec<Event>)> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let mut raised = Vec::new();
-        for w in writes {
-            apply_write(&tx, w, depth, &mut raised)?;
+        let q = &self.commits;
+        let arrived = Instant::now();
+        let mut st = lock(&q.state);
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.waiting.push(PendingRun { ticket, run: run.clone(), writes: writes.to_vec(), depth, finish_event });
+        st.inside += 1;
+        st.peak = st.peak.max(st.inside);
+        if st.lingering && st.waiting.len() >= st.expected() {
+            q.gathered.notify_one();
         }
-        let args = params![
-            run.event_id,
-            run.rule,
-            run.record_id,
-            run.event,
-            run.status.as_str(),
-            run.error,
-            run.duration_ms as i64,
-            to_json(&run.log),
-            run.attempts,
-            ts(run.started_at),
-            ts(run.finished_at),
-            run.next_attempt_at.map(ts),
-        ];
-        let id: i64 = tx
-            .prepare_cached(
-                "INSERT INTO runs (event_id, rule, record_id, event, status, error, duration_ms, log, attempts, started_at, finished_at, next_attempt_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                 ON CONFLICT(event_id, rule) WHERE event_id IS NOT NULL DO UPDATE SET
-                   status = excluded.status, error = excluded.error, duration_ms = excluded.duration_ms, log = excluded.log,
-                   attempts = excluded.attempts, started_at = excluded.started_at, finished_at = excluded.finished_at,
-                   next_attempt_at = excluded.next_attempt_at
-                 RETURNING id",
-            )?
-            .query_row(args, |r| r.get(0))?;
-        if let Some(e) = finish_event {
-            tx.prepare_cached("UPDATE events SET done = 1, claimed_by = NULL, claimed_until = NULL WHERE id = ?1")?
-                .execute(params![e])?;
-        }
-        tx.commit()?;
-        Ok((id, raised))
+        let (mut st, result) = self.commit_waiting(st, ticket, arrived);
+        st.inside -= 1;
+        result
     }
 
     fn finish_event(&self, event_id: i64) -> Result<()> {
@@ -840,5 +1030,79 @@ mod tests {
         assert_eq!(r.comments[0].text, "attempt 3");
         assert_eq!(s.runs_of_event(e.id).unwrap().len(), 1, "one ledger row per event and rule");
         assert_eq!(s.runs_of_event(e.id).unwrap()[0].attempts, 3);
+    }
+
+    fn run_of(e: &Event, rule: &str) -> Run {
+        Run {
+            id: 0,
+            rule: rule.into(),
+            record_id: Some(e.record.id.clone()),
+            event_id: Some(e.id),
+            event: "created".into(),
+            status: RunStatus::Ok,
+            error: None,
+            duration_ms: 1,
+            log: vec![],
+            attempts: 1,
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            next_attempt_at: None,
+        }
+    }
+
+    #[test]
+    fn a_group_commit_keeps_each_run_apart() {
+        let s = SqliteStore::in_memory().unwrap();
+        let events: Vec<Event> = s
+            .ingest_all(&[
+                ingest("t", EventKind::Created, None, json!({})),
+                ingest("t", EventKind::Created, None, json!({})),
+            ])
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .collect();
+        let pending = |ticket, e: &Event, writes| PendingRun {
+            ticket,
+            run: run_of(e, "r"),
+            writes,
+            depth: 1,
+            finish_event: Some(e.id),
+        };
+        let comment = Write::Comment { id: events[0].record.id.clone(), text: "kept".into(), key: None };
+        let refused = Write::Update { id: "no-such-record".into(), fields: Fields::new() };
+        let results =
+            s.commit_group(vec![pending(1, &events[0], vec![comment]), pending(2, &events[1], vec![refused])]);
+        assert!(results[&1].is_ok());
+        assert!(matches!(results[&2], Err(StoreError::NoRecord(_))));
+        assert_eq!(s.get_record(&events[0].record.id).unwrap().unwrap().comments.len(), 1);
+        assert_eq!(s.runs_of_event(events[0].id).unwrap().len(), 1);
+        assert!(s.runs_of_event(events[1].id).unwrap().is_empty(), "the refused run left nothing");
+        assert_eq!(s.queue_depth().unwrap(), 1, "only the committed run's event is finished");
+    }
+
+    #[test]
+    fn concurrent_commits_all_land() {
+        let s = std::sync::Arc::new(SqliteStore::in_memory().unwrap());
+        let items: Vec<Ingest> = (0..64).map(|_| ingest("t", EventKind::Created, None, json!({}))).collect();
+        let events: Vec<Event> = s.ingest_all(&items).unwrap().into_iter().flatten().collect();
+        let threads: Vec<_> = events
+            .chunks(8)
+            .map(|chunk| {
+                let (s, chunk) = (s.clone(), chunk.to_vec());
+                std::thread::spawn(move || {
+                    for e in &chunk {
+                        let w = Write::Comment { id: e.record.id.clone(), text: "c".into(), key: None };
+                        let (id, _) = s.commit_run(&run_of(e, "r"), &[w], 1, Some(e.id)).unwrap();
+                        assert!(id > 0);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(s.queue_depth().unwrap(), 0);
+        assert_eq!(s.runs(&RunFilter { limit: 1000, ..Default::default() }).unwrap().len(), 64);
     }
 }

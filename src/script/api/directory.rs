@@ -311,6 +311,7 @@ fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<M
             false => format!("not retried ({at}); fix the cause, then `tripline replay` the run"),
         };
         let text = format!("failed to synchronize with Flex HR: {reason}; {then}");
+        tracing::warn!(rule = %ctx.rule, record = %id, directory, %reason, transient, "Flex HR synchronization failed.");
         ctx.log("error", &text);
         // A note survives the run's failure; the key makes retries update one comment.
         ctx.note(Write::Comment { id: id.clone(), text: text.clone(), key: Some(ctx.comment_key.clone()) });
@@ -318,8 +319,8 @@ fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<M
     };
 
     let dir = directory_for(&ctx, directory).map_err(|e| fail(e, false))?;
-    // The seed's first step is the bind: a refused bind or an unreachable server is told
-    // apart from a failure of the sync itself.
+    // The seed's first step is the bind: an unreachable server or a refused bind is reported
+    // as such, before any lookup.
     let result = ctx
         .hosts
         .block_on(async {
