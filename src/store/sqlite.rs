@@ -945,31 +945,13 @@ mod tests {
     #[test]
     fn prune_drops_old_finished_work_and_keeps_failures() {
         let s = SqliteStore::in_memory().unwrap();
-        let events: Vec<Event> = s
-            .ingest_all(&[
-                ingest("ticket", EventKind::Created, None, json!({})),
-                ingest("ticket", EventKind::Created, None, json!({})),
-                ingest("ticket", EventKind::Created, None, json!({})),
-            ])
-            .unwrap()
-            .into_iter()
-            .flatten()
-            .collect();
+        let events = created(&s, "ticket", 3);
         let old = Utc::now() - chrono::Duration::days(40);
         let run = |e: &Event, status: RunStatus, at: DateTime<Utc>| Run {
-            id: 0,
-            rule: "r".into(),
-            record_id: Some(e.record.id.clone()),
-            event_id: Some(e.id),
-            event: "created".into(),
             status,
-            error: None,
-            duration_ms: 1,
-            log: vec![],
-            attempts: 1,
             started_at: at,
             finished_at: at,
-            next_attempt_at: None,
+            ..run_of(e, "r")
         };
         s.commit_run(&run(&events[0], RunStatus::Ok, old), &[], 1, Some(events[0].id)).unwrap();
         s.commit_run(&run(&events[1], RunStatus::Dead, old), &[], 1, Some(events[1].id)).unwrap();
@@ -1006,21 +988,7 @@ mod tests {
         assert_eq!(s.event_by_idempotency_key("k1").unwrap().map(|e| e.id), Some(e.id));
         assert!(s.event_by_idempotency_key("k2").unwrap().is_none());
         let id = e.record.id.clone();
-        let run = Run {
-            id: 0,
-            rule: "r".into(),
-            record_id: Some(id.clone()),
-            event_id: Some(e.id),
-            event: "created".into(),
-            status: RunStatus::Retrying,
-            error: None,
-            duration_ms: 1,
-            log: vec![],
-            attempts: 1,
-            started_at: Utc::now(),
-            finished_at: Utc::now(),
-            next_attempt_at: None,
-        };
+        let run = Run { status: RunStatus::Retrying, ..run_of(&e, "r") };
         for n in 1..=3 {
             let w = Write::Comment { id: id.clone(), text: format!("attempt {n}"), key: Some("r".into()) };
             s.commit_run(&Run { attempts: n, ..run.clone() }, &[w], 1, None).unwrap();
@@ -1030,6 +998,12 @@ mod tests {
         assert_eq!(r.comments[0].text, "attempt 3");
         assert_eq!(s.runs_of_event(e.id).unwrap().len(), 1, "one ledger row per event and rule");
         assert_eq!(s.runs_of_event(e.id).unwrap()[0].attempts, 3);
+    }
+
+    /// `n` created events of `entity`, stored.
+    fn created(s: &SqliteStore, entity: &str, n: usize) -> Vec<Event> {
+        let items: Vec<Ingest> = (0..n).map(|_| ingest(entity, EventKind::Created, None, json!({}))).collect();
+        s.ingest_all(&items).unwrap().into_iter().flatten().collect()
     }
 
     fn run_of(e: &Event, rule: &str) -> Run {
@@ -1053,15 +1027,7 @@ mod tests {
     #[test]
     fn a_group_commit_keeps_each_run_apart() {
         let s = SqliteStore::in_memory().unwrap();
-        let events: Vec<Event> = s
-            .ingest_all(&[
-                ingest("t", EventKind::Created, None, json!({})),
-                ingest("t", EventKind::Created, None, json!({})),
-            ])
-            .unwrap()
-            .into_iter()
-            .flatten()
-            .collect();
+        let events = created(&s, "t", 2);
         let pending = |ticket, e: &Event, writes| PendingRun {
             ticket,
             run: run_of(e, "r"),
@@ -1084,8 +1050,7 @@ mod tests {
     #[test]
     fn concurrent_commits_all_land() {
         let s = std::sync::Arc::new(SqliteStore::in_memory().unwrap());
-        let items: Vec<Ingest> = (0..64).map(|_| ingest("t", EventKind::Created, None, json!({}))).collect();
-        let events: Vec<Event> = s.ingest_all(&items).unwrap().into_iter().flatten().collect();
+        let events = created(&s, "t", 64);
         let threads: Vec<_> = events
             .chunks(8)
             .map(|chunk| {
