@@ -18,7 +18,7 @@
 //! `[server]`, `[directories.*]`, `[connections.*]` and `[jobs.*]`, because the runtime, the
 //! script engine, the listener and the host connections were built from them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
@@ -178,7 +178,8 @@ struct Daemon {
     runtime: Arc<Runtime>,
     status: Arc<Mutex<Status>>,
     watcher: Option<FolderWatcher>,
-    workers: Arc<Semaphore>,
+    /// `[engine] workers`: records processed at once by a pass.
+    workers: usize,
     /// The dispatch pass in progress.
     pass: Option<JoinHandle<PassResult>>,
     /// The webhooks in force (shared with the server).
@@ -212,7 +213,7 @@ pub async fn run_with(
         runtime: runtime.clone(),
         status: status.clone(),
         watcher,
-        workers: Arc::new(Semaphore::new(config.engine.workers)),
+        workers: config.engine.workers,
         pass: None,
         server: None,
         config_text: config.path.as_deref().and_then(|p| std::fs::read_to_string(p).ok()),
@@ -391,7 +392,7 @@ impl Daemon {
     /// Starts a dispatch pass over the queue.
     fn dispatch(&mut self) {
         debug_assert!(self.pass.is_none());
-        self.pass = Some(tokio::spawn(dispatch_pass(self.runtime.clone(), self.workers.clone())));
+        self.pass = Some(tokio::spawn(dispatch_pass(self.runtime.clone(), self.workers)));
     }
 
     /// A pass ended: when it found work, look again at once (the queue may hold more).
@@ -593,7 +594,7 @@ fn changed_sections(old: &str, new: &str) -> Vec<String> {
 /// One pass: due retries, then a batch of pending events, events of one record in order and
 /// records in parallel up to `[engine] workers`. Returns whether there was work. It always runs
 /// to its end: the daemon awaits it rather than cancelling it.
-async fn dispatch_pass(runtime: Arc<Runtime>, workers: Arc<Semaphore>) -> PassResult {
+async fn dispatch_pass(runtime: Arc<Runtime>, workers: usize) -> PassResult {
     let rt = runtime.clone();
     let retried = tokio::task::spawn_blocking(move || rt.retry_due()).await.expect("retry task panicked")?;
     retried.iter().for_each(crate::metrics::run_finished);
@@ -611,13 +612,17 @@ async fn dispatch_pass(runtime: Arc<Runtime>, workers: Arc<Semaphore>) -> PassRe
         }
         by_record.entry(id).or_default().push(e);
     }
+    // A few long-lived blocking tasks take records from a shared queue, rather than one task
+    // per record: handing each record to a fresh task cost more CPU than a short run itself
+    // (benches/directory_flow.rs).
+    let queue: VecDeque<Vec<Event>> = order.into_iter().map(|id| by_record.remove(&id).unwrap_or_default()).collect();
+    let workers = workers.min(queue.len());
+    let queue = Arc::new(Mutex::new(queue));
     let mut tasks = tokio::task::JoinSet::new();
-    for id in order {
-        let events = by_record.remove(&id).unwrap_or_default();
-        let permit = workers.clone().acquire_owned().await.expect("semaphore is never closed");
-        let rt = runtime.clone();
-        tasks.spawn_blocking(move || {
-            let _permit = permit;
+    for _ in 0..workers {
+        let (rt, queue) = (runtime.clone(), queue.clone());
+        tasks.spawn_blocking(move || loop {
+            let Some(events) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else { return };
             for e in events {
                 match rt.process_event(&e) {
                     Ok((runs, _raised)) => {
@@ -626,8 +631,9 @@ async fn dispatch_pass(runtime: Arc<Runtime>, workers: Arc<Semaphore>) -> PassRe
                         crate::metrics::event_processed();
                     }
                     Err(err) => {
+                        // The record's later events stay queued behind this one.
                         error!(event = e.id, %err, "Event processing failed; it stays queued.");
-                        return;
+                        break;
                     }
                 }
             }
