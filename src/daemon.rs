@@ -603,14 +603,36 @@ async fn dispatch_pass(runtime: Arc<Runtime>, workers: usize) -> PassResult {
     if events.is_empty() {
         return Ok(!retried.is_empty());
     }
+    // One transaction claims the whole pass (a claim per event would be a write each).
+    let rt = runtime.clone();
+    let claimed = tokio::task::spawn_blocking(move || rt.claim(&events).map(|ids| (ids, events)))
+        .await
+        .expect("claim task panicked");
+    let (claimed, events) = claimed?;
+    let claimed: std::collections::HashSet<i64> = claimed.into_iter().collect();
     let mut by_record: HashMap<String, Vec<Event>> = HashMap::new();
     let mut order = Vec::new();
+    // An event another process claimed meanwhile is its to run, and so are the later events
+    // of that record.
+    let mut skipped_records = std::collections::HashSet::new();
+    let mut release = Vec::new();
     for e in events {
+        if !claimed.contains(&e.id) || skipped_records.contains(&e.record.id) {
+            if claimed.contains(&e.id) {
+                release.push(e.id);
+            }
+            skipped_records.insert(e.record.id.clone());
+            continue;
+        }
         let id = e.record.id.clone();
         if !by_record.contains_key(&id) {
             order.push(id.clone());
         }
         by_record.entry(id).or_default().push(e);
+    }
+    if !release.is_empty() {
+        let rt = runtime.clone();
+        tokio::task::spawn_blocking(move || rt.unclaim(&release)).await.expect("unclaim task panicked")?;
     }
     // A few long-lived blocking tasks take records from a shared queue, rather than one task
     // per record: handing each record to a fresh task cost more CPU than a short run itself
@@ -624,7 +646,7 @@ async fn dispatch_pass(runtime: Arc<Runtime>, workers: usize) -> PassResult {
         tasks.spawn_blocking(move || loop {
             let Some(events) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else { return };
             for e in events {
-                match rt.process_event(&e) {
+                match rt.process_claimed_event(&e) {
                     Ok((runs, _raised)) => {
                         // Raised events are queued; a later pass takes them.
                         runs.iter().for_each(crate::metrics::run_finished);

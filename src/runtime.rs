@@ -360,6 +360,24 @@ impl Runtime {
         self.process(event, false)
     }
 
+    /// Claims events for this runtime in one transaction (the dispatcher claims a pass's
+    /// events at once); returns the ids claimed, to process with
+    /// [`Runtime::process_claimed_event`].
+    pub fn claim(&self, events: &[Event]) -> Result<Vec<i64>, StoreError> {
+        let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+        self.store.claim(&ids, &self.owner, self.lease_until())
+    }
+
+    /// Gives up claims taken with [`Runtime::claim`] on events this runtime will not run now.
+    pub fn unclaim(&self, ids: &[i64]) -> Result<(), StoreError> {
+        ids.iter().try_for_each(|id| self.store.unclaim(*id, &self.owner))
+    }
+
+    /// [`Runtime::process_event`] for an event claimed with [`Runtime::claim`].
+    pub fn process_claimed_event(&self, event: &Event) -> Result<(Vec<Run>, Vec<Event>), StoreError> {
+        self.process(event, true)
+    }
+
     /// [`Runtime::process_event`] for an event this runtime may already hold a claim on
     /// (stored with [`Runtime::submit_claimed`]), which saves a write.
     fn process(&self, event: &Event, claimed: bool) -> Result<(Vec<Run>, Vec<Event>), StoreError> {
