@@ -232,6 +232,8 @@ pub async fn run_with(
     let catalog = runtime.catalog();
     info!(rules = catalog.rules.rules().len(), scripts = catalog.scripts.len(), "tripline daemon started.");
     tokio::pin!(shutdown);
+    // Events queued while the daemon was down run at once, not after the first idle poll.
+    daemon.dispatch();
     loop {
         tokio::select! {
             biased;
