@@ -31,7 +31,8 @@ pub enum JobError {
 pub fn build_jobs(config: &Config, catalog: &Catalog, diags: &mut Vec<Diagnostic>) -> BTreeMap<String, Job> {
     diags.extend(check_contacts(config, catalog));
     let path = config.path.clone().unwrap_or_else(|| "tripline.toml".into());
-    let source = std::fs::read_to_string(&path).unwrap_or_default();
+    // The text is read only to place a problem, which start-up without problems never needs.
+    let source = || std::fs::read_to_string(&path).unwrap_or_default();
     let mut jobs = BTreeMap::new();
     for (name, cfg) in &config.raw.jobs {
         let span = Some(cfg.span());
@@ -39,7 +40,7 @@ pub fn build_jobs(config: &Config, catalog: &Catalog, diags: &mut Vec<Diagnostic
         if !catalog.scripts.contains_key(cfg.script.get_ref()) {
             diags.push(Diagnostic::span(
                 &path,
-                &source,
+                &source(),
                 Some(cfg.script.span()),
                 format!(
                     "jobs.{name}: script {:?} does not exist in {}",
@@ -53,7 +54,7 @@ pub fn build_jobs(config: &Config, catalog: &Catalog, diags: &mut Vec<Diagnostic
             Ok(job) => {
                 jobs.insert(name.clone(), job);
             }
-            Err(e) => diags.push(Diagnostic::span(&path, &source, span, format!("jobs.{name}: {e}"))),
+            Err(e) => diags.push(Diagnostic::span(&path, &source(), span, format!("jobs.{name}: {e}"))),
         }
     }
     jobs

@@ -187,16 +187,20 @@ pub struct Runtime {
 /// This runtime's name in event claims. The pid and host let a restarted daemon release the
 /// claims of a process that died (`kill -9`) at once instead of waiting for them to expire.
 fn claim_owner() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
     let instance = uuid::Uuid::now_v7().simple().to_string();
-    format!("{}@{}/{}", std::process::id(), host.trim(), &instance[instance.len() - 8..])
+    format!("{}@{}/{}", std::process::id(), hostname(), &instance[instance.len() - 8..])
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Whether a claim owner on this host is a process that no longer exists.
 fn owner_is_gone(owner: &str) -> bool {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
     let Some((pid, rest)) = owner.split_once('@') else { return false };
-    let same_host = rest.split('/').next() == Some(host.trim());
+    let same_host = rest.split('/').next() == Some(hostname().as_str());
     same_host && pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
