@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::common::project::{binary, Project};
+use crate::common::project::{binary, Daemon, Project};
 
 const SEED_RULE: &str = r#"
 name = "Process FlexHR user on AD"
@@ -321,12 +321,7 @@ fn the_daemon_drains_queued_events_and_stops_on_sigterm() {
     );
     assert_eq!(ran.code, 0, "{ran:?}");
     assert_eq!(p.run(&["runs", "--json"]).json(), json!([]), "queued, not run");
-    let mut child = std::process::Command::new(binary())
-        .args(["run", "--config"])
-        .arg(p.path().join("tripline.toml"))
-        .env("TRIPLINE_LOG", "warn")
-        .spawn()
-        .unwrap();
+    let daemon = Daemon::start(&p);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let runs = p.run(&["runs", "--json"]).json();
@@ -337,12 +332,5 @@ fn the_daemon_drains_queued_events_and_stops_on_sigterm() {
         assert!(std::time::Instant::now() < deadline, "the daemon did not run the queued event");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    unsafe_kill_term(child.id());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "daemon exit: {status:?}");
-}
-
-fn unsafe_kill_term(pid: u32) {
-    let ok = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    assert!(ok.success());
+    daemon.stop();
 }

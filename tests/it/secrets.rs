@@ -86,7 +86,8 @@ throw "the script failed on purpose";
     for (var, value) in CANARIES {
         cmd.env(var, value);
     }
-    let mut daemon = cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log_path).unwrap()).spawn().unwrap();
+    let mut daemon =
+        KillOnDrop(cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log_path).unwrap()).spawn().unwrap());
 
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -119,8 +120,8 @@ throw "the script failed on purpose";
     };
     produced += &client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     produced += &client.get(format!("{base}/healthz")).send().await.unwrap().text().await.unwrap();
-    assert!(Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap().success());
-    assert!(daemon.wait().unwrap().success());
+    assert!(Command::new("kill").args(["-TERM", &daemon.0.id().to_string()]).status().unwrap().success());
+    assert!(daemon.0.wait().unwrap().success());
     produced += &std::fs::read_to_string(&log_path).unwrap();
     produced += &p.run_env(&["records", "list", "ticket", "--json"], &CANARIES).stdout;
     produced += &p.run_env(&["runs", "--failed"], &CANARIES).stdout;
@@ -139,6 +140,18 @@ throw "the script failed on purpose";
     assert!(produced.contains("TRACE"), "the log was at trace level");
     for (var, value) in CANARIES {
         assert!(!produced.contains(value), "{var}'s value leaked:\n{}", context(&produced, value));
+    }
+}
+
+/// The daemon, killed if the test fails before stopping it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
