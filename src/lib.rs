@@ -65,6 +65,7 @@
 //! | [`cli`] | the command line |
 
 pub mod catalog;
+pub mod class;
 pub mod cli;
 pub mod config;
 pub mod connection;

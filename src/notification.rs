@@ -39,6 +39,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use tracing::{info, warn};
 
+use crate::class::{Class, Classify};
 use crate::config::secret::redact;
 use crate::config::{CheckCtx, Secret, SecretRef};
 use crate::store::{Run, RunStatus, Store, StoreError};
@@ -298,15 +299,17 @@ pub enum NotifyError {
     Failed {
         channel: String,
         message: String,
-        /// The receiver was unreachable or answered 5xx / 4xx-transient: trying later may work.
-        transient: bool,
+        /// Transient when the receiver was unreachable or answered 408, 429 or 5xx.
+        class: Class,
     },
 }
 
-impl NotifyError {
-    /// Whether trying later may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, NotifyError::Failed { transient: true, .. })
+impl Classify for NotifyError {
+    fn class(&self) -> Class {
+        match self {
+            NotifyError::UnknownChannel { .. } => Class::Permanent,
+            NotifyError::Failed { class, .. } => *class,
+        }
     }
 }
 
@@ -395,7 +398,7 @@ impl Notifier {
             Err(NotifyError::Failed {
                 channel: channel.into(),
                 message: "the send was abandoned".into(),
-                transient: true,
+                class: Class::Transient,
             })
         });
         record(channel, &outcome);
@@ -410,7 +413,7 @@ impl Notifier {
             Err(NotifyError::Failed {
                 channel: channel.into(),
                 message: format!("the send failed: {e}"),
-                transient: true,
+                class: Class::Transient,
             })
         });
         record(channel, &outcome);
@@ -598,10 +601,10 @@ async fn deliver(
     subject: String,
     body: String,
 ) -> Result<(), NotifyError> {
-    let fail = |message: String, transient: bool| NotifyError::Failed {
+    let fail = |message: String, class: Class| NotifyError::Failed {
         channel: name.clone(),
         message: redact(&message).into_owned(),
-        transient,
+        class,
     };
     match &*channel {
         Channel::Webhook { url, headers } => {
@@ -627,14 +630,13 @@ async fn deliver(
                 } else {
                     "request failed"
                 };
-                fail(format!("the receiver {kind}"), true)
+                fail(format!("the receiver {kind}"), Class::Transient)
             })?;
             let status = resp.status();
             if status.is_success() {
                 Ok(())
             } else {
-                let transient = status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408;
-                Err(fail(format!("the receiver answered HTTP {status}"), transient))
+                Err(fail(format!("the receiver answered HTTP {status}"), Class::of_http_status(status.as_u16())))
             }
         }
         Channel::Email { transport, from, to } => {
@@ -642,12 +644,13 @@ async fn deliver(
             for t in to {
                 builder = builder.to(t.clone());
             }
-            let message = builder.body(body).map_err(|e| fail(format!("cannot build the message: {e}"), false))?;
+            let message =
+                builder.body(body).map_err(|e| fail(format!("cannot build the message: {e}"), Class::Permanent))?;
             match transport.send(message).await {
                 Ok(_) => Ok(()),
                 Err(e) => {
-                    let transient = !e.is_permanent();
-                    Err(fail(format!("SMTP: {e}"), transient))
+                    let class = if e.is_permanent() { Class::Permanent } else { Class::Transient };
+                    Err(fail(format!("SMTP: {e}"), class))
                 }
             }
         }

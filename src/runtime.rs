@@ -16,6 +16,7 @@ use chrono::Utc;
 use rand::Rng;
 
 use crate::catalog::Catalog;
+use crate::class::Classify;
 use crate::config::{Config, EngineConfig};
 use crate::diag::Diagnostic;
 use crate::record::{Event, EventKind, Record, Submitted};
@@ -526,14 +527,11 @@ impl Runtime {
         };
         let engine_cfg = &self.config.engine;
         let result: Result<(), crate::script::ScriptError> = if event.depth > engine_cfg.max_chain_depth {
-            Err(crate::script::ScriptError {
-                message: format!(
+            Err(crate::script::ScriptError::permanent(format!(
                     "not run: this event was raised by a chain of {} script writes, more than [engine] max_chain_depth = {}; \
                      a rule probably updates the records that trigger it (add a condition such as `changed`)",
                     event.depth, engine_cfg.max_chain_depth
-                ),
-                transient: false,
-            })
+                )))
         } else {
             let guard = match &rule.when {
                 Some((_, ast)) => self.scripts.eval_guard(ast, &inv, ctx.clone()).map_err(|mut e| {
@@ -547,16 +545,15 @@ impl Runtime {
                 Err(e) => Err(e),
                 Ok(true) => match catalog.scripts.get(&rule.script) {
                     Some(ast) => self.scripts.run(ast, &inv, ctx.clone()).map(|_| ()),
-                    None => Err(crate::script::ScriptError {
-                        message: format!("script {:?} is not loaded", rule.script),
-                        transient: false,
-                    }),
+                    None => {
+                        Err(crate::script::ScriptError::permanent(format!("script {:?} is not loaded", rule.script)))
+                    }
                 },
             }
         };
         let (status, error, next_attempt_at) = match result {
             Ok(()) => (RunStatus::Ok, None, None),
-            Err(e) if e.transient && !dry_run => {
+            Err(e) if e.class.is_transient() && !dry_run => {
                 if attempt < engine_cfg.max_attempts {
                     let delay = backoff(engine_cfg, attempt);
                     (RunStatus::Retrying, Some(e.message), Some(Utc::now() + delay))
@@ -722,10 +719,7 @@ impl Runtime {
         let inv = Invocation { record: None, previous: None, event: trigger, rule: &rule_name, params: &params };
         let result = match catalog.scripts.get(&job.script) {
             Some(ast) => self.scripts.run(ast, &inv, ctx.clone()).map(|_| ()),
-            None => Err(crate::script::ScriptError {
-                message: format!("script {:?} is not loaded", job.script),
-                transient: false,
-            }),
+            None => Err(crate::script::ScriptError::permanent(format!("script {:?} is not loaded", job.script))),
         };
         let (status, error) = match result {
             Ok(()) => (RunStatus::Ok, None),

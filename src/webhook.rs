@@ -44,6 +44,7 @@ use subtle::ConstantTimeEq;
 use toml::Spanned;
 use tracing::{debug, error, info, warn};
 
+use crate::class::Classify;
 use crate::config::{CheckCtx, Secret, SecretRef};
 use crate::record::{from_value, lookup, EventKind, Fields};
 use crate::runtime::Runtime;

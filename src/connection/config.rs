@@ -737,6 +737,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::class::Classify;
     use crate::diag::Diagnostic;
 
     fn check(source: &str) -> Vec<Diagnostic> {

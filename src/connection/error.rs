@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::class::{Class, Classify};
+
 /// Every failure of a connection call.
 ///
 /// Messages name the connection, the method and the URL *path* (never the query string, which
@@ -35,7 +37,7 @@ pub enum ConnectionError {
     Transport { connection: String, method: String, path: String, reason: String },
     /// The token endpoint refused or failed to issue a token.
     #[error("connection {connection}: OAuth2 token request failed: {message}")]
-    OAuth { connection: String, message: String, transient: bool },
+    OAuth { connection: String, message: String, class: Class },
     /// An authorization-code connection without a usable token.
     #[error(
         "connection {connection} is not authorized: run `tripline connection authorize {connection}`{}",
@@ -68,27 +70,29 @@ pub enum ConnectionError {
     Invalid { connection: String, message: String },
 }
 
-impl ConnectionError {
-    /// Whether the same call may succeed later: 408, 429 and 5xx answers, timeouts, unreachable
-    /// peers, broken exchanges and token endpoints that are down. Everything else (other 4xx,
-    /// refused credentials, bad calls) needs someone to change something first.
-    pub fn is_transient(&self) -> bool {
+impl Classify for ConnectionError {
+    /// Transient: 408, 429 and 5xx answers, timeouts, unreachable peers, broken exchanges and
+    /// token endpoints that are down. Everything else (other 4xx, refused credentials, bad
+    /// calls) needs someone to change something first.
+    fn class(&self) -> Class {
         match self {
-            ConnectionError::Status { status, .. } => status_is_transient(*status),
+            ConnectionError::Status { status, .. } => Class::of_http_status(*status),
             ConnectionError::Timeout { .. } | ConnectionError::Connect { .. } | ConnectionError::Transport { .. } => {
-                true
+                Class::Transient
             }
-            ConnectionError::OAuth { transient, .. } => *transient,
+            ConnectionError::OAuth { class, .. } => *class,
             ConnectionError::NotAuthorized { .. }
             | ConnectionError::Authorize { .. }
             | ConnectionError::TokenStore { .. }
             | ConnectionError::TooManyPages { .. }
             | ConnectionError::Paging { .. }
             | ConnectionError::Disabled { .. }
-            | ConnectionError::Invalid { .. } => false,
+            | ConnectionError::Invalid { .. } => Class::Permanent,
         }
     }
+}
 
+impl ConnectionError {
     /// The HTTP status, when the peer answered.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -111,11 +115,6 @@ impl ConnectionError {
     pub(crate) fn certainly_not_processed(&self) -> bool {
         matches!(self, ConnectionError::Connect { .. } | ConnectionError::Status { status: 429, .. })
     }
-}
-
-/// 408 Request Timeout, 429 Too Many Requests and every 5xx.
-pub(crate) fn status_is_transient(status: u16) -> bool {
-    status == 408 || status == 429 || (500..600).contains(&status)
 }
 
 #[cfg(test)]

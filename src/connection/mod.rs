@@ -29,6 +29,7 @@ use serde_json::Value;
 use tracing::{debug, warn};
 use url::Url;
 
+use crate::class::Classify;
 use auth::{scrub, Auth, Credentials};
 pub use config::{
     ApiKeyIn, AuthConfig, ClientAuth, ConnectionConfig, OAuth2Config, OAuth2Grant, RateLimitConfig, RetryConfig,

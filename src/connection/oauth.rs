@@ -7,6 +7,7 @@
 //! expires (from `expires_in`) and once more when the API answers 401 to it. Every new token,
 //! with a rotated refresh token, is written to the [`TokenStore`] before it is used.
 
+use crate::class::{Class, Classify};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
@@ -265,7 +266,7 @@ impl OAuth2 {
         let mut header = HeaderValue::from_str(&value).map_err(|_| ConnectionError::OAuth {
             connection: self.connection.clone(),
             message: "the provider issued a token that cannot be sent in a header".into(),
-            transient: false,
+            class: Class::Permanent,
         })?;
         header.set_sensitive(true);
         Ok(Credentials {
@@ -376,22 +377,22 @@ impl OAuth2 {
     /// Our error for a failed token request. Bodies are never quoted: a token endpoint's
     /// answer may hold a token.
     fn token_error(&self, e: RequestTokenError<TokenHttpError, BasicErrorResponse>) -> ConnectionError {
-        let (message, transient) = match e {
+        let (message, class) = match e {
             RequestTokenError::ServerResponse(r) => {
-                let transient = matches!(r.error(), BasicErrorResponseType::Extension(code)
+                let unavailable = matches!(r.error(), BasicErrorResponseType::Extension(code)
                     if code == "temporarily_unavailable");
-                (scrub(&r.to_string(), &[]), transient)
+                (scrub(&r.to_string(), &[]), if unavailable { Class::Transient } else { Class::Permanent })
             }
             RequestTokenError::Request(TokenHttpError::Status(status)) => {
-                (format!("the token endpoint answered {status}"), true)
+                (format!("the token endpoint answered {status}"), Class::Transient)
             }
-            RequestTokenError::Request(TokenHttpError::Transport(reason)) => (reason, true),
+            RequestTokenError::Request(TokenHttpError::Transport(reason)) => (reason, Class::Transient),
             RequestTokenError::Parse(_, _) => {
-                ("the token endpoint's answer is not an OAuth2 token response".to_string(), false)
+                ("the token endpoint's answer is not an OAuth2 token response".to_string(), Class::Permanent)
             }
-            RequestTokenError::Other(message) => (scrub(&message, &[]), false),
+            RequestTokenError::Other(message) => (scrub(&message, &[]), Class::Permanent),
         };
-        ConnectionError::OAuth { connection: self.connection.clone(), message, transient }
+        ConnectionError::OAuth { connection: self.connection.clone(), message, class }
     }
 
     /// Starts `tripline connection authorize`: listens for the callback and builds the URL

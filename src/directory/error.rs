@@ -1,5 +1,5 @@
 //! [`DirectoryError`]: what went wrong, in words an administrator can act on, and whether
-//! trying again later can help ([`DirectoryError::is_transient`]).
+//! trying again later can help (its [`Classify`] class).
 //!
 //! ldap3's errors and LDAP result codes are converted here, once; AD's numeric codes become
 //! sentences through [`super::ad`]. Server text is passed through [`crate::config::secret::redact`]
@@ -10,6 +10,7 @@ use std::time::Duration;
 use ldap3::{LdapError, LdapResult};
 
 use super::ad;
+use crate::class::{Class, Classify};
 use crate::config::secret::redact;
 
 /// A failed directory operation.
@@ -62,20 +63,22 @@ pub enum DirectoryError {
     Config(String),
 }
 
-impl DirectoryError {
-    /// Whether the same call may succeed later without anyone changing the input: the engine
-    /// retries these (server down, connection lost, timeout, busy, bind refused).
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
+impl Classify for DirectoryError {
+    /// Transient when the same call may succeed later without anyone changing the input: the
+    /// engine retries these (server down, connection lost, timeout, busy, bind refused).
+    fn class(&self) -> Class {
+        match self {
             Self::Unreachable { .. }
-                | Self::ConnectionLost(_)
-                | Self::Timeout { .. }
-                | Self::Busy(_)
-                | Self::BindFailed { .. }
-        )
+            | Self::ConnectionLost(_)
+            | Self::Timeout { .. }
+            | Self::Busy(_)
+            | Self::BindFailed { .. } => Class::Transient,
+            _ => Class::Permanent,
+        }
     }
+}
 
+impl DirectoryError {
     /// A stable short name of the variant, for scripts and JSON (`"not_found"`, ...).
     pub fn code(&self) -> &'static str {
         match self {

@@ -16,6 +16,7 @@ use std::time::Instant;
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Scope, AST};
 use serde_json::Value;
 
+use crate::class::Class;
 use crate::config::LimitsConfig;
 use crate::diag::Diagnostic;
 use crate::record::Record;
@@ -28,8 +29,47 @@ pub type EngineHook = Arc<dyn Fn(&mut Engine) + Send + Sync>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScriptError {
     pub message: String,
-    /// A host call failed in a way that may succeed later (directory down, HTTP 503, ...).
-    pub transient: bool,
+    /// Transient when the error that ended the script was a host call's that may succeed
+    /// later (directory down, HTTP 503, ...): the class travels inside [`HostError`].
+    pub class: Class,
+}
+
+impl ScriptError {
+    /// A permanent error with this message.
+    pub fn permanent(message: impl Into<String>) -> ScriptError {
+        ScriptError { message: message.into(), class: Class::Permanent }
+    }
+}
+
+/// The error a host function raises: its message and its [`Class`]. It is the value a
+/// script's `catch (e)` receives (`e.message`, `e.transient`, and `${e}` prints the message),
+/// and `throw e` raises it again with its class; any other error a script throws is permanent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostError {
+    pub message: String,
+    pub class: Class,
+}
+
+impl HostError {
+    /// The script error that raises it.
+    pub fn raise(self) -> Box<EvalAltResult> {
+        Box::new(EvalAltResult::ErrorRuntime(Dynamic::from(self), rhai::Position::NONE))
+    }
+
+    fn register(engine: &mut Engine) {
+        engine
+            .register_type_with_name::<HostError>("HostError")
+            .register_fn("to_string", |e: &mut HostError| e.message.clone())
+            .register_fn("to_debug", |e: &mut HostError| format!("HostError({:?}, {})", e.message, e.class.as_str()))
+            .register_get("message", |e: &mut HostError| e.message.clone())
+            .register_get("transient", |e: &mut HostError| e.class.is_transient());
+    }
+}
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 impl std::fmt::Display for ScriptError {
@@ -109,6 +149,7 @@ impl ScriptEngine {
                 _ => None,
             })
         });
+        HostError::register(&mut engine);
         api::register(&mut engine);
         for hook in hooks {
             hook(&mut engine);
@@ -157,7 +198,7 @@ impl ScriptEngine {
     pub fn eval_guard(&self, ast: &AST, inv: &Invocation, ctx: Arc<RunCtx>) -> Result<bool, ScriptError> {
         let _current = CurrentGuard::set(ctx.clone());
         let mut scope = self.scope(inv);
-        self.engine.eval_ast_with_scope::<bool>(&mut scope, ast).map_err(|e| self.error(*e, &ctx))
+        self.engine.eval_ast_with_scope::<bool>(&mut scope, ast).map_err(|e| self.error(*e))
     }
 
     /// Runs a script to its end.
@@ -165,11 +206,11 @@ impl ScriptEngine {
         let _current = CurrentGuard::set(ctx.clone());
         let mut scope = self.scope(inv);
         scope.push("api", Api::dynamic(ctx.clone()));
-        self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast).map_err(|e| self.error(*e, &ctx))
+        self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast).map_err(|e| self.error(*e))
     }
 
     /// Rhai's error in words an admin can act on, naming the limit that stopped the script.
-    fn error(&self, e: EvalAltResult, ctx: &RunCtx) -> ScriptError {
+    fn error(&self, e: EvalAltResult) -> ScriptError {
         let l = &self.limits;
         let at = |pos: rhai::Position| if pos.is_none() { String::new() } else { format!(" ({pos})") };
         let message = match &e {
@@ -203,10 +244,25 @@ impl ScriptEngine {
                 };
                 format!("script stopped: {what} grew larger than [limits] {limit}{}", at(*pos))
             }
-            EvalAltResult::ErrorRuntime(value, pos) => format!("{value}{}", at(*pos)),
+            EvalAltResult::ErrorRuntime(value, pos) => match value.read_lock::<HostError>() {
+                Some(host) => format!("{}{}", host.message, at(*pos)),
+                None => format!("{value}{}", at(*pos)),
+            },
             other => other.to_string(),
         };
-        ScriptError { message: crate::config::secret::redact(&message).into_owned(), transient: ctx.take_transient() }
+        ScriptError { message: crate::config::secret::redact(&message).into_owned(), class: class_of(&e) }
+    }
+}
+
+/// The class of the error that ended a script: a host error's own, found through the calls
+/// it was raised in; every other error is permanent.
+fn class_of(e: &EvalAltResult) -> Class {
+    match e {
+        EvalAltResult::ErrorRuntime(value, _) => value.read_lock::<HostError>().map_or(Class::Permanent, |h| h.class),
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _) | EvalAltResult::ErrorInModule(_, inner, _) => {
+            class_of(inner)
+        }
+        _ => Class::Permanent,
     }
 }
 
@@ -270,6 +326,37 @@ mod tests {
         let d = e.compile(Path::new("s.rhai"), "let x = ;").unwrap_err();
         assert_eq!(d.line, 1);
         assert!(!d.message.contains("typographic"));
+    }
+
+    fn run(source: &str) -> (Result<Dynamic, ScriptError>, Vec<String>) {
+        let engine = ScriptEngine::new(&LimitsConfig::default(), &[]);
+        let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::sqlite::SqliteStore::in_memory().unwrap());
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let ctx = Arc::new(RunCtx::new(store, Arc::new(api::Hosts::default()), "r", deadline, false));
+        let ast = engine.compile(Path::new("t.rhai"), source).unwrap();
+        let params = serde_json::Map::new();
+        let inv = Invocation { record: None, previous: None, event: "manual", rule: "r", params: &params };
+        let result = engine.run(&ast, &inv, ctx.clone());
+        (result, ctx.log_lines().into_iter().map(|l| l.message).collect())
+    }
+
+    #[test]
+    fn a_host_errors_class_travels_with_it_and_a_scripts_own_error_is_permanent() {
+        let class = |src: &str| run(src).0.unwrap_err().class;
+        assert_eq!(class(r#"api.retry_later("later");"#), Class::Transient);
+        // Caught, then the script fails on its own: permanent, whatever was caught before.
+        assert_eq!(class(r#"try { api.retry_later("later") } catch (e) {} throw "mine";"#), Class::Permanent);
+        assert_eq!(class(r#"try { api.retry_later("later") } catch (e) {} let x = 1 / 0;"#), Class::Permanent);
+        // Thrown again, it keeps its class, also out of a function.
+        assert_eq!(class(r#"try { api.retry_later("later") } catch (e) { throw e; }"#), Class::Transient);
+        assert_eq!(class("fn f(api) { api.retry_later(\"later\") }\nf(api);"), Class::Transient);
+        let (result, log) = run(
+            r#"try { api.retry_later("why") } catch (e) { api.info("got " + e); api.info(`${e}`); api.info(e.message); api.info(e.transient); }"#,
+        );
+        assert!(result.is_ok());
+        assert_eq!(log, ["got why", "why", "why", "true"]);
+        let e = run(r#"api.retry_later("why");"#).0.unwrap_err();
+        assert!(e.message.starts_with("why"), "{e}");
     }
 
     #[test]

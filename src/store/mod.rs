@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::class::{Class, Classify};
 use crate::record::{Event, EventKind, Fields, Record, Submitted};
 
 /// What can go wrong in the store.
@@ -29,11 +30,17 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-impl StoreError {
-    /// Whether retrying later can succeed (the database was busy or locked).
-    pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Db(rusqlite::Error::SqliteFailure(e, _))
-            if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+impl Classify for StoreError {
+    /// Transient when the database was busy or locked; everything else is permanent.
+    fn class(&self) -> Class {
+        match self {
+            StoreError::Db(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+            {
+                Class::Transient
+            }
+            _ => Class::Permanent,
+        }
     }
 }
 

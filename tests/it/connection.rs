@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tripline::class::Classify;
 
 use base64::Engine as _;
 use chrono::Utc;

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tripline::class::Classify;
 
 use serde_json::{json, Map, Value};
 use tripline::config::Secret;

@@ -31,6 +31,7 @@ use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};
 use serde_json::Value;
 
 use super::{Api, RunCtx};
+use crate::class::Class;
 use crate::connection::{Connection, ConnectionError, Paging, PagingOptions, RequestOptions, Response};
 use crate::script::{dynamic_to_json, json_to_dynamic};
 
@@ -132,16 +133,16 @@ impl ConnectionHandle {
             .ctx
             .hosts
             .block_on(async move { tokio::time::timeout(left, call).await })
-            .map_err(|e| self.ctx.host_error(e, false))?;
+            .map_err(|e| self.ctx.host_error(e, Class::Permanent))?;
         match outcome {
             Err(_) => Err(self.ctx.host_error(
                 format!(
                     "connection {}: {what} did not finish within the run's time limit ([limits] timeout_ms)",
                     self.conn.name()
                 ),
-                true,
+                Class::Transient,
             )),
-            Ok(Err(e)) => Err(self.ctx.host_error(e.to_string(), e.is_transient())),
+            Ok(Err(e)) => Err(self.ctx.fail(&e)),
             Ok(Ok(v)) => Ok(v),
         }
     }

@@ -25,6 +25,7 @@ use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map};
 use serde_json::Value;
 
 use super::{record_id, Api, RunCtx};
+use crate::class::{Class, Classify};
 use crate::config::Secret;
 use crate::directory::{
     attributes_from_json, Directory, DirectoryError, Entry, GroupId, ManagerOutcome, NewUser, PlannedChange,
@@ -72,7 +73,7 @@ impl DirectoryHandle {
 
     /// Runs one operation to its end and turns its error into a script error.
     fn call<T>(&self, fut: impl std::future::Future<Output = Result<T, DirectoryError>>) -> Res<T> {
-        let result = self.ctx.hosts.block_on(fut).map_err(|e| self.ctx.host_error(e, false))?;
+        let result = self.ctx.hosts.block_on(fut).map_err(|e| self.ctx.host_error(e, Class::Permanent))?;
         self.log_planned(self.dir.take_planned_changes());
         result.map_err(|e| self.error(&e))
     }
@@ -84,7 +85,7 @@ impl DirectoryHandle {
     }
 
     fn error(&self, e: &DirectoryError) -> Box<EvalAltResult> {
-        self.ctx.host_error(format!("directory {}: {e}", self.name()), e.is_transient())
+        self.ctx.host_error(format!("directory {}: {e}", self.name()), e.class())
     }
 
     fn invalid(&self, message: String) -> Box<EvalAltResult> {
@@ -178,7 +179,7 @@ fn names(list: Vec<String>) -> Array {
 pub fn register(engine: &mut Engine) {
     engine.register_type_with_name::<DirectoryHandle>("Directory");
     engine.register_fn("directory", |api: &mut Api, name: &str| -> Res<DirectoryHandle> {
-        let dir = directory_for(&api.0, name).map_err(|e| api.0.host_error(e, false))?;
+        let dir = directory_for(&api.0, name).map_err(|e| api.0.host_error(e, Class::Permanent))?;
         Ok(DirectoryHandle { dir, ctx: api.0.clone() })
     });
     engine.register_fn("ProcessFlexHrUserOnAD", process_flexhr_user);
@@ -289,7 +290,7 @@ pub fn register(engine: &mut Engine) {
 fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<Map> {
     let ctx = api.0.clone();
     let id = record_id(&record)?;
-    let stored = ctx.get_record(&id).map_err(|e| ctx.host_error(e, true))?;
+    let stored = ctx.get_record(&id).map_err(|e| ctx.fail(&e))?;
     let Some(stored) = stored else {
         return Err(format!("ProcessFlexHrUserOnAD: no record with id {id}").into());
     };
@@ -302,9 +303,10 @@ fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<M
         fields.remove(key);
     }
 
-    let fail = |reason: String, transient: bool| -> Box<EvalAltResult> {
+    let fail = |reason: String, class: Class| -> Box<EvalAltResult> {
         let at = Utc::now().format("%Y-%m-%d %H:%M:%S UTC");
         let (attempt, max) = (ctx.attempt, ctx.max_attempts);
+        let transient = class.is_transient();
         let then = match transient {
             true if attempt < max => format!("will retry (attempt {attempt} of {max}, {at})"),
             true => format!("gave up after {attempt} attempts ({at}); `tripline replay` runs it again"),
@@ -315,10 +317,10 @@ fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<M
         ctx.log("error", &text);
         // A note survives the run's failure; the key makes retries update one comment.
         ctx.note(Write::Comment { id: id.clone(), text: text.clone(), key: Some(ctx.comment_key.clone()) });
-        ctx.host_error(format!("ProcessFlexHrUserOnAD: {text}"), transient)
+        ctx.host_error(format!("ProcessFlexHrUserOnAD: {text}"), class)
     };
 
-    let dir = directory_for(&ctx, directory).map_err(|e| fail(e, false))?;
+    let dir = directory_for(&ctx, directory).map_err(|e| fail(e, Class::Permanent))?;
     // The seed's first step is the bind: an unreachable server or a refused bind is reported
     // as such, before any lookup.
     let result = ctx
@@ -327,9 +329,9 @@ fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<M
             dir.connect().await?;
             dir.sync_flexhr_user(&fields).await
         })
-        .map_err(|e| fail(e, false))?;
+        .map_err(|e| fail(e, Class::Permanent))?;
     let planned = dir.take_planned_changes();
-    let outcome = result.map_err(|e| fail(format!("directory {directory}: {e}"), e.is_transient()))?;
+    let outcome = result.map_err(|e| fail(format!("directory {directory}: {e}"), e.class()))?;
     for change in &planned {
         ctx.log("info", &format!("dry run, directory {directory}: {change}"));
     }

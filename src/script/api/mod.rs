@@ -10,7 +10,6 @@
 //! Reads within a run see the run's own buffered writes.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -18,10 +17,11 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};
 use serde_json::Value;
 
-use super::{dynamic_to_json, json_to_dynamic, record_to_map};
+use super::{dynamic_to_json, json_to_dynamic, record_to_map, HostError};
+use crate::class::{Class, Classify};
 use crate::record::{lookup, Fields, Record, Status, RESERVED_KEYS};
 use crate::rule::condition::json_eq;
-use crate::store::{LogLine, Store, Write};
+use crate::store::{LogLine, Store, StoreError, Write};
 
 pub mod connection;
 pub mod directory;
@@ -79,7 +79,6 @@ pub struct RunCtx {
     log: Mutex<Vec<LogLine>>,
     writes: Mutex<Vec<Write>>,
     notes: Mutex<Vec<Write>>,
-    transient: AtomicBool,
 }
 
 /// Most records `api.find` returns.
@@ -101,7 +100,6 @@ impl RunCtx {
             log: Mutex::default(),
             writes: Mutex::default(),
             notes: Mutex::default(),
-            transient: AtomicBool::new(false),
         }
     }
 
@@ -137,21 +135,20 @@ impl RunCtx {
         lock(&self.writes).clone()
     }
 
-    /// A script error from a host call; `transient` marks the run for a retry.
-    pub fn host_error(&self, message: impl Into<String>, transient: bool) -> Box<EvalAltResult> {
-        if transient {
-            self.transient.store(true, Ordering::Relaxed);
-        }
-        crate::config::secret::redact(&message.into()).into_owned().into()
+    /// A script error from a host call, of `class` (a transient one makes the run retry
+    /// unless the script catches it), secrets redacted.
+    pub fn host_error(&self, message: impl Into<String>, class: Class) -> Box<EvalAltResult> {
+        let message = crate::config::secret::redact(&message.into()).into_owned();
+        HostError { message, class }.raise()
     }
 
-    /// Whether a host call failed transiently, resetting the flag.
-    pub fn take_transient(&self) -> bool {
-        self.transient.swap(false, Ordering::Relaxed)
+    /// A script error from a subsystem's error, of the error's own class.
+    pub fn fail<E: Classify + std::fmt::Display>(&self, e: &E) -> Box<EvalAltResult> {
+        self.host_error(e.to_string(), e.class())
     }
 
     /// A record as this run sees it: the store's version with the run's own writes applied.
-    pub fn get_record(&self, id: &str) -> Result<Option<Record>, String> {
+    pub fn get_record(&self, id: &str) -> Result<Option<Record>, StoreError> {
         let writes = lock(&self.writes);
         let created = writes.iter().find_map(|w| match w {
             Write::Create(r) if r.id == id => Some(r.clone()),
@@ -160,14 +157,14 @@ impl RunCtx {
         let base = match (created, &self.unstored) {
             (Some(r), _) => Some(r),
             (None, Some(r)) if r.id == id => Some(r.clone()),
-            (None, _) => self.store.get_record(id).map_err(|e| e.to_string())?,
+            (None, _) => self.store.get_record(id)?,
         };
         Ok(base.map(|r| overlay(r, writes.iter().filter(|w| write_target(w) == Some(id)))))
     }
 
     /// Records of an entity matching every criterion, as this run sees them.
-    pub fn find(&self, entity: &str, criteria: &Fields) -> Result<Vec<Record>, String> {
-        let stored = self.store.find_records(entity, criteria, FIND_LIMIT).map_err(|e| e.to_string())?;
+    pub fn find(&self, entity: &str, criteria: &Fields) -> Result<Vec<Record>, StoreError> {
+        let stored = self.store.find_records(entity, criteria, FIND_LIMIT)?;
         let writes = lock(&self.writes);
         // The run's writes by record, so that each record is overlaid with its own writes only
         // (a job that creates thousands of records and looks them up stays linear).
@@ -294,7 +291,7 @@ fn fields_of(map: Map) -> Res<Fields> {
 }
 
 fn existing(api: &Api, id: &str) -> Res<Record> {
-    api.0.get_record(id).map_err(|e| api.0.host_error(e, true))?.ok_or_else(|| format!("no record with id {id}").into())
+    api.0.get_record(id).map_err(|e| api.0.fail(&e))?.ok_or_else(|| format!("no record with id {id}").into())
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -329,11 +326,11 @@ pub fn register(engine: &mut Engine) {
                 Value::Object(o) => o,
                 _ => unreachable!("a map is an object"),
             };
-        let found = api.0.find(entity, &criteria).map_err(|e| api.0.host_error(e, true))?;
+        let found = api.0.find(entity, &criteria).map_err(|e| api.0.fail(&e))?;
         Ok(found.iter().map(|r| Dynamic::from_map(record_to_map(r))).collect())
     });
     engine.register_fn("get", |api: &mut Api, id: &str| -> Res<Dynamic> {
-        Ok(match api.0.get_record(id).map_err(|e| api.0.host_error(e, true))? {
+        Ok(match api.0.get_record(id).map_err(|e| api.0.fail(&e))? {
             Some(r) => Dynamic::from_map(record_to_map(&r)),
             None => Dynamic::UNIT,
         })
@@ -363,7 +360,9 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("log", |api: &mut Api, msg: Dynamic| api.0.log("info", &msg.to_string()));
     // A script's own "not now": the run goes to `retrying` and runs again after a backoff
     // (e.g. a record waits for data another system has not delivered yet).
-    engine.register_fn("retry_later", |api: &mut Api, reason: &str| -> Res<()> { Err(api.0.host_error(reason, true)) });
+    engine.register_fn("retry_later", |api: &mut Api, reason: &str| -> Res<()> {
+        Err(api.0.host_error(reason, Class::Transient))
+    });
 
     engine.register_fn("now", |_: &mut Api| ts(Utc::now()));
     engine.register_fn("now_unix", |_: &mut Api| Utc::now().timestamp());
@@ -388,9 +387,7 @@ pub fn register(engine: &mut Engine) {
         });
         let value = match pending {
             Some(v) => Some(v),
-            None => {
-                api.0.store.kv_get(&api.0.state_namespace, key).map_err(|e| api.0.host_error(e.to_string(), true))?
-            }
+            None => api.0.store.kv_get(&api.0.state_namespace, key).map_err(|e| api.0.fail(&e))?,
         };
         Ok(value.as_ref().map_or(Dynamic::UNIT, json_to_dynamic))
     });

@@ -16,7 +16,7 @@ pub(super) fn register(engine: &mut Engine) {
         let notifier = &ctx.hosts.notifier;
         let body = body.into_string().unwrap_or_else(|other| other.to_string());
         if ctx.dry_run {
-            notifier.check_channel(channel).map_err(|e| ctx.host_error(e.to_string(), false))?;
+            notifier.check_channel(channel).map_err(|e| ctx.fail(&e))?;
             crate::metrics::notification(channel, "dry_run");
             ctx.log("info", &format!("notify {channel} (dry run, not sent): {subject}"));
             return Ok(());
@@ -26,7 +26,7 @@ pub(super) fn register(engine: &mut Engine) {
                 ctx.log("info", &format!("notified {channel}: {subject}"));
                 Ok(())
             }
-            Err(e) => Err(ctx.host_error(e.to_string(), e.is_transient())),
+            Err(e) => Err(ctx.fail(&e)),
         }
     });
 }
