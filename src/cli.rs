@@ -254,14 +254,23 @@ pub fn check_all(config_path: &Path) -> (Vec<Diagnostic>, String) {
 
 fn check(config: &Path) -> Result<u8, Failure> {
     let (diags, summary) = check_all(config);
-    if diags.is_empty() {
-        println!("{summary}");
-        return Ok(0);
-    }
     for d in &diags {
         println!("{d}");
     }
-    println!("{} problem{} found", diags.len(), if diags.len() == 1 { "" } else { "s" });
+    let errors = diags.iter().filter(|d| d.is_error()).count();
+    let warnings = diags.len() - errors;
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    if errors == 0 {
+        match warnings {
+            0 => println!("{summary}"),
+            n => println!("{summary}; {}", plural(n, "warning")),
+        }
+        return Ok(0);
+    }
+    match warnings {
+        0 => println!("{} found", plural(errors, "problem")),
+        n => println!("{} and {} found", plural(errors, "problem"), plural(n, "warning")),
+    }
     Ok(1)
 }
 

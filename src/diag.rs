@@ -14,12 +14,39 @@ pub struct Diagnostic {
     pub line: usize,
     pub col: usize,
     pub message: String,
+    pub severity: Severity,
+}
+
+/// Whether a problem stops what it is found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Severity {
+    /// The file (or setting) cannot be used: `check` exits 1, start-up refuses it.
+    #[default]
+    Error,
+    /// Allowed, but probably not what the admin meant, or a risk they opted into: printed
+    /// with `warning:` before the message; `check` still exits 0.
+    Warning,
 }
 
 impl Diagnostic {
     /// A problem at a line and column.
     pub fn at(path: &Path, line: usize, col: usize, message: impl Into<String>) -> Self {
-        Self { path: path.to_path_buf(), line: line.max(1), col: col.max(1), message: message.into() }
+        Self {
+            path: path.to_path_buf(),
+            line: line.max(1),
+            col: col.max(1),
+            message: message.into(),
+            severity: Severity::Error,
+        }
+    }
+
+    /// The same problem as a warning.
+    pub fn warning(self) -> Self {
+        Self { severity: Severity::Warning, ..self }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
     }
 
     /// A problem about a whole file (reported at 1:1).
@@ -36,7 +63,11 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.path.display(), self.line, self.col, self.message)
+        let severity = match self.severity {
+            Severity::Error => "",
+            Severity::Warning => "warning: ",
+        };
+        write!(f, "{}:{}:{}: {severity}{}", self.path.display(), self.line, self.col, self.message)
     }
 }
 
@@ -74,6 +105,11 @@ impl fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+/// Whether any of the problems is an error (not only warnings).
+pub fn any_error(diags: &[Diagnostic]) -> bool {
+    diags.iter().any(Diagnostic::is_error)
+}
 
 /// The closest of `candidates` to `word`, when it is close enough to be a likely typo.
 pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {

@@ -87,8 +87,11 @@ impl RuntimeBuilder {
         let scripts = Arc::new(ScriptEngine::new(&config.limits, &self.hooks));
         let (catalog, mut diags) = Catalog::load(&scripts, &config.engine.rules_dir, &config.engine.scripts_dir);
         let jobs = crate::jobs::build_jobs(&config, &catalog, &mut diags);
-        if !diags.is_empty() {
+        if crate::diag::any_error(&diags) {
             return Err(BuildError::Invalid(diags));
+        }
+        for d in config.warnings.iter().chain(&diags) {
+            tracing::warn!(problem = %d, "A warning of the configuration, rules or scripts.");
         }
         let store = match self.store {
             Some(s) => s,
@@ -258,7 +261,7 @@ impl Runtime {
     pub fn reload(&self) -> Result<(), Vec<Diagnostic>> {
         let (catalog, diags) =
             Catalog::load(&self.scripts, &self.config.engine.rules_dir, &self.config.engine.scripts_dir);
-        if !diags.is_empty() {
+        if crate::diag::any_error(&diags) {
             return Err(diags);
         }
         self.catalog.store(Arc::new(catalog));

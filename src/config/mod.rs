@@ -140,6 +140,11 @@ pub struct Config {
     pub engine: EngineConfig,
     pub limits: LimitsConfig,
     pub raw: RawConfig,
+    /// Problems of the file that do not stop it from being used (see [`Severity::Warning`]);
+    /// `tripline run` logs them at start, `check` prints them.
+    ///
+    /// [`Severity::Warning`]: crate::diag::Severity::Warning
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// What a section check needs: the file, its text, and where to put problems.
@@ -181,10 +186,11 @@ impl Config {
         Self::from_str(&Self::read(path)?, path)
     }
 
-    /// Validates configuration text that was read from `path`.
+    /// Validates configuration text that was read from `path`. Warnings do not refuse it:
+    /// they are kept in [`Config::warnings`].
     pub fn from_str(source: &str, path: &Path) -> Result<Config, Vec<Diagnostic>> {
         match Self::parse(source, path) {
-            Ok((config, diags)) if diags.is_empty() => Ok(config),
+            Ok((config, diags)) if !crate::diag::any_error(&diags) => Ok(Config { warnings: diags, ..config }),
             Ok((_, diags)) | Err(diags) => Err(diags),
         }
     }
@@ -205,12 +211,15 @@ impl Config {
         engine.scripts_dir = base_dir.join(&engine.scripts_dir);
         engine.data_dir = base_dir.join(&engine.data_dir);
         engine.check_dirs = engine.check_dirs.iter().map(|d| base_dir.join(d)).collect();
-        Ok((Config { path: Some(path.to_path_buf()), engine, limits: raw.limits.clone(), raw }, diags))
+        Ok((
+            Config { path: Some(path.to_path_buf()), engine, limits: raw.limits.clone(), raw, warnings: Vec::new() },
+            diags,
+        ))
     }
 
     /// A configuration built in code (embedding), with the given folders.
     pub fn with_engine(engine: EngineConfig) -> Config {
-        Config { path: None, limits: LimitsConfig::default(), engine, raw: RawConfig::default() }
+        Config { path: None, limits: LimitsConfig::default(), engine, raw: RawConfig::default(), warnings: Vec::new() }
     }
 }
 

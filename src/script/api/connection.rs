@@ -24,14 +24,12 @@
 //! answered with `#{status: 0, dry_run: true}` without being sent.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use reqwest::Method;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};
 use serde_json::Value;
 
 use super::{Api, RunCtx};
-use crate::class::Class;
 use crate::connection::{Connection, ConnectionError, Paging, PagingOptions, RequestOptions, Response};
 use crate::script::{dynamic_to_json, json_to_dynamic};
 
@@ -127,24 +125,8 @@ impl ConnectionHandle {
     /// Waits for a call, at most until the run's deadline; connection errors become script
     /// errors, transient when trying again later may help.
     fn wait<T>(&self, what: &str, call: impl std::future::Future<Output = Result<T, ConnectionError>>) -> Res<T> {
-        let left = self.ctx.deadline.saturating_duration_since(Instant::now());
-        // The timer is made inside the executor: tokio's timers need its context.
-        let outcome = self
-            .ctx
-            .hosts
-            .block_on(async move { tokio::time::timeout(left, call).await })
-            .map_err(|e| self.ctx.host_error(e, Class::Permanent))?;
-        match outcome {
-            Err(_) => Err(self.ctx.host_error(
-                format!(
-                    "connection {}: {what} did not finish within the run's time limit ([limits] timeout_ms)",
-                    self.conn.name()
-                ),
-                Class::Transient,
-            )),
-            Ok(Err(e)) => Err(self.ctx.fail(&e)),
-            Ok(Ok(v)) => Ok(v),
-        }
+        let what = format!("connection {}: {what}", self.conn.name());
+        self.ctx.within_deadline(&what, call)?.map_err(|e| self.ctx.fail(&e))
     }
 
     fn log_dry_run(&self, method: &Method, path: &str, request: &RequestOptions) {

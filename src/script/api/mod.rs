@@ -142,6 +142,33 @@ impl RunCtx {
         HostError { message, class }.raise()
     }
 
+    /// Waits for a host call (LDAP, HTTP, a notification), at most until the run's deadline
+    /// (`[limits] timeout_ms`); `what` names the call in the error. A call whose deadline has
+    /// passed is not started at all. Every host call of a run goes through here, so that no
+    /// run outlives its deadline, and so its claim on the event.
+    pub fn within_deadline<F: std::future::Future>(
+        &self,
+        what: &str,
+        call: F,
+    ) -> Result<F::Output, Box<EvalAltResult>> {
+        let over = || {
+            self.host_error(
+                format!("{what} did not finish within the run's time limit ([limits] timeout_ms)"),
+                Class::Transient,
+            )
+        };
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(over());
+        }
+        // The timer is made inside the executor: tokio's timers need its context.
+        match self.hosts.block_on(async move { tokio::time::timeout(left, call).await }) {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(_elapsed)) => Err(over()),
+            Err(no_runtime) => Err(self.host_error(no_runtime, Class::Permanent)),
+        }
+    }
+
     /// A script error from a subsystem's error, of the error's own class.
     pub fn fail<E: Classify + std::fmt::Display>(&self, e: &E) -> Box<EvalAltResult> {
         self.host_error(e.to_string(), e.class())
