@@ -63,31 +63,113 @@ impl ReloadOutcome {
     }
 }
 
-/// The files of a folder (recursively) with an extension, sorted, as (path, relative name).
-pub fn files_with_extension(dir: &Path, ext: &str) -> std::io::Result<Vec<(PathBuf, String)>> {
-    fn walk(root: &Path, dir: &Path, ext: &str, out: &mut Vec<(PathBuf, String)>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            // Editors' temporary and backup files (".x.swp", "x~", ".#x") are not rules, and
-            // neither are Kubernetes' ConfigMap internals ("..data", "..2024_01_01_...").
-            if name.starts_with('.') || name.ends_with('~') {
-                continue;
-            }
-            if path.is_dir() {
-                walk(root, &path, ext, out)?;
-            } else if path.extension().is_some_and(|e| e == ext) {
-                let rel = path.strip_prefix(root).unwrap_or(&path);
-                let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
-                out.push((path, rel));
-            }
+/// The files of a folder, as [`files_with_extension`] lists them.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// (path, name relative to the folder with `/` separators), sorted.
+    pub files: Vec<(PathBuf, String)>,
+    /// Folders that were not walked: a symbolic link that loops back to a folder it is in,
+    /// a link to a folder outside the walked one, a subfolder that cannot be read. Each is
+    /// reported at the link's (or folder's) path.
+    pub problems: Vec<Diagnostic>,
+}
+
+/// The files of a folder (recursively) with an extension. Symbolic links are followed while
+/// they stay inside the folder: a link to a folder outside it, or back to one of the folders
+/// it is in (`rules/loop -> .`, which would otherwise make the walk endless), is reported in
+/// [`Listing::problems`] and not followed. Links to files are followed wherever they point
+/// (a rule file kept elsewhere is the admin's choice, and cannot loop).
+pub fn files_with_extension(dir: &Path, ext: &str) -> std::io::Result<Listing> {
+    /// (device, inode) of a folder, through links.
+    fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino())
         }
-        Ok(())
+        #[cfg(not(unix))]
+        {
+            let _ = meta;
+            (0, 0)
+        }
     }
-    let mut out = Vec::new();
-    walk(dir, dir, ext, &mut out)?;
-    out.sort();
-    Ok(out)
+    struct Walk<'a> {
+        root: &'a Path,
+        root_real: PathBuf,
+        ext: &'a str,
+        /// The folders from the root down to the one being read.
+        ancestors: Vec<(u64, u64)>,
+        out: Listing,
+    }
+    impl Walk<'_> {
+        fn dir(&mut self, dir: &Path) -> std::io::Result<()> {
+            for entry in std::fs::read_dir(dir)? {
+                let entry = entry?;
+                let path = entry.path();
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                // Editors' temporary and backup files (".x.swp", "x~", ".#x") are not rules, and
+                // neither are Kubernetes' ConfigMap internals ("..data", "..2024_01_01_...").
+                if name.starts_with('.') || name.ends_with('~') {
+                    continue;
+                }
+                let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+                // Through links; a dangling link is a file that cannot be read, reported by
+                // whoever reads it.
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    if path.extension().is_some_and(|e| e == self.ext) {
+                        self.push_file(path);
+                    }
+                    continue;
+                };
+                if meta.is_dir() {
+                    let id = identity(&meta);
+                    if cfg!(unix) && self.ancestors.contains(&id) {
+                        self.problem(
+                            &path,
+                            "this symbolic link points back to a folder it is in (a loop); it is not followed",
+                        );
+                        continue;
+                    }
+                    if is_link {
+                        let inside = std::fs::canonicalize(&path).is_ok_and(|real| real.starts_with(&self.root_real));
+                        if !inside {
+                            self.problem(&path, "this symbolic link leads out of the folder; links to folders are followed only inside it");
+                            continue;
+                        }
+                    }
+                    self.ancestors.push(id);
+                    if let Err(e) = self.dir(&path) {
+                        self.problem(&path, &format!("cannot read this folder: {e}"));
+                    }
+                    self.ancestors.pop();
+                } else if path.extension().is_some_and(|e| e == self.ext) {
+                    self.push_file(path);
+                }
+            }
+            Ok(())
+        }
+
+        fn push_file(&mut self, path: PathBuf) {
+            let rel = path.strip_prefix(self.root).unwrap_or(&path);
+            let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+            self.out.files.push((path, rel));
+        }
+
+        fn problem(&mut self, path: &Path, message: &str) {
+            self.out.problems.push(Diagnostic::file(path, message));
+        }
+    }
+    let root_meta = std::fs::metadata(dir)?;
+    let mut walk = Walk {
+        root: dir,
+        root_real: std::fs::canonicalize(dir)?,
+        ext,
+        ancestors: vec![identity(&root_meta)],
+        out: Listing::default(),
+    };
+    walk.dir(dir)?;
+    walk.out.files.sort();
+    Ok(walk.out)
 }
 
 fn hash_of(text: &str) -> u64 {
@@ -135,8 +217,9 @@ impl Catalog {
             false
         };
         match files_with_extension(scripts_dir, "rhai") {
-            Ok(files) => {
-                for (path, rel) in files {
+            Ok(listing) => {
+                diags.extend(listing.problems);
+                for (path, rel) in listing.files {
                     let src = match std::fs::read_to_string(&path) {
                         Ok(s) => s,
                         Err(e) => {
@@ -190,7 +273,10 @@ impl Catalog {
             compile_rule(path, &src, &guard).ok().map(|r| (r, src))
         };
         let rule_files = match files_with_extension(rules_dir, "toml") {
-            Ok(files) => files.into_iter().map(|(p, _)| p).collect(),
+            Ok(listing) => {
+                diags.extend(listing.problems);
+                listing.files.into_iter().map(|(p, _)| p).collect()
+            }
             Err(e) => {
                 diags.push(Diagnostic::file(rules_dir, format!("cannot read the rules folder: {e}")));
                 // As for scripts: an unreadable folder keeps every rule.

@@ -174,7 +174,9 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Check => check(&cli.config),
         Command::Run => {
-            let io = tokio::runtime::Runtime::new()?;
+            // The daemon runs scripts on the runtime's blocking threads: script stacks.
+            let stack = crate::memory::script_stack_bytes(configured_max_run_bytes(&cli.config));
+            let io = tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(stack).build()?;
             let runtime = build_on(&cli.config, Some(io.handle().clone()))?;
             crate::daemon::run_blocking(io, runtime)
         }
@@ -190,6 +192,25 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Records(cmd) => records(&build(&cli.config)?, cmd),
         Command::Backup { path } => backup(&cli.config, &path),
     }
+}
+
+/// `[limits] max_run_bytes` as the configuration file says, or the default: what the stacks
+/// of script threads are sized for before the configuration is validated.
+pub fn configured_max_run_bytes(config: &Path) -> usize {
+    #[derive(serde::Deserialize, Default)]
+    struct Limits {
+        max_run_bytes: Option<usize>,
+    }
+    #[derive(serde::Deserialize)]
+    struct OnlyLimits {
+        #[serde(default)]
+        limits: Limits,
+    }
+    std::fs::read_to_string(config)
+        .ok()
+        .and_then(|text| toml::from_str::<OnlyLimits>(&text).ok())
+        .and_then(|c| c.limits.max_run_bytes)
+        .unwrap_or_else(|| crate::config::LimitsConfig::default().max_run_bytes)
 }
 
 fn build(config: &Path) -> Result<Runtime, Failure> {
@@ -364,15 +385,27 @@ fn fire(rt: &Runtime, args: FireArgs) -> Result<u8, Failure> {
     } else {
         (input, open_input(&args.record)?)
     };
+    // Ids the input itself creates (with their line), so that two lines creating one id are
+    // refused here, and an update of a record created earlier in the input is not.
+    let mut created: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     each_record(first, |v, size, line| {
         let i = item(v, size, line)?;
-        // A new record without an id cannot clash with the store; anything naming a record
-        // is checked against it.
-        if i.record.id.is_none() && i.kind == EventKind::Created {
-            return Ok(());
+        let at = |m: String| Failure { message: format!("line {line}: {m}"), code: 1 };
+        match (&i.record.id, &i.kind) {
+            // A new record without an id cannot clash with anything.
+            (None, EventKind::Created) => return Ok(()),
+            (Some(id), EventKind::Created | EventKind::Custom(_)) => {
+                if let Some(first) = created.get(id) {
+                    return Err(at(format!("the input creates a record with id {id:?} twice (first on line {first})")));
+                }
+                created.insert(id.clone(), line);
+            }
+            (Some(id), _) if created.contains_key(id) => return Ok(()),
+            _ => {}
         }
-        rt.store().validate(&i).map_err(|e| Failure { message: format!("line {line}: {e}"), code: 1 })
+        rt.store().validate(&i).map_err(|e| at(e.to_string()))
     })?;
+    drop(created);
 
     // Pass 2: store in batches, run each batch's events.
     let out = std::io::stdout();
@@ -380,8 +413,24 @@ fn fire(rt: &Runtime, args: FireArgs) -> Result<u8, Failure> {
     let mut counts = [0usize; 4];
     let mut events = 0;
     let mut batch = Vec::with_capacity(FIRE_BATCH);
-    let mut flush = |batch: &mut Vec<Ingest>, out: &mut std::io::StdoutLock| -> Result<(), Failure> {
-        let stored = if args.queue { rt.submit(batch)? } else { rt.submit_claimed(batch)? };
+    let mut batch_lines = (0, 0);
+    let mut flush = |batch: &mut Vec<Ingest>,
+                     lines: (usize, usize),
+                     out: &mut std::io::StdoutLock|
+     -> Result<(), Failure> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // The whole input was checked above; what can still fail here is the store itself
+        // (a full disk), and the message says what was stored before.
+        let stored = if args.queue { rt.submit(batch) } else { rt.submit_claimed(batch) }.map_err(|e| {
+            let before =
+                if lines.0 > 1 { format!("; the records before line {} were stored", lines.0) } else { String::new() };
+            Failure {
+                message: format!("lines {}-{}: nothing of them was stored: {e}{before}", lines.0, lines.1),
+                code: 1,
+            }
+        })?;
         for event in stored.into_iter().flatten() {
             events += 1;
             if args.queue {
@@ -400,13 +449,17 @@ fn fire(rt: &Runtime, args: FireArgs) -> Result<u8, Failure> {
         Ok(())
     };
     each_record(second, |v, size, line| {
+        if batch.is_empty() {
+            batch_lines.0 = line;
+        }
+        batch_lines.1 = line;
         batch.push(item(v, size, line)?);
         if batch.len() >= FIRE_BATCH {
-            flush(&mut batch, &mut out)?;
+            flush(&mut batch, batch_lines, &mut out)?;
         }
         Ok(())
     })?;
-    flush(&mut batch, &mut out)?;
+    flush(&mut batch, batch_lines, &mut out)?;
     let [ok, failed, retrying, dead] = counts;
     if !args.json {
         writeln!(
@@ -526,6 +579,11 @@ fn replay(rt: &Runtime, run_id: i64) -> Result<u8, Failure> {
             message: format!("run {run_id} ended ok; only failed, retrying or dead runs are replayed"),
             code: 1,
         });
+    }
+    if previous.rule == crate::store::SET_ASIDE {
+        rt.replay(run_id)?;
+        println!("event {} is queued again; the daemon (`tripline run`) processes it", previous.event_id.unwrap_or(0));
+        return Ok(0);
     }
     let run = rt
         .replay(run_id)?

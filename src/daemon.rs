@@ -171,6 +171,16 @@ struct Status {
     last_reload: Option<ReloadReport>,
     last_config_reload: Option<ReloadReport>,
     reloads: u64,
+    /// The dispatcher's last failure, while its passes keep failing (cleared by a pass that
+    /// works): `/healthz` says `degraded` and shows it.
+    dispatch_failure: Option<DispatchFailure>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct DispatchFailure {
+    since: DateTime<Utc>,
+    passes: u64,
+    error: String,
 }
 
 /// The daemon's state, owned by its loop.
@@ -399,6 +409,15 @@ impl Daemon {
 
     /// A pass ended: when it found work, look again at once (the queue may hold more).
     fn pass_finished(&mut self, result: PassResult) {
+        let failed = result.as_ref().err().map(|e| crate::config::secret::redact(&e.to_string()).into_owned());
+        {
+            let mut status = lock(&self.status);
+            status.dispatch_failure = match (failed, status.dispatch_failure.take()) {
+                (None, _) => None,
+                (Some(error), None) => Some(DispatchFailure { since: Utc::now(), passes: 1, error }),
+                (Some(error), Some(f)) => Some(DispatchFailure { passes: f.passes + 1, error, ..f }),
+            };
+        }
         match result {
             Ok(true) => self.dispatch(),
             Ok(false) => {}
@@ -692,7 +711,8 @@ fn health_report(runtime: Arc<Runtime>, status: Arc<Mutex<Status>>) -> crate::we
         let queue_depth = runtime.store().queue_depth().ok();
         let s = lock(&status);
         let config_rejected = s.last_config_reload.as_ref().is_some_and(|r| r.outcome == ReloadOutcome::Rejected);
-        let healthy = files_in_error.is_empty() && !config_rejected && queue_depth.is_some();
+        let healthy =
+            files_in_error.is_empty() && !config_rejected && queue_depth.is_some() && s.dispatch_failure.is_none();
         json!({
             "status": if healthy { "ok" } else { "degraded" },
             "version": env!("CARGO_PKG_VERSION"),
@@ -704,6 +724,10 @@ fn health_report(runtime: Arc<Runtime>, status: Arc<Mutex<Status>>) -> crate::we
             "last_config_reload": s.last_config_reload,
             "reloads": s.reloads,
             "queue_depth": queue_depth,
+            "dispatcher": match &s.dispatch_failure {
+                None => json!({"ok": true}),
+                Some(f) => json!({"ok": false, "failing_since": f.since, "failed_passes": f.passes, "error": f.error}),
+            },
             "notify_channels": runtime.hosts().notifier.channels(),
         })
     })

@@ -73,6 +73,7 @@ pub mod daemon;
 pub mod diag;
 pub mod directory;
 pub mod jobs;
+pub mod memory;
 pub mod metrics;
 pub mod notification;
 pub mod record;

@@ -26,13 +26,45 @@ impl Write for RedactingStderr {
     }
 }
 
+/// Counts each thread's bytes, so that a run's memory is bounded (`[limits] max_run_bytes`).
+#[global_allocator]
+static ALLOCATOR: tripline::memory::CountingAllocator = tripline::memory::CountingAllocator;
+
+/// `TRIPLINE_LOG` (tracing's filter syntax, default `info`). The file watcher's own crates log
+/// every file system event at `trace`: with the log written into a watched folder, each line
+/// would be an event that logs a line, without end. They stay at `info` unless the filter
+/// names them (`TRIPLINE_LOG=trace,notify=trace`).
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let spec = std::env::var("TRIPLINE_LOG").unwrap_or_else(|_| "info".into());
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|_| "info".into());
+    for quiet in ["notify", "notify_debouncer_full", "inotify", "mio"] {
+        if !spec.contains(quiet) {
+            if let Ok(d) = format!("{quiet}=info").parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
+    filter
+}
+
 fn main() -> ExitCode {
     let cli = tripline::cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TRIPLINE_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(|| RedactingStderr)
-        .init();
-    match tripline::cli::run(cli) {
+    tracing_subscriber::fmt().with_env_filter(log_filter()).with_writer(|| RedactingStderr).init();
+    // Commands that run scripts run them on this thread: give it a script stack (see
+    // `tripline::memory::script_stack_bytes`). A thread that cannot be started is an error
+    // like any other.
+    let stack = tripline::memory::script_stack_bytes(tripline::cli::configured_max_run_bytes(&cli.config));
+    let outcome = std::thread::Builder::new()
+        .name("tripline-main".into())
+        .stack_size(stack)
+        .spawn(move || tripline::cli::run(cli))
+        .map_err(|e| tripline::cli::Failure { message: format!("cannot start: {e}"), code: 1 })
+        .and_then(|t| {
+            t.join().unwrap_or_else(|_| {
+                Err(tripline::cli::Failure { message: "tripline stopped on an internal error".into(), code: 70 })
+            })
+        });
+    match outcome {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             eprintln!("error: {}", tripline::config::secret::redact(&f.message));

@@ -12,6 +12,66 @@ use serde_json::Value;
 /// A record's fields.
 pub type Fields = serde_json::Map<String, Value>;
 
+/// How deeply a record's field values may nest (an object or array inside another is one
+/// level more; the fields themselves are level 1). Every way into the store checks it: input
+/// records (CLI, webhooks), scripts' writes (including values an API answered), and the store
+/// itself. The store wraps a record in two more levels, well within what its JSON reader
+/// accepts (128), so a stored record can always be read back.
+pub const MAX_DEPTH: usize = 64;
+
+/// Checks [`MAX_DEPTH`]; the error names the limit.
+pub fn check_depth(fields: &Fields) -> Result<(), String> {
+    let mut stack: Vec<(&Value, usize)> = fields.values().map(|v| (v, 2)).collect();
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        if depth > MAX_DEPTH {
+            return Err(format!("the record's values are nested more than {MAX_DEPTH} levels deep"));
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    Ok(())
+}
+
+/// About how many bytes a value takes as JSON (without walking it recursively).
+pub fn approx_json_bytes(v: &Value) -> usize {
+    let mut total = 0;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        total += match v {
+            Value::Null | Value::Bool(_) => 5,
+            Value::Number(_) => 12,
+            Value::String(s) => s.len() + 2,
+            Value::Array(a) => {
+                stack.extend(a);
+                2 + a.len()
+            }
+            Value::Object(o) => {
+                stack.extend(o.values());
+                2 + o.keys().map(|k| k.len() + 4).sum::<usize>()
+            }
+        };
+    }
+    total
+}
+
+/// [`approx_json_bytes`] of a record's fields.
+pub fn approx_json_bytes_of(fields: &Fields) -> usize {
+    fields.iter().map(|(k, v)| k.len() + 4 + approx_json_bytes(v)).sum()
+}
+
+/// Equality of field values as rules and `api.find` see it: numbers by value (`1` equals
+/// `1.0`), everything else exactly.
+pub fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
 /// Keys of the script's `record` map that are not fields.
 pub const RESERVED_KEYS: [&str; 3] = ["id", "entity", "status"];
 
@@ -79,6 +139,20 @@ impl Record {
     /// The value at a dotted path of the fields (`manager.email`, `tags.0`).
     pub fn path(&self, path: &[String]) -> Option<&Value> {
         lookup(&self.fields, path)
+    }
+
+    /// Whether the record has every criterion (`api.find`'s): `status` and `id` compare with
+    /// the record's own, any other key is a dotted field path whose value must equal the
+    /// criterion's ([`json_eq`]).
+    pub fn matches(&self, criteria: &Fields) -> bool {
+        criteria.iter().all(|(k, v)| match k.as_str() {
+            "status" => v.as_str() == Some(self.status.as_str()),
+            "id" => v.as_str() == Some(self.id.as_str()),
+            _ => {
+                let path: Vec<String> = k.split('.').map(String::from).collect();
+                lookup(&self.fields, &path).is_some_and(|x| json_eq(x, v))
+            }
+        })
     }
 }
 
@@ -209,6 +283,7 @@ pub fn from_value(value: Value) -> Result<Submitted, String> {
     if fields.contains_key("entity") {
         return Err("`entity` is reserved: the entity is given on the command line".into());
     }
+    check_depth(&fields)?;
     Ok(Submitted { id, status, fields })
 }
 

@@ -97,6 +97,7 @@ impl RuntimeBuilder {
             Some(s) => s,
             None => Arc::new(SqliteStore::open_dir(&config.engine.data_dir)?),
         };
+        store.set_max_fanout(config.engine.max_fanout);
         let (handle, owned) = match self.handle.or_else(|| tokio::runtime::Handle::try_current().ok()) {
             Some(h) => (h, None),
             None => {
@@ -442,9 +443,17 @@ impl Runtime {
         Ok(out)
     }
 
-    /// Runs a failed or dead run again, on its event as stored (`tripline replay`).
+    /// Runs a failed or dead run again, on its event as stored (`tripline replay`). The run
+    /// of an event that was set aside ([`crate::store::SET_ASIDE`]) queues the event again
+    /// instead, for the dispatcher: it returns `None`.
     pub fn replay(&self, run_id: i64) -> Result<Option<Run>, StoreError> {
         match self.store.get_run(run_id)? {
+            Some(run) if run.rule == crate::store::SET_ASIDE => {
+                if let Some(event) = run.event_id {
+                    self.store.requeue_event(event)?;
+                }
+                Ok(None)
+            }
             Some(run) => Ok(self.rerun(&Run { attempts: 0, ..run })?.pop()),
             None => Ok(None),
         }
@@ -485,21 +494,36 @@ impl Runtime {
         if o.run.status == RunStatus::Ok {
             writes.splice(0..0, o.writes);
         }
-        let (id, raised) = match self.store.commit_run(&o.run, &writes, depth + 1, finish) {
-            Ok(x) => x,
-            // A write the store refused (the record vanished meanwhile): the run fails, and
-            // nothing it wrote is kept.
-            Err(e) if !e.is_transient() && !writes.is_empty() => {
-                let run = Run {
-                    status: RunStatus::Failed,
-                    error: Some(format!("the run's writes were refused: {e}")),
-                    ..o.run
-                };
-                return self.store.commit_run(&run, &[], depth + 1, finish).map(|(id, r)| (Run { id, ..run }, r));
-            }
-            Err(e) => return Err(e),
+        let e = match self.store.commit_run(&o.run, &writes, depth + 1, finish) {
+            Ok((id, raised)) => return Ok((Run { id, ..o.run }, raised)),
+            // Busy: the caller tries the whole event again later.
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => e,
         };
-        Ok((Run { id, ..o.run }, raised))
+        // A write the store refused (the record vanished meanwhile, a chain too wide): the run
+        // fails, and nothing it wrote is kept.
+        if !writes.is_empty() {
+            let run = Run {
+                status: RunStatus::Failed,
+                error: Some(format!("the run's writes were refused: {e}")),
+                ..o.run.clone()
+            };
+            match self.store.commit_run(&run, &[], depth + 1, finish) {
+                Ok((id, raised)) => return Ok((Run { id, ..run }, raised)),
+                Err(e) if e.is_transient() => return Err(e),
+                Err(_) => {}
+            }
+        }
+        // The run itself cannot be stored (its log, say): it is recorded without its log so
+        // that the event ends, rather than running again (and repeating its effects) forever.
+        let run = Run {
+            status: RunStatus::Failed,
+            error: Some(format!("the run could not be stored, so it was recorded without its log and writes: {e}")),
+            log: Vec::new(),
+            next_attempt_at: None,
+            ..o.run
+        };
+        self.store.commit_run(&run, &[], depth + 1, finish).map(|(id, raised)| (Run { id, ..run }, raised))
     }
 
     /// Executes one rule on one event. `None` when the `when` guard says no.
@@ -515,6 +539,7 @@ impl Runtime {
             dry_run,
         );
         ctx.comment_key = format!("event:{}:rule:{}", event.id, rule.name);
+        ctx.max_run_bytes = limits.max_run_bytes;
         ctx.attempt = attempt;
         ctx.max_attempts = self.config.engine.max_attempts;
         if dry_run {
@@ -714,6 +739,7 @@ impl Runtime {
         );
         ctx.state_namespace = rule_name.clone();
         ctx.comment_key = rule_name.clone();
+        ctx.max_run_bytes = self.scripts.limits().max_run_bytes;
         let ctx = Arc::new(ctx);
         let params = match &job.params {
             serde_json::Value::Object(m) => m.clone(),

@@ -84,7 +84,10 @@ impl FolderWatcher {
             let folders = folders.clone();
             move |p: &Path| {
                 if folders.iter().any(|f| p.starts_with(f)) {
-                    return true;
+                    // Only rule and script files, and folders (a renamed or swapped subfolder
+                    // has no extension): a log or data file written under a watched folder is
+                    // not a change to reload for.
+                    return p.extension().is_none_or(|e| e == "toml" || e == "rhai");
                 }
                 // In a parent folder, only the watched folders themselves and Kubernetes'
                 // `..data` swaps matter, not the configuration file or the store beside them.

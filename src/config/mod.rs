@@ -72,6 +72,10 @@ pub struct EngineConfig {
     /// Extra folders of rules and scripts that `tripline check` validates but the engine does
     /// not load (the shipped examples).
     pub check_dirs: Vec<PathBuf>,
+    /// How many events one event from outside may cause in all, through every level of
+    /// script writes: a rule that creates records of its own entity would otherwise multiply
+    /// without end. The run that would cross it fails, naming this setting.
+    pub max_fanout: u64,
 }
 
 impl Default for EngineConfig {
@@ -89,7 +93,67 @@ impl Default for EngineConfig {
             after_failure: AfterFailure::Wait,
             retention_days: 30,
             check_dirs: Vec::new(),
+            max_fanout: 10_000,
         }
+    }
+}
+
+/// Checks that a number setting is within `range`, at the setting's place.
+fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
+    ctx: &mut CheckCtx,
+    table: &str,
+    key: &str,
+    value: T,
+    lo: T,
+    hi: T,
+    why: &str,
+) {
+    if value < lo || value > hi {
+        ctx.error_at_key(
+            table,
+            key,
+            format!("[{table}] {key} = {value} is out of range: it must be from {lo} to {hi}{why}"),
+        );
+    }
+}
+
+/// A day in milliseconds.
+const DAY_MS: u64 = 86_400_000;
+
+impl EngineConfig {
+    /// The ranges of the numbers. Time settings stay within what dates can hold (a retention
+    /// of 10^9 days would not be a time at all), counts within what a machine can do.
+    fn check(&self, ctx: &mut CheckCtx) {
+        let t = "engine";
+        check_range(ctx, t, "workers", self.workers, 1, 1024, "");
+        check_range(ctx, t, "max_record_bytes", self.max_record_bytes, 2, 64 << 20, " (64 MiB)");
+        check_range(ctx, t, "max_chain_depth", self.max_chain_depth, 0, 64, "");
+        check_range(ctx, t, "max_attempts", self.max_attempts, 1, 1000, "");
+        check_range(ctx, t, "retry_backoff_ms", self.retry_backoff_ms, 1, 30 * DAY_MS, " (30 days)");
+        check_range(ctx, t, "retry_max_backoff_ms", self.retry_max_backoff_ms, 1, 30 * DAY_MS, " (30 days)");
+        check_range(ctx, t, "retention_days", self.retention_days, 0, 36_500, " (100 years)");
+        check_range(ctx, t, "max_fanout", self.max_fanout, 1, 10_000_000, "");
+        if self.retry_backoff_ms > self.retry_max_backoff_ms {
+            ctx.error_at_key(
+                t,
+                "retry_backoff_ms",
+                "[engine] retry_backoff_ms must not be larger than retry_max_backoff_ms",
+            );
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn check(&self, ctx: &mut CheckCtx) {
+        let t = "limits";
+        check_range(ctx, t, "timeout_ms", self.timeout_ms, 1, DAY_MS, " (a day)");
+        // 0 turns a count limit off (Rhai's convention); time and memory are always bounded.
+        check_range(ctx, t, "max_operations", self.max_operations, 0, 1 << 40, "");
+        check_range(ctx, t, "max_call_depth", self.max_call_depth, 1, 1024, "");
+        check_range(ctx, t, "max_string_size", self.max_string_size, 0, 64 << 20, " (64 MiB)");
+        check_range(ctx, t, "max_array_size", self.max_array_size, 0, 10_000_000, "");
+        check_range(ctx, t, "max_map_size", self.max_map_size, 0, 10_000_000, "");
+        check_range(ctx, t, "max_run_bytes", self.max_run_bytes, 1024, 1 << 30, " (1 GiB)");
     }
 }
 
@@ -117,6 +181,9 @@ pub struct LimitsConfig {
     pub max_map_size: usize,
     /// Wall-clock time of one run, in milliseconds (host calls included).
     pub timeout_ms: u64,
+    /// Bytes tripline holds for one run: its log lines, the writes it has asked for (records,
+    /// fields, comments) and the values they carry. A run over it fails, naming the limit.
+    pub max_run_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -128,6 +195,7 @@ impl Default for LimitsConfig {
             max_array_size: 100_000,
             max_map_size: 100_000,
             timeout_ms: 30_000,
+            max_run_bytes: 64 << 20,
         }
     }
 }
@@ -160,6 +228,19 @@ impl CheckCtx<'_> {
     /// Records a problem at a byte span of the file.
     pub fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.diags.push(Diagnostic::span(self.path, self.source, Some(span), message));
+    }
+
+    /// Where `[table] key` is written in the file (its value), when it is.
+    pub fn key_span(&self, table: &str, key: &str) -> Option<Range<usize>> {
+        let doc = toml_edit::ImDocument::parse(self.source).ok()?;
+        let item = doc.get(table)?.get(key)?;
+        item.span()
+    }
+
+    /// Records a problem at `[table] key`, or at the file's start when the key is not written.
+    pub fn error_at_key(&mut self, table: &str, key: &str, message: impl Into<String>) {
+        let span = self.key_span(table, key);
+        self.diags.push(Diagnostic::span(self.path, self.source, span, message));
     }
 
     /// Resolves a secret, recording a problem (naming `what`) when it cannot be.
@@ -225,9 +306,8 @@ impl Config {
 
 impl RawConfig {
     fn check(&self, ctx: &mut CheckCtx) {
-        if self.engine.workers == 0 {
-            ctx.diags.push(Diagnostic::file(ctx.path, "[engine] workers must be at least 1"));
-        }
+        self.engine.check(ctx);
+        self.limits.check(ctx);
         for (name, d) in &self.directories {
             d.get_ref().check(name, d.span(), ctx);
         }

@@ -390,13 +390,7 @@ fn resolved_eq(v: Resolved, expected: &Value) -> bool {
     }
 }
 
-/// JSON equality where numbers compare by value.
-pub fn json_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        _ => a == b,
-    }
-}
+use crate::record::json_eq;
 
 fn json_eq_opt(a: Option<&Value>, b: Option<&Value>) -> bool {
     match (a, b) {

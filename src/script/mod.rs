@@ -98,6 +98,10 @@ impl Drop for CurrentGuard {
     }
 }
 
+/// Why the progress callback stopped a script.
+const STOP_TIMEOUT: &str = "timeout";
+const STOP_MEMORY: &str = "memory";
+
 /// The shared engine and its limits.
 pub struct ScriptEngine {
     engine: Engine,
@@ -140,13 +144,15 @@ impl ScriptEngine {
             })
         });
         engine.on_progress(|ops| {
-            // Checking the clock every operation would cost more than the operations.
-            if ops % 512 != 0 {
-                return None;
-            }
-            CURRENT.with(|c| match &*c.borrow() {
-                Some(ctx) if Instant::now() > ctx.deadline => Some(Dynamic::from("timeout")),
-                _ => None,
+            CURRENT.with(|c| {
+                let ctx = c.borrow();
+                let ctx = ctx.as_ref()?;
+                // The budget is two counter reads, so it is checked before every operation: no
+                // single operation can take a run far past it. The clock costs more.
+                if ctx.over_budget() {
+                    return Some(Dynamic::from(STOP_MEMORY));
+                }
+                (ops % 512 == 0 && Instant::now() > ctx.deadline).then(|| Dynamic::from(STOP_TIMEOUT))
             })
         });
         HostError::register(&mut engine);
@@ -197,16 +203,22 @@ impl ScriptEngine {
     /// Evaluates a `when` guard (no `api`: a guard decides, it does not act).
     pub fn eval_guard(&self, ast: &AST, inv: &Invocation, ctx: Arc<RunCtx>) -> Result<bool, ScriptError> {
         let _current = CurrentGuard::set(ctx.clone());
-        let mut scope = self.scope(inv);
-        self.engine.eval_ast_with_scope::<bool>(&mut scope, ast).map_err(|e| self.error(*e))
+        ctx.start_on_this_thread();
+        caught(|| {
+            let mut scope = self.scope(inv);
+            self.engine.eval_ast_with_scope::<bool>(&mut scope, ast).map_err(|e| self.error(*e))
+        })
     }
 
     /// Runs a script to its end.
     pub fn run(&self, ast: &AST, inv: &Invocation, ctx: Arc<RunCtx>) -> Result<Dynamic, ScriptError> {
         let _current = CurrentGuard::set(ctx.clone());
-        let mut scope = self.scope(inv);
-        scope.push("api", Api::dynamic(ctx.clone()));
-        self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast).map_err(|e| self.error(*e))
+        ctx.start_on_this_thread();
+        caught(|| {
+            let mut scope = self.scope(inv);
+            scope.push("api", Api::dynamic(ctx.clone()));
+            self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast).map_err(|e| self.error(*e))
+        })
     }
 
     /// Rhai's error in words an admin can act on, naming the limit that stopped the script.
@@ -220,6 +232,15 @@ impl ScriptEngine {
                 l.max_operations,
                 at(*pos)
             ),
+            EvalAltResult::ErrorTerminated(why, pos)
+                if why.clone().into_string().ok().as_deref() == Some(STOP_MEMORY) =>
+            {
+                format!(
+                    "script stopped: the run held more than [limits] max_run_bytes = {} bytes (its values, log lines and writes){}",
+                    l.max_run_bytes,
+                    at(*pos)
+                )
+            }
             EvalAltResult::ErrorTerminated(_, pos) => {
                 format!("script stopped: it ran longer than [limits] timeout_ms = {}{}", l.timeout_ms, at(*pos))
             }
@@ -252,6 +273,24 @@ impl ScriptEngine {
         };
         ScriptError { message: crate::config::secret::redact(&message).into_owned(), class: class_of(&e) }
     }
+}
+
+/// Runs a script, turning a panic (a bug in a host function or in the engine, never the
+/// script's fault) into the run's failure: the run is recorded as failed, and the thread, the
+/// event and the queue carry on.
+fn caught<T>(f: impl FnOnce() -> Result<T, ScriptError>) -> Result<T, ScriptError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        tracing::error!(panic = %what, "A host function panicked; the run fails.");
+        Err(ScriptError::permanent(format!(
+            "internal error (a bug in tripline, not in the script): {}",
+            crate::config::secret::redact(&what)
+        )))
+    })
 }
 
 /// The class of the error that ended a script: a host error's own, found through the calls
@@ -306,9 +345,57 @@ pub fn json_map_to_rhai(o: &serde_json::Map<String, Value>) -> Map {
     o.iter().map(|(k, v)| (k.as_str().into(), json_to_dynamic(v))).collect()
 }
 
-/// A Rhai value to JSON (`()` is null; other host types are refused).
+/// A Rhai value to JSON (`()` is null, a character a string; other host types are refused),
+/// nested at most [`record::MAX_DEPTH`](crate::record::MAX_DEPTH) levels: a value that goes
+/// deeper is refused here, before anything walks it further.
 pub fn dynamic_to_json(d: &Dynamic) -> Result<Value, String> {
-    rhai::serde::from_dynamic::<Value>(d).map_err(|e| format!("not a JSON value: {e}"))
+    to_json_at(d, 1)
+}
+
+fn to_json_at(d: &Dynamic, depth: usize) -> Result<Value, String> {
+    use crate::record::MAX_DEPTH;
+    let too_deep = || format!("the value is nested more than {MAX_DEPTH} levels deep");
+    if d.is_shared() {
+        return to_json_at(&d.flatten_clone(), depth);
+    }
+    if d.is_unit() {
+        return Ok(Value::Null);
+    }
+    if let Ok(b) = d.as_bool() {
+        return Ok(Value::Bool(b));
+    }
+    if let Ok(i) = d.as_int() {
+        return Ok(Value::from(i));
+    }
+    if let Ok(f) = d.as_float() {
+        return serde_json::Number::from_f64(f).map(Value::Number).ok_or_else(|| format!("not a JSON value: {f}"));
+    }
+    if let Ok(c) = d.as_char() {
+        return Ok(Value::String(c.to_string()));
+    }
+    if let Some(s) = d.read_lock::<rhai::ImmutableString>() {
+        return Ok(Value::String(s.to_string()));
+    }
+    if let Some(a) = d.read_lock::<rhai::Array>() {
+        if depth > MAX_DEPTH {
+            return Err(too_deep());
+        }
+        return a.iter().map(|v| to_json_at(v, depth + 1)).collect::<Result<_, _>>().map(Value::Array);
+    }
+    if let Some(m) = d.read_lock::<Map>() {
+        if depth > MAX_DEPTH {
+            return Err(too_deep());
+        }
+        let mut out = serde_json::Map::with_capacity(m.len());
+        for (k, v) in m.iter() {
+            out.insert(k.to_string(), to_json_at(v, depth + 1)?);
+        }
+        return Ok(Value::Object(out));
+    }
+    if let Some(b) = d.read_lock::<rhai::Blob>() {
+        return Ok(Value::Array(b.iter().map(|x| Value::from(*x)).collect()));
+    }
+    Err(format!("not a JSON value: a {}", d.type_name()))
 }
 
 #[cfg(test)]

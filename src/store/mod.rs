@@ -28,6 +28,9 @@ pub enum StoreError {
     Io(String, std::io::Error),
     #[error("store: corrupt row: {0}")]
     Corrupt(String),
+    /// A write the store refuses whatever the state (a value too deep, a chain too wide).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl Classify for StoreError {
@@ -70,6 +73,22 @@ pub enum Write {
     Close { id: String, text: Option<String> },
     /// Set a key of the key-value table.
     SetState { namespace: String, key: String, value: Value },
+}
+
+impl Write {
+    /// About how many bytes the write holds (its values' JSON size, give or take), for a
+    /// run's memory budget.
+    pub fn approx_bytes(&self) -> usize {
+        64 + match self {
+            Write::Create(r) => r.entity.len() + crate::record::approx_json_bytes_of(&r.fields),
+            Write::Update { id, fields } => id.len() + crate::record::approx_json_bytes_of(fields),
+            Write::Comment { id, text, key } => id.len() + text.len() + key.as_ref().map_or(0, String::len),
+            Write::Close { id, text } => id.len() + text.as_ref().map_or(0, String::len),
+            Write::SetState { namespace, key, value } => {
+                namespace.len() + key.len() + crate::record::approx_json_bytes(value)
+            }
+        }
+    }
 }
 
 /// How a run ended.
@@ -154,7 +173,10 @@ pub trait Store: Send + Sync {
     fn validate(&self, item: &Ingest) -> Result<()>;
     /// Events not yet processed and not claimed by a live owner, oldest first, that can run
     /// now: no earlier event of the same record is still being processed elsewhere, and with
-    /// `wait_behind_retries`, the record has no run waiting for a retry.
+    /// `wait_behind_retries`, the record has no run waiting for a retry. An event whose row
+    /// cannot be read, or that was claimed [`sqlite::MAX_EVENT_TRIES`] times without its
+    /// processing ending, is set aside instead (finished, with a failed [`SET_ASIDE`] run
+    /// saying why), so that it never blocks the queue.
     fn pending_events(&self, limit: usize, wait_behind_retries: bool) -> Result<Vec<Event>>;
     /// Claims events for `owner` until `until` (events already claimed by `owner` are
     /// re-claimed); returns the ids claimed. A claimed event is processed by its owner only.
@@ -203,4 +225,14 @@ pub trait Store: Send + Sync {
     fn due_retries(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Run>>;
     fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Value>>;
     fn kv_set(&self, namespace: &str, key: &str, value: &Value) -> Result<()>;
+    /// `[engine] max_fanout`: how many events one event from outside may cause in all
+    /// (see [`Store::commit_run`]: a run whose writes would cross it is refused).
+    fn set_max_fanout(&self, max: u64);
+    /// Queues a set-aside event again (the replay of its [`SET_ASIDE`] run).
+    fn requeue_event(&self, event_id: i64) -> Result<()>;
 }
+
+/// The `rule` of the run that records an event set aside without running any rule: its row
+/// could not be read, or processing it stopped tripline again and again
+/// ([`sqlite::MAX_EVENT_TRIES`]). `tripline replay` of that run queues the event again.
+pub const SET_ASIDE: &str = "(set aside)";

@@ -16,7 +16,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-use super::{Ingest, Result, Run, RunFilter, RunStatus, Store, StoreError, Write};
+use super::{Ingest, Result, Run, RunFilter, RunStatus, Store, StoreError, Write, SET_ASIDE};
 use crate::record::{Comment, Event, EventKind, Fields, Record, Status};
 
 /// Schema migrations, applied in order; `user_version` counts the ones applied.
@@ -91,12 +91,28 @@ CREATE INDEX events_pending ON events(id) WHERE done = 0;
 DROP INDEX runs_status;
 CREATE INDEX runs_retrying ON runs(next_attempt_at) WHERE status = 'retrying';
 "#,
+    // `tries`: claims of an event that did not end (a process that died with it, a lease
+    // that ran out); an event claimed too often is set aside instead of stopping the
+    // dispatcher again. `root_id` / `fanout`: the event from outside that a chain of script
+    // writes started from, and how many events it has caused in all.
+    r#"
+ALTER TABLE events ADD COLUMN tries INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN root_id INTEGER;
+ALTER TABLE events ADD COLUMN fanout INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
+
+/// How many times an event may be claimed without its processing ending before it is set
+/// aside: each such claim is a process that died while running it (or a run that outlived
+/// its lease). `tripline replay` of the set-aside run queues it again.
+pub const MAX_EVENT_TRIES: u32 = 3;
 
 /// The SQLite store.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     commits: CommitQueue,
+    /// `[engine] max_fanout`.
+    max_fanout: std::sync::atomic::AtomicU64,
 }
 
 /// Runs waiting to be committed, and the results of those committed by another thread.
@@ -149,6 +165,7 @@ struct PendingRun {
     writes: Vec<Write>,
     depth: u32,
     finish_event: Option<i64>,
+    max_fanout: u64,
 }
 
 /// Clears `writing` if the writer unwinds, so that the others do not wait forever.
@@ -215,7 +232,11 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", i + 1)?;
         }
         tx.commit()?;
-        Ok(SqliteStore { conn: Mutex::new(conn), commits: CommitQueue::default() })
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            commits: CommitQueue::default(),
+            max_fanout: std::sync::atomic::AtomicU64::new(crate::config::EngineConfig::default().max_fanout),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -269,6 +290,9 @@ fn load_record(tx: &Connection, id: &str) -> Result<Option<Record>> {
 }
 
 fn save_record(tx: &Connection, r: &Record) -> Result<()> {
+    // The last guard of the one depth limit: whatever way a record came in, the store never
+    // keeps one it could not read back.
+    crate::record::check_depth(&r.fields).map_err(|e| StoreError::Invalid(format!("record {}: {e}", r.id)))?;
     tx.prepare_cached(
         "INSERT INTO records (id, entity, status, fields, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT(id) DO UPDATE SET status = excluded.status, fields = excluded.fields, updated_at = excluded.updated_at",
@@ -381,11 +405,8 @@ fn ingest_one(
         }
     };
     if let Some((owner, until)) = claim {
-        tx.prepare_cached("UPDATE events SET claimed_by = ?1, claimed_until = ?2 WHERE id = ?3")?.execute(params![
-            owner,
-            ts(until),
-            event.id
-        ])?;
+        tx.prepare_cached("UPDATE events SET claimed_by = ?1, claimed_until = ?2, tries = 1 WHERE id = ?3")?
+            .execute(params![owner, ts(until), event.id])?;
     }
     Ok(Some(event))
 }
@@ -443,15 +464,21 @@ fn query_runs(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Re
     rows.map(|r| r?).collect()
 }
 
-/// A JSON path for SQLite's `json_extract` from a dotted field path.
-fn json_path(field: &str) -> String {
+/// A JSON path for SQLite's `json_extract` from a dotted field path, when SQLite can express
+/// it exactly: its quoted labels have no escapes (a key with `"` or `\\` cannot be written),
+/// and a numeric segment means an array index or an object key to [`crate::record::lookup`],
+/// which one label cannot say. Such criteria are checked on the loaded records instead.
+fn json_path(field: &str) -> Option<String> {
     let mut p = String::from("$");
     for seg in field.split('.') {
+        if seg.contains(['"', '\\']) || (!seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit())) {
+            return None;
+        }
         p.push_str(".\"");
-        p.push_str(&seg.replace('"', "\\\""));
+        p.push_str(seg);
         p.push('"');
     }
-    p
+    Some(p)
 }
 
 fn apply_write(tx: &Connection, w: &Write, depth: u32, raised: &mut Vec<Event>) -> Result<()> {
@@ -584,6 +611,34 @@ impl SqliteStore {
     }
 }
 
+/// Files the events a run raised under the chain's root event (the event from outside the
+/// chain started from) and counts them against `[engine] max_fanout`.
+fn charge_fanout(tx: &Connection, cause: i64, raised: &[Event], max: u64) -> Result<()> {
+    let root: Option<i64> = tx
+        .prepare_cached("SELECT COALESCE(root_id, id) FROM events WHERE id = ?1")?
+        .query_row(params![cause], |r| r.get(0))
+        .optional()?;
+    // The event is gone (pruned meanwhile): its chain is over.
+    let Some(root) = root else { return Ok(()) };
+    {
+        let mut stmt = tx.prepare_cached("UPDATE events SET root_id = ?1 WHERE id = ?2")?;
+        for e in raised {
+            stmt.execute(params![root, e.id])?;
+        }
+    }
+    let total: i64 = tx
+        .prepare_cached("UPDATE events SET fanout = fanout + ?1 WHERE id = ?2 RETURNING fanout")?
+        .query_row(params![raised.len() as i64, root], |r| r.get(0))?;
+    if total as u64 > max {
+        return Err(StoreError::Invalid(format!(
+            "its writes would raise {} more events in the chain of event {root}, {total} in all: more than \
+             [engine] max_fanout = {max}; a rule probably creates or updates records that trigger it again",
+            raised.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Saves a run with its writes and marks its event processed (within the caller's
 /// transaction).
 fn write_run(tx: &Connection, p: &PendingRun) -> Result<(i64, Vec<Event>)> {
@@ -591,6 +646,9 @@ fn write_run(tx: &Connection, p: &PendingRun) -> Result<(i64, Vec<Event>)> {
     let mut raised = Vec::new();
     for w in &p.writes {
         apply_write(tx, w, depth, &mut raised)?;
+    }
+    if let (Some(cause), false) = (run.event_id, raised.is_empty()) {
+        charge_fanout(tx, cause, &raised, p.max_fanout)?;
     }
     let args = params![
         run.event_id,
@@ -624,6 +682,26 @@ fn write_run(tx: &Connection, p: &PendingRun) -> Result<(i64, Vec<Event>)> {
     Ok((id, raised))
 }
 
+/// Finishes events that cannot be processed, each with a failed [`SET_ASIDE`] run giving the
+/// reason (see [`Store::pending_events`]).
+fn set_aside(conn: &mut Connection, events: &[(i64, String, String)]) -> Result<()> {
+    let tx = conn.transaction()?;
+    let now = Utc::now();
+    for (id, record_id, reason) in events {
+        tracing::error!(event = id, %reason, "An event is set aside.");
+        tx.prepare_cached("UPDATE events SET done = 1, claimed_by = NULL, claimed_until = NULL WHERE id = ?1")?
+            .execute(params![id])?;
+        tx.prepare_cached(
+            "INSERT INTO runs (event_id, rule, record_id, event, status, error, duration_ms, log, attempts, started_at, finished_at)
+             VALUES (?1, ?2, ?3, '', 'failed', ?4, 0, '[]', 0, ?5, ?5)
+             ON CONFLICT(event_id, rule) WHERE event_id IS NOT NULL DO UPDATE SET error = excluded.error, status = 'failed'",
+        )?
+        .execute(params![id, super::SET_ASIDE, record_id, reason, ts(now)])?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 impl Store for SqliteStore {
     fn ingest(&self, items: &[Ingest], claim: Option<(&str, DateTime<Utc>)>) -> Result<Vec<Option<Event>>> {
         let mut conn = self.conn();
@@ -642,17 +720,49 @@ impl Store for SqliteStore {
     }
 
     fn pending_events(&self, limit: usize, wait_behind_retries: bool) -> Result<Vec<Event>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT e.id, e.kind, e.record, e.previous, e.depth, e.created_at FROM events e
-             WHERE e.done = 0 AND (e.claimed_until IS NULL OR e.claimed_until < ?1)
-               AND NOT EXISTS (SELECT 1 FROM events p WHERE p.record_id = e.record_id AND p.done = 0 AND p.id < e.id
-                               AND p.claimed_until >= ?1)
-               AND (?2 = 0 OR NOT EXISTS (SELECT 1 FROM runs r WHERE r.record_id = e.record_id AND r.status = 'retrying'))
-             ORDER BY e.id LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![ts(Utc::now()), wait_behind_retries, limit as i64], row_to_event)?;
-        rows.map(|r| build_event(r?)).collect()
+        let mut conn = self.conn();
+        let (events, aside) = {
+            let mut stmt = conn.prepare_cached(
+                "SELECT e.id, e.kind, e.record, e.previous, e.depth, e.created_at, e.tries, e.record_id FROM events e
+                 WHERE e.done = 0 AND (e.claimed_until IS NULL OR e.claimed_until < ?1)
+                   AND NOT EXISTS (SELECT 1 FROM events p WHERE p.record_id = e.record_id AND p.done = 0 AND p.id < e.id
+                                   AND p.claimed_until >= ?1)
+                   AND (?2 = 0 OR NOT EXISTS (SELECT 1 FROM runs r WHERE r.record_id = e.record_id AND r.status = 'retrying'))
+                 ORDER BY e.id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![ts(Utc::now()), wait_behind_retries, limit as i64], |r| {
+                Ok((row_to_event(r)?, r.get::<_, u32>(6)?, r.get::<_, String>(7)?))
+            })?;
+            let mut events = Vec::new();
+            let mut aside = Vec::new();
+            for row in rows {
+                let (row, tries, record_id) = row?;
+                let id = row.0;
+                if tries >= MAX_EVENT_TRIES {
+                    aside.push((
+                        id,
+                        record_id,
+                        format!(
+                            "event {id} was claimed {tries} times and its processing never ended: running it stopped \
+                         tripline (or outlived its claim) each time, so it is set aside; fix the cause, then \
+                         `tripline replay` this run to queue it again"
+                        ),
+                    ));
+                    continue;
+                }
+                match build_event(row) {
+                    Ok(e) => events.push(e),
+                    Err(e) => {
+                        aside.push((id, record_id, format!("event {id} cannot be read, so it is set aside: {e}")))
+                    }
+                }
+            }
+            (events, aside)
+        };
+        if !aside.is_empty() {
+            set_aside(&mut conn, &aside)?;
+        }
+        Ok(events)
     }
 
     fn claim(&self, ids: &[i64], owner: &str, until: DateTime<Utc>) -> Result<Vec<i64>> {
@@ -661,8 +771,10 @@ impl Store for SqliteStore {
         let now = ts(Utc::now());
         let mut claimed = Vec::with_capacity(ids.len());
         {
+            // A claim that is not the renewal of the owner's own live claim is a try.
             let mut stmt = tx.prepare_cached(
-                "UPDATE events SET claimed_by = ?1, claimed_until = ?2
+                "UPDATE events SET claimed_by = ?1, claimed_until = ?2,
+                   tries = tries + CASE WHEN claimed_by = ?1 AND claimed_until >= ?4 THEN 0 ELSE 1 END
                  WHERE id = ?3 AND done = 0 AND (claimed_by IS NULL OR claimed_by = ?1 OR claimed_until < ?4)",
             )?;
             for id in ids {
@@ -678,7 +790,8 @@ impl Store for SqliteStore {
     fn unclaim(&self, event_id: i64, owner: &str) -> Result<()> {
         self.conn()
             .prepare_cached(
-                "UPDATE events SET claimed_by = NULL, claimed_until = NULL WHERE id = ?1 AND claimed_by = ?2",
+                "UPDATE events SET claimed_by = NULL, claimed_until = NULL, tries = max(tries - 1, 0)
+                 WHERE id = ?1 AND claimed_by = ?2",
             )?
             .execute(params![event_id, owner])?;
         Ok(())
@@ -767,28 +880,46 @@ impl Store for SqliteStore {
     fn find_records(&self, entity: &str, criteria: &Fields, limit: usize) -> Result<Vec<Record>> {
         let mut sql = String::from("SELECT id FROM records WHERE entity = ?");
         let mut args: Vec<String> = vec![entity.to_string()];
+        let mut in_rust = Fields::new();
         for (k, v) in criteria {
-            match k.as_str() {
-                "id" | "status" => {
+            match (k.as_str(), json_path(k)) {
+                ("id" | "status", _) => {
                     sql.push_str(&format!(" AND {k} = ?"));
                     args.push(v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
                 }
-                _ => {
+                (_, Some(path)) => {
                     sql.push_str(" AND json_extract(fields, ?) IS json_extract(?, '$')");
-                    args.push(json_path(k));
+                    args.push(path);
                     args.push(v.to_string());
+                }
+                (_, None) => {
+                    in_rust.insert(k.clone(), v.clone());
                 }
             }
         }
-        sql.push_str(" ORDER BY id LIMIT ?");
-        args.push(limit.to_string());
+        sql.push_str(" ORDER BY id");
+        // Criteria checked on the loaded records come before the limit.
+        if in_rust.is_empty() {
+            sql.push_str(" LIMIT ?");
+            args.push(limit.to_string());
+        }
         let conn = self.conn();
         let ids: Vec<String> = {
             let mut stmt = conn.prepare_cached(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
-        ids.iter().filter_map(|id| load_record(&conn, id).transpose()).collect()
+        let mut found = Vec::new();
+        for id in &ids {
+            if found.len() >= limit {
+                break;
+            }
+            match load_record(&conn, id)? {
+                Some(r) if r.matches(&in_rust) => found.push(r),
+                _ => {}
+            }
+        }
+        Ok(found)
     }
 
     fn runs_of_event(&self, event_id: i64) -> Result<Vec<Run>> {
@@ -813,7 +944,15 @@ impl Store for SqliteStore {
         let mut st = lock(&q.state);
         let ticket = st.next_ticket;
         st.next_ticket += 1;
-        st.waiting.push(PendingRun { ticket, run: run.clone(), writes: writes.to_vec(), depth, finish_event });
+        let max_fanout = self.max_fanout.load(std::sync::atomic::Ordering::Relaxed);
+        st.waiting.push(PendingRun {
+            ticket,
+            run: run.clone(),
+            writes: writes.to_vec(),
+            depth,
+            finish_event,
+            max_fanout,
+        });
         st.inside += 1;
         st.peak = st.peak.max(st.inside);
         if st.lingering && st.waiting.len() >= st.expected() {
@@ -873,6 +1012,22 @@ impl Store for SqliteStore {
             .query_row("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2", params![namespace, key], |r| r.get(0))
             .optional()?;
         v.as_deref().map(json).transpose()
+    }
+
+    fn set_max_fanout(&self, max: u64) {
+        self.max_fanout.store(max, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn requeue_event(&self, event_id: i64) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE events SET done = 0, tries = 0, claimed_by = NULL, claimed_until = NULL WHERE id = ?1",
+            params![event_id],
+        )?;
+        tx.execute("DELETE FROM runs WHERE event_id = ?1 AND rule = ?2", params![event_id, SET_ASIDE])?;
+        tx.commit()?;
+        Ok(())
     }
 
     fn kv_set(&self, namespace: &str, key: &str, value: &Value) -> Result<()> {
@@ -1034,6 +1189,7 @@ mod tests {
             writes,
             depth: 1,
             finish_event: Some(e.id),
+            max_fanout: 100,
         };
         let comment = Write::Comment { id: events[0].record.id.clone(), text: "kept".into(), key: None };
         let refused = Write::Update { id: "no-such-record".into(), fields: Fields::new() };

@@ -10,6 +10,7 @@
 //! Reads within a run see the run's own buffered writes.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -19,8 +20,7 @@ use serde_json::Value;
 
 use super::{dynamic_to_json, json_to_dynamic, record_to_map, HostError};
 use crate::class::{Class, Classify};
-use crate::record::{lookup, Fields, Record, Status, RESERVED_KEYS};
-use crate::rule::condition::json_eq;
+use crate::record::{Fields, Record, Status, RESERVED_KEYS};
 use crate::store::{LogLine, Store, StoreError, Write};
 
 pub mod connection;
@@ -76,9 +76,15 @@ pub struct RunCtx {
     /// A record that exists for this run only: the record of a dry run's event, which is
     /// never stored.
     pub unstored: Option<Record>,
+    /// `[limits] max_run_bytes`: what this run may hold (see [`RunCtx::over_budget`]).
+    pub max_run_bytes: usize,
     log: Mutex<Vec<LogLine>>,
     writes: Mutex<Vec<Write>>,
     notes: Mutex<Vec<Write>>,
+    /// Bytes of the log lines and writes buffered so far.
+    held: AtomicUsize,
+    /// The thread's allocation count when the script started (see [`crate::memory`]).
+    mem_start: AtomicI64,
 }
 
 /// Most records `api.find` returns.
@@ -100,13 +106,40 @@ impl RunCtx {
             log: Mutex::default(),
             writes: Mutex::default(),
             notes: Mutex::default(),
+            max_run_bytes: crate::config::LimitsConfig::default().max_run_bytes,
+            held: AtomicUsize::new(0),
+            mem_start: AtomicI64::new(crate::memory::thread_bytes()),
         }
     }
 
-    /// Appends a line to the run's log (secrets redacted).
+    /// Appends a line to the run's log (secrets redacted). A line that would take the run
+    /// over its budget is not kept; the script stops at its next operation.
     pub fn log(&self, level: &str, message: &str) {
+        if !self.hold(message.len() + 64) {
+            return;
+        }
         let message = crate::config::secret::redact(message).into_owned();
         lock(&self.log).push(LogLine { level: level.to_string(), message, at: Utc::now() });
+    }
+
+    /// Counts `bytes` against the run's budget; false when the run is over it.
+    fn hold(&self, bytes: usize) -> bool {
+        self.held.fetch_add(bytes, Ordering::Relaxed).saturating_add(bytes) <= self.max_run_bytes
+    }
+
+    /// Marks the start of the script on this thread: what the thread allocates from now on is
+    /// the run's.
+    pub fn start_on_this_thread(&self) {
+        self.mem_start.store(crate::memory::thread_bytes(), Ordering::Relaxed);
+    }
+
+    /// Whether the run holds more than `[limits] max_run_bytes`: its log lines and buffered
+    /// writes, or (with the counting allocator) everything its thread allocated since the
+    /// script started and still holds.
+    pub fn over_budget(&self) -> bool {
+        let max = self.max_run_bytes;
+        let allocated = crate::memory::thread_bytes().saturating_sub(self.mem_start.load(Ordering::Relaxed));
+        self.held.load(Ordering::Relaxed) > max || allocated > max as i64
     }
 
     /// The log so far.
@@ -114,14 +147,17 @@ impl RunCtx {
         lock(&self.log).clone()
     }
 
-    /// Buffers a write, committed with the run when it succeeds.
+    /// Buffers a write, committed with the run when it succeeds. Its bytes count against the
+    /// run's budget: a run over it stops at its next operation.
     pub fn write(&self, w: Write) {
+        self.hold(w.approx_bytes());
         lock(&self.writes).push(w);
     }
 
     /// Buffers a write that is committed even when the run fails: the comment that tells the
     /// ticket's owner why synchronisation failed must survive the failure it describes.
     pub fn note(&self, w: Write) {
+        self.hold(w.approx_bytes());
         lock(&self.notes).push(w);
     }
 
@@ -210,12 +246,12 @@ impl RunCtx {
             if let Write::Create(r) = w {
                 // Only a record the run changed after creating it needs the overlay to decide.
                 let changed_since = by_id.get(r.id.as_str()).is_some_and(|ws| ws.len() > 1);
-                if r.entity == entity && (changed_since || satisfies(r, criteria)) {
+                if r.entity == entity && (changed_since || r.matches(criteria)) {
                     out.push(own(r.clone()));
                 }
             }
         }
-        out.retain(|r| satisfies(r, criteria));
+        out.retain(|r| r.matches(criteria));
         Ok(out)
     }
 }
@@ -255,17 +291,6 @@ fn overlay<'w>(mut r: Record, writes: impl IntoIterator<Item = &'w Write>) -> Re
         }
     }
     r
-}
-
-fn satisfies(r: &Record, criteria: &Fields) -> bool {
-    criteria.iter().all(|(k, v)| match k.as_str() {
-        "status" => v.as_str() == Some(r.status.as_str()),
-        "id" => v.as_str() == Some(r.id.as_str()),
-        _ => {
-            let path: Vec<String> = k.split('.').map(String::from).collect();
-            lookup(&r.fields, &path).is_some_and(|x| json_eq(x, v))
-        }
-    })
 }
 
 /// The `api` object in a script's scope.
@@ -319,6 +344,14 @@ fn fields_of(map: Map) -> Res<Fields> {
 
 fn existing(api: &Api, id: &str) -> Res<Record> {
     api.0.get_record(id).map_err(|e| api.0.fail(&e))?.ok_or_else(|| format!("no record with id {id}").into())
+}
+
+/// Now minus `n` units, or an error naming the call when that is not a time chrono can hold.
+fn ago(n: i64, unit: &str, make: fn(i64) -> Option<Duration>) -> Res<String> {
+    make(n)
+        .and_then(|d| Utc::now().checked_sub_signed(d))
+        .map(ts)
+        .ok_or_else(|| format!("api.{unit}_ago({n}): out of the range of times").into())
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -393,13 +426,15 @@ pub fn register(engine: &mut Engine) {
 
     engine.register_fn("now", |_: &mut Api| ts(Utc::now()));
     engine.register_fn("now_unix", |_: &mut Api| Utc::now().timestamp());
-    engine.register_fn("days_ago", |_: &mut Api, n: i64| ts(Utc::now() - Duration::days(n)));
-    engine.register_fn("hours_ago", |_: &mut Api, n: i64| ts(Utc::now() - Duration::hours(n)));
-    engine.register_fn("minutes_ago", |_: &mut Api, n: i64| ts(Utc::now() - Duration::minutes(n)));
+    // Every time helper is total: out-of-range input is a script error, never a panic.
+    engine.register_fn("days_ago", |_: &mut Api, n: i64| ago(n, "days", Duration::try_days));
+    engine.register_fn("hours_ago", |_: &mut Api, n: i64| ago(n, "hours", Duration::try_hours));
+    engine.register_fn("minutes_ago", |_: &mut Api, n: i64| ago(n, "minutes", Duration::try_minutes));
     engine.register_fn("parse_time", |_: &mut Api, s: &str| -> Res<i64> {
-        DateTime::parse_from_rfc3339(s)
-            .map(|t| t.timestamp())
-            .map_err(|e| format!("not an RFC 3339 time {s:?}: {e}").into())
+        DateTime::parse_from_rfc3339(s).map(|t| t.timestamp()).map_err(|e| {
+            let shown: String = s.chars().take(64).collect();
+            format!("not an RFC 3339 time {shown:?}: {e}").into()
+        })
     });
     engine.register_fn("format_time", |_: &mut Api, unix: i64| -> Res<String> {
         DateTime::from_timestamp(unix, 0).map(ts).ok_or_else(|| format!("{unix} is out of range").into())
