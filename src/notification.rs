@@ -405,11 +405,21 @@ impl Notifier {
         outcome
     }
 
-    /// Sends from an async task.
+    /// Sends from an async task. Dropping the future (a run's deadline) abandons the send.
     pub async fn send_async(&self, channel: &str, subject: &str, body: &str) -> Result<(), NotifyError> {
+        /// Aborts the delivery task when the waiting future is dropped, so that a deadline
+        /// really ends the send instead of leaving it running behind the run.
+        struct AbortOnDrop(tokio::task::AbortHandle);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
         let ch = self.channel(channel)?;
         let fut = deliver(self.http.clone(), ch, channel.to_string(), subject.to_string(), body.to_string());
-        let outcome = IO.spawn(fut).await.unwrap_or_else(|e| {
+        let task = IO.spawn(fut);
+        let _abort = AbortOnDrop(task.abort_handle());
+        let outcome = task.await.unwrap_or_else(|e| {
             Err(NotifyError::Failed {
                 channel: channel.into(),
                 message: format!("the send failed: {e}"),

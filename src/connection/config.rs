@@ -37,6 +37,7 @@ pub const DEFAULT_MAX_PAGES: u32 = 1000;
 /// retry = { max_attempts = 3, base_delay = "500ms", max_delay = "30s" }
 /// test = { method = "GET", path = "users?page=1&pageSize=1" }
 /// max_pages = 1000
+/// idempotency_header = "Idempotency-Key"
 /// enabled = true
 /// ```
 ///
@@ -71,6 +72,13 @@ pub struct ConnectionConfig {
     /// The most pages `get_all` reads before it gives up with an error.
     #[serde(default)]
     pub max_pages: Option<Spanned<u32>>,
+    /// The header the API reads an idempotency key from (`Idempotency-Key`, Stripe's and the
+    /// IETF draft's name; `X-Request-Id` and others elsewhere). When set, each POST or PATCH
+    /// carries a key that stays the same on every attempt of the run that sends it, so a
+    /// request whose outcome is unknown (a timeout) is sent again; without it such a request
+    /// fails the run for good instead (see [`ConnectionError::OutcomeUnknown`]).
+    #[serde(default)]
+    pub idempotency_header: Option<Spanned<String>>,
     /// Whether the connection is in use (default true); see the type's docs.
     #[serde(default = "enabled")]
     pub enabled: bool,
@@ -425,6 +433,11 @@ impl ConnectionConfig {
                 ctx.error(max.span(), "max_pages must be at least 1");
             }
         }
+        if let Some(header) = &self.idempotency_header {
+            if let Err(message) = idempotency_header(header.get_ref()) {
+                ctx.error(header.span(), message);
+            }
+        }
     }
 
     /// The runtime connection. Secrets are resolved again here (the environment may have
@@ -489,6 +502,8 @@ impl ConnectionConfig {
             .redirect(same_origin_redirects())
             .build()
             .map_err(|e| invalid(format!("cannot set up the HTTP client: {e}")))?;
+        let idempotency_header =
+            self.idempotency_header.as_ref().map(|h| idempotency_header(h.get_ref())).transpose().map_err(invalid)?;
         Ok(Connection {
             name: name.to_string(),
             enabled: self.enabled,
@@ -502,8 +517,25 @@ impl ConnectionConfig {
             test_method,
             test_path: test.map(|t| t.path).unwrap_or_default(),
             max_pages: self.max_pages.as_ref().map(|m| *m.get_ref()).unwrap_or(DEFAULT_MAX_PAGES).max(1),
+            idempotency_header,
         })
     }
+}
+
+/// `idempotency_header` as a header name; not one of the headers the host sets itself.
+fn idempotency_header(name: &str) -> Result<HeaderName, String> {
+    let header = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("idempotency_header: `{name}` is not a valid header name"))?;
+    let reserved = [
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::CONTENT_TYPE,
+        reqwest::header::CONTENT_LENGTH,
+        reqwest::header::HOST,
+    ];
+    if reserved.contains(&header) {
+        return Err(format!("idempotency_header: `{name}` is set by tripline itself; name the header the API reads its idempotency key from, e.g. \"Idempotency-Key\""));
+    }
+    Ok(header)
 }
 
 /// Follows redirects only within the origin they started from: a header carrying an API key
@@ -785,6 +817,7 @@ rate_limit = { requests = 10, per_seconds = 1 }
 retry = { max_attempts = 4, base_delay = "200ms" }
 test = { path = "users?pageSize=1" }
 max_pages = 50
+idempotency_header = "Idempotency-Key"
 
 [connections.halo]
 base_url = "https://halo.example.com/api/"
@@ -814,9 +847,11 @@ rate_limit = { requests = 0 }
 retry = { max_attempts = 0 }
 test = { method = "FETCH", path = "https://elsewhere.example.com/" }
 max_pages = 0
+idempotency_header = "Idempotency Key"
 
 [connections.cc]
 base_url = "https://x.example.com"
+idempotency_header = "Authorization"
 auth = { type = "oauth2", grant = "client_credentials", token_url = "not a url", client_id = "id", redirect_url = "http://localhost:1/cb" }
 
 [connections.code]
@@ -834,10 +869,12 @@ auth = { type = "oauth2", grant = "authorization_code", token_url = "https://x.e
             "tripline.toml:8:8: test.method `FETCH` is not an HTTP method",
             "tripline.toml:8:8: test.path is relative to base_url, not a full URL",
             "tripline.toml:9:13: max_pages must be at least 1",
-            "tripline.toml:13:69: auth.token_url: relative URL without a base",
+            "tripline.toml:10:22: idempotency_header: `Idempotency Key` is not a valid header name",
+            "tripline.toml:14:22: idempotency_header: `Authorization` is set by tripline itself",
+            "tripline.toml:15:69: auth.token_url: relative URL without a base",
             "auth.redirect_url is only used by grant authorization_code",
             "grant client_credentials needs auth.client_secret",
-            "tripline.toml:16:12: base_url must not carry credentials",
+            "tripline.toml:18:12: base_url must not carry credentials",
             "grant authorization_code needs auth.auth_url",
             "auth.redirect_url does not name a local address to listen on",
         ];

@@ -56,15 +56,40 @@ pub enum ConnectionError {
         "connection {connection}: GET {path} has more than {max_pages} pages; raise max_pages or narrow the query"
     )]
     TooManyPages { connection: String, path: String, max_pages: u32 },
-    /// A page did not have the shape the paging options describe.
+    /// A page did not have the shape the paging options describe, or the pages and their
+    /// total disagree (transient when the list changed while it was read).
     #[error("connection {connection}: paging GET {path}: {message}")]
-    Paging { connection: String, path: String, message: String },
+    Paging { connection: String, path: String, message: String, class: Class },
     /// The connection is configured with `enabled = false`.
     #[error(
         "connection {connection} is disabled (enabled = false in [connections.{connection}]); \
          set enabled = true once its URL and secrets are in place"
     )]
     Disabled { connection: String },
+    /// A URL that resolves to another origin than `base_url`'s (another host, port or
+    /// scheme), or that carries user info: nothing is sent, since every request carries the
+    /// connection's credentials.
+    #[error(
+        "connection {connection}: {what} leads to {target}, not to {base}: credentials are only sent to \
+         base_url's origin, so nothing was sent"
+    )]
+    ForeignOrigin { connection: String, what: String, target: String, base: String },
+    /// A request that is not idempotent (POST, PATCH) was sent, but whether the peer carried
+    /// it out is unknown (no answer in time, the exchange broke off, a 5xx that does not say
+    /// it was refused). It is not sent again: a repeat could do it twice.
+    #[error(
+        "connection {connection}: {method} {path} may have been processed ({reason}); it is not sent again, so \
+         that it is not done twice: check on the peer, then replay the run (`tripline replay RUN_ID`); an API \
+         that accepts idempotency keys can be retried safely with idempotency_header in [connections.{connection}]"
+    )]
+    OutcomeUnknown { connection: String, method: String, path: String, reason: String },
+    /// The run's deadline (`[limits] timeout_ms`) came before the request finished; `sent`
+    /// tells whether the request had gone out.
+    #[error(
+        "connection {connection}: {method} {path} was cut off by the run's time limit ([limits] timeout_ms){}",
+        if *sent { "" } else { " before it was sent" }
+    )]
+    RunDeadline { connection: String, method: String, path: String, sent: bool },
     /// The call itself is wrong: a path to another host, a bad header name, a missing setting.
     #[error("connection {connection}: {message}")]
     Invalid { connection: String, message: String },
@@ -77,16 +102,18 @@ impl Classify for ConnectionError {
     fn class(&self) -> Class {
         match self {
             ConnectionError::Status { status, .. } => Class::of_http_status(*status),
-            ConnectionError::Timeout { .. } | ConnectionError::Connect { .. } | ConnectionError::Transport { .. } => {
-                Class::Transient
-            }
-            ConnectionError::OAuth { class, .. } => *class,
+            ConnectionError::Timeout { .. }
+            | ConnectionError::Connect { .. }
+            | ConnectionError::Transport { .. }
+            | ConnectionError::RunDeadline { .. } => Class::Transient,
+            ConnectionError::OAuth { class, .. } | ConnectionError::Paging { class, .. } => *class,
             ConnectionError::NotAuthorized { .. }
             | ConnectionError::Authorize { .. }
             | ConnectionError::TokenStore { .. }
             | ConnectionError::TooManyPages { .. }
-            | ConnectionError::Paging { .. }
             | ConnectionError::Disabled { .. }
+            | ConnectionError::ForeignOrigin { .. }
+            | ConnectionError::OutcomeUnknown { .. }
             | ConnectionError::Invalid { .. } => Class::Permanent,
         }
     }
@@ -110,10 +137,49 @@ impl ConnectionError {
     }
 
     /// Whether the request certainly never reached the peer's application, so that even a
-    /// non-idempotent call (POST, PATCH) can be sent again: the connection was refused, or the
-    /// peer rate-limited it (429) without processing it.
+    /// non-idempotent call (POST, PATCH) can be sent again: the connection was refused, no
+    /// token could be had, the run's deadline came before it was sent, or the peer said it
+    /// did not process it: 429 (rate limited), 408 (it gave up waiting for the request) and
+    /// 503 with `Retry-After` (a planned refusal: maintenance, overload).
     pub(crate) fn certainly_not_processed(&self) -> bool {
-        matches!(self, ConnectionError::Connect { .. } | ConnectionError::Status { status: 429, .. })
+        match self {
+            ConnectionError::Connect { .. } | ConnectionError::OAuth { .. } => true,
+            ConnectionError::RunDeadline { sent, .. } => !sent,
+            ConnectionError::Status { status, retry_after, .. } => {
+                matches!(status, 408 | 429) || (*status == 503 && retry_after.is_some())
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the request went out and nobody can say whether the peer carried it out: a
+    /// timeout after sending, an exchange broken mid-way, the run's deadline after sending,
+    /// or a 5xx answer that does not say the request was refused (a 502 or 504 from a proxy
+    /// says nothing of what the application behind it did).
+    pub(crate) fn outcome_unknown(&self) -> bool {
+        match self {
+            ConnectionError::Timeout { .. } | ConnectionError::Transport { .. } => true,
+            ConnectionError::RunDeadline { sent, .. } => *sent,
+            ConnectionError::Status { status, .. } => *status >= 500 && !self.certainly_not_processed(),
+            _ => false,
+        }
+    }
+
+    /// What happened to the request, without the connection, method and path (for
+    /// [`ConnectionError::OutcomeUnknown`]).
+    pub(crate) fn what_happened(&self) -> String {
+        match self {
+            ConnectionError::Timeout { timeout, .. } => {
+                format!("no answer within {}", humantime::format_duration(*timeout))
+            }
+            ConnectionError::Transport { reason, .. } => format!("the exchange broke off: {reason}"),
+            ConnectionError::RunDeadline { .. } => "the run's time limit ([limits] timeout_ms) cut it off".into(),
+            ConnectionError::Status { status, body_excerpt, .. } if body_excerpt.is_empty() => {
+                format!("it answered {status}")
+            }
+            ConnectionError::Status { status, body_excerpt, .. } => format!("it answered {status}: {body_excerpt}"),
+            other => other.to_string(),
+        }
     }
 }
 
@@ -145,7 +211,27 @@ mod tests {
     #[test]
     fn only_refusals_are_safe_to_resend_for_any_method() {
         assert!(status(429).certainly_not_processed());
+        assert!(status(408).certainly_not_processed());
         assert!(!status(503).certainly_not_processed());
+        let mut planned = status(503);
+        if let ConnectionError::Status { retry_after, .. } = &mut planned {
+            *retry_after = Some(Duration::from_secs(5));
+        }
+        assert!(planned.certainly_not_processed() && !planned.outcome_unknown());
+        for s in [500, 502, 503, 504] {
+            assert!(status(s).outcome_unknown(), "{s}");
+        }
+        for s in [400, 404, 409, 429] {
+            assert!(!status(s).outcome_unknown(), "{s}");
+        }
+        let cut = |sent| ConnectionError::RunDeadline {
+            connection: "c".into(),
+            method: "POST".into(),
+            path: "/x".into(),
+            sent,
+        };
+        assert!(cut(false).certainly_not_processed() && !cut(false).outcome_unknown());
+        assert!(cut(true).outcome_unknown() && !cut(true).certainly_not_processed());
         let refused = ConnectionError::Connect { connection: "c".into(), host: "h".into(), reason: "refused".into() };
         assert!(refused.certainly_not_processed() && refused.is_transient());
     }

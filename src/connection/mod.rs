@@ -9,7 +9,16 @@
 //! and neither ever holds a secret.
 //!
 //! Paths are relative to `base_url` (a leading `/` included); a full URL is accepted only on
-//! the same origin, so credentials never travel to another host.
+//! the same origin, so credentials never travel to another host. The origin is checked on the
+//! URL as resolved, whatever produced it (a script's path, a next-page link from an answer),
+//! and once more right before each attempt adds the credentials: URL parsers read `\\` as
+//! `/` and drop leading spaces and control characters, so a "relative" path can name
+//! another host.
+//!
+//! A request that is not idempotent (POST, PATCH) and whose outcome is unknown (a timeout
+//! after it was sent, an exchange broken mid-way, most 5xx answers) is never sent again
+//! silently: it fails for good with [`ConnectionError::OutcomeUnknown`], unless the
+//! connection has an `idempotency_header`, in which case it is retried carrying the same key.
 
 mod auth;
 pub mod config;
@@ -30,7 +39,7 @@ use tracing::{debug, warn};
 use url::Url;
 
 use crate::class::Classify;
-use auth::{scrub, Auth, Credentials};
+use auth::{scrub, scrub_json, Auth, Credentials};
 pub use config::{
     ApiKeyIn, AuthConfig, ClientAuth, ConnectionConfig, OAuth2Config, OAuth2Grant, RateLimitConfig, RetryConfig,
     TestRequestConfig,
@@ -63,6 +72,9 @@ pub struct Connection {
     test_method: Method,
     test_path: String,
     max_pages: u32,
+    /// The header that carries a request's idempotency key (`idempotency_header`), when the
+    /// API supports one: then a POST or PATCH of unknown outcome may be sent again.
+    idempotency_header: Option<HeaderName>,
 }
 
 impl fmt::Debug for Connection {
@@ -90,6 +102,11 @@ pub struct RequestOptions {
     pub headers: Vec<(String, String)>,
     /// Return non-2xx answers as responses instead of errors.
     pub allow_error_status: bool,
+    /// No attempt, rate-limit wait or backoff goes past this instant (the run's deadline).
+    pub deadline: Option<tokio::time::Instant>,
+    /// The key sent in the connection's `idempotency_header`, the same on every attempt; a
+    /// non-idempotent request with one may be sent again when its outcome is unknown.
+    pub idempotency_key: Option<String>,
 }
 
 /// An answer, as a script sees it: `{status, headers, body}`.
@@ -164,6 +181,17 @@ impl Connection {
     /// The URL paths are relative to (always ending in `/`).
     pub fn base_url(&self) -> &Url {
         &self.base_url
+    }
+
+    /// The header that carries idempotency keys, when one is configured.
+    pub fn idempotency_header(&self) -> Option<&HeaderName> {
+        self.idempotency_header.as_ref()
+    }
+
+    /// Checks that `path` (with `query`) resolves to a URL on `base_url`'s origin, without
+    /// sending anything: what a dry run does instead of a request it does not send.
+    pub fn check_path(&self, path: &str, query: &[(String, String)]) -> Result<(), ConnectionError> {
+        self.resolve(path, query).map(|_| ())
     }
 
     /// GET `path`.
@@ -241,26 +269,25 @@ impl Connection {
     }
 
     /// `path` against `base_url`, with `query` appended; the one door every request (tests
-    /// and pages included) goes through, so a disabled connection is refused here.
+    /// and pages included) goes through, so a disabled connection is refused here. The URL is
+    /// checked after it is resolved: whatever the path looked like, only a URL on
+    /// `base_url`'s origin comes out.
     pub(crate) fn resolve(&self, path: &str, query: &[(String, String)]) -> Result<Url, ConnectionError> {
         self.ensure_enabled()?;
         let invalid = |message: String| ConnectionError::Invalid { connection: self.name.clone(), message };
+        let what = || format!("the path \"{}\"", excerpt_raw(path));
+        let not_a_path = |e: url::ParseError| invalid(format!("`{}` is not a valid path: {e}", path.escape_debug()));
         let mut url = match Url::parse(path) {
-            Ok(absolute) => {
-                if absolute.origin() != self.base_url.origin() {
-                    return Err(invalid(format!(
-                        "{} is not on {}; a connection only talks to its own host",
-                        absolute.origin().ascii_serialization(),
-                        self.base_url.origin().ascii_serialization()
-                    )));
-                }
-                absolute
+            Ok(absolute) => absolute,
+            Err(_) => {
+                // First as a URL parser (and a reader) understands it, leading slashes
+                // included: `//host/x` and its spellings name another host, and are refused
+                // rather than quietly turned into a path on this one.
+                self.check_origin(&self.base_url.join(path).map_err(not_a_path)?, what)?;
+                self.base_url.join(path.trim_start_matches('/')).map_err(not_a_path)?
             }
-            Err(_) => self
-                .base_url
-                .join(path.trim_start_matches('/'))
-                .map_err(|e| invalid(format!("`{path}` is not a valid path: {e}")))?,
         };
+        self.check_origin(&url, what)?;
         if !query.is_empty() {
             let mut pairs = url.query_pairs_mut();
             for (k, v) in query {
@@ -268,6 +295,30 @@ impl Connection {
             }
         }
         Ok(url)
+    }
+
+    /// Refuses a URL that is not on `base_url`'s origin (scheme, host and port), or that
+    /// carries user info (which would replace the connection's own credentials). `what` names
+    /// where the URL came from, for the message.
+    pub(crate) fn check_origin(&self, url: &Url, what: impl FnOnce() -> String) -> Result<(), ConnectionError> {
+        let same = url.origin() == self.base_url.origin();
+        if same && url.username().is_empty() && url.password().is_none() {
+            return Ok(());
+        }
+        let target = if !same {
+            match url.origin() {
+                origin @ url::Origin::Tuple(..) => origin.ascii_serialization(),
+                url::Origin::Opaque(_) => format!("a {}: URL", url.scheme()),
+            }
+        } else {
+            format!("{} with user info", url.origin().ascii_serialization())
+        };
+        Err(ConnectionError::ForeignOrigin {
+            connection: self.name.clone(),
+            what: what(),
+            target,
+            base: self.base_url.origin().ascii_serialization(),
+        })
     }
 
     /// Sends to a resolved URL with the configured retries.
@@ -287,16 +338,35 @@ impl Connection {
         options: &RequestOptions,
         attempts: u32,
     ) -> Result<Response, ConnectionError> {
-        let extra_headers = self.extra_headers(&options.headers)?;
-        // Sending again is safe for idempotent methods; for POST and PATCH only when the
-        // first try certainly changed nothing.
-        let idempotent = matches!(method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
+        let mut extra_headers = self.extra_headers(&options.headers)?;
+        // Sending again is safe for idempotent methods; for the others only when the first
+        // try certainly changed nothing, or when the peer can tell a repeat by its key.
+        let unsafe_method = !is_idempotent(&method);
+        let keyed = match (&self.idempotency_header, &options.idempotency_key) {
+            (Some(name), Some(key)) if unsafe_method => {
+                let value = HeaderValue::from_str(key)
+                    .map_err(|_| self.invalid("the idempotency key is not a valid header value"))?;
+                extra_headers.insert(name.clone(), value);
+                true
+            }
+            _ => false,
+        };
+        let may_resend = |e: &ConnectionError| !unsafe_method || keyed || e.certainly_not_processed();
+        let deadline = options.deadline;
         let attempt = || self.attempt(&method, &url, options, &extra_headers);
         let outcome = attempt
             .retry(self.retry.backoff(attempts))
             .sleep(tokio::time::sleep)
-            .when(|f: &Failure| f.error.is_transient() && (idempotent || f.error.certainly_not_processed()))
-            .adjust(|f: &Failure, next| self.retry.next_delay(f.error.retry_after(), next))
+            .when(|f: &Failure| f.error.is_transient() && may_resend(&f.error))
+            .adjust(|f: &Failure, next| {
+                // A wait that would end past the run's deadline is not started: the run ends
+                // with the error that made it wait, which says more than the deadline would.
+                let delay = self.retry.next_delay(f.error.retry_after(), next)?;
+                match deadline {
+                    Some(d) if tokio::time::Instant::now() + delay >= d => None,
+                    _ => Some(delay),
+                }
+            })
             .notify(|f: &Failure, delay| {
                 warn!(
                     connection = %self.name,
@@ -311,6 +381,14 @@ impl Connection {
         match outcome {
             Ok(response) => Ok(response),
             Err(Failure { response: Some(response), .. }) if options.allow_error_status => Ok(response),
+            Err(failure) if unsafe_method && !keyed && failure.error.outcome_unknown() => {
+                Err(ConnectionError::OutcomeUnknown {
+                    connection: self.name.clone(),
+                    method: method.to_string(),
+                    path: url.path().to_string(),
+                    reason: failure.error.what_happened(),
+                })
+            }
             Err(failure) => Err(failure.error),
         }
     }
@@ -323,11 +401,21 @@ impl Connection {
         options: &RequestOptions,
         extra_headers: &HeaderMap,
     ) -> Result<Response, Failure> {
-        let credentials = self.auth.credentials(&self.name).await?;
+        // The last check before credentials are added, whatever built the URL.
+        self.check_origin(url, || "the request URL".to_string())?;
+        let credentials =
+            self.before_deadline(method, url, options.deadline, self.auth.credentials(&self.name)).await??;
         let mut response = self.send_once(method, url, options, extra_headers, &credentials).await?;
         if response.status == 401 {
             if let Auth::OAuth2(oauth) = &self.auth {
-                let token = oauth.token_after_rejection(credentials.token.as_ref()).await?;
+                let token = self
+                    .before_deadline(
+                        method,
+                        url,
+                        options.deadline,
+                        oauth.token_after_rejection(credentials.token.as_ref()),
+                    )
+                    .await??;
                 let credentials = oauth.credentials(token)?;
                 response = self.send_once(method, url, options, extra_headers, &credentials).await?;
             }
@@ -349,6 +437,26 @@ impl Connection {
         })
     }
 
+    /// Waits for `work` that comes before the request is sent (a token, a rate-limit permit),
+    /// at most until `deadline`; past it, the request was certainly not sent.
+    async fn before_deadline<T>(
+        &self,
+        method: &Method,
+        url: &Url,
+        deadline: Option<tokio::time::Instant>,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, ConnectionError> {
+        match deadline {
+            None => Ok(work.await),
+            Some(d) => tokio::time::timeout_at(d, work).await.map_err(|_| ConnectionError::RunDeadline {
+                connection: self.name.clone(),
+                method: method.to_string(),
+                path: url.path().to_string(),
+                sent: false,
+            }),
+        }
+    }
+
     async fn send_once(
         &self,
         method: &Method,
@@ -358,8 +466,24 @@ impl Connection {
         credentials: &Credentials,
     ) -> Result<Response, ConnectionError> {
         if let Some(limit) = &self.rate_limit {
-            limit.until_ready().await;
+            self.before_deadline(method, url, options.deadline, limit.until_ready()).await?;
         }
+        // The attempt's time: the connection's timeout, or what is left of the run's.
+        let (timeout, cut_by_deadline) = match options.deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(ConnectionError::RunDeadline {
+                        connection: self.name.clone(),
+                        method: method.to_string(),
+                        path: url.path().to_string(),
+                        sent: false,
+                    });
+                }
+                (left.min(self.timeout), left < self.timeout)
+            }
+            None => (self.timeout, false),
+        };
         let mut target = url.clone();
         if let Some((name, value)) = &credentials.query {
             target.query_pairs_mut().append_pair(name, value);
@@ -371,7 +495,7 @@ impl Connection {
         for (name, value) in &credentials.headers {
             headers.insert(name.clone(), value.clone());
         }
-        let mut request = self.client.request(method.clone(), target).headers(headers);
+        let mut request = self.client.request(method.clone(), target).headers(headers).timeout(timeout);
         match (&options.json, &options.form, &credentials.form) {
             (Some(_), _, Some(_)) | (Some(_), Some(_), _) => {
                 return Err(self.invalid("a request has either a JSON body or a form body (the API key goes in a form)"))
@@ -386,8 +510,14 @@ impl Connection {
             }
         }
         let started = tokio::time::Instant::now();
-        let answer = request.send().await.map_err(|e| self.transport_error(method, url, e))?;
-        let response = self.read_response(method, url, answer, &credentials.sent).await?;
+        let cut = |e: ConnectionError| match e {
+            ConnectionError::Timeout { connection, method, path, .. } if cut_by_deadline => {
+                ConnectionError::RunDeadline { connection, method, path, sent: true }
+            }
+            other => other,
+        };
+        let answer = request.send().await.map_err(|e| cut(self.transport_error(method, url, e)))?;
+        let response = self.read_response(method, url, answer, &credentials.sent).await.map_err(cut)?;
         debug!(
             connection = %self.name,
             method = %method,
@@ -429,18 +559,23 @@ impl Connection {
             }
             bytes.extend_from_slice(&chunk);
         }
-        let text = scrub(&String::from_utf8_lossy(&bytes), sent);
+        let raw = String::from_utf8_lossy(&bytes);
         let is_json = headers
             .get("content-type")
             .map(|t| t.to_ascii_lowercase())
             .map(|t| t.contains("/json") || t.contains("+json"));
-        let body = if text.trim().is_empty() {
+        // Scrubbed after parsing: parsing decodes escapes (`\/`, `\u0042`) that would hide
+        // an echoed credential from a scrub of the bytes.
+        let body = if raw.trim().is_empty() {
             Value::Null
         } else if is_json != Some(false) {
             // JSON when it says so, or when it does not say and parses.
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
+            match serde_json::from_str(&raw) {
+                Ok(parsed) => scrub_json(parsed, sent),
+                Err(_) => Value::String(scrub(&raw, sent)),
+            }
         } else {
-            Value::String(text)
+            Value::String(scrub(&raw, sent))
         };
         Ok(Response { status, headers, body })
     }
@@ -464,7 +599,8 @@ impl Connection {
     /// Our error for a reqwest failure, without the URL (its query may hold a key).
     fn transport_error(&self, method: &Method, url: &Url, e: reqwest::Error) -> ConnectionError {
         let connection = self.name.clone();
-        if e.is_timeout() {
+        // A connect that timed out never sent anything: it is a failure to connect.
+        if e.is_timeout() && !e.is_connect() {
             ConnectionError::Timeout {
                 connection,
                 method: method.to_string(),
@@ -503,6 +639,21 @@ pub(crate) fn describe_reqwest(e: reqwest::Error) -> String {
         source = cause.source();
     }
     scrub(&parts.join(": "), &[])
+}
+
+/// Whether sending `method` twice has the effect of sending it once (RFC 9110 section 9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE)
+}
+
+/// A script's path for a message: at most 100 characters, control characters escaped.
+fn excerpt_raw(path: &str) -> String {
+    let shown: String = path.chars().take(100).collect();
+    let mut out = shown.escape_debug().to_string();
+    if path.chars().count() > 100 {
+        out.push('…');
+    }
+    out
 }
 
 /// At most [`EXCERPT_CHARS`] characters of `text`, whitespace runs folded to one space.

@@ -2,9 +2,16 @@
 //!
 //! The paging styles of the APIs tripline talks to: a page number and size (Flex HR's
 //! `page`/`pageSize`/`totalPages`, HaloITSM's `page_no`/`page_size`), offset and limit, a
-//! cursor or a next link in the body, and the RFC 8288 `Link` header. Reading stops at an
-//! empty page or when the style says there is no more; reading more than `max_pages` pages is
-//! an error, never a silently partial list.
+//! cursor or a next link in the body, and the RFC 8288 `Link` header.
+//!
+//! Nothing may be lost: many servers cap the page size below the one asked for (HaloITSM,
+//! Graph, most HR APIs), so when the answers carry a total (`total_pages`, `total_items`) the
+//! total decides when the list ends, and a short page does not end it. An empty page before
+//! the total is reached, a total that shrinks while the list is read (items would shift past
+//! the pages already read), or a list that ends short of its total is an error naming the
+//! page, never a partial list. Without a total, a page shorter than the size asked for is the
+//! last (the server is assumed to honour the size), and a cursor or next link is followed
+//! until the answer has none. More than `max_pages` pages is an error too.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -12,6 +19,7 @@ use tracing::debug;
 use url::Url;
 
 use super::{Connection, ConnectionError, RequestOptions, Response};
+use crate::class::Class;
 
 /// How a paged API says there is more.
 ///
@@ -56,11 +64,18 @@ pub enum Paging {
         /// Where the body holds the next cursor (`meta.next_cursor`); absent, null or empty
         /// at the end.
         cursor: String,
+        /// Where the body says how many items there are: the end must have them all.
+        #[serde(default)]
+        total_items: Option<String>,
     },
     /// A URL of the next page in the body (absolute or relative).
     NextLink {
         /// Where the body holds it (`next`, `links.next`, `@odata.nextLink`).
         next: String,
+        /// Where the body says how many items there are (`@odata.count`): the end must have
+        /// them all.
+        #[serde(default)]
+        total_items: Option<String>,
     },
     /// The `rel="next"` URL of the `Link` header (RFC 8288).
     LinkHeader,
@@ -118,33 +133,42 @@ impl PagingOptions {
 impl Connection {
     /// GETs `path` page after page and returns the items of all pages in order.
     pub async fn get_all(&self, path: &str, options: PagingOptions) -> Result<Vec<Value>, ConnectionError> {
+        self.get_all_until(path, options, None).await
+    }
+
+    /// [`Connection::get_all`], no page, rate-limit wait or backoff going past `deadline`.
+    pub async fn get_all_until(
+        &self,
+        path: &str,
+        options: PagingOptions,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Vec<Value>, ConnectionError> {
         let max_pages = options.max_pages.unwrap_or(self.max_pages).max(1);
         let start = self.resolve(path, &options.query)?;
-        let fail = |message: String| ConnectionError::Paging {
+        let fail = |fault: Fault| ConnectionError::Paging {
             connection: self.name.clone(),
             path: start.path().to_string(),
-            message,
+            message: fault.message,
+            class: fault.class,
         };
-        let request = RequestOptions { headers: options.headers.clone(), ..RequestOptions::default() };
+        let request = RequestOptions { headers: options.headers.clone(), deadline, ..RequestOptions::default() };
         let mut url = first_url(&options.paging, &start);
         let mut all = Vec::new();
-        let mut pages = 0u32;
+        let mut progress = Progress::default();
         loop {
             let response = self.send(reqwest::Method::GET, url.clone(), &request).await?;
-            pages += 1;
-            let items = take_items(response.body.clone(), options.items.as_deref()).map_err(fail)?;
+            let page = progress.pages + 1;
+            let items = take_items(response.body.clone(), options.items.as_deref())
+                .map_err(|m| fail(Fault::bad(format!("page {page}: {m}"))))?;
             let count = items.len();
             all.extend(items);
-            let next = next_url(&options.paging, &url, pages, all.len(), count, &response).map_err(fail)?;
-            debug!(connection = %self.name, path = url.path(), page = pages, items = count, more = next.is_some(), "Page read.");
+            let next = next_url(&options.paging, &url, &mut progress, count, &response).map_err(fail)?;
+            debug!(connection = %self.name, path = url.path(), page, items = count, more = next.is_some(), "Page read.");
             let Some(next) = next else { break };
-            if next.origin() != self.base_url.origin() {
-                return Err(fail(format!(
-                    "the next page is on another host ({}); credentials are not sent there",
-                    next.origin().ascii_serialization()
-                )));
-            }
-            if pages >= max_pages {
+            // A next link comes from the answer: it is checked like any path before it carries
+            // the credentials.
+            self.check_origin(&next, || format!("the next page link of page {page}"))?;
+            if progress.pages >= max_pages {
                 return Err(ConnectionError::TooManyPages {
                     connection: self.name.clone(),
                     path: start.path().to_string(),
@@ -154,6 +178,81 @@ impl Connection {
             url = next;
         }
         Ok(all)
+    }
+}
+
+/// Why reading pages stopped short, and whether a later try may read the list whole.
+#[derive(Debug)]
+struct Fault {
+    message: String,
+    class: Class,
+}
+
+impl Fault {
+    /// The answers do not fit the paging settings, or contradict themselves.
+    fn bad(message: String) -> Fault {
+        Fault { message, class: Class::Permanent }
+    }
+
+    /// The list changed while it was read; read again later, it is likely whole.
+    fn shifted(message: String) -> Fault {
+        Fault { message, class: Class::Transient }
+    }
+}
+
+/// What the pages read so far said.
+#[derive(Debug, Default)]
+struct Progress {
+    pages: u32,
+    items: u64,
+    /// The last total each answer gave, to see it change.
+    total_pages: Option<u64>,
+    total_items: Option<u64>,
+}
+
+impl Progress {
+    /// Reads a total from this page's body (`None` when the style has none). A configured
+    /// total the first page does not give is an error; a later page that leaves it out
+    /// keeps the last one. A total that shrinks is an error: items have moved to pages
+    /// already read, and would be skipped.
+    fn total(&mut self, body: &Value, key: &Option<String>, pages: bool) -> Result<Option<u64>, Fault> {
+        let Some(key) = key else { return Ok(None) };
+        let page = self.pages;
+        let last = if pages { self.total_pages } else { self.total_items };
+        let now = match lookup(body, key) {
+            None | Some(Value::Null) => match last {
+                Some(last) => last,
+                None => {
+                    return Err(Fault::bad(format!(
+                        "page {page} does not say `{key}`; check the paging settings (without a total, leave it out)"
+                    )))
+                }
+            },
+            Some(v) => as_count(v).ok_or_else(|| Fault::bad(format!("page {page}: `{key}` is not a number: {v}")))?,
+        };
+        if let Some(last) = last.filter(|last| now < *last) {
+            return Err(Fault::shifted(format!(
+                "page {page} says `{key}` is {now}, the page before said {last}: the list changed while it was \
+                 read and items would be skipped; it is read again later"
+            )));
+        }
+        if pages {
+            self.total_pages = Some(now);
+        } else {
+            self.total_items = Some(now);
+        }
+        Ok(Some(now))
+    }
+
+    /// Whether the items read so far fall short of `total_items` at the end of the list.
+    fn short_of(&self, total_items: Option<u64>) -> Result<(), Fault> {
+        match total_items {
+            Some(total) if self.items < total => Err(Fault::bad(format!(
+                "the list ended after page {} with {} items, but the answers say there are {total}",
+                self.pages, self.items
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -176,47 +275,56 @@ fn first_url(paging: &Paging, start: &Url) -> Url {
     url
 }
 
-/// The next page's URL, or `None` after the last page.
-///
-/// `pages` pages have been read, `so_far` items in all, `count` on the page just read.
+/// The next page's URL, or `None` after the last page; `progress` is updated with the page
+/// just read (`count` items, `response`).
 fn next_url(
     paging: &Paging,
     current: &Url,
-    pages: u32,
-    so_far: usize,
+    progress: &mut Progress,
     count: usize,
     response: &Response,
-) -> Result<Option<Url>, String> {
-    if count == 0 {
-        return Ok(None);
-    }
+) -> Result<Option<Url>, Fault> {
+    progress.pages += 1;
+    progress.items += count as u64;
+    let page = progress.pages;
     let body = &response.body;
-    let reached = |key: &Option<String>, have: u64| -> Result<bool, String> {
-        match key {
-            None => Ok(false),
-            Some(key) => match lookup(body, key) {
-                None | Some(Value::Null) => Ok(false),
-                Some(v) => {
-                    as_count(v).map(|total| have >= total).ok_or_else(|| format!("`{key}` is not a number: {v}"))
-                }
-            },
+    // With a total: it decides, and an empty page before it is reached is a contradiction.
+    let by_total = |more: bool, what: String| -> Result<bool, Fault> {
+        if more && count == 0 {
+            return Err(Fault::bad(format!(
+                "page {page} is empty, but {what}; the API's pages and its total disagree"
+            )));
         }
+        Ok(more)
     };
     Ok(match paging {
         Paging::Page { page_param, size, first, total_pages, total_items, .. } => {
-            if reached(total_pages, u64::from(pages))?
-                || reached(total_items, so_far as u64)?
-                || size.is_some_and(|size| (count as u64) < size)
-            {
+            let pages_total = progress.total(body, total_pages, true)?;
+            let items_total = progress.total(body, total_items, false)?;
+            let more = match (pages_total, items_total) {
+                (Some(pages), _) => by_total(u64::from(page) < pages, format!("there are {pages} pages"))?,
+                (None, Some(items)) => {
+                    by_total(progress.items < items, format!("{} items of {items} were read", progress.items))?
+                }
+                (None, None) => count > 0 && !size.is_some_and(|size| (count as u64) < size),
+            };
+            if !more {
+                progress.short_of(items_total)?;
                 None
             } else {
                 let mut url = current.clone();
-                set_query(&mut url, page_param, &(first + u64::from(pages)).to_string());
+                set_query(&mut url, page_param, &(first + u64::from(page)).to_string());
                 Some(url)
             }
         }
         Paging::Offset { offset_param, limit, total_items, .. } => {
-            if reached(total_items, so_far as u64)? || (count as u64) < *limit {
+            let more = match progress.total(body, total_items, false)? {
+                Some(items) => {
+                    by_total(progress.items < items, format!("{} items of {items} were read", progress.items))?
+                }
+                None => count > 0 && (count as u64) >= *limit,
+            };
+            if !more {
                 None
             } else {
                 let offset = query_value(current, offset_param).and_then(|o| o.parse::<u64>().ok()).unwrap_or(0);
@@ -225,41 +333,80 @@ fn next_url(
                 Some(url)
             }
         }
-        Paging::Cursor { cursor_param, cursor } => match lookup(body, cursor) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.is_empty() => None,
-            Some(Value::String(s)) => {
-                let mut url = current.clone();
-                set_query(&mut url, cursor_param, s);
-                Some(url)
+        Paging::Cursor { cursor_param, cursor, total_items } => {
+            let items_total = progress.total(body, total_items, false)?;
+            let next = match lookup(body, cursor) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) if s.is_empty() => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                Some(other) => {
+                    return Err(Fault::bad(format!("page {page}: the cursor `{cursor}` is not a string: {other}")))
+                }
+            };
+            match next {
+                None => {
+                    progress.short_of(items_total)?;
+                    None
+                }
+                Some(next) => {
+                    let mut url = current.clone();
+                    set_query(&mut url, cursor_param, &next);
+                    Some(url)
+                }
             }
-            Some(Value::Number(n)) => {
-                let mut url = current.clone();
-                set_query(&mut url, cursor_param, &n.to_string());
-                Some(url)
-            }
-            Some(other) => return Err(format!("the cursor `{cursor}` is not a string: {other}")),
-        },
-        Paging::NextLink { next } => match lookup(body, next) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.is_empty() => None,
-            Some(Value::String(s)) => {
-                Some(current.join(s).map_err(|e| format!("the next link `{s}` is not a URL: {e}"))?)
-            }
-            Some(other) => return Err(format!("the next link `{next}` is not a string: {other}")),
-        },
-        Paging::LinkHeader => match response.headers.get("link") {
-            None => None,
-            Some(header) => match link_next(header) {
-                None => None,
-                Some(target) => Some(
-                    current
-                        .join(&target)
-                        .map_err(|e| format!("the Link header's next `{target}` is not a URL: {e}"))?,
+        }
+        Paging::NextLink { next, total_items } => {
+            let items_total = progress.total(body, total_items, false)?;
+            let link = match lookup(body, next) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) if s.is_empty() => None,
+                Some(Value::String(s)) => Some(
+                    current.join(s).map_err(|e| Fault::bad(format!("page {page}: the next link is not a URL: {e}")))?,
                 ),
-            },
+                Some(other) => {
+                    return Err(Fault::bad(format!("page {page}: the next link `{next}` is not a string: {other}")))
+                }
+            };
+            if link.is_none() {
+                progress.short_of(items_total)?;
+            }
+            link
+        }
+        Paging::LinkHeader => match response.headers.get("link").and_then(|h| link_next(h)) {
+            None => None,
+            Some(target) => Some(
+                current
+                    .join(&target)
+                    .map_err(|e| Fault::bad(format!("page {page}: the Link header's next is not a URL: {e}")))?,
+            ),
         },
     })
+    .map(|next| next.filter(|n| n != current))
+    .and_then(|next| match (&next, paging) {
+        // A cursor or link that points at the page just read would be read forever.
+        (None, Paging::Cursor { .. } | Paging::NextLink { .. } | Paging::LinkHeader)
+            if lookup_next_exists(paging, response) =>
+        {
+            Err(Fault::bad(format!("page {page} names itself as the next page")))
+        }
+        _ => Ok(next),
+    })
+}
+
+/// Whether the answer names a next page at all (to tell "no next page" from "the same page").
+fn lookup_next_exists(paging: &Paging, response: &Response) -> bool {
+    let present = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(_) => true,
+    };
+    match paging {
+        Paging::Cursor { cursor, .. } => present(lookup(&response.body, cursor)),
+        Paging::NextLink { next, .. } => present(lookup(&response.body, next)),
+        Paging::LinkHeader => response.headers.get("link").and_then(|h| link_next(h)).is_some(),
+        Paging::Page { .. } | Paging::Offset { .. } => false,
+    }
 }
 
 /// The items of one page.
@@ -421,23 +568,105 @@ mod tests {
         assert_eq!(lookup(&v, "a.x"), None);
     }
 
+    /// Reads one page: `next_url` with `count` items and `body`.
+    fn read(
+        paging: &Paging,
+        at: &Url,
+        progress: &mut Progress,
+        count: usize,
+        body: Value,
+    ) -> Result<Option<Url>, Fault> {
+        next_url(paging, at, progress, count, &response(body))
+    }
+
     #[test]
-    fn page_numbers_stop_at_total_pages_or_a_short_page() {
+    fn page_numbers_follow_total_pages_even_past_short_pages() {
         let paging: Paging = serde_json::from_value(json!({
-            "style": "page", "size_param": "pageSize", "size": 2, "total_pages": "totalPages"
+            "style": "page", "size_param": "pageSize", "size": 100, "total_pages": "totalPages"
         }))
         .unwrap();
         let first = first_url(&paging, &url("https://x/users?instanceId=A"));
-        assert_eq!(first.as_str(), "https://x/users?instanceId=A&page=1&pageSize=2");
-        let body = json!({"users": [1, 2], "page": 1, "totalPages": 3});
-        let next = next_url(&paging, &first, 1, 2, 2, &response(body)).unwrap().unwrap();
-        assert_eq!(next.as_str(), "https://x/users?instanceId=A&pageSize=2&page=2");
-        let body = json!({"users": [5, 6], "page": 3, "totalPages": 3});
-        assert_eq!(next_url(&paging, &next, 3, 6, 2, &response(body)).unwrap(), None);
-        let body = json!({"users": [5]});
-        assert_eq!(next_url(&paging, &next, 2, 3, 1, &response(body)).unwrap(), None);
-        let body = json!({"users": [5, 6], "totalPages": "many"});
-        assert!(next_url(&paging, &next, 2, 4, 2, &response(body)).is_err());
+        assert_eq!(first.as_str(), "https://x/users?instanceId=A&page=1&pageSize=100");
+        let mut p = Progress::default();
+        // The server caps pages at 2 while 100 were asked for: the total decides.
+        let second = read(&paging, &first, &mut p, 2, json!({"users": [1, 2], "totalPages": 3})).unwrap().unwrap();
+        assert_eq!(second.as_str(), "https://x/users?instanceId=A&pageSize=100&page=2");
+        let third = read(&paging, &second, &mut p, 2, json!({"totalPages": 3})).unwrap().unwrap();
+        assert_eq!(query_value(&third, "page").as_deref(), Some("3"));
+        assert_eq!(read(&paging, &third, &mut p, 1, json!({"totalPages": 3})).unwrap(), None);
+
+        // An empty page before the total, a shrinking total, a total that is not a number or
+        // missing from the first page: errors naming the page.
+        let mut p = Progress::default();
+        read(&paging, &first, &mut p, 2, json!({"totalPages": 3})).unwrap();
+        let e = read(&paging, &second, &mut p, 0, json!({"totalPages": 3})).unwrap_err();
+        assert!(e.message.contains("page 2 is empty, but there are 3 pages"), "{e:?}");
+        assert_eq!(e.class, Class::Permanent);
+        let mut p = Progress::default();
+        read(&paging, &first, &mut p, 2, json!({"totalPages": 3})).unwrap();
+        let e = read(&paging, &second, &mut p, 2, json!({"totalPages": 2})).unwrap_err();
+        assert!(e.message.contains("page 2 says `totalPages` is 2, the page before said 3"), "{e:?}");
+        assert_eq!(e.class, Class::Transient);
+        let e = read(&paging, &first, &mut Progress::default(), 2, json!({"totalPages": "many"})).unwrap_err();
+        assert!(e.message.contains("page 1: `totalPages` is not a number"), "{e:?}");
+        let e = read(&paging, &first, &mut Progress::default(), 2, json!({"users": []})).unwrap_err();
+        assert!(e.message.contains("page 1 does not say `totalPages`"), "{e:?}");
+        // A later page without the total keeps the last one; a growing total is followed.
+        let mut p = Progress::default();
+        read(&paging, &first, &mut p, 2, json!({"totalPages": 2})).unwrap();
+        assert!(read(&paging, &second, &mut p, 2, json!({})).unwrap().is_none());
+        let mut p = Progress::default();
+        read(&paging, &first, &mut p, 2, json!({"totalPages": 2})).unwrap();
+        assert!(read(&paging, &second, &mut p, 2, json!({"totalPages": 3})).unwrap().is_some());
+    }
+
+    #[test]
+    fn without_a_total_a_short_page_is_the_last() {
+        let paging: Paging =
+            serde_json::from_value(json!({"style": "page", "size_param": "pageSize", "size": 2})).unwrap();
+        let first = first_url(&paging, &url("https://x/users"));
+        let mut p = Progress::default();
+        assert!(read(&paging, &first, &mut p, 2, json!({})).unwrap().is_some());
+        assert_eq!(read(&paging, &first, &mut p, 1, json!({})).unwrap(), None);
+        let mut p = Progress::default();
+        assert_eq!(read(&paging, &first, &mut p, 0, json!({})).unwrap(), None);
+    }
+
+    #[test]
+    fn a_total_of_items_decides_and_the_end_must_reach_it() {
+        let paging = Paging::Page {
+            page_param: "page_no".into(),
+            size_param: Some("page_size".into()),
+            size: Some(50),
+            first: 1,
+            total_pages: None,
+            total_items: Some("record_count".into()),
+        };
+        let first = first_url(&paging, &url("https://x/Users"));
+        let mut p = Progress::default();
+        let second = read(&paging, &first, &mut p, 2, json!({"record_count": 5})).unwrap().unwrap();
+        let third = read(&paging, &second, &mut p, 2, json!({"record_count": 5})).unwrap().unwrap();
+        assert_eq!(read(&paging, &third, &mut p, 1, json!({"record_count": 5})).unwrap(), None);
+        let mut p = Progress::default();
+        read(&paging, &first, &mut p, 2, json!({"record_count": 5})).unwrap();
+        let e = read(&paging, &second, &mut p, 0, json!({"record_count": 5})).unwrap_err();
+        assert!(e.message.contains("page 2 is empty, but 2 items of 5 were read"), "{e:?}");
+
+        // Both totals: the pages end the list, and the items must be all there.
+        let both = Paging::Page {
+            page_param: "page".into(),
+            size_param: None,
+            size: None,
+            first: 1,
+            total_pages: Some("pages".into()),
+            total_items: Some("total".into()),
+        };
+        let mut p = Progress::default();
+        let e = read(&both, &first, &mut p, 2, json!({"pages": 1, "total": 3})).unwrap_err();
+        assert!(
+            e.message.contains("the list ended after page 1 with 2 items, but the answers say there are 3"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -445,17 +674,51 @@ mod tests {
         let paging = Paging::Offset {
             offset_param: "offset".into(),
             limit_param: "limit".into(),
-            limit: 2,
+            limit: 10,
             total_items: Some("total".into()),
         };
         let first = first_url(&paging, &url("https://x/items"));
-        assert_eq!(first.as_str(), "https://x/items?offset=0&limit=2");
-        let r = response(json!({"total": 5}));
-        let second = next_url(&paging, &first, 1, 2, 2, &r).unwrap().unwrap();
-        assert_eq!(second.as_str(), "https://x/items?limit=2&offset=2");
-        let third = next_url(&paging, &second, 2, 4, 2, &r).unwrap().unwrap();
+        assert_eq!(first.as_str(), "https://x/items?offset=0&limit=10");
+        let r = json!({"total": 5});
+        let mut p = Progress::default();
+        // Capped at 2 of the 10 asked for: the offset moves by what came.
+        let second = read(&paging, &first, &mut p, 2, r.clone()).unwrap().unwrap();
+        assert_eq!(second.as_str(), "https://x/items?limit=10&offset=2");
+        let third = read(&paging, &second, &mut p, 2, r.clone()).unwrap().unwrap();
         assert_eq!(query_value(&third, "offset").as_deref(), Some("4"));
-        assert_eq!(next_url(&paging, &third, 3, 5, 1, &r).unwrap(), None);
+        assert_eq!(read(&paging, &third, &mut p, 1, r.clone()).unwrap(), None);
+        let mut p = Progress::default();
+        read(&paging, &first, &mut p, 2, r.clone()).unwrap();
+        let e = read(&paging, &second, &mut p, 0, r).unwrap_err();
+        assert!(e.message.contains("page 2 is empty, but 2 items of 5 were read"), "{e:?}");
+
+        let untotalled =
+            Paging::Offset { offset_param: "offset".into(), limit_param: "limit".into(), limit: 2, total_items: None };
+        let mut p = Progress::default();
+        assert!(read(&untotalled, &first, &mut p, 2, json!([])).unwrap().is_some());
+        assert_eq!(read(&untotalled, &first, &mut p, 1, json!([])).unwrap(), None);
+    }
+
+    #[test]
+    fn cursors_and_links_are_followed_past_empty_pages_but_not_in_circles() {
+        let paging = Paging::Cursor { cursor_param: "after".into(), cursor: "next".into(), total_items: None };
+        let first = first_url(&paging, &url("https://x/people"));
+        let mut p = Progress::default();
+        let second = read(&paging, &first, &mut p, 0, json!({"next": "c2"})).unwrap().unwrap();
+        assert_eq!(query_value(&second, "after").as_deref(), Some("c2"));
+        let e = read(&paging, &second, &mut p, 1, json!({"next": "c2"})).unwrap_err();
+        assert!(e.message.contains("page 2 names itself as the next page"), "{e:?}");
+
+        let counted = Paging::NextLink { next: "next".into(), total_items: Some("@odata.count".into()) };
+        let mut p = Progress::default();
+        let next =
+            read(&counted, &first, &mut p, 2, json!({"next": "/people?skip=2", "@odata.count": 4})).unwrap().unwrap();
+        assert_eq!(next.as_str(), "https://x/people?skip=2");
+        let e = read(&counted, &next, &mut p, 1, json!({"@odata.count": 4})).unwrap_err();
+        assert!(
+            e.message.contains("the list ended after page 2 with 3 items, but the answers say there are 4"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -231,7 +231,16 @@ async fn paths_stay_on_the_connection_host() {
     c.get("/users", RequestOptions::default()).await.unwrap();
     c.get(&format!("{}/api/v2/users", server.uri()), RequestOptions::default()).await.unwrap();
     let e = c.get("https://attacker.example.com/steal", RequestOptions::default()).await.unwrap_err();
-    assert!(e.to_string().contains("a connection only talks to its own host"), "{e}");
+    // The wording changed when the origin check moved after resolution; the refusal is the same.
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "connection halo: the path \"https://attacker.example.com/steal\" leads to https://attacker.example.com, \
+             not to {}: credentials are only sent to base_url's origin, so nothing was sent",
+            server.uri()
+        )
+    );
+    assert!(!e.is_transient());
 }
 
 #[tokio::test]
@@ -779,7 +788,7 @@ async fn pages_by_cursor_in_the_body() {
         .mount(&server)
         .await;
     let c = connection("oomnitza", &format!("base_url = \"{}\"\n", server.uri()));
-    let paging = Paging::Cursor { cursor_param: "after".into(), cursor: "meta.next_cursor".into() };
+    let paging = Paging::Cursor { cursor_param: "after".into(), cursor: "meta.next_cursor".into(), total_items: None };
     let items = c.get_all("people", PagingOptions::new(paging).items("data")).await.unwrap();
     assert_eq!(items, [json!(1), json!(2), json!(3)]);
 }
@@ -805,7 +814,7 @@ async fn pages_by_next_link_in_the_body() {
         .mount(&server)
         .await;
     let c = connection("graph", &format!("base_url = \"{}\"\n", server.uri()));
-    let paging = Paging::NextLink { next: "@odata.nextLink".into() };
+    let paging = Paging::NextLink { next: "@odata.nextLink".into(), total_items: None };
     let items = c.get_all("users", PagingOptions::new(paging).items("value")).await.unwrap();
     assert_eq!(items, [json!("a"), json!("b"), json!("c")]);
 }
@@ -822,9 +831,14 @@ async fn a_next_link_to_another_host_is_not_followed() {
         "graph",
         &format!("base_url = \"{}\"\nauth = {{ type = \"bearer\", token = \"never-leaves-1234\" }}\n", server.uri()),
     );
-    let paging = Paging::NextLink { next: "next".into() };
+    let paging = Paging::NextLink { next: "next".into(), total_items: None };
     let e = c.get_all("users", PagingOptions::new(paging).items("value")).await.unwrap_err();
-    assert!(e.to_string().contains("the next page is on another host (https://elsewhere.example.com)"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("the next page link of page 1 leads to https://elsewhere.example.com, not to http://127.0.0.1:")
+            && e.to_string().contains("credentials are only sent to base_url's origin"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -867,7 +881,7 @@ async fn more_pages_than_max_pages_is_an_error_not_a_partial_list() {
         .mount(&server)
         .await;
     let c = connection("loop", &format!("base_url = \"{}\"\nmax_pages = 3\n", server.uri()));
-    let paging = Paging::NextLink { next: "next".into() };
+    let paging = Paging::NextLink { next: "next".into(), total_items: None };
     let e = c.get_all("endless", PagingOptions::new(paging.clone()).items("items")).await.unwrap_err();
     assert!(matches!(e, ConnectionError::TooManyPages { max_pages: 3, .. }), "{e}");
     assert_eq!(
@@ -879,6 +893,121 @@ async fn more_pages_than_max_pages_is_an_error_not_a_partial_list() {
     options.max_pages = Some(5);
     assert!(c.get_all("endless", options).await.is_err());
     assert_eq!(server.received_requests().await.unwrap().len(), 8);
+}
+
+/// A server that caps pages at `cap` items whatever size was asked for, as HaloITSM, Graph
+/// and most HR APIs do: `?page=N` (from 1) or `?offset=O`, answering `{"items", "totalPages",
+/// "total"}` over `count` items.
+async fn capped_server(count: u64, cap: u64) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(path("/people"))
+        .respond_with(move |r: &Request| {
+            let start = match (query_of(&r.url, "page"), query_of(&r.url, "offset")) {
+                (Some(page), _) => (page.parse::<u64>().unwrap() - 1) * cap,
+                (None, Some(offset)) => offset.parse().unwrap(),
+                (None, None) => 0,
+            };
+            let items: Vec<u64> = (start..count.min(start + cap)).collect();
+            json_answer(json!({"items": items, "totalPages": count.div_ceil(cap), "total": count}))
+        })
+        .mount(&server)
+        .await;
+    server
+}
+
+#[tokio::test]
+async fn a_capped_page_size_loses_nothing_when_the_answers_carry_a_total() {
+    let server = capped_server(6, 2).await;
+    let c = connection("hr", &format!("base_url = \"{}\"\n", server.uri()));
+    let everyone: Vec<Value> = (0..6).map(|i| json!(i)).collect();
+    for settings in [
+        json!({"style": "page", "size_param": "pageSize", "size": 100, "total_pages": "totalPages"}),
+        json!({"style": "page", "size_param": "pageSize", "size": 100, "total_items": "total"}),
+        json!({"style": "page", "size_param": "pageSize", "size": 100, "total_pages": "totalPages", "total_items": "total"}),
+        json!({"style": "offset", "limit": 100, "total_items": "total"}),
+    ] {
+        let paging: Paging = serde_json::from_value(settings.clone()).unwrap();
+        let items = c.get_all("people", PagingOptions::new(paging).items("items")).await.unwrap();
+        assert_eq!(items, everyone, "{settings}");
+    }
+    // Without a total, a short page is the last: the README says so, and what it assumes.
+    let paging: Paging =
+        serde_json::from_value(json!({"style": "page", "size_param": "pageSize", "size": 100})).unwrap();
+    assert_eq!(c.get_all("people", PagingOptions::new(paging).items("items")).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn pages_that_contradict_their_total_are_an_error_naming_the_page() {
+    let server = MockServer::start().await;
+    // Page 2 is empty although there are 3 pages.
+    for (page, body) in [
+        (1, json!({"items": [1, 2], "totalPages": 3, "total": 6})),
+        (2, json!({"items": [], "totalPages": 3, "total": 6})),
+    ] {
+        Mock::given(path("/gap"))
+            .and(query_param("page", page.to_string()))
+            .respond_with(json_answer(body))
+            .mount(&server)
+            .await;
+    }
+    // The total shrinks between pages: people moved to pages already read.
+    for (page, body) in [
+        (1, json!({"items": [1, 2], "totalPages": 3, "total": 6})),
+        (2, json!({"items": [5, 6], "totalPages": 2, "total": 4})),
+    ] {
+        Mock::given(path("/shrinks"))
+            .and(query_param("page", page.to_string()))
+            .respond_with(json_answer(body))
+            .mount(&server)
+            .await;
+    }
+    let c = connection("hr", &format!("base_url = \"{}\"\n", server.uri()));
+    let pages = |total: &str| -> Paging {
+        serde_json::from_value(
+            json!({"style": "page", total: if total == "total_pages" { "totalPages" } else { "total" }}),
+        )
+        .unwrap()
+    };
+    let e = c.get_all("gap", PagingOptions::new(pages("total_pages")).items("items")).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "connection hr: paging GET /gap: page 2 is empty, but there are 3 pages; the API's pages and its total disagree"
+    );
+    assert!(!e.is_transient());
+    let e = c.get_all("gap", PagingOptions::new(pages("total_items")).items("items")).await.unwrap_err();
+    assert!(e.to_string().contains("page 2 is empty, but 2 items of 6 were read"), "{e}");
+    let e = c.get_all("shrinks", PagingOptions::new(pages("total_pages")).items("items")).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("page 2 says `totalPages` is 2, the page before said 3: the list changed while it was read"),
+        "{e}"
+    );
+    assert!(e.is_transient(), "read again later, the list is likely whole");
+    let e = c.get_all("shrinks", PagingOptions::new(pages("total_items")).items("items")).await.unwrap_err();
+    assert!(e.to_string().contains("page 2 says `total` is 4, the page before said 6"), "{e}");
+    // Offsets, the same.
+    let offsets: Paging =
+        serde_json::from_value(json!({"style": "offset", "limit": 2, "total_items": "total"})).unwrap();
+    Mock::given(path("/offsets"))
+        .and(query_param("offset", "0"))
+        .respond_with(json_answer(json!({"items": [1, 2], "total": 6})))
+        .mount(&server)
+        .await;
+    Mock::given(path("/offsets"))
+        .and(query_param("offset", "2"))
+        .respond_with(json_answer(json!({"items": [], "total": 6})))
+        .mount(&server)
+        .await;
+    let e = c.get_all("offsets", PagingOptions::new(offsets).items("items")).await.unwrap_err();
+    assert!(e.to_string().contains("page 2 is empty, but 2 items of 6 were read"), "{e}");
+    // A next link list that ends short of its count.
+    Mock::given(path("/graph"))
+        .respond_with(json_answer(json!({"value": [1], "@odata.count": 3})))
+        .mount(&server)
+        .await;
+    let graph = Paging::NextLink { next: "@odata.nextLink".into(), total_items: Some("@odata.count".into()) };
+    let e = c.get_all("graph", PagingOptions::new(graph).items("value")).await.unwrap_err();
+    assert!(e.to_string().contains("the list ended after page 1 with 1 items, but the answers say there are 3"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -957,11 +1086,14 @@ async fn retries_stop_after_max_attempts_and_spare_non_idempotent_calls() {
     assert_eq!((e.status(), e.is_transient()), (Some(503), true));
     assert_eq!(requests_to(&server, "/busy").await.len(), 3);
 
-    // A POST may have been processed before the 503: it is not sent twice.
+    // A POST may have been processed before the 503: it is not sent twice, and the error
+    // (no longer the bare 503, which made the run retry and send it again) says why, for good.
     server.reset().await;
     Mock::given(path("/busy")).respond_with(ResponseTemplate::new(503)).mount(&server).await;
     let e = c.post("busy", RequestOptions::default()).await.unwrap_err();
-    assert_eq!(e.status(), Some(503));
+    assert!(matches!(e, ConnectionError::OutcomeUnknown { .. }), "{e:?}");
+    assert!(!e.is_transient());
+    assert!(e.to_string().starts_with("connection halo: POST /busy may have been processed (it answered 503)"), "{e}");
     assert_eq!(requests_to(&server, "/busy").await.len(), 1);
 
     // A 429 was refused unprocessed: sending the POST again is safe.

@@ -363,6 +363,55 @@ async fn the_job_fails_clearly_on_a_refusal_and_writes_nothing() {
     assert!(ran.stdout.contains("params.instance_id is required"), "{ran:?}");
 }
 
+/// Six people for a Flex HR that caps its pages at two, whatever `pageSize` asks for.
+async fn serve_capped(server: &MockServer, users: Vec<Value>, cap: usize) {
+    let total = users.len().div_ceil(cap);
+    Mock::given(method("GET"))
+        .and(path("/api/users"))
+        .and(basic_auth("svc-tripline", PASSWORD))
+        .and(query_param("instanceId", "ACME"))
+        .respond_with(move |r: &Request| {
+            let page: usize = query_of(r, "page").and_then(|p| p.parse().ok()).unwrap_or(1);
+            let chunk: Vec<Value> = users.iter().skip((page - 1) * cap).take(cap).cloned().collect();
+            json_answer(json!({"users": chunk, "page": page, "totalPages": total}))
+        })
+        .mount(server)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flex_hr_that_caps_its_page_size_is_read_whole() {
+    let server = MockServer::start().await;
+    let users: Vec<Value> = (1..=6)
+        .map(|i| {
+            json!({"EmployeeId": format!("E20{i:02}"), "FirstName": format!("P{i}"), "LastName": "Capped",
+                   "Active": true, "ModifiedAt": hours_ago(i)})
+        })
+        .collect();
+    serve_capped(&server, users, 2).await;
+    let p = flex_project(&server, "");
+    // The job asks for 100 a page; the server gives 2, with totalPages = 3.
+    let config = std::fs::read_to_string(p.path().join("tripline.toml")).unwrap();
+    p.file("tripline.toml", &config.replace("page_size = 2", "page_size = 100"));
+    let log = job_ok(&p);
+    assert!(
+        summary(&log).contains("fetched 6, skipped 0 without EmployeeId, 0 duplicates, unchanged 0, new 6"),
+        "{log:#?}"
+    );
+    let requests = server.received_requests().await.unwrap();
+    let pages: Vec<String> = requests.iter().filter_map(|r| query_of(r, "page")).collect();
+    assert_eq!(pages, ["1", "2", "3"]);
+    assert!(requests.iter().all(|r| query_of(r, "pageSize").as_deref() == Some("100")));
+    let staged = p.records("flexhr_log");
+    let tickets = p.records("ticket");
+    assert_eq!((staged.len(), tickets.len()), (6, 6), "everyone staged and ticketed");
+    for i in 1..=6 {
+        let id = format!("E20{i:02}");
+        assert_eq!(by_employee(&staged, &id).len(), 1, "{id}");
+        assert_eq!(by_employee(&tickets, &id).len(), 1, "{id}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The script handle: `api.connection(name)`
 
@@ -533,7 +582,7 @@ async fn a_refusal_fails_the_run_with_status_and_excerpt_and_mistakes_say_what_t
         ),
         (
             r#"api.connection("peer").get("https://elsewhere.example.com/x");"#,
-            "a connection only talks to its own host",
+            "leads to https://elsewhere.example.com, not to http://127.0.0.1:",
         ),
     ];
     for (script, expected) in cases {
@@ -705,6 +754,108 @@ c.post("fail", #{});
     for file in ["data/tripline.db", "data/tripline.db-wal"] {
         let bytes = std::fs::read(p.path().join(file)).unwrap_or_default();
         assert!(!String::from_utf8_lossy(&bytes).contains(PASSWORD), "{file} holds the password");
+    }
+}
+
+/// Every way of writing `text` that a JSON or URL decoder turns back into it, as the
+/// careless peers below echo it.
+fn encodings_of(text: &str) -> Vec<String> {
+    let php = text.replace('/', "\\/");
+    let unicode: String = text.chars().map(|c| format!("\\u{:04x}", c as u32)).collect();
+    let mid = text.len() / 2;
+    let split = format!("{}\\u{:04X}{}", &text[..mid], text.as_bytes()[mid], &text[mid + 1..]);
+    let percent: String = text
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    let percent_in_json = percent.replace('%', "\\u0025");
+    vec![php, unicode, split, percent, percent_in_json]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escaped_echoes_of_credentials_are_scrubbed_from_scripts_records_and_connection_test() {
+    use base64::Engine as _;
+    let password = "pa/ss+Canary/42";
+    let token = "tok/en+Canary/77";
+    let server = MockServer::start().await;
+    // Echoes the Authorization header it got in every encoding, in a JSON body (as a value
+    // and as a key), in a text body and in headers.
+    let echo = |text_body: bool| {
+        move |r: &Request| {
+            let auth = r.headers.get("authorization").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+            let credential = auth.split_once(' ').map(|(_, c)| c.to_string()).unwrap_or_default();
+            let mut fields = Vec::new();
+            for (i, form) in encodings_of(&auth).iter().chain(encodings_of(&credential).iter()).enumerate() {
+                fields.push(format!("\"e{i}\": \"{form}\""));
+                fields.push(format!("\"{form}\": [\"k{i}\"]"));
+            }
+            let body = format!("{{{}}}", fields.join(", "));
+            let php = auth.replace('/', "\\/");
+            let template = ResponseTemplate::new(200)
+                .insert_header("x-echo-json", php.as_str())
+                .insert_header("x-echo-url", encodings_of(&auth)[3].as_str());
+            if text_body {
+                template.set_body_raw(body, "text/plain")
+            } else {
+                template.set_body_raw(body, "application/json")
+            }
+        }
+    };
+    Mock::given(path("/json")).respond_with(echo(false)).mount(&server).await;
+    Mock::given(path("/text")).respond_with(echo(true)).mount(&server).await;
+    let p = Project::new(&format!(
+        r#"
+[connections.basic_peer]
+base_url = "{uri}/"
+auth = {{ type = "basic", username = "svc-tripline", password = "${{PEER_PASSWORD}}" }}
+test = {{ path = "json" }}
+
+[connections.bearer_peer]
+base_url = "{uri}/"
+auth = {{ type = "bearer", token = "${{PEER_TOKEN}}" }}
+test = {{ path = "text" }}
+
+[jobs.script]
+schedule = "0 0 * * *"
+script = "script.rhai"
+"#,
+        uri = server.uri()
+    ));
+    p.set_env("PEER_PASSWORD", password).set_env("PEER_TOKEN", token);
+    p.script(
+        "script.rhai",
+        r#"
+for name in ["basic_peer", "bearer_peer"] {
+    let c = api.connection(name);
+    for at in ["json", "text"] {
+        let r = c.get(at);
+        let t = api.create("ticket", #{ Title: `${name} ${at}`, Echo: r.body, Headers: r.headers });
+        api.comment(t, `echoed: ${r.body} ${r.headers}`);
+        api.info(`${name} ${at}: ${r}`);
+    }
+}
+"#,
+    );
+    let mut outputs = Vec::new();
+    let ran = p.run(&["job", "run", "script", "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    outputs.push(ran.stdout.clone());
+    outputs.push(p.run(&["records", "list", "ticket", "--json"]).stdout);
+    outputs.push(p.run(&["runs", "--json"]).stdout);
+    for name in ["basic_peer", "bearer_peer"] {
+        let ran = p.run(&["connection", "test", name]);
+        assert_eq!(ran.code, 0, "{ran:?}");
+        outputs.push(format!("{ran:?}"));
+    }
+    let all = outputs.join("\n");
+    assert!(all.contains("**REDACTED**"), "the echoes are there, scrubbed: {all}");
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("svc-tripline:{password}"));
+    for secret in [password, token, basic.as_str()] {
+        let mut forms = vec![secret.to_string(), secret.replace('/', "\\/"), secret.replace('/', "\\\\/")];
+        forms.extend(encodings_of(secret));
+        for form in forms {
+            assert!(!all.contains(&form), "{form} (of {secret}) leaked:\n{all}");
+        }
     }
 }
 

@@ -49,6 +49,9 @@ const REQUEST_OPTIONS: [&str; 4] = ["query", "headers", "form", "allow_error"];
 /// The keys of `get_all`'s map that are not [`Paging`] settings.
 const PAGING_EXTRAS: [&str; 4] = ["items", "query", "headers", "max_pages"];
 
+/// How much earlier than the run's deadline a connection stops on its own.
+const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// How much of a dry run's request body its log line shows.
 const DRY_RUN_BODY_CHARS: usize = 200;
 
@@ -101,15 +104,42 @@ impl ConnectionHandle {
         }
         request.json = body;
         if self.ctx.dry_run && method != Method::GET {
+            // Not sent, but a path that would leave the connection's host fails the dry run
+            // as it would fail the real one.
+            self.conn.check_path(path, &request.query).map_err(|e| self.ctx.fail(&e))?;
             self.log_dry_run(&method, path, &request);
             let mut answer = Map::new();
             answer.insert("status".into(), Dynamic::from_int(0));
             answer.insert("dry_run".into(), Dynamic::TRUE);
             return Ok(answer);
         }
+        request.deadline = Some(self.deadline());
+        let unsafe_method = !crate::connection::is_idempotent(&method);
+        if unsafe_method && self.conn.idempotency_header().is_some() {
+            request.idempotency_key = Some(self.idempotency_key(&method, path));
+        }
+        let keyed = request.idempotency_key.is_some();
         let what = format!("{method} {}", path_only(path));
         let conn = self.conn.clone();
-        let response = self.wait(&what, async move { conn.request(method, path, request).await })?;
+        let started = std::time::Instant::now() < self.ctx.deadline;
+        let m = method.clone();
+        let response =
+            match self.ctx.within_deadline(&self.what(&what), async move { conn.request(m, path, request).await }) {
+                Ok(result) => result.map_err(|e| self.ctx.fail(&e))?,
+                // The run's deadline cut the call off from outside the connection (which stops at
+                // the same deadline itself, so this is rare): a request that is not idempotent
+                // and may have gone out must not be repeated by the run's retry.
+                Err(_) if started && unsafe_method && !keyed => {
+                    let e = ConnectionError::OutcomeUnknown {
+                        connection: self.conn.name().to_string(),
+                        method: method.to_string(),
+                        path: path_only(path).to_string(),
+                        reason: "the run's time limit ([limits] timeout_ms) cut it off".into(),
+                    };
+                    return Err(self.ctx.fail(&e));
+                }
+                Err(cut) => return Err(cut),
+            };
         Ok(response_map(response))
     }
 
@@ -118,15 +148,52 @@ impl ConnectionHandle {
         let options = paging_options(map)?;
         let conn = self.conn.clone();
         let what = format!("GET {} (all pages)", path_only(path));
-        let items = self.wait(&what, async move { conn.get_all(path, options).await })?;
+        let deadline = Some(self.deadline());
+        let items = self.wait(&what, async move { conn.get_all_until(path, options, deadline).await })?;
         Ok(items.iter().map(json_to_dynamic).collect())
     }
 
     /// Waits for a call, at most until the run's deadline; connection errors become script
     /// errors, transient when trying again later may help.
     fn wait<T>(&self, what: &str, call: impl std::future::Future<Output = Result<T, ConnectionError>>) -> Res<T> {
-        let what = format!("connection {}: {what}", self.conn.name());
-        self.ctx.within_deadline(&what, call)?.map_err(|e| self.ctx.fail(&e))
+        self.ctx.within_deadline(&self.what(what), call)?.map_err(|e| self.ctx.fail(&e))
+    }
+
+    fn what(&self, call: &str) -> String {
+        format!("connection {}: {call}", self.conn.name())
+    }
+
+    /// The run's deadline on tokio's clock, for the connection's own waits, a moment early:
+    /// the connection's own error says whether a request went out (which decides whether a
+    /// POST may be retried), so it should end the call rather than `within_deadline`'s timer
+    /// firing at the same instant.
+    fn deadline(&self) -> tokio::time::Instant {
+        let left = self.ctx.deadline.saturating_duration_since(std::time::Instant::now());
+        tokio::time::Instant::now() + left.saturating_sub(DEADLINE_MARGIN)
+    }
+
+    /// The idempotency key of this run's next non-idempotent request: a UUID-shaped digest of
+    /// the run's scope (the same on every attempt of the run), the connection, the request's
+    /// sequence number in the run, its method and path. A retry of the run makes the same
+    /// requests in the same order, so each gets the key it had before.
+    fn idempotency_key(&self, method: &Method, path: &str) -> String {
+        use sha2::Digest as _;
+        let seq = self.ctx.next_unsafe_call();
+        let mut hash = sha2::Sha256::new();
+        for part in [
+            self.ctx.idempotency_scope().as_str(),
+            self.conn.name(),
+            &seq.to_string(),
+            method.as_str(),
+            path_only(path),
+        ] {
+            hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+        let digest = hash.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
     }
 
     fn log_dry_run(&self, method: &Method, path: &str, request: &RequestOptions) {

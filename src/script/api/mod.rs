@@ -85,6 +85,10 @@ pub struct RunCtx {
     held: AtomicUsize,
     /// The thread's allocation count when the script started (see [`crate::memory`]).
     mem_start: AtomicI64,
+    /// Non-idempotent requests sent so far (their idempotency keys count them).
+    unsafe_calls: std::sync::atomic::AtomicU64,
+    /// Tells this run from every other (see [`RunCtx::idempotency_scope`]).
+    nonce: uuid::Uuid,
 }
 
 /// Most records `api.find` returns.
@@ -109,7 +113,28 @@ impl RunCtx {
             max_run_bytes: crate::config::LimitsConfig::default().max_run_bytes,
             held: AtomicUsize::new(0),
             mem_start: AtomicI64::new(crate::memory::thread_bytes()),
+            unsafe_calls: Default::default(),
+            nonce: uuid::Uuid::now_v7(),
         }
+    }
+
+    /// What stays the same across every attempt of this run and differs from every other
+    /// run: the idempotency keys of its requests derive from it. A rule's run on an event
+    /// (`comment_key` `event:ID:rule:NAME`) is retried and replayed as the same run, so the
+    /// event and rule are the scope; any other run (a job's, whose next tick is a new run)
+    /// is its own scope.
+    pub fn idempotency_scope(&self) -> String {
+        if self.comment_key.starts_with("event:") {
+            self.comment_key.clone()
+        } else {
+            format!("{}:run:{}", self.comment_key, self.nonce)
+        }
+    }
+
+    /// The sequence number (from 1) of the next non-idempotent request this run sends: with
+    /// [`RunCtx::idempotency_scope`], it names the request the same way on every attempt.
+    pub fn next_unsafe_call(&self) -> u64 {
+        self.unsafe_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
     }
 
     /// Appends a line to the run's log (secrets redacted). A line that would take the run

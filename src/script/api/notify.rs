@@ -1,9 +1,11 @@
 //! `api.notify(channel, subject, body)`: a message to people through a `[notify.NAME]` channel
 //! (a Teams / Slack / HTTP webhook, or email).
 //!
-//! The send completes before the script goes on; a failure is a script error (transient when
-//! the receiver was unreachable or answered 5xx, so the run is retried). In a dry run the
-//! channel is checked and the message is logged, not sent.
+//! The send completes before the script goes on, within the run's deadline (`[limits]
+//! timeout_ms`) like every host call: a receiver that does not answer cannot hold the run
+//! past it. A failure is a script error (transient when the receiver was unreachable, answered
+//! 5xx or the deadline came first, so the run is retried). In a dry run the channel is
+//! checked and the message is logged, not sent.
 
 use rhai::{Dynamic, Engine};
 
@@ -21,7 +23,8 @@ pub(super) fn register(engine: &mut Engine) {
             ctx.log("info", &format!("notify {channel} (dry run, not sent): {subject}"));
             return Ok(());
         }
-        match notifier.send(channel, subject, &body) {
+        let what = format!("notify {channel}");
+        match ctx.within_deadline(&what, notifier.send_async(channel, subject, &body))? {
             Ok(()) => {
                 ctx.log("info", &format!("notified {channel}: {subject}"));
                 Ok(())
