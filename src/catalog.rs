@@ -14,11 +14,13 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use rhai::AST;
 
 use crate::diag::Diagnostic;
 use crate::rule::{compile_rule, Rule, RuleSet};
 use crate::script::ScriptEngine;
+pub use crate::store::{FileKind, StoredFile};
 
 /// Compiled rules and scripts.
 #[derive(Default)]
@@ -29,13 +31,29 @@ pub struct Catalog {
     /// The problems of the files in error when this catalog was built. A file listed here runs
     /// in its last good version when it had one, and is left out otherwise.
     pub problems: Vec<Diagnostic>,
-    /// Each script's source hash, so that a reload recompiles only the scripts that changed.
-    script_hashes: HashMap<String, u64>,
+    /// Each script's source in force, so that a reload recompiles only the scripts that
+    /// changed and the store can keep the last good versions.
+    script_sources: HashMap<String, Source>,
     /// The last good text of each rule file, by path: a rule file that breaks is rebuilt from
     /// it. (Rules are rebuilt rather than shared because a rule set owns its rules.)
-    rule_sources: HashMap<PathBuf, Arc<str>>,
+    rule_sources: HashMap<PathBuf, Source>,
     /// A hash of every file read (names and contents): equal fingerprints mean equal folders.
     fingerprint: u64,
+}
+
+/// The text of a file in force: the file's current text, or its last good one.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub hash: u64,
+    pub text: Arc<str>,
+    /// When this text first loaded.
+    pub loaded_at: DateTime<Utc>,
+}
+
+impl Source {
+    fn new(text: &str, loaded_at: DateTime<Utc>) -> Source {
+        Source { hash: hash_of(text), text: text.into(), loaded_at }
+    }
 }
 
 /// What a reload did, for logs, metrics and `/healthz`.
@@ -193,6 +211,55 @@ impl Catalog {
         Self::build(engine, rules_dir, scripts_dir, Some(previous))
     }
 
+    /// The rule and script files in force, with their texts (a broken file's last good one),
+    /// for the store to keep: `tripline run` after a restart starts from them
+    /// ([`Catalog::from_stored`]) when a file is broken.
+    pub fn files(&self, rules_dir: &Path) -> Vec<StoredFile> {
+        let mut out: Vec<StoredFile> = self
+            .script_sources
+            .iter()
+            .map(|(rel, s)| StoredFile {
+                kind: FileKind::Script,
+                path: rel.clone(),
+                text: s.text.to_string(),
+                loaded_at: s.loaded_at,
+            })
+            .collect();
+        for (path, s) in &self.rule_sources {
+            let rel = path.strip_prefix(rules_dir).unwrap_or(path);
+            let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+            out.push(StoredFile { kind: FileKind::Rule, path: rel, text: s.text.to_string(), loaded_at: s.loaded_at });
+        }
+        out.sort_by(|a, b| (a.kind.as_str(), &a.path).cmp(&(b.kind.as_str(), &b.path)));
+        out
+    }
+
+    /// A catalog of stored last good versions, to build the first catalog of a start from
+    /// (as [`Catalog::reload`]'s `previous`): a file that is broken on disk then runs its
+    /// stored version. A stored text that no longer compiles (after an upgrade) is left out.
+    pub fn from_stored(engine: &ScriptEngine, rules_dir: &Path, scripts_dir: &Path, files: &[StoredFile]) -> Catalog {
+        let mut catalog = Catalog::default();
+        let guard = |w: &str| engine.compile_guard(w);
+        for f in files {
+            let source = Source { hash: hash_of(&f.text), text: f.text.as_str().into(), loaded_at: f.loaded_at };
+            match f.kind {
+                FileKind::Script => {
+                    if let Ok(ast) = engine.compile(&scripts_dir.join(&f.path), &f.text) {
+                        catalog.scripts.insert(f.path.clone(), Arc::new(ast));
+                        catalog.script_sources.insert(f.path.clone(), source);
+                    }
+                }
+                FileKind::Rule => {
+                    let path = rules_dir.join(&f.path);
+                    if compile_rule(&path, &f.text, &guard).is_ok() {
+                        catalog.rule_sources.insert(path, source);
+                    }
+                }
+            }
+        }
+        catalog
+    }
+
     /// Whether this catalog was built from exactly the same files as `other`.
     pub fn same_files_as(&self, other: &Catalog) -> bool {
         self.fingerprint == other.fingerprint
@@ -201,21 +268,23 @@ impl Catalog {
     fn build(engine: &ScriptEngine, rules_dir: &Path, scripts_dir: &Path, previous: Option<&Catalog>) -> Catalog {
         let mut diags = Vec::new();
         let mut fingerprint = DefaultHasher::new();
+        let now = Utc::now();
         let mut scripts = HashMap::new();
-        let mut script_hashes = HashMap::new();
+        let mut script_sources = HashMap::new();
         let mut broken_scripts = Vec::new();
-        let keep_script = |rel: &str, scripts: &mut HashMap<String, Arc<AST>>, hashes: &mut HashMap<String, u64>| {
-            if let Some(p) = previous {
-                if let Some(ast) = p.scripts.get(rel) {
-                    scripts.insert(rel.to_string(), ast.clone());
-                    if let Some(h) = p.script_hashes.get(rel) {
-                        hashes.insert(rel.to_string(), *h);
+        let keep_script =
+            |rel: &str, scripts: &mut HashMap<String, Arc<AST>>, sources: &mut HashMap<String, Source>| {
+                if let Some(p) = previous {
+                    if let Some(ast) = p.scripts.get(rel) {
+                        scripts.insert(rel.to_string(), ast.clone());
+                        if let Some(s) = p.script_sources.get(rel) {
+                            sources.insert(rel.to_string(), s.clone());
+                        }
+                        return true;
                     }
-                    return true;
                 }
-            }
-            false
-        };
+                false
+            };
         match files_with_extension(scripts_dir, "rhai") {
             Ok(listing) => {
                 diags.extend(listing.problems);
@@ -224,7 +293,7 @@ impl Catalog {
                         Ok(s) => s,
                         Err(e) => {
                             diags.push(Diagnostic::file(&path, format!("cannot read script: {e}")));
-                            keep_script(&rel, &mut scripts, &mut script_hashes);
+                            keep_script(&rel, &mut scripts, &mut script_sources);
                             broken_scripts.push(rel);
                             continue;
                         }
@@ -232,21 +301,22 @@ impl Catalog {
                     let hash = hash_of(&src);
                     (&rel, hash).hash(&mut fingerprint);
                     let unchanged = previous
-                        .and_then(|p| Some((p.script_hashes.get(&rel)?, p.scripts.get(&rel)?)))
-                        .filter(|(h, _)| **h == hash);
-                    if let Some((_, ast)) = unchanged {
+                        .and_then(|p| Some((p.script_sources.get(&rel)?, p.scripts.get(&rel)?)))
+                        .filter(|(s, _)| s.hash == hash);
+                    if let Some((source, ast)) = unchanged {
                         scripts.insert(rel.clone(), ast.clone());
-                        script_hashes.insert(rel, hash);
+                        script_sources.insert(rel, source.clone());
                         continue;
                     }
                     match engine.compile(&path, &src) {
                         Ok(ast) => {
                             scripts.insert(rel.clone(), Arc::new(ast));
-                            script_hashes.insert(rel, hash);
+                            script_sources.insert(rel, Source::new(&src, now));
                         }
                         Err(mut d) => {
-                            if keep_script(&rel, &mut scripts, &mut script_hashes) {
-                                d.message.push_str(" (the last good version keeps running)");
+                            if keep_script(&rel, &mut scripts, &mut script_sources) {
+                                let at = script_sources.get(&rel).map(|s| s.loaded_at);
+                                d.message.push_str(&kept_since(at));
                             }
                             diags.push(d);
                             broken_scripts.push(rel);
@@ -259,18 +329,18 @@ impl Catalog {
                 // A folder that cannot be read (mid-swap, permissions) keeps every script.
                 if let Some(p) = previous {
                     scripts.clone_from(&p.scripts);
-                    script_hashes.clone_from(&p.script_hashes);
+                    script_sources.clone_from(&p.script_sources);
                 }
             }
         }
 
         let mut rules: Vec<Rule> = Vec::new();
-        let mut rule_sources: HashMap<PathBuf, Arc<str>> = HashMap::new();
+        let mut rule_sources: HashMap<PathBuf, Source> = HashMap::new();
         let guard = |w: &str| engine.compile_guard(w);
         // The last good version of a rule file, when it had one.
-        let last_good = |path: &Path| -> Option<(Rule, Arc<str>)> {
+        let last_good = |path: &Path| -> Option<(Rule, Source)> {
             let src = previous?.rule_sources.get(path)?.clone();
-            compile_rule(path, &src, &guard).ok().map(|r| (r, src))
+            compile_rule(path, &src.text, &guard).ok().map(|r| (r, src))
         };
         let rule_files = match files_with_extension(rules_dir, "toml") {
             Ok(listing) => {
@@ -297,7 +367,8 @@ impl Catalog {
                 Ok(s) => s,
                 Err(e) => {
                     let kept = last_good(&path);
-                    diags.push(Diagnostic::file(&path, format!("cannot read rule: {e}{}", kept_note(kept.is_some()))));
+                    let note = kept.as_ref().map(|(_, s)| kept_since(Some(s.loaded_at))).unwrap_or_default();
+                    diags.push(Diagnostic::file(&path, format!("cannot read rule: {e}{note}")));
                     if let Some((rule, src)) = kept {
                         rule_sources.insert(path, src);
                         rules.push(rule);
@@ -315,23 +386,29 @@ impl Catalog {
                     vec![Diagnostic::span(&path, &src, script_span(&src), msg + kept_note(kept))]
                 };
                 // A script deleted under a rule that still names it keeps its last good version.
-                if keep_script(&rule.script, &mut scripts, &mut script_hashes) {
+                if keep_script(&rule.script, &mut scripts, &mut script_sources) {
                     diags.extend(missing(true));
                     return Ok(rule);
                 }
                 Err(missing(false))
             });
             let (rule, source) = match compiled {
-                Ok(rule) => (rule, Arc::<str>::from(src)),
+                Ok(rule) => {
+                    let source = match previous.and_then(|p| p.rule_sources.get(&path)) {
+                        Some(s) if s.hash == hash_of(&src) => s.clone(),
+                        _ => Source::new(&src, now),
+                    };
+                    (rule, source)
+                }
                 // The last good rule runs only with its script, itself possibly a last good
                 // version (the file broke and its script was deleted in the same change).
                 Err(mut d) => match last_good(&path) {
                     Some((rule, src))
                         if scripts.contains_key(&rule.script)
-                            || keep_script(&rule.script, &mut scripts, &mut script_hashes) =>
+                            || keep_script(&rule.script, &mut scripts, &mut script_sources) =>
                     {
                         if let Some(first) = d.first_mut() {
-                            first.message.push_str(kept_note(true));
+                            first.message.push_str(&kept_since(Some(src.loaded_at)));
                         }
                         diags.extend(d);
                         (rule, src)
@@ -356,10 +433,18 @@ impl Catalog {
             rules: RuleSet::new(rules),
             scripts,
             problems: diags,
-            script_hashes,
+            script_sources,
             rule_sources,
             fingerprint: fingerprint.finish(),
         }
+    }
+}
+
+/// The note on a problem whose file runs its last good version.
+fn kept_since(loaded_at: Option<DateTime<Utc>>) -> String {
+    match loaded_at {
+        Some(at) => format!(" (the last good version keeps running, loaded {})", at.format("%Y-%m-%d %H:%M:%S UTC")),
+        None => kept_note(true).to_string(),
     }
 }
 

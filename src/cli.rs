@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
 use crate::catalog::Catalog;
-use crate::config::{Config, EngineConfig};
+use crate::config::{Config, EngineConfig, Secrets};
 use crate::diag::Diagnostic;
 use crate::record::{from_value, EventKind};
 use crate::runtime::Runtime;
@@ -42,8 +42,8 @@ pub enum Command {
     Runs(RunsArgs),
     /// Runs a failed or dead run again.
     Replay {
-        /// The run's id (from `tripline runs`).
-        run_id: i64,
+        /// The run's id, as `tripline runs` shows it (`15` or `#15`).
+        run_id: String,
     },
     /// Records and tickets.
     #[command(subcommand)]
@@ -177,7 +177,8 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
             // The daemon runs scripts on the runtime's blocking threads: script stacks.
             let stack = crate::memory::script_stack_bytes(configured_max_run_bytes(&cli.config));
             let io = tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(stack).build()?;
-            let runtime = build_on(&cli.config, Some(io.handle().clone()))?;
+            // The daemon uses everything it is configured with: every secret must be set.
+            let runtime = build_on(&cli.config, Some(io.handle().clone()), Secrets::Resolve)?;
             crate::daemon::run_blocking(io, runtime)
         }
         Command::Job(JobCommand::Run { name, json }) => job_run(&build(&cli.config)?, &name, json),
@@ -187,10 +188,10 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Fire(args) => fire(&build(&cli.config)?, args),
         Command::Test(args) => test(&build(&cli.config)?, args),
-        Command::Runs(args) => runs(&build(&cli.config)?, args),
-        Command::Replay { run_id } => replay(&build(&cli.config)?, run_id),
-        Command::Records(cmd) => records(&build(&cli.config)?, cmd),
-        Command::Backup { path } => backup(&cli.config, &path),
+        Command::Runs(args) => runs(&open_store(&cli.config)?, args),
+        Command::Replay { run_id } => replay(&cli.config, &run_id),
+        Command::Records(cmd) => records(&open_store(&cli.config)?, cmd),
+        Command::Backup { path } => backup(&open_store(&cli.config)?, &path),
     }
 }
 
@@ -213,18 +214,41 @@ pub fn configured_max_run_bytes(config: &Path) -> usize {
         .unwrap_or_else(|| crate::config::LimitsConfig::default().max_run_bytes)
 }
 
+/// A runtime for a command that runs scripts now (`fire`, `test`, `job run`, `replay`,
+/// `connection ...`): secrets are resolved by what uses them, so a connection whose password
+/// is not set in this shell fails only the runs that call it.
 fn build(config: &Path) -> Result<Runtime, Failure> {
-    build_on(config, None)
+    build_on(config, None, Secrets::Defer)
 }
 
-fn build_on(config: &Path, handle: Option<tokio::runtime::Handle>) -> Result<Runtime, Failure> {
-    let mut builder = Runtime::builder().config_file(config);
+fn build_on(config: &Path, handle: Option<tokio::runtime::Handle>, secrets: Secrets) -> Result<Runtime, Failure> {
+    let mut builder = Runtime::builder().config_file(config).secrets(secrets);
     if let Some(h) = handle {
         builder = builder.handle(h);
     }
     builder
         .build()
         .map_err(|e| Failure { message: format!("{e}\n(run `tripline check` for the full report)"), code: 1 })
+}
+
+/// What a read-only command works with: the configuration as far as it locates things, and
+/// the store. Nothing else is built: no rule, script or secret is needed to read history or
+/// copy the store, so these commands work while a file is broken or a secret is unset.
+struct ReadOnly {
+    config: Config,
+    store: std::sync::Arc<dyn crate::store::Store>,
+}
+
+fn open_store(config_path: &Path) -> Result<ReadOnly, Failure> {
+    let source = Config::read(config_path).map_err(diagnostics)?;
+    // Problems of the sections (the ones `check` reports) do not stop reading the history.
+    let (config, _) = Config::parse_with(&source, config_path, Secrets::Defer).map_err(diagnostics)?;
+    let store = crate::store::sqlite::SqliteStore::open_dir(&config.engine.data_dir)?;
+    Ok(ReadOnly { config, store: std::sync::Arc::new(store) })
+}
+
+fn diagnostics(d: Vec<Diagnostic>) -> Failure {
+    Failure { message: crate::diag::Diagnostics(d).to_string(), code: 1 }
 }
 
 /// Every problem of the configuration, rules and scripts (and the example folders).
@@ -551,9 +575,9 @@ fn test(rt: &Runtime, args: TestArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn runs(rt: &Runtime, args: RunsArgs) -> Result<u8, Failure> {
-    let filter = RunFilter { failed: args.failed, rule: args.rule, record_id: args.record, limit: args.limit };
-    let runs = rt.runs(&filter)?;
+fn runs(ro: &ReadOnly, args: RunsArgs) -> Result<u8, Failure> {
+    let filter = RunFilter { failed: args.failed, rule: args.rule.clone(), record_id: args.record, limit: args.limit };
+    let runs = ro.store.runs(&filter)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(0);
@@ -565,15 +589,33 @@ fn runs(rt: &Runtime, args: RunsArgs) -> Result<u8, Failure> {
         print_run(&mut out, run)?;
     }
     if runs.is_empty() {
-        writeln!(out, "no runs")?;
+        // A job's runs are `job:NAME`: the likely slip is the job's bare name.
+        let hint = match &args.rule {
+            Some(r) if !r.starts_with("job:") && ro.config.raw.jobs.contains_key(r) => {
+                format!(" (runs of job {r} are listed with --rule job:{r})")
+            }
+            _ => String::new(),
+        };
+        writeln!(out, "no runs{hint}")?;
     }
     Ok(0)
 }
 
-fn replay(rt: &Runtime, run_id: i64) -> Result<u8, Failure> {
-    let Some(previous) = rt.store().get_run(run_id)? else {
+/// A run id as `tripline runs` prints it (`#15`) or as a number.
+fn parse_run_id(text: &str) -> Result<i64, Failure> {
+    text.trim().trim_start_matches('#').parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| Failure {
+        message: format!("{text:?} is not a run id: give the number `tripline runs` shows, as 15 or #15"),
+        code: 1,
+    })
+}
+
+fn replay(config: &Path, run_id: &str) -> Result<u8, Failure> {
+    let run_id = parse_run_id(run_id)?;
+    // The run is looked up before anything is built, so that a wrong id is said as such.
+    let Some(previous) = open_store(config)?.store.get_run(run_id)? else {
         return Err(Failure { message: format!("no run with id {run_id}"), code: 1 });
     };
+    let rt = &build(config)?;
     if previous.status == RunStatus::Ok {
         return Err(Failure {
             message: format!("run {run_id} ended ok; only failed, retrying or dead runs are replayed"),
@@ -592,13 +634,16 @@ fn replay(rt: &Runtime, run_id: i64) -> Result<u8, Failure> {
     Ok(if run.status == RunStatus::Ok { 0 } else { 1 })
 }
 
-fn records(rt: &Runtime, cmd: RecordsCommand) -> Result<u8, Failure> {
+fn records(ro: &ReadOnly, cmd: RecordsCommand) -> Result<u8, Failure> {
     match cmd {
         RecordsCommand::List { entity, limit, json } => {
-            let found = rt.store().find_records(&entity, &Default::default(), limit)?;
+            let found = ro.store.find_records(&entity, &Default::default(), limit)?;
             if found.is_empty() {
-                let known = rt.store().entities()?;
-                let in_rules = rt.catalog().rules.rules().iter().any(|r| r.entity == entity);
+                let known = ro.store.entities()?;
+                // Rules that load name entities too (a broken rule file just says nothing).
+                let engine = ScriptEngine::new(&ro.config.limits, &[]);
+                let (catalog, _) = Catalog::load(&engine, &ro.config.engine.rules_dir, &ro.config.engine.scripts_dir);
+                let in_rules = catalog.rules.rules().iter().any(|r| r.entity == entity);
                 if !known.contains(&entity) && !in_rules {
                     let hint = match crate::diag::did_you_mean(&entity, known.iter().map(String::as_str)) {
                         Some(s) => format!("; did you mean {s:?}?"),
@@ -625,8 +670,8 @@ fn records(rt: &Runtime, cmd: RecordsCommand) -> Result<u8, Failure> {
             }
         }
         RecordsCommand::Show { id, json } => {
-            let r = rt
-                .store()
+            let r = ro
+                .store
                 .get_record(&id)?
                 .ok_or_else(|| Failure { message: format!("no record with id {id:?}"), code: 1 })?;
             if json {
@@ -646,14 +691,11 @@ fn records(rt: &Runtime, cmd: RecordsCommand) -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn backup(config: &Path, to: &Path) -> Result<u8, Failure> {
+fn backup(ro: &ReadOnly, to: &Path) -> Result<u8, Failure> {
     if to.exists() {
         return Err(Failure { message: format!("{} already exists", to.display()), code: 1 });
     }
-    let config =
-        Config::load(config).map_err(|d| Failure { message: crate::diag::Diagnostics(d).to_string(), code: 1 })?;
-    let store = crate::store::sqlite::SqliteStore::open_dir(&config.engine.data_dir)?;
-    store.backup(to)?;
+    ro.store.backup(to)?;
     println!("store copied to {}", to.display());
     Ok(0)
 }

@@ -698,6 +698,8 @@ fn health_report(runtime: Arc<Runtime>, status: Arc<Mutex<Status>>) -> crate::we
         let files_in_error: Vec<Value> = catalog
             .problems
             .iter()
+            .chain(runtime.start_problems())
+            .filter(|d| d.is_error())
             .map(|d| {
                 json!({
                     "path": d.path.display().to_string(),

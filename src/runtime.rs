@@ -42,6 +42,7 @@ pub struct RuntimeBuilder {
     store: Option<Arc<dyn Store>>,
     hooks: Vec<EngineHook>,
     handle: Option<tokio::runtime::Handle>,
+    secrets: crate::config::Secrets,
 }
 
 impl RuntimeBuilder {
@@ -70,6 +71,18 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How the configuration file's secrets are handled: [`Secrets::Resolve`] (the default)
+    /// refuses a configuration with an unset `${VAR}`; with [`Secrets::Defer`], a connection
+    /// whose secrets cannot be resolved is left out, and the runs that use it fail saying
+    /// why, while everything else works.
+    ///
+    /// [`Secrets::Resolve`]: crate::config::Secrets::Resolve
+    /// [`Secrets::Defer`]: crate::config::Secrets::Defer
+    pub fn secrets(mut self, secrets: crate::config::Secrets) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
     /// Drives LDAP and HTTP calls on this tokio runtime. Without it, the runtime in whose
     /// context `build` is called is used, or else a small one of its own is started.
     pub fn handle(mut self, handle: tokio::runtime::Handle) -> Self {
@@ -81,23 +94,36 @@ impl RuntimeBuilder {
     pub fn build(self) -> Result<Runtime, BuildError> {
         let config = match (self.config, &self.config_path) {
             (Some(c), _) => c,
-            (None, Some(p)) => Config::load(p).map_err(BuildError::Invalid)?,
+            (None, Some(p)) => Config::load_with(p, self.secrets).map_err(BuildError::Invalid)?,
             (None, None) => Config::with_engine(EngineConfig::default()),
         };
         let scripts = Arc::new(ScriptEngine::new(&config.limits, &self.hooks));
-        let (catalog, mut diags) = Catalog::load(&scripts, &config.engine.rules_dir, &config.engine.scripts_dir);
-        let jobs = crate::jobs::build_jobs(&config, &catalog, &mut diags);
-        if crate::diag::any_error(&diags) {
-            return Err(BuildError::Invalid(diags));
-        }
-        for d in config.warnings.iter().chain(&diags) {
-            tracing::warn!(problem = %d, "A warning of the configuration, rules or scripts.");
-        }
         let store = match self.store {
             Some(s) => s,
             None => Arc::new(SqliteStore::open_dir(&config.engine.data_dir)?),
         };
         store.set_max_fanout(config.engine.max_fanout);
+        // A file that is broken now runs the version that last loaded, even after a restart;
+        // a file that never loaded is left out. Either way every other rule runs, and the
+        // problems are reported (`check` still fails on them).
+        let (rules_dir, scripts_dir) = (&config.engine.rules_dir, &config.engine.scripts_dir);
+        let stored = store.catalog_files().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "The last good versions of the rules and scripts cannot be read.");
+            Vec::new()
+        });
+        let seed = Catalog::from_stored(&scripts, rules_dir, scripts_dir, &stored);
+        let catalog = Catalog::reload(&scripts, rules_dir, scripts_dir, &seed);
+        let mut start_problems = Vec::new();
+        let jobs = crate::jobs::build_jobs(&config, &catalog, &mut start_problems);
+        for d in config.warnings.iter().chain(&catalog.problems).chain(&start_problems) {
+            tracing::warn!(problem = %d, "A problem in the configuration, rules or scripts; `tripline check` lists them all.");
+        }
+        let runtime_files = catalog.files(rules_dir);
+        if runtime_files != stored {
+            if let Err(e) = store.save_catalog_files(&runtime_files) {
+                tracing::warn!(error = %e, "The rules and scripts in force cannot be kept as last good versions.");
+            }
+        }
         let (handle, owned) = match self.handle.or_else(|| tokio::runtime::Handle::try_current().ok()) {
             Some(h) => (h, None),
             None => {
@@ -110,7 +136,7 @@ impl RuntimeBuilder {
                 (rt.handle().clone(), Some(rt))
             }
         };
-        let hosts = build_hosts(&config, &store, handle).map_err(BuildError::Invalid)?;
+        let hosts = build_hosts(&config, &store, handle, self.secrets).map_err(BuildError::Invalid)?;
         Ok(Runtime {
             config: Arc::new(config),
             store,
@@ -118,6 +144,7 @@ impl RuntimeBuilder {
             catalog: ArcSwap::from_pointee(catalog),
             hosts: Arc::new(hosts),
             jobs,
+            start_problems,
             owner: claim_owner(),
             _io: owned.map(OwnedRuntime),
         })
@@ -129,6 +156,7 @@ fn build_hosts(
     config: &Config,
     store: &Arc<dyn Store>,
     handle: tokio::runtime::Handle,
+    secrets: crate::config::Secrets,
 ) -> Result<Hosts, Vec<Diagnostic>> {
     let path = config.path.clone().unwrap_or_else(|| PathBuf::from("tripline.toml"));
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -150,6 +178,10 @@ fn build_hosts(
         match cfg.get_ref().build(name, tokens.clone()) {
             Ok(c) => {
                 hosts.connections.insert(name.clone(), Arc::new(c));
+            }
+            Err(e) if secrets == crate::config::Secrets::Defer => {
+                tracing::debug!(connection = %name, error = %e, "Connection left out: it fails the runs that use it.");
+                hosts.unavailable_connections.insert(name.clone(), e.to_string());
             }
             Err(e) => diags.push(Diagnostic::file(&path, format!("connections.{name}: {e}"))),
         }
@@ -184,6 +216,9 @@ pub struct Runtime {
     catalog: ArcSwap<Catalog>,
     hosts: Arc<Hosts>,
     jobs: std::collections::BTreeMap<String, crate::scheduler::Job>,
+    /// Problems found building the runtime beyond the catalog's (a job whose script is not
+    /// loaded, a rule naming an unknown notification channel): what they name is left out.
+    start_problems: Vec<Diagnostic>,
     /// Who this runtime is in event claims: `pid@host/instance`.
     owner: String,
     _io: Option<OwnedRuntime>,
@@ -257,21 +292,29 @@ impl Runtime {
         &self.scripts
     }
 
-    /// Reloads rules and scripts from their folders; on any problem the catalog in force is
-    /// kept and the problems are returned.
-    pub fn reload(&self) -> Result<(), Vec<Diagnostic>> {
-        let (catalog, diags) =
-            Catalog::load(&self.scripts, &self.config.engine.rules_dir, &self.config.engine.scripts_dir);
-        if crate::diag::any_error(&diags) {
-            return Err(diags);
-        }
-        self.catalog.store(Arc::new(catalog));
-        Ok(())
+    /// Reloads rules and scripts from their folders: files in error keep their last good
+    /// version (see [`Catalog::reload`]); returns the problems.
+    pub fn reload(&self) -> Vec<Diagnostic> {
+        let engine = &self.config.engine;
+        let next = Catalog::reload(&self.scripts, &engine.rules_dir, &engine.scripts_dir, &self.catalog());
+        let problems = next.problems.clone();
+        self.swap_catalog(next);
+        problems
     }
 
-    /// Replaces the catalog (a reload built elsewhere).
+    /// Puts a catalog in force (a reload built elsewhere) and keeps its files as the last good
+    /// versions for the next start.
     pub fn swap_catalog(&self, catalog: Catalog) {
+        let files = catalog.files(&self.config.engine.rules_dir);
         self.catalog.store(Arc::new(catalog));
+        if let Err(e) = self.store.save_catalog_files(&files) {
+            tracing::warn!(error = %e, "The rules and scripts in force cannot be kept as last good versions.");
+        }
+    }
+
+    /// Problems found at start beyond the catalog's (see [`Catalog::problems`]).
+    pub fn start_problems(&self) -> &[Diagnostic] {
+        &self.start_problems
     }
 
     /// Stores events (nothing runs yet; the dispatcher picks them up); see [`Store::ingest`].

@@ -496,7 +496,13 @@ stale_after = "24h"
         }
         let file: File = toml::from_str(source).unwrap();
         let path = std::path::Path::new("tripline.toml");
-        let mut ctx = CheckCtx { path, source, base_dir: std::path::Path::new("."), diags: Vec::new() };
+        let mut ctx = CheckCtx {
+            path,
+            source,
+            base_dir: std::path::Path::new("."),
+            diags: Vec::new(),
+            secrets: Default::default(),
+        };
         for (name, job) in &file.jobs {
             job.get_ref().check(name, job.span(), &mut ctx);
         }

@@ -222,6 +222,19 @@ pub struct CheckCtx<'a> {
     /// The folder relative paths resolve against.
     pub base_dir: &'a Path,
     pub diags: Vec<Diagnostic>,
+    pub secrets: Secrets,
+}
+
+/// Whether loading a configuration resolves its `${...}` secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Secrets {
+    /// Every secret must resolve: an unset variable is a problem (`check`, the daemon).
+    #[default]
+    Resolve,
+    /// Secrets are resolved by what uses them, when it does (`fire`, `test`, `replay`, ...):
+    /// a connection whose password is not set fails the runs that use it, and nothing else.
+    /// Only the syntax of the references is checked.
+    Defer,
 }
 
 impl CheckCtx<'_> {
@@ -245,6 +258,14 @@ impl CheckCtx<'_> {
 
     /// Resolves a secret, recording a problem (naming `what`) when it cannot be.
     pub fn secret(&mut self, secret: &SecretRef, what: &str) -> Option<Secret> {
+        if self.secrets == Secrets::Defer {
+            if let Err(e) = secret::resolve_with(secret.0.get_ref(), |_| Some(String::new())) {
+                if e == secret::SecretError::Unterminated {
+                    self.error(secret.span(), format!("{what}: {e}"));
+                }
+            }
+            return None;
+        }
         match secret.resolve() {
             Ok(s) => Some(s),
             Err(e) => {
@@ -267,10 +288,19 @@ impl Config {
         Self::from_str(&Self::read(path)?, path)
     }
 
+    /// [`Config::load`] with the given handling of secrets.
+    pub fn load_with(path: &Path, secrets: Secrets) -> Result<Config, Vec<Diagnostic>> {
+        Self::from_str_with(&Self::read(path)?, path, secrets)
+    }
+
     /// Validates configuration text that was read from `path`. Warnings do not refuse it:
     /// they are kept in [`Config::warnings`].
     pub fn from_str(source: &str, path: &Path) -> Result<Config, Vec<Diagnostic>> {
-        match Self::parse(source, path) {
+        Self::from_str_with(source, path, Secrets::Resolve)
+    }
+
+    fn from_str_with(source: &str, path: &Path, secrets: Secrets) -> Result<Config, Vec<Diagnostic>> {
+        match Self::parse_with(source, path, secrets) {
             Ok((config, diags)) if !crate::diag::any_error(&diags) => Ok(Config { warnings: diags, ..config }),
             Ok((_, diags)) | Err(diags) => Err(diags),
         }
@@ -280,11 +310,20 @@ impl Config {
     /// when the file does not parse at all; otherwise the config is usable for locating the
     /// rule and script folders even when sections have problems (so `check` reports those too).
     pub fn parse(source: &str, path: &Path) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
+        Self::parse_with(source, path, Secrets::Resolve)
+    }
+
+    /// [`Config::parse`] with the given handling of secrets.
+    pub fn parse_with(
+        source: &str,
+        path: &Path,
+        secrets: Secrets,
+    ) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
         let raw: RawConfig = toml::from_str(source)
             .map_err(|e| vec![Diagnostic::span(path, source, e.span(), e.message().trim_end().to_string())])?;
         // An empty parent (a bare file name) keeps paths relative to the working folder.
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let mut ctx = CheckCtx { path, source, base_dir: &base_dir, diags: Vec::new() };
+        let mut ctx = CheckCtx { path, source, base_dir: &base_dir, diags: Vec::new(), secrets };
         raw.check(&mut ctx);
         let diags = ctx.diags;
         let mut engine = raw.engine.clone();

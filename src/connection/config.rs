@@ -779,7 +779,8 @@ mod tests {
         }
         let file: File = toml::from_str(source).expect("parses");
         let path = Path::new("tripline.toml");
-        let mut ctx = CheckCtx { path, source, base_dir: Path::new("."), diags: Vec::new() };
+        let mut ctx =
+            CheckCtx { path, source, base_dir: Path::new("."), diags: Vec::new(), secrets: Default::default() };
         for (name, c) in &file.connections {
             c.get_ref().check(name, c.span(), &mut ctx);
         }

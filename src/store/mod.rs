@@ -91,6 +91,38 @@ impl Write {
     }
 }
 
+/// A rule or script file in force, as the store keeps it (`path` relative to its folder).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFile {
+    pub kind: FileKind,
+    pub path: String,
+    pub text: String,
+    pub loaded_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Rule,
+    Script,
+}
+
+impl FileKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::Rule => "rule",
+            FileKind::Script => "script",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FileKind> {
+        match s {
+            "rule" => Some(FileKind::Rule),
+            "script" => Some(FileKind::Script),
+            _ => None,
+        }
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -230,6 +262,13 @@ pub trait Store: Send + Sync {
     fn set_max_fanout(&self, max: u64);
     /// Queues a set-aside event again (the replay of its [`SET_ASIDE`] run).
     fn requeue_event(&self, event_id: i64) -> Result<()>;
+    /// The rule and script files that were in force when the catalog last changed (their
+    /// last good versions).
+    fn catalog_files(&self) -> Result<Vec<StoredFile>>;
+    /// Replaces the stored catalog files with these.
+    fn save_catalog_files(&self, files: &[StoredFile]) -> Result<()>;
+    /// Writes a consistent copy of the store to `to` while it is in use (`tripline backup`).
+    fn backup(&self, to: &std::path::Path) -> Result<()>;
 }
 
 /// The `rule` of the run that records an event set aside without running any rule: its row

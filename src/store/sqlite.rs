@@ -16,7 +16,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-use super::{Ingest, Result, Run, RunFilter, RunStatus, Store, StoreError, Write, SET_ASIDE};
+use super::{FileKind, Ingest, Result, Run, RunFilter, RunStatus, Store, StoreError, StoredFile, Write, SET_ASIDE};
 use crate::record::{Comment, Event, EventKind, Fields, Record, Status};
 
 /// Schema migrations, applied in order; `user_version` counts the ones applied.
@@ -99,6 +99,17 @@ CREATE INDEX runs_retrying ON runs(next_attempt_at) WHERE status = 'retrying';
 ALTER TABLE events ADD COLUMN tries INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE events ADD COLUMN root_id INTEGER;
 ALTER TABLE events ADD COLUMN fanout INTEGER NOT NULL DEFAULT 0;
+"#,
+    // The last good version of every rule and script file, so that a start with a broken
+    // file runs the version that last loaded instead of leaving its rule out.
+    r#"
+CREATE TABLE catalog_files (
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL,
+    text TEXT NOT NULL,
+    loaded_at TEXT NOT NULL,
+    PRIMARY KEY (kind, path)
+);
 "#,
 ];
 
@@ -243,13 +254,6 @@ impl SqliteStore {
         // A panic while holding the lock cannot leave SQLite half-written (transactions roll
         // back on drop), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Copies the database, consistently, while it is in use (`tripline backup`).
-    pub fn backup(&self, to: &Path) -> Result<()> {
-        let conn = self.conn();
-        conn.execute("VACUUM INTO ?1", params![to.to_string_lossy()])?;
-        Ok(())
     }
 }
 
@@ -1012,6 +1016,44 @@ impl Store for SqliteStore {
             .query_row("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2", params![namespace, key], |r| r.get(0))
             .optional()?;
         v.as_deref().map(json).transpose()
+    }
+
+    fn catalog_files(&self) -> Result<Vec<StoredFile>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT kind, path, text, loaded_at FROM catalog_files ORDER BY kind, path")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (kind, path, text, at) = row?;
+            let kind =
+                FileKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("catalog file kind {kind:?}")))?;
+            out.push(StoredFile { kind, path, text, loaded_at: parse_ts(&at)? });
+        }
+        Ok(out)
+    }
+
+    fn save_catalog_files(&self, files: &[StoredFile]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM catalog_files", [])?;
+        {
+            let mut stmt =
+                tx.prepare_cached("INSERT INTO catalog_files (kind, path, text, loaded_at) VALUES (?1, ?2, ?3, ?4)")?;
+            for f in files {
+                stmt.execute(params![f.kind.as_str(), f.path, f.text, ts(f.loaded_at)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn backup(&self, to: &Path) -> Result<()> {
+        let conn = self.conn();
+        conn.execute("VACUUM INTO ?1", params![to.to_string_lossy()])?;
+        Ok(())
     }
 
     fn set_max_fanout(&self, max: u64) {

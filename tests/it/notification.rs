@@ -277,11 +277,12 @@ async fn a_rule_with_notify_on_failure_tells_its_contacts_when_a_run_fails() {
     let body = String::from_utf8_lossy(&received[0].body);
     assert!(body.contains("Alert desk") && body.contains("device unknown"), "{body}");
 
-    // A channel that does not exist is a `check` error at its place.
+    // A channel that does not exist is a `check` error at its place, and a problem the
+    // runtime reports when it starts anyway (a broken rule file does not stop the others).
     std::fs::write(dir.path().join("rules/alert.toml"), format!("{RULE}notify_on_failure = [\"dsek\"]\n")).unwrap();
-    let err = Runtime::builder().config_file(dir.path().join("tripline.toml")).build().err().unwrap().to_string();
-    assert!(
-        err.contains("alert.toml:5:22: notify_on_failure names unknown channel \"dsek\"; did you mean \"desk\"?"),
-        "{err}"
-    );
+    let expected = "alert.toml:5:22: notify_on_failure names unknown channel \"dsek\"; did you mean \"desk\"?";
+    let (problems, _) = tripline::cli::check_all(&dir.path().join("tripline.toml"));
+    assert!(problems.iter().any(|p| p.to_string().contains(expected)), "{problems:?}");
+    let rt = Runtime::builder().config_file(dir.path().join("tripline.toml")).build().unwrap();
+    assert!(rt.start_problems().iter().any(|p| p.to_string().contains(expected)), "{:?}", rt.start_problems());
 }

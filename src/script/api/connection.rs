@@ -30,6 +30,7 @@ use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};
 use serde_json::Value;
 
 use super::{Api, RunCtx};
+use crate::class::Class;
 use crate::connection::{Connection, ConnectionError, Paging, PagingOptions, RequestOptions, Response};
 use crate::script::{dynamic_to_json, json_to_dynamic};
 
@@ -65,7 +66,10 @@ pub fn register(engine: &mut Engine) {
         let ctx = api.0.clone();
         match ctx.hosts.connections.get(name) {
             Some(conn) => Ok(ConnectionHandle { conn: conn.clone(), ctx: ctx.clone() }),
-            None => Err(unknown_connection(&ctx, name).into()),
+            None => match ctx.hosts.unavailable_connections.get(name) {
+                Some(why) => Err(ctx.host_error(format!("connection {name} cannot be used: {why}"), Class::Permanent)),
+                None => Err(unknown_connection(&ctx, name).into()),
+            },
         }
     });
 

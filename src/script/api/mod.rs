@@ -41,6 +41,9 @@ pub struct Hosts {
     pub dry_directories: BTreeMap<String, Arc<crate::directory::Directory>>,
     /// `[connections.NAME]`.
     pub connections: BTreeMap<String, Arc<crate::connection::Connection>>,
+    /// Connections configured but not usable now, with the reason (a secret that is not
+    /// set, for a command that defers secrets): the runs that use them fail with it.
+    pub unavailable_connections: BTreeMap<String, String>,
     /// The `[notify.NAME]` channels (`api.notify`).
     pub notifier: crate::notification::Notifier,
 }

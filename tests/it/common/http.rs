@@ -17,8 +17,13 @@ pub fn connection(name: &str, toml_text: &str) -> Connection {
 /// Like [`connection`], with OAuth2 tokens in `store`.
 pub fn connection_with_store(name: &str, toml_text: &str, store: Arc<dyn TokenStore>) -> Connection {
     let config: ConnectionConfig = toml::from_str(toml_text).expect("the section parses");
-    let mut ctx =
-        CheckCtx { path: Path::new("tripline.toml"), source: toml_text, base_dir: Path::new("."), diags: Vec::new() };
+    let mut ctx = CheckCtx {
+        path: Path::new("tripline.toml"),
+        source: toml_text,
+        base_dir: Path::new("."),
+        diags: Vec::new(),
+        secrets: Default::default(),
+    };
     config.check(name, 0..toml_text.len(), &mut ctx);
     assert!(ctx.diags.is_empty(), "check: {:?}", ctx.diags);
     config.build(name, store).expect("the connection builds")
