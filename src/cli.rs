@@ -518,7 +518,7 @@ fn print_run(out: &mut impl std::io::Write, run: &Run) -> std::io::Result<()> {
 
 fn test(rt: &Runtime, args: TestArgs) -> Result<u8, Failure> {
     let catalog = rt.catalog();
-    let entity = match catalog.rules.get(&args.rule) {
+    let entity = match catalog.rules.find(&args.rule) {
         Some(r) => r.entity.clone(),
         None => String::new(),
     };
@@ -532,9 +532,11 @@ fn test(rt: &Runtime, args: TestArgs) -> Result<u8, Failure> {
     }
     let record = from_value(values.pop().expect("one value"))?;
     let report = rt.explain(&entity, EventKind::from(args.event.clone()), record, Some(&args.rule))?;
+    // A run that would not end ok fails the command, so that `test` can gate a change.
+    let code = if report.iter().any(|ex| ex.outcome.is_some_and(|s| s != RunStatus::Ok)) { 1 } else { 0 };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(0);
+        return Ok(code);
     }
     for ex in &report {
         println!("rule {:?}: {}", ex.rule, if ex.matched { "matches" } else { "does not match" });
@@ -555,24 +557,34 @@ fn test(rt: &Runtime, args: TestArgs) -> Result<u8, Failure> {
             Some(Err(e)) => println!("  [err] when guard: {e}"),
             None => {}
         }
-        if ex.matched {
-            if ex.writes.is_empty() {
-                println!("  the script would write nothing");
-            } else {
-                println!("  the script would write (nothing was written):");
-                for w in &ex.writes {
-                    println!("    {w}");
-                }
-            }
-            for l in &ex.log {
-                println!("  log {:<5} {}", l.level, l.message);
-            }
-            if let Some(e) = &ex.error {
-                println!("  error: {e}");
+        if !ex.matched {
+            continue;
+        }
+        for l in &ex.log {
+            println!("  log {:<5} {}", l.level, l.message);
+        }
+        let ok = ex.outcome == Some(RunStatus::Ok);
+        if let Some(e) = &ex.error {
+            let how = if ex.outcome == Some(RunStatus::Retrying) { "fail (and be retried)" } else { "fail" };
+            println!("  the run would {how}: {e}");
+        }
+        match (ok, ex.write_lines.is_empty()) {
+            (true, true) => println!("  the run would write nothing"),
+            (true, false) => println!("  the run would write (nothing was written):"),
+            (false, true) => println!("  nothing would be written"),
+            (false, false) => println!("  a failed run writes only these (nothing was written):"),
+        }
+        for w in &ex.write_lines {
+            println!("    {w}");
+        }
+        if !ex.planned.is_empty() {
+            println!("  it would change these systems (nothing was changed):");
+            for p in &ex.planned {
+                println!("    {p}");
             }
         }
     }
-    Ok(0)
+    Ok(code)
 }
 
 fn runs(ro: &ReadOnly, args: RunsArgs) -> Result<u8, Failure> {

@@ -253,8 +253,16 @@ pub struct Explanation {
     pub conditions: Vec<ConditionVerdict>,
     /// The `when` guard's verdict, when the rule has one and the conditions held.
     pub when: Option<Result<bool, String>>,
-    /// What running the script would have written (nothing is written).
+    /// How the run would end: `ok`, `failed` or `retrying` (`None` when the rule does not
+    /// match).
+    pub outcome: Option<RunStatus>,
+    /// What the run would write (nothing is written): everything when it would end `ok`;
+    /// when it would fail, only what a failed run keeps (the failure comments the host adds).
     pub writes: Vec<serde_json::Value>,
+    /// The same writes, one readable line each.
+    pub write_lines: Vec<String>,
+    /// What it would do to host systems: directory changes, requests it would send.
+    pub planned: Vec<String>,
     pub log: Vec<crate::store::LogLine>,
     pub error: Option<String>,
 }
@@ -624,7 +632,9 @@ impl Runtime {
         };
         let (status, error, next_attempt_at) = match result {
             Ok(()) => (RunStatus::Ok, None, None),
-            Err(e) if e.class.is_transient() && !dry_run => {
+            // A dry run is never retried, but says that the real run would be.
+            Err(e) if e.class.is_transient() && dry_run => (RunStatus::Retrying, Some(e.message), None),
+            Err(e) if e.class.is_transient() => {
                 if attempt < engine_cfg.max_attempts {
                     let delay = backoff(engine_cfg, attempt);
                     (RunStatus::Retrying, Some(e.message), Some(Utc::now() + delay))
@@ -637,6 +647,7 @@ impl Runtime {
         };
         let (writes, notes) = ctx.take_writes();
         Some(Outcome {
+            planned: ctx.planned(),
             run: Run {
                 id: 0,
                 rule: rule.name.clone(),
@@ -691,11 +702,11 @@ impl Runtime {
         }
         let event = Event { id: 0, kind, record: current, previous, depth: 0, created_at: Utc::now() };
         let rules: Vec<&Arc<Rule>> = match only {
-            Some(name) => vec![catalog.rules.get(name).ok_or_else(|| {
+            Some(name) => vec![catalog.rules.find(name).ok_or_else(|| {
                 let names = catalog.rules.rules().iter().map(|r| r.name.as_str());
                 match crate::diag::did_you_mean(name, names) {
-                    Some(s) => format!("no rule named {name:?}; did you mean {s:?}?"),
-                    None => format!("no rule named {name:?}"),
+                    Some(s) => format!("no rule named {name:?} (nor a rule file of that name); did you mean {s:?}?"),
+                    None => format!("no rule named {name:?} (nor a rule file of that name)"),
                 }
             })?],
             None => catalog.rules.rules().iter().filter(|r| r.entity == entity).collect(),
@@ -718,7 +729,10 @@ impl Runtime {
                 matched: rule.enabled && rule.matches(&event),
                 conditions,
                 when: None,
+                outcome: None,
                 writes: Vec::new(),
+                write_lines: Vec::new(),
+                planned: Vec::new(),
                 log: Vec::new(),
                 error: None,
             };
@@ -732,7 +746,15 @@ impl Runtime {
                         if rule.when.is_some() {
                             ex.when = Some(Ok(true));
                         }
-                        ex.writes = o.writes.iter().chain(&o.notes).map(describe_write).collect();
+                        // A failed run keeps only its notes: list what would really be written.
+                        let kept: Vec<&Write> = match o.run.status {
+                            RunStatus::Ok => o.writes.iter().chain(&o.notes).collect(),
+                            _ => o.notes.iter().collect(),
+                        };
+                        ex.writes = kept.iter().map(|w| describe_write(w)).collect();
+                        ex.write_lines = kept.iter().map(|w| describe_write_line(w, &event.record)).collect();
+                        ex.planned = o.planned;
+                        ex.outcome = Some(o.run.status);
                         ex.log = o.run.log;
                         ex.error = o.run.error;
                     }
@@ -814,7 +836,7 @@ impl Runtime {
             finished_at: Utc::now(),
             next_attempt_at: None,
         };
-        let (run, raised) = self.commit(Outcome { run, writes, notes }, 0, None)?;
+        let (run, raised) = self.commit(Outcome { run, writes, notes, planned: Vec::new() }, 0, None)?;
         // Manual runs count too: a job's success resets its staleness clock.
         crate::notification::job_finished(self, &job.notify_on_failure, &run);
         Ok((run, raised))
@@ -830,6 +852,8 @@ struct Outcome {
     run: Run,
     writes: Vec<Write>,
     notes: Vec<Write>,
+    /// A dry run's plans for host systems ([`RunCtx::plan`]).
+    planned: Vec<String>,
 }
 
 /// Exponential backoff with full jitter in the upper half: base * 2^(attempt-1), capped.
@@ -851,7 +875,43 @@ fn condition_value(op: &crate::rule::condition::Op) -> Option<serde_json::Value>
     }
 }
 
-/// A write as `tripline test` shows it.
+/// A write on one line, as `tripline test` prints it: `record` is the event's record, so an
+/// update of it shows each changed field's old and new value.
+pub fn describe_write_line(w: &Write, record: &Record) -> String {
+    let value = |v: &serde_json::Value| {
+        let text = v.to_string();
+        match text.char_indices().nth(120) {
+            Some((i, _)) => format!("{}...", &text[..i]),
+            None => text,
+        }
+    };
+    let fields = |f: &crate::record::Fields| f.iter().map(|(k, v)| format!("{k} = {}", value(v))).collect::<Vec<_>>();
+    let who = |id: &str| if id == record.id { "this record".to_string() } else { format!("record {id}") };
+    match w {
+        Write::Create(r) => format!("create {} {}: {}", r.entity, r.id, fields(&r.fields).join(", ")),
+        Write::Update { id, fields: f } if *id == record.id => {
+            let changes: Vec<String> = f
+                .iter()
+                .filter(|(k, v)| record.fields.get(*k) != Some(v))
+                .map(|(k, v)| match record.fields.get(k) {
+                    Some(old) => format!("{k}: {} -> {}", value(old), value(v)),
+                    None => format!("{k}: (absent) -> {}", value(v)),
+                })
+                .collect();
+            match changes.is_empty() {
+                true => "update this record: no field changes".to_string(),
+                false => format!("update this record: {}", changes.join(", ")),
+            }
+        }
+        Write::Update { id, fields: f } => format!("update {}: {}", who(id), fields(f).join(", ")),
+        Write::Comment { id, text, .. } => format!("comment on {}: {text}", who(id)),
+        Write::Close { id, text: Some(text) } => format!("close {} with comment: {text}", who(id)),
+        Write::Close { id, text: None } => format!("close {}", who(id)),
+        Write::SetState { namespace, key, value: v } => format!("state {namespace} {key} = {}", value(v)),
+    }
+}
+
+/// A write as `tripline test --json` shows it.
 pub fn describe_write(w: &Write) -> serde_json::Value {
     use serde_json::json;
     match w {

@@ -290,6 +290,18 @@ impl RuleSet {
         self.rules.iter().find(|r| r.name == name)
     }
 
+    /// A rule by its name, or else by its file: the file name with or without `.toml`
+    /// (`process_flexhr_user`), or the end of its path (`rules/process_flexhr_user.toml`).
+    pub fn find(&self, name_or_file: &str) -> Option<&Arc<Rule>> {
+        self.get(name_or_file).or_else(|| {
+            let wanted = std::path::Path::new(name_or_file);
+            self.rules.iter().find(|r| {
+                r.path.file_stem().is_some_and(|s| s == name_or_file)
+                    || (wanted.components().count() > 0 && r.path.ends_with(wanted))
+            })
+        })
+    }
+
     /// The enabled rules whose conditions hold for the event, in priority order.
     pub fn matching(&self, event: &Event) -> Vec<Arc<Rule>> {
         let Some(er) = self.by_entity.get(&event.record.entity) else { return Vec::new() };

@@ -214,7 +214,7 @@ impl ConnectionHandle {
             line.push_str(&format!(" with form fields {}", fields.join(", ")));
         }
         line.push_str(" (not sent)");
-        self.ctx.log("info", &line);
+        self.ctx.plan(line);
     }
 }
 

@@ -82,6 +82,9 @@ pub struct RunCtx {
     /// `[limits] max_run_bytes`: what this run may hold (see [`RunCtx::over_budget`]).
     pub max_run_bytes: usize,
     log: Mutex<Vec<LogLine>>,
+    /// What a dry run would have done to host systems (directory changes, requests not
+    /// sent), one line each, for `tripline test`.
+    planned: Mutex<Vec<String>>,
     writes: Mutex<Vec<Write>>,
     notes: Mutex<Vec<Write>>,
     /// Bytes of the log lines and writes buffered so far.
@@ -111,6 +114,7 @@ impl RunCtx {
             max_attempts: 1,
             unstored: None,
             log: Mutex::default(),
+            planned: Mutex::default(),
             writes: Mutex::default(),
             notes: Mutex::default(),
             max_run_bytes: crate::config::LimitsConfig::default().max_run_bytes,
@@ -173,6 +177,20 @@ impl RunCtx {
     /// The log so far.
     pub fn log_lines(&self) -> Vec<LogLine> {
         lock(&self.log).clone()
+    }
+
+    /// Notes what a dry run would do to a host system (and logs it): `tripline test` lists
+    /// these with the planned writes.
+    pub fn plan(&self, line: String) {
+        self.log("info", &line);
+        if self.hold(line.len() + 32) {
+            lock(&self.planned).push(crate::config::secret::redact(&line).into_owned());
+        }
+    }
+
+    /// What the run planned so far (see [`RunCtx::plan`]).
+    pub fn planned(&self) -> Vec<String> {
+        lock(&self.planned).clone()
     }
 
     /// Buffers a write, committed with the run when it succeeds. Its bytes count against the
