@@ -85,7 +85,9 @@ impl RuntimeBuilder {
             (None, None) => Config::with_engine(EngineConfig::default()),
         };
         let scripts = Arc::new(ScriptEngine::new(&config.limits, &self.hooks));
-        let (catalog, mut diags) = Catalog::load(&scripts, &config.engine.rules_dir, &config.engine.scripts_dir);
+        let names = crate::script::lint::KnownNames::from_config(&config);
+        let (catalog, mut diags) =
+            Catalog::load(&scripts, &config.engine.rules_dir, &config.engine.scripts_dir, &names);
         let jobs = crate::jobs::build_jobs(&config, &catalog, &mut diags);
         if crate::diag::any_error(&diags) {
             return Err(BuildError::Invalid(diags));
@@ -259,13 +261,25 @@ impl Runtime {
     /// Reloads rules and scripts from their folders; on any problem the catalog in force is
     /// kept and the problems are returned.
     pub fn reload(&self) -> Result<(), Vec<Diagnostic>> {
-        let (catalog, diags) =
-            Catalog::load(&self.scripts, &self.config.engine.rules_dir, &self.config.engine.scripts_dir);
+        let (catalog, diags) = Catalog::load(
+            &self.scripts,
+            &self.config.engine.rules_dir,
+            &self.config.engine.scripts_dir,
+            &self.known_names(),
+        );
         if crate::diag::any_error(&diags) {
             return Err(diags);
         }
         self.catalog.store(Arc::new(catalog));
         Ok(())
+    }
+
+    /// The names scripts are checked against: the configuration's, with the notification
+    /// channels in force (a SIGHUP replaces those).
+    pub fn known_names(&self) -> crate::script::lint::KnownNames {
+        let mut names = crate::script::lint::KnownNames::from_config(&self.config);
+        names.notify = Some(self.hosts.notifier.channels().into_iter().collect());
+        names
     }
 
     /// Replaces the catalog (a reload built elsewhere).
