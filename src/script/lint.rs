@@ -40,10 +40,13 @@
 //! empty loop), so a mistake in such code can go unreported.
 
 use std::any::TypeId;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::Path;
 
-use rhai::{ASTNode, Dynamic, Engine, Expr, FnCallExpr, FnPtr, ImmutableString, Position, Stmt, StmtBlock, AST};
+use rhai::{
+    ASTNode, Dynamic, Engine, Expr, FnCallExpr, FnPtr, ImmutableString, Position, ScriptFuncDef, Shared, Stmt,
+    StmtBlock, AST,
+};
 
 use crate::config::Config;
 use crate::diag::{did_you_mean, Diagnostic};
@@ -80,9 +83,6 @@ impl KnownNames {
 /// any arguments and as methods of any value.
 const KEYWORDS: &[&str] =
     &["print", "debug", "type_of", "Fn", "call", "curry", "is_shared", "is_def_var", "is_def_fn", "eval"];
-
-/// Rounds of parameter-type inference before giving up on it (every parameter untyped).
-const MAX_ROUNDS: usize = 32;
 
 /// A native function's shape, as the engine registered it.
 #[derive(Debug, Clone, Copy)]
@@ -294,25 +294,13 @@ pub struct Known<'a> {
 /// Every mistake found in a compiled script, in the order of the text.
 pub fn lint(path: &Path, ast: &AST, known: &Known) -> Vec<Diagnostic> {
     let facts = Facts::of(ast);
-    // Parameter types: the join of what every call passes, grown from "no call seen" until
-    // nothing changes (a function calling itself keeps its caller's types).
-    let mut params = facts.settle(&HashMap::new());
-    let mut settled = false;
-    for _ in 0..MAX_ROUNDS {
-        let mut pass = Pass::new(known, &facts, &params, false);
-        pass.script(ast);
-        let next = facts.settle(&pass.calls);
-        if next == params {
-            settled = true;
-            break;
-        }
-        params = next;
-    }
-    if !settled {
-        params.values_mut().for_each(|p| p.fill(Ty::Unknown));
-    }
+    let defs: Vec<&Shared<ScriptFuncDef>> = ast.iter_fn_def().collect();
+    let params = infer_params(ast, &defs, known, &facts);
     let mut pass = Pass::new(known, &facts, &params, true);
-    pass.script(ast);
+    pass.main(ast);
+    for def in &defs {
+        pass.function(def);
+    }
     let mut found = pass.found;
     found.sort_by_key(|(pos, _)| (pos.line().unwrap_or(0), pos.position().unwrap_or(0)));
     found.dedup();
@@ -320,6 +308,67 @@ pub fn lint(path: &Path, ast: &AST, known: &Known) -> Vec<Diagnostic> {
         .into_iter()
         .map(|(pos, message)| Diagnostic::at(path, pos.line().unwrap_or(1), pos.position().unwrap_or(1), message))
         .collect()
+}
+
+/// The type of each function parameter: the join of what every call passes, grown from "no
+/// call seen" until nothing changes (so a function calling itself keeps its callers' types).
+/// A worklist walks a body again only when the parameters it was walked with changed; each
+/// parameter changes at most twice (to a type, then to any type), which bounds the walks.
+fn infer_params(ast: &AST, defs: &[&Shared<ScriptFuncDef>], known: &Known, facts: &Facts) -> HashMap<FnKey, Vec<Ty>> {
+    let body_of: HashMap<FnKey, usize> =
+        defs.iter().enumerate().map(|(i, d)| ((d.name.to_string(), d.params.len()), i + 1)).collect();
+    let mut params: HashMap<FnKey, Vec<Ty>> = body_of.keys().map(|k| (k.clone(), facts.settle(k, None))).collect();
+    // What each body (0: the top level, i + 1: function i) passes to the functions it calls.
+    let mut passed: Vec<HashMap<FnKey, Vec<Ty>>> = vec![HashMap::new(); defs.len() + 1];
+    let mut callers: HashMap<FnKey, BTreeSet<usize>> = HashMap::new();
+    let mut queue: VecDeque<usize> = (0..=defs.len()).collect();
+    let mut queued = vec![true; defs.len() + 1];
+    // Never reached by the bound above; a guard against a mistake in it all the same.
+    let mut budget = 4 * (defs.len() + 1) + 4 * defs.iter().map(|d| d.params.len()).sum::<usize>();
+    while let Some(body) = queue.pop_front() {
+        queued[body] = false;
+        if budget == 0 {
+            params.values_mut().for_each(|p| p.fill(Ty::Unknown));
+            break;
+        }
+        budget -= 1;
+        let mut pass = Pass::new(known, facts, &params, false);
+        match body {
+            0 => pass.main(ast),
+            i => pass.function(defs[i - 1]),
+        }
+        let calls = pass.calls;
+        if calls == passed[body] {
+            continue;
+        }
+        let changed: BTreeSet<FnKey> = calls.keys().chain(passed[body].keys()).cloned().collect();
+        for key in calls.keys() {
+            callers.entry(key.clone()).or_default().insert(body);
+        }
+        passed[body] = calls;
+        for key in changed {
+            let mut joined: Option<Vec<Ty>> = None;
+            for b in callers.get(&key).into_iter().flatten() {
+                if let Some(types) = passed[*b].get(&key) {
+                    joined = Some(match joined {
+                        None => types.clone(),
+                        Some(j) => j.iter().zip(types).map(|(a, b)| a.join(*b)).collect(),
+                    });
+                }
+            }
+            let types = facts.settle(&key, joined.as_ref());
+            if params.get(&key) != Some(&types) {
+                params.insert(key.clone(), types);
+                if let Some(&b) = body_of.get(&key) {
+                    if !queued[b] {
+                        queued[b] = true;
+                        queue.push_back(b);
+                    }
+                }
+            }
+        }
+    }
+    params
 }
 
 /// A static type: nothing seen yet (while inferring parameters), one host type, or anything.
@@ -451,28 +500,20 @@ impl Facts {
         }
     }
 
-    /// The parameter types of every function, from the types its calls pass.
-    fn settle(&self, calls: &HashMap<FnKey, Vec<Ty>>) -> HashMap<FnKey, Vec<Ty>> {
-        let mut out = HashMap::new();
-        for (name, arities) in &self.fns {
-            for &arity in arities {
-                let key = (name.clone(), arity);
-                let seen = calls.get(&key);
-                let types = if name.starts_with("anon$") {
-                    // A closure: its captured variables come first, curried where it is
-                    // written (the only call Rhai makes with them); its own parameters come
-                    // from whoever calls the pointer.
-                    let captured = seen.map_or(0, Vec::len).min(arity);
-                    (0..arity).map(|i| if i < captured { seen.unwrap()[i] } else { Ty::Unknown }).collect()
-                } else if self.any_pointed || self.pointed.contains(name) || self.capturing.contains(name) {
-                    vec![Ty::Unknown; arity]
-                } else {
-                    seen.cloned().unwrap_or_else(|| vec![Ty::Bottom; arity])
-                };
-                out.insert(key, types);
-            }
+    /// A function's parameter types, from the join of the types its calls pass.
+    fn settle(&self, (name, arity): &FnKey, seen: Option<&Vec<Ty>>) -> Vec<Ty> {
+        let arity = *arity;
+        if name.starts_with("anon$") {
+            // A closure: its captured variables come first, curried where it is written (the
+            // only call Rhai makes with them); its own parameters come from whoever calls the
+            // pointer.
+            let captured = seen.map_or(&[][..], |s| &s[..s.len().min(arity)]);
+            (0..arity).map(|i| captured.get(i).copied().unwrap_or(Ty::Unknown)).collect()
+        } else if self.any_pointed || self.pointed.contains(name) || self.capturing.contains(name) {
+            vec![Ty::Unknown; arity]
+        } else {
+            seen.cloned().unwrap_or_else(|| vec![Ty::Bottom; arity])
         }
-        out
     }
 
     fn has_fn(&self, name: &str, arity: usize) -> bool {
@@ -546,7 +587,8 @@ impl<'a> Pass<'a> {
         }
     }
 
-    fn script(&mut self, ast: &AST) {
+    /// The script's top level, in the scope it starts with.
+    fn main(&mut self, ast: &AST) {
         let scope = self.known.scope.iter().map(|(name, t)| {
             let ty = if self.facts.assigned.contains(*name) { Ty::Unknown } else { t.map_or(Ty::Unknown, Ty::Known) };
             (ImmutableString::from(*name), ty)
@@ -556,31 +598,33 @@ impl<'a> Pass<'a> {
         for stmt in ast.statements() {
             self.stmt(stmt);
         }
-        for def in ast.iter_fn_def() {
-            let (name, arity) = (def.name.to_string(), def.params.len());
-            let types = self.params.get(&(name.clone(), arity));
-            let frame = def.params.iter().enumerate().map(|(i, p)| {
-                let ty = match types.map_or(Ty::Unknown, |t| t[i]) {
-                    _ if self.facts.assigned.contains(p.as_str()) => Ty::Unknown,
-                    Ty::Bottom if self.report => Ty::Unknown,
-                    t => t,
-                };
-                (p.clone(), ty)
-            });
-            self.frames = vec![frame.collect()];
-            self.function = Some((name.clone(), self.facts.capturing.contains(&name)));
-            // Rhai does not export the type of a function's body; a copy of the AST holding
-            // this function alone walks it, its top-level statements first. (Cheap: functions
-            // are shared. `clone_functions_only_filtered` would keep them all, in Rhai 1.27.)
-            let mut alone = ast.clone_functions_only();
-            alone.retain_functions(|_, _, n, a| n == name && a == arity);
-            alone.walk(&mut |path: &[ASTNode]| {
-                if let [ASTNode::Stmt(stmt)] = path {
-                    self.stmt(stmt);
-                }
-                true
-            });
-        }
+    }
+
+    /// A function's body, in a scope of its parameters alone.
+    fn function(&mut self, def: &Shared<ScriptFuncDef>) {
+        let (name, arity) = (def.name.to_string(), def.params.len());
+        let types = self.params.get(&(name.clone(), arity));
+        let frame = def.params.iter().enumerate().map(|(i, p)| {
+            let ty = match types.map_or(Ty::Unknown, |t| t[i]) {
+                _ if self.facts.assigned.contains(p.as_str()) => Ty::Unknown,
+                Ty::Bottom if self.report => Ty::Unknown,
+                t => t,
+            };
+            (p.clone(), ty)
+        });
+        self.frames = vec![frame.collect()];
+        self.function = Some((name.clone(), self.facts.capturing.contains(&name)));
+        // Rhai does not export the type of a function's body; an AST holding this function
+        // alone (shared, not copied) walks it, its top-level statements first.
+        let mut module = rhai::Module::new();
+        module.set_script_fn(def.clone());
+        let alone = AST::new_from_module(module);
+        alone.walk(&mut |path: &[ASTNode]| {
+            if let [ASTNode::Stmt(stmt)] = path {
+                self.stmt(stmt);
+            }
+            true
+        });
     }
 
     fn report(&mut self, pos: Position, message: String) {
@@ -1322,6 +1366,26 @@ mod tests {
         let found = lint("api.coment(record, \"t\");\nlet x = recrod;\napi.directory(\"AD\");\nprnt(x);");
         let places: Vec<&str> = found.iter().map(|f| f.split(": ").next().unwrap()).collect();
         assert_eq!(places, ["s.rhai:1:5", "s.rhai:2:9", "s.rhai:3:15", "s.rhai:4:1"], "{found:#?}");
+    }
+
+    #[test]
+    fn a_type_travels_down_a_long_chain_of_calls() {
+        // 300 functions, each passing its parameter to the next: the last one gets api.
+        let mut src = String::new();
+        for i in 0..300 {
+            src.push_str(&format!("fn f{i}(a) {{ f{}(a) }}\n", i + 1));
+        }
+        src.push_str("fn f300(a) { a.anything() }\nf0(api);\nfn g(api) { api.coment(1, 2) }\ng(api);\n");
+        assert_eq!(
+            lint(&src),
+            [
+                "s.rhai:301:16: `a` is an Api, which has no method `anything`",
+                "s.rhai:303:17: api has no method `coment`; did you mean `comment`?"
+            ]
+        );
+        // One caller passing something else, and the chain knows nothing.
+        src.push_str("f150(#{ anything: || 1 });\n");
+        assert_eq!(lint(&src), ["s.rhai:303:17: api has no method `coment`; did you mean `comment`?"]);
     }
 
     #[test]
