@@ -13,5 +13,6 @@ mod notification;
 mod outage;
 mod reliability;
 mod scheduler;
+mod script_checks;
 mod secrets;
 mod webhook;
