@@ -159,3 +159,19 @@ fn a_run_time_error_inside_a_function_names_the_place_in_it_and_the_call() {
     assert!(error.starts_with(&format!("{at}:3:")), "{error}");
     assert!(error.ends_with("(in function `total` called at 6:10)"), "{error}");
 }
+
+#[test]
+fn a_jobs_script_in_error_is_reported_once_at_its_place() {
+    let p = Project::new("[jobs.nightly]\nschedule = \"0 2 * * *\"\nscript = \"nightly.rhai\"\n");
+    p.script("nightly.rhai", "api.infoo(\"nightly\");\n");
+    let ran = p.run(&["check"]);
+    assert_eq!(ran.code, 1, "{ran:?}");
+    let at = p.path().join("scripts/nightly.rhai").display().to_string();
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [format!("{at}:1:5: api has no method `infoo`; did you mean `info`?").as_str(), "1 problem found"],
+        "{}",
+        ran.stdout
+    );
+}
