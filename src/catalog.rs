@@ -6,7 +6,10 @@
 //! stops compiling keeps its previous AST, a rule file that stops parsing keeps its previous
 //! rule (rebuilt from its last good text), and a script that a rule still names but that was
 //! deleted keeps running in its last good version. Each such file is reported in
-//! [`Catalog::problems`]; every other file's change applies.
+//! [`Catalog::problems`]; every other file's change applies. A script that compiles but would
+//! fail at run time (an undefined variable, an unknown function or name: see
+//! [`crate::script::lint`]) is in error like one that does not compile; what is only likely a
+//! mistake (a rule's entity that nothing produces) is in [`Catalog::warnings`].
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -19,6 +22,7 @@ use rhai::AST;
 
 use crate::diag::Diagnostic;
 use crate::rule::{compile_rule, Rule, RuleSet};
+use crate::script::lint::{self, KnownNames};
 use crate::script::ScriptEngine;
 pub use crate::store::{FileKind, StoredFile};
 
@@ -31,6 +35,9 @@ pub struct Catalog {
     /// The problems of the files in error when this catalog was built. A file listed here runs
     /// in its last good version when it had one, and is left out otherwise.
     pub problems: Vec<Diagnostic>,
+    /// What is probably a mistake but stops nothing (a rule's entity that no webhook or script
+    /// produces): `tripline check` prints these.
+    pub warnings: Vec<Diagnostic>,
     /// Each script's source in force, so that a reload recompiles only the scripts that
     /// changed and the store can keep the last good versions.
     script_sources: HashMap<String, Source>,
@@ -197,9 +204,15 @@ fn hash_of(text: &str) -> u64 {
 }
 
 impl Catalog {
-    /// Loads and compiles every script and rule; returns what compiled and every problem.
-    pub fn load(engine: &ScriptEngine, rules_dir: &Path, scripts_dir: &Path) -> (Catalog, Vec<Diagnostic>) {
-        let catalog = Self::build(engine, rules_dir, scripts_dir, None);
+    /// Loads and compiles every script and rule; returns what compiled and every problem (the
+    /// warnings are in [`Catalog::warnings`]). Scripts are checked against `names`.
+    pub fn load(
+        engine: &ScriptEngine,
+        rules_dir: &Path,
+        scripts_dir: &Path,
+        names: &KnownNames,
+    ) -> (Catalog, Vec<Diagnostic>) {
+        let catalog = Self::build(engine, rules_dir, scripts_dir, None, names);
         let diags = catalog.problems.clone();
         (catalog, diags)
     }
@@ -207,8 +220,14 @@ impl Catalog {
     /// Builds a new catalog from the folders, keeping from `previous` the last good version of
     /// every file that no longer loads (see the module docs). The problems are in
     /// [`Catalog::problems`].
-    pub fn reload(engine: &ScriptEngine, rules_dir: &Path, scripts_dir: &Path, previous: &Catalog) -> Catalog {
-        Self::build(engine, rules_dir, scripts_dir, Some(previous))
+    pub fn reload(
+        engine: &ScriptEngine,
+        rules_dir: &Path,
+        scripts_dir: &Path,
+        previous: &Catalog,
+        names: &KnownNames,
+    ) -> Catalog {
+        Self::build(engine, rules_dir, scripts_dir, Some(previous), names)
     }
 
     /// The rule and script files in force, with their texts (a broken file's last good one),
@@ -265,7 +284,13 @@ impl Catalog {
         self.fingerprint == other.fingerprint
     }
 
-    fn build(engine: &ScriptEngine, rules_dir: &Path, scripts_dir: &Path, previous: Option<&Catalog>) -> Catalog {
+    fn build(
+        engine: &ScriptEngine,
+        rules_dir: &Path,
+        scripts_dir: &Path,
+        previous: Option<&Catalog>,
+        names: &KnownNames,
+    ) -> Catalog {
         let mut diags = Vec::new();
         let mut fingerprint = DefaultHasher::new();
         let now = Utc::now();
@@ -308,7 +333,16 @@ impl Catalog {
                         script_sources.insert(rel, source.clone());
                         continue;
                     }
-                    match engine.compile(&path, &src) {
+                    // A script that would fail at run time is in error like one that does not compile.
+                    let checked = engine.compile(&path, &src).map_err(|d| vec![d]).and_then(|ast| {
+                        let mistakes = engine.lint(&path, &ast, names);
+                        if mistakes.is_empty() {
+                            Ok(ast)
+                        } else {
+                            Err(mistakes)
+                        }
+                    });
+                    match checked {
                         Ok(ast) => {
                             scripts.insert(rel.clone(), Arc::new(ast));
                             script_sources.insert(rel, Source::new(&src, now));
@@ -316,9 +350,9 @@ impl Catalog {
                         Err(mut d) => {
                             if keep_script(&rel, &mut scripts, &mut script_sources) {
                                 let at = script_sources.get(&rel).map(|s| s.loaded_at);
-                                d.message.push_str(&kept_since(at));
+                                d[0].message.push_str(&kept_since(at));
                             }
-                            diags.push(d);
+                            diags.extend(d);
                             broken_scripts.push(rel);
                         }
                     }
@@ -429,10 +463,12 @@ impl Catalog {
             rule_sources.insert(path, source);
             rules.push(rule);
         }
+        let warnings = entity_warnings(&rules, &rule_sources, &scripts, names);
         Catalog {
             rules: RuleSet::new(rules),
             scripts,
             problems: diags,
+            warnings,
             script_sources,
             rule_sources,
             fingerprint: fingerprint.finish(),
@@ -446,6 +482,25 @@ fn kept_since(loaded_at: Option<DateTime<Utc>>) -> String {
         Some(at) => format!(" (the last good version keeps running, loaded {})", at.format("%Y-%m-%d %H:%M:%S UTC")),
         None => kept_note(true).to_string(),
     }
+}
+
+/// The rules whose entity no webhook and no script produces (see [`lint::unproduced_entities`]).
+fn entity_warnings(
+    rules: &[Rule],
+    sources: &HashMap<PathBuf, Source>,
+    scripts: &HashMap<String, Arc<AST>>,
+    names: &KnownNames,
+) -> Vec<Diagnostic> {
+    let mut creates: Vec<(String, lint::Creates)> =
+        scripts.values().map(|ast| (ast.source().unwrap_or_default().to_string(), lint::creates(ast))).collect();
+    creates.sort_by(|a, b| a.0.cmp(&b.0));
+    let rules = rules.iter().map(|r| lint::RuleEntity {
+        name: &r.name,
+        path: &r.path,
+        source: sources.get(&r.path).map_or("", |s| &s.text),
+        entity: &r.entity,
+    });
+    lint::unproduced_entities(rules, &creates, names)
 }
 
 fn kept_note(kept: bool) -> &'static str {
@@ -507,14 +562,14 @@ mod tests {
         std::fs::write(d.scripts.join("a.rhai"), "let x = 1;").unwrap();
         std::fs::write(d.rules.join("a.toml"), rule("A", "a.rhai", "one")).unwrap();
         std::fs::write(d.rules.join("b.toml"), rule("B", "a.rhai", "one")).unwrap();
-        let (c0, diags) = Catalog::load(&e, &d.rules, &d.scripts);
+        let (c0, diags) = Catalog::load(&e, &d.rules, &d.scripts, &KnownNames::default());
         assert!(diags.is_empty(), "{diags:?}");
 
         // Break rule A and the script; change rule B.
         std::fs::write(d.rules.join("a.toml"), "name = \"A\"\nentity = ").unwrap();
         std::fs::write(d.scripts.join("a.rhai"), "let x = ;").unwrap();
         std::fs::write(d.rules.join("b.toml"), rule("B", "a.rhai", "two")).unwrap();
-        let c1 = Catalog::reload(&e, &d.rules, &d.scripts, &c0);
+        let c1 = Catalog::reload(&e, &d.rules, &d.scripts, &c0, &KnownNames::default());
         assert_eq!(c1.problems.len(), 2, "{:?}", c1.problems);
         assert!(c1.problems.iter().all(|p| p.message.contains("last good version")), "{:?}", c1.problems);
         assert_eq!(condition_value(&c1, "A"), "one");
@@ -522,7 +577,7 @@ mod tests {
         assert!(Arc::ptr_eq(&c1.scripts["a.rhai"], &c0.scripts["a.rhai"]));
 
         // Still broken on the next reload: the same last good versions.
-        let c2 = Catalog::reload(&e, &d.rules, &d.scripts, &c1);
+        let c2 = Catalog::reload(&e, &d.rules, &d.scripts, &c1, &KnownNames::default());
         assert_eq!(condition_value(&c2, "A"), "one");
         assert!(Arc::ptr_eq(&c2.scripts["a.rhai"], &c0.scripts["a.rhai"]));
         assert!(c2.same_files_as(&c1));
@@ -530,7 +585,7 @@ mod tests {
         // Fixed: the new versions apply.
         std::fs::write(d.rules.join("a.toml"), rule("A", "a.rhai", "three")).unwrap();
         std::fs::write(d.scripts.join("a.rhai"), "let x = 2;").unwrap();
-        let c3 = Catalog::reload(&e, &d.rules, &d.scripts, &c2);
+        let c3 = Catalog::reload(&e, &d.rules, &d.scripts, &c2, &KnownNames::default());
         assert!(c3.problems.is_empty(), "{:?}", c3.problems);
         assert_eq!(condition_value(&c3, "A"), "three");
         assert!(!Arc::ptr_eq(&c3.scripts["a.rhai"], &c0.scripts["a.rhai"]));
@@ -544,10 +599,10 @@ mod tests {
         std::fs::write(d.scripts.join("a.rhai"), "1").unwrap();
         std::fs::write(d.scripts.join("unused.rhai"), "2").unwrap();
         std::fs::write(d.rules.join("a.toml"), rule("A", "a.rhai", "x")).unwrap();
-        let (c0, _) = Catalog::load(&e, &d.rules, &d.scripts);
+        let (c0, _) = Catalog::load(&e, &d.rules, &d.scripts, &KnownNames::default());
         std::fs::remove_file(d.scripts.join("a.rhai")).unwrap();
         std::fs::remove_file(d.scripts.join("unused.rhai")).unwrap();
-        let c1 = Catalog::reload(&e, &d.rules, &d.scripts, &c0);
+        let c1 = Catalog::reload(&e, &d.rules, &d.scripts, &c0, &KnownNames::default());
         assert!(c1.scripts.contains_key("a.rhai"));
         assert!(!c1.scripts.contains_key("unused.rhai"), "a script no rule names goes with its file");
         assert_eq!(c1.problems.len(), 1);
@@ -557,12 +612,12 @@ mod tests {
 
         // The rule file breaking as well keeps both last good versions.
         std::fs::write(d.rules.join("a.toml"), "name = ").unwrap();
-        let c1b = Catalog::reload(&e, &d.rules, &d.scripts, &c0);
+        let c1b = Catalog::reload(&e, &d.rules, &d.scripts, &c0, &KnownNames::default());
         assert!(c1b.rules.get("A").is_some() && c1b.scripts.contains_key("a.rhai"), "{:?}", c1b.problems);
 
         // Deleting the rule too clears everything.
         std::fs::remove_file(d.rules.join("a.toml")).unwrap();
-        let c2 = Catalog::reload(&e, &d.rules, &d.scripts, &c1);
+        let c2 = Catalog::reload(&e, &d.rules, &d.scripts, &c1, &KnownNames::default());
         assert!(c2.problems.is_empty() && c2.scripts.is_empty() && c2.rules.rules().is_empty());
     }
 
@@ -571,11 +626,36 @@ mod tests {
         let d = dirs();
         let e = ScriptEngine::new(&LimitsConfig::default(), &[]);
         std::fs::write(d.scripts.join("a.rhai"), "1").unwrap();
-        let (c0, _) = Catalog::load(&e, &d.rules, &d.scripts);
+        let (c0, _) = Catalog::load(&e, &d.rules, &d.scripts, &KnownNames::default());
         std::fs::write(d.rules.join("new.toml"), rule("N", "missing.rhai", "x")).unwrap();
-        let c1 = Catalog::reload(&e, &d.rules, &d.scripts, &c0);
+        let c1 = Catalog::reload(&e, &d.rules, &d.scripts, &c0, &KnownNames::default());
         assert!(c1.rules.rules().is_empty());
         assert_eq!(c1.problems.len(), 1);
         assert!(!c1.problems[0].message.contains("last good"));
+    }
+
+    #[test]
+    fn a_script_that_would_fail_at_run_time_is_in_error_and_an_unproduced_entity_only_warns() {
+        let d = dirs();
+        let e = ScriptEngine::new(&LimitsConfig::default(), &[]);
+        let names = KnownNames { entities: Some(Default::default()), ..KnownNames::default() };
+        std::fs::write(d.scripts.join("a.rhai"), "api.comment(record, \"hi\");").unwrap();
+        std::fs::write(d.rules.join("a.toml"), rule("A", "a.rhai", "one")).unwrap();
+        let (c0, problems) = Catalog::load(&e, &d.rules, &d.scripts, &names);
+        assert!(problems.is_empty() && c0.problems.is_empty(), "{problems:?}");
+        assert_eq!(c0.warnings.len(), 1, "nothing produces tickets: {:?}", c0.warnings);
+        assert!(!c0.warnings[0].is_error() && c0.warnings[0].line == 2, "{}", c0.warnings[0]);
+
+        std::fs::write(d.scripts.join("a.rhai"), "api.coment(record, \"hi\");").unwrap();
+        let c1 = Catalog::reload(&e, &d.rules, &d.scripts, &c0, &names);
+        assert_eq!(c1.problems.len(), 1, "{:?}", c1.problems);
+        let p = &c1.problems[0];
+        assert!(p.path.ends_with("a.rhai") && (p.line, p.col) == (1, 5), "{p}");
+        assert!(
+            p.message.contains("did you mean `comment`?")
+                && p.message.contains("(the last good version keeps running, loaded "),
+            "{p}"
+        );
+        assert!(Arc::ptr_eq(&c1.scripts["a.rhai"], &c0.scripts["a.rhai"]));
     }
 }

@@ -14,6 +14,7 @@ use crate::config::{Config, EngineConfig, Secrets};
 use crate::diag::Diagnostic;
 use crate::record::{from_value, EventKind};
 use crate::runtime::Runtime;
+use crate::script::lint::KnownNames;
 use crate::script::ScriptEngine;
 use crate::store::{Ingest, Run, RunFilter, RunStatus};
 
@@ -254,9 +255,12 @@ fn diagnostics(d: Vec<Diagnostic>) -> Failure {
 /// Every problem of the configuration, rules and scripts (and the example folders).
 pub fn check_all(config_path: &Path) -> (Vec<Diagnostic>, String) {
     let mut diags = Vec::new();
+    // The names scripts may use: unknown (not checked) when the configuration does not parse.
+    let mut names = KnownNames::default();
     let config = match Config::read(config_path).and_then(|src| Config::parse(&src, config_path)) {
         Ok((config, d)) => {
             diags.extend(d);
+            names = KnownNames::from_config(&config);
             config
         }
         Err(d) => {
@@ -274,11 +278,13 @@ pub fn check_all(config_path: &Path) -> (Vec<Diagnostic>, String) {
         }
     };
     let engine = ScriptEngine::new(&config.limits, &[]);
-    let (catalog, d) = Catalog::load(&engine, &config.engine.rules_dir, &config.engine.scripts_dir);
+    let (catalog, d) = Catalog::load(&engine, &config.engine.rules_dir, &config.engine.scripts_dir, &names);
     diags.extend(d);
+    diags.extend(catalog.warnings.iter().cloned());
     let mut examples = 0;
     for dir in &config.engine.check_dirs {
-        let (c, d) = Catalog::load(&engine, &dir.join("rules"), &dir.join("scripts"));
+        // Example folders come with their own configuration: their names are not this one's.
+        let (c, d) = Catalog::load(&engine, &dir.join("rules"), &dir.join("scripts"), &KnownNames::default());
         examples += c.rules.rules().len();
         diags.extend(d);
     }
@@ -654,7 +660,12 @@ fn records(ro: &ReadOnly, cmd: RecordsCommand) -> Result<u8, Failure> {
                 let known = ro.store.entities()?;
                 // Rules that load name entities too (a broken rule file just says nothing).
                 let engine = ScriptEngine::new(&ro.config.limits, &[]);
-                let (catalog, _) = Catalog::load(&engine, &ro.config.engine.rules_dir, &ro.config.engine.scripts_dir);
+                let (catalog, _) = Catalog::load(
+                    &engine,
+                    &ro.config.engine.rules_dir,
+                    &ro.config.engine.scripts_dir,
+                    &KnownNames::default(),
+                );
                 let in_rules = catalog.rules.rules().iter().any(|r| r.entity == entity);
                 if !known.contains(&entity) && !in_rules {
                     let hint = match crate::diag::did_you_mean(&entity, known.iter().map(String::as_str)) {

@@ -446,7 +446,8 @@ impl Daemon {
         let built = tokio::task::spawn_blocking(move || {
             let previous = rt.catalog();
             let engine = &rt.config().engine;
-            let next = Catalog::reload(rt.scripts(), &engine.rules_dir, &engine.scripts_dir, &previous);
+            let next =
+                Catalog::reload(rt.scripts(), &engine.rules_dir, &engine.scripts_dir, &previous, &rt.known_names());
             if next.same_files_as(&previous) {
                 return (ReloadOutcome::Unchanged, next.problems.clone(), next.rules.rules().len(), next.scripts.len());
             }

@@ -38,6 +38,11 @@ pub fn build_jobs(config: &Config, catalog: &Catalog, diags: &mut Vec<Diagnostic
         let span = Some(cfg.span());
         let cfg = cfg.get_ref();
         if !catalog.scripts.contains_key(cfg.script.get_ref()) {
+            // A script that is there but in error (it does not compile, or fails the script
+            // checks) has its own problem reported at its place.
+            if config.engine.scripts_dir.join(cfg.script.get_ref()).is_file() {
+                continue;
+            }
             diags.push(Diagnostic::span(
                 &path,
                 &source(),

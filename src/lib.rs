@@ -50,7 +50,7 @@
 //! | [`diag`] | problems with their place, printed `path:line:col: message` |
 //! | [`record`] | records, events, submitted input |
 //! | [`rule`] | rule files, conditions, the indexed [`rule::RuleSet`] |
-//! | [`script`] | the shared Rhai engine, sandbox limits, the `api` host object |
+//! | [`script`] | the shared Rhai engine, sandbox limits, the `api` host object, the checks of scripts |
 //! | [`catalog`] | rules and scripts loaded from their folders, swapped as one |
 //! | [`runtime`] | dispatch: events to rules to runs, retries, dry runs; the embedding API |
 //! | [`store`] | the `Store` trait and its SQLite implementation |

@@ -1,6 +1,6 @@
 //! The `tripline` binary: parse the command line, set up logging, run, map to an exit code.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -49,7 +49,10 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
 
 fn main() -> ExitCode {
     let cli = tripline::cli::Cli::parse();
-    tracing_subscriber::fmt().with_env_filter(log_filter()).with_writer(|| RedactingStderr).init();
+    // Colours only for a person at a terminal: not in a file, a pipe or journald, nor with
+    // NO_COLOR set (https://no-color.org).
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt().with_env_filter(log_filter()).with_ansi(ansi).with_writer(|| RedactingStderr).init();
     // Commands that run scripts run them on this thread: give it a script stack (see
     // `tripline::memory::script_stack_bytes`). A thread that cannot be started is an error
     // like any other.

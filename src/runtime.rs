@@ -112,11 +112,16 @@ impl RuntimeBuilder {
             Vec::new()
         });
         let seed = Catalog::from_stored(&scripts, rules_dir, scripts_dir, &stored);
-        let catalog = Catalog::reload(&scripts, rules_dir, scripts_dir, &seed);
+        let names = crate::script::lint::KnownNames::from_config(&config);
+        let catalog = Catalog::reload(&scripts, rules_dir, scripts_dir, &seed, &names);
         let mut start_problems = Vec::new();
         let jobs = crate::jobs::build_jobs(&config, &catalog, &mut start_problems);
         for d in config.warnings.iter().chain(&catalog.problems).chain(&start_problems) {
             tracing::warn!(problem = %d, "A problem in the configuration, rules or scripts; `tripline check` lists them all.");
+        }
+        // Likely mistakes that stop nothing (an entity nothing produces): `check` shows them.
+        for d in &catalog.warnings {
+            tracing::debug!(problem = %d, "A warning about the rules or scripts.");
         }
         let runtime_files = catalog.files(rules_dir);
         if runtime_files != stored {
@@ -304,10 +309,24 @@ impl Runtime {
     /// version (see [`Catalog::reload`]); returns the problems.
     pub fn reload(&self) -> Vec<Diagnostic> {
         let engine = &self.config.engine;
-        let next = Catalog::reload(&self.scripts, &engine.rules_dir, &engine.scripts_dir, &self.catalog());
+        let next = Catalog::reload(
+            &self.scripts,
+            &engine.rules_dir,
+            &engine.scripts_dir,
+            &self.catalog(),
+            &self.known_names(),
+        );
         let problems = next.problems.clone();
         self.swap_catalog(next);
         problems
+    }
+
+    /// The names scripts are checked against: the configuration's, with the notification
+    /// channels in force (a SIGHUP replaces those).
+    pub fn known_names(&self) -> crate::script::lint::KnownNames {
+        let mut names = crate::script::lint::KnownNames::from_config(&self.config);
+        names.notify = Some(self.hosts.notifier.channels().into_iter().collect());
+        names
     }
 
     /// Puts a catalog in force (a reload built elsewhere) and keeps its files as the last good
@@ -624,9 +643,7 @@ impl Runtime {
                 Err(e) => Err(e),
                 Ok(true) => match catalog.scripts.get(&rule.script) {
                     Some(ast) => self.scripts.run(ast, &inv, ctx.clone()).map(|_| ()),
-                    None => {
-                        Err(crate::script::ScriptError::permanent(format!("script {:?} is not loaded", rule.script)))
-                    }
+                    None => Err(crate::script::ScriptError::permanent(not_loaded(catalog, &rule.script))),
                 },
             }
         };
@@ -813,7 +830,7 @@ impl Runtime {
         let inv = Invocation { record: None, previous: None, event: trigger, rule: &rule_name, params: &params };
         let result = match catalog.scripts.get(&job.script) {
             Some(ast) => self.scripts.run(ast, &inv, ctx.clone()).map(|_| ()),
-            None => Err(crate::script::ScriptError::permanent(format!("script {:?} is not loaded", job.script))),
+            None => Err(crate::script::ScriptError::permanent(not_loaded(&catalog, &job.script))),
         };
         let (status, error) = match result {
             Ok(()) => (RunStatus::Ok, None),
@@ -854,6 +871,21 @@ struct Outcome {
     notes: Vec<Write>,
     /// A dry run's plans for host systems ([`RunCtx::plan`]).
     planned: Vec<String>,
+}
+
+/// Why a script a rule or job names cannot run: its file's problem when it is in error (and
+/// never loaded), so that the run's error says what to fix before the replay.
+fn not_loaded(catalog: &Catalog, script: &str) -> String {
+    let problem = catalog.problems.iter().find(|d| {
+        let path = d.path.to_string_lossy();
+        path.ends_with(&format!("/{script}")) || path == script
+    });
+    match problem {
+        Some(d) => format!(
+            "script {script:?} is in error and no version of it ever loaded: {d}; fix it, then `tripline replay` this run"
+        ),
+        None => format!("script {script:?} is not loaded"),
+    }
 }
 
 /// Exponential backoff with full jitter in the upper half: base * 2^(attempt-1), capped.

@@ -7,6 +7,7 @@
 //! the limit; the process carries on.
 
 pub mod api;
+pub mod lint;
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -101,11 +102,15 @@ impl Drop for CurrentGuard {
 /// Why the progress callback stopped a script.
 const STOP_TIMEOUT: &str = "timeout";
 const STOP_MEMORY: &str = "memory";
+/// The variables a script's scope starts with (see [`ScriptEngine::run`]); `api` is an [`Api`].
+pub const PREDECLARED: [&str; 6] = ["record", "previous", "event", "rule", "params", "api"];
 
 /// The shared engine and its limits.
 pub struct ScriptEngine {
     engine: Engine,
     limits: LimitsConfig,
+    /// What the engine has registered (the embedder's functions included), for the checks.
+    functions: lint::Functions,
 }
 
 /// What a script sees besides `api`.
@@ -160,7 +165,8 @@ impl ScriptEngine {
         for hook in hooks {
             hook(&mut engine);
         }
-        ScriptEngine { engine, limits: limits.clone() }
+        let functions = lint::Functions::of(&engine);
+        ScriptEngine { engine, limits: limits.clone(), functions }
     }
 
     /// The engine, to evaluate expressions in tests and tools.
@@ -172,13 +178,26 @@ impl ScriptEngine {
         &self.limits
     }
 
-    /// Compiles a script file's text; on failure, a diagnostic at Rhai's position.
+    /// Compiles a script file's text; on failure, a diagnostic at Rhai's position. The AST
+    /// carries the path, so that run-time errors name it.
     pub fn compile(&self, path: &Path, source: &str) -> Result<AST, Diagnostic> {
-        self.engine.compile(source).map_err(|e| {
+        let mut ast = self.engine.compile(source).map_err(|e| {
             let pos = e.position();
             let (line, col) = (pos.line().unwrap_or(1), pos.position().unwrap_or(1));
             Diagnostic::at(path, line, col, format!("{}{}", e.err_type(), quote_hint(source, line)))
-        })
+        })?;
+        ast.set_source(path.display().to_string());
+        Ok(ast)
+    }
+
+    /// The mistakes of a compiled script that would stop it at run time (see [`lint`]), with
+    /// the names `tripline.toml` configures.
+    pub fn lint(&self, path: &Path, ast: &AST, names: &lint::KnownNames) -> Vec<Diagnostic> {
+        let api = Some(std::any::TypeId::of::<Api>());
+        let scope = PREDECLARED.map(|name| (name, if name == "api" { api } else { None }));
+        let known =
+            lint::Known { functions: &self.functions, names, scope: &scope, api: std::any::TypeId::of::<Api>() };
+        lint::lint(path, ast, &known)
     }
 
     /// Compiles a `when` guard expression; on failure, Rhai's message and position.
@@ -206,7 +225,7 @@ impl ScriptEngine {
         ctx.start_on_this_thread();
         caught(|| {
             let mut scope = self.scope(inv);
-            self.engine.eval_ast_with_scope::<bool>(&mut scope, ast).map_err(|e| self.error(*e))
+            self.engine.eval_ast_with_scope::<bool>(&mut scope, ast).map_err(|e| self.error(*e, ast.source()))
         })
     }
 
@@ -217,15 +236,59 @@ impl ScriptEngine {
         caught(|| {
             let mut scope = self.scope(inv);
             scope.push("api", Api::dynamic(ctx.clone()));
-            self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast).map_err(|e| self.error(*e))
+            self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast).map_err(|e| self.error(*e, ast.source()))
         })
     }
 
     /// Rhai's error in words an admin can act on, naming the limit that stopped the script.
-    fn error(&self, e: EvalAltResult) -> ScriptError {
+    /// A script's error (its AST carries its path) starts with `path:line:col:` at the place
+    /// that failed, inside a function too, followed by the calls that led there; a guard's
+    /// ends with Rhai's `(line L, position C)`.
+    fn error(&self, e: EvalAltResult, source: Option<&str>) -> ScriptError {
+        let class = class_of(&e);
+        let message = match source {
+            None => self.describe(&e, true),
+            Some(path) => {
+                let mut calls = Vec::new();
+                let mut inner = e;
+                while let EvalAltResult::ErrorInFunctionCall(name, _, err, pos) = inner {
+                    calls.push((name, pos));
+                    inner = *err;
+                }
+                let pos = inner.position();
+                let mut message = match (pos.line(), pos.position()) {
+                    (Some(line), Some(col)) => format!("{path}:{line}:{col}: "),
+                    (Some(line), None) => format!("{path}:{line}: "),
+                    _ => format!("{path}: "),
+                };
+                message.push_str(&self.describe(&inner, false));
+                // Innermost first: the function that failed, then who called it.
+                for (name, at) in calls.iter().rev() {
+                    let what =
+                        if name.starts_with("anon$") { "a closure".to_string() } else { format!("function `{name}`") };
+                    let at = match (at.line(), at.position()) {
+                        (Some(line), Some(col)) => format!(" called at {line}:{col}"),
+                        _ => String::new(),
+                    };
+                    message.push_str(&format!(" (in {what}{at})"));
+                }
+                message
+            }
+        };
+        ScriptError { message: crate::config::secret::redact(&message).into_owned(), class }
+    }
+
+    /// One error's words; its position in Rhai's form at the end when `with_position`.
+    fn describe(&self, e: &EvalAltResult, with_position: bool) -> String {
         let l = &self.limits;
-        let at = |pos: rhai::Position| if pos.is_none() { String::new() } else { format!(" ({pos})") };
-        let message = match &e {
+        let at = |pos: rhai::Position| {
+            if pos.is_none() || !with_position {
+                String::new()
+            } else {
+                format!(" ({pos})")
+            }
+        };
+        match e {
             EvalAltResult::ErrorTooManyOperations(pos) => format!(
                 "script stopped after {} operations: the limit is [limits] max_operations = {}{}",
                 l.max_operations,
@@ -269,9 +332,16 @@ impl ScriptEngine {
                 Some(host) => format!("{}{}", host.message, at(*pos)),
                 None => format!("{value}{}", at(*pos)),
             },
-            other => other.to_string(),
-        };
-        ScriptError { message: crate::config::secret::redact(&message).into_owned(), class: class_of(&e) }
+            other if with_position => other.to_string(),
+            // Rhai's words without Rhai's "(line L, position C)", which the path replaces.
+            other => {
+                let text = other.to_string();
+                match other.position() {
+                    pos if pos.is_none() => text,
+                    pos => text.strip_suffix(&format!(" ({pos})")).map(str::to_string).unwrap_or(text),
+                }
+            }
+        }
     }
 }
 
@@ -442,8 +512,24 @@ mod tests {
         );
         assert!(result.is_ok());
         assert_eq!(log, ["got why", "why", "why", "true"]);
+        // The place comes first now (it used to follow the message as Rhai's "(line 1,
+        // position 5)"); the host's message follows it unchanged.
         let e = run(r#"api.retry_later("why");"#).0.unwrap_err();
-        assert!(e.message.starts_with("why"), "{e}");
+        assert_eq!(e.message, "t.rhai:1:5: why", "{e}");
+    }
+
+    #[test]
+    fn a_run_time_error_names_the_script_line_and_column_also_inside_functions() {
+        let message = |src: &str| run(src).0.unwrap_err().message;
+        let m = message("let x = 1;\n    api.coment(record, \"t\");");
+        assert!(m.starts_with("t.rhai:2:9: Function not found: coment (Api, "), "{m}");
+        assert!(!m.contains("line 2"), "the place is said once: {m}");
+        let m = message("fn helper(api) {\n  api.retry_later(\"why\")\n}\nfn outer(api) { helper(api) }\nouter(api);");
+        assert_eq!(m, "t.rhai:2:7: why (in function `helper` called at 4:17) (in function `outer` called at 5:1)");
+        assert_eq!(message("throw \"mine\";"), "t.rhai:1:1: mine");
+        let m = message("let f = |x| x / 0;\nf.call(1);");
+        assert!(m.starts_with("t.rhai:1:15: Division by zero") && m.ends_with("(in a closure called at 2:3)"), "{m}");
+        assert!(message("let a = [];\na[3]").starts_with("t.rhai:2:3: Array index 3 out of bounds"));
     }
 
     #[test]

@@ -97,7 +97,8 @@ async fn handle_operations_from_a_script() {
     let p = Project::new(&ad_section("ActiveDirectory", "ldaps://127.0.0.1", &ou));
     p.rule("ops", "name = \"ops\"\nentity = \"adops\"\nscript = \"ops.rhai\"\nconditions = [{ field = \"Created\", op = \"equals\", value = true }]\n")
         .rule("typo", "name = \"typo\"\nentity = \"typo\"\nscript = \"typo.rhai\"\nconditions = [{ field = \"Created\", op = \"equals\", value = true }]\n")
-        .script("typo.rhai", "api.directory(\"ActiveDirectry\").user_exists(\"x\");")
+        // A name computed at run time (a literal one is refused when the script loads).
+        .script("typo.rhai", "let name = \"ActiveDirectry\";\napi.directory(name).user_exists(\"x\");")
         .script(
             "ops.rhai",
             r#"

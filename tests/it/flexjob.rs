@@ -345,8 +345,18 @@ async fn the_job_fails_clearly_on_a_refusal_and_writes_nothing() {
         .await;
     let ran = p.run_env(&["job", "run", "flex_hr_sync"], &[("FLEX_HR_PASSWORD", "wrong-password-1")]);
     assert_eq!(ran.code, 1, "{ran:?}");
+    // The error names the place in the script first (the call of get_all), then the answer.
+    let (line, text) = JOB_SCRIPT.lines().enumerate().find(|(_, l)| l.contains("hr.get_all(")).unwrap();
+    let place = format!(
+        "{}:{}:{}",
+        p.path().join("scripts/flex_hr_job.rhai").display(),
+        line + 1,
+        text.find("get_all").unwrap() + 1
+    );
     assert!(
-        ran.stdout.contains("error: connection flex_hr: GET /api/users answered 401: {\"error\": \"bad credentials\"}"),
+        ran.stdout.contains(&format!(
+            "error: {place}: connection flex_hr: GET /api/users answered 401: {{\"error\": \"bad credentials\"}}"
+        )),
         "{ran:?}"
     );
     assert!(!ran.stdout.contains("wrong-password-1") && !ran.stderr.contains("wrong-password-1"));
@@ -570,7 +580,9 @@ async fn a_refusal_fails_the_run_with_status_and_excerpt_and_mistakes_say_what_t
             r#"api.connection("peer").get("missing");"#,
             r#"connection peer: GET /missing answered 404: {"error":"no such thing"}"#,
         ),
-        (r#"api.connection("pear");"#, r#"no connection named "pear"; did you mean "peer"?"#),
+        // A name computed at run time: a literal one is refused when the script loads
+        // (script_checks::check_finds_what_would_stop_a_script_at_its_place).
+        (r#"let name = "pear"; api.connection(name);"#, r#"no connection named "pear"; did you mean "peer"?"#),
         (
             r#"api.connection("peer").get("x", #{ header: #{} });"#,
             "`header` is not a request option; did you mean `headers`?",
@@ -612,7 +624,13 @@ async fn a_transient_failure_makes_a_rule_run_retry_later() {
     assert_eq!(ran.code, 1, "{ran:?}");
     let run: Value = serde_json::from_str(ran.stdout.lines().next().unwrap()).unwrap();
     assert_eq!(run["status"], "retrying", "{run:#}");
-    assert!(run["error"].as_str().unwrap().starts_with("connection peer: GET /busy answered 503: maintenance"));
+    // The place in the script comes first, then the connection's words.
+    let place = p.path().join("scripts/busy.rhai");
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!("{}:1:24: connection peer: GET /busy answered 503: maintenance", place.display())),
+        "{error}"
+    );
     assert!(run["next_attempt_at"].is_string());
 }
 

@@ -15,6 +15,7 @@ mod origin;
 mod outage;
 mod reliability;
 mod scheduler;
+mod script_checks;
 mod secrets;
 mod unsafe_requests;
 mod webhook;

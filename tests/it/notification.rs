@@ -115,7 +115,8 @@ async fn a_failing_receiver_fails_the_run_for_a_retry_without_leaking_the_url() 
     assert!(!error.contains("it-url-token-7731"), "the URL is a credential: {error}");
 
     // An unknown channel is a plain failure that names the near miss.
-    let (_dir, rt) = runtime(&webhook_channel(&server), "api.notify(\"dsek\", \"s\", \"b\");");
+    // A name computed at run time: a literal one is refused when the script loads.
+    let (_dir, rt) = runtime(&webhook_channel(&server), "let channel = \"dsek\";\napi.notify(channel, \"s\", \"b\");");
     let runs = fire(&rt, json!({})).await;
     assert_eq!(runs[0].status, RunStatus::Failed);
     assert!(runs[0].error.as_deref().unwrap().contains("did you mean \"desk\""), "{:?}", runs[0].error);
