@@ -282,7 +282,8 @@ pub fn check_all(config_path: &Path) -> (Vec<Diagnostic>, String) {
     diags.extend(d);
     diags.extend(catalog.warnings.iter().cloned());
     let mut examples = 0;
-    for dir in &config.engine.check_dirs {
+    // A folder that does not exist is a problem of `[engine] check_dirs`, at its line.
+    for dir in config.engine.check_dirs.iter().filter(|d| d.join("rules").is_dir() || d.join("scripts").is_dir()) {
         // Example folders come with their own configuration: their names are not this one's.
         let (c, d) = Catalog::load(&engine, &dir.join("rules"), &dir.join("scripts"), &KnownNames::default());
         examples += c.rules.rules().len();

@@ -98,6 +98,22 @@ impl Default for EngineConfig {
     }
 }
 
+/// A TOML error with a suggestion when it is an unknown key (serde's "unknown field `x`,
+/// expected one of `a`, `b`" gets "; did you mean `a`?" when one is close).
+fn with_suggestion(message: &str) -> String {
+    let suggestion = (|| {
+        let rest = message.strip_prefix("unknown field `")?;
+        let (field, rest) = rest.split_once('`')?;
+        let expected = rest.split_once("expected ")?.1;
+        let names: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        crate::diag::did_you_mean(field, names)
+    })();
+    match suggestion {
+        Some(s) => format!("{message}; did you mean `{s}`?"),
+        None => message.to_string(),
+    }
+}
+
 /// Checks that a number setting is within `range`, at the setting's place.
 fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
     ctx: &mut CheckCtx,
@@ -133,6 +149,20 @@ impl EngineConfig {
         check_range(ctx, t, "retry_max_backoff_ms", self.retry_max_backoff_ms, 1, 30 * DAY_MS, " (30 days)");
         check_range(ctx, t, "retention_days", self.retention_days, 0, 36_500, " (100 years)");
         check_range(ctx, t, "max_fanout", self.max_fanout, 1, 10_000_000, "");
+        for dir in &self.check_dirs {
+            let full = ctx.base_dir.join(dir);
+            if !full.join("rules").is_dir() && !full.join("scripts").is_dir() {
+                let what = if full.is_dir() { "has no rules/ or scripts/ folder" } else { "does not exist" };
+                ctx.error_at_key(
+                    t,
+                    "check_dirs",
+                    format!(
+                        "[engine] check_dirs: {} {what} (it is resolved against this file's folder)",
+                        full.display()
+                    ),
+                );
+            }
+        }
         if self.retry_backoff_ms > self.retry_max_backoff_ms {
             ctx.error_at_key(
                 t,
@@ -320,7 +350,7 @@ impl Config {
         secrets: Secrets,
     ) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
         let raw: RawConfig = toml::from_str(source)
-            .map_err(|e| vec![Diagnostic::span(path, source, e.span(), e.message().trim_end().to_string())])?;
+            .map_err(|e| vec![Diagnostic::span(path, source, e.span(), with_suggestion(e.message().trim_end()))])?;
         // An empty parent (a bare file name) keeps paths relative to the working folder.
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut ctx = CheckCtx { path, source, base_dir: &base_dir, diags: Vec::new(), secrets };

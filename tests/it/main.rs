@@ -17,5 +17,6 @@ mod reliability;
 mod scheduler;
 mod script_checks;
 mod secrets;
+mod trust;
 mod unsafe_requests;
 mod webhook;
