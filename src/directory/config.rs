@@ -6,6 +6,7 @@
 //! kind = "active_directory"            # or "ldap" (OpenLDAP, inetOrgPerson)
 //! url = "ldaps://dc1.example.com"      # ldap:// or ldaps://, optional :port
 //! starttls = false                     # upgrade an ldap:// connection with StartTLS
+//! allow_plaintext_bind = false         # true: bind over plain ldap:// anyway (a lab only)
 //! bind_dn = "svc-tripline@example.com" # a DN, or on AD also user@domain / DOMAIN\user
 //! bind_password = "${AD_BIND_PASSWORD}"
 //! base_dn = "DC=example,DC=com"
@@ -36,6 +37,7 @@ use toml::Spanned;
 use super::dn::{is_attribute_type, Dn};
 use super::schema::{Schema, AD, LDAP};
 use crate::config::{CheckCtx, SecretRef};
+use crate::diag::Diagnostic;
 
 /// `[directories.NAME]` as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +50,11 @@ pub struct DirectoryConfig {
     /// Upgrade an `ldap://` connection with StartTLS.
     #[serde(default)]
     pub starttls: bool,
+    /// Bind with the password over a plain `ldap://` connection, where anyone on the path
+    /// reads it. Refused unless set (a lab setting, which `check` reports as a warning);
+    /// users' passwords are never sent in clear, whatever this says.
+    #[serde(default = "default_false")]
+    pub allow_plaintext_bind: Spanned<bool>,
     /// The account tripline binds as; anonymous when absent.
     pub bind_dn: Option<Spanned<String>>,
     /// Its password (`${VAR}` or `${file:PATH}` allowed).
@@ -84,6 +91,10 @@ pub struct DirectoryConfig {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_false() -> Spanned<bool> {
+    Spanned::new(0..0, false)
 }
 
 fn default_page_size() -> Spanned<u32> {
@@ -203,6 +214,8 @@ pub fn default_mapping(kind: DirectoryKind) -> Vec<(&'static str, &'static str)>
 pub(crate) struct Problem {
     pub span: Option<Range<usize>>,
     pub message: String,
+    /// A warning: the section is usable (see [`crate::diag::Severity::Warning`]).
+    pub warning: bool,
 }
 
 /// The validated, defaulted view of a [`DirectoryConfig`] that the runtime is built from.
@@ -221,7 +234,11 @@ impl DirectoryConfig {
     pub fn check(&self, name: &str, span: Range<usize>, ctx: &mut CheckCtx) {
         let (_, problems) = self.resolve(name, ctx.base_dir);
         for p in problems {
-            ctx.error(p.span.unwrap_or_else(|| span.clone()), p.message);
+            let at = p.span.unwrap_or_else(|| span.clone());
+            match p.warning {
+                false => ctx.error(at, p.message),
+                true => ctx.diags.push(Diagnostic::span(ctx.path, ctx.source, Some(at), p.message).warning()),
+            }
         }
         // In dry-run mode nothing binds, so an unset `${AD_BIND_PASSWORD}` is no problem yet.
         if let (Some(pw), false) = (&self.bind_password, self.dry_run) {
@@ -232,8 +249,16 @@ impl DirectoryConfig {
     /// Validates and fills in defaults; the same code serves `tripline check` and start-up.
     pub(crate) fn resolve(&self, name: &str, base_dir: &Path) -> (Option<Resolved>, Vec<Problem>) {
         let mut problems = Vec::new();
+        let mut warnings = Vec::new();
         let mut problem = |span: Option<Range<usize>>, message: String| {
-            problems.push(Problem { span, message: format!("directories.{name}: {message}") })
+            problems.push(Problem { span, message: format!("directories.{name}: {message}"), warning: false })
+        };
+        let mut warning = |span: Range<usize>, message: String| {
+            warnings.push(Problem {
+                span: Some(span),
+                message: format!("directories.{name}: {message}"),
+                warning: true,
+            })
         };
         let schema = self.kind.schema();
 
@@ -256,6 +281,7 @@ impl DirectoryConfig {
             Ok(_) => {}
             Err(e) => problem(Some(self.url.span()), format!("url `{}` does not parse: {e}", self.url.get_ref())),
         }
+        self.check_plaintext_bind(&mut problem, &mut warning);
 
         match (&self.bind_dn, &self.bind_password) {
             (Some(dn), None) => problem(Some(dn.span()), "bind_dn is set but bind_password is not".into()),
@@ -391,7 +417,57 @@ impl DirectoryConfig {
             }),
             _ => None,
         };
+        problems.extend(warnings);
         (resolved, problems)
+    }
+
+    /// Whether the connection is plain `ldap://` without StartTLS: what it carries can be read
+    /// on the way. (Another scheme is a problem of its own and builds nothing.)
+    pub(crate) fn is_plaintext(&self) -> bool {
+        !self.starttls && self.url.get_ref().trim_start().to_ascii_lowercase().starts_with("ldap://")
+    }
+
+    /// The service account's password must not cross the network in clear: a bind over plain
+    /// `ldap://` is an error, unless `allow_plaintext_bind = true` says the admin accepts it
+    /// (then a warning). A dry-run directory never binds, so it may keep a plain URL, but is
+    /// warned about: setting `dry_run = false` would send the password in clear.
+    fn check_plaintext_bind(
+        &self,
+        problem: &mut impl FnMut(Option<Range<usize>>, String),
+        warning: &mut impl FnMut(Range<usize>, String),
+    ) {
+        let allowed = *self.allow_plaintext_bind.get_ref();
+        let allow_span = self.allow_plaintext_bind.span();
+        let url = self.url.get_ref();
+        let binds = self.bind_password.is_some();
+        match (self.is_plaintext() && binds, allowed) {
+            (true, true) => warning(
+                allow_span,
+                format!(
+                    "allow_plaintext_bind = true: the bind password is sent in clear over {url}, readable by anyone \
+                     on the network path; use an ldaps:// url or starttls = true outside a lab"
+                ),
+            ),
+            (true, false) if self.dry_run => warning(
+                self.url.span(),
+                format!(
+                    "url {url} is not encrypted: a dry run binds nothing, but with dry_run = false the bind password \
+                     would be sent in clear; use an ldaps:// url or starttls = true"
+                ),
+            ),
+            (true, false) => problem(
+                Some(self.url.span()),
+                format!(
+                    "the bind password would be sent in clear over {url}: use an ldaps:// url or starttls = true \
+                     (allow_plaintext_bind = true accepts it, for a lab only)"
+                ),
+            ),
+            (false, true) => {
+                let why = if binds { "the connection is encrypted" } else { "there is no bind_password" };
+                warning(allow_span, format!("allow_plaintext_bind = true has no effect: {why}"))
+            }
+            (false, false) => {}
+        }
     }
 }
 
@@ -513,6 +589,65 @@ users_ou = "OU=Staff,DC=elsewhere,DC=com"
         let config = crate::config::Config::from_str(&dry, Path::new("t.toml")).unwrap();
         let section = config.raw.directories["AD"].get_ref();
         assert!(section.build("AD", Path::new(".")).unwrap().is_dry_run());
+    }
+
+    /// `(line:col, warning?, message)` of each problem `check` reports for a whole file.
+    fn check_file(text: &str) -> Vec<(String, bool, String)> {
+        let (_, diags) = crate::config::Config::parse(text, Path::new("t.toml")).unwrap();
+        diags.into_iter().map(|d| (format!("{}:{}", d.line, d.col), !d.is_error(), d.message)).collect()
+    }
+
+    const PLAIN: &str = "[directories.AD]\nkind = \"active_directory\"\nurl = \"ldap://dc1.example.com\"\n\
+                         bind_dn = \"svc@example.com\"\nbind_password = \"pw\"\nbase_dn = \"DC=example,DC=com\"\n";
+
+    #[test]
+    fn a_bind_over_plain_ldap_is_refused_unless_allowed() {
+        let refused = check_file(PLAIN);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        let (at, warning, message) = &refused[0];
+        assert_eq!((at.as_str(), *warning), ("3:7", false), "{refused:?}");
+        assert!(
+            message.starts_with("directories.AD: the bind password would be sent in clear over ldap://dc1"),
+            "{message}"
+        );
+        assert!(message.contains("ldaps://") && message.contains("starttls = true"), "{message}");
+        assert!(message.contains("allow_plaintext_bind = true"), "{message}");
+        // Refused at start too, whatever the caller.
+        let section: DirectoryConfig = toml::from_str(PLAIN.trim_start_matches("[directories.AD]\n")).unwrap();
+        let err = section.build("AD", Path::new(".")).err().expect("refused");
+        assert!(err.to_string().contains("would be sent in clear"), "{err}");
+        // Upper-case schemes are the same scheme.
+        assert_eq!(check_file(&PLAIN.replace("ldap://", "LDAP://")).len(), 1);
+
+        let allowed = check_file(&format!("{PLAIN}allow_plaintext_bind = true\n"));
+        assert_eq!(allowed.len(), 1, "{allowed:?}");
+        let (at, warning, message) = &allowed[0];
+        assert_eq!((at.as_str(), *warning), ("7:24", true), "{allowed:?}");
+        assert!(message.contains("sent in clear over ldap://dc1.example.com"), "{message}");
+        let text = format!("{PLAIN}allow_plaintext_bind = true\n");
+        let config = crate::config::Config::from_str(&text, Path::new("t.toml")).unwrap();
+        assert_eq!(config.warnings.len(), 1);
+        assert!(config.raw.directories["AD"].get_ref().build("AD", Path::new(".")).is_ok());
+    }
+
+    #[test]
+    fn encrypted_binds_and_dry_runs() {
+        for ok in ["url = \"ldaps://dc1.example.com\"", "url = \"ldap://dc1.example.com\"\nstarttls = true"] {
+            let text = PLAIN.replace("url = \"ldap://dc1.example.com\"", ok);
+            assert!(check_file(&text).is_empty(), "{ok}: {:?}", check_file(&text));
+        }
+        // No password, nothing to protect.
+        let anonymous = "[directories.AD]\nkind = \"ldap\"\nurl = \"ldap://h\"\nbase_dn = \"dc=x\"\n";
+        assert!(check_file(anonymous).is_empty());
+        // A dry run binds nothing, so it is allowed; going live would not be.
+        let dry = check_file(&format!("{PLAIN}dry_run = true\n"));
+        assert_eq!(dry.len(), 1, "{dry:?}");
+        assert_eq!((dry[0].0.as_str(), dry[0].1), ("3:7", true), "{dry:?}");
+        assert!(dry[0].2.contains("with dry_run = false the bind password would be sent in clear"), "{dry:?}");
+        // The opt-in where it changes nothing says so.
+        let idle = check_file(&format!("{}allow_plaintext_bind = true\n", PLAIN.replace("ldap://", "ldaps://")));
+        assert_eq!(idle.len(), 1, "{idle:?}");
+        assert!(idle[0].1 && idle[0].2.contains("has no effect: the connection is encrypted"), "{idle:?}");
     }
 
     #[test]

@@ -232,7 +232,7 @@ impl DirectoryConfig {
     pub fn build(&self, name: &str, base_dir: &Path) -> Result<Directory, DirectoryError> {
         let (resolved, problems) = self.resolve(name, base_dir);
         let Some(r) = resolved else {
-            let all: Vec<String> = problems.into_iter().map(|p| p.message).collect();
+            let all: Vec<String> = problems.into_iter().filter(|p| !p.warning).map(|p| p.message).collect();
             return Err(DirectoryError::Config(all.join("; ")));
         };
         // A dry-run directory never binds, so its password is not resolved: the shipped
@@ -248,7 +248,7 @@ impl DirectoryConfig {
             _ => None,
         };
         let url = self.url.get_ref().trim_end_matches('/').to_string();
-        let secure = url.starts_with("ldaps://") || self.starttls;
+        let secure = !self.is_plaintext();
         let mode = if self.dry_run {
             Mode::DryRun(Mutex::new(Vec::new()))
         } else {
@@ -264,12 +264,14 @@ impl DirectoryConfig {
                 None
             };
             Mode::Live(Box::new(Pool::new(ConnSpec {
+                directory: name.to_string(),
                 url,
                 starttls: self.starttls,
                 tls,
                 connect_timeout: self.connect_timeout.0,
                 op_timeout: self.op_timeout.0,
                 bind,
+                allow_plaintext_bind: *self.allow_plaintext_bind.get_ref(),
             })))
         };
         let employee_attr =

@@ -6,6 +6,7 @@ mod common;
 mod connection;
 mod daemon;
 mod directory;
+mod directory_guards;
 mod flexhr;
 mod flexjob;
 mod hostile;
