@@ -35,7 +35,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use super::dn::{is_attribute_type, Dn};
-use super::schema::{Schema, AD, LDAP};
+use super::schema::{protection, Schema, WriteKind, AD, LDAP};
 use crate::config::{CheckCtx, SecretRef};
 use crate::diag::Diagnostic;
 
@@ -260,7 +260,6 @@ impl DirectoryConfig {
                 warning: true,
             })
         };
-        let schema = self.kind.schema();
 
         match url::Url::parse(self.url.get_ref()) {
             Ok(u) if !matches!(u.scheme(), "ldap" | "ldaps") => problem(
@@ -384,16 +383,13 @@ impl DirectoryConfig {
                 problem(Some(attr.span()), "mapping: a field name is empty".into());
                 continue;
             }
-            if !a.is_empty() && !is_attribute_type(a) {
-                problem(Some(attr.span()), format!("mapping: `{a}` is not an attribute name"));
+            // The sync writes mapped attributes on every update, so the update rules apply.
+            if let Some(refusal) = (!a.is_empty()).then(|| protection(a, WriteKind::Update)).flatten() {
+                problem(Some(attr.span()), format!("mapping: attribute {a} cannot be mapped: {}", refusal.instead));
                 continue;
             }
-            let reserved = [schema.login, schema.upn.unwrap_or(schema.login), "manager", "userAccountControl"];
-            if reserved.iter().any(|r| r.eq_ignore_ascii_case(a)) || schema.protected_hint(a).is_some() {
-                problem(
-                    Some(attr.span()),
-                    format!("mapping: attribute {a} is set by tripline itself and cannot be mapped"),
-                );
+            if !a.is_empty() && !is_attribute_type(a) {
+                problem(Some(attr.span()), format!("mapping: `{a}` is not an attribute name"));
                 continue;
             }
             if field == "EmployeeId" && a.is_empty() {
@@ -535,7 +531,7 @@ groups_base = "OU=Groups;;"
         let all = p.join("\n");
         assert!(all.contains("starttls = true needs an ldap:// url"), "{all}");
         assert!(all.contains("field Username is handled by the sync"), "{all}");
-        assert!(all.contains("attribute sAMAccountName is set by tripline"), "{all}");
+        assert!(all.contains("attribute sAMAccountName cannot be mapped: a logon name is set when"), "{all}");
         assert!(all.contains("`bad attr` is not an attribute name"), "{all}");
         assert_eq!(p.len(), 4, "{all}");
     }
@@ -648,6 +644,29 @@ users_ou = "OU=Staff,DC=elsewhere,DC=com"
         let idle = check_file(&format!("{}allow_plaintext_bind = true\n", PLAIN.replace("ldap://", "ldaps://")));
         assert_eq!(idle.len(), 1, "{idle:?}");
         assert!(idle[0].1 && idle[0].2.contains("has no effect: the connection is encrypted"), "{idle:?}");
+    }
+
+    #[test]
+    fn a_mapping_to_a_protected_attribute_is_an_error_at_its_place() {
+        let text = "[directories.AD]\nkind = \"active_directory\"\nurl = \"ldaps://dc1.example.com\"\n\
+                    base_dn = \"DC=example,DC=com\"\n[directories.AD.mapping]\nTitle = \"title\"\n\
+                    Flags = \"userAccountControl;binary\"\nKeys = \"msDS-KeyCredentialLink\"\n\
+                    Boss = \"MANAGER\"\nUpn = \"userPrincipalName\"\nSid = \"1.2.840.113556.1.4.609\"\n";
+        let problems = check_file(text);
+        let got: Vec<(&str, &str)> = problems.iter().map(|(at, _, m)| (at.as_str(), m.as_str())).collect();
+        assert_eq!(got.len(), 5, "{got:#?}");
+        let expect = [
+            ("7:9", "attribute userAccountControl;binary cannot be mapped: use enable_user / disable_user"),
+            ("8:8", "attribute msDS-KeyCredentialLink cannot be mapped: it grants access"),
+            ("9:8", "attribute MANAGER cannot be mapped: use set_manager"),
+            ("10:7", "attribute userPrincipalName cannot be mapped: a logon name is set"),
+            ("11:7", "attribute 1.2.840.113556.1.4.609 cannot be mapped: it grants access"),
+        ];
+        // The mapping is a BTreeMap: problems come in the order of the field names.
+        for (at, text) in expect {
+            assert!(got.iter().any(|(a, m)| *a == at && m.contains(text)), "{at} {text}: {got:#?}");
+        }
+        assert!(problems.iter().all(|(_, warning, _)| !warning));
     }
 
     #[test]

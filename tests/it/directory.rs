@@ -137,8 +137,10 @@ async fn ad_disable_and_enable_flip_only_their_bit() {
     };
     let dn = dir.create_user(&user).await.unwrap().dn;
     assert_eq!(read_attr(&mut admin, &dn, "userAccountControl").await, vec!["512"]);
-    // DONT_EXPIRE_PASSWORD (0x10000) must survive disable and enable.
-    dir.update_user(&login(&sam), &attrs(&[("userAccountControl", "66048")])).await.unwrap();
+    // DONT_EXPIRE_PASSWORD (0x10000) must survive disable and enable. Set behind tripline's
+    // back: update_user refuses userAccountControl (enable_user / disable_user own it).
+    let uac = [b"66048".to_vec()].into();
+    admin.modify(&dn, vec![ldap3::Mod::Replace(b"userAccountControl".to_vec(), uac)]).await.unwrap().success().unwrap();
     assert!(dir.disable_user(&login(&sam)).await.unwrap());
     assert_eq!(read_attr(&mut admin, &dn, "userAccountControl").await, vec!["66050"]);
     assert!(!can_bind("ldaps://127.0.0.1", &dn, "Str0ng!Passw0rd-1").await);
@@ -513,7 +515,14 @@ async fn flexhr_leaver_is_disabled() {
     // Give it a password and enable it, as the helpdesk would, with an extra flag set.
     let tls = ad_ldaps(&dir.users_ou());
     tls.reset_password(&login(&created.login), &Secret::new("Leaver!Passw0rd1"), false).await.unwrap();
-    tls.update_user(&login(&created.login), &attrs(&[("userAccountControl", "66048")])).await.unwrap();
+    // (The flags are set by the admin connection: update_user refuses userAccountControl.)
+    let uac = [b"66048".to_vec()].into();
+    admin
+        .modify(&created.dn, vec![ldap3::Mod::Replace(b"userAccountControl".to_vec(), uac)])
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
     rec["Active"] = json!(false);
     let out = dir.sync_flexhr_user(&record(rec.clone())).await.unwrap();
     assert!(out.disabled);

@@ -174,3 +174,179 @@ fn a_dry_run_directory_on_plain_ldap_is_allowed_with_a_warning() {
     let log: Vec<&str> = runs[0]["log"].as_array().unwrap().iter().filter_map(|l| l["message"].as_str()).collect();
     assert_eq!(log, vec!["false"], "{:#}", runs[0]);
 }
+
+/// Every attribute of an entry, read by an admin connection.
+async fn whole_entry(ldap: &mut ldap3::Ldap, dn: &str) -> std::collections::HashMap<String, Vec<String>> {
+    let (entries, _) =
+        ldap.search(dn, ldap3::Scope::Base, "(objectClass=*)", vec!["*", "+"]).await.unwrap().success().unwrap();
+    let e = ldap3::SearchEntry::construct(entries.into_iter().next().expect("the entry exists"));
+    let mut all = e.attrs;
+    for (k, v) in e.bin_attrs {
+        all.insert(k, v.iter().map(hex::encode).collect());
+    }
+    all
+}
+
+/// Attribute spellings `update_user` must refuse, each with what its message must point to.
+const REFUSED_UPDATES: &[(&str, &str)] = &[
+    ("userAccountControl", "use enable_user / disable_user"),
+    ("USERACCOUNTCONTROL;binary", "use enable_user / disable_user"),
+    ("1.2.840.113556.1.4.8", "use enable_user / disable_user"),
+    ("sAMAccountName", "tripline never changes it"),
+    ("userprincipalname", "tripline never changes it"),
+    ("uid", "tripline never changes it"),
+    ("cn", "use rename_user or move_user"),
+    ("distinguishedName", "use rename_user or move_user"),
+    ("unicodePwd", "use reset_password"),
+    ("userPassword;binary", "use reset_password"),
+    ("pwdLastSet", "use reset_password"),
+    ("member", "use add_to_group / remove_from_group"),
+    ("memberOf", "use add_to_group / remove_from_group"),
+    ("member;range=0-1499", "use add_to_group / remove_from_group"),
+    ("manager", "use set_manager"),
+    ("msDS-KeyCredentialLink", "grants access or carries the account's identity"),
+    ("sIDHistory", "grants access or carries the account's identity"),
+    ("objectSid", "grants access or carries the account's identity"),
+    ("nTSecurityDescriptor", "grants access or carries the account's identity"),
+    ("msDS-AllowedToDelegateTo", "grants access or carries the account's identity"),
+    ("msDS-AllowedToActOnBehalfOfOtherIdentity", "grants access or carries the account's identity"),
+    ("servicePrincipalName", "grants access or carries the account's identity"),
+    ("adminCount", "grants access or carries the account's identity"),
+    ("primaryGroupID", "grants access or carries the account's identity"),
+    ("altSecurityIdentities", "grants access or carries the account's identity"),
+    ("uidNumber", "grants access or carries the account's identity"),
+    ("objectClass", "the directory keeps it itself"),
+    ("objectGUID", "the directory keeps it itself"),
+    ("2.5.4.35", "use reset_password"),
+    ("1.2.840.113556.1.4.1", "use rename_user or move_user"),
+    ("1.2.840.113556.1.4.77777", "not by numeric OID"),
+];
+
+/// Attribute maps `create_user` must refuse.
+const REFUSED_CREATES: &[(&str, &str)] = &[
+    ("userAccountControl", "give enabled: true or false"),
+    ("unicodePwd", "give password"),
+    ("memberOf", "then use add_to_group"),
+    ("sIDHistory", "grants access"),
+    ("servicePrincipalName;x-tag", "grants access"),
+    ("msDS-AllowedToDelegateTo", "grants access"),
+    ("objectClass", "the directory keeps it itself"),
+];
+
+const PROTECT_SCRIPT: &str = r#"
+let d = api.directory("D");
+for attr in record.updates {
+    let changes = #{};
+    changes[attr] = "1";
+    try { d.update_user(record.user, changes); api.info(`${attr} => written`); }
+    catch (e) { api.info(`${attr} => ${e}`); }
+}
+for attr in record.creates {
+    let user = #{ name: `New ${record.tag}`, sAMAccountName: `n${record.tag}`, sn: "New" };
+    user[attr] = "1";
+    try { d.create_user(user); api.info(`create ${attr} => written`); }
+    catch (e) { api.info(`create ${attr} => ${e}`); }
+}
+if record.control { d.update_user(record.user, #{ title: "Still writable" }); }
+"#;
+
+/// Runs the refusals through a script on directory `D` of `p` against `user_dn`, checks each
+/// message and that the entry is exactly as it was; then that a plain attribute still writes
+/// and that an uncaught refusal fails the run (permanent: not retried).
+async fn refusals_change_nothing(p: &Project, admin: &mut ldap3::Ldap, user_dn: &str, tag: &str) {
+    p.rule(
+        "protect",
+        "name = \"protect\"\nentity = \"protect\"\nscript = \"protect.rhai\"\n\
+         conditions = [{ field = \"Created\", op = \"equals\", value = true }]\n",
+    )
+    .script("protect.rhai", PROTECT_SCRIPT);
+    let before = whole_entry(admin, user_dn).await;
+    let updates: Vec<&str> = REFUSED_UPDATES.iter().map(|(a, _)| *a).collect();
+    let creates: Vec<&str> = REFUSED_CREATES.iter().map(|(a, _)| *a).collect();
+    let record =
+        serde_json::json!({"user": user_dn, "updates": updates, "creates": creates, "tag": tag, "control": false});
+    let (ran, runs) = p.fire("protect", &record.to_string());
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let log: Vec<String> =
+        runs[0]["log"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap().to_string()).collect();
+    assert_eq!(log.len(), REFUSED_UPDATES.len() + REFUSED_CREATES.len(), "{log:#?}");
+    for ((attr, instead), line) in REFUSED_UPDATES.iter().zip(&log) {
+        assert!(line.starts_with(&format!("{attr} => ")), "{line}");
+        assert!(line.contains(&format!("update_user cannot write attribute {attr}")), "{attr}: {line}");
+        assert!(line.contains(instead), "{attr}: {line}");
+    }
+    for ((attr, instead), line) in REFUSED_CREATES.iter().zip(&log[REFUSED_UPDATES.len()..]) {
+        assert!(line.contains(&format!("create {attr} => ")) && line.contains("create_user cannot write"), "{line}");
+        assert!(line.contains(instead), "{attr}: {line}");
+    }
+    assert_eq!(whole_entry(admin, user_dn).await, before, "a refused write changed the entry");
+
+    // The same script with nothing refused writes: the checks above were not vacuous.
+    let record = serde_json::json!({"user": user_dn, "updates": [], "creates": [], "tag": tag, "control": true});
+    let (ran, _) = p.fire("protect", &record.to_string());
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(whole_entry(admin, user_dn).await.get("title"), Some(&vec!["Still writable".to_string()]));
+
+    // Uncaught, a refusal fails the run for good.
+    p.rule(
+        "uncaught",
+        "name = \"uncaught\"\nentity = \"uncaught\"\nscript = \"uncaught.rhai\"\n\
+         conditions = [{ field = \"Created\", op = \"equals\", value = true }]\n",
+    )
+    .script("uncaught.rhai", "api.directory(\"D\").update_user(record.user, #{ userAccountControl: 66048 });");
+    let (_, runs) = p.fire("uncaught", &serde_json::json!({"user": user_dn}).to_string());
+    assert_eq!(runs[0]["status"], "failed", "{:#}", runs[0]);
+    assert!(runs[0]["error"].as_str().unwrap().contains("use enable_user / disable_user"), "{:#}", runs[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ad_update_user_refuses_protected_attributes_from_a_script() {
+    use crate::common::directory_servers::{ad_admin, make_ou, samba, unique, AD_ADMIN, AD_ADMIN_PW, AD_BASE};
+    let mut admin = ad_admin().await;
+    let ou = make_ou(&mut admin, AD_BASE, "protect").await;
+    let tag = unique();
+    let dn = format!("CN=Guarded {tag},{ou}");
+    let sam = format!("g{tag}");
+    admin
+        .add(
+            &dn,
+            vec![
+                ("objectClass", ["top", "person", "organizationalPerson", "user"].into()),
+                ("sAMAccountName", [sam.as_str()].into()),
+            ],
+        )
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let p = Project::new(&format!(
+        "[directories.D]\nkind = \"active_directory\"\nurl = \"ldaps://127.0.0.1\"\nbind_dn = \"{AD_ADMIN}\"\n\
+         bind_password = \"{AD_ADMIN_PW}\"\nbase_dn = \"{AD_BASE}\"\nusers_ou = '{ou}'\nca_file = '{}'\n",
+        samba().ca_file().display()
+    ));
+    refusals_change_nothing(&p, &mut admin, &dn, &tag).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldap_update_user_refuses_protected_attributes_from_a_script() {
+    use crate::common::directory_servers::{certs, Slapd, LDAP_ADMIN, LDAP_ADMIN_PW, LDAP_BASE};
+    let server = Slapd::start();
+    let mut admin = server.admin().await;
+    let dn = format!("cn=Guarded,ou=people,{LDAP_BASE}");
+    admin
+        .add(
+            &dn,
+            vec![("objectClass", ["inetOrgPerson"].into()), ("sn", ["Guarded"].into()), ("uid", ["guarded"].into())],
+        )
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let p = Project::new(&format!(
+        "[directories.D]\nkind = \"ldap\"\nurl = \"{}\"\nbind_dn = \"{LDAP_ADMIN}\"\nbind_password = \"{LDAP_ADMIN_PW}\"\n\
+         base_dn = \"{LDAP_BASE}\"\nusers_ou = \"ou=people,{LDAP_BASE}\"\nca_file = '{}'\n",
+        server.ldaps_url(),
+        certs().ca.display()
+    ));
+    refusals_change_nothing(&p, &mut admin, &dn, "l1").await;
+}
