@@ -350,3 +350,55 @@ async fn ldap_update_user_refuses_protected_attributes_from_a_script() {
     ));
     refusals_change_nothing(&p, &mut admin, &dn, "l1").await;
 }
+
+/// The run's `[limits] timeout_ms`, far below the directory's own timeouts.
+const SHORT_RUN: &str = "[limits]\ntimeout_ms = 1500\n\n";
+const LONG_DIRECTORY_TIMEOUTS: &str = "connect_timeout = \"2m\"\nop_timeout = \"2m\"\n";
+
+#[test]
+fn a_connect_that_hangs_ends_at_the_runs_time_limit() {
+    // ldaps:// to a listener that accepts and never answers: the TLS handshake hangs.
+    let server = Silent::start();
+    let config =
+        format!("{SHORT_RUN}{}", ad_section(&format!("ldaps://127.0.0.1:{}", server.port), LONG_DIRECTORY_TIMEOUTS));
+    let p = project(&config, "api.directory(\"AD\").user_exists(\"ann\");");
+    let (ran, runs) = p.fire("ticket", r#"{"x": 1}"#);
+    assert_eq!(ran.code, 1, "{ran:?}");
+    let run = &runs[0];
+    assert_eq!(run["status"], "retrying", "{run:#}");
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.contains("directory AD: user_exists did not finish within the run's time limit ([limits] timeout_ms)"),
+        "{run:#}"
+    );
+    assert!(server.connections() >= 1, "the call did reach the listener");
+}
+
+#[test]
+fn a_bind_that_hangs_ends_flexhr_sync_at_the_runs_time_limit_and_keeps_the_ticket() {
+    // Plain ldap:// (a lab opt-in) to the silent listener: the bind is sent, never answered.
+    let server = Silent::start();
+    let extra = format!("{LONG_DIRECTORY_TIMEOUTS}allow_plaintext_bind = true\n");
+    let config = format!("{SHORT_RUN}{}", ad_section(&format!("ldap://127.0.0.1:{}", server.port), &extra));
+    let p = project(&config, "api.ProcessFlexHrUserOnAD(record, \"AD\");");
+    let ticket = r#"{"Source": "FlexHR", "EmployeeId": "E1", "FirstName": "Ann", "LastName": "Lee"}"#;
+    let (ran, runs) = p.fire("ticket", ticket);
+    assert_eq!(ran.code, 1, "{ran:?}");
+    let run = &runs[0];
+    assert_eq!(run["status"], "retrying", "{run:#}");
+    let limit =
+        "ProcessFlexHrUserOnAD on directory AD did not finish within the run's time limit ([limits] timeout_ms)";
+    assert!(run["error"].as_str().unwrap().contains(limit), "{run:#}");
+    assert!(server.saw(PASSWORD.as_bytes()), "the bind was under way");
+
+    let shown = p.run(&["records", "show", run["record_id"].as_str().unwrap(), "--json"]);
+    let record = shown.json();
+    assert_eq!(record["status"], "open", "{record:#}");
+    let comments: Vec<&str> =
+        record["comments"].as_array().unwrap().iter().filter_map(|c| c["text"].as_str()).collect();
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert!(
+        comments[0].starts_with(&format!("failed to synchronize with Flex HR: {limit}; will retry")),
+        "{comments:?}"
+    );
+}
