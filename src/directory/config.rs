@@ -11,6 +11,8 @@
 //! bind_password = "${AD_BIND_PASSWORD}"
 //! base_dn = "DC=example,DC=com"
 //! users_ou = "OU=Staff,DC=example,DC=com"   # where new users go; default CN=Users (AD) or base_dn
+//! user_search_bases = ["OU=Staff,DC=example,DC=com", "OU=Contractors,DC=example,DC=com"]
+//!                                      # where the Flex HR sync may find accounts; default [users_ou]
 //! groups_base = "OU=Groups,DC=example,DC=com" # where groups named without a DN are looked up
 //! upn_suffix = "example.com"           # default: the DC= parts of base_dn
 //! tls_verify = true                    # false only for a lab
@@ -63,6 +65,10 @@ pub struct DirectoryConfig {
     pub base_dn: Spanned<String>,
     /// Where new users are created. Default: `CN=Users,<base_dn>` on AD, `base_dn` elsewhere.
     pub users_ou: Option<Spanned<String>>,
+    /// Where `ProcessFlexHrUserOnAD` may find and change accounts (`users_ou` and each OU
+    /// under it). Default: `[users_ou]`. An account with the employee ID elsewhere under
+    /// `base_dn` (a service or admin account) is a conflict, not a match.
+    pub user_search_bases: Option<Spanned<Vec<Spanned<String>>>>,
     /// Where groups named without a DN are looked up. Default: `base_dn`.
     pub groups_base: Option<Spanned<String>>,
     /// The part after `@` of new users' `userPrincipalName`. Default: base_dn's `DC=` parts.
@@ -223,6 +229,7 @@ pub(crate) struct Problem {
 pub(crate) struct Resolved {
     pub base_dn: Dn,
     pub users_ou: Dn,
+    pub user_search_bases: Vec<Dn>,
     pub groups_base: Dn,
     pub upn_suffix: String,
     pub mapping: Vec<(String, String)>,
@@ -331,6 +338,28 @@ impl DirectoryConfig {
         });
         let users_ou = under_base("users_ou", &self.users_ou, default_users);
         let groups_base = under_base("groups_base", &self.groups_base, base_dn.clone());
+        let user_search_bases: Option<Vec<Dn>> = match &self.user_search_bases {
+            None => users_ou.clone().map(|ou| vec![ou]),
+            Some(list) if list.get_ref().is_empty() => {
+                problem(Some(list.span()), "user_search_bases is empty: list users_ou at least".into());
+                None
+            }
+            Some(list) => {
+                let bases: Vec<Option<Dn>> =
+                    list.get_ref().iter().map(|b| under_base("user_search_bases", &Some(b.clone()), None)).collect();
+                bases.into_iter().collect()
+            }
+        };
+        if let (Some(ou), Some(bases), Some(list)) = (&users_ou, &user_search_bases, &self.user_search_bases) {
+            if !bases.iter().any(|b| ou.is_within(b)) {
+                // The sync creates people in users_ou: outside the bases, it would not find
+                // them again and would create them twice.
+                problem(
+                    Some(list.span()),
+                    format!("user_search_bases must include users_ou `{ou}` (or an OU above it)"),
+                );
+            }
+        }
 
         let upn_suffix = match &self.upn_suffix {
             Some(s) => {
@@ -402,15 +431,18 @@ impl DirectoryConfig {
             }
         }
 
-        let resolved = match (base_dn, users_ou, groups_base) {
-            (Some(base_dn), Some(users_ou), Some(groups_base)) if problems.is_empty() => Some(Resolved {
-                base_dn,
-                users_ou,
-                groups_base,
-                upn_suffix: upn_suffix.unwrap_or_default(),
-                mapping,
-                ca_file,
-            }),
+        let resolved = match (base_dn, users_ou, user_search_bases, groups_base) {
+            (Some(base_dn), Some(users_ou), Some(user_search_bases), Some(groups_base)) if problems.is_empty() => {
+                Some(Resolved {
+                    base_dn,
+                    users_ou,
+                    user_search_bases,
+                    groups_base,
+                    upn_suffix: upn_suffix.unwrap_or_default(),
+                    mapping,
+                    ca_file,
+                })
+            }
             _ => None,
         };
         problems.extend(warnings);
@@ -667,6 +699,35 @@ users_ou = "OU=Staff,DC=elsewhere,DC=com"
             assert!(got.iter().any(|(a, m)| *a == at && m.contains(text)), "{at} {text}: {got:#?}");
         }
         assert!(problems.iter().all(|(_, warning, _)| !warning));
+    }
+
+    #[test]
+    fn user_search_bases_default_to_users_ou_and_must_hold_it() {
+        let r = parse(GOOD).resolve("AD", Path::new(".")).0.unwrap();
+        assert_eq!(r.user_search_bases, vec![Dn::parse("OU=Staff,DC=example,DC=com").unwrap()]);
+        let two =
+            format!("{GOOD}user_search_bases = [\"OU=Staff,DC=example,DC=com\", \"OU=Temps,DC=example,DC=com\"]\n");
+        assert_eq!(parse(&two).resolve("AD", Path::new(".")).0.unwrap().user_search_bases.len(), 2);
+        let above = format!("{GOOD}user_search_bases = [\"DC=example,DC=com\"]\n");
+        assert!(problems(&above).is_empty(), "{:?}", problems(&above));
+
+        let text = "[directories.AD]\nkind = \"ldap\"\nurl = \"ldaps://h\"\nbase_dn = \"dc=x\"\n\
+                    users_ou = \"ou=people,dc=x\"\nuser_search_bases = [\"ou=temps,dc=x\", \"ou=y,dc=other\", \"bad\"]\n";
+        let got = check_file(text);
+        let all: Vec<String> = got.iter().map(|(at, _, m)| format!("{at} {m}")).collect();
+        assert_eq!(all.len(), 2, "{all:#?}");
+        assert!(
+            all[0].starts_with("6:39 directories.AD: user_search_bases `ou=y,dc=other` is outside base_dn"),
+            "{all:#?}"
+        );
+        assert!(all[1].starts_with("6:56 directories.AD: user_search_bases: `bad`"), "{all:#?}");
+        let missing = text.replace(", \"ou=y,dc=other\", \"bad\"", "");
+        let got = check_file(&missing);
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert_eq!(got[0].0, "6:21");
+        assert!(got[0].2.contains("user_search_bases must include users_ou `ou=people,dc=x`"), "{got:#?}");
+        let empty = check_file(&text.replace("[\"ou=temps,dc=x\", \"ou=y,dc=other\", \"bad\"]", "[]"));
+        assert!(empty[0].2.contains("user_search_bases is empty"), "{empty:#?}");
     }
 
     #[test]

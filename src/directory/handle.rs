@@ -27,6 +27,8 @@ pub struct Directory {
     pub(crate) schema: &'static Schema,
     pub(crate) base_dn: Dn,
     pub(crate) users_ou: Dn,
+    /// Where the Flex HR sync may find and change accounts (`user_search_bases`).
+    pub(crate) user_search_bases: Vec<Dn>,
     pub(crate) groups_base: Dn,
     pub(crate) upn_suffix: String,
     /// HR field -> attribute, defaults merged with the configured mapping.
@@ -282,6 +284,7 @@ impl DirectoryConfig {
             schema: self.kind.schema(),
             base_dn: r.base_dn,
             users_ou: r.users_ou,
+            user_search_bases: r.user_search_bases,
             groups_base: r.groups_base,
             upn_suffix: r.upn_suffix,
             mapping: r.mapping,
@@ -321,6 +324,7 @@ impl Directory {
             schema: self.schema,
             base_dn: self.base_dn.clone(),
             users_ou: self.users_ou.clone(),
+            user_search_bases: self.user_search_bases.clone(),
             groups_base: self.groups_base.clone(),
             upn_suffix: self.upn_suffix.clone(),
             mapping: self.mapping.clone(),

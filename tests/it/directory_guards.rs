@@ -1,6 +1,8 @@
 //! What the directory layer refuses, through the real binary: a bind password over plain
-//! `ldap://`, a directory call that outlives the run's time limit. A listener that records
-//! what it receives and never answers stands in for a server that is not there.
+//! `ldap://`, a directory call that outlives the run's time limit, a script writing protected
+//! attributes (on Samba and slapd), and a Flex HR sync onto an account outside its search
+//! bases or a privileged one. A listener that records what it receives and never answers
+//! stands in for a server that is not there.
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -401,4 +403,174 @@ fn a_bind_that_hangs_ends_flexhr_sync_at_the_runs_time_limit_and_keeps_the_ticke
         comments[0].starts_with(&format!("failed to synchronize with Flex HR: {limit}; will retry")),
         "{comments:?}"
     );
+}
+
+/// A project with the shipped Flex HR rule and script, and `section` as its directory.
+fn seed_project(section: &str) -> Project {
+    let repo = |rel: &str| std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap();
+    let p = Project::new(&format!("[engine]\nmax_attempts = 2\n\n{section}"));
+    p.file("rules/process_flexhr_user.toml", &repo("rules/process_flexhr_user.toml"))
+        .file("scripts/process_flexhr_user.rhai", &repo("scripts/process_flexhr_user.rhai"));
+    p
+}
+
+/// A Flex HR ticket for `emp` whose fields would rewrite the account's mail and names.
+fn hostile_ticket(emp: &str) -> String {
+    serde_json::json!({
+        "Source": "FlexHR", "IsNewUser": 0, "EmployeeId": emp, "FirstName": "Mallory", "LastName": "Takeover",
+        "Email": "mallory@evil.example", "JobTitle": "Owner", "Active": false,
+    })
+    .to_string()
+}
+
+/// Fires `ticket`; checks that the run failed for good with a conflict naming `dn` and
+/// `why`, and that the ticket is open with one comment saying so. Returns nothing: what
+/// matters is checked by the caller on the entry.
+fn fire_conflict(p: &Project, ticket: &str, dn: &str, why: &str) {
+    let (ran, runs) = p.fire("ticket", ticket);
+    assert_eq!(ran.code, 1, "{ran:?}");
+    let run = &runs[0];
+    assert_eq!(run["status"], "failed", "a conflict is not retried: {run:#}");
+    let error = run["error"].as_str().unwrap();
+    assert!(error.contains(dn) && error.contains(why) && error.contains("nothing was changed"), "{run:#}");
+    let record = p.run(&["records", "show", run["record_id"].as_str().unwrap(), "--json"]).json();
+    assert_eq!(record["status"], "open", "{record:#}");
+    let comments: Vec<&str> =
+        record["comments"].as_array().unwrap().iter().filter_map(|c| c["text"].as_str()).collect();
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    let c = comments[0];
+    assert!(
+        c.starts_with("failed to synchronize with Flex HR: directory ActiveDirectory: the account with employee ID"),
+        "{c}"
+    );
+    assert!(c.contains(&format!("is {dn}, {why}")) && c.contains("nothing was changed"), "{c}");
+    assert!(c.contains("not retried"), "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ad_flexhr_sync_leaves_service_and_privileged_accounts_alone() {
+    use crate::common::directory_servers::{
+        ad_admin, dns_with, make_ou, samba, unique, AD_ADMIN, AD_ADMIN_PW, AD_BASE,
+    };
+    let mut admin = ad_admin().await;
+    let staff = make_ou(&mut admin, AD_BASE, "hr-staff").await;
+    let services = make_ou(&mut admin, AD_BASE, "hr-services").await;
+    let tag = unique();
+    let account = |dn: String, sam: String, emp: String, extra: Vec<(&'static str, String)>| async move {
+        let mut attrs: Vec<(String, std::collections::HashSet<String>)> = vec![
+            ("objectClass".into(), ["top", "person", "organizationalPerson", "user"].map(String::from).into()),
+            ("sAMAccountName".into(), [sam].into()),
+            ("employeeID".into(), [emp].into()),
+            ("mail".into(), ["ops@example.test".to_string()].into()),
+            ("givenName".into(), ["Backup".to_string()].into()),
+        ];
+        attrs.extend(extra.into_iter().map(|(k, v)| (k.to_string(), [v].into())));
+        let mut admin = ad_admin().await;
+        admin.add(&dn, attrs).await.unwrap().success().unwrap();
+        dn
+    };
+    let svc_emp = format!("S{tag}");
+    let svc = account(format!("CN=svc-backup-{tag},{services}"), format!("svcb{tag}"), svc_emp.clone(), vec![]).await;
+    let adm_emp = format!("A{tag}");
+    let adm = account(
+        format!("CN=adm-{tag},{staff}"),
+        format!("adm{tag}"),
+        adm_emp.clone(),
+        vec![("adminCount", "1".into())],
+    )
+    .await;
+    let p = seed_project(&format!(
+        "[directories.ActiveDirectory]\nkind = \"active_directory\"\nurl = \"ldaps://127.0.0.1\"\n\
+         bind_dn = \"{AD_ADMIN}\"\nbind_password = \"{AD_ADMIN_PW}\"\nbase_dn = \"{AD_BASE}\"\nusers_ou = '{staff}'\n\
+         ca_file = '{}'\n",
+        samba().ca_file().display()
+    ));
+
+    // A service account outside users_ou with the person's employee ID.
+    let before = whole_entry(&mut admin, &svc).await;
+    fire_conflict(&p, &hostile_ticket(&svc_emp), &svc, &format!("outside the sync's user_search_bases ({staff})"));
+    assert_eq!(whole_entry(&mut admin, &svc).await, before, "the service account was changed");
+    assert!(dns_with(&mut admin, &staff, "employeeID", &svc_emp).await.is_empty(), "no second account is made");
+
+    // A privileged account inside users_ou.
+    let before = whole_entry(&mut admin, &adm).await;
+    fire_conflict(&p, &hostile_ticket(&adm_emp), &adm, "a privileged account (adminCount = 1)");
+    assert_eq!(whole_entry(&mut admin, &adm).await, before, "the privileged account was changed");
+
+    // An ordinary account in users_ou is still found and updated.
+    let emp = format!("P{tag}");
+    let person = account(format!("CN=person-{tag},{staff}"), format!("p{tag}"), emp.clone(), vec![]).await;
+    let ticket = serde_json::json!({"Source": "FlexHR", "EmployeeId": emp, "FirstName": "Pat", "LastName": "Person",
+                                    "Email": "pat@example.test"});
+    let (_, runs) = p.fire("ticket", &ticket.to_string());
+    assert_eq!(runs[0]["status"], "ok", "{:#}", runs[0]);
+    let found = dns_with(&mut admin, &staff, "employeeID", &emp).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(whole_entry(&mut admin, &found[0]).await.get("mail"), Some(&vec!["pat@example.test".to_string()]));
+    assert!(found[0].starts_with("CN=Pat Person,") || found[0] == person, "{found:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldap_flexhr_sync_keeps_to_its_search_bases() {
+    use crate::common::directory_servers::{certs, Slapd, LDAP_ADMIN, LDAP_ADMIN_PW, LDAP_BASE};
+    let server = Slapd::start();
+    let mut admin = server.admin().await;
+    for ou in ["services", "contractors"] {
+        let dn = format!("ou={ou},{LDAP_BASE}");
+        admin.add(&dn, vec![("objectClass", ["organizationalUnit"].into()), ("ou", [ou].into())]).await.unwrap();
+    }
+    let svc = format!("cn=svc-backup,ou=services,{LDAP_BASE}");
+    let contractor = format!("cn=Cory Contractor,ou=contractors,{LDAP_BASE}");
+    for (dn, emp) in [(&svc, "S1"), (&contractor, "C1")] {
+        admin
+            .add(
+                dn,
+                vec![
+                    ("objectClass", ["inetOrgPerson"].into()),
+                    ("sn", ["Account"].into()),
+                    ("employeeNumber", [emp].into()),
+                    ("mail", ["ops@example.com"].into()),
+                ],
+            )
+            .await
+            .unwrap()
+            .success()
+            .unwrap();
+    }
+    let section = |bases: &str| {
+        format!(
+            "[directories.ActiveDirectory]\nkind = \"ldap\"\nurl = \"{}\"\nbind_dn = \"{LDAP_ADMIN}\"\n\
+             bind_password = \"{LDAP_ADMIN_PW}\"\nbase_dn = \"{LDAP_BASE}\"\nusers_ou = \"ou=people,{LDAP_BASE}\"\n\
+             ca_file = '{}'\n{bases}",
+            server.ldaps_url(),
+            certs().ca.display()
+        )
+    };
+
+    // Default search base (users_ou): both accounts are out of scope.
+    let p = seed_project(&section(""));
+    let before = whole_entry(&mut admin, &svc).await;
+    fire_conflict(
+        &p,
+        &hostile_ticket("S1"),
+        &svc,
+        &format!("outside the sync's user_search_bases (ou=people,{LDAP_BASE})"),
+    );
+    assert_eq!(whole_entry(&mut admin, &svc).await, before, "the service account was changed");
+    let before = whole_entry(&mut admin, &contractor).await;
+    fire_conflict(&p, &hostile_ticket("C1"), &contractor, "outside the sync's user_search_bases");
+    assert_eq!(whole_entry(&mut admin, &contractor).await, before);
+
+    // With the contractors' OU listed, the contractor is theirs to update; the service account
+    // still is not.
+    let bases = format!("user_search_bases = [\"ou=people,{LDAP_BASE}\", \"ou=contractors,{LDAP_BASE}\"]\n");
+    let p = seed_project(&section(&bases));
+    let ticket = serde_json::json!({"Source": "FlexHR", "EmployeeId": "C1", "FirstName": "Cory", "LastName": "Contractor",
+                                    "Email": "cory@example.com"});
+    let (_, runs) = p.fire("ticket", &ticket.to_string());
+    assert_eq!(runs[0]["status"], "ok", "{:#}", runs[0]);
+    assert_eq!(whole_entry(&mut admin, &contractor).await.get("mail"), Some(&vec!["cory@example.com".to_string()]));
+    let before = whole_entry(&mut admin, &svc).await;
+    fire_conflict(&p, &hostile_ticket("S1"), &svc, "outside the sync's user_search_bases");
+    assert_eq!(whole_entry(&mut admin, &svc).await, before);
 }
