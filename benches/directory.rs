@@ -53,7 +53,8 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let text = format!(
-            "kind = \"ldap\"\nurl = \"{}\"\nbind_dn = \"cn=admin,{BASE}\"\nbind_password = \"secret\"\nbase_dn = \"{BASE}\"\n",
+            "kind = \"ldap\"\nurl = \"{}\"\nbind_dn = \"cn=admin,{BASE}\"\nbind_password = \"secret\"\nbase_dn = \"{BASE}\"\n\
+             allow_plaintext_bind = true\n",
             slapd.url
         );
         let cfg: DirectoryConfig = toml::from_str(&text).unwrap();

@@ -67,7 +67,8 @@ fn project(url: &str) -> tempfile::TempDir {
         d.join("tripline.toml"),
         format!(
             "[engine]\nworkers = {IN_FLIGHT}\n\n[directories.LDAP]\nkind = \"ldap\"\nurl = \"{url}\"\n\
-             bind_dn = \"cn=admin,{BASE}\"\nbind_password = \"secret\"\nbase_dn = \"{BASE}\"\n"
+             bind_dn = \"cn=admin,{BASE}\"\nbind_password = \"secret\"\nbase_dn = \"{BASE}\"\n\
+             allow_plaintext_bind = true\n"
         ),
     )
     .unwrap();

@@ -6,10 +6,13 @@
 //! kind = "active_directory"            # or "ldap" (OpenLDAP, inetOrgPerson)
 //! url = "ldaps://dc1.example.com"      # ldap:// or ldaps://, optional :port
 //! starttls = false                     # upgrade an ldap:// connection with StartTLS
+//! allow_plaintext_bind = false         # true: bind over plain ldap:// anyway (a lab only)
 //! bind_dn = "svc-tripline@example.com" # a DN, or on AD also user@domain / DOMAIN\user
 //! bind_password = "${AD_BIND_PASSWORD}"
 //! base_dn = "DC=example,DC=com"
 //! users_ou = "OU=Staff,DC=example,DC=com"   # where new users go; default CN=Users (AD) or base_dn
+//! user_search_bases = ["OU=Staff,DC=example,DC=com", "OU=Contractors,DC=example,DC=com"]
+//!                                      # where the Flex HR sync may find accounts; default [users_ou]
 //! groups_base = "OU=Groups,DC=example,DC=com" # where groups named without a DN are looked up
 //! upn_suffix = "example.com"           # default: the DC= parts of base_dn
 //! tls_verify = true                    # false only for a lab
@@ -34,8 +37,9 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use super::dn::{is_attribute_type, Dn};
-use super::schema::{Schema, AD, LDAP};
+use super::schema::{protection, Schema, WriteKind, AD, LDAP};
 use crate::config::{CheckCtx, SecretRef};
+use crate::diag::Diagnostic;
 
 /// `[directories.NAME]` as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +52,11 @@ pub struct DirectoryConfig {
     /// Upgrade an `ldap://` connection with StartTLS.
     #[serde(default)]
     pub starttls: bool,
+    /// Bind with the password over a plain `ldap://` connection, where anyone on the path
+    /// reads it. Refused unless set (a lab setting, which `check` reports as a warning);
+    /// users' passwords are never sent in clear, whatever this says.
+    #[serde(default = "default_false")]
+    pub allow_plaintext_bind: Spanned<bool>,
     /// The account tripline binds as; anonymous when absent.
     pub bind_dn: Option<Spanned<String>>,
     /// Its password (`${VAR}` or `${file:PATH}` allowed).
@@ -56,6 +65,10 @@ pub struct DirectoryConfig {
     pub base_dn: Spanned<String>,
     /// Where new users are created. Default: `CN=Users,<base_dn>` on AD, `base_dn` elsewhere.
     pub users_ou: Option<Spanned<String>>,
+    /// Where `ProcessFlexHrUserOnAD` may find and change accounts (`users_ou` and each OU
+    /// under it). Default: `[users_ou]`. An account with the employee ID elsewhere under
+    /// `base_dn` (a service or admin account) is a conflict, not a match.
+    pub user_search_bases: Option<Spanned<Vec<Spanned<String>>>>,
     /// Where groups named without a DN are looked up. Default: `base_dn`.
     pub groups_base: Option<Spanned<String>>,
     /// The part after `@` of new users' `userPrincipalName`. Default: base_dn's `DC=` parts.
@@ -84,6 +97,10 @@ pub struct DirectoryConfig {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_false() -> Spanned<bool> {
+    Spanned::new(0..0, false)
 }
 
 fn default_page_size() -> Spanned<u32> {
@@ -203,6 +220,8 @@ pub fn default_mapping(kind: DirectoryKind) -> Vec<(&'static str, &'static str)>
 pub(crate) struct Problem {
     pub span: Option<Range<usize>>,
     pub message: String,
+    /// A warning: the section is usable (see [`crate::diag::Severity::Warning`]).
+    pub warning: bool,
 }
 
 /// The validated, defaulted view of a [`DirectoryConfig`] that the runtime is built from.
@@ -210,6 +229,7 @@ pub(crate) struct Problem {
 pub(crate) struct Resolved {
     pub base_dn: Dn,
     pub users_ou: Dn,
+    pub user_search_bases: Vec<Dn>,
     pub groups_base: Dn,
     pub upn_suffix: String,
     pub mapping: Vec<(String, String)>,
@@ -221,7 +241,11 @@ impl DirectoryConfig {
     pub fn check(&self, name: &str, span: Range<usize>, ctx: &mut CheckCtx) {
         let (_, problems) = self.resolve(name, ctx.base_dir);
         for p in problems {
-            ctx.error(p.span.unwrap_or_else(|| span.clone()), p.message);
+            let at = p.span.unwrap_or_else(|| span.clone());
+            match p.warning {
+                false => ctx.error(at, p.message),
+                true => ctx.diags.push(Diagnostic::span(ctx.path, ctx.source, Some(at), p.message).warning()),
+            }
         }
         // In dry-run mode nothing binds, so an unset `${AD_BIND_PASSWORD}` is no problem yet.
         if let (Some(pw), false) = (&self.bind_password, self.dry_run) {
@@ -232,10 +256,17 @@ impl DirectoryConfig {
     /// Validates and fills in defaults; the same code serves `tripline check` and start-up.
     pub(crate) fn resolve(&self, name: &str, base_dir: &Path) -> (Option<Resolved>, Vec<Problem>) {
         let mut problems = Vec::new();
+        let mut warnings = Vec::new();
         let mut problem = |span: Option<Range<usize>>, message: String| {
-            problems.push(Problem { span, message: format!("directories.{name}: {message}") })
+            problems.push(Problem { span, message: format!("directories.{name}: {message}"), warning: false })
         };
-        let schema = self.kind.schema();
+        let mut warning = |span: Range<usize>, message: String| {
+            warnings.push(Problem {
+                span: Some(span),
+                message: format!("directories.{name}: {message}"),
+                warning: true,
+            })
+        };
 
         match url::Url::parse(self.url.get_ref()) {
             Ok(u) if !matches!(u.scheme(), "ldap" | "ldaps") => problem(
@@ -256,6 +287,7 @@ impl DirectoryConfig {
             Ok(_) => {}
             Err(e) => problem(Some(self.url.span()), format!("url `{}` does not parse: {e}", self.url.get_ref())),
         }
+        self.check_plaintext_bind(&mut problem, &mut warning);
 
         match (&self.bind_dn, &self.bind_password) {
             (Some(dn), None) => problem(Some(dn.span()), "bind_dn is set but bind_password is not".into()),
@@ -306,6 +338,28 @@ impl DirectoryConfig {
         });
         let users_ou = under_base("users_ou", &self.users_ou, default_users);
         let groups_base = under_base("groups_base", &self.groups_base, base_dn.clone());
+        let user_search_bases: Option<Vec<Dn>> = match &self.user_search_bases {
+            None => users_ou.clone().map(|ou| vec![ou]),
+            Some(list) if list.get_ref().is_empty() => {
+                problem(Some(list.span()), "user_search_bases is empty: list users_ou at least".into());
+                None
+            }
+            Some(list) => {
+                let bases: Vec<Option<Dn>> =
+                    list.get_ref().iter().map(|b| under_base("user_search_bases", &Some(b.clone()), None)).collect();
+                bases.into_iter().collect()
+            }
+        };
+        if let (Some(ou), Some(bases), Some(list)) = (&users_ou, &user_search_bases, &self.user_search_bases) {
+            if !bases.iter().any(|b| ou.is_within(b)) {
+                // The sync creates people in users_ou: outside the bases, it would not find
+                // them again and would create them twice.
+                problem(
+                    Some(list.span()),
+                    format!("user_search_bases must include users_ou `{ou}` (or an OU above it)"),
+                );
+            }
+        }
 
         let upn_suffix = match &self.upn_suffix {
             Some(s) => {
@@ -358,16 +412,13 @@ impl DirectoryConfig {
                 problem(Some(attr.span()), "mapping: a field name is empty".into());
                 continue;
             }
-            if !a.is_empty() && !is_attribute_type(a) {
-                problem(Some(attr.span()), format!("mapping: `{a}` is not an attribute name"));
+            // The sync writes mapped attributes on every update, so the update rules apply.
+            if let Some(refusal) = (!a.is_empty()).then(|| protection(a, WriteKind::Update)).flatten() {
+                problem(Some(attr.span()), format!("mapping: attribute {a} cannot be mapped: {}", refusal.instead));
                 continue;
             }
-            let reserved = [schema.login, schema.upn.unwrap_or(schema.login), "manager", "userAccountControl"];
-            if reserved.iter().any(|r| r.eq_ignore_ascii_case(a)) || schema.protected_hint(a).is_some() {
-                problem(
-                    Some(attr.span()),
-                    format!("mapping: attribute {a} is set by tripline itself and cannot be mapped"),
-                );
+            if !a.is_empty() && !is_attribute_type(a) {
+                problem(Some(attr.span()), format!("mapping: `{a}` is not an attribute name"));
                 continue;
             }
             if field == "EmployeeId" && a.is_empty() {
@@ -380,18 +431,71 @@ impl DirectoryConfig {
             }
         }
 
-        let resolved = match (base_dn, users_ou, groups_base) {
-            (Some(base_dn), Some(users_ou), Some(groups_base)) if problems.is_empty() => Some(Resolved {
-                base_dn,
-                users_ou,
-                groups_base,
-                upn_suffix: upn_suffix.unwrap_or_default(),
-                mapping,
-                ca_file,
-            }),
+        let resolved = match (base_dn, users_ou, user_search_bases, groups_base) {
+            (Some(base_dn), Some(users_ou), Some(user_search_bases), Some(groups_base)) if problems.is_empty() => {
+                Some(Resolved {
+                    base_dn,
+                    users_ou,
+                    user_search_bases,
+                    groups_base,
+                    upn_suffix: upn_suffix.unwrap_or_default(),
+                    mapping,
+                    ca_file,
+                })
+            }
             _ => None,
         };
+        problems.extend(warnings);
         (resolved, problems)
+    }
+
+    /// Whether the connection is plain `ldap://` without StartTLS: what it carries can be read
+    /// on the way. (Another scheme is a problem of its own and builds nothing.)
+    pub(crate) fn is_plaintext(&self) -> bool {
+        !self.starttls && self.url.get_ref().trim_start().to_ascii_lowercase().starts_with("ldap://")
+    }
+
+    /// The service account's password must not cross the network in clear: a bind over plain
+    /// `ldap://` is an error, unless `allow_plaintext_bind = true` says the admin accepts it
+    /// (then a warning). A dry-run directory never binds, so it may keep a plain URL, but is
+    /// warned about: setting `dry_run = false` would send the password in clear.
+    fn check_plaintext_bind(
+        &self,
+        problem: &mut impl FnMut(Option<Range<usize>>, String),
+        warning: &mut impl FnMut(Range<usize>, String),
+    ) {
+        let allowed = *self.allow_plaintext_bind.get_ref();
+        let allow_span = self.allow_plaintext_bind.span();
+        let url = self.url.get_ref();
+        let binds = self.bind_password.is_some();
+        match (self.is_plaintext() && binds, allowed) {
+            (true, true) => warning(
+                allow_span,
+                format!(
+                    "allow_plaintext_bind = true: the bind password is sent in clear over {url}, readable by anyone \
+                     on the network path; use an ldaps:// url or starttls = true outside a lab"
+                ),
+            ),
+            (true, false) if self.dry_run => warning(
+                self.url.span(),
+                format!(
+                    "url {url} is not encrypted: a dry run binds nothing, but with dry_run = false the bind password \
+                     would be sent in clear; use an ldaps:// url or starttls = true"
+                ),
+            ),
+            (true, false) => problem(
+                Some(self.url.span()),
+                format!(
+                    "the bind password would be sent in clear over {url}: use an ldaps:// url or starttls = true \
+                     (allow_plaintext_bind = true accepts it, for a lab only)"
+                ),
+            ),
+            (false, true) => {
+                let why = if binds { "the connection is encrypted" } else { "there is no bind_password" };
+                warning(allow_span, format!("allow_plaintext_bind = true has no effect: {why}"))
+            }
+            (false, false) => {}
+        }
     }
 }
 
@@ -459,7 +563,7 @@ groups_base = "OU=Groups;;"
         let all = p.join("\n");
         assert!(all.contains("starttls = true needs an ldap:// url"), "{all}");
         assert!(all.contains("field Username is handled by the sync"), "{all}");
-        assert!(all.contains("attribute sAMAccountName is set by tripline"), "{all}");
+        assert!(all.contains("attribute sAMAccountName cannot be mapped: a logon name is set when"), "{all}");
         assert!(all.contains("`bad attr` is not an attribute name"), "{all}");
         assert_eq!(p.len(), 4, "{all}");
     }
@@ -513,6 +617,117 @@ users_ou = "OU=Staff,DC=elsewhere,DC=com"
         let config = crate::config::Config::from_str(&dry, Path::new("t.toml")).unwrap();
         let section = config.raw.directories["AD"].get_ref();
         assert!(section.build("AD", Path::new(".")).unwrap().is_dry_run());
+    }
+
+    /// `(line:col, warning?, message)` of each problem `check` reports for a whole file.
+    fn check_file(text: &str) -> Vec<(String, bool, String)> {
+        let (_, diags) = crate::config::Config::parse(text, Path::new("t.toml")).unwrap();
+        diags.into_iter().map(|d| (format!("{}:{}", d.line, d.col), !d.is_error(), d.message)).collect()
+    }
+
+    const PLAIN: &str = "[directories.AD]\nkind = \"active_directory\"\nurl = \"ldap://dc1.example.com\"\n\
+                         bind_dn = \"svc@example.com\"\nbind_password = \"pw\"\nbase_dn = \"DC=example,DC=com\"\n";
+
+    #[test]
+    fn a_bind_over_plain_ldap_is_refused_unless_allowed() {
+        let refused = check_file(PLAIN);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        let (at, warning, message) = &refused[0];
+        assert_eq!((at.as_str(), *warning), ("3:7", false), "{refused:?}");
+        assert!(
+            message.starts_with("directories.AD: the bind password would be sent in clear over ldap://dc1"),
+            "{message}"
+        );
+        assert!(message.contains("ldaps://") && message.contains("starttls = true"), "{message}");
+        assert!(message.contains("allow_plaintext_bind = true"), "{message}");
+        // Refused at start too, whatever the caller.
+        let section: DirectoryConfig = toml::from_str(PLAIN.trim_start_matches("[directories.AD]\n")).unwrap();
+        let err = section.build("AD", Path::new(".")).err().expect("refused");
+        assert!(err.to_string().contains("would be sent in clear"), "{err}");
+        // Upper-case schemes are the same scheme.
+        assert_eq!(check_file(&PLAIN.replace("ldap://", "LDAP://")).len(), 1);
+
+        let allowed = check_file(&format!("{PLAIN}allow_plaintext_bind = true\n"));
+        assert_eq!(allowed.len(), 1, "{allowed:?}");
+        let (at, warning, message) = &allowed[0];
+        assert_eq!((at.as_str(), *warning), ("7:24", true), "{allowed:?}");
+        assert!(message.contains("sent in clear over ldap://dc1.example.com"), "{message}");
+        let text = format!("{PLAIN}allow_plaintext_bind = true\n");
+        let config = crate::config::Config::from_str(&text, Path::new("t.toml")).unwrap();
+        assert_eq!(config.warnings.len(), 1);
+        assert!(config.raw.directories["AD"].get_ref().build("AD", Path::new(".")).is_ok());
+    }
+
+    #[test]
+    fn encrypted_binds_and_dry_runs() {
+        for ok in ["url = \"ldaps://dc1.example.com\"", "url = \"ldap://dc1.example.com\"\nstarttls = true"] {
+            let text = PLAIN.replace("url = \"ldap://dc1.example.com\"", ok);
+            assert!(check_file(&text).is_empty(), "{ok}: {:?}", check_file(&text));
+        }
+        // No password, nothing to protect.
+        let anonymous = "[directories.AD]\nkind = \"ldap\"\nurl = \"ldap://h\"\nbase_dn = \"dc=x\"\n";
+        assert!(check_file(anonymous).is_empty());
+        // A dry run binds nothing, so it is allowed; going live would not be.
+        let dry = check_file(&format!("{PLAIN}dry_run = true\n"));
+        assert_eq!(dry.len(), 1, "{dry:?}");
+        assert_eq!((dry[0].0.as_str(), dry[0].1), ("3:7", true), "{dry:?}");
+        assert!(dry[0].2.contains("with dry_run = false the bind password would be sent in clear"), "{dry:?}");
+        // The opt-in where it changes nothing says so.
+        let idle = check_file(&format!("{}allow_plaintext_bind = true\n", PLAIN.replace("ldap://", "ldaps://")));
+        assert_eq!(idle.len(), 1, "{idle:?}");
+        assert!(idle[0].1 && idle[0].2.contains("has no effect: the connection is encrypted"), "{idle:?}");
+    }
+
+    #[test]
+    fn a_mapping_to_a_protected_attribute_is_an_error_at_its_place() {
+        let text = "[directories.AD]\nkind = \"active_directory\"\nurl = \"ldaps://dc1.example.com\"\n\
+                    base_dn = \"DC=example,DC=com\"\n[directories.AD.mapping]\nTitle = \"title\"\n\
+                    Flags = \"userAccountControl;binary\"\nKeys = \"msDS-KeyCredentialLink\"\n\
+                    Boss = \"MANAGER\"\nUpn = \"userPrincipalName\"\nSid = \"1.2.840.113556.1.4.609\"\n";
+        let problems = check_file(text);
+        let got: Vec<(&str, &str)> = problems.iter().map(|(at, _, m)| (at.as_str(), m.as_str())).collect();
+        assert_eq!(got.len(), 5, "{got:#?}");
+        let expect = [
+            ("7:9", "attribute userAccountControl;binary cannot be mapped: use enable_user / disable_user"),
+            ("8:8", "attribute msDS-KeyCredentialLink cannot be mapped: it grants access"),
+            ("9:8", "attribute MANAGER cannot be mapped: use set_manager"),
+            ("10:7", "attribute userPrincipalName cannot be mapped: a logon name is set"),
+            ("11:7", "attribute 1.2.840.113556.1.4.609 cannot be mapped: it grants access"),
+        ];
+        // The mapping is a BTreeMap: problems come in the order of the field names.
+        for (at, text) in expect {
+            assert!(got.iter().any(|(a, m)| *a == at && m.contains(text)), "{at} {text}: {got:#?}");
+        }
+        assert!(problems.iter().all(|(_, warning, _)| !warning));
+    }
+
+    #[test]
+    fn user_search_bases_default_to_users_ou_and_must_hold_it() {
+        let r = parse(GOOD).resolve("AD", Path::new(".")).0.unwrap();
+        assert_eq!(r.user_search_bases, vec![Dn::parse("OU=Staff,DC=example,DC=com").unwrap()]);
+        let two =
+            format!("{GOOD}user_search_bases = [\"OU=Staff,DC=example,DC=com\", \"OU=Temps,DC=example,DC=com\"]\n");
+        assert_eq!(parse(&two).resolve("AD", Path::new(".")).0.unwrap().user_search_bases.len(), 2);
+        let above = format!("{GOOD}user_search_bases = [\"DC=example,DC=com\"]\n");
+        assert!(problems(&above).is_empty(), "{:?}", problems(&above));
+
+        let text = "[directories.AD]\nkind = \"ldap\"\nurl = \"ldaps://h\"\nbase_dn = \"dc=x\"\n\
+                    users_ou = \"ou=people,dc=x\"\nuser_search_bases = [\"ou=temps,dc=x\", \"ou=y,dc=other\", \"bad\"]\n";
+        let got = check_file(text);
+        let all: Vec<String> = got.iter().map(|(at, _, m)| format!("{at} {m}")).collect();
+        assert_eq!(all.len(), 2, "{all:#?}");
+        assert!(
+            all[0].starts_with("6:39 directories.AD: user_search_bases `ou=y,dc=other` is outside base_dn"),
+            "{all:#?}"
+        );
+        assert!(all[1].starts_with("6:56 directories.AD: user_search_bases: `bad`"), "{all:#?}");
+        let missing = text.replace(", \"ou=y,dc=other\", \"bad\"", "");
+        let got = check_file(&missing);
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert_eq!(got[0].0, "6:21");
+        assert!(got[0].2.contains("user_search_bases must include users_ou `ou=people,dc=x`"), "{got:#?}");
+        let empty = check_file(&text.replace("[\"ou=temps,dc=x\", \"ou=y,dc=other\", \"bad\"]", "[]"));
+        assert!(empty[0].2.contains("user_search_bases is empty"), "{empty:#?}");
     }
 
     #[test]

@@ -21,6 +21,8 @@ use crate::config::Secret;
 
 /// How to open and bind a connection.
 pub(crate) struct ConnSpec {
+    /// The directory's configured name, for errors.
+    pub directory: String,
     pub url: String,
     pub starttls: bool,
     /// `None` for plain `ldap://`.
@@ -28,12 +30,14 @@ pub(crate) struct ConnSpec {
     pub connect_timeout: Duration,
     pub op_timeout: Duration,
     pub bind: Option<(String, Secret)>,
+    /// `allow_plaintext_bind = true`: the admin accepts the bind password in clear.
+    pub allow_plaintext_bind: bool,
 }
 
 impl ConnSpec {
     /// Whether traffic is encrypted (LDAPS, or StartTLS on `ldap://`).
     pub fn is_secure(&self) -> bool {
-        self.url.starts_with("ldaps://") || self.starttls
+        self.url.to_ascii_lowercase().starts_with("ldaps://") || self.starttls
     }
 }
 
@@ -137,6 +141,11 @@ impl Pool {
         if let Some(tls) = &spec.tls {
             settings = settings.set_connector(tls.clone());
         }
+        // The configuration refuses this already; checked again here, before the socket is
+        // opened, because this is where the password would leave.
+        if spec.bind.is_some() && !spec.is_secure() && !spec.allow_plaintext_bind {
+            return Err(DirectoryError::InsecureConnection { directory: spec.directory.clone() });
+        }
         let (conn, mut ldap) =
             LdapConnAsync::with_settings(settings, &spec.url).await.map_err(|e| self.connect_error(e))?;
         let url = spec.url.clone();
@@ -147,7 +156,7 @@ impl Pool {
         });
         if let Some((bind_dn, password)) = &spec.bind {
             if !spec.is_secure() {
-                warn!(url = %spec.url, "Binding over an unencrypted connection; use ldaps:// or starttls.");
+                warn!(url = %spec.url, "Binding over an unencrypted connection (allow_plaintext_bind = true); use ldaps:// or starttls.");
             }
             let result = ldap.with_timeout(spec.op_timeout).simple_bind(bind_dn, password.expose()).await;
             let result = match result {

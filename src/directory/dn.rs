@@ -232,7 +232,10 @@ pub fn is_attribute_type(s: &str) -> bool {
     let mut chars = s.chars();
     match chars.next() {
         Some(c) if c.is_ascii_alphabetic() => chars.all(|c| c.is_ascii_alphanumeric() || c == '-'),
-        Some(c) if c.is_ascii_digit() => s.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())),
+        // RFC 4512 numericoid: no empty arcs and no leading zeros (`1.02` is not `1.2`).
+        Some(c) if c.is_ascii_digit() => s
+            .split('.')
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) && (p == "0" || !p.starts_with('0'))),
         _ => false,
     }
 }

@@ -46,6 +46,11 @@ pub enum DirectoryError {
     /// An identifier matched more than one entry.
     #[error("{what} matches {count} entries; name it by DN instead")]
     Ambiguous { what: String, count: usize },
+    /// The entry found is not one the operation may change (the Flex HR sync found its
+    /// employee ID on an account outside `user_search_bases`, or on a privileged one).
+    /// Nothing was changed; a person must look.
+    #[error("{what} is {dn}, {reason}: nothing was changed; {fix}")]
+    Conflict { what: String, dn: String, reason: String, fix: String },
     /// The entry, or a value that must be unique, already exists.
     #[error("{op}: {reason}")]
     AlreadyExists { op: String, reason: String },
@@ -91,6 +96,7 @@ impl DirectoryError {
             Self::InsecureConnection { .. } => "insecure_connection",
             Self::NotFound(_) => "not_found",
             Self::Ambiguous { .. } => "ambiguous",
+            Self::Conflict { .. } => "conflict",
             Self::AlreadyExists { .. } => "already_exists",
             Self::Rejected { .. } => "rejected",
             Self::InvalidInput(_) => "invalid_input",

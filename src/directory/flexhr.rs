@@ -10,6 +10,16 @@
 //! `ManagerEmployeeId` and set, or reported unresolved. Running the same record twice
 //! changes nothing the second time.
 //!
+//! Scope: the sync changes only accounts under `user_search_bases` (default `users_ou`). The
+//! employee ID is looked up in the whole `base_dn`, so that a match elsewhere (a service or
+//! admin account that happens to carry the same ID) is seen and reported as a conflict
+//! ([`DirectoryError::Conflict`]: nothing changed, the run fails for good, the ticket stays
+//! open) instead of being taken for the person. Accounts marked privileged (`adminCount`
+//! set, or `isCriticalSystemObject`) are conflicts even inside the bases: an HR record must
+//! never rewrite an administrator's mail or names. The manager is looked up in the whole
+//! `base_dn` (managers may sit in other OUs); that is a read, and only the person's own
+//! `manager` attribute is written.
+//!
 //! Decisions the seed leaves open:
 //! - `IsNewUser = 0` with no account: the account is created anyway (the HR record is the
 //!   truth; a missing account is the bug) and a note says so.
@@ -208,6 +218,19 @@ impl HrUser {
     }
 }
 
+/// Why an account counts as privileged, if it does: AD sets `adminCount` on members of
+/// protected groups (Domain Admins, Account Operators, ...) and `isCriticalSystemObject` on
+/// the built-in accounts.
+fn privileged_mark(entry: &Entry) -> Option<String> {
+    if let Some(v) = entry.get("adminCount").filter(|v| v.trim() != "0") {
+        return Some(format!("adminCount = {v}"));
+    }
+    entry
+        .get("isCriticalSystemObject")
+        .filter(|v| v.eq_ignore_ascii_case("TRUE"))
+        .map(|_| "isCriticalSystemObject".into())
+}
+
 /// Lowercase ASCII letters, digits and `-` of a name (`Zoë` -> `zoe`, `O'Brien` -> `obrien`).
 fn slug(name: &str) -> String {
     deunicode::deunicode(name)
@@ -278,12 +301,11 @@ impl Directory {
     /// [`is_transient`]: DirectoryError::is_transient
     pub async fn sync_flexhr_user(&self, fields: &Map<String, Value>) -> Result<SyncOutcome, DirectoryError> {
         let hr = HrUser::parse(fields, &self.mapping)?;
-        let key = UserId::EmployeeId(hr.employee_id.clone());
         let _one_sync_per_employee = self.lock_employee(&hr.employee_id).await;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = match self.find_user(&key).await? {
+            let result = match self.synced_account(&hr.employee_id).await? {
                 Some(entry) => self.sync_existing(&hr, entry).await,
                 None if !hr.active => {
                     Ok(self.outcome(SyncStatus::Skipped, String::new(), String::new(), &hr)).map(|mut o| {
@@ -308,6 +330,43 @@ impl Directory {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// The account of the person `key` names, if the sync may change it (see the module docs):
+    /// `None` when no account has the key, a conflict when one that has it is out of scope.
+    async fn synced_account(&self, employee_id: &str) -> Result<Option<Entry>, DirectoryError> {
+        let key = UserId::EmployeeId(employee_id.to_string());
+        let f = key.filter(self.schema, &self.employee_attr);
+        // Three: enough to tell one, several and a match out of scope apart.
+        let found = self.search_raw(&self.base_dn.to_string(), Scope::Subtree, &f, &[], Some(3), false).await?;
+        let bases = || self.user_search_bases.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        for entry in &found {
+            let in_scope = Dn::parse(&entry.dn).is_ok_and(|dn| self.user_search_bases.iter().any(|b| dn.is_within(b)));
+            let conflict = |reason: String, fix: &str| DirectoryError::Conflict {
+                what: format!("the account with employee ID {employee_id}"),
+                dn: entry.dn.clone(),
+                reason,
+                fix: fix.to_string(),
+            };
+            if !in_scope {
+                return Err(conflict(
+                    format!("outside the sync's user_search_bases ({})", bases()),
+                    "correct the EmployeeId in HR or the account's employee ID, or add its OU to user_search_bases \
+                     if the sync may manage it",
+                ));
+            }
+            if let Some(mark) = privileged_mark(entry) {
+                return Err(conflict(
+                    format!("a privileged account ({mark})"),
+                    "the sync never changes privileged accounts; correct the EmployeeId in HR or the account's \
+                     employee ID",
+                ));
+            }
+        }
+        match found.len() {
+            0 | 1 => Ok(found.into_iter().next()),
+            count => Err(DirectoryError::Ambiguous { what: key.to_string(), count }),
         }
     }
 

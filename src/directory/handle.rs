@@ -27,6 +27,8 @@ pub struct Directory {
     pub(crate) schema: &'static Schema,
     pub(crate) base_dn: Dn,
     pub(crate) users_ou: Dn,
+    /// Where the Flex HR sync may find and change accounts (`user_search_bases`).
+    pub(crate) user_search_bases: Vec<Dn>,
     pub(crate) groups_base: Dn,
     pub(crate) upn_suffix: String,
     /// HR field -> attribute, defaults merged with the configured mapping.
@@ -232,7 +234,7 @@ impl DirectoryConfig {
     pub fn build(&self, name: &str, base_dir: &Path) -> Result<Directory, DirectoryError> {
         let (resolved, problems) = self.resolve(name, base_dir);
         let Some(r) = resolved else {
-            let all: Vec<String> = problems.into_iter().map(|p| p.message).collect();
+            let all: Vec<String> = problems.into_iter().filter(|p| !p.warning).map(|p| p.message).collect();
             return Err(DirectoryError::Config(all.join("; ")));
         };
         // A dry-run directory never binds, so its password is not resolved: the shipped
@@ -248,7 +250,7 @@ impl DirectoryConfig {
             _ => None,
         };
         let url = self.url.get_ref().trim_end_matches('/').to_string();
-        let secure = url.starts_with("ldaps://") || self.starttls;
+        let secure = !self.is_plaintext();
         let mode = if self.dry_run {
             Mode::DryRun(Mutex::new(Vec::new()))
         } else {
@@ -264,12 +266,14 @@ impl DirectoryConfig {
                 None
             };
             Mode::Live(Box::new(Pool::new(ConnSpec {
+                directory: name.to_string(),
                 url,
                 starttls: self.starttls,
                 tls,
                 connect_timeout: self.connect_timeout.0,
                 op_timeout: self.op_timeout.0,
                 bind,
+                allow_plaintext_bind: *self.allow_plaintext_bind.get_ref(),
             })))
         };
         let employee_attr =
@@ -280,6 +284,7 @@ impl DirectoryConfig {
             schema: self.kind.schema(),
             base_dn: r.base_dn,
             users_ou: r.users_ou,
+            user_search_bases: r.user_search_bases,
             groups_base: r.groups_base,
             upn_suffix: r.upn_suffix,
             mapping: r.mapping,
@@ -319,6 +324,7 @@ impl Directory {
             schema: self.schema,
             base_dn: self.base_dn.clone(),
             users_ou: self.users_ou.clone(),
+            user_search_bases: self.user_search_bases.clone(),
             groups_base: self.groups_base.clone(),
             upn_suffix: self.upn_suffix.clone(),
             mapping: self.mapping.clone(),

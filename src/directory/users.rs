@@ -13,6 +13,7 @@ use super::dn::{is_attribute_type, Dn};
 use super::error::DirectoryError;
 use super::handle::{describe_attrs, Directory, Entry};
 use super::ident::UserId;
+use super::schema::{protection, WriteKind};
 use crate::config::Secret;
 
 /// A user account to create.
@@ -89,13 +90,28 @@ impl Directory {
         Ok(())
     }
 
-    fn check_attr_names<'a>(&self, names: impl IntoIterator<Item = &'a String>) -> Result<(), DirectoryError> {
+    /// Refuses, before anything is sent, an attribute map that names what it must not
+    /// write (see [`protection`]): every spelling of a protected attribute, and anything that
+    /// is not a plain attribute name (options such as `;binary` included).
+    fn check_attr_names<'a>(
+        &self,
+        operation: &str,
+        kind: WriteKind,
+        names: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), DirectoryError> {
         for a in names {
-            if !is_attribute_type(a) {
-                return Err(invalid(format!("`{a}` is not an attribute name")));
+            if let Some(refusal) = protection(a, kind) {
+                let named = match refusal.attribute {
+                    "" => format!("attribute {a}"),
+                    usual if usual == a => format!("attribute {a}"),
+                    usual => format!("attribute {a} ({usual})"),
+                };
+                return Err(invalid(format!("{operation} cannot write {named}: {}", refusal.instead)));
             }
-            if let Some(hint) = self.schema.protected_hint(a) {
-                return Err(invalid(format!("attribute {a} cannot be written here: {hint}")));
+            if !is_attribute_type(a) {
+                return Err(invalid(format!(
+                    "`{a}` is not an attribute name (options such as ;lang-x are not written)"
+                )));
             }
         }
         Ok(())
@@ -113,7 +129,7 @@ impl Directory {
             return Err(invalid(format!("the name `{name}` is longer than the 64 characters a CN may have")));
         }
         self.check_login(&user.login)?;
-        self.check_attr_names(user.attributes.keys())?;
+        self.check_attr_names("create_user", WriteKind::Create, user.attributes.keys())?;
         let ou = match &user.ou {
             Some(ou) => parse_dn("ou", ou)?,
             None => self.users_ou.clone(),
@@ -190,7 +206,7 @@ impl Directory {
         id: &UserId,
         changes: &BTreeMap<String, Vec<String>>,
     ) -> Result<Vec<String>, DirectoryError> {
-        self.check_attr_names(changes.keys())?;
+        self.check_attr_names("update_user", WriteKind::Update, changes.keys())?;
         if changes.is_empty() {
             return Ok(Vec::new());
         }

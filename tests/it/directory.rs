@@ -15,7 +15,8 @@ use tripline::directory::{
 };
 
 use crate::common::directory_servers::{
-    ad_admin, ad_config, ad_ldaps, ad_plain, can_bind, make_ou, read_attr, samba, unique, Slapd, AD_BASE, LDAP_BASE,
+    ad_admin, ad_config, ad_ldaps, ad_plain, can_bind, make_ou, read_attr, samba, unique, Slapd, AD_BASE,
+    LAB_PLAINTEXT, LDAP_BASE,
 };
 
 fn attrs(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<String>> {
@@ -136,8 +137,10 @@ async fn ad_disable_and_enable_flip_only_their_bit() {
     };
     let dn = dir.create_user(&user).await.unwrap().dn;
     assert_eq!(read_attr(&mut admin, &dn, "userAccountControl").await, vec!["512"]);
-    // DONT_EXPIRE_PASSWORD (0x10000) must survive disable and enable.
-    dir.update_user(&login(&sam), &attrs(&[("userAccountControl", "66048")])).await.unwrap();
+    // DONT_EXPIRE_PASSWORD (0x10000) must survive disable and enable. Set behind tripline's
+    // back: update_user refuses userAccountControl (enable_user / disable_user own it).
+    let uac = [b"66048".to_vec()].into();
+    admin.modify(&dn, vec![ldap3::Mod::Replace(b"userAccountControl".to_vec(), uac)]).await.unwrap().success().unwrap();
     assert!(dir.disable_user(&login(&sam)).await.unwrap());
     assert_eq!(read_attr(&mut admin, &dn, "userAccountControl").await, vec!["66050"]);
     assert!(!can_bind("ldaps://127.0.0.1", &dn, "Str0ng!Passw0rd-1").await);
@@ -205,7 +208,7 @@ async fn ad_tls_verification_and_connection_errors() {
     assert!(lab.user_exists(&login("Administrator")).await.unwrap());
 
     // Wrong bind password: a sentence, transient (the flow keeps the work and retries).
-    let mut cfg = ad_config("ldap://127.0.0.1", &ou, "");
+    let mut cfg = ad_config("ldap://127.0.0.1", &ou, LAB_PLAINTEXT);
     cfg.bind_password = Some(toml::from_str::<Wrapper>("v = \"Wrong!Pass1\"").unwrap().v);
     let bad = Directory::new("AD", &cfg).unwrap();
     let err = bad.user_exists(&login("Administrator")).await.unwrap_err();
@@ -214,7 +217,7 @@ async fn ad_tls_verification_and_connection_errors() {
     assert!(!err.to_string().contains("Wrong!Pass1"), "{err}");
 
     // Nothing listening: unreachable, transient.
-    let down = Directory::new("AD", &ad_config("ldap://127.0.0.1:1", &ou, "")).unwrap();
+    let down = Directory::new("AD", &ad_config("ldap://127.0.0.1:1", &ou, LAB_PLAINTEXT)).unwrap();
     let err = down.user_exists(&login("Administrator")).await.unwrap_err();
     assert!(matches!(err, DirectoryError::Unreachable { .. }) && err.is_transient(), "{err:?}");
 }
@@ -225,7 +228,7 @@ async fn a_server_that_never_answers_times_out() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let hold = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
-    let mut cfg = ad_config(&format!("ldap://127.0.0.1:{port}"), "CN=Users,DC=example,DC=test", "");
+    let mut cfg = ad_config(&format!("ldap://127.0.0.1:{port}"), "CN=Users,DC=example,DC=test", LAB_PLAINTEXT);
     cfg.op_timeout = tripline::directory::Timeout(std::time::Duration::from_millis(300));
     let dir = Arc::new(Directory::new("AD", &cfg).unwrap());
     let started = std::time::Instant::now();
@@ -308,7 +311,7 @@ async fn ad_groups_add_remove_list() {
         .unwrap()
         .success()
         .unwrap();
-    let extra = format!("groups_base = '{ou}'\n");
+    let extra = format!("groups_base = '{ou}'\n{LAB_PLAINTEXT}");
     let dir = Directory::new("AD", &ad_config("ldap://127.0.0.1", &ou, &extra)).unwrap();
     let (user_dn, sam) = new_ad_user(&dir, &ou, "Group Member", &[]).await;
     let by_name = GroupId::parse(&group_name).unwrap();
@@ -330,7 +333,9 @@ async fn ad_groups_add_remove_list() {
 async fn ad_search_pages_and_one_connection_serves_many_callers() {
     let mut admin = ad_admin().await;
     let ou = make_ou(&mut admin, AD_BASE, "page").await;
-    let dir = Arc::new(Directory::new("AD", &ad_config("ldap://127.0.0.1", &ou, "page_size = 7\n")).unwrap());
+    let dir = Arc::new(
+        Directory::new("AD", &ad_config("ldap://127.0.0.1", &ou, &format!("page_size = 7\n{LAB_PLAINTEXT}"))).unwrap(),
+    );
     let dept = format!("Dept {}", unique());
     let mut tasks = Vec::new();
     for i in 0..30 {
@@ -510,7 +515,14 @@ async fn flexhr_leaver_is_disabled() {
     // Give it a password and enable it, as the helpdesk would, with an extra flag set.
     let tls = ad_ldaps(&dir.users_ou());
     tls.reset_password(&login(&created.login), &Secret::new("Leaver!Passw0rd1"), false).await.unwrap();
-    tls.update_user(&login(&created.login), &attrs(&[("userAccountControl", "66048")])).await.unwrap();
+    // (The flags are set by the admin connection: update_user refuses userAccountControl.)
+    let uac = [b"66048".to_vec()].into();
+    admin
+        .modify(&created.dn, vec![ldap3::Mod::Replace(b"userAccountControl".to_vec(), uac)])
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
     rec["Active"] = json!(false);
     let out = dir.sync_flexhr_user(&record(rec.clone())).await.unwrap();
     assert!(out.disabled);
@@ -573,8 +585,11 @@ async fn flexhr_hostile_and_colliding_names() {
 
 #[tokio::test]
 async fn flexhr_directory_unreachable_is_transient() {
-    let dir = Directory::new("ActiveDirectory", &ad_config("ldap://127.0.0.1:1", &format!("CN=Users,{AD_BASE}"), ""))
-        .unwrap();
+    let dir = Directory::new(
+        "ActiveDirectory",
+        &ad_config("ldap://127.0.0.1:1", &format!("CN=Users,{AD_BASE}"), LAB_PLAINTEXT),
+    )
+    .unwrap();
     let err = dir
         .sync_flexhr_user(&record(json!({"EmployeeId": "E1", "FirstName": "A", "LastName": "B"})))
         .await

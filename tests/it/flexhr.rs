@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::directory_servers::{
-    ad_admin, ad_admin_tls, dns_with, make_ou, read_attr, samba, unique, Slapd, AD_ADMIN, AD_ADMIN_PW, AD_BASE,
+    ad_admin, ad_admin_tls, certs, dns_with, make_ou, read_attr, samba, unique, Slapd, AD_ADMIN, AD_ADMIN_PW, AD_BASE,
     LDAP_ADMIN, LDAP_ADMIN_PW, LDAP_BASE,
 };
 use crate::common::project::{binary, Daemon, Project, Ran};
@@ -173,7 +173,7 @@ ad.delete_user(`boss${record.tag}`);
 async fn new_user_created_and_ticket_closed_then_idempotent() {
     let mut admin = ad_admin().await;
     let ou = make_ou(&mut admin, AD_BASE, "hr-new").await;
-    let p = seed_project(&ad_section("ActiveDirectory", "ldap://127.0.0.1", &ou));
+    let p = seed_project(&ad_section("ActiveDirectory", "ldaps://127.0.0.1", &ou));
     let emp = format!("E{}", unique());
     let rec = ticket(
         &emp,
@@ -213,7 +213,7 @@ async fn new_user_created_and_ticket_closed_then_idempotent() {
 async fn existing_user_updated_and_the_comment_lists_the_changes() {
     let mut admin = ad_admin().await;
     let ou = make_ou(&mut admin, AD_BASE, "hr-upd").await;
-    let p = seed_project(&ad_section("ActiveDirectory", "ldap://127.0.0.1", &ou));
+    let p = seed_project(&ad_section("ActiveDirectory", "ldaps://127.0.0.1", &ou));
     let emp = format!("E{}", unique());
     let (_, run) = fire_one(&p, &ticket(&emp, "José", "Müller-Lüdenscheidt", json!({})));
     assert_eq!(run["status"], "ok", "{run:#}");
@@ -249,7 +249,7 @@ async fn existing_user_updated_and_the_comment_lists_the_changes() {
 async fn unresolved_manager_keeps_the_ticket_open_until_the_manager_exists() {
     let mut admin = ad_admin().await;
     let ou = make_ou(&mut admin, AD_BASE, "hr-mgr").await;
-    let p = seed_project(&ad_section("ActiveDirectory", "ldap://127.0.0.1", &ou));
+    let p = seed_project(&ad_section("ActiveDirectory", "ldaps://127.0.0.1", &ou));
     let (emp, boss) = (format!("E{}", unique()), format!("B{}", unique()));
     let rec = ticket(&emp, "Mia", "Report", json!({"ManagerEmployeeId": boss}));
     let (ran, run) = fire_one(&p, &rec);
@@ -284,7 +284,7 @@ async fn unresolved_manager_keeps_the_ticket_open_until_the_manager_exists() {
 async fn a_leaver_is_disabled_and_the_ticket_says_so() {
     let mut admin = ad_admin().await;
     let ou = make_ou(&mut admin, AD_BASE, "hr-leave").await;
-    let p = seed_project(&ad_section("ActiveDirectory", "ldap://127.0.0.1", &ou));
+    let p = seed_project(&ad_section("ActiveDirectory", "ldaps://127.0.0.1", &ou));
     let emp = format!("E{}", unique());
     let (_, run) = fire_one(&p, &ticket(&emp, "Lea", "Ver", json!({})));
     assert_eq!(run["status"], "ok", "{run:#}");
@@ -313,7 +313,7 @@ async fn a_leaver_is_disabled_and_the_ticket_says_so() {
 async fn hostile_names_are_names() {
     let mut admin = ad_admin().await;
     let ou = make_ou(&mut admin, AD_BASE, "hr-names").await;
-    let p = seed_project(&ad_section("ActiveDirectory", "ldap://127.0.0.1", &ou));
+    let p = seed_project(&ad_section("ActiveDirectory", "ldaps://127.0.0.1", &ou));
     for (first, last) in [("Zoë", "O'Brien, Jr."), ("José", "Müller-Lüdenscheidt"), ("*)(objectClass=*", "Inject")]
     {
         let emp = format!("N{}", unique());
@@ -335,7 +335,7 @@ async fn hostile_names_are_names() {
 async fn bad_input_fails_with_a_comment_and_keeps_the_ticket_open() {
     let mut admin = ad_admin().await;
     let ou = make_ou(&mut admin, AD_BASE, "hr-bad").await;
-    let p = seed_project(&ad_section("ActiveDirectory", "ldap://127.0.0.1", &ou));
+    let p = seed_project(&ad_section("ActiveDirectory", "ldaps://127.0.0.1", &ou));
     let rec = json!({"Source": "FlexHR", "IsNewUser": 1, "EmployeeId": format!("X{}", unique()), "FirstName": "No"});
     let (ran, run) = fire_one(&p, &rec.to_string());
     assert_eq!(ran.code, 1);
@@ -357,7 +357,7 @@ async fn bad_input_fails_with_a_comment_and_keeps_the_ticket_open() {
 async fn unreachable_directory_retries_with_one_comment_and_nothing_lost() {
     let mut admin = ad_admin().await;
     let ou = make_ou(&mut admin, AD_BASE, "hr-down").await;
-    let broken = ad_section("ActiveDirectory", "ldap://127.0.0.1:1", &ou);
+    let broken = ad_section("ActiveDirectory", "ldaps://127.0.0.1:1", &ou);
     let p = seed_project(&broken);
     let emp = format!("E{}", unique());
     let (ran, run) = fire_one(&p, &ticket(&emp, "Otto", "Outage", json!({})));
@@ -371,7 +371,7 @@ async fn unreachable_directory_retries_with_one_comment_and_nothing_lost() {
     assert_eq!(t["status"], "open");
     let c = comments(&t);
     assert_eq!(c.len(), 1, "{c:?}");
-    assert!(c[0].starts_with("failed to synchronize with Flex HR: directory ActiveDirectory: directory at ldap://127.0.0.1:1 is unreachable"), "{c:?}");
+    assert!(c[0].starts_with("failed to synchronize with Flex HR: directory ActiveDirectory: directory at ldaps://127.0.0.1:1 is unreachable"), "{c:?}");
     assert!(c[0].contains("; will retry (attempt 1 of 3, "), "{c:?}");
 
     // A second attempt while the directory is still down: still one failure comment.
@@ -380,7 +380,7 @@ async fn unreachable_directory_retries_with_one_comment_and_nothing_lost() {
     assert_eq!(comments(&show(&p, &id)).len(), 1);
 
     // The port fixed: the same run succeeds, the ticket closes, the one failure comment stays.
-    p.file("tripline.toml", &format!("{ENGINE}{}", ad_section("ActiveDirectory", "ldap://127.0.0.1", &ou)));
+    p.file("tripline.toml", &format!("{ENGINE}{}", ad_section("ActiveDirectory", "ldaps://127.0.0.1", &ou)));
     let ran = p.run(&["replay", &run_id]);
     assert_eq!(ran.code, 0, "{ran:?}");
     let t = show(&p, &id);
@@ -413,8 +413,8 @@ async fn the_daemon_runs_tickets_concurrently_and_retries_until_dead() {
     let ou = make_ou(&mut admin, AD_BASE, "hr-daemon").await;
     let sections = format!(
         "{}\n{}",
-        ad_section("ActiveDirectory", "ldap://127.0.0.1", &ou),
-        ad_section("Unreachable", "ldap://127.0.0.1:1", &ou)
+        ad_section("ActiveDirectory", "ldaps://127.0.0.1", &ou),
+        ad_section("Unreachable", "ldaps://127.0.0.1:1", &ou)
     );
     let p = seed_project(&sections);
     p.rule(
@@ -459,7 +459,7 @@ async fn the_daemon_runs_tickets_concurrently_and_retries_until_dead() {
 async fn tripline_test_shows_the_planned_changes_and_writes_nothing() {
     let mut admin = ad_admin().await;
     let ou = make_ou(&mut admin, AD_BASE, "hr-test").await;
-    let p = seed_project(&ad_section("ActiveDirectory", "ldap://127.0.0.1", &ou));
+    let p = seed_project(&ad_section("ActiveDirectory", "ldaps://127.0.0.1", &ou));
     let emp = format!("T{}", unique());
     p.file("ticket.json", &ticket(&emp, "Tess", "Trial", json!({})));
     let ran = p.run(&["test", SEED_RULE, "--record", &p.path().join("ticket.json").to_string_lossy(), "--json"]);
@@ -529,8 +529,10 @@ async fn ldap_kind_runs_the_same_flow() {
     let mut admin = server.admin().await;
     let p = seed_project(&format!(
         "[directories.ActiveDirectory]\nkind = \"ldap\"\nurl = \"{}\"\nbind_dn = \"{LDAP_ADMIN}\"\n\
-         bind_password = \"{LDAP_ADMIN_PW}\"\nbase_dn = \"{LDAP_BASE}\"\nusers_ou = \"ou=people,{LDAP_BASE}\"\n",
-        server.url()
+         bind_password = \"{LDAP_ADMIN_PW}\"\nbase_dn = \"{LDAP_BASE}\"\nusers_ou = \"ou=people,{LDAP_BASE}\"\n\
+         ca_file = '{}'\n",
+        server.ldaps_url(),
+        certs().ca.display()
     ));
     let (_, run) = fire_one(&p, &ticket("M1", "Max", "Boss", json!({})));
     assert_eq!(run["status"], "ok", "{run:#}");

@@ -7,6 +7,7 @@ mod connection;
 mod daemon;
 mod deadline;
 mod directory;
+mod directory_guards;
 mod flexhr;
 mod flexjob;
 mod hostile;

@@ -41,6 +41,7 @@ async fn a_canary_secret_appears_nowhere() {
     let config = format!(
         "[engine]\nmax_attempts = 1\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n\n\
          [directories.LDAP]\nkind = \"ldap\"\nurl = \"{ldap}\"\nbind_dn = \"{LDAP_ADMIN}\"\nbind_password = \"${{CANARY_LDAP}}\"\n\
+         allow_plaintext_bind = true\n\
          base_dn = \"{LDAP_BASE}\"\nusers_ou = \"ou=people,{LDAP_BASE}\"\n\n\
          [connections.hr]\nbase_url = \"{hr}\"\nauth = {{ type = \"basic\", username = \"svc\", password = \"${{CANARY_HR}}\" }}\n\n\
          [webhooks.inbound]\npath = \"/hooks/in\"\nentity = \"ticket\"\n\

@@ -32,7 +32,7 @@ use crate::directory::{
     SearchRequest, SearchScope, SyncOutcome, SyncStatus, UserId,
 };
 use crate::record::RESERVED_KEYS;
-use crate::script::{dynamic_to_json, json_to_dynamic};
+use crate::script::{dynamic_to_json, json_to_dynamic, HostError};
 use crate::store::Write;
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
@@ -71,11 +71,14 @@ impl DirectoryHandle {
         self.dir.name()
     }
 
-    /// Runs one operation to its end and turns its error into a script error.
-    fn call<T>(&self, fut: impl std::future::Future<Output = Result<T, DirectoryError>>) -> Res<T> {
-        let result = self.ctx.hosts.block_on(fut).map_err(|e| self.ctx.host_error(e, Class::Permanent))?;
+    /// Runs one operation (`what`: the method's name), connect and bind included, at most
+    /// until the run's deadline, and turns its error into a script error. The directory's own
+    /// `connect_timeout` / `op_timeout` may be longer than the run's `[limits] timeout_ms`;
+    /// the shorter one ends the wait (a deadline passed is transient: the run retries).
+    fn call<T>(&self, what: &str, fut: impl std::future::Future<Output = Result<T, DirectoryError>>) -> Res<T> {
+        let result = self.ctx.within_deadline(&format!("directory {}: {what}", self.name()), fut);
         self.log_planned(self.dir.take_planned_changes());
-        result.map_err(|e| self.error(&e))
+        result?.map_err(|e| self.error(&e))
     }
 
     fn log_planned(&self, planned: Vec<PlannedChange>) {
@@ -151,7 +154,7 @@ impl DirectoryHandle {
                 }
             }
         }
-        let found = self.call(self.dir.search(&request))?;
+        let found = self.call("search", self.dir.search(&request))?;
         Ok(found.iter().map(|e| Dynamic::from_map(entry_map(e))).collect())
     }
 }
@@ -191,46 +194,46 @@ pub fn register(engine: &mut Engine) {
 
     engine.register_fn("find_user", |d: &mut DirectoryHandle, id: Dynamic| -> Res<Dynamic> {
         let id = d.user(&id)?;
-        Ok(d.call(d.dir.find_user(&id))?.map_or(Dynamic::UNIT, |e| Dynamic::from_map(entry_map(&e))))
+        Ok(d.call("find_user", d.dir.find_user(&id))?.map_or(Dynamic::UNIT, |e| Dynamic::from_map(entry_map(&e))))
     });
     engine.register_fn("user_exists", |d: &mut DirectoryHandle, id: Dynamic| -> Res<bool> {
         let id = d.user(&id)?;
-        d.call(d.dir.user_exists(&id))
+        d.call("user_exists", d.dir.user_exists(&id))
     });
     engine.register_fn("create_user", |d: &mut DirectoryHandle, user: Map| -> Res<Map> {
         let user = NewUser::from_json(&d.object("create_user", user)?).map_err(|e| d.error(&e))?;
-        Ok(entry_map(&d.call(d.dir.create_user(&user))?))
+        Ok(entry_map(&d.call("create_user", d.dir.create_user(&user))?))
     });
     engine.register_fn("update_user", |d: &mut DirectoryHandle, id: Dynamic, changes: Map| -> Res<Array> {
         let id = d.user(&id)?;
         let changes = attributes_from_json(&d.object("update_user", changes)?).map_err(|e| d.error(&e))?;
-        Ok(names(d.call(d.dir.update_user(&id, &changes))?))
+        Ok(names(d.call("update_user", d.dir.update_user(&id, &changes))?))
     });
     engine.register_fn("disable_user", |d: &mut DirectoryHandle, id: Dynamic| -> Res<bool> {
         let id = d.user(&id)?;
-        d.call(d.dir.disable_user(&id))
+        d.call("disable_user", d.dir.disable_user(&id))
     });
     engine.register_fn("enable_user", |d: &mut DirectoryHandle, id: Dynamic| -> Res<bool> {
         let id = d.user(&id)?;
-        d.call(d.dir.enable_user(&id))
+        d.call("enable_user", d.dir.enable_user(&id))
     });
     engine.register_fn("delete_user", |d: &mut DirectoryHandle, id: Dynamic| -> Res<()> {
         let id = d.user(&id)?;
-        d.call(d.dir.delete_user(&id))
+        d.call("delete_user", d.dir.delete_user(&id))
     });
     engine.register_fn("move_user", |d: &mut DirectoryHandle, id: Dynamic, ou: &str| -> Res<String> {
         let id = d.user(&id)?;
-        d.call(d.dir.move_user(&id, ou))
+        d.call("move_user", d.dir.move_user(&id, ou))
     });
     engine.register_fn("rename_user", |d: &mut DirectoryHandle, id: Dynamic, new_name: &str| -> Res<String> {
         let id = d.user(&id)?;
-        d.call(d.dir.rename_user(&id, new_name))
+        d.call("rename_user", d.dir.rename_user(&id, new_name))
     });
     // The password is a Secret from here on: redacted from errors and logs.
     let reset = |d: &mut DirectoryHandle, id: Dynamic, password: ImmutableString, must_change: bool| -> Res<()> {
         let password = Secret::new(password.as_str());
         let id = d.user(&id)?;
-        d.call(d.dir.reset_password(&id, &password, must_change))
+        d.call("reset_password", d.dir.reset_password(&id, &password, must_change))
     };
     engine.register_fn("reset_password", move |d: &mut DirectoryHandle, id: Dynamic, pw: ImmutableString| {
         reset(d, id, pw, false)
@@ -238,20 +241,20 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("reset_password", reset);
     engine.register_fn("add_to_group", |d: &mut DirectoryHandle, id: Dynamic, group: Dynamic| -> Res<bool> {
         let (id, group) = (d.user(&id)?, d.group(&group)?);
-        d.call(d.dir.add_to_group(&id, &group))
+        d.call("add_to_group", d.dir.add_to_group(&id, &group))
     });
     engine.register_fn("remove_from_group", |d: &mut DirectoryHandle, id: Dynamic, group: Dynamic| -> Res<bool> {
         let (id, group) = (d.user(&id)?, d.group(&group)?);
-        d.call(d.dir.remove_from_group(&id, &group))
+        d.call("remove_from_group", d.dir.remove_from_group(&id, &group))
     });
     engine.register_fn("groups_of", |d: &mut DirectoryHandle, id: Dynamic| -> Res<Array> {
         let id = d.user(&id)?;
-        Ok(d.call(d.dir.groups_of(&id))?.iter().map(|e| Dynamic::from_map(entry_map(e))).collect())
+        Ok(d.call("groups_of", d.dir.groups_of(&id))?.iter().map(|e| Dynamic::from_map(entry_map(e))).collect())
     });
     engine.register_fn("set_manager", |d: &mut DirectoryHandle, id: Dynamic, manager: Dynamic| -> Res<Dynamic> {
         let id = d.user(&id)?;
         let manager = if manager.is_unit() { None } else { Some(d.user(&manager)?) };
-        Ok(d.call(d.dir.set_manager(&id, manager.as_ref()))?.map_or(Dynamic::UNIT, Dynamic::from))
+        Ok(d.call("set_manager", d.dir.set_manager(&id, manager.as_ref()))?.map_or(Dynamic::UNIT, Dynamic::from))
     });
     engine.register_fn("search", |d: &mut DirectoryHandle, filter: &str| d.search(filter, Array::new(), None));
     engine.register_fn("search", |d: &mut DirectoryHandle, filter: &str, values: Array| d.search(filter, values, None));
@@ -323,13 +326,17 @@ fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<M
     let dir = directory_for(&ctx, directory).map_err(|e| fail(e, Class::Permanent))?;
     // The seed's first step is the bind: an unreachable server or a refused bind is reported
     // as such, before any lookup.
+    // Bounded by the run's deadline like every host call; a sync cut short is completed by the
+    // retry (it is idempotent), and the ticket says why it waits.
     let result = ctx
-        .hosts
-        .block_on(async {
+        .within_deadline(&format!("ProcessFlexHrUserOnAD on directory {directory}"), async {
             dir.connect().await?;
             dir.sync_flexhr_user(&fields).await
         })
-        .map_err(|e| fail(e, Class::Permanent))?;
+        .map_err(|e| {
+            let (reason, class) = host_error_parts(&e);
+            fail(reason, class)
+        })?;
     let planned = dir.take_planned_changes();
     let outcome = result.map_err(|e| fail(format!("directory {directory}: {e}"), e.class()))?;
     for change in &planned {
@@ -359,6 +366,17 @@ fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<M
         .insert("planned".into(), Dynamic::from_array(planned.iter().map(|p| Dynamic::from(p.to_string())).collect()));
     result.insert("closed".into(), Dynamic::from_bool(close));
     Ok(result)
+}
+
+/// The message and class a host call's script error carries.
+fn host_error_parts(e: &EvalAltResult) -> (String, Class) {
+    match e {
+        EvalAltResult::ErrorRuntime(value, _) => match value.read_lock::<HostError>() {
+            Some(host) => (host.message.clone(), host.class),
+            None => (value.to_string(), Class::Permanent),
+        },
+        other => (other.to_string(), Class::Permanent),
+    }
 }
 
 /// The manager outcome as scripts see it: `#{status: "resolved", employee_id, dn}`,

@@ -406,10 +406,15 @@ pub fn ad_config(url: &str, users_ou: &str, extra: &str) -> DirectoryConfig {
     toml::from_str(&text).unwrap_or_else(|e| panic!("test config does not parse: {e}\n{text}"))
 }
 
-/// A directory on the shared DC over plain LDAP, creating users in `users_ou`.
+/// The lab setting that lets a test bind over plain `ldap://` (the bind password then goes in
+/// clear, which tripline otherwise refuses).
+pub const LAB_PLAINTEXT: &str = "allow_plaintext_bind = true\n";
+
+/// A directory on the shared DC over plain LDAP (with [`LAB_PLAINTEXT`]), creating users in
+/// `users_ou`.
 pub fn ad_plain(users_ou: &str) -> Directory {
     samba();
-    Directory::new("ActiveDirectory", &ad_config("ldap://127.0.0.1", users_ou, "")).unwrap()
+    Directory::new("ActiveDirectory", &ad_config("ldap://127.0.0.1", users_ou, LAB_PLAINTEXT)).unwrap()
 }
 
 /// A directory on the shared DC over LDAPS, the certificate verified against the test CA.
@@ -600,9 +605,9 @@ impl Slapd {
         toml::from_str(&text).unwrap_or_else(|e| panic!("test config does not parse: {e}\n{text}"))
     }
 
-    /// A directory on this server over plain LDAP.
+    /// A directory on this server over plain LDAP (with [`LAB_PLAINTEXT`]).
     pub fn directory(&self) -> Directory {
-        Directory::new("OpenLDAP", &self.config(&self.url(), "")).unwrap()
+        Directory::new("OpenLDAP", &self.config(&self.url(), LAB_PLAINTEXT)).unwrap()
     }
 
     /// An ldap3 connection bound as rootdn.
