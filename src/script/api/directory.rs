@@ -83,7 +83,7 @@ impl DirectoryHandle {
 
     fn log_planned(&self, planned: Vec<PlannedChange>) {
         for change in planned {
-            self.ctx.log("info", &format!("dry run, directory {}: {change}", self.name()));
+            self.ctx.plan(format!("dry run, directory {}: {change}", self.name()));
         }
     }
 
@@ -340,7 +340,7 @@ fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<M
     let planned = dir.take_planned_changes();
     let outcome = result.map_err(|e| fail(format!("directory {directory}: {e}"), e.class()))?;
     for change in &planned {
-        ctx.log("info", &format!("dry run, directory {directory}: {change}"));
+        ctx.plan(format!("dry run, directory {directory}: {change}"));
     }
 
     let close = outcome.dry_run || outcome.is_complete();
