@@ -177,6 +177,7 @@ struct PendingRun {
     depth: u32,
     finish_event: Option<i64>,
     max_fanout: u64,
+    claim_raised: Option<(String, DateTime<Utc>)>,
 }
 
 /// Clears `writing` if the writer unwinds, so that the others do not wait forever.
@@ -654,6 +655,13 @@ fn write_run(tx: &Connection, p: &PendingRun) -> Result<(i64, Vec<Event>)> {
     if let (Some(cause), false) = (run.event_id, raised.is_empty()) {
         charge_fanout(tx, cause, &raised, p.max_fanout)?;
     }
+    if let Some((owner, until)) = &p.claim_raised {
+        let mut stmt =
+            tx.prepare_cached("UPDATE events SET claimed_by = ?1, claimed_until = ?2, tries = 1 WHERE id = ?3")?;
+        for e in &raised {
+            stmt.execute(params![owner, ts(*until), e.id])?;
+        }
+    }
     let args = params![
         run.event_id,
         run.rule,
@@ -723,20 +731,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn pending_events(&self, limit: usize, wait_behind_retries: bool) -> Result<Vec<Event>> {
+    fn pending_events(&self, limit: usize, wait_behind_retries: bool, feed: super::Feed<'_>) -> Result<Vec<Event>> {
+        let (owner, unclaimed) = match feed {
+            super::Feed::Own(o) => (o, false),
+            super::Feed::OwnAndUnclaimed(o) => (o, true),
+        };
         let mut conn = self.conn();
         let (events, aside) = {
+            // Own events (claimed by `owner`) use the partial index on claims; unclaimed ones
+            // the pending index.
             let mut stmt = conn.prepare_cached(
                 "SELECT e.id, e.kind, e.record, e.previous, e.depth, e.created_at, e.tries, e.record_id FROM events e
-                 WHERE e.done = 0 AND (e.claimed_until IS NULL OR e.claimed_until < ?1)
+                 WHERE e.done = 0
+                   AND (e.claimed_by = ?4 OR (?5 AND (e.claimed_until IS NULL OR e.claimed_until < ?1)))
                    AND NOT EXISTS (SELECT 1 FROM events p WHERE p.record_id = e.record_id AND p.done = 0 AND p.id < e.id
-                                   AND p.claimed_until >= ?1)
+                                   AND p.claimed_by IS NOT ?4
+                                   AND NOT (?5 AND (p.claimed_until IS NULL OR p.claimed_until < ?1)))
                    AND (?2 = 0 OR NOT EXISTS (SELECT 1 FROM runs r WHERE r.record_id = e.record_id AND r.status = 'retrying'))
                  ORDER BY e.id LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![ts(Utc::now()), wait_behind_retries, limit as i64], |r| {
-                Ok((row_to_event(r)?, r.get::<_, u32>(6)?, r.get::<_, String>(7)?))
-            })?;
+            let rows = stmt
+                .query_map(params![ts(Utc::now()), wait_behind_retries, limit as i64, owner, unclaimed], |r| {
+                    Ok((row_to_event(r)?, r.get::<_, u32>(6)?, r.get::<_, String>(7)?))
+                })?;
             let mut events = Vec::new();
             let mut aside = Vec::new();
             for row in rows {
@@ -936,13 +953,8 @@ impl Store for SqliteStore {
         Ok(runs)
     }
 
-    fn commit_run(
-        &self,
-        run: &Run,
-        writes: &[Write],
-        depth: u32,
-        finish_event: Option<i64>,
-    ) -> Result<(i64, Vec<Event>)> {
+    fn commit_run(&self, c: super::Commit<'_>) -> Result<(i64, Vec<Event>)> {
+        let super::Commit { run, writes, depth, finish_event, claim_raised } = c;
         let q = &self.commits;
         let arrived = Instant::now();
         let mut st = lock(&q.state);
@@ -956,6 +968,7 @@ impl Store for SqliteStore {
             depth,
             finish_event,
             max_fanout,
+            claim_raised: claim_raised.map(|(o, t)| (o.to_string(), t)),
         });
         st.inside += 1;
         st.peak = st.peak.max(st.inside);
@@ -1001,13 +1014,22 @@ impl Store for SqliteStore {
         Ok(query_runs(&conn, &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), params![id])?.pop())
     }
 
-    fn due_retries(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Run>> {
-        let conn = self.conn();
-        query_runs(
-            &conn,
+    fn claim_due_retries(&self, now: DateTime<Utc>, limit: usize, until: DateTime<Utc>) -> Result<Vec<Run>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let runs = query_runs(
+            &tx,
             &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'retrying' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2"),
             params![ts(now), limit as i64],
-        )
+        )?;
+        {
+            let mut stmt = tx.prepare_cached("UPDATE runs SET next_attempt_at = ?1 WHERE id = ?2")?;
+            for r in &runs {
+                stmt.execute(params![ts(until), r.id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(runs)
     }
 
     fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Value>> {
@@ -1087,6 +1109,7 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::record::Submitted;
+    use crate::store::Commit;
     use serde_json::json;
 
     impl SqliteStore {
@@ -1120,7 +1143,7 @@ mod tests {
             .unwrap();
         assert_eq!(e2.previous.as_ref().unwrap().fields["a"], json!(1));
         assert_eq!(e2.record.fields, fields(json!({"a": 5, "b": 2})));
-        let pending = s.pending_events(10, true).unwrap();
+        let pending = s.pending_events(10, true, crate::store::Feed::OwnAndUnclaimed("test")).unwrap();
         assert_eq!(pending.iter().map(|e| e.id).collect::<Vec<_>>(), vec![e1.id, e2.id]);
         assert_eq!(s.find_records("ticket", &fields(json!({"a": 5})), 10).unwrap().len(), 1);
         assert_eq!(s.find_records("ticket", &fields(json!({"a": 1})), 10).unwrap().len(), 0);
@@ -1150,9 +1173,30 @@ mod tests {
             finished_at: at,
             ..run_of(e, "r")
         };
-        s.commit_run(&run(&events[0], RunStatus::Ok, old), &[], 1, Some(events[0].id)).unwrap();
-        s.commit_run(&run(&events[1], RunStatus::Dead, old), &[], 1, Some(events[1].id)).unwrap();
-        s.commit_run(&run(&events[2], RunStatus::Ok, Utc::now()), &[], 1, Some(events[2].id)).unwrap();
+        s.commit_run(Commit {
+            run: &run(&events[0], RunStatus::Ok, old),
+            writes: &[],
+            depth: 1,
+            finish_event: Some(events[0].id),
+            claim_raised: None,
+        })
+        .unwrap();
+        s.commit_run(Commit {
+            run: &run(&events[1], RunStatus::Dead, old),
+            writes: &[],
+            depth: 1,
+            finish_event: Some(events[1].id),
+            claim_raised: None,
+        })
+        .unwrap();
+        s.commit_run(Commit {
+            run: &run(&events[2], RunStatus::Ok, Utc::now()),
+            writes: &[],
+            depth: 1,
+            finish_event: Some(events[2].id),
+            claim_raised: None,
+        })
+        .unwrap();
         // Events are as old as the test: prune everything finished before tomorrow.
         s.conn().execute("UPDATE events SET created_at = ?1", params![ts(old)]).unwrap();
         let removed = s.prune(Utc::now() - chrono::Duration::days(30)).unwrap();
@@ -1188,7 +1232,14 @@ mod tests {
         let run = Run { status: RunStatus::Retrying, ..run_of(&e, "r") };
         for n in 1..=3 {
             let w = Write::Comment { id: id.clone(), text: format!("attempt {n}"), key: Some("r".into()) };
-            s.commit_run(&Run { attempts: n, ..run.clone() }, &[w], 1, None).unwrap();
+            s.commit_run(Commit {
+                run: &Run { attempts: n, ..run.clone() },
+                writes: &[w],
+                depth: 1,
+                finish_event: None,
+                claim_raised: None,
+            })
+            .unwrap();
         }
         let r = s.get_record(&id).unwrap().unwrap();
         assert_eq!(r.comments.len(), 1);
@@ -1232,6 +1283,7 @@ mod tests {
             depth: 1,
             finish_event: Some(e.id),
             max_fanout: 100,
+            claim_raised: None,
         };
         let comment = Write::Comment { id: events[0].record.id.clone(), text: "kept".into(), key: None };
         let refused = Write::Update { id: "no-such-record".into(), fields: Fields::new() };
@@ -1256,7 +1308,15 @@ mod tests {
                 std::thread::spawn(move || {
                     for e in &chunk {
                         let w = Write::Comment { id: e.record.id.clone(), text: "c".into(), key: None };
-                        let (id, _) = s.commit_run(&run_of(e, "r"), &[w], 1, Some(e.id)).unwrap();
+                        let (id, _) = s
+                            .commit_run(Commit {
+                                run: &run_of(e, "r"),
+                                writes: &[w],
+                                depth: 1,
+                                finish_event: Some(e.id),
+                                claim_raised: None,
+                            })
+                            .unwrap();
                         assert!(id > 0);
                     }
                 })
