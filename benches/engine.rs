@@ -75,6 +75,7 @@ fn events() -> Vec<Event> {
                 previous: None,
                 depth: 0,
                 created_at: chrono::Utc::now(),
+                claims: 1,
             }
         })
         .collect()

@@ -364,6 +364,7 @@ mod tests {
             previous: None,
             depth: 0,
             created_at: chrono::Utc::now(),
+            claims: 1,
         }
     }
 
@@ -468,7 +469,7 @@ mod fuzz {
                     record: crate::record::Record::new("t", fields.clone()),
                     previous: Some(crate::record::Record::new("t", Default::default())),
                     depth: 0,
-                    created_at: chrono::Utc::now(),
+                    created_at: chrono::Utc::now(), claims: 1,
                 };
                 let set = RuleSet::new(vec![rule]);
                 let _ = set.matching(&event);

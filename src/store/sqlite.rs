@@ -311,6 +311,9 @@ fn snapshot(r: &Record) -> Record {
     Record { comments: Vec::new(), ..r.clone() }
 }
 
+/// A claim to store an event with: its owner and until when.
+type Claim<'a> = Option<(&'a str, DateTime<Utc>)>;
+
 fn insert_event(
     tx: &Connection,
     kind: &EventKind,
@@ -318,15 +321,29 @@ fn insert_event(
     previous: Option<&Record>,
     depth: u32,
     key: Option<&str>,
+    claim: Claim<'_>,
 ) -> Result<Event> {
     let now = Utc::now();
     let record = snapshot(record);
     let previous = previous.map(snapshot);
+    let (owner, until) = claim.map_or((None, None), |(o, u)| (Some(o), Some(ts(u))));
     tx.prepare_cached(
-        "INSERT INTO events (kind, record_id, record, previous, depth, created_at, idempotency_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO events (kind, record_id, record, previous, depth, created_at, idempotency_key, claimed_by, claimed_until, tries)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
-    .execute(params![kind.as_str(), record.id, to_json(&record), previous.as_ref().map(to_json), depth, ts(now), key])?;
-    Ok(Event { id: tx.last_insert_rowid(), kind: kind.clone(), record, previous, depth, created_at: now })
+    .execute(params![
+        kind.as_str(),
+        record.id,
+        to_json(&record),
+        previous.as_ref().map(to_json),
+        depth,
+        ts(now),
+        key,
+        owner,
+        until,
+        claim.is_some() as i64
+    ])?;
+    Ok(Event { id: tx.last_insert_rowid(), kind: kind.clone(), record, previous, depth, created_at: now, claims: 1 })
 }
 
 fn add_comment(tx: &Connection, id: &str, text: &str, key: Option<&str>, at: DateTime<Utc>) -> Result<()> {
@@ -386,7 +403,7 @@ fn ingest_one(
                 r.status = s;
             }
             save_record(tx, &r)?;
-            insert_event(tx, &item.kind, &r, None, depth, item.idempotency_key.as_deref())?
+            insert_event(tx, &item.kind, &r, None, depth, item.idempotency_key.as_deref(), claim)?
         }
         (EventKind::Updated, None) | (EventKind::Deleted, None) => {
             let id = item.record.id.clone().unwrap_or_else(|| "(none given)".into());
@@ -394,7 +411,7 @@ fn ingest_one(
         }
         (EventKind::Deleted, Some(r)) => {
             tx.execute("DELETE FROM records WHERE id = ?1", params![r.id])?;
-            insert_event(tx, &item.kind, &r, None, depth, item.idempotency_key.as_deref())?
+            insert_event(tx, &item.kind, &r, None, depth, item.idempotency_key.as_deref(), claim)?
         }
         (kind, Some(previous)) => {
             let mut r = previous.clone();
@@ -406,13 +423,9 @@ fn ingest_one(
             }
             r.updated_at = now;
             save_record(tx, &r)?;
-            insert_event(tx, kind, &r, Some(&previous), depth, item.idempotency_key.as_deref())?
+            insert_event(tx, kind, &r, Some(&previous), depth, item.idempotency_key.as_deref(), claim)?
         }
     };
-    if let Some((owner, until)) = claim {
-        tx.prepare_cached("UPDATE events SET claimed_by = ?1, claimed_until = ?2, tries = 1 WHERE id = ?3")?
-            .execute(params![owner, ts(until), event.id])?;
-    }
     Ok(Some(event))
 }
 
@@ -430,6 +443,7 @@ fn build_event(
         previous: previous.as_deref().map(json).transpose()?,
         depth,
         created_at: parse_ts(&created)?,
+        claims: 1,
     })
 }
 
@@ -486,7 +500,7 @@ fn json_path(field: &str) -> Option<String> {
     Some(p)
 }
 
-fn apply_write(tx: &Connection, w: &Write, depth: u32, raised: &mut Vec<Event>) -> Result<()> {
+fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised: &mut Vec<Event>) -> Result<()> {
     let now = Utc::now();
     match w {
         Write::Create(r) => {
@@ -494,7 +508,7 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, raised: &mut Vec<Event>) 
                 return Err(StoreError::Exists(r.id.clone()));
             }
             save_record(tx, r)?;
-            raised.push(insert_event(tx, &EventKind::Created, r, None, depth, None)?);
+            raised.push(insert_event(tx, &EventKind::Created, r, None, depth, None, claim)?);
         }
         Write::Update { id, fields } => {
             let previous = load_record(tx, id)?.ok_or_else(|| StoreError::NoRecord(id.clone()))?;
@@ -504,7 +518,7 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, raised: &mut Vec<Event>) 
             }
             r.updated_at = now;
             save_record(tx, &r)?;
-            raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None)?);
+            raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim)?);
         }
         Write::Comment { id, text, key } => add_comment(tx, id, text, key.as_deref(), now)?,
         Write::Close { id, text } => {
@@ -517,7 +531,7 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, raised: &mut Vec<Event>) 
                 r.status = Status::Closed;
                 r.updated_at = now;
                 save_record(tx, &r)?;
-                raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None)?);
+                raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim)?);
             }
         }
         Write::SetState { namespace, key, value } => {
@@ -650,17 +664,10 @@ fn write_run(tx: &Connection, p: &PendingRun) -> Result<(i64, Vec<Event>)> {
     let (run, depth) = (&p.run, p.depth);
     let mut raised = Vec::new();
     for w in &p.writes {
-        apply_write(tx, w, depth, &mut raised)?;
+        apply_write(tx, w, depth, p.claim_raised.as_ref().map(|(o, t)| (o.as_str(), *t)), &mut raised)?;
     }
     if let (Some(cause), false) = (run.event_id, raised.is_empty()) {
         charge_fanout(tx, cause, &raised, p.max_fanout)?;
-    }
-    if let Some((owner, until)) = &p.claim_raised {
-        let mut stmt =
-            tx.prepare_cached("UPDATE events SET claimed_by = ?1, claimed_until = ?2, tries = 1 WHERE id = ?3")?;
-        for e in &raised {
-            stmt.execute(params![owner, ts(*until), e.id])?;
-        }
     }
     let args = params![
         run.event_id,
@@ -731,7 +738,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn pending_events(&self, limit: usize, wait_behind_retries: bool, feed: super::Feed<'_>) -> Result<Vec<Event>> {
+    fn pending_events(
+        &self,
+        limit: usize,
+        wait_behind_retries: bool,
+        feed: super::Feed<'_>,
+        after: i64,
+    ) -> Result<Vec<super::Pending>> {
         let (owner, unclaimed) = match feed {
             super::Feed::Own(o) => (o, false),
             super::Feed::OwnAndUnclaimed(o) => (o, true),
@@ -741,8 +754,9 @@ impl Store for SqliteStore {
             // Own events (claimed by `owner`) use the partial index on claims; unclaimed ones
             // the pending index.
             let mut stmt = conn.prepare_cached(
-                "SELECT e.id, e.kind, e.record, e.previous, e.depth, e.created_at, e.tries, e.record_id FROM events e
-                 WHERE e.done = 0
+                "SELECT e.id, e.kind, e.record, e.previous, e.depth, e.created_at, e.tries, e.record_id,
+                        CASE WHEN e.claimed_by IS ?4 THEN e.claimed_until END FROM events e
+                 WHERE e.done = 0 AND e.id > ?6
                    AND (e.claimed_by = ?4 OR (?5 AND (e.claimed_until IS NULL OR e.claimed_until < ?1)))
                    AND NOT EXISTS (SELECT 1 FROM events p WHERE p.record_id = e.record_id AND p.done = 0 AND p.id < e.id
                                    AND p.claimed_by IS NOT ?4
@@ -750,14 +764,14 @@ impl Store for SqliteStore {
                    AND (?2 = 0 OR NOT EXISTS (SELECT 1 FROM runs r WHERE r.record_id = e.record_id AND r.status = 'retrying'))
                  ORDER BY e.id LIMIT ?3",
             )?;
-            let rows = stmt
-                .query_map(params![ts(Utc::now()), wait_behind_retries, limit as i64, owner, unclaimed], |r| {
-                    Ok((row_to_event(r)?, r.get::<_, u32>(6)?, r.get::<_, String>(7)?))
-                })?;
+            let rows = stmt.query_map(
+                params![ts(Utc::now()), wait_behind_retries, limit as i64, owner, unclaimed, after],
+                |r| Ok((row_to_event(r)?, r.get::<_, u32>(6)?, r.get::<_, String>(7)?, r.get::<_, Option<String>>(8)?)),
+            )?;
             let mut events = Vec::new();
             let mut aside = Vec::new();
             for row in rows {
-                let (row, tries, record_id) = row?;
+                let (row, tries, record_id, own_until) = row?;
                 let id = row.0;
                 if tries >= MAX_EVENT_TRIES {
                     aside.push((
@@ -771,8 +785,13 @@ impl Store for SqliteStore {
                     ));
                     continue;
                 }
-                match build_event(row) {
-                    Ok(e) => events.push(e),
+                let own_claim_until = own_until.as_deref().map(parse_ts).transpose();
+                match build_event(row).and_then(|e| Ok((e, own_claim_until?))) {
+                    // An own event's claim is taken already; another's is about to be.
+                    Ok((e, own_claim_until)) => events.push(super::Pending {
+                        event: Event { claims: if own_claim_until.is_some() { tries } else { tries + 1 }, ..e },
+                        own_claim_until,
+                    }),
                     Err(e) => {
                         aside.push((id, record_id, format!("event {id} cannot be read, so it is set aside: {e}")))
                     }
@@ -980,6 +999,20 @@ impl Store for SqliteStore {
         result
     }
 
+    fn finish_events(&self, event_ids: &[i64]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt =
+                tx.prepare_cached("UPDATE events SET done = 1, claimed_by = NULL, claimed_until = NULL WHERE id = ?1")?;
+            for id in event_ids {
+                stmt.execute(params![id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn finish_event(&self, event_id: i64) -> Result<()> {
         self.conn()
             .prepare_cached("UPDATE events SET done = 1, claimed_by = NULL, claimed_until = NULL WHERE id = ?1")?
@@ -1143,8 +1176,8 @@ mod tests {
             .unwrap();
         assert_eq!(e2.previous.as_ref().unwrap().fields["a"], json!(1));
         assert_eq!(e2.record.fields, fields(json!({"a": 5, "b": 2})));
-        let pending = s.pending_events(10, true, crate::store::Feed::OwnAndUnclaimed("test")).unwrap();
-        assert_eq!(pending.iter().map(|e| e.id).collect::<Vec<_>>(), vec![e1.id, e2.id]);
+        let pending = s.pending_events(10, true, crate::store::Feed::OwnAndUnclaimed("test"), 0).unwrap();
+        assert_eq!(pending.iter().map(|p| p.event.id).collect::<Vec<_>>(), vec![e1.id, e2.id]);
         assert_eq!(s.find_records("ticket", &fields(json!({"a": 5})), 10).unwrap().len(), 1);
         assert_eq!(s.find_records("ticket", &fields(json!({"a": 1})), 10).unwrap().len(), 0);
         assert_eq!(s.find_records("ticket", &fields(json!({"status": "open", "b": 2})), 10).unwrap().len(), 1);
