@@ -428,7 +428,7 @@ fn fire(rt: &Runtime, args: FireArgs) -> Result<u8, Failure> {
         match (&i.record.id, &i.kind) {
             // A new record without an id cannot clash with anything.
             (None, EventKind::Created) => return Ok(()),
-            (Some(id), EventKind::Created | EventKind::Custom(_)) => {
+            (Some(id), EventKind::Created) => {
                 if let Some(first) = created.get(id) {
                     return Err(at(format!("the input creates a record with id {id:?} twice (first on line {first})")));
                 }

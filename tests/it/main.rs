@@ -8,6 +8,7 @@ mod daemon;
 mod deadline;
 mod directory;
 mod directory_guards;
+mod dispatch;
 mod flexhr;
 mod flexjob;
 mod hostile;
