@@ -472,12 +472,8 @@ impl Runtime {
         // An event claimed for the first time has no runs yet; one claimed before may (its
         // process died after committing some of them).
         let ledger = if event.claims > 1 { self.store.runs_of_event(event.id)? } else { Vec::new() };
-        let rules: Vec<Arc<Rule>> = catalog
-            .rules
-            .matching(event)
-            .into_iter()
-            .filter(|r| !ledger.iter().any(|run| run.rule == r.name))
-            .collect();
+        let mut rules = catalog.rules.matching(event);
+        rules.retain(|r| !ledger.iter().any(|run| run.rule == r.name));
         let mut runs = Vec::new();
         let mut raised = Vec::new();
         let last = rules.len().saturating_sub(1);

@@ -267,6 +267,9 @@ pub trait Store: Send + Sync {
     fn unclaim(&self, event_id: i64, owner: &str) -> Result<()>;
     /// Whether a record has a run waiting for a retry, other than for `event_id`.
     fn record_waits(&self, record_id: &str, event_id: i64) -> Result<bool>;
+    /// Whether a record still has work ahead: an unfinished event, or a run waiting for a
+    /// retry.
+    fn record_busy(&self, record_id: &str) -> Result<bool>;
     /// The owners holding unexpired claims on unfinished events.
     fn claim_owners(&self) -> Result<Vec<String>>;
     /// Releases every claim of `owner` (an owner known to be gone).

@@ -846,6 +846,17 @@ impl Store for SqliteStore {
         Ok(n > 0)
     }
 
+    fn record_busy(&self, record_id: &str) -> Result<bool> {
+        let conn = self.conn();
+        let busy: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE record_id = ?1 AND done = 0) \
+                 OR EXISTS (SELECT 1 FROM runs WHERE record_id = ?1 AND status = 'retrying')",
+            )?
+            .query_row(params![record_id], |r| r.get(0))?;
+        Ok(busy)
+    }
+
     fn claim_owners(&self) -> Result<Vec<String>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
