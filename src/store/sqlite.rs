@@ -730,14 +730,24 @@ impl Store for SqliteStore {
                    AND (?2 = 0 OR NOT EXISTS (SELECT 1 FROM runs r WHERE r.record_id = e.record_id AND r.status = 'retrying'))
                  ORDER BY e.id LIMIT ?3",
             )?;
+            // Only the id is read strictly: a column of the wrong type (a BLOB where text is
+            // expected, a negative depth) is an event that cannot be read, set aside like one
+            // that does not parse, rather than an error that would stop every pass.
             let rows = stmt.query_map(params![ts(Utc::now()), wait_behind_retries, limit as i64], |r| {
-                Ok((row_to_event(r)?, r.get::<_, u32>(6)?, r.get::<_, String>(7)?))
+                let record_id = r.get::<_, String>(7).unwrap_or_else(|_| String::from("(unreadable)"));
+                Ok((r.get::<_, i64>(0)?, row_to_event(r), r.get::<_, u32>(6), record_id))
             })?;
             let mut events = Vec::new();
             let mut aside = Vec::new();
             for row in rows {
-                let (row, tries, record_id) = row?;
-                let id = row.0;
+                let (id, row, tries, record_id) = row?;
+                let (row, tries) = match (row, tries) {
+                    (Ok(row), Ok(tries)) => (row, tries),
+                    (Err(e), _) | (_, Err(e)) => {
+                        aside.push((id, record_id, format!("event {id} cannot be read, so it is set aside: {e}")));
+                        continue;
+                    }
+                };
                 if tries >= MAX_EVENT_TRIES {
                     aside.push((
                         id,
@@ -1225,5 +1235,31 @@ mod tests {
         }
         assert_eq!(s.queue_depth().unwrap(), 0);
         assert_eq!(s.runs(&RunFilter { limit: 1000, ..Default::default() }).unwrap().len(), 64);
+    }
+
+    #[test]
+    fn rows_that_cannot_be_read_are_set_aside_and_the_others_returned() {
+        let s = SqliteStore::in_memory().unwrap();
+        let events = created(&s, "t", 6);
+        {
+            let conn = s.conn();
+            // Text that is not JSON, then columns of the wrong type: each is one event that
+            // cannot be read, not a reason to stop every pass.
+            conn.execute("UPDATE events SET record = '{not json' WHERE id = ?1", params![events[0].id]).unwrap();
+            conn.execute("UPDATE events SET record = X'00FF' WHERE id = ?1", params![events[1].id]).unwrap();
+            conn.execute("UPDATE events SET depth = -1 WHERE id = ?1", params![events[2].id]).unwrap();
+            conn.execute("UPDATE events SET tries = 'many' WHERE id = ?1", params![events[3].id]).unwrap();
+            conn.execute("UPDATE events SET kind = X'01', record_id = X'02' WHERE id = ?1", params![events[4].id])
+                .unwrap();
+        }
+        let pending = s.pending_events(10, true).unwrap();
+        assert_eq!(pending.iter().map(|e| e.id).collect::<Vec<_>>(), [events[5].id]);
+        for e in &events[..5] {
+            let runs = s.runs_of_event(e.id).unwrap();
+            assert_eq!(runs.len(), 1, "event {}", e.id);
+            assert_eq!((runs[0].rule.as_str(), runs[0].status), (SET_ASIDE, RunStatus::Failed));
+            assert!(runs[0].error.as_deref().unwrap().contains("cannot be read"), "{:?}", runs[0].error);
+        }
+        assert_eq!(s.queue_depth().unwrap(), 1, "the set-aside events are finished");
     }
 }
