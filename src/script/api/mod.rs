@@ -147,6 +147,25 @@ impl RunCtx {
         lock(&self.log).push(LogLine { level: level.to_string(), message, at: Utc::now() });
     }
 
+    /// A script value as the text of a log line or a message: a string as it is, another value
+    /// as Rhai prints it, bounded by what the run may still hold (see
+    /// [`crate::script::value_text`]); a text that would not fit fails the call, naming the
+    /// limit.
+    pub fn text_of(&self, value: &Dynamic) -> Result<String, Box<EvalAltResult>> {
+        if let Some(s) = value.read_lock::<rhai::ImmutableString>() {
+            return Ok(s.to_string());
+        }
+        let room = self.max_run_bytes.saturating_sub(self.held.load(Ordering::Relaxed));
+        crate::script::value_text(value, false, room).ok_or_else(|| {
+            format!(
+                "the text of this {} is larger than the run may hold ([limits] max_run_bytes = {} bytes)",
+                value.type_name(),
+                self.max_run_bytes
+            )
+            .into()
+        })
+    }
+
     /// Counts `bytes` against the run's budget; false when the run is over it.
     fn hold(&self, bytes: usize) -> bool {
         self.held.fetch_add(bytes, Ordering::Relaxed).saturating_add(bytes) <= self.max_run_bytes
@@ -439,10 +458,12 @@ pub fn register(engine: &mut Engine) {
         Ok(())
     });
 
-    for level in ["info", "warn", "error"] {
-        engine.register_fn(level, move |api: &mut Api, msg: Dynamic| api.0.log(level, &msg.to_string()));
+    for (name, level) in [("info", "info"), ("warn", "warn"), ("error", "error"), ("log", "info")] {
+        engine.register_fn(name, move |api: &mut Api, msg: Dynamic| -> Res<()> {
+            api.0.log(level, &api.0.text_of(&msg)?);
+            Ok(())
+        });
     }
-    engine.register_fn("log", |api: &mut Api, msg: Dynamic| api.0.log("info", &msg.to_string()));
     // A script's own "not now": the run goes to `retrying` and runs again after a backoff
     // (e.g. a record waits for data another system has not delivered yet).
     engine.register_fn("retry_later", |api: &mut Api, reason: &str| -> Res<()> {
