@@ -9,6 +9,7 @@ mod deadline;
 mod directory;
 mod flexhr;
 mod flexjob;
+mod hardening;
 mod hostile;
 mod notification;
 mod origin;

@@ -1,0 +1,804 @@
+//! Hardening through the real binary: values nested too deep, runs that hold too much, host
+//! functions given hostile arguments, events that cannot be read or keep killing the process,
+//! chains that multiply, symbolic link loops, logs written into the watched folders, inputs
+//! that repeat an id, `api.find` on odd field names and configuration numbers out of range.
+//! Each case is tried in several spellings, and what must keep working (the daemon serving
+//! other events, `/healthz` telling the truth) is checked after it.
+
+use std::io::{BufRead, BufReader, Read, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::project::{Project, Ran};
+
+/// Limits that keep every hostile script quick in a debug build.
+const LIMITS: &str = "[limits]\nmax_operations = 2000000\n";
+
+/// A rule on `entity` running `script` (a file under scripts/) on created events.
+fn rule(p: &Project, name: &str, entity: &str, script: &str, text: &str) {
+    p.rule(
+        name,
+        &format!(
+            "name = \"{name}\"\nentity = \"{entity}\"\nscript = \"{script}\"\n\
+             conditions = [{{ field = \"Created\", op = \"equals\", value = true }}]\n"
+        ),
+    );
+    p.script(script, text);
+}
+
+/// Polls `f` until it returns `Some`, failing after a generous deadline.
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every run, oldest first.
+fn runs(p: &Project) -> Vec<Value> {
+    let ran = p.run(&["runs", "--json", "--limit", "1000000"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    ran.json().as_array().unwrap().clone()
+}
+
+/// How many records of an entity are stored.
+fn count(p: &Project, entity: &str) -> usize {
+    let ran = p.run(&["records", "list", entity, "--json", "--limit", "1000000"]);
+    if ran.code == 1 && ran.stderr.contains("unknown entity") {
+        return 0;
+    }
+    assert_eq!(ran.code, 0, "{ran:?}");
+    ran.json().as_array().unwrap().len()
+}
+
+/// The store of a project, opened behind tripline's back.
+fn db(p: &Project) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(p.path().join("data/tripline.db")).unwrap();
+    c.busy_timeout(Duration::from_secs(30)).unwrap();
+    c
+}
+
+/// Checks that a command ended by itself (no signal, no abort, no panic), with exit 0 or 1.
+#[track_caller]
+fn ended_cleanly(ran: &Ran, what: &str) {
+    assert!(ran.code == 0 || ran.code == 1, "{what}: exit {} (a crash?)\n{}", ran.code, ran.stderr);
+    assert!(!ran.stderr.contains("panicked") && !ran.stderr.contains("overflow"), "{what}: {}", ran.stderr);
+}
+
+/// JSON nested `levels` deep in all: an object (level 1) whose field `a` holds arrays and
+/// objects alternating (`mixed`) or arrays only, down to a number.
+fn nested_json(levels: usize, mixed: bool) -> String {
+    let mut open = String::from("{\"a\": ");
+    let mut close = String::from("}");
+    for i in 1..levels {
+        if mixed && i % 2 == 0 {
+            open.push_str("{\"k\": ");
+            close.insert(0, '}');
+        } else {
+            open.push('[');
+            close.insert(0, ']');
+        }
+    }
+    format!("{open}1{close}")
+}
+
+/// `tripline run` on a project: listening on a port of its choosing (read from its log), its
+/// log in a file; stopped with SIGTERM by [`Served::stop`] (which checks a clean exit), or
+/// killed when dropped.
+struct Served {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Served {
+    /// Starts the daemon with its log (`TRIPLINE_LOG=info`) in `daemon.log` beside the store.
+    fn start(p: &Project) -> Served {
+        Served::start_logging(p, &p.path().join("daemon.log"), "info")
+    }
+
+    /// Starts the daemon with its stderr in `log` and `TRIPLINE_LOG=level`; waits until it
+    /// listens.
+    fn start_logging(p: &Project, log: &Path, level: &str) -> Served {
+        let file = std::fs::File::create(log).unwrap();
+        let mut cmd = p.command(&["run"]);
+        cmd.env("TRIPLINE_LOG", level).stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
+        let mut child = cmd.spawn().expect("tripline binary runs");
+        let addr = wait_for("the daemon to listen", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the daemon exited ({status}):\n{}", std::fs::read_to_string(log).unwrap_or_default());
+            }
+            let text = strip_ansi(&std::fs::read_to_string(log).unwrap_or_default());
+            let line = text.lines().find(|l| l.contains("Listening for webhooks"))?;
+            let at = line.find("addr=")? + "addr=".len();
+            Some(line[at..].split_whitespace().next()?.to_string())
+        });
+        let served = Served { child, addr, log: log.to_path_buf() };
+        wait_for("/healthz", || served.try_get("/healthz").filter(|(s, _)| *s == 200));
+        served
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The daemon's log so far.
+    fn log(&self) -> String {
+        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    /// `GET path`, or `None` when nothing answers.
+    fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        http(&self.addr, "GET", path, &[], b"")
+    }
+
+    fn healthz(&self) -> Value {
+        let (status, body) = self.try_get("/healthz").expect("/healthz answers");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// `POST path` with a JSON body.
+    fn post(&self, path: &str, body: &str) -> (u16, String) {
+        http(&self.addr, "POST", path, &[("Content-Type", "application/json")], body.as_bytes())
+            .expect("the daemon answers")
+    }
+
+    /// The peak resident memory of the daemon so far (`VmHWM`), in bytes.
+    fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kb * 1024
+    }
+
+    /// Whether the process is still running.
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// `kill -9`, as a crash would.
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; checks that the daemon exits cleanly.
+    fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "daemon exit: {status:?}\n{}", self.log());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One HTTP/1.1 request on a fresh connection; the status and the body (`None` when the
+/// connection cannot be made).
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut reader = BufReader::new(s);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).ok()?;
+    let status: u16 = status_line.split_whitespace().nth(1)?.parse().ok()?;
+    let (mut length, mut chunked) = (None, false);
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':')?;
+        match k.trim().to_ascii_lowercase().as_str() {
+            "content-length" => length = v.trim().parse::<usize>().ok(),
+            "transfer-encoding" => chunked = v.to_ascii_lowercase().contains("chunked"),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if chunked {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim(), 16).ok()?;
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(n) = length {
+        out.resize(n, 0);
+        reader.read_exact(&mut out).ok()?;
+    } else {
+        reader.read_to_end(&mut out).ok()?;
+    }
+    Some((status, String::from_utf8_lossy(&out).into_owned()))
+}
+
+/// A local HTTP peer answering every request with `body` as JSON, on its own thread for the
+/// rest of the test process. Returns its base URL.
+fn json_peer(body: String) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut sink = vec![0; length];
+                let _ = reader.read_exact(&mut sink);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(body.as_bytes());
+            });
+        }
+    });
+    url
+}
+
+/// The `[server]` section of a daemon that picks its own port.
+const SERVER: &str = "[server]\nlisten = \"127.0.0.1:0\"\n";
+
+// ---------------------------------------------------------------------------------------
+// One depth limit for record values (record::MAX_DEPTH = 64, the record itself level 1).
+
+#[test]
+fn fire_keeps_records_nested_64_levels_and_refuses_65_and_deeper_storing_nothing() {
+    let p = Project::new(&format!("{LIMITS}{SERVER}"));
+    rule(&p, "r", "t", "s.rhai", "api.comment(record, \"ran\");");
+    for mixed in [false, true] {
+        for levels in [65, 66, 100, 127, 128, 129, 5000] {
+            let input = nested_json(levels, mixed);
+            for queue in [false, true] {
+                let mut args = vec!["fire", "t", "--record", "-"];
+                if queue {
+                    args.push("--queue");
+                }
+                let ran = p.run_stdin(&args, Some(&input));
+                ended_cleanly(&ran, "fire");
+                assert_eq!(ran.code, 1, "{levels} levels (mixed {mixed}, queue {queue}): {ran:?}");
+                assert!(
+                    ran.stderr.contains("nested more than 64 levels") || ran.stderr.contains("recursion limit"),
+                    "{levels} levels: {}",
+                    ran.stderr
+                );
+            }
+        }
+    }
+    // A deep line anywhere in JSON Lines refuses the whole input.
+    let lines = format!("{{\"n\": 1}}\n{}\n{{\"n\": 3}}\n", nested_json(65, true));
+    let ran = p.run_stdin(&["fire", "t", "--record", "-"], Some(&lines));
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stderr.contains("line 2"), "{}", ran.stderr);
+    assert_eq!(count(&p, "t"), 0, "nothing stored");
+    assert!(runs(&p).is_empty());
+
+    // 64 levels are a record like any other, fired now or queued, and read back whole.
+    for mixed in [false, true] {
+        let input = nested_json(64, mixed);
+        let (ran, fired) = p.fire("t", &input);
+        assert_eq!(ran.code, 0, "{ran:?}");
+        assert_eq!(fired[0]["status"], "ok");
+        let ran = p.run_stdin(&["fire", "t", "--record", "-", "--queue"], Some(&input));
+        assert_eq!(ran.code, 0, "{ran:?}");
+    }
+    let stored = p.records("t");
+    assert_eq!(stored.len(), 4);
+    let expected: Value = serde_json::from_str(&nested_json(64, true)).unwrap();
+    assert!(stored.iter().any(|r| r["fields"] == expected), "read back whole");
+    let daemon = Served::start(&p);
+    wait_for("the queued records' runs", || (runs(&p).len() == 4).then_some(()));
+    daemon.stop();
+    assert!(runs(&p).iter().all(|r| r["status"] == "ok"), "{:?}", runs(&p));
+
+    // An update that would merge a deep field into a stored record is refused too.
+    let id = stored[0]["id"].as_str().unwrap();
+    let deep_field: Value = serde_json::from_str(&nested_json(65, false)).unwrap();
+    let update = json!({"id": id, "a": deep_field["a"]}).to_string();
+    let ran = p.run_stdin(&["fire", "t", "--record", "-", "--event", "updated"], Some(&update));
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stderr.contains("nested more than 64 levels"), "{}", ran.stderr);
+    assert_eq!(runs(&p).len(), 4, "nothing ran");
+}
+
+#[test]
+fn events_that_cannot_be_read_are_set_aside_and_the_daemon_runs_the_others() {
+    let p = Project::new(&format!("{LIMITS}{SERVER}"));
+    rule(&p, "r", "t", "s.rhai", "api.comment(record, `ran ${record.n}`);");
+    let lines: String = (1..=7).map(|n| format!("{{\"n\": {n}}}\n")).collect();
+    let ran = p.run_stdin(&["fire", "t", "--record", "-", "--queue"], Some(&lines));
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let good_record: String = {
+        let c = db(&p);
+        for sql in [
+            "UPDATE events SET record = '{not json' WHERE id = 1",
+            "UPDATE events SET record = X'00FF' WHERE id = 2",
+            "UPDATE events SET previous = '[' WHERE id = 3",
+            "UPDATE events SET created_at = 'yesterday' WHERE id = 4",
+            "UPDATE events SET depth = -1, kind = X'01' WHERE id = 5",
+            "UPDATE events SET tries = 'often' WHERE id = 6",
+        ] {
+            c.execute(sql, []).unwrap();
+        }
+        c.query_row("SELECT record FROM events WHERE id = 7", [], |r| r.get(0)).unwrap()
+    };
+    let daemon = Served::start(&p);
+    wait_for("every event to end", || (runs(&p).len() == 7).then_some(()));
+    let all = runs(&p);
+    let ok: Vec<&Value> = all.iter().filter(|r| r["status"] == "ok").collect();
+    assert_eq!(ok.len(), 1, "{all:?}");
+    assert_eq!(ok[0]["event_id"], 7);
+    let failed = p.run(&["runs", "--failed", "--json"]).json();
+    let failed = failed.as_array().unwrap();
+    assert_eq!(failed.len(), 6, "{failed:?}");
+    for r in failed {
+        assert_eq!(r["rule"], "(set aside)", "{r}");
+        assert_eq!(r["status"], "failed");
+        let error = r["error"].as_str().unwrap();
+        assert!(error.contains("cannot be read, so it is set aside"), "{error}");
+    }
+    let health = daemon.healthz();
+    assert_eq!(health["dispatcher"], json!({"ok": true}), "{health}");
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["queue_depth"], 0, "{health}");
+
+    // The daemon keeps serving: a new event runs.
+    let ran = p.run_stdin(&["fire", "t", "--record", "-", "--queue"], Some("{\"n\": 8}"));
+    assert_eq!(ran.code, 0, "{ran:?}");
+    wait_for("the new event's run", || (runs(&p).iter().filter(|r| r["status"] == "ok").count() == 2).then_some(()));
+
+    // Repaired, the first event is queued again by the replay of its set-aside run and runs
+    // its rule; replayed unrepaired, the second is set aside again.
+    db(&p).execute("UPDATE events SET record = ?1 WHERE id = 1", [&good_record]).unwrap();
+    let aside = |event: i64| {
+        runs(&p).into_iter().find(|r| r["event_id"] == event && r["rule"] == "(set aside)").unwrap()["id"].to_string()
+    };
+    for event in [1, 2] {
+        let ran = p.run(&["replay", &aside(event)]);
+        assert_eq!(ran.code, 0, "{ran:?}");
+        assert!(ran.stdout.contains(&format!("event {event} is queued again")), "{}", ran.stdout);
+    }
+    wait_for("the repaired event's run", || {
+        runs(&p).iter().any(|r| r["event_id"] == 1 && r["rule"] == "r" && r["status"] == "ok").then_some(())
+    });
+    wait_for("the unrepaired event set aside again", || {
+        runs(&p).iter().any(|r| r["event_id"] == 2 && r["rule"] == "(set aside)").then_some(())
+    });
+    assert!(runs(&p).iter().all(|r| r["event_id"] != 1 || r["rule"] != "(set aside)"), "the replayed run is gone");
+    assert_eq!(daemon.healthz()["dispatcher"], json!({"ok": true}));
+    daemon.stop();
+}
+
+#[test]
+fn webhook_deliveries_nested_too_deep_are_refused_and_the_daemon_keeps_serving() {
+    let p = Project::new(&format!(
+        "{LIMITS}{SERVER}\n[webhooks.open]\npath = \"/hooks/open\"\nentity = \"t\"\nauth = {{ type = \"none\" }}\n\n\
+         [webhooks.picked]\npath = \"/hooks/picked\"\nentity = \"t\"\nauth = {{ type = \"none\" }}\n\
+         fields = {{ A = \"x.y\" }}\nset = {{ Source = \"picked\" }}\n"
+    ));
+    rule(&p, "r", "t", "s.rhai", "api.comment(record, \"ran\");");
+    let daemon = Served::start(&p);
+    for mixed in [false, true] {
+        for levels in [65, 100, 128, 129, 3000] {
+            let (status, body) = daemon.post("/hooks/open", &nested_json(levels, mixed));
+            assert_eq!(status, 400, "{levels} levels: {body}");
+            assert!(
+                body.contains("nested more than 64 levels") || body.contains("recursion limit"),
+                "{levels} levels: {body}"
+            );
+        }
+    }
+    // What is stored is what is checked: a picked field 64 levels deep is too deep, a
+    // delivery deeper than that whose picked part fits is kept.
+    let deep_x = |levels: usize| format!("{{\"x\": {{\"y\": {}}}}}", nested_json(levels, true));
+    let (status, body) = daemon.post("/hooks/picked", &deep_x(64));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(count(&p, "t"), 0, "nothing stored");
+    let (status, body) = daemon.post("/hooks/picked", &deep_x(63));
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = daemon.post("/hooks/open", &nested_json(64, true));
+    assert_eq!(status, 202, "{body}");
+    wait_for("both deliveries' runs", || (runs(&p).len() == 2).then_some(()));
+    assert!(runs(&p).iter().all(|r| r["status"] == "ok"), "{:?}", runs(&p));
+    let health = daemon.healthz();
+    assert_eq!((health["status"].as_str(), &health["dispatcher"]), (Some("ok"), &json!({"ok": true})), "{health}");
+    daemon.stop();
+}
+
+/// A Rhai expression building a value nested `levels` deep (the value itself level 1) out of
+/// arrays, maps, or both in turn.
+fn rhai_nested(levels: usize, kind: &str) -> String {
+    let wrap = match kind {
+        "array" => "v = [v];",
+        "map" => "v = #{k: v};",
+        _ => "v = if i % 2 == 0 { [v] } else { #{k: v} };",
+    };
+    format!("{{ let v = 1; for i in 0..{levels} {{ {wrap} }} v }}")
+}
+
+#[test]
+fn scripts_cannot_write_values_nested_deeper_than_64_levels_through_any_call() {
+    let p = Project::new(&format!("{LIMITS}{SERVER}"));
+    // In a record's fields the fields map is level 1, so a field's value may nest 63 levels.
+    let mut cases = Vec::new();
+    for kind in ["array", "map", "mixed"] {
+        for levels in [64, 65, 300] {
+            let deep = rhai_nested(levels, kind);
+            cases.push(format!("api.create(\"x\", #{{a: {deep}}});"));
+            cases.push(format!("api.update(record, #{{a: {deep}}});"));
+            cases.push(format!("let v = {deep}; let f = || v; api.create(\"x\", #{{a: v, f: f.call()}});"));
+            cases.push(format!("let m = #{{}}; m.a = {deep}; api.create(\"x\", m);"));
+        }
+        cases.push(format!("api.state_set(\"k\", {});", rhai_nested(65, kind)));
+        cases.push(format!("api.find(\"x\", #{{a: {}}});", rhai_nested(64, kind)));
+        cases.push(format!("let c = api.connection(\"peer\"); c.post(\"x\", {});", rhai_nested(65, kind)));
+    }
+    let url = json_peer("{}".into());
+    p.file("tripline.toml", &format!("{LIMITS}{SERVER}[connections.peer]\nbase_url = \"{url}\"\n"));
+    for (i, case) in cases.iter().enumerate() {
+        rule(&p, &format!("c{i}"), &format!("t{i}"), &format!("c{i}.rhai"), case);
+    }
+    for (i, case) in cases.iter().enumerate() {
+        let (ran, fired) = p.fire(&format!("t{i}"), "{\"n\": 1}");
+        ended_cleanly(&ran, case);
+        assert_eq!(ran.code, 1, "{case}: {ran:?}");
+        assert_eq!(fired.len(), 1, "{case}: {fired:?}");
+        assert_eq!(fired[0]["status"], "failed", "{case}");
+        let error = fired[0]["error"].as_str().unwrap();
+        assert!(error.contains("nested more than 64 levels deep"), "{case}: {error}");
+        assert_eq!(p.records(&format!("t{i}"))[0]["fields"], json!({"n": 1}), "{case}: the update was not applied");
+    }
+    assert_eq!(count(&p, "x"), 0, "nothing created");
+
+    // Within the limit, each way in stores and reads back the value.
+    let fits = ["array", "map", "mixed"].map(|kind| rhai_nested(63, kind)).join(", ");
+    rule(
+        &p,
+        "fits",
+        "ok",
+        "fits.rhai",
+        &format!(
+            "let vs = [{fits}];\nfor v in vs {{ api.create(\"x\", #{{a: v}}); }}\napi.update(record, #{{a: vs[2]}});\n\
+             api.state_set(\"k\", vs[0]);\nlet c = api.connection(\"peer\"); c.post(\"x\", vs[1]);"
+        ),
+    );
+    let (ran, fired) = p.fire("ok", "{}");
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(fired[0]["status"], "ok", "{fired:?}");
+    assert_eq!(count(&p, "x"), 3);
+    let updated = &p.records("ok")[0]["fields"]["a"];
+    assert!(updated.is_array() || updated.is_object(), "{updated}");
+
+    // The daemon runs the same scripts and keeps serving.
+    let lines: String = (0..cases.len()).map(|i| format!("t{i}\n")).collect();
+    for entity in lines.lines() {
+        let ran = p.run_stdin(&["fire", entity, "--record", "-", "--queue"], Some("{\"n\": 2}"));
+        assert_eq!(ran.code, 0, "{ran:?}");
+    }
+    let before = runs(&p).len();
+    let daemon = Served::start(&p);
+    wait_for("the queued runs", || (runs(&p).len() == before + cases.len()).then_some(()));
+    let all = runs(&p);
+    let fresh = &all[all.len() - cases.len()..];
+    for r in fresh {
+        assert_eq!(r["status"], "failed", "{r}");
+        assert!(r["error"].as_str().unwrap().contains("nested more than 64 levels deep"), "{r}");
+    }
+    let ran = p.run_stdin(&["fire", "ok", "--record", "-", "--queue"], Some("{}"));
+    assert_eq!(ran.code, 0, "{ran:?}");
+    wait_for("a later good event", || (count(&p, "x") == 6).then_some(()));
+    assert_eq!(daemon.healthz()["dispatcher"], json!({"ok": true}));
+    daemon.stop();
+}
+
+#[test]
+fn api_answers_nested_too_deep_are_not_stored_and_deep_ones_within_the_limit_are() {
+    let p = Project::new("");
+    let deep = json_peer(format!("{{\"data\": {}}}", nested_json(100, true)));
+    let deeper = json_peer(nested_json(200, false));
+    let fits = json_peer(format!("{{\"data\": {}}}", nested_json(62, true)));
+    p.file(
+        "tripline.toml",
+        &format!(
+            "{LIMITS}{SERVER}[connections.deep]\nbase_url = \"{deep}\"\n[connections.deeper]\nbase_url = \"{deeper}\"\n\
+             [connections.fits]\nbase_url = \"{fits}\"\n"
+        ),
+    );
+    rule(
+        &p,
+        "create",
+        "create",
+        "create.rhai",
+        "let r = api.connection(record.c).get(\"x\");\napi.create(\"x\", #{a: r.body});",
+    );
+    rule(
+        &p,
+        "update",
+        "update",
+        "update.rhai",
+        "let r = api.connection(record.c).get(\"x\");\n\
+         if type_of(r.body) == \"map\" { api.update(record, r.body); } else { api.update(record, #{text: r.body}); }",
+    );
+    rule(
+        &p,
+        "state",
+        "state",
+        "state.rhai",
+        "let r = api.connection(record.c).get(\"x\");\napi.state_set(\"answer\", r.body);",
+    );
+    for entity in ["create", "update", "state"] {
+        let (ran, fired) = p.fire(entity, "{\"c\": \"deep\"}");
+        ended_cleanly(&ran, entity);
+        assert_eq!(fired[0]["status"], "failed", "{entity}: {fired:?}");
+        assert!(fired[0]["error"].as_str().unwrap().contains("nested more than 64 levels deep"), "{fired:?}");
+        // Deeper than JSON parsing goes, the answer is its text: stored as a string.
+        let (ran, fired) = p.fire(entity, "{\"c\": \"deeper\"}");
+        assert_eq!(ran.code, 0, "{entity}: {ran:?}");
+        assert_eq!(fired[0]["status"], "ok", "{entity}: {fired:?}");
+        let (ran, fired) = p.fire(entity, "{\"c\": \"fits\"}");
+        assert_eq!(ran.code, 0, "{entity}: {ran:?}");
+        assert_eq!(fired[0]["status"], "ok", "{entity}: {fired:?}");
+    }
+    let created = p.records("x");
+    assert_eq!(created.len(), 2);
+    assert!(created.iter().any(|r| r["fields"]["a"].is_string()), "the text of the deeper answer");
+    let expected: Value = serde_json::from_str(&nested_json(62, true)).unwrap();
+    assert!(created.iter().any(|r| r["fields"]["a"]["data"] == expected), "the answer within the limit, whole");
+    let updated: Vec<Value> = p.records("update");
+    assert!(updated.iter().any(|r| r["fields"]["data"] == expected), "{updated:?}");
+    assert!(updated.iter().all(|r| r["fields"]["c"] != "deep" || r["fields"].get("data").is_none()), "{updated:?}");
+
+    // Through the daemon: the deep answer fails its run, the next event runs.
+    for c in ["deep", "fits"] {
+        let ran = p.run_stdin(&["fire", "create", "--record", "-", "--queue"], Some(&format!("{{\"c\": \"{c}\"}}")));
+        assert_eq!(ran.code, 0, "{ran:?}");
+    }
+    let before = runs(&p).len();
+    let daemon = Served::start(&p);
+    wait_for("both queued runs", || (runs(&p).len() == before + 2).then_some(()));
+    let all = runs(&p);
+    let fresh = &all[all.len() - 2..];
+    assert_eq!(fresh.iter().filter(|r| r["status"] == "ok").count(), 1, "{fresh:?}");
+    assert_eq!(count(&p, "x"), 3);
+    daemon.stop();
+}
+
+// ---------------------------------------------------------------------------------------
+// Deep script values: scripts run on threads with stacks sized to the run's memory budget,
+// which bounds how deep a value can nest.
+
+/// Scripts that build values nested as deep as their limits let them, then print, compare,
+/// drop, log, throw or write them.
+const DEEP_SCRIPTS: &[&str] = &[
+    "let a = []; for i in 0..2000 { a = [a]; } a.to_string();",
+    "let m = #{}; for i in 0..2000 { m = #{m: m}; } m.to_string().len()",
+    "let a = []; for i in 0..2000 { let b = []; b.push(a); a = b; } a.len()",
+    "let a = [0]; for i in 0..2000 { let b = [0]; b[0] = a; a = b; } print(a);",
+    "let m = #{}; for i in 0..2000 { let n = #{}; n.x = m; m = n; } debug(m);",
+    "let f = |x| x; for i in 0..200000 { let g = f; f = |x| g; } f.call(1);",
+    "let f = |x| x; let i = 0; loop { let g = f; f = |x| g; i += 1; }",
+    "fn g(x, y) { x } let f = Fn(\"g\"); for i in 0..100000 { f = f.curry(f); } f.to_string()",
+    "fn g(x, y) { x } let f = Fn(\"g\"); let i = 0; loop { f = f.curry([f]); i += 1; }",
+    "let a = []; let b = []; for i in 0..2000 { a = [a]; b = [b]; } a == b",
+    "let a = []; for i in 0..2000 { a = [a]; } api.info(a);",
+    "let a = []; for i in 0..2000 { a = [a]; } api.create(\"x\", #{a: a});",
+    "let a = []; for i in 0..2000 { a = [a]; } api.state_set(\"k\", a);",
+    "let a = []; for i in 0..2000 { a = [a]; } throw a;",
+    "let a = []; for i in 0..2000 { a = [a]; } `${a}`",
+    "let a = []; for i in 0..2000 { a = [a]; } api.sanitize(a);",
+    "let a = []; for i in 0..2000 { a = [a]; } a",
+    "let a = []; for i in 0..2000 { a = [a]; } let f = || a; f",
+    "let a = []; for i in 0..2000 { a = [a]; } let c = [a, a, a]; c.sort(); c.contains(a)",
+];
+
+#[test]
+fn deep_script_values_never_crash_the_process_and_each_run_is_recorded() {
+    let p = Project::new(&format!("{LIMITS}{SERVER}"));
+    for (i, script) in DEEP_SCRIPTS.iter().enumerate() {
+        rule(&p, &format!("d{i}"), &format!("d{i}"), &format!("d{i}.rhai"), script);
+    }
+    rule(&p, "after", "after", "after.rhai", "api.comment(record, \"still here\");");
+    for (i, script) in DEEP_SCRIPTS.iter().enumerate() {
+        let (ran, fired) = p.fire(&format!("d{i}"), "{}");
+        ended_cleanly(&ran, script);
+        assert_eq!(fired.len(), 1, "{script}: one run, recorded: {ran:?}");
+        assert!(fired[0]["status"] == "ok" || fired[0]["status"] == "failed", "{script}: {}", fired[0]);
+    }
+    assert_eq!(runs(&p).len(), DEEP_SCRIPTS.len(), "every run is in the store");
+
+    // The daemon runs them all on its blocking threads, stays up, and serves the next event.
+    for i in 0..DEEP_SCRIPTS.len() {
+        let ran = p.run_stdin(&["fire", &format!("d{i}"), "--record", "-", "--queue"], Some("{}"));
+        assert_eq!(ran.code, 0, "{ran:?}");
+    }
+    let mut daemon = Served::start(&p);
+    wait_for("the queued runs", || (runs(&p).len() == 2 * DEEP_SCRIPTS.len()).then_some(()));
+    assert!(daemon.alive(), "{}", daemon.log());
+    let ran = p.run_stdin(&["fire", "after", "--record", "-", "--queue"], Some("{}"));
+    assert_eq!(ran.code, 0, "{ran:?}");
+    wait_for("the later event", || {
+        (count(&p, "after") == 1 && runs(&p).last().unwrap()["status"] == "ok").then_some(())
+    });
+    let statuses: Vec<(String, String)> = runs(&p)
+        .iter()
+        .map(|r| (r["rule"].as_str().unwrap().to_string(), r["status"].as_str().unwrap().to_string()))
+        .collect();
+    for (i, script) in DEEP_SCRIPTS.iter().enumerate() {
+        let of_rule: Vec<&String> = statuses.iter().filter(|(r, _)| *r == format!("d{i}")).map(|(_, s)| s).collect();
+        assert_eq!(of_rule.len(), 2, "{script}");
+        assert_eq!(of_rule[0], of_rule[1], "{script}: the daemon ends it as fire does");
+    }
+    daemon.stop();
+}
+
+#[test]
+fn an_event_whose_run_kills_the_daemon_three_times_is_set_aside_and_the_daemon_serves_the_rest() {
+    let p =
+        Project::new(&format!("[engine]\nworkers = 1\n[limits]\nmax_operations = 0\ntimeout_ms = 600000\n{SERVER}"));
+    rule(&p, "r", "t", "s.rhai", "if record.slow == true { loop {} }\napi.comment(record, \"ran\");");
+    let ran = p.run_stdin(&["fire", "t", "--record", "-", "--queue"], Some("{\"slow\": true}"));
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let claimed = |p: &Project| -> (i64, bool) {
+        db(p)
+            .query_row("SELECT tries, claimed_by IS NOT NULL FROM events WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap()
+    };
+    // Each start claims the event and dies running it, as a process killed by its run would.
+    for start in 1..=3 {
+        let daemon = Served::start(&p);
+        wait_for("the slow event to be claimed", || (claimed(&p) == (start, true)).then_some(()));
+        daemon.kill9();
+        assert!(runs(&p).is_empty(), "the run never ended");
+    }
+    let daemon = Served::start(&p);
+    wait_for("the event to be set aside", || (!runs(&p).is_empty()).then_some(()));
+    let aside = &runs(&p)[0];
+    assert_eq!((aside["rule"].as_str(), aside["status"].as_str()), (Some("(set aside)"), Some("failed")), "{aside}");
+    assert!(aside["error"].as_str().unwrap().contains("claimed 3 times"), "{aside}");
+    let ran = p.run_stdin(&["fire", "t", "--record", "-", "--queue"], Some("{\"slow\": false}"));
+    assert_eq!(ran.code, 0, "{ran:?}");
+    wait_for("the next event's run", || (runs(&p).len() == 2).then_some(()));
+    assert_eq!(runs(&p)[1]["status"], "ok", "{:?}", runs(&p));
+    let failed = p.run(&["runs", "--failed", "--json"]).json();
+    assert_eq!(failed.as_array().unwrap().len(), 1, "{failed}");
+    assert_eq!(daemon.healthz()["status"], "ok");
+    daemon.stop();
+}
+
+// ---------------------------------------------------------------------------------------
+// A run's memory: [limits] max_run_bytes.
+
+/// A 1 MiB string `s`, then a script that piles up memory until something stops it.
+const MEMORY_SCRIPTS: &[&str] = &[
+    "let m = #{}; let i = 0; loop { m[\"k\" + i] = s + i; i += 1; }",
+    "loop { api.info(s); }",
+    "loop { api.warn(s + \"!\"); print(s); }",
+    "loop { api.comment(record, s); }",
+    "loop { api.create(\"x\", #{v: s}); }",
+    "let i = 0; loop { api.state_set(`k${i}`, s); i += 1; }",
+    "let t = \"\"; loop { t += s; }",
+    "let t = s; loop { t += t; }",
+    "let a = []; loop { a.push(s + a.len()); }",
+    "let a = []; let i = 0; loop { a.push(0); a[i] = s + i; i += 1; }",
+    "let f = |x| x; loop { let g = f; f = |x| g; }",
+    "let c = api.connection(\"big\"); let m = #{}; let i = 0; loop { m[\"k\" + i] = c.get(\"x\").body; i += 1; }",
+    "let a = []; for i in 0..200 { a.push(0); } for i in 0..200 { a[i] = s; } api.info(a);",
+    "let a = []; for i in 0..200 { a.push(0); } for i in 0..200 { a[i] = s; } api.state_set(\"k\", a);",
+    "let a = []; for i in 0..200 { a.push(0); } for i in 0..200 { a[i] = s; } api.sanitize(a);",
+    "let a = []; for i in 0..200 { a.push(0); } for i in 0..200 { a[i] = s; } api.connection(\"big\").post(\"x\", a);",
+];
+
+#[test]
+fn runs_that_hold_more_than_max_run_bytes_fail_naming_it_and_the_daemon_stays_bounded() {
+    let big = json_peer(format!("\"{}\"", "y".repeat(1 << 20)));
+    let p = Project::new(&format!(
+        "[limits]\nmax_run_bytes = 16777216\nmax_string_size = 67108864\nmax_operations = 2000000\ntimeout_ms = 600000\n\
+         {SERVER}[connections.big]\nbase_url = \"{big}\"\n"
+    ));
+    let make_s = "let s = \"x\"; for i in 0..20 { s += s; }\n";
+    for (i, script) in MEMORY_SCRIPTS.iter().enumerate() {
+        rule(&p, &format!("m{i}"), &format!("m{i}"), &format!("m{i}.rhai"), &format!("{make_s}{script}"));
+    }
+    rule(&p, "after", "after", "after.rhai", "api.comment(record, \"still here\");");
+    let check = |run: &Value, script: &str| {
+        assert_eq!(run["status"], "failed", "{script}: {run}");
+        let error = run["error"].as_str().unwrap();
+        assert!(error.contains("max_run_bytes"), "{script}: {error}");
+    };
+    for (i, script) in MEMORY_SCRIPTS.iter().enumerate() {
+        let (ran, fired) = p.fire(&format!("m{i}"), "{}");
+        ended_cleanly(&ran, script);
+        assert_eq!(fired.len(), 1, "{script}: {ran:?}");
+        check(&fired[0], script);
+    }
+    assert_eq!(count(&p, "x"), 0, "a failed run writes nothing");
+
+    for i in 0..MEMORY_SCRIPTS.len() {
+        let ran = p.run_stdin(&["fire", &format!("m{i}"), "--record", "-", "--queue"], Some("{}"));
+        assert_eq!(ran.code, 0, "{ran:?}");
+    }
+    let mut daemon = Served::start(&p);
+    let n = MEMORY_SCRIPTS.len();
+    wait_for("the queued runs", || (runs(&p).len() == 2 * n).then_some(()));
+    let all = runs(&p);
+    for (i, script) in MEMORY_SCRIPTS.iter().enumerate() {
+        let run = all[n..].iter().find(|r| r["rule"] == format!("m{i}")).unwrap();
+        check(run, script);
+    }
+    assert!(daemon.alive(), "{}", daemon.log());
+    // Four workers ran sixteen runs of a 16 MiB budget: far below a GiB, whatever they tried.
+    let peak = daemon.peak_rss();
+    assert!(peak < 1 << 30, "the daemon's peak RSS is {} MiB", peak >> 20);
+    let ran = p.run_stdin(&["fire", "after", "--record", "-", "--queue"], Some("{}"));
+    assert_eq!(ran.code, 0, "{ran:?}");
+    wait_for("the later event", || (runs(&p).len() == 2 * n + 1).then_some(()));
+    assert_eq!(runs(&p).last().unwrap()["status"], "ok");
+    assert_eq!(daemon.healthz()["dispatcher"], json!({"ok": true}));
+    daemon.stop();
+}
