@@ -466,12 +466,13 @@ fn query_runs(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Re
 
 /// A JSON path for SQLite's `json_extract` from a dotted field path, when SQLite can express
 /// it exactly: its quoted labels have no escapes (a key with `"` or `\\` cannot be written),
-/// and a numeric segment means an array index or an object key to [`crate::record::lookup`],
-/// which one label cannot say. Such criteria are checked on the loaded records instead.
+/// SQLite reads a path only up to a NUL, and a segment that reads as a number (`0`, `01`,
+/// `+1`) means an array index or an object key to [`crate::record::lookup`], which one label
+/// cannot say. Such criteria are checked on the loaded records instead.
 fn json_path(field: &str) -> Option<String> {
     let mut p = String::from("$");
     for seg in field.split('.') {
-        if seg.contains(['"', '\\']) || (!seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit())) {
+        if seg.contains(['"', '\\', '\0']) || seg.parse::<usize>().is_ok() {
             return None;
         }
         p.push_str(".\"");
@@ -897,12 +898,20 @@ impl Store for SqliteStore {
                     sql.push_str(&format!(" AND {k} = ?"));
                     args.push(v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
                 }
-                (_, Some(path)) => {
-                    sql.push_str(" AND json_extract(fields, ?) IS json_extract(?, '$')");
+                // `json_extract` gives SQL values, which lose the JSON type: `true` reads as 1, an
+                // object as its text, and a missing field as a null. Text and numbers are compared
+                // with their type checked; other criteria are checked on the loaded records,
+                // so that look-alikes never fill the limit.
+                (_, Some(path)) if v.is_string() || v.is_number() => {
+                    let types = if v.is_string() { "'text'" } else { "'integer', 'real'" };
+                    sql.push_str(&format!(
+                        " AND json_type(fields, ?) IN ({types}) AND json_extract(fields, ?) = json_extract(?, '$')"
+                    ));
+                    args.push(path.clone());
                     args.push(path);
                     args.push(v.to_string());
                 }
-                (_, None) => {
+                (_, _) => {
                     in_rust.insert(k.clone(), v.clone());
                 }
             }
@@ -1261,5 +1270,32 @@ mod tests {
             assert!(runs[0].error.as_deref().unwrap().contains("cannot be read"), "{:?}", runs[0].error);
         }
         assert_eq!(s.queue_depth().unwrap(), 1, "the set-aside events are finished");
+    }
+
+    #[test]
+    fn find_compares_json_values_with_their_type_and_any_field_name() {
+        let s = SqliteStore::in_memory().unwrap();
+        let records = [
+            json!({"Active": true, "Manager": null, "Obj": {"a": 1}, "n": 1, "tags": ["x", "y"], "k\u{0}ey": 1}),
+            json!({"Active": 1, "Obj": "{\"a\":1}", "n": 1.0, "tags": {"1": "y", "+1": "z"}}),
+            json!({"Active": "true", "n": "1"}),
+        ];
+        let items: Vec<Ingest> = records.iter().map(|f| ingest("t", EventKind::Created, None, f.clone())).collect();
+        let ids: Vec<String> = s.ingest_all(&items).unwrap().into_iter().flatten().map(|e| e.record.id).collect();
+        let found = |c: Value| -> Vec<usize> {
+            let got = s.find_records("t", &fields(c), 10).unwrap();
+            got.iter().map(|r| ids.iter().position(|id| *id == r.id).unwrap()).collect()
+        };
+        assert_eq!(found(json!({"Active": true})), [0]);
+        assert_eq!(found(json!({"Active": 1})), [1]);
+        assert_eq!(found(json!({"Active": "true"})), [2]);
+        assert_eq!(found(json!({"Manager": null})), [0], "a missing field is not null");
+        assert_eq!(found(json!({"Obj": {"a": 1}})), [0]);
+        assert_eq!(found(json!({"Obj": "{\"a\":1}"})), [1]);
+        assert_eq!(found(json!({"n": 1})), [0, 1], "numbers by value");
+        assert_eq!(found(json!({"tags.1": "y"})), [0, 1], "an index, or an object key");
+        assert_eq!(found(json!({"tags.+1": "z"})), [1]);
+        assert_eq!(found(json!({"tags.01": "y"})), [0]);
+        assert_eq!(found(json!({"k\u{0}ey": 1})), [0]);
     }
 }

@@ -285,19 +285,43 @@ impl RunCtx {
             let ws = by_id.get(r.id.as_str()).map(Vec::as_slice).unwrap_or_default();
             overlay(r, ws.iter().copied())
         };
+        let mut seen: std::collections::HashSet<String> = stored.iter().map(|r| r.id.clone()).collect();
         let mut out: Vec<Record> = stored.into_iter().map(own).collect();
         for w in writes.iter() {
-            if let Write::Create(r) = w {
-                // Only a record the run changed after creating it needs the overlay to decide.
-                let changed_since = by_id.get(r.id.as_str()).is_some_and(|ws| ws.len() > 1);
-                if r.entity == entity && (changed_since || r.matches(criteria)) {
-                    out.push(own(r.clone()));
+            match w {
+                Write::Create(r) => {
+                    seen.insert(r.id.clone());
+                    // Only a record the run changed after creating it needs the overlay to decide.
+                    let changed_since = by_id.get(r.id.as_str()).is_some_and(|ws| ws.len() > 1);
+                    if r.entity == entity && (changed_since || r.matches(criteria)) {
+                        out.push(own(r.clone()));
+                    }
                 }
+                // A stored record the store's query did not return may match once the run's own
+                // changes to the criteria's fields are applied.
+                Write::Update { id, fields } if !seen.contains(id) && touches(criteria, fields.keys()) => {
+                    seen.insert(id.clone());
+                    if let Some(r) = self.store.get_record(id)?.filter(|r| r.entity == entity) {
+                        out.push(own(r));
+                    }
+                }
+                Write::Close { id, .. } if !seen.contains(id) && criteria.contains_key("status") => {
+                    seen.insert(id.clone());
+                    if let Some(r) = self.store.get_record(id)?.filter(|r| r.entity == entity) {
+                        out.push(own(r));
+                    }
+                }
+                _ => {}
             }
         }
         out.retain(|r| r.matches(criteria));
         Ok(out)
     }
+}
+
+/// Whether fields named `changed` include one a criterion reads (its first dotted segment).
+fn touches<'a>(criteria: &Fields, mut changed: impl Iterator<Item = &'a String>) -> bool {
+    changed.any(|f| criteria.keys().any(|k| k.split('.').next() == Some(f.as_str())))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -537,5 +561,27 @@ mod tests {
         let got = ctx.get_record(&a.id).unwrap().unwrap();
         assert_eq!((got.status, got.comments.len()), (Status::Closed, 1));
         assert!(ctx.find("group", &Fields::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn find_sees_stored_records_the_run_changed_to_match() {
+        let ctx = ctx();
+        let item = |f: Value| crate::store::Ingest {
+            entity: "user".into(),
+            kind: crate::record::EventKind::Created,
+            record: crate::record::Submitted { id: None, status: None, fields: fields(f) },
+            idempotency_key: None,
+        };
+        let stored =
+            ctx.store.ingest(&[item(serde_json::json!({"Dept": "HR"})), item(serde_json::json!({"Dept": "HR"}))], None);
+        let ids: Vec<String> = stored.unwrap().into_iter().flatten().map(|e| e.record.id).collect();
+        ctx.write(Write::Update { id: ids[0].clone(), fields: fields(serde_json::json!({"Dept": "IT"})) });
+        ctx.write(Write::Close { id: ids[1].clone(), text: None });
+        let it = ctx.find("user", &fields(serde_json::json!({"Dept": "IT"}))).unwrap();
+        assert_eq!(it.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [ids[0].as_str()]);
+        assert!(ctx.find("user", &fields(serde_json::json!({"Dept": "IT", "status": "closed"}))).unwrap().is_empty());
+        let closed = ctx.find("user", &fields(serde_json::json!({"status": "closed"}))).unwrap();
+        assert_eq!(closed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [ids[1].as_str()]);
+        assert!(ctx.find("group", &fields(serde_json::json!({"Dept": "IT"}))).unwrap().is_empty());
     }
 }
