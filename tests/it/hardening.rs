@@ -802,3 +802,313 @@ fn runs_that_hold_more_than_max_run_bytes_fail_naming_it_and_the_daemon_stays_bo
     assert_eq!(daemon.healthz()["dispatcher"], json!({"ok": true}));
     daemon.stop();
 }
+
+// ---------------------------------------------------------------------------------------
+// No host function panics: hostile arguments to every `api` function end as a recorded run.
+
+/// Calls with hostile arguments: wrong types, huge and extreme numbers, empty strings, unit,
+/// values that are not JSON, names that do not exist.
+const HOSTILE_CALLS: &[&str] = &[
+    "api.days_ago(100000000)",
+    "api.days_ago(9223372036854775807)",
+    "api.days_ago(-9223372036854775807 - 1)",
+    "api.hours_ago(9223372036854775807)",
+    "api.hours_ago(-9223372036854775807 - 1)",
+    "api.minutes_ago(9223372036854775807)",
+    "api.minutes_ago(-9223372036854775807 - 1)",
+    "api.days_ago(())",
+    "api.days_ago(\"1\")",
+    "api.hours_ago(1.5)",
+    "api.format_time(9223372036854775807)",
+    "api.format_time(-9223372036854775807 - 1)",
+    "api.format_time(\"now\")",
+    "api.parse_time(\"\")",
+    "api.parse_time(\"+275760-09-13T00:00:00Z\")",
+    "api.parse_time(\"9999-12-31T23:59:60Z\")",
+    "api.parse_time(\"2020-02-30T00:00:00Z\")",
+    "api.parse_time(\"2020-01-01T00:00:00+99:99\")",
+    "let t = \"9\"; for i in 0..15 { t += t; } api.parse_time(t)",
+    "api.parse_time(())",
+    "api.create(\"\", #{})",
+    "api.create(\" \", #{})",
+    "api.create(\"x\", #{id: 1})",
+    "api.create(\"x\", #{status: \"closed\"})",
+    "api.create(\"x\", #{f: Fn(\"g\")})",
+    "api.create(\"x\", #{f: 1.0 / 0.0})",
+    "api.create(\"x\", ())",
+    "api.create((), #{})",
+    "api.update(\"\", #{})",
+    "api.update((), #{})",
+    "api.update(#{}, #{})",
+    "api.update(#{id: 5}, #{})",
+    "api.update(record, #{entity: 1})",
+    "api.update(record, #{\"\": 1, \"\\u0000\": 2})",
+    "api.find(\"\", #{})",
+    "api.find(\"x\", #{\"\": ()})",
+    "api.find(\"x\", #{id: 5, status: ()})",
+    "api.find(\"x\", ())",
+    "api.get(\"\")",
+    "api.get(\"\\u0000\")",
+    "api.get(())",
+    "api.comment(\"nope\", \"\")",
+    "api.comment(record, ())",
+    "api.close(\"nope\")",
+    "api.close(record, 5)",
+    "api.info(()); api.warn(#{}); api.error([]); api.log(1.0 / 0.0); print(()); debug(())",
+    "api.retry_later(\"\")",
+    "api.retry_later(())",
+    "api.state_get(\"\")",
+    "api.state_set(\"\", ())",
+    "api.state_set(\"k\", Fn(\"g\"))",
+    "api.state_set((), 1)",
+    "api.connection(\"\")",
+    "api.connection(\"peer\").get(\"\")",
+    "api.connection(\"peer\").get(\"\\\\\\\\evil.example/x\")",
+    "api.connection(\"peer\").get(\"x\", #{query: 5})",
+    "api.connection(\"peer\").get(\"x\", #{headers: #{\"a\\nb\": \"c\"}})",
+    "api.connection(\"peer\").get(\"x\", #{nope: 1})",
+    "api.connection(\"peer\").post(\"x\", Fn(\"g\"))",
+    "api.connection(\"peer\").post(\"x\", 1, #{form: #{a: 1}})",
+    "api.connection(\"peer\").get_all(\"x\", #{})",
+    "api.connection(\"peer\").get_all(\"x\", #{style: \"nope\"})",
+    "api.connection(\"peer\").get_all(\"x\", #{style: \"page\", max_pages: 0})",
+    "api.connection(\"peer\").get_all(\"x\", #{style: \"page\", first: 9223372036854775807})",
+    "api.connection(\"peer\").get_all(\"x\", #{style: \"offset\", limit: -1})",
+    "api.directory(\"\")",
+    "api.directory(\"AD\").find_user(\"\")",
+    "api.directory(\"AD\").find_user(())",
+    "api.directory(\"AD\").find_user(#{})",
+    "api.directory(\"AD\").find_user(#{by: 5, value: ()})",
+    "api.directory(\"AD\").user_exists([])",
+    "api.directory(\"AD\").create_user(#{})",
+    "api.directory(\"AD\").create_user(#{name: \"\\u0000\", sAMAccountName: \"\"})",
+    "api.directory(\"AD\").update_user(\"x\", #{\"\": 1})",
+    "api.directory(\"AD\").update_user((), #{})",
+    "api.directory(\"AD\").disable_user(())",
+    "api.directory(\"AD\").enable_user(1)",
+    "api.directory(\"AD\").delete_user(\"\")",
+    "api.directory(\"AD\").move_user(\"x\", \"\")",
+    "api.directory(\"AD\").rename_user(\"x\", \"\")",
+    "api.directory(\"AD\").reset_password(\"x\", \"\")",
+    "api.directory(\"AD\").add_to_group((), ())",
+    "api.directory(\"AD\").remove_from_group(\"x\", 5)",
+    "api.directory(\"AD\").groups_of(5)",
+    "api.directory(\"AD\").set_manager(\"x\", #{})",
+    "api.directory(\"AD\").search(\"\")",
+    "api.directory(\"AD\").search(\"(\", [])",
+    "api.directory(\"AD\").search(\"(cn={})\", [])",
+    "api.directory(\"AD\").search(\"(cn=*)\", [], #{limit: -1})",
+    "api.directory(\"AD\").search(\"(cn=*)\", [], #{attributes: 5, scope: \"x\"})",
+    "api.notify(\"\", \"\", ())",
+    "api.notify(\"nope\", \"s\", \"b\")",
+    "api.ProcessFlexHrUserOnAD((), \"\")",
+    "api.ProcessFlexHrUserOnAD(record, \"nope\")",
+    "api.ProcessFlexHrUserOnAD(\"nope\", \"AD\")",
+    "api.ProcessFlexHrUserOnAD(record, \"AD\")",
+    "api.sanitize(()); api.sanitize(Fn(\"g\"))",
+    "sleep(1e300)",
+    "sleep(9223372036854775807)",
+];
+
+#[test]
+fn hostile_arguments_to_every_host_function_end_as_recorded_runs_never_a_crash() {
+    let url = json_peer("{\"ok\": true}".into());
+    let p = Project::new(&format!(
+        "[engine]\nworkers = 1\nmax_attempts = 1\n[limits]\nmax_operations = 2000000\ntimeout_ms = 3000\n{SERVER}\
+         [connections.peer]\nbase_url = \"{url}\"\n\
+         [directories.AD]\nkind = \"active_directory\"\nurl = \"ldaps://dc1.example.com\"\nbind_dn = \"svc@example.com\"\n\
+         bind_password = \"unused-in-dry-run\"\nbase_dn = \"DC=example,DC=com\"\ndry_run = true\n"
+    ));
+    let arms: String =
+        HOSTILE_CALLS.iter().enumerate().map(|(i, call)| format!("    {i} => {{ {call}; }}\n")).collect();
+    rule(&p, "h", "h", "h.rhai", &format!("fn g() {{}}\nswitch record.n {{\n{arms}    _ => {{}}\n}}\n"));
+    rule(&p, "after", "after", "after.rhai", "api.comment(record, \"still here\");");
+    assert_eq!(p.run(&["check"]).code, 0, "{:?}", p.run(&["check"]));
+    let lines: String = (0..HOSTILE_CALLS.len()).map(|i| format!("{{\"n\": {i}}}\n")).collect();
+    let ran = p.run_stdin(&["fire", "h", "--record", "-", "--json"], Some(&lines));
+    ended_cleanly(&ran, "fire");
+    // Each call ends its run, recorded with a status, and none by a panic caught on the way.
+    let check = |all: &[Value]| {
+        for r in all {
+            let status = r["status"].as_str().unwrap();
+            assert!(["ok", "failed", "dead"].contains(&status), "{r}");
+            let error = r["error"].as_str().unwrap_or_default();
+            assert!(!error.contains("internal error"), "a host function panicked: {r}");
+        }
+    };
+    let fired = runs(&p);
+    assert_eq!(fired.len(), HOSTILE_CALLS.len(), "one recorded run per call: {ran:?}");
+    check(&fired);
+    assert!(fired.iter().filter(|r| r["status"] != "ok").count() > HOSTILE_CALLS.len() * 3 / 4, "{fired:?}");
+
+    // Through the daemon, one worker: every event ends, and a later one still runs.
+    let ran = p.run_stdin(&["fire", "h", "--record", "-", "--queue"], Some(&lines));
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let ran = p.run_stdin(&["fire", "after", "--record", "-", "--queue"], Some("{}"));
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let mut daemon = Served::start(&p);
+    wait_for("every queued run", || (runs(&p).len() == 2 * HOSTILE_CALLS.len() + 1).then_some(()));
+    assert!(daemon.alive());
+    let all = runs(&p);
+    check(&all);
+    let last = all.last().unwrap();
+    assert_eq!((last["rule"].as_str(), last["status"].as_str()), (Some("after"), Some("ok")), "{last}");
+    let statuses = |runs: &[Value]| {
+        let mut s: Vec<String> = runs.iter().map(|r| r["status"].to_string()).collect();
+        s.sort();
+        s
+    };
+    let n = HOSTILE_CALLS.len();
+    assert_eq!(statuses(&all[..n]), statuses(&all[n..2 * n]), "the daemon ends the calls as fire does");
+    assert_eq!(daemon.healthz()["queue_depth"], 0);
+    daemon.stop();
+}
+
+// ---------------------------------------------------------------------------------------
+// `fire` with JSON Lines checks ids across the whole input before storing anything.
+
+#[test]
+fn fire_refuses_an_id_the_input_repeats_with_its_line_and_stores_nothing() {
+    let p = Project::new("");
+    rule(&p, "r", "t", "s.rhai", "api.comment(record, \"ran\");");
+    let line = |id: &str, n: usize| format!("{{\"id\": \"{id}\", \"n\": {n}}}\n");
+    let refused = |args: &[&str], input: &str, expected: &[&str]| {
+        let (records, ran_before) = (p.records("t"), runs(&p).len());
+        let mut all = vec!["fire", "t", "--record", "-"];
+        all.extend_from_slice(args);
+        let ran = p.run_stdin(&all, Some(input));
+        assert_eq!(ran.code, 1, "{args:?}: {ran:?}");
+        for e in expected {
+            assert!(ran.stderr.contains(e), "{args:?}: expected {e:?} in {}", ran.stderr);
+        }
+        assert!(!ran.stderr.contains("were stored"), "{args:?}: {}", ran.stderr);
+        assert_eq!(p.records("t"), records, "{args:?}: nothing stored");
+        assert_eq!(runs(&p).len(), ran_before, "{args:?}: nothing ran");
+    };
+    // Line 551 of 600 creates the id line 3 created; also spelled with a JSON escape, and
+    // with `--queue`.
+    let mut input: String = (1..=600).map(|n| line(&format!("r{n}"), n)).collect();
+    input = input.replace("{\"id\": \"r551\", \"n\": 551}", "{\"id\": \"r3\", \"n\": 551}");
+    refused(&[], &input, &["line 551", "\"r3\"", "line 3"]);
+    refused(&["--queue"], &input, &["line 551", "line 3"]);
+    let escaped = input.replace("{\"id\": \"r3\", \"n\": 551}", "{\"n\": 551, \"id\": \"r\\u0033\"}");
+    refused(&[], &escaped, &["line 551", "line 3"]);
+    refused(&[], &format!("{}{}", line("a", 1), line("a", 2)), &["line 2", "line 1"]);
+
+    // Stored, the same ids are refused at the first line that creates one again.
+    let stored: String = (1..=600).map(|n| line(&format!("r{n}"), n)).collect();
+    let ran = p.run_stdin(&["fire", "t", "--record", "-", "--quiet"], Some(&stored));
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(count(&p, "t"), 600);
+    refused(&[], &format!("{}{}", line("new", 1), line("r599", 2)), &["line 2", "r599"]);
+
+    // An update of an id the input creates later, or of no record at all.
+    refused(&["--event", "updated"], &format!("{}{}", line("r1", 1), line("late", 2)), &["line 2", "late"]);
+    let ran = p.run_stdin(&["fire", "t", "--record", "-", "--event", "updated"], Some(&line("r1", 7)));
+    assert_eq!(ran.code, 0, "an update of a stored record: {ran:?}");
+
+    // Deleting one record twice: line 551 of 600 again, caught before the first 500 are
+    // stored (and deleted).
+    let deletes: String = (1..=600).map(|n| format!("{{\"id\": \"r{}\"}}\n", if n == 551 { 3 } else { n })).collect();
+    refused(&["--event", "deleted"], &deletes, &["line 551", "\"r3\"", "line 3"]);
+    refused(&["--event", "deleted", "--queue"], &deletes, &["line 551"]);
+    assert_eq!(count(&p, "t"), 600);
+
+    // Custom events name stored records, as updates do: two on one record are two events.
+    let ran = p.run_stdin(
+        &["fire", "t", "--record", "-", "--event", "escalated"],
+        Some(&format!("{}{}", line("r1", 1), line("r1", 2))),
+    );
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("2 events stored"), "{}", ran.stdout);
+    refused(&["--event", "escalated"], &format!("{}{}", line("r1", 1), line("ghost", 2)), &["line 2", "ghost"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// `api.find` on any field name.
+
+#[test]
+fn api_find_matches_fields_whatever_their_names() {
+    let p = Project::new("");
+    let fields = json!({
+        "we\"ird": 1, "back\\slash": 2, "tags": ["a", "b"], "obj": {"0": "zero", "+1": "plus"},
+        "ünï": "ç", "a b": 3, "": 4, "dots": {"x": {"y": 5}}, "n\u{0}ul": 6, "e\u{301}": 7, "👩‍💻": 8,
+        "sq'uote": 9, "br[0]": 10, "$": 11, "*": 12, "a": {"": {"b": 13}}, "ctl\u{1}\n\t": 14,
+        "Active": true, "Manager": null, "num": 1,
+    });
+    let ran = p.run_stdin(&["fire", "t", "--record", "-"], Some(&fields.to_string()));
+    assert_eq!(ran.code, 0, "{ran:?}");
+    // Look-alikes that must not match the record above.
+    let ran = p.run_stdin(
+        &["fire", "t", "--record", "-"],
+        Some(
+            &json!({"Active": 1, "num": "1", "tags": {"1": "b"}, "obj": "{\"0\":\"zero\",\"+1\":\"plus\"}"})
+                .to_string(),
+        ),
+    );
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let criteria = [
+        (r#"#{"we\"ird": 1}"#, 1),
+        (r#"#{"back\\slash": 2}"#, 1),
+        (r#"#{"tags.0": "a"}"#, 1),
+        (r#"#{"tags.1": "b"}"#, 2),
+        (r#"#{"tags.01": "b"}"#, 1),
+        (r#"#{"obj.0": "zero"}"#, 1),
+        (r#"#{"obj.+1": "plus"}"#, 1),
+        (r#"#{"ünï": "ç"}"#, 1),
+        (r#"#{"a b": 3}"#, 1),
+        (r#"#{"": 4}"#, 1),
+        (r#"#{"dots.x.y": 5}"#, 1),
+        (r#"#{"n\x00ul": 6}"#, 1),
+        ("#{\"e\u{301}\": 7}", 1),
+        ("#{\"👩‍💻\": 8}", 1),
+        (r#"#{"sq'uote": 9}"#, 1),
+        (r#"#{"br[0]": 10}"#, 1),
+        (r#"#{"$": 11}"#, 1),
+        (r#"#{"*": 12}"#, 1),
+        (r#"#{"a..b": 13}"#, 1),
+        (r#"#{"ctl\x01\n\t": 14}"#, 1),
+        (r#"#{"tags": ["a", "b"]}"#, 1),
+        (r#"#{"obj": #{"0": "zero", "+1": "plus"}}"#, 1),
+        (r#"#{"dots.x": #{y: 5}}"#, 1),
+        (r#"#{"Active": true}"#, 1),
+        (r#"#{"Active": 1}"#, 1),
+        (r#"#{"Manager": ()}"#, 1),
+        (r#"#{"num": 1.0}"#, 1),
+        (r#"#{"num": "1"}"#, 1),
+        (r#"#{"tags.2": ()}"#, 0),
+        (r#"#{"tags.0": "b"}"#, 0),
+        (r#"#{"missing": ()}"#, 0),
+    ];
+    let list: Vec<&str> = criteria.iter().map(|(c, _)| *c).collect();
+    rule(
+        &p,
+        "q",
+        "q",
+        "q.rhai",
+        &format!(
+            "let out = [];\nfor c in [{}] {{ try {{ out.push(api.find(\"t\", c).len()); }} catch (e) {{ out.push(`${{e}}`); }} }}\n\
+             api.info(out);",
+            list.join(", ")
+        ),
+    );
+    let (ran, fired) = p.fire("q", "{}");
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let got = fired[0]["log"][0]["message"].as_str().unwrap();
+    let expected: Vec<String> = criteria.iter().map(|(_, n)| n.to_string()).collect();
+    assert_eq!(got, format!("[{}]", expected.join(", ")), "{list:?}");
+
+    // Within a run, the run's own changes count: a stored record updated to match is found.
+    rule(
+        &p,
+        "own",
+        "own",
+        "own.rhai",
+        "let r = api.find(\"t\", #{\"a b\": 3})[0];\napi.update(r, #{\"a b\": 30, \"we\\\"ird\": 10});\n\
+         api.info([api.find(\"t\", #{\"a b\": 30}).len(), api.find(\"t\", #{\"we\\\"ird\": 10}).len(), \
+         api.find(\"t\", #{\"a b\": 3}).len()]);",
+    );
+    let (ran, fired) = p.fire("own", "{}");
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(fired[0]["log"][0]["message"], "[1, 1, 0]", "{fired:?}");
+}
