@@ -576,6 +576,7 @@ impl Runtime {
         };
         // A write the store refused (the record vanished meanwhile, a chain too wide): the run
         // fails, and nothing it wrote is kept.
+        let mut why = e.to_string();
         if !writes.is_empty() {
             let run = Run {
                 status: RunStatus::Failed,
@@ -591,14 +592,16 @@ impl Runtime {
             }) {
                 Ok((id, raised)) => return Ok((Run { id, ..run }, raised)),
                 Err(e) if e.is_transient() => return Err(e),
-                Err(_) => {}
+                // The run alone is refused too: that is the reason to give first.
+                Err(alone) if alone.to_string() == why => {}
+                Err(alone) => why = format!("{alone} (its writes were refused too: {e})"),
             }
         }
         // The run itself cannot be stored (its log, say): it is recorded without its log so
         // that the event ends, rather than running again (and repeating its effects) forever.
         let run = Run {
             status: RunStatus::Failed,
-            error: Some(format!("the run could not be stored, so it was recorded without its log and writes: {e}")),
+            error: Some(format!("the run could not be stored, so it was recorded without its log and writes: {why}")),
             log: Vec::new(),
             next_attempt_at: None,
             ..o.run

@@ -485,12 +485,13 @@ fn query_runs(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Re
 
 /// A JSON path for SQLite's `json_extract` from a dotted field path, when SQLite can express
 /// it exactly: its quoted labels have no escapes (a key with `"` or `\\` cannot be written),
-/// and a numeric segment means an array index or an object key to [`crate::record::lookup`],
-/// which one label cannot say. Such criteria are checked on the loaded records instead.
+/// SQLite reads a path only up to a NUL, and a segment that reads as a number (`0`, `01`,
+/// `+1`) means an array index or an object key to [`crate::record::lookup`], which one label
+/// cannot say. Such criteria are checked on the loaded records instead.
 fn json_path(field: &str) -> Option<String> {
     let mut p = String::from("$");
     for seg in field.split('.') {
-        if seg.contains(['"', '\\']) || (!seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit())) {
+        if seg.contains(['"', '\\', '\0']) || seg.parse::<usize>().is_ok() {
             return None;
         }
         p.push_str(".\"");
@@ -764,15 +765,28 @@ impl Store for SqliteStore {
                    AND (?2 = 0 OR NOT EXISTS (SELECT 1 FROM runs r WHERE r.record_id = e.record_id AND r.status = 'retrying'))
                  ORDER BY e.id LIMIT ?3",
             )?;
+            // Only the id is read strictly: a column of the wrong type (a BLOB where text is
+            // expected, a negative depth) is an event that cannot be read, set aside like one
+            // that does not parse, rather than an error that would stop every pass.
             let rows = stmt.query_map(
                 params![ts(Utc::now()), wait_behind_retries, limit as i64, owner, unclaimed, after],
-                |r| Ok((row_to_event(r)?, r.get::<_, u32>(6)?, r.get::<_, String>(7)?, r.get::<_, Option<String>>(8)?)),
+                |r| {
+                    let record_id = r.get::<_, String>(7).unwrap_or_else(|_| String::from("(unreadable)"));
+                    let own_until = r.get::<_, Option<String>>(8);
+                    Ok((r.get::<_, i64>(0)?, row_to_event(r), r.get::<_, u32>(6), record_id, own_until))
+                },
             )?;
             let mut events = Vec::new();
             let mut aside = Vec::new();
             for row in rows {
-                let (row, tries, record_id, own_until) = row?;
-                let id = row.0;
+                let (id, row, tries, record_id, own_until) = row?;
+                let (row, tries, own_until) = match (row, tries, own_until) {
+                    (Ok(row), Ok(tries), Ok(own_until)) => (row, tries, own_until),
+                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                        aside.push((id, record_id, format!("event {id} cannot be read, so it is set aside: {e}")));
+                        continue;
+                    }
+                };
                 if tries >= MAX_EVENT_TRIES {
                     aside.push((
                         id,
@@ -938,12 +952,20 @@ impl Store for SqliteStore {
                     sql.push_str(&format!(" AND {k} = ?"));
                     args.push(v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
                 }
-                (_, Some(path)) => {
-                    sql.push_str(" AND json_extract(fields, ?) IS json_extract(?, '$')");
+                // `json_extract` gives SQL values, which lose the JSON type: `true` reads as 1, an
+                // object as its text, and a missing field as a null. Text and numbers are compared
+                // with their type checked; other criteria are checked on the loaded records,
+                // so that look-alikes never fill the limit.
+                (_, Some(path)) if v.is_string() || v.is_number() => {
+                    let types = if v.is_string() { "'text'" } else { "'integer', 'real'" };
+                    sql.push_str(&format!(
+                        " AND json_type(fields, ?) IN ({types}) AND json_extract(fields, ?) = json_extract(?, '$')"
+                    ));
+                    args.push(path.clone());
                     args.push(path);
                     args.push(v.to_string());
                 }
-                (_, None) => {
+                (_, _) => {
                     in_rust.insert(k.clone(), v.clone());
                 }
             }
@@ -1371,5 +1393,58 @@ mod tests {
         }
         assert_eq!(s.queue_depth().unwrap(), 0);
         assert_eq!(s.runs(&RunFilter { limit: 1000, ..Default::default() }).unwrap().len(), 64);
+    }
+
+    #[test]
+    fn rows_that_cannot_be_read_are_set_aside_and_the_others_returned() {
+        let s = SqliteStore::in_memory().unwrap();
+        let events = created(&s, "t", 6);
+        {
+            let conn = s.conn();
+            // Text that is not JSON, then columns of the wrong type: each is one event that
+            // cannot be read, not a reason to stop every pass.
+            conn.execute("UPDATE events SET record = '{not json' WHERE id = ?1", params![events[0].id]).unwrap();
+            conn.execute("UPDATE events SET record = X'00FF' WHERE id = ?1", params![events[1].id]).unwrap();
+            conn.execute("UPDATE events SET depth = -1 WHERE id = ?1", params![events[2].id]).unwrap();
+            conn.execute("UPDATE events SET tries = 'many' WHERE id = ?1", params![events[3].id]).unwrap();
+            conn.execute("UPDATE events SET kind = X'01', record_id = X'02' WHERE id = ?1", params![events[4].id])
+                .unwrap();
+        }
+        let pending = s.pending_events(10, true, crate::store::Feed::OwnAndUnclaimed("test"), 0).unwrap();
+        assert_eq!(pending.iter().map(|e| e.event.id).collect::<Vec<_>>(), [events[5].id]);
+        for e in &events[..5] {
+            let runs = s.runs_of_event(e.id).unwrap();
+            assert_eq!(runs.len(), 1, "event {}", e.id);
+            assert_eq!((runs[0].rule.as_str(), runs[0].status), (SET_ASIDE, RunStatus::Failed));
+            assert!(runs[0].error.as_deref().unwrap().contains("cannot be read"), "{:?}", runs[0].error);
+        }
+        assert_eq!(s.queue_depth().unwrap(), 1, "the set-aside events are finished");
+    }
+
+    #[test]
+    fn find_compares_json_values_with_their_type_and_any_field_name() {
+        let s = SqliteStore::in_memory().unwrap();
+        let records = [
+            json!({"Active": true, "Manager": null, "Obj": {"a": 1}, "n": 1, "tags": ["x", "y"], "k\u{0}ey": 1}),
+            json!({"Active": 1, "Obj": "{\"a\":1}", "n": 1.0, "tags": {"1": "y", "+1": "z"}}),
+            json!({"Active": "true", "n": "1"}),
+        ];
+        let items: Vec<Ingest> = records.iter().map(|f| ingest("t", EventKind::Created, None, f.clone())).collect();
+        let ids: Vec<String> = s.ingest_all(&items).unwrap().into_iter().flatten().map(|e| e.record.id).collect();
+        let found = |c: Value| -> Vec<usize> {
+            let got = s.find_records("t", &fields(c), 10).unwrap();
+            got.iter().map(|r| ids.iter().position(|id| *id == r.id).unwrap()).collect()
+        };
+        assert_eq!(found(json!({"Active": true})), [0]);
+        assert_eq!(found(json!({"Active": 1})), [1]);
+        assert_eq!(found(json!({"Active": "true"})), [2]);
+        assert_eq!(found(json!({"Manager": null})), [0], "a missing field is not null");
+        assert_eq!(found(json!({"Obj": {"a": 1}})), [0]);
+        assert_eq!(found(json!({"Obj": "{\"a\":1}"})), [1]);
+        assert_eq!(found(json!({"n": 1})), [0, 1], "numbers by value");
+        assert_eq!(found(json!({"tags.1": "y"})), [0, 1], "an index, or an object key");
+        assert_eq!(found(json!({"tags.+1": "z"})), [1]);
+        assert_eq!(found(json!({"tags.01": "y"})), [0]);
+        assert_eq!(found(json!({"k\u{0}ey": 1})), [0]);
     }
 }

@@ -11,6 +11,7 @@ mod directory_guards;
 mod dispatch;
 mod flexhr;
 mod flexjob;
+mod hardening;
 mod hostile;
 mod notification;
 mod origin;
