@@ -11,12 +11,13 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
 use crate::catalog::Catalog;
-use crate::config::{Config, EngineConfig, Secrets};
+use crate::config::{Config, EngineConfig};
 use crate::diag::Diagnostic;
 use crate::record::{from_value, EventKind};
 use crate::runtime::Runtime;
 use crate::script::lint::KnownNames;
 use crate::script::ScriptEngine;
+use crate::secret::Secrets;
 use crate::store::{Ingest, Run, RunFilter, RunStatus};
 
 /// tripline: rules and scripts for IT service management and identity automation.

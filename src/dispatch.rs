@@ -328,7 +328,7 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
             }
             Err(e) => {
                 error!(error = %e, "The dispatcher cannot read the queue; it tries again shortly.");
-                note_failure(shared, Some(crate::config::secret::redact(&e.to_string()).into_owned()));
+                note_failure(shared, Some(crate::secret::redact(&e.to_string()).into_owned()));
                 0
             }
         };
@@ -525,7 +525,7 @@ fn run_unit(runtime: &Runtime, shared: &Shared, unit: &Unit) -> bool {
         Err(err) => {
             let what = event.map_or_else(|| "a retry".to_string(), |e| format!("event {}", e.id));
             error!(%err, "Processing {what} failed on the store; it is tried again shortly.");
-            note_failure(shared, Some(crate::config::secret::redact(&err.to_string()).into_owned()));
+            note_failure(shared, Some(crate::secret::redact(&err.to_string()).into_owned()));
             false
         }
     }

@@ -40,8 +40,9 @@ use toml::Spanned;
 use tracing::{info, warn};
 
 use crate::class::{Class, Classify};
-use crate::config::secret::redact;
-use crate::config::{CheckCtx, Secret, SecretRef};
+use crate::diag::CheckCtx;
+use crate::secret::redact;
+use crate::secret::{Secret, SecretRef};
 use crate::store::{Run, RunStatus, Store, StoreError};
 
 /// How long one send may take before it fails (connect, TLS, the whole exchange).
@@ -151,7 +152,7 @@ impl NotifyConfig {
     pub fn check(&self, name: &str, span: std::ops::Range<usize>, ctx: &mut CheckCtx) {
         match self {
             NotifyConfig::Webhook(w) => {
-                if let Some(url) = ctx.secret(&w.url, &format!("[notify.{name}] url")) {
+                if let Some(url) = w.url.check(ctx, &format!("[notify.{name}] url")) {
                     if let Err(e) = webhook_url(&url) {
                         ctx.error(w.url.span(), format!("[notify.{name}] url: {e}"));
                     }
@@ -160,7 +161,7 @@ impl NotifyConfig {
                     if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
                         ctx.error(value.span(), format!("[notify.{name}] headers: {header:?} is not a header name"));
                     }
-                    ctx.secret(value, &format!("[notify.{name}] headers.{header}"));
+                    value.check(ctx, &format!("[notify.{name}] headers.{header}"));
                 }
             }
             NotifyConfig::Email(e) => {
@@ -195,10 +196,10 @@ impl NotifyConfig {
                     }
                 }
                 if let Some(u) = &e.username {
-                    ctx.secret(u, &format!("[notify.{name}] username"));
+                    u.check(ctx, &format!("[notify.{name}] username"));
                 }
                 if let Some(p) = &e.password {
-                    ctx.secret(p, &format!("[notify.{name}] password"));
+                    p.check(ctx, &format!("[notify.{name}] password"));
                 }
             }
         }

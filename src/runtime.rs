@@ -42,7 +42,7 @@ pub struct RuntimeBuilder {
     store: Option<Arc<dyn Store>>,
     hooks: Vec<EngineHook>,
     handle: Option<tokio::runtime::Handle>,
-    secrets: crate::config::Secrets,
+    secrets: crate::secret::Secrets,
 }
 
 impl RuntimeBuilder {
@@ -76,9 +76,9 @@ impl RuntimeBuilder {
     /// whose secrets cannot be resolved is left out, and the runs that use it fail saying
     /// why, while everything else works.
     ///
-    /// [`Secrets::Resolve`]: crate::config::Secrets::Resolve
-    /// [`Secrets::Defer`]: crate::config::Secrets::Defer
-    pub fn secrets(mut self, secrets: crate::config::Secrets) -> Self {
+    /// [`Secrets::Resolve`]: crate::secret::Secrets::Resolve
+    /// [`Secrets::Defer`]: crate::secret::Secrets::Defer
+    pub fn secrets(mut self, secrets: crate::secret::Secrets) -> Self {
         self.secrets = secrets;
         self
     }
@@ -160,7 +160,7 @@ fn build_hosts(
     config: &Config,
     store: &Arc<dyn Store>,
     handle: tokio::runtime::Handle,
-    secrets: crate::config::Secrets,
+    secrets: crate::secret::Secrets,
 ) -> Result<Hosts, Vec<Diagnostic>> {
     let path = config.path.clone().unwrap_or_else(|| PathBuf::from("tripline.toml"));
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -183,7 +183,7 @@ fn build_hosts(
             Ok(c) => {
                 hosts.connections.insert(name.clone(), Arc::new(c));
             }
-            Err(e) if secrets == crate::config::Secrets::Defer => {
+            Err(e) if secrets == crate::secret::Secrets::Defer => {
                 tracing::debug!(connection = %name, error = %e, "Connection left out: it fails the runs that use it.");
                 hosts.unavailable_connections.insert(name.clone(), e.to_string());
             }

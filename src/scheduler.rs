@@ -26,8 +26,8 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use crate::config::CheckCtx;
-use crate::connection::config::duration;
+use crate::de::duration;
+use crate::diag::CheckCtx;
 
 /// Any error, as runners and stores report them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -496,13 +496,7 @@ stale_after = "24h"
         }
         let file: File = toml::from_str(source).unwrap();
         let path = std::path::Path::new("tripline.toml");
-        let mut ctx = CheckCtx {
-            path,
-            source,
-            base_dir: std::path::Path::new("."),
-            diags: Vec::new(),
-            secrets: Default::default(),
-        };
+        let mut ctx = CheckCtx::new(path, source, std::path::Path::new("."));
         for (name, job) in &file.jobs {
             job.get_ref().check(name, job.span(), &mut ctx);
         }

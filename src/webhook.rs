@@ -45,9 +45,10 @@ use toml::Spanned;
 use tracing::{debug, error, info, warn};
 
 use crate::class::Classify;
-use crate::config::{CheckCtx, Secret, SecretRef};
+use crate::diag::CheckCtx;
 use crate::record::{from_value, lookup, EventKind, Fields};
 use crate::runtime::Runtime;
+use crate::secret::{Secret, SecretRef};
 use crate::store::{Ingest, StoreError};
 
 /// The header of a delivery's idempotency key.
@@ -245,14 +246,14 @@ impl WebhookConfig {
                 if HeaderName::from_bytes(header.as_bytes()).is_err() {
                     ctx.error(self.auth.span(), format!("[webhooks.{name}] auth: {header:?} is not a header name"));
                 }
-                if let Some(s) = ctx.secret(secret, &format!("[webhooks.{name}] auth secret")) {
+                if let Some(s) = secret.check(ctx, &format!("[webhooks.{name}] auth secret")) {
                     if s.expose().is_empty() {
                         ctx.error(secret.span(), format!("[webhooks.{name}] auth secret is empty"));
                     }
                 }
             }
             AuthConfig::Bearer { token } => {
-                if let Some(s) = ctx.secret(token, &format!("[webhooks.{name}] auth token")) {
+                if let Some(s) = token.check(ctx, &format!("[webhooks.{name}] auth token")) {
                     if s.expose().is_empty() {
                         ctx.error(token.span(), format!("[webhooks.{name}] auth token is empty"));
                     }
@@ -337,7 +338,7 @@ fn field_mapping(target: &str, source: &str) -> Result<(String, Vec<String>), St
 }
 
 fn constant_fields(table: &toml::Table) -> Result<Fields, String> {
-    match crate::rule::toml_to_json(&toml::Value::Table(table.clone()))? {
+    match crate::de::toml_to_json(&toml::Value::Table(table.clone()))? {
         Value::Object(o) if o.contains_key("entity") => Err("`entity` cannot be a record field".into()),
         Value::Object(o) => Ok(o),
         _ => unreachable!("a table is an object"),

@@ -5,16 +5,13 @@
 //! relative folders against the file's own folder, and runs every section's check so that all
 //! problems are reported at once, each as `path:line:col: message`.
 
-pub mod secret;
-
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::diag::Diagnostic;
-pub use secret::{Secret, SecretRef};
+use crate::diag::{CheckCtx, Diagnostic};
+use crate::secret::Secrets;
 
 /// `tripline.toml` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -114,25 +111,6 @@ fn with_suggestion(message: &str) -> String {
     }
 }
 
-/// Checks that a number setting is within `range`, at the setting's place.
-fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
-    ctx: &mut CheckCtx,
-    table: &str,
-    key: &str,
-    value: T,
-    lo: T,
-    hi: T,
-    why: &str,
-) {
-    if value < lo || value > hi {
-        ctx.error_at_key(
-            table,
-            key,
-            format!("[{table}] {key} = {value} is out of range: it must be from {lo} to {hi}{why}"),
-        );
-    }
-}
-
 /// A day in milliseconds.
 const DAY_MS: u64 = 86_400_000;
 
@@ -141,14 +119,14 @@ impl EngineConfig {
     /// of 10^9 days would not be a time at all), counts within what a machine can do.
     fn check(&self, ctx: &mut CheckCtx) {
         let t = "engine";
-        check_range(ctx, t, "workers", self.workers, 1, 1024, "");
-        check_range(ctx, t, "max_record_bytes", self.max_record_bytes, 2, 64 << 20, " (64 MiB)");
-        check_range(ctx, t, "max_chain_depth", self.max_chain_depth, 0, 64, "");
-        check_range(ctx, t, "max_attempts", self.max_attempts, 1, 1000, "");
-        check_range(ctx, t, "retry_backoff_ms", self.retry_backoff_ms, 1, 30 * DAY_MS, " (30 days)");
-        check_range(ctx, t, "retry_max_backoff_ms", self.retry_max_backoff_ms, 1, 30 * DAY_MS, " (30 days)");
-        check_range(ctx, t, "retention_days", self.retention_days, 0, 36_500, " (100 years)");
-        check_range(ctx, t, "max_fanout", self.max_fanout, 1, 10_000_000, "");
+        ctx.in_range(t, "workers", self.workers, 1, 1024, "");
+        ctx.in_range(t, "max_record_bytes", self.max_record_bytes, 2, 64 << 20, " (64 MiB)");
+        ctx.in_range(t, "max_chain_depth", self.max_chain_depth, 0, 64, "");
+        ctx.in_range(t, "max_attempts", self.max_attempts, 1, 1000, "");
+        ctx.in_range(t, "retry_backoff_ms", self.retry_backoff_ms, 1, 30 * DAY_MS, " (30 days)");
+        ctx.in_range(t, "retry_max_backoff_ms", self.retry_max_backoff_ms, 1, 30 * DAY_MS, " (30 days)");
+        ctx.in_range(t, "retention_days", self.retention_days, 0, 36_500, " (100 years)");
+        ctx.in_range(t, "max_fanout", self.max_fanout, 1, 10_000_000, "");
         for dir in &self.check_dirs {
             let full = ctx.base_dir.join(dir);
             if !full.join("rules").is_dir() && !full.join("scripts").is_dir() {
@@ -176,14 +154,14 @@ impl EngineConfig {
 impl LimitsConfig {
     fn check(&self, ctx: &mut CheckCtx) {
         let t = "limits";
-        check_range(ctx, t, "timeout_ms", self.timeout_ms, 1, DAY_MS, " (a day)");
+        ctx.in_range(t, "timeout_ms", self.timeout_ms, 1, DAY_MS, " (a day)");
         // 0 turns a count limit off (Rhai's convention); time and memory are always bounded.
-        check_range(ctx, t, "max_operations", self.max_operations, 0, 1 << 40, "");
-        check_range(ctx, t, "max_call_depth", self.max_call_depth, 1, 1024, "");
-        check_range(ctx, t, "max_string_size", self.max_string_size, 0, 64 << 20, " (64 MiB)");
-        check_range(ctx, t, "max_array_size", self.max_array_size, 0, 10_000_000, "");
-        check_range(ctx, t, "max_map_size", self.max_map_size, 0, 10_000_000, "");
-        check_range(ctx, t, "max_run_bytes", self.max_run_bytes, 1024, 1 << 30, " (1 GiB)");
+        ctx.in_range(t, "max_operations", self.max_operations, 0, 1 << 40, "");
+        ctx.in_range(t, "max_call_depth", self.max_call_depth, 1, 1024, "");
+        ctx.in_range(t, "max_string_size", self.max_string_size, 0, 64 << 20, " (64 MiB)");
+        ctx.in_range(t, "max_array_size", self.max_array_size, 0, 10_000_000, "");
+        ctx.in_range(t, "max_map_size", self.max_map_size, 0, 10_000_000, "");
+        ctx.in_range(t, "max_run_bytes", self.max_run_bytes, 1024, 1 << 30, " (1 GiB)");
     }
 }
 
@@ -245,67 +223,6 @@ pub struct Config {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// What a section check needs: the file, its text, and where to put problems.
-pub struct CheckCtx<'a> {
-    pub path: &'a Path,
-    pub source: &'a str,
-    /// The folder relative paths resolve against.
-    pub base_dir: &'a Path,
-    pub diags: Vec<Diagnostic>,
-    pub secrets: Secrets,
-}
-
-/// Whether loading a configuration resolves its `${...}` secrets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Secrets {
-    /// Every secret must resolve: an unset variable is a problem (`check`, the daemon).
-    #[default]
-    Resolve,
-    /// Secrets are resolved by what uses them, when it does (`fire`, `test`, `replay`, ...):
-    /// a connection whose password is not set fails the runs that use it, and nothing else.
-    /// Only the syntax of the references is checked.
-    Defer,
-}
-
-impl CheckCtx<'_> {
-    /// Records a problem at a byte span of the file.
-    pub fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        self.diags.push(Diagnostic::span(self.path, self.source, Some(span), message));
-    }
-
-    /// Where `[table] key` is written in the file (its value), when it is.
-    pub fn key_span(&self, table: &str, key: &str) -> Option<Range<usize>> {
-        let doc = toml_edit::ImDocument::parse(self.source).ok()?;
-        let item = doc.get(table)?.get(key)?;
-        item.span()
-    }
-
-    /// Records a problem at `[table] key`, or at the file's start when the key is not written.
-    pub fn error_at_key(&mut self, table: &str, key: &str, message: impl Into<String>) {
-        let span = self.key_span(table, key);
-        self.diags.push(Diagnostic::span(self.path, self.source, span, message));
-    }
-
-    /// Resolves a secret, recording a problem (naming `what`) when it cannot be.
-    pub fn secret(&mut self, secret: &SecretRef, what: &str) -> Option<Secret> {
-        if self.secrets == Secrets::Defer {
-            if let Err(e) = secret::resolve_with(secret.0.get_ref(), |_| Some(String::new())) {
-                if e == secret::SecretError::Unterminated {
-                    self.error(secret.span(), format!("{what}: {e}"));
-                }
-            }
-            return None;
-        }
-        match secret.resolve() {
-            Ok(s) => Some(s),
-            Err(e) => {
-                self.error(secret.span(), format!("{what}: {e}"));
-                None
-            }
-        }
-    }
-}
-
 impl Config {
     /// Reads a configuration file's text.
     pub fn read(path: &Path) -> Result<String, Vec<Diagnostic>> {
@@ -353,7 +270,10 @@ impl Config {
             .map_err(|e| vec![Diagnostic::span(path, source, e.span(), with_suggestion(e.message().trim_end()))])?;
         // An empty parent (a bare file name) keeps paths relative to the working folder.
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let mut ctx = CheckCtx { path, source, base_dir: &base_dir, diags: Vec::new(), secrets };
+        let mut ctx = CheckCtx::new(path, source, &base_dir);
+        if secrets == Secrets::Defer {
+            ctx.deferred = Some(Vec::new());
+        }
         raw.check(&mut ctx);
         let diags = ctx.diags;
         let mut engine = raw.engine.clone();

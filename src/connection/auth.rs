@@ -13,7 +13,7 @@ use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use super::config::{ApiKeyIn, AuthConfig};
 use super::oauth::{OAuth2, Token, TokenStore};
 use super::ConnectionError;
-use crate::config::{secret, Secret};
+use crate::secret::{self, Secret};
 
 /// A connection's authentication, secrets resolved.
 pub(crate) enum Auth {
@@ -47,7 +47,7 @@ impl Auth {
         timeout: Duration,
         tokens: Arc<dyn TokenStore>,
     ) -> Result<Auth, ConnectionError> {
-        let resolve = |what: &str, secret: &crate::config::SecretRef| {
+        let resolve = |what: &str, secret: &crate::secret::SecretRef| {
             secret.resolve().map_err(|e| ConnectionError::Invalid {
                 connection: connection.to_string(),
                 message: format!("{what}: {e}"),

@@ -17,8 +17,9 @@ use super::auth::Auth;
 use super::oauth::TokenStore;
 use super::politeness::{RateLimit, RetryPolicy};
 use super::{Connection, ConnectionError};
-use crate::config::secret::SecretError;
-use crate::config::{CheckCtx, SecretRef};
+use crate::de::duration;
+use crate::diag::CheckCtx;
+use crate::secret::SecretRef;
 
 /// Used when `timeout` is not given.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -395,7 +396,7 @@ impl ConnectionConfig {
             if HeaderName::from_bytes(header.as_bytes()).is_err() {
                 ctx.error(value.span(), format!("`{header}` is not a valid header name"));
             }
-            if is_template(value) {
+            if value.is_template() {
                 check_secret(value, &format!("header {header}"), self.enabled, ctx);
             } else if HeaderValue::from_str(value.0.get_ref()).is_err() {
                 ctx.error(value.span(), format!("header {header}: not a valid header value"));
@@ -457,7 +458,7 @@ impl ConnectionConfig {
         for (header, value) in self.headers.iter().filter(|_| self.enabled) {
             let header_name = HeaderName::from_bytes(header.as_bytes())
                 .map_err(|_| invalid(format!("`{header}` is not a valid header name")))?;
-            let mut header_value = if is_template(value) {
+            let mut header_value = if value.is_template() {
                 let secret = value.resolve().map_err(|e| invalid(format!("header {header}: {e}")))?;
                 let mut v = HeaderValue::from_str(secret.expose())
                     .map_err(|_| invalid(format!("header {header}: not a valid header value")))?;
@@ -552,10 +553,6 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
     })
 }
 
-fn is_template(value: &SecretRef) -> bool {
-    value.0.get_ref().contains("${")
-}
-
 pub(crate) fn parse_method(method: &str) -> Option<Method> {
     let upper = method.to_ascii_uppercase();
     match upper.as_str() {
@@ -568,18 +565,9 @@ pub(crate) fn parse_method(method: &str) -> Option<Method> {
 /// enabled; a disabled connection's secrets are only checked for their `${...}` syntax.
 fn check_secret(secret: &SecretRef, what: &str, enabled: bool, ctx: &mut CheckCtx) {
     if enabled {
-        ctx.secret(secret, what);
-        return;
-    }
-    let mut rest = secret.0.get_ref().as_str();
-    while let Some(start) = rest.find("${") {
-        match rest[start + 2..].find('}') {
-            Some(end) => rest = &rest[start + 2 + end + 1..],
-            None => {
-                ctx.error(secret.span(), format!("{what}: {}", SecretError::Unterminated));
-                return;
-            }
-        }
+        secret.check(ctx, what);
+    } else {
+        secret.check_syntax(ctx, what);
     }
 }
 
@@ -720,50 +708,6 @@ fn to_snake_case(name: &str) -> String {
     }
 }
 
-/// Durations written as `"30s"`, `"500ms"`, `"24h"`, `"1h 30m"` or as whole seconds.
-pub(crate) mod duration {
-    use std::fmt;
-    use std::time::Duration;
-
-    use serde::de::{self, Deserializer, Visitor};
-
-    struct DurationVisitor;
-
-    impl Visitor<'_> for DurationVisitor {
-        type Value = Duration;
-
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a duration such as \"30s\", \"500ms\" or \"24h\", or whole seconds")
-        }
-
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
-            Ok(Duration::from_secs(v))
-        }
-
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-            u64::try_from(v).map(Duration::from_secs).map_err(|_| E::custom("a duration cannot be negative"))
-        }
-
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-            parse(v).map_err(E::custom)
-        }
-    }
-
-    /// Parses `"30s"`, `"500ms"`, `"24h"`, `"1h 30m"`.
-    pub fn parse(text: &str) -> Result<Duration, String> {
-        humantime::parse_duration(text.trim())
-            .map_err(|e| format!("invalid duration `{text}` ({e}); write e.g. \"30s\", \"500ms\" or \"24h\""))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        d.deserialize_any(DurationVisitor)
-    }
-
-    pub fn deserialize_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        d.deserialize_any(DurationVisitor).map(Some)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -779,8 +723,7 @@ mod tests {
         }
         let file: File = toml::from_str(source).expect("parses");
         let path = Path::new("tripline.toml");
-        let mut ctx =
-            CheckCtx { path, source, base_dir: Path::new("."), diags: Vec::new(), secrets: Default::default() };
+        let mut ctx = CheckCtx::new(path, source, Path::new("."));
         for (name, c) in &file.connections {
             c.get_ref().check(name, c.span(), &mut ctx);
         }
@@ -967,10 +910,7 @@ auth = { type = "bearer", token = "${UNTERMINATED" }
 
     #[test]
     fn durations() {
-        assert_eq!(duration::parse("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(duration::parse("24h").unwrap(), Duration::from_secs(86400));
-        assert_eq!(duration::parse("1h 30m").unwrap(), Duration::from_secs(5400));
-        assert!(duration::parse("5 parsecs").is_err());
+        // Their parsing is `crate::de::duration`'s; a timeout takes whole seconds too.
         let c: ConnectionConfig = toml::from_str("base_url = \"https://x\"\ntimeout = 7\n").unwrap();
         assert_eq!(c.timeout, Duration::from_secs(7));
     }

@@ -83,7 +83,7 @@ impl TokenStore for MemoryTokenStore {
 
 /// An OAuth2 token value. `Debug` and `Display` print `**REDACTED**`.
 ///
-/// Unlike [`crate::config::Secret`] it is not registered for global redaction: tokens rotate
+/// Unlike [`crate::secret::Secret`] it is not registered for global redaction: tokens rotate
 /// every hour or so and the registry would only grow. Instead each response is scrubbed of
 /// the token its request carried.
 #[derive(Clone, PartialEq, Eq)]

@@ -38,8 +38,9 @@ use toml::Spanned;
 
 use super::dn::{is_attribute_type, Dn};
 use super::schema::{protection, Schema, WriteKind, AD, LDAP};
-use crate::config::{CheckCtx, SecretRef};
+use crate::diag::CheckCtx;
 use crate::diag::Diagnostic;
+use crate::secret::SecretRef;
 
 /// `[directories.NAME]` as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -249,7 +250,7 @@ impl DirectoryConfig {
         }
         // In dry-run mode nothing binds, so an unset `${AD_BIND_PASSWORD}` is no problem yet.
         if let (Some(pw), false) = (&self.bind_password, self.dry_run) {
-            ctx.secret(pw, &format!("directories.{name}.bind_password"));
+            pw.check(ctx, &format!("directories.{name}.bind_password"));
         }
     }
 

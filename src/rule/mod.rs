@@ -14,6 +14,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::de::toml_to_json;
 use crate::diag::Diagnostic;
 use crate::record::Event;
 pub use condition::{Condition, FieldRef, Key};
@@ -186,23 +187,6 @@ pub fn compile_rule(path: &Path, source: &str, compile_when: GuardCompiler) -> R
         params,
         notify_on_failure: cfg.notify_on_failure.into_iter().map(|n| n.into_inner()).collect(),
         path: path.to_path_buf(),
-    })
-}
-
-/// TOML values as JSON (dates become their RFC 3339 text).
-pub fn toml_to_json(v: &toml::Value) -> Result<Value, String> {
-    Ok(match v {
-        toml::Value::String(s) => Value::String(s.clone()),
-        toml::Value::Integer(i) => Value::from(*i),
-        toml::Value::Float(f) => {
-            serde_json::Number::from_f64(*f).map(Value::Number).ok_or("a number must be finite")?
-        }
-        toml::Value::Boolean(b) => Value::Bool(*b),
-        toml::Value::Datetime(d) => Value::String(d.to_string()),
-        toml::Value::Array(a) => Value::Array(a.iter().map(toml_to_json).collect::<Result<_, _>>()?),
-        toml::Value::Table(t) => {
-            Value::Object(t.iter().map(|(k, v)| Ok((k.clone(), toml_to_json(v)?))).collect::<Result<_, String>>()?)
-        }
     })
 }
 

@@ -275,7 +275,7 @@ impl ScriptEngine {
                 message
             }
         };
-        ScriptError { message: crate::config::secret::redact(&message).into_owned(), class }
+        ScriptError { message: crate::secret::redact(&message).into_owned(), class }
     }
 
     /// One error's words; its position in Rhai's form at the end when `with_position`.
@@ -358,7 +358,7 @@ fn caught<T>(f: impl FnOnce() -> Result<T, ScriptError>) -> Result<T, ScriptErro
         tracing::error!(panic = %what, "A host function panicked; the run fails.");
         Err(ScriptError::permanent(format!(
             "internal error (a bug in tripline, not in the script): {}",
-            crate::config::secret::redact(&what)
+            crate::secret::redact(&what)
         )))
     })
 }

@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tripline::config::CheckCtx;
 use tripline::connection::{Connection, ConnectionConfig, MemoryTokenStore, TokenStore};
+use tripline::diag::CheckCtx;
 
 /// A connection named `name` from the body of its `[connections.NAME]` table, after `check`
 /// found nothing wrong.
@@ -17,13 +17,7 @@ pub fn connection(name: &str, toml_text: &str) -> Connection {
 /// Like [`connection`], with OAuth2 tokens in `store`.
 pub fn connection_with_store(name: &str, toml_text: &str, store: Arc<dyn TokenStore>) -> Connection {
     let config: ConnectionConfig = toml::from_str(toml_text).expect("the section parses");
-    let mut ctx = CheckCtx {
-        path: Path::new("tripline.toml"),
-        source: toml_text,
-        base_dir: Path::new("."),
-        diags: Vec::new(),
-        secrets: Default::default(),
-    };
+    let mut ctx = CheckCtx::new(Path::new("tripline.toml"), toml_text, Path::new("."));
     config.check(name, 0..toml_text.len(), &mut ctx);
     assert!(ctx.diags.is_empty(), "check: {:?}", ctx.diags);
     config.build(name, store).expect("the connection builds")
