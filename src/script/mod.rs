@@ -7,6 +7,7 @@
 //! the limit; the process carries on.
 
 pub mod api;
+mod limits;
 pub mod lint;
 
 use std::cell::RefCell;
@@ -18,10 +19,10 @@ use rhai::{Dynamic, Engine, EvalAltResult, Map, Scope, AST};
 use serde_json::Value;
 
 use crate::class::Class;
-use crate::config::LimitsConfig;
 use crate::diag::Diagnostic;
 use crate::record::Record;
 pub use api::{Api, Hosts, RunCtx};
+pub use limits::LimitsConfig;
 
 /// A hook that registers an embedding program's own functions on the engine.
 pub type EngineHook = Arc<dyn Fn(&mut Engine) + Send + Sync>;

@@ -117,7 +117,7 @@ impl RunCtx {
             planned: Mutex::default(),
             writes: Mutex::default(),
             notes: Mutex::default(),
-            max_run_bytes: crate::config::LimitsConfig::default().max_run_bytes,
+            max_run_bytes: crate::script::LimitsConfig::default().max_run_bytes,
             held: AtomicUsize::new(0),
             mem_start: AtomicI64::new(crate::memory::thread_bytes()),
             unsafe_calls: Default::default(),
