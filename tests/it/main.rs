@@ -11,6 +11,7 @@ mod directory_guards;
 mod flexhr;
 mod flexjob;
 mod hostile;
+mod layering;
 mod notification;
 mod origin;
 mod outage;
