@@ -1,7 +1,8 @@
 //! The runtime: configuration, store, script engine and the current catalog of rules and
-//! scripts, and the dispatch of events to rules.
+//! scripts, and what one event does to them ([`crate::dispatch`] decides which events run
+//! where; its drivers `fire` and `drain` are methods of [`Runtime`] too).
 //!
-//! Dispatch: an event (already stored) is matched natively against the rule set; each
+//! An event (already stored) is matched natively against the rule set; each
 //! matching rule whose `when` guard holds runs its script with a fresh [`RunCtx`]; the run,
 //! its log and the writes it made are committed in one transaction, and the writes raise their
 //! own events (followed up to `[engine] max_chain_depth`). A run ledger keyed by event and

@@ -1,4 +1,5 @@
-//! `[connections.NAME]` as written: the serde structs, their checks, and `build()`.
+//! `[connections.NAME]` as written: the serde structs, and `build()`, which reports every
+//! problem of a section and makes its [`Connection`].
 
 use std::collections::BTreeMap;
 use std::fmt;
