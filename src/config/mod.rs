@@ -32,7 +32,7 @@ use crate::webhook::{WebhookConfig, Webhooks};
 pub use engine::{AfterFailure, EngineConfig};
 
 /// `tripline.toml` as written: each section as its own module reads it.
-#[derive(Default, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Document {
     #[serde(default)]
