@@ -423,10 +423,14 @@ fn fire(rt: &Runtime, args: FireArgs) -> Result<u8, Failure> {
     } else {
         (input, open_input(&args.record)?)
     };
-    // Ids the input itself creates (with their line), so that two lines creating one id are
-    // refused here, and an update of a record created earlier in the input is not.
+    // What the input itself does to ids, with the line: the records it creates (two lines
+    // creating one id are refused here, and an update of a record created earlier in the input
+    // is not) and the records it deletes (a later line naming one is refused here, rather than
+    // by the store once the batches before it were stored). A custom event with an id names a
+    // stored record, as an update does.
     let mut created: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut total = 0;
+    let mut deleted: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     each_record(first, |v, size, line| {
         let i = item(v, size, line)?;
         total += 1;
@@ -434,18 +438,27 @@ fn fire(rt: &Runtime, args: FireArgs) -> Result<u8, Failure> {
         match (&i.record.id, &i.kind) {
             // A new record without an id cannot clash with anything.
             (None, EventKind::Created) => return Ok(()),
-            (Some(id), EventKind::Created | EventKind::Custom(_)) => {
+            (Some(id), _) if deleted.contains_key(id) => {
+                return Err(at(format!("record {id:?} is deleted by line {} before this one", deleted[id])));
+            }
+            (Some(id), EventKind::Created) => {
                 if let Some(first) = created.get(id) {
                     return Err(at(format!("the input creates a record with id {id:?} twice (first on line {first})")));
                 }
                 created.insert(id.clone(), line);
+            }
+            (Some(id), EventKind::Deleted) => {
+                deleted.insert(id.clone(), line);
+                if created.contains_key(id) {
+                    return Ok(());
+                }
             }
             (Some(id), _) if created.contains_key(id) => return Ok(()),
             _ => {}
         }
         rt.store().validate(&i).map_err(|e| at(e.to_string()))
     })?;
-    drop(created);
+    drop((created, deleted));
 
     // Pass 2: store in batches and run them on the dispatcher's workers, keeping a bounded
     // window of events in flight (memory stays flat for any batch size).

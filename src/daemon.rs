@@ -612,21 +612,22 @@ fn health_report(
 ) -> HealthReport {
     Arc::new(move || {
         let catalog = runtime.catalog();
-        let files_in_error: Vec<Value> = catalog
-            .problems
-            .iter()
-            .chain(runtime.start_problems())
-            .filter(|d| d.is_error())
-            .map(|d| {
-                json!({
-                    "path": d.path.display().to_string(),
-                    "line": d.line,
-                    "col": d.col,
-                    "message": d.message,
-                    "diagnostic": d.to_string(),
+        let (errors, warnings): (Vec<_>, Vec<_>) =
+            catalog.problems.iter().chain(runtime.start_problems()).partition(|d| d.is_error());
+        let listed = |ds: Vec<&crate::diag::Diagnostic>| -> Vec<Value> {
+            ds.into_iter()
+                .map(|d| {
+                    json!({
+                        "path": d.path.display().to_string(),
+                        "line": d.line,
+                        "col": d.col,
+                        "message": d.message,
+                        "diagnostic": d.to_string(),
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        };
+        let files_in_error = listed(errors);
         let queue_depth = runtime.store().queue_depth().ok();
         let s = lock(&status);
         let config_rejected = s.last_config_reload.as_ref().is_some_and(|r| r.outcome == ReloadOutcome::Rejected);
@@ -639,6 +640,7 @@ fn health_report(
             "rules": catalog.rules.rules().len(),
             "scripts": catalog.scripts.len(),
             "files_in_error": files_in_error,
+            "warnings": listed(warnings),
             "last_reload": s.last_reload,
             "last_config_reload": s.last_config_reload,
             "reloads": s.reloads,

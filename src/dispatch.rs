@@ -103,6 +103,9 @@ struct State {
     in_flight: HashSet<String>,
     /// Events queued or in flight (the feeder does not take them again).
     known: HashSet<i64>,
+    /// Events finished since the feeder's round began: its read of the queue may predate
+    /// their commit, so they are not taken again either.
+    finished_this_round: HashSet<i64>,
     /// Retries queued or in flight, by run id.
     known_retries: HashSet<i64>,
     /// Records whose processing failed on the store, and when their events may be offered
@@ -348,16 +351,15 @@ fn note_failure(shared: &Shared, failure: Option<String>) {
 /// The feeder's loop: fetch, claim and file work while the workers need it.
 fn feeder(runtime: &Runtime, shared: &Shared) {
     let options = &shared.options;
-    // Enough queued to keep every worker busy between two rounds.
-    let high_water = options.workers.max(1) * 4;
+    // Fetch again when fewer records than this wait: enough to keep every worker busy until
+    // the next round lands, few enough that a round is not made per finished run.
+    let low_water = options.workers.max(1) * 2;
+    let mut cursor = Cursor::default();
     loop {
-        {
-            let st = lock(&shared.state);
-            if st.stopping {
-                break;
-            }
+        if lock(&shared.state).stopping {
+            break;
         }
-        let fetched = match fetch(runtime, shared, high_water) {
+        let fetched = match fetch(runtime, shared, &mut cursor) {
             Ok(n) => {
                 note_failure(shared, None);
                 n
@@ -365,6 +367,7 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
             Err(e) => {
                 error!(error = %e, "The dispatcher cannot read the queue; it tries again shortly.");
                 note_failure(shared, Some(crate::secret::redact(&e.to_string()).into_owned()));
+                cursor = Cursor::default();
                 0
             }
         };
@@ -375,20 +378,32 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
         let idle = st.known.is_empty() && st.known_retries.is_empty();
         // A record that failed on the store is not waited for: its events stay claimed, and
         // whoever runs next (the daemon) takes them when the claims are released or expire.
-        if st.draining && idle && fetched == 0 {
-            // Nothing of ours is left: the last round found nothing and nothing runs.
+        // Something stored after the round's read (a wake) needs another round.
+        if st.draining && idle && fetched == 0 && cursor.swept && !st.woken {
+            // Nothing of ours is left: a whole sweep found nothing and nothing runs.
             st.drained = true;
             shared.work.notify_all();
             shared.progress.notify_all();
             break;
         }
-        if fetched > 0 && st.ready.len() < high_water {
+        if fetched > 0 && st.ready.len() < low_water {
             continue;
         }
-        // Wait for a worker to finish something, a wake, or the poll.
-        if !st.woken && !st.stopping {
-            let wait = if st.draining { Duration::from_millis(50) } else { options.idle_poll };
-            st = shared.progress.wait_timeout(st, wait).unwrap_or_else(|e| e.into_inner()).0;
+        // Wait until the workers need more, a wake, or the poll.
+        let poll = if st.draining { Duration::from_millis(20) } else { options.idle_poll };
+        let until = Instant::now() + poll;
+        // After a round that found something, a queue running low is a reason to look again
+        // before the poll (there may be more); after one that found nothing, only a wake is.
+        while !(st.woken || st.stopping || st.draining && idle) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || (fetched > 0 && st.ready.len() < low_water) {
+                break;
+            }
+            st = shared.progress.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        if st.woken {
+            // Something new was stored: the next round looks from the start.
+            cursor = Cursor::default();
         }
         st.woken = false;
     }
@@ -408,20 +423,25 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
     shared.work.notify_all();
 }
 
-/// One round: due retries and pending events, claimed and filed. Returns how many units
-/// were added.
-fn fetch(runtime: &Runtime, shared: &Shared, high_water: usize) -> Result<usize, StoreError> {
+/// Where the feeder looks in the queue. Rounds read on from the highest event id taken (the
+/// store does not parse the events already queued again); once they find nothing new, one
+/// round sweeps from the start, for events passed over before (claimed elsewhere then, or
+/// waiting behind another record's event).
+#[derive(Default)]
+struct Cursor {
+    after: i64,
+    /// The last round was a sweep from the start.
+    swept: bool,
+}
+
+/// One round: due retries and pending events, claimed and filed; events no rule matches are
+/// finished at once, in one transaction, without a worker. Returns how many units were
+/// added (finished events count).
+fn fetch(runtime: &Runtime, shared: &Shared, cursor: &mut Cursor) -> Result<usize, StoreError> {
     let options = &shared.options;
-    let (known, want) = {
-        let st = lock(&shared.state);
-        if st.ready.len() >= high_water {
-            return Ok(0);
-        }
-        (st.known.len(), FETCH)
-    };
     let mut added = 0;
     if options.source == Source::Everything {
-        let retries = runtime.claim_due_retries(want, &shared.owner)?;
+        let retries = runtime.claim_due_retries(FETCH, &shared.owner)?;
         let mut st = lock(&shared.state);
         for run in retries {
             if !st.known_retries.insert(run.id) {
@@ -436,33 +456,89 @@ fn fetch(runtime: &Runtime, shared: &Shared, high_water: usize) -> Result<usize,
         Source::Own => Feed::Own(&shared.owner),
         Source::Everything => Feed::OwnAndUnclaimed(&shared.owner),
     };
-    // The store answers oldest first, so the events already queued come first: ask for that
-    // many more.
-    let events = runtime.pending(known + want, feed)?;
+    let sweep = cursor.after == 0;
+    // A sweep reads the events already queued too (they come first): ask for that many more.
+    let limit = {
+        let mut st = lock(&shared.state);
+        st.finished_this_round.clear();
+        if sweep {
+            st.known.len() + FETCH
+        } else {
+            FETCH
+        }
+    };
+    let events = runtime.pending(limit, feed, cursor.after)?;
+    match events.last() {
+        Some(last) => cursor.after = cursor.after.max(last.event.id),
+        None => *cursor = Cursor { after: 0, swept: sweep },
+    }
+    if events.len() < limit && !sweep {
+        // Caught up: the next round sweeps.
+        *cursor = Cursor::default();
+    } else if sweep {
+        cursor.swept = events.len() < limit;
+    }
     let now = Instant::now();
-    let fresh: Vec<Event> = {
+    let fresh: Vec<crate::store::Pending> = {
         let mut st = lock(&shared.state);
         st.cooling.retain(|_, until| *until > now);
-        events.into_iter().filter(|e| !st.known.contains(&e.id) && !st.cooling.contains_key(&e.record.id)).collect()
+        events
+            .into_iter()
+            .filter(|p| {
+                let id = p.event.id;
+                !st.known.contains(&id)
+                    && !st.finished_this_round.contains(&id)
+                    && !st.cooling.contains_key(&p.event.record.id)
+            })
+            .collect()
     };
     if fresh.is_empty() {
         return Ok(added);
     }
-    // One transaction claims the round (a new claim of an unclaimed event, a renewal of an
-    // own one).
-    let ids: Vec<i64> = fresh.iter().map(|e| e.id).collect();
-    let claimed: HashSet<i64> = runtime.claim(&ids, &shared.owner)?.into_iter().collect();
-    let mut st = lock(&shared.state);
-    // A record whose event another process claimed meanwhile is that process's to go on with.
-    let mut lost_records = HashSet::new();
-    for e in fresh {
-        if !claimed.contains(&e.id) || lost_records.contains(&e.record.id) {
-            lost_records.insert(e.record.id.clone());
-            continue;
+    // One transaction claims the round: the events not ours yet, and ours whose lease runs
+    // low (an event a command stored claimed is ours already).
+    let ids: Vec<i64> = fresh
+        .iter()
+        .filter(|p| p.own_claim_until.is_none_or(|until| runtime.claim_needs_renewal(until)))
+        .map(|p| p.event.id)
+        .collect();
+    let mut claimed: HashSet<i64> =
+        if ids.is_empty() { HashSet::new() } else { runtime.claim(&ids, &shared.owner)?.into_iter().collect() };
+    let renewed: HashSet<i64> = ids.into_iter().collect();
+    claimed.extend(
+        fresh.iter().filter(|p| p.own_claim_until.is_some() && !renewed.contains(&p.event.id)).map(|p| p.event.id),
+    );
+    let fresh: Vec<Event> = fresh.into_iter().map(|p| p.event).collect();
+    let mut unmatched = Vec::new();
+    {
+        let mut st = lock(&shared.state);
+        // A record whose event another process claimed meanwhile is that process's to go on.
+        let mut lost_records = HashSet::new();
+        for e in fresh {
+            if !claimed.contains(&e.id) || lost_records.contains(&e.record.id) {
+                lost_records.insert(e.record.id.clone());
+                continue;
+            }
+            if !runtime.any_rule_matches(&e) {
+                unmatched.push(e);
+                continue;
+            }
+            st.known.insert(e.id);
+            enqueue(&mut st, e.record.id.clone(), Unit::Event(e));
+            added += 1;
         }
-        st.known.insert(e.id);
-        enqueue(&mut st, e.record.id.clone(), Unit::Event(e));
-        added += 1;
+    }
+    if !unmatched.is_empty() {
+        let ids: Vec<i64> = unmatched.iter().map(|e| e.id).collect();
+        runtime.finish_unmatched(&ids)?;
+        for e in &unmatched {
+            crate::metrics::event_processed();
+            if let Some(f) = &options.on_done {
+                f(Some(e), &[]);
+            }
+        }
+        added += unmatched.len();
+        lock(&shared.state).finished += unmatched.len() as u64;
     }
     Ok(added)
 }
@@ -515,12 +591,30 @@ fn run_record(runtime: &Runtime, shared: &Shared, record: &str) {
                 }
             }
         };
-        let ok = run_unit(runtime, shared, &unit);
+        let outcome = run_unit(runtime, shared, &unit);
+        let ok = outcome.is_some();
+        // A run that waits for a retry holds its record's later events back (after_failure =
+        // "wait"): they go back to the queue, which offers them once the retry is over.
+        let held_back = outcome.is_some_and(|retrying| retrying) && runtime.waits_behind_retries();
         let mut st = lock(&shared.state);
         st.finished += 1;
+        if held_back {
+            let later: Vec<i64> = st.queues.remove(record).into_iter().flatten().filter_map(|u| u.event_id()).collect();
+            for id in &later {
+                st.known.remove(id);
+            }
+            if !later.is_empty() {
+                drop(st);
+                if let Err(e) = runtime.unclaim(&later, &shared.owner) {
+                    debug!(error = %e, "Held-back events could not be released; their claims expire.");
+                }
+                st = lock(&shared.state);
+            }
+        }
         match unit {
             Unit::Event(e) => {
                 st.known.remove(&e.id);
+                st.finished_this_round.insert(e.id);
                 if !ok {
                     // The record's later events wait behind this one: all of them cool down.
                     st.cooling.insert(record.to_string(), Instant::now() + COOL_DOWN);
@@ -539,11 +633,22 @@ fn run_record(runtime: &Runtime, shared: &Shared, record: &str) {
     }
 }
 
-/// Runs one unit and reports it; false when it failed on the store (it is offered again).
-fn run_unit(runtime: &Runtime, shared: &Shared, unit: &Unit) -> bool {
+/// Runs one unit and reports it: whether one of its runs ended retrying, or `None` when it
+/// failed on the store (it is offered again).
+fn run_unit(runtime: &Runtime, shared: &Shared, unit: &Unit) -> Option<bool> {
     let owner = &shared.owner;
     let (event, result) = match unit {
-        Unit::Event(e) => (Some(e), runtime.process_claimed(e, owner).map(|(runs, _)| runs)),
+        Unit::Event(e) => (
+            Some(e),
+            runtime.process_claimed(e, owner).map(|(runs, raised)| {
+                // The events the runs raised are this dispatcher's: look for them at once.
+                if !raised.is_empty() {
+                    lock(&shared.state).woken = true;
+                    shared.progress.notify_all();
+                }
+                runs
+            }),
+        ),
         Unit::Retry(r) => (None, runtime.retry(r, owner)),
     };
     match result {
@@ -556,13 +661,13 @@ fn run_unit(runtime: &Runtime, shared: &Shared, unit: &Unit) -> bool {
                 f(event, &runs);
             }
             note_failure(shared, None);
-            true
+            Some(runs.iter().any(|r| r.status == crate::store::RunStatus::Retrying))
         }
         Err(err) => {
             let what = event.map_or_else(|| "a retry".to_string(), |e| format!("event {}", e.id));
             error!(%err, "Processing {what} failed on the store; it is tried again shortly.");
             note_failure(shared, Some(crate::secret::redact(&err.to_string()).into_owned()));
-            false
+            None
         }
     }
 }

@@ -397,9 +397,37 @@ impl Runtime {
     }
 
     /// Events that can run now for `feed`, oldest first, under `[engine] after_failure`.
-    pub(crate) fn pending(&self, limit: usize, feed: crate::store::Feed<'_>) -> Result<Vec<Event>, StoreError> {
+    pub(crate) fn pending(
+        &self,
+        limit: usize,
+        feed: crate::store::Feed<'_>,
+        after: i64,
+    ) -> Result<Vec<crate::store::Pending>, StoreError> {
         let wait = self.config.engine.after_failure == AfterFailure::Wait;
-        self.store.pending_events(limit, wait, feed)
+        self.store.pending_events(limit, wait, feed, after)
+    }
+
+    /// Whether an own claim held until `until` needs renewing before a worker takes the
+    /// event: when less than half a lease is left.
+    pub(crate) fn claim_needs_renewal(&self, until: chrono::DateTime<Utc>) -> bool {
+        until < Utc::now() + chrono::Duration::milliseconds(self.scripts.limits().timeout_ms as i64 + 30_000)
+    }
+
+    /// Whether any enabled rule matches the event (its `when` guard aside): an event none
+    /// matches is finished without a worker.
+    pub(crate) fn any_rule_matches(&self, event: &Event) -> bool {
+        !self.catalog.load().rules.matching(event).is_empty()
+    }
+
+    /// Marks events processed that no rule matches.
+    pub(crate) fn finish_unmatched(&self, ids: &[i64]) -> Result<(), StoreError> {
+        self.store.finish_events(ids)
+    }
+
+    /// Whether a run that ended retrying holds its record's later events back
+    /// (`[engine] after_failure = "wait"`).
+    pub(crate) fn waits_behind_retries(&self) -> bool {
+        self.config.engine.after_failure == AfterFailure::Wait
     }
 
     /// Claims events for `owner` in one transaction; returns the ids claimed.
@@ -429,22 +457,17 @@ impl Runtime {
     /// says already ran), commits each run with its writes (the events they raise stay
     /// claimed by `owner`), and marks the event processed. Returns the runs and the raised
     /// events.
+    ///
+    /// The dispatcher takes an event only when no earlier event of its record waits for a
+    /// retry, and holds the record's later events back itself when one of its runs ends
+    /// retrying (see [`crate::dispatch`]).
     pub(crate) fn process_claimed(&self, event: &Event, owner: &str) -> Result<(Vec<Run>, Vec<Event>), StoreError> {
-        if self.config.engine.after_failure == AfterFailure::Wait
-            && self.store.record_waits(&event.record.id, event.id)?
-        {
-            // An earlier event of this record waits for a retry: this one runs after it.
-            self.store.unclaim(event.id, owner)?;
-            return Ok((Vec::new(), Vec::new()));
-        }
         let catalog = self.catalog.load_full();
-        let ledger = self.store.runs_of_event(event.id)?;
-        let rules: Vec<Arc<Rule>> = catalog
-            .rules
-            .matching(event)
-            .into_iter()
-            .filter(|r| !ledger.iter().any(|run| run.rule == r.name))
-            .collect();
+        // An event claimed for the first time has no runs yet; one claimed before may (its
+        // process died after committing some of them).
+        let ledger = if event.claims > 1 { self.store.runs_of_event(event.id)? } else { Vec::new() };
+        let mut rules = catalog.rules.matching(event);
+        rules.retain(|r| !ledger.iter().any(|run| run.rule == r.name));
         let mut runs = Vec::new();
         let mut raised = Vec::new();
         let last = rules.len().saturating_sub(1);
@@ -547,6 +570,7 @@ impl Runtime {
         };
         // A write the store refused (the record vanished meanwhile, a chain too wide): the run
         // fails, and nothing it wrote is kept.
+        let mut why = e.to_string();
         if !writes.is_empty() {
             let run = Run {
                 status: RunStatus::Failed,
@@ -562,14 +586,16 @@ impl Runtime {
             }) {
                 Ok((id, raised)) => return Ok((Run { id, ..run }, raised)),
                 Err(e) if e.is_transient() => return Err(e),
-                Err(_) => {}
+                // The run alone is refused too: that is the reason to give first.
+                Err(alone) if alone.to_string() == why => {}
+                Err(alone) => why = format!("{alone} (its writes were refused too: {e})"),
             }
         }
         // The run itself cannot be stored (its log, say): it is recorded without its log so
         // that the event ends, rather than running again (and repeating its effects) forever.
         let run = Run {
             status: RunStatus::Failed,
-            error: Some(format!("the run could not be stored, so it was recorded without its log and writes: {e}")),
+            error: Some(format!("the run could not be stored, so it was recorded without its log and writes: {why}")),
             log: Vec::new(),
             next_attempt_at: None,
             ..o.run
@@ -700,7 +726,7 @@ impl Runtime {
         if let Some(s) = record.status {
             current.status = s;
         }
-        let event = Event { id: 0, kind, record: current, previous, depth: 0, created_at: Utc::now() };
+        let event = Event { id: 0, kind, record: current, previous, depth: 0, created_at: Utc::now(), claims: 1 };
         let rules: Vec<&Arc<Rule>> = match only {
             Some(name) => vec![catalog.rules.find(name).ok_or_else(|| {
                 let names = catalog.rules.rules().iter().map(|r| r.name.as_str());

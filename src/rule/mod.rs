@@ -13,10 +13,12 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
+use smallvec::SmallVec;
 
 use crate::de::toml_to_json;
 use crate::diag::Diagnostic;
 use crate::record::Event;
+use condition::Resolved;
 pub use condition::{Condition, FieldRef, Key};
 
 /// A rule file as written.
@@ -190,23 +192,67 @@ pub fn compile_rule(path: &Path, source: &str, compile_when: GuardCompiler) -> R
     })
 }
 
+/// Ranks of rules, few per key.
+type Ranks = SmallVec<[u32; 2]>;
+
+/// An indexed field's rules by the value their key condition wants. Strings are looked up
+/// by `&str` (no allocation per event), with a fast hash: the keys are the rules' own values,
+/// so an event cannot grow the map, only look it up.
+#[derive(Debug, Default)]
+struct ValueIndex {
+    strs: foldhash::HashMap<String, Ranks>,
+    nums: foldhash::HashMap<u64, Ranks>,
+    bools: [Ranks; 2],
+}
+
+impl ValueIndex {
+    fn insert(&mut self, key: Key, rank: u32) {
+        match key {
+            Key::Str(s) => self.strs.entry(s).or_default().push(rank),
+            Key::Num(n) => self.nums.entry(n).or_default().push(rank),
+            Key::Bool(b) => self.bools[b as usize].push(rank),
+        }
+    }
+
+    /// The ranks of the rules whose key condition the value satisfies.
+    fn get(&self, v: &Resolved<'_>) -> Option<&Ranks> {
+        match v {
+            Resolved::Str(s) => self.strs.get(*s),
+            Resolved::Json(Value::String(s)) => self.strs.get(s.as_str()),
+            Resolved::Bool(b) | Resolved::Json(Value::Bool(b)) => Some(&self.bools[*b as usize]),
+            Resolved::Json(v) => match Key::of(v)? {
+                Key::Num(n) => self.nums.get(&n),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// The rules of one entity, with their index.
 #[derive(Debug, Default)]
 struct EntityRules {
-    /// Rule indices (into `RuleSet::rules`) sorted by priority: a rule's rank is its position.
-    /// Indexed fields: field -> value -> ranks of the rules whose key condition it is.
-    index: Vec<(FieldRef, HashMap<Key, Vec<u32>>)>,
+    /// Indexed fields: field -> value -> ranks of the rules whose key condition it is. A
+    /// rule's rank is its position in `ranked` (priority order).
+    index: Vec<(FieldRef, ValueIndex)>,
     /// Ranks of rules without an indexable condition: always evaluated.
     scan: Vec<u32>,
+    /// Rule indices (into `RuleSet::rules`) sorted by priority.
     ranked: Vec<usize>,
+    /// For each rank, which of the rule's conditions is its key condition: a rule found
+    /// through the index satisfies it already and is not evaluated on it again.
+    key_condition: Vec<Option<usize>>,
 }
 
 /// All enabled rules, compiled and indexed.
 #[derive(Debug, Default)]
 pub struct RuleSet {
     rules: Vec<Arc<Rule>>,
-    by_entity: HashMap<String, EntityRules>,
+    by_entity: foldhash::HashMap<String, EntityRules>,
 }
+
+/// The rules an event matches, in priority order (borrowed from the set; rarely more than a
+/// few, so no allocation).
+pub type Matching<'a> = SmallVec<[&'a Arc<Rule>; 4]>;
 
 impl RuleSet {
     /// Builds the index. Disabled rules are kept (for `tripline test`) but never match.
@@ -219,7 +265,7 @@ impl RuleSet {
                 grouped.entry(r.entity.clone()).or_default().push(i);
             }
         }
-        let mut by_entity = HashMap::new();
+        let mut by_entity = foldhash::HashMap::default();
         for (entity, ranked) in grouped {
             // Prefer the field with the most distinct values among this entity's rules: it
             // splits them most finely (Department beats Created).
@@ -240,22 +286,27 @@ impl RuleSet {
                     .then(|| {
                         rule.conditions
                             .iter()
-                            .filter_map(|c| c.index_key().map(|k| (c, k)))
-                            .max_by_key(|(c, _)| distinct.get(&c.field).map_or(0, |s| s.len()))
+                            .enumerate()
+                            .filter_map(|(at, c)| c.index_key().map(|k| (at, c, k)))
+                            .max_by_key(|(_, c, _)| distinct.get(&c.field).map_or(0, |s| s.len()))
                     })
                     .flatten();
                 match key_condition {
-                    Some((c, key)) => {
+                    Some((at, c, key)) => {
                         let slot = match er.index.iter().position(|(f, _)| *f == c.field) {
                             Some(p) => p,
                             None => {
-                                er.index.push((c.field.clone(), HashMap::new()));
+                                er.index.push((c.field.clone(), ValueIndex::default()));
                                 er.index.len() - 1
                             }
                         };
-                        er.index[slot].1.entry(key).or_default().push(rank as u32);
+                        er.index[slot].1.insert(key, rank as u32);
+                        er.key_condition.push(Some(at));
                     }
-                    None => er.scan.push(rank as u32),
+                    None => {
+                        er.scan.push(rank as u32);
+                        er.key_condition.push(None);
+                    }
                 }
             }
             er.ranked = ranked;
@@ -287,12 +338,13 @@ impl RuleSet {
     }
 
     /// The enabled rules whose conditions hold for the event, in priority order.
-    pub fn matching(&self, event: &Event) -> Vec<Arc<Rule>> {
-        let Some(er) = self.by_entity.get(&event.record.entity) else { return Vec::new() };
-        let mut candidates: Vec<u32> = er.scan.clone();
-        for (field, map) in &er.index {
-            if let Some(ranks) = field.resolve(event).and_then(|v| v.key()).and_then(|k| map.get(&k)) {
-                candidates.extend_from_slice(ranks);
+    pub fn matching(&self, event: &Event) -> Matching<'_> {
+        let Some(er) = self.by_entity.get(event.record.entity.as_str()) else { return Matching::new() };
+        // (rank, found through the index)
+        let mut candidates: SmallVec<[(u32, bool); 8]> = er.scan.iter().map(|&r| (r, false)).collect();
+        for (field, index) in &er.index {
+            if let Some(ranks) = field.resolve(event).as_ref().and_then(|v| index.get(v)) {
+                candidates.extend(ranks.iter().map(|&r| (r, true)));
             }
         }
         if candidates.len() > 1 {
@@ -300,9 +352,15 @@ impl RuleSet {
         }
         candidates
             .into_iter()
-            .map(|rank| &self.rules[er.ranked[rank as usize]])
-            .filter(|r| r.matches(event))
-            .cloned()
+            .filter_map(|(rank, indexed)| {
+                let rule = &self.rules[er.ranked[rank as usize]];
+                let skip = if indexed { er.key_condition[rank as usize] } else { None };
+                let holds = match rule.match_ {
+                    Match::All => rule.conditions.iter().enumerate().all(|(at, c)| Some(at) == skip || c.eval(event)),
+                    Match::Any => rule.conditions.is_empty() || rule.conditions.iter().any(|c| c.eval(event)),
+                };
+                holds.then_some(rule)
+            })
             .collect()
     }
 
@@ -312,8 +370,7 @@ impl RuleSet {
         er.scan.len()
             + er.index
                 .iter()
-                .filter_map(|(f, m)| f.resolve(event).and_then(|v| v.key()).and_then(|k| m.get(&k)))
-                .map(Vec::len)
+                .filter_map(|(f, m)| f.resolve(event).as_ref().and_then(|v| m.get(v)).map(|r| r.len()))
                 .sum::<usize>()
     }
 }
@@ -348,6 +405,7 @@ mod tests {
             previous: None,
             depth: 0,
             created_at: chrono::Utc::now(),
+            claims: 1,
         }
     }
 
@@ -452,7 +510,7 @@ mod fuzz {
                     record: crate::record::Record::new("t", fields.clone()),
                     previous: Some(crate::record::Record::new("t", Default::default())),
                     depth: 0,
-                    created_at: chrono::Utc::now(),
+                    created_at: chrono::Utc::now(), claims: 1,
                 };
                 let set = RuleSet::new(vec![rule]);
                 let _ = set.matching(&event);

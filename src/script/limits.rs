@@ -54,6 +54,8 @@ impl LimitsConfig {
         ctx.in_range(t, "max_string_size", self.max_string_size, 0, 64 << 20, " (64 MiB)");
         ctx.in_range(t, "max_array_size", self.max_array_size, 0, 10_000_000, "");
         ctx.in_range(t, "max_map_size", self.max_map_size, 0, 10_000_000, "");
-        ctx.in_range(t, "max_run_bytes", self.max_run_bytes, 1024, 1 << 30, " (1 GiB)");
+        // Script threads' stacks grow with the budget, up to a ceiling (see
+        // `memory::MAX_RUN_BYTES`).
+        ctx.in_range(t, "max_run_bytes", self.max_run_bytes, 1024, crate::memory::MAX_RUN_BYTES, " (512 MiB)");
     }
 }

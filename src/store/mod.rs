@@ -197,6 +197,15 @@ pub enum Feed<'a> {
     OwnAndUnclaimed(&'a str),
 }
 
+/// An event [`Store::pending_events`] offers.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub event: Event,
+    /// Until when the feed's owner holds a claim on it already (`None`: it is not the
+    /// owner's yet).
+    pub own_claim_until: Option<DateTime<Utc>>,
+}
+
 /// A run to commit with what it wrote.
 #[derive(Debug, Clone, Copy)]
 pub struct Commit<'a> {
@@ -242,8 +251,18 @@ pub trait Store: Send + Sync {
     /// `wait_behind_retries`, the record has no run waiting for a retry. An event whose row
     /// cannot be read, or that was claimed [`sqlite::MAX_EVENT_TRIES`] times without its
     /// processing ending, is set aside instead (finished, with a failed [`SET_ASIDE`] run
-    /// saying why), so that it never blocks the queue.
-    fn pending_events(&self, limit: usize, wait_behind_retries: bool, feed: Feed<'_>) -> Result<Vec<Event>>;
+    /// saying why), so that it never blocks the queue. Only events with an id above `after`
+    /// (a feeder's cursor; 0 for all). Each event's [`Event::claims`] counts the claim the
+    /// caller is about to take.
+    fn pending_events(
+        &self,
+        limit: usize,
+        wait_behind_retries: bool,
+        feed: Feed<'_>,
+        after: i64,
+    ) -> Result<Vec<Pending>>;
+    /// Marks events processed (events no rule matches), in one transaction.
+    fn finish_events(&self, event_ids: &[i64]) -> Result<()>;
     /// Claims events for `owner` until `until` (events already claimed by `owner` are
     /// re-claimed); returns the ids claimed. A claimed event is processed by its owner only.
     fn claim(&self, ids: &[i64], owner: &str, until: DateTime<Utc>) -> Result<Vec<i64>>;
@@ -251,6 +270,9 @@ pub trait Store: Send + Sync {
     fn unclaim(&self, event_id: i64, owner: &str) -> Result<()>;
     /// Whether a record has a run waiting for a retry, other than for `event_id`.
     fn record_waits(&self, record_id: &str, event_id: i64) -> Result<bool>;
+    /// Whether a record still has work ahead: an unfinished event, or a run waiting for a
+    /// retry.
+    fn record_busy(&self, record_id: &str) -> Result<bool>;
     /// The owners holding unexpired claims on unfinished events.
     fn claim_owners(&self) -> Result<Vec<String>>;
     /// Releases every claim of `owner` (an owner known to be gone).
