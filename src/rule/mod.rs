@@ -38,7 +38,7 @@ pub struct RuleConfig {
     pub script: toml::Spanned<String>,
     #[serde(default = "default_priority")]
     pub priority: i64,
-    #[serde(default = "default_true")]
+    #[serde(default = "crate::de::default_true")]
     pub enabled: bool,
     /// Passed to the script as `params`.
     #[serde(default)]
@@ -50,10 +50,6 @@ pub struct RuleConfig {
 
 fn default_priority() -> i64 {
     100
-}
-
-fn default_true() -> bool {
-    true
 }
 
 /// `{ field, op, value }` as written.
