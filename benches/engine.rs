@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Engine, Map, Scope};
 use serde_json::json;
-use tripline::config::LimitsConfig;
 use tripline::record::{Event, EventKind, Record};
 use tripline::rule::{Condition, Match, Rule, RuleSet};
-use tripline::script::{Hosts, Invocation, RunCtx, ScriptEngine};
+use tripline::script::{Hosts, Invocation, LimitsConfig, RunCtx, ScriptEngine};
 use tripline::store::sqlite::SqliteStore;
 
 const EVENTS: usize = 100_000;

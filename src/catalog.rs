@@ -560,7 +560,7 @@ fn script_span(src: &str) -> Option<std::ops::Range<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LimitsConfig;
+    use crate::script::LimitsConfig;
 
     struct Dirs {
         _tmp: tempfile::TempDir,

@@ -5,7 +5,7 @@
 //! carries it, see `script::HostError`) to the run's status: a transient failure makes the run
 //! `retrying`, a permanent one `failed`. Nothing decides the class beside the error.
 //!
-//! This module imports nothing of the crate: every other module may depend on it.
+//! A leaf: this module imports nothing of the crate, so that every other module may depend on it.
 
 /// How a failure is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

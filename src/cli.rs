@@ -11,12 +11,13 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
 use crate::catalog::Catalog;
-use crate::config::{Config, EngineConfig, Secrets};
+use crate::config::{Config, EngineConfig};
 use crate::diag::Diagnostic;
 use crate::record::{from_value, EventKind};
 use crate::runtime::Runtime;
 use crate::script::lint::KnownNames;
 use crate::script::ScriptEngine;
+use crate::secret::Secrets;
 use crate::store::{Ingest, Run, RunFilter, RunStatus};
 
 /// tripline: rules and scripts for IT service management and identity automation.
@@ -181,7 +182,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
             let io = tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(stack).build()?;
             // The daemon uses everything it is configured with: every secret must be set.
             let runtime = build_on(&cli.config, Some(io.handle().clone()), Secrets::Resolve)?;
-            crate::daemon::run_blocking(io, runtime)
+            run_blocking(io, runtime)
         }
         Command::Job(JobCommand::Run { name, json }) => job_run(&build(&cli.config)?, &name, json),
         Command::Connection(ConnectionCommand::Test { name }) => connection_test(&build(&cli.config)?, &name),
@@ -195,6 +196,12 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Records(cmd) => records(&open_store(&cli.config)?, cmd),
         Command::Backup { path } => backup(&open_store(&cli.config)?, &path),
     }
+}
+
+/// `tripline run`: the daemon on the given tokio runtime until Ctrl-C or SIGTERM.
+pub fn run_blocking(io: tokio::runtime::Runtime, runtime: Runtime) -> Result<u8, Failure> {
+    io.block_on(crate::daemon::run(Arc::new(runtime), crate::daemon::shutdown_signal()))?;
+    Ok(0)
 }
 
 /// `[limits] max_run_bytes` as the configuration file says, or the default: what the stacks
@@ -213,7 +220,7 @@ pub fn configured_max_run_bytes(config: &Path) -> usize {
         .ok()
         .and_then(|text| toml::from_str::<OnlyLimits>(&text).ok())
         .and_then(|c| c.limits.max_run_bytes)
-        .unwrap_or_else(|| crate::config::LimitsConfig::default().max_run_bytes)
+        .unwrap_or_else(|| crate::script::LimitsConfig::default().max_run_bytes)
 }
 
 /// A runtime for a command that runs scripts now (`fire`, `test`, `job run`, `replay`,
@@ -261,7 +268,7 @@ pub fn check_all(config_path: &Path) -> (Vec<Diagnostic>, String) {
     let config = match Config::read(config_path).and_then(|src| Config::parse(&src, config_path)) {
         Ok((config, d)) => {
             diags.extend(d);
-            names = KnownNames::from_config(&config);
+            names = config.known_names();
             config
         }
         Err(d) => {
@@ -290,16 +297,15 @@ pub fn check_all(config_path: &Path) -> (Vec<Diagnostic>, String) {
         examples += c.rules.rules().len();
         diags.extend(d);
     }
-    crate::jobs::build_jobs(&config, &catalog, &mut diags);
-    let raw = &config.raw;
+    diags.extend(crate::runtime::wire(&config, &catalog).1);
     let summary = format!(
         "ok: {} rules, {} scripts, {} directories, {} connections, {} jobs, {} webhooks{}",
         catalog.rules.rules().len(),
         catalog.scripts.len(),
-        raw.directories.len(),
-        raw.connections.len(),
-        raw.jobs.len(),
-        raw.webhooks.len(),
+        config.directories.len(),
+        config.connections.len(),
+        config.jobs.len(),
+        config.webhooks.len(),
         if examples > 0 { format!(" ({examples} example rules checked)") } else { String::new() }
     );
     (diags, summary)
@@ -753,7 +759,7 @@ fn runs(ro: &ReadOnly, args: RunsArgs) -> Result<u8, Failure> {
     if runs.is_empty() {
         // A job's runs are `job:NAME`: the likely slip is the job's bare name.
         let hint = match &args.rule {
-            Some(r) if !r.starts_with("job:") && ro.config.raw.jobs.contains_key(r) => {
+            Some(r) if !r.starts_with("job:") && ro.config.declared.jobs.contains(r) => {
                 format!(" (runs of job {r} are listed with --rule job:{r})")
             }
             _ => String::new(),

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Notify;
@@ -34,8 +35,10 @@ use crate::catalog::{Catalog, ReloadOutcome};
 use crate::config::Config;
 use crate::diag::Diagnostic;
 use crate::runtime::Runtime;
+use crate::scheduler::{BoxError, Job, JobRunner, Scheduler, StoreLastRuns};
+use crate::server::{HealthReport, ServerState};
+use crate::store::RunStatus;
 use crate::watch::{Changes, FolderWatcher};
-use crate::webhook::{ServerState, Webhooks};
 
 /// How long an idle dispatcher waits before looking at the queue again (events stored by
 /// another process, retries coming due). Events from webhooks wake it at once.
@@ -113,12 +116,6 @@ impl ControlHandle {
     pub fn send(&self, c: Control) -> bool {
         self.0.send(c).is_ok()
     }
-}
-
-/// Runs the daemon on the given tokio runtime until a signal; the CLI's `tripline run`.
-pub fn run_blocking(io: tokio::runtime::Runtime, runtime: Runtime) -> Result<u8, crate::cli::Failure> {
-    io.block_on(run(Arc::new(runtime), shutdown_signal()))?;
-    Ok(0)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -233,7 +230,7 @@ pub async fn run_with(
     let (scheduler_stop, scheduler_stopped) = tokio::sync::oneshot::channel::<()>();
     // Jobs' writes raise events claimed by the dispatcher, which goes on with them.
     let owner = daemon.dispatcher.owner().to_string();
-    let scheduler = tokio::spawn(crate::jobs::scheduler_task(runtime.clone(), owner, async {
+    let scheduler = tokio::spawn(scheduler_task(runtime.clone(), owner, async {
         let _ = scheduler_stopped.await;
     }));
     let mut prune = tokio::time::interval(PRUNE_EVERY);
@@ -307,24 +304,18 @@ async fn start_server(
     dispatcher: &crate::dispatch::Control,
 ) -> Result<Option<RunningServer>, DaemonError> {
     let config = runtime.config();
-    let webhooks = Webhooks::from_config(&config.raw.webhooks).map_err(|p| DaemonError::Config(p.join("\n")))?;
-    let listener = match (options.listener.take(), &config.raw.server) {
+    let listener = match (options.listener.take(), &config.server) {
         (Some(l), _) => l,
-        (None, Some(s)) => {
-            let addr = s.addr().map_err(DaemonError::Config)?;
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| DaemonError::Bind { addr: addr.to_string(), source: e })?
-        }
+        (None, Some(s)) => tokio::net::TcpListener::bind(s.listen)
+            .await
+            .map_err(|e| DaemonError::Bind { addr: s.listen.to_string(), source: e })?,
         (None, None) => return Ok(None),
     };
-    let request_timeout = config.raw.server.as_ref().map_or(
-        Duration::from_millis(crate::webhook::DEFAULT_REQUEST_TIMEOUT_MS),
-        crate::webhook::ServerConfig::request_timeout,
-    );
+    let request_timeout = config.server.unwrap_or_default().request_timeout;
     let state = Arc::new(ServerState::new(
-        runtime.clone(),
-        webhooks,
+        runtime.store().clone(),
+        config.engine.max_record_bytes,
+        config.webhooks.clone(),
         wake.clone(),
         health_report(runtime.clone(), status.clone(), dispatcher.clone()),
         request_timeout,
@@ -332,11 +323,52 @@ async fn start_server(
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     info!(%addr, webhooks = state.webhooks.load().len(), "Listening for webhooks, /healthz and /metrics.");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let router = crate::webhook::router(state.clone());
-    let task = tokio::spawn(crate::webhook::serve(listener, router, request_timeout, options.shutdown_grace, async {
+    let router = crate::server::router(state.clone());
+    let task = tokio::spawn(crate::server::serve(listener, router, request_timeout, options.shutdown_grace, async {
         let _ = stopped.await;
     }));
     Ok(Some(RunningServer { state, stop, task }))
+}
+
+/// Runs jobs on the runtime's blocking threads; their runs land in the run history and the
+/// events their writes raise are claimed by the dispatcher named `.1`, which goes on with them.
+#[derive(Clone)]
+pub struct RuntimeJobs(pub Arc<Runtime>, pub Arc<str>);
+
+impl JobRunner for RuntimeJobs {
+    fn run_job(&self, job: &Job, tick: DateTime<Utc>) -> BoxFuture<'static, Result<(), BoxError>> {
+        let rt = self.0.clone();
+        let name = job.name.clone();
+        let owner = self.1.clone();
+        Box::pin(async move {
+            let job_name = name.clone();
+            let (run, raised) =
+                tokio::task::spawn_blocking(move || rt.run_job(&job_name, "schedule", &owner)).await??;
+            match run.status {
+                RunStatus::Ok => {
+                    info!(job = %name, %tick, ms = run.duration_ms, events = raised.len(), "Job ran.");
+                    Ok(())
+                }
+                _ => {
+                    let error = run.error.unwrap_or_default();
+                    warn!(job = %name, %tick, %error, "Job failed.");
+                    Err(error.into())
+                }
+            }
+        })
+    }
+}
+
+/// The scheduler over the runtime's enabled jobs, until `shutdown`; the events a job's writes
+/// raise are claimed by `owner` (the daemon's dispatcher).
+fn scheduler_task(
+    runtime: Arc<Runtime>,
+    owner: String,
+    shutdown: impl Future<Output = ()> + Send,
+) -> impl Future<Output = ()> + Send {
+    let jobs: Vec<Job> = runtime.jobs().values().filter(|j| j.enabled).cloned().collect();
+    let scheduler = Scheduler::new(jobs, Arc::new(StoreLastRuns(runtime.store().clone())));
+    scheduler.run(RuntimeJobs(runtime, Arc::from(owner)), shutdown)
 }
 
 /// One channel for every reload request: SIGHUP and the options' [`ControlHandle`]. The caller
@@ -486,7 +518,7 @@ impl Daemon {
     /// Tells the contacts of jobs that have not succeeded within their `stale_after`.
     async fn handle_stale_jobs(&mut self) {
         let rt = self.runtime.clone();
-        match tokio::task::spawn_blocking(move || crate::notification::check_stale_jobs(&rt, Utc::now())).await {
+        match tokio::task::spawn_blocking(move || rt.check_stale_jobs(Utc::now())).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => warn!(error = %e, "The stale job check failed; it is tried again later."),
             Err(e) => error!(error = %e, "The stale job check panicked."),
@@ -540,15 +572,14 @@ impl Daemon {
             }
         };
         let mut problems = Vec::new();
-        match (&self.server, Webhooks::from_config(&config.raw.webhooks)) {
-            (Some(server), Ok(hooks)) => server.webhooks.store(Arc::new(hooks)),
-            (None, Ok(hooks)) if !hooks.is_empty() => {
+        match &self.server {
+            Some(server) => server.webhooks.store(Arc::new(config.webhooks.clone())),
+            None if !config.webhooks.is_empty() => {
                 problems.push("webhooks were added but no server is listening: restart to start it".to_string())
             }
-            (None, Ok(_)) => {}
-            (_, Err(p)) => problems.extend(p),
+            None => {}
         }
-        problems.extend(self.runtime.hosts().notifier.replace(&config.raw.notify));
+        self.runtime.hosts().notifier.replace(config.notify.clone());
         let needs_restart = changed_sections(self.config_text.as_deref().unwrap_or(""), &text);
         for section in &needs_restart {
             warn!(section = %section, "This configuration section changed; restart the daemon to apply it.");
@@ -578,7 +609,7 @@ fn health_report(
     runtime: Arc<Runtime>,
     status: Arc<Mutex<Status>>,
     dispatcher: crate::dispatch::Control,
-) -> crate::webhook::HealthReport {
+) -> HealthReport {
     Arc::new(move || {
         let catalog = runtime.catalog();
         let (errors, warnings): (Vec<_>, Vec<_>) =

@@ -2,6 +2,10 @@
 //!
 //! `tripline check` and start-up share one code path that collects every problem into a
 //! `Vec<Diagnostic>` instead of stopping at the first; each prints as `path:line:col: message`.
+//! A configuration section's build reports into a [`CheckCtx`].
+//!
+//! A leaf: this module imports nothing of the crate, so that every other module may report
+//! through it.
 
 use std::fmt;
 use std::ops::Range;
@@ -111,6 +115,104 @@ pub fn any_error(diags: &[Diagnostic]) -> bool {
     diags.iter().any(Diagnostic::is_error)
 }
 
+/// What a configuration section's build needs to report its problems: the file, its text, the
+/// folder relative paths resolve against, and where the problems go. The build that makes the
+/// runtime thing is the code that reports, so `tripline check` and start-up say the same.
+pub struct CheckCtx<'a> {
+    pub path: &'a Path,
+    pub source: &'a str,
+    /// The folder relative paths resolve against.
+    pub base_dir: &'a Path,
+    pub diags: Vec<Diagnostic>,
+    /// Problems that stop only what they are found in, and only once it is used: a secret that
+    /// is not set in this shell, for the commands that resolve secrets by use. `Some` collects
+    /// them here (see [`CheckCtx::defer`]); `None`, the default, makes them errors (`check`,
+    /// the daemon).
+    pub deferred: Option<Vec<Diagnostic>>,
+}
+
+impl<'a> CheckCtx<'a> {
+    /// A context that reports every problem as an error.
+    pub fn new(path: &'a Path, source: &'a str, base_dir: &'a Path) -> Self {
+        CheckCtx { path, source, base_dir, diags: Vec::new(), deferred: None }
+    }
+
+    /// Records a problem at a byte span of the file.
+    pub fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.diags.push(Diagnostic::span(self.path, self.source, Some(span), message));
+    }
+
+    /// Records a warning at a byte span of the file.
+    pub fn warning(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.diags.push(Diagnostic::span(self.path, self.source, Some(span), message).warning());
+    }
+
+    /// Records a problem that can wait until what it is found in is used: deferred when the
+    /// context defers (see [`CheckCtx::deferred`]), an error otherwise.
+    pub fn defer(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let d = Diagnostic::span(self.path, self.source, Some(span), message);
+        match &mut self.deferred {
+            Some(deferred) => deferred.push(d),
+            None => self.diags.push(d),
+        }
+    }
+
+    /// How many errors are recorded: a build compares the count before and after its section
+    /// to know whether the section holds.
+    pub fn errors(&self) -> usize {
+        self.diags.iter().filter(|d| d.is_error()).count()
+    }
+
+    /// How many problems wait for a use (see [`CheckCtx::deferred`]).
+    pub fn deferrals(&self) -> usize {
+        self.deferred.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Where `[table] key` is written in the file (its value), when it is.
+    pub fn key_span(&self, table: &str, key: &str) -> Option<Range<usize>> {
+        span_of(self.source, &[table, key])
+    }
+
+    /// Records a problem at `[table] key`, or at the file's start when the key is not written.
+    pub fn error_at_key(&mut self, table: &str, key: &str, message: impl Into<String>) {
+        let span = self.key_span(table, key);
+        self.diags.push(Diagnostic::span(self.path, self.source, span, message));
+    }
+
+    /// Checks that the number `[table] key = value` is from `lo` to `hi`, at the setting's
+    /// place; `why` follows the range in the message (" (a day)").
+    #[allow(clippy::too_many_arguments)]
+    pub fn in_range<T: PartialOrd + fmt::Display + Copy>(
+        &mut self,
+        table: &str,
+        key: &str,
+        value: T,
+        lo: T,
+        hi: T,
+        why: &str,
+    ) {
+        if value < lo || value > hi {
+            self.error_at_key(
+                table,
+                key,
+                format!("[{table}] {key} = {value} is out of range: it must be from {lo} to {hi}{why}"),
+            );
+        }
+    }
+}
+
+/// Where the value at `keys` (`["jobs", "sync", "script"]`) is written in a TOML text, when
+/// it parses and the value is there.
+pub fn span_of(source: &str, keys: &[&str]) -> Option<Range<usize>> {
+    let doc = toml_edit::ImDocument::parse(source).ok()?;
+    let (first, rest) = keys.split_first()?;
+    let mut item = doc.get(first)?;
+    for key in rest {
+        item = item.get(key)?;
+    }
+    item.span()
+}
+
 /// The closest of `candidates` to `word`, when it is close enough to be a likely typo.
 pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
@@ -140,5 +242,14 @@ mod tests {
         assert_eq!(did_you_mean("equls", ops), Some("equals"));
         assert_eq!(did_you_mean("contians", ops), Some("contains"));
         assert_eq!(did_you_mean("zzz", ops), None);
+    }
+
+    #[test]
+    fn spans_of_nested_keys() {
+        let s = "[jobs.sync]\nschedule = \"0 * * * *\"\nscript = \"s.rhai\"\n";
+        let span = span_of(s, &["jobs", "sync", "script"]).unwrap();
+        assert_eq!(&s[span], "\"s.rhai\"");
+        assert_eq!(span_of(s, &["jobs", "other", "script"]), None);
+        assert_eq!(span_of("not toml [", &["jobs"]), None);
     }
 }

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error};
 
-use crate::record::Event;
+use crate::record::{Event, EventKind, Submitted};
 use crate::runtime::Runtime;
-use crate::store::{Feed, Run, StoreError};
+use crate::store::{Feed, Ingest, Run, StoreError};
 
 /// How long an event whose processing failed on the store waits before it is offered again.
 const COOL_DOWN: Duration = Duration::from_secs(2);
@@ -213,6 +213,42 @@ pub fn drain<R>(runtime: &Runtime, options: Options, driver: impl FnOnce(&Contro
     })
 }
 
+/// The embedding API's two drivers of the dispatcher. They are methods of [`Runtime`] for
+/// embedders (`runtime.fire(...)`), and live here, beside the dispatcher they drive, so that
+/// the runtime does not depend on its own dispatcher.
+impl Runtime {
+    /// Stores one record as an event of `kind` and runs every rule it triggers, and the rules
+    /// the events its scripts' writes raise trigger, on a dispatcher of `[engine] workers`
+    /// threads. Returns every run, in the order they finished.
+    pub fn fire(&self, entity: &str, kind: EventKind, record: Submitted) -> Result<Vec<Run>, StoreError> {
+        let item = Ingest { entity: entity.to_string(), kind, record, idempotency_key: None };
+        let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let collected = runs.clone();
+        let options = Options::own(self)
+            .on_done(move |_, r| collected.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(r));
+        drain(self, options, |d| {
+            self.submit_claimed(&[item], d.owner())?;
+            d.wake();
+            Ok::<_, StoreError>(())
+        })?;
+        let runs = std::mem::take(&mut *runs.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok(runs)
+    }
+
+    /// Processes every stored event that can run, and what they raise, until none is left
+    /// (retries not yet due stay for later). Returns the runs.
+    pub fn drain(&self) -> Result<Vec<Run>, StoreError> {
+        let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let collected = runs.clone();
+        let mut options = Options::own(self)
+            .on_done(move |_, r| collected.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(r));
+        options.source = Source::Everything;
+        drain(self, options, |_| ());
+        let runs = std::mem::take(&mut *runs.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok(runs)
+    }
+}
+
 /// A dispatcher serving the store until [`Control::stop`]: the daemon's.
 pub struct Serving {
     pub control: Control,
@@ -330,7 +366,7 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
             }
             Err(e) => {
                 error!(error = %e, "The dispatcher cannot read the queue; it tries again shortly.");
-                note_failure(shared, Some(crate::config::secret::redact(&e.to_string()).into_owned()));
+                note_failure(shared, Some(crate::secret::redact(&e.to_string()).into_owned()));
                 cursor = Cursor::default();
                 0
             }
@@ -630,7 +666,7 @@ fn run_unit(runtime: &Runtime, shared: &Shared, unit: &Unit) -> Option<bool> {
         Err(err) => {
             let what = event.map_or_else(|| "a retry".to_string(), |e| format!("event {}", e.id));
             error!(%err, "Processing {what} failed on the store; it is tried again shortly.");
-            note_failure(shared, Some(crate::config::secret::redact(&err.to_string()).into_owned()));
+            note_failure(shared, Some(crate::secret::redact(&err.to_string()).into_owned()));
             None
         }
     }

@@ -44,25 +44,46 @@
 //!
 //! # Layout
 //!
-//! | module | owns |
-//! |---|---|
-//! | [`config`] | `tripline.toml` as written, validated into [`config::Config`]; secrets |
-//! | [`diag`] | problems with their place, printed `path:line:col: message` |
-//! | [`record`] | records, events, submitted input |
-//! | [`rule`] | rule files, conditions, the indexed [`rule::RuleSet`] |
-//! | [`script`] | the shared Rhai engine, sandbox limits, the `api` host object, the checks of scripts |
-//! | [`catalog`] | rules and scripts loaded from their folders, swapped as one |
-//! | [`runtime`] | dispatch: events to rules to runs, retries, dry runs; the embedding API |
-//! | [`store`] | the `Store` trait and its SQLite implementation |
-//! | [`directory`] | Active Directory / LDAP |
-//! | [`connection`] | authenticated HTTP connections |
-//! | [`scheduler`] | cron jobs |
-//! | [`webhook`] | inbound HTTP: webhooks, `/healthz`, `/metrics` |
-//! | [`notification`] | outbound notifications (webhook, email), failure and stale-job notices |
-//! | [`watch`] | file watching -> reload requests |
-//! | [`metrics`] | the Prometheus counters every subsystem records into |
-//! | [`daemon`] | `tripline run`: the loop that ties them together |
-//! | [`cli`] | the command line |
+//! Events flow one way: ingress (the command line, webhooks, jobs) -> store -> dispatch ->
+//! rules -> scripts -> effects (the store, directories, connections, notifications).
+//!
+//! | stage | module | owns |
+//! |---|---|---|
+//! | ingress | [`cli`] | the command line: `check`, `fire`, `test`, `replay`, `job run`, ...; `tripline run` starts the daemon |
+//! | | [`daemon`] | `tripline run`: the loop that ties the rest together; jobs run on the scheduler's ticks |
+//! | | [`server`] | `[server]`: the HTTP server: router, `/healthz`, `/metrics`, the ingestion of deliveries |
+//! | | [`webhook`] | `[webhooks.NAME]`: a delivery's authentication (HMAC, bearer) and the record it becomes |
+//! | | [`scheduler`] | `[jobs.NAME]`: cron schedules and the loop that starts jobs on them |
+//! | | [`watch`] | file watching -> reload requests |
+//! | store | [`store`] | the `Store` trait and its SQLite implementation: records, the event queue, runs |
+//! | dispatch | [`dispatch`] | stored events to worker threads; [`Runtime::fire`](runtime::Runtime::fire) and `drain` |
+//! | rules | [`runtime`] | an event's rules run, retried, dry-run and committed; where rules and jobs meet the configuration; the embedding API |
+//! | | [`catalog`] | rules and scripts loaded from their folders, swapped as one |
+//! | | [`rule`] | rule files, conditions, the indexed [`rule::RuleSet`] |
+//! | scripts | [`script`] | the shared Rhai engine, `[limits]`, the `api` host object, the checks of scripts |
+//! | effects | [`store`] | what runs write, in one transaction with the run |
+//! | | [`directory`] | `[directories.NAME]`: Active Directory / LDAP |
+//! | | [`connection`] | `[connections.NAME]`: authenticated HTTP connections, their OAuth2 tokens in the store |
+//! | | [`notification`] | `[notify.NAME]`: outbound notifications, failure and stale-job notices |
+//! | configuration | [`config`] | `tripline.toml`, every section built into [`config::Config`]; `[engine]` |
+//! | across | [`metrics`] | the Prometheus counters every subsystem records into |
+//! | leaves | [`record`], [`secret`], [`diag`], [`de`], [`class`], [`memory`] | records and events; secrets and their redaction; problems at their place; deserialisation helpers; failure classes; memory accounting |
+//!
+//! Code dependencies point one way too: each line below imports only from the lines under it
+//! (`tests/it/layering.rs` keeps it so, and the leaves import nothing of the crate but
+//! `secret`, which reports into `diag`):
+//!
+//! - [`cli`]
+//! - [`daemon`]
+//! - [`dispatch`]
+//! - [`runtime`]
+//! - [`catalog`]
+//! - [`config`], [`rule`]
+//! - [`script`]
+//! - [`notification`], [`server`]
+//! - [`connection`], [`directory`], [`metrics`], [`scheduler`], [`webhook`]
+//! - [`secret`], [`store`]
+//! - [`class`], [`de`], [`diag`], [`memory`], [`record`], [`watch`]: the leaves
 
 pub mod catalog;
 pub mod class;
@@ -70,10 +91,10 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod daemon;
+pub mod de;
 pub mod diag;
 pub mod directory;
 pub mod dispatch;
-pub mod jobs;
 pub mod memory;
 pub mod metrics;
 pub mod notification;
@@ -82,6 +103,8 @@ pub mod rule;
 pub mod runtime;
 pub mod scheduler;
 pub mod script;
+pub mod secret;
+pub mod server;
 pub mod store;
 pub mod watch;
 pub mod webhook;

@@ -18,7 +18,7 @@ impl Write for RedactingStderr {
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
         // The formatter hands over one whole event per call.
         let text = String::from_utf8_lossy(buf);
-        std::io::stderr().lock().write_all(tripline::config::secret::redact(&text).as_bytes())
+        std::io::stderr().lock().write_all(tripline::secret::redact(&text).as_bytes())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("error: {}", tripline::config::secret::redact(&f.message));
+            eprintln!("error: {}", tripline::secret::redact(&f.message));
             ExitCode::from(f.code)
         }
     }

@@ -18,6 +18,8 @@
 //! drift; only differences within one run on one thread are ever read, so the drift does not
 //! matter.
 //!
+//! A leaf: this module imports nothing of the crate.
+//!
 //! This module imports nothing of the crate.
 
 use std::alloc::{GlobalAlloc, Layout, System};

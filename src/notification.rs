@@ -24,7 +24,8 @@
 //! password = "${SMTP_PASSWORD}"
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -40,8 +41,9 @@ use toml::Spanned;
 use tracing::{info, warn};
 
 use crate::class::{Class, Classify};
-use crate::config::secret::redact;
-use crate::config::{CheckCtx, Secret, SecretRef};
+use crate::diag::{CheckCtx, Diagnostic};
+use crate::secret::redact;
+use crate::secret::{Secret, SecretRef};
 use crate::store::{Run, RunStatus, Store, StoreError};
 
 /// How long one send may take before it fails (connect, TLS, the whole exchange).
@@ -147,24 +149,35 @@ impl TryFrom<RawNotify> for NotifyConfig {
 }
 
 impl NotifyConfig {
-    /// Records every problem of this section.
-    pub fn check(&self, name: &str, span: std::ops::Range<usize>, ctx: &mut CheckCtx) {
-        match self {
+    /// The channel, secrets resolved; `None` when the section has a problem, which is
+    /// recorded (every problem, each at its place).
+    pub fn build(&self, name: &str, span: std::ops::Range<usize>, ctx: &mut CheckCtx) -> Option<Channel> {
+        let errors = ctx.errors();
+        let deferred = ctx.deferrals();
+        let channel = match self {
             NotifyConfig::Webhook(w) => {
-                if let Some(url) = ctx.secret(&w.url, &format!("[notify.{name}] url")) {
-                    if let Err(e) = webhook_url(&url) {
+                let url = w.url.check(ctx, &format!("[notify.{name}] url")).filter(|url| match webhook_url(url) {
+                    Ok(_) => true,
+                    Err(e) => {
                         ctx.error(w.url.span(), format!("[notify.{name}] url: {e}"));
+                        false
                     }
-                }
+                });
+                let mut headers = Vec::new();
                 for (header, value) in &w.headers {
-                    if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    let header_name = reqwest::header::HeaderName::from_bytes(header.as_bytes());
+                    if header_name.is_err() {
                         ctx.error(value.span(), format!("[notify.{name}] headers: {header:?} is not a header name"));
                     }
-                    ctx.secret(value, &format!("[notify.{name}] headers.{header}"));
+                    let value = value.check(ctx, &format!("[notify.{name}] headers.{header}"));
+                    if let (Ok(n), Some(v)) = (header_name, value) {
+                        headers.push((n, v));
+                    }
                 }
+                url.map(|url| Channel::Webhook { url, headers })
             }
             NotifyConfig::Email(e) => {
-                match smtp_endpoint(e.smtp.get_ref(), e.starttls) {
+                let endpoint = match smtp_endpoint(e.smtp.get_ref(), e.starttls) {
                     Ok(endpoint) => {
                         if e.username.is_some() != e.password.is_some() {
                             ctx.error(
@@ -180,70 +193,57 @@ impl NotifyConfig {
                                 ),
                             );
                         }
+                        Some(endpoint)
                     }
-                    Err(m) => ctx.error(e.smtp.span(), format!("[notify.{name}] smtp: {m}")),
-                }
-                if let Err(m) = e.from.get_ref().parse::<Mailbox>() {
-                    ctx.error(e.from.span(), format!("[notify.{name}] from: not an email address: {m}"));
-                }
+                    Err(m) => {
+                        ctx.error(e.smtp.span(), format!("[notify.{name}] smtp: {m}"));
+                        None
+                    }
+                };
+                let from = e
+                    .from
+                    .get_ref()
+                    .parse::<Mailbox>()
+                    .map_err(|m| ctx.error(e.from.span(), format!("[notify.{name}] from: not an email address: {m}")))
+                    .ok();
                 if e.to.get_ref().is_empty() {
                     ctx.error(e.to.span(), format!("[notify.{name}] to: needs at least one address"));
                 }
-                for to in e.to.get_ref() {
-                    if let Err(m) = to.parse::<Mailbox>() {
-                        ctx.error(e.to.span(), format!("[notify.{name}] to: {to:?} is not an email address: {m}"));
+                let mut to = Vec::new();
+                for t in e.to.get_ref() {
+                    match t.parse::<Mailbox>() {
+                        Ok(m) => to.push(m),
+                        Err(m) => {
+                            ctx.error(e.to.span(), format!("[notify.{name}] to: {t:?} is not an email address: {m}"))
+                        }
                     }
                 }
-                if let Some(u) = &e.username {
-                    ctx.secret(u, &format!("[notify.{name}] username"));
-                }
-                if let Some(p) = &e.password {
-                    ctx.secret(p, &format!("[notify.{name}] password"));
-                }
+                let username = e.username.as_ref().and_then(|u| u.check(ctx, &format!("[notify.{name}] username")));
+                let password = e.password.as_ref().and_then(|p| p.check(ctx, &format!("[notify.{name}] password")));
+                let transport = endpoint.and_then(|endpoint| {
+                    let tls = |host: &str| TlsParameters::new(host.to_string());
+                    let tls = match endpoint.tls {
+                        TlsMode::None => Ok(Tls::None),
+                        TlsMode::StartTls => tls(&endpoint.host).map(Tls::Required),
+                        TlsMode::Implicit => tls(&endpoint.host).map(Tls::Wrapper),
+                    };
+                    let tls = tls.map_err(|m| ctx.error(e.smtp.span(), format!("[notify.{name}] smtp: {m}"))).ok()?;
+                    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(endpoint.host.clone())
+                        .port(endpoint.port)
+                        .timeout(Some(SEND_TIMEOUT))
+                        .tls(tls);
+                    if let (Some(u), Some(p)) = (&username, &password) {
+                        builder = builder.credentials(Credentials::new(u.expose().to_string(), p.expose().to_string()));
+                    }
+                    Some(builder.build())
+                });
+                transport.zip(from).map(|(transport, from)| Channel::Email { transport: Box::new(transport), from, to })
             }
+        };
+        if ctx.errors() > errors || ctx.deferrals() > deferred {
+            return None;
         }
-    }
-
-    /// The runtime channel. Secrets are resolved now.
-    pub fn build(&self) -> Result<Channel, String> {
-        let secret = |s: &SecretRef| s.resolve().map_err(|e| e.to_string());
-        match self {
-            NotifyConfig::Webhook(w) => {
-                let url = secret(&w.url)?;
-                webhook_url(&url)?;
-                let mut headers = Vec::new();
-                for (k, v) in &w.headers {
-                    let name = reqwest::header::HeaderName::from_bytes(k.as_bytes()).map_err(|e| e.to_string())?;
-                    headers.push((name, secret(v)?));
-                }
-                Ok(Channel::Webhook { url, headers })
-            }
-            NotifyConfig::Email(e) => {
-                let endpoint = smtp_endpoint(e.smtp.get_ref(), e.starttls)?;
-                let tls = |host: &str| TlsParameters::new(host.to_string()).map_err(|e| e.to_string());
-                let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(endpoint.host.clone())
-                    .port(endpoint.port)
-                    .timeout(Some(SEND_TIMEOUT))
-                    .tls(match endpoint.tls {
-                        TlsMode::None => Tls::None,
-                        TlsMode::StartTls => Tls::Required(tls(&endpoint.host)?),
-                        TlsMode::Implicit => Tls::Wrapper(tls(&endpoint.host)?),
-                    });
-                if let (Some(u), Some(p)) = (&e.username, &e.password) {
-                    builder = builder.credentials(Credentials::new(
-                        secret(u)?.expose().to_string(),
-                        secret(p)?.expose().to_string(),
-                    ));
-                }
-                let from = e.from.get_ref().parse::<Mailbox>().map_err(|m| format!("from: {m}"))?;
-                let to =
-                    e.to.get_ref()
-                        .iter()
-                        .map(|t| t.parse::<Mailbox>().map_err(|m| format!("to: {t:?}: {m}")))
-                        .collect::<Result<Vec<_>, _>>()?;
-                Ok(Channel::Email { transport: Box::new(builder.build()), from, to })
-            }
-        }
+        channel
     }
 }
 
@@ -331,33 +331,20 @@ pub struct Notifier {
 
 impl Default for Notifier {
     fn default() -> Self {
-        Notifier::new(HashMap::new())
+        Notifier::new(BTreeMap::new())
     }
 }
 
 impl Notifier {
-    /// A notifier with these channels.
-    pub fn new(channels: HashMap<String, Channel>) -> Notifier {
+    /// A notifier with these channels (`[notify]`, built with the configuration).
+    pub fn new(channels: BTreeMap<String, Arc<Channel>>) -> Notifier {
         let http = reqwest::Client::builder().timeout(SEND_TIMEOUT).build().expect("the HTTP client builds");
-        let channels = channels.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
-        Notifier { channels: ArcSwap::from_pointee(channels), http }
-    }
-
-    /// Builds every channel of `[notify]`; a channel that cannot be built is left out and
-    /// logged (`check` has normally reported it already).
-    pub fn from_config(config: &BTreeMap<String, Spanned<NotifyConfig>>) -> Notifier {
-        let (channels, problems) = build_channels(config);
-        for p in problems {
-            warn!(problem = %p, "Notification channel left out.");
-        }
-        Notifier::new(channels)
+        Notifier { channels: ArcSwap::from_pointee(channels.into_iter().collect()), http }
     }
 
     /// Replaces the channels (configuration reload); sends in progress finish on the old ones.
-    pub fn replace(&self, config: &BTreeMap<String, Spanned<NotifyConfig>>) -> Vec<String> {
-        let (channels, problems) = build_channels(config);
-        self.channels.store(Arc::new(channels.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()));
-        problems
+    pub fn replace(&self, channels: BTreeMap<String, Arc<Channel>>) {
+        self.channels.store(Arc::new(channels.into_iter().collect()));
     }
 
     /// The channel names, sorted.
@@ -434,8 +421,8 @@ impl Notifier {
     /// are ignored: a run that will be retried has not failed yet). Blocking; failures to
     /// notify are logged, never raised: the run's own failure is what matters.
     ///
-    /// Wiring: jobs call it through [`job_finished`]; the dispatcher is to call it after
-    /// committing a rule's run, with the rule's `notify_on_failure` as `contacts`.
+    /// The runtime calls it after committing a rule's run, with the rule's
+    /// `notify_on_failure` as `contacts`; jobs reach it through [`Notifier::job_finished`].
     pub fn run_failed(&self, contacts: &[String], run: &Run) {
         if contacts.is_empty() || !matches!(run.status, RunStatus::Failed | RunStatus::Dead) {
             return;
@@ -458,7 +445,7 @@ impl Notifier {
     /// when the job started being expected to run (the daemon's start, or the job's first
     /// schedule) and counts when it never succeeded. Returns whether contacts were notified.
     ///
-    /// The daemon calls it every minute through [`check_stale_jobs`].
+    /// The daemon calls it every minute through [`Notifier::check_stale`].
     #[allow(clippy::too_many_arguments)]
     pub fn job_stale(
         &self,
@@ -508,73 +495,70 @@ impl Notifier {
     }
 }
 
-/// Tells a rule's or job's contacts that `run` failed; see [`Notifier::run_failed`].
-pub fn notify_failure(runtime: &crate::runtime::Runtime, contacts: &[String], run: &Run) {
-    runtime.hosts().notifier.run_failed(contacts, run);
-}
-
 /// The key-value namespace of the notifier's own state.
 const STATE: &str = "notify";
 
-/// After a job's run: a success is remembered (for [`check_stale_jobs`]); a failure is told
-/// to the job's `notify_on_failure` contacts. Blocking.
-pub fn job_finished(runtime: &crate::runtime::Runtime, contacts: &[String], run: &Run) {
-    let job = run.rule.strip_prefix("job:").unwrap_or(&run.rule);
-    if run.status == RunStatus::Ok {
-        let at = serde_json::Value::String(run.finished_at.to_rfc3339());
-        if let Err(e) = runtime.store().kv_set(STATE, &format!("last_success:{job}"), &at) {
-            warn!(job, error = %e, "Cannot record the job's success; its staleness check may notify early.");
-        }
-    } else {
-        runtime.hosts().notifier.run_failed(contacts, run);
+/// The problem of a `notify_on_failure` entry of the file at `path` (a rule file, or the
+/// configuration for a job) that names none of the `channels`, placed at the name in the file.
+pub fn unknown_contact(channels: &BTreeSet<String>, path: &Path, name: &str) -> Option<Diagnostic> {
+    if channels.contains(name) {
+        return None;
     }
+    let source = std::fs::read_to_string(path).unwrap_or_default();
+    let span = source.find(&format!("\"{name}\"")).map(|i| i..i + name.len() + 2);
+    let hint = match crate::diag::did_you_mean(name, channels.iter().map(String::as_str)) {
+        Some(s) => format!("; did you mean {s:?}?"),
+        None if channels.is_empty() => "; the configuration has no [notify] channels".into(),
+        None => format!("; channels are {}", channels.iter().cloned().collect::<Vec<_>>().join(", ")),
+    };
+    Some(Diagnostic::span(path, &source, span, format!("notify_on_failure names unknown channel {name:?}{hint}")))
 }
 
-/// Checks every enabled job that has `stale_after` and contacts, telling them (once per stale
-/// period, see [`Notifier::job_stale`]) about a job without a successful run for that long.
-/// A job that never succeeded counts from when tripline first checked it. Blocking; returns
-/// how many jobs were reported.
-pub fn check_stale_jobs(runtime: &crate::runtime::Runtime, now: DateTime<Utc>) -> Result<usize, StoreError> {
-    let store = runtime.store().as_ref();
-    let time = |key: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
-        Ok(match store.kv_get(STATE, key)? {
-            Some(serde_json::Value::String(s)) => DateTime::parse_from_rfc3339(&s).ok().map(|t| t.with_timezone(&Utc)),
-            _ => None,
-        })
-    };
-    let mut reported = 0;
-    for (name, job) in runtime.jobs() {
-        let Some(max_age) = job.stale_after.filter(|_| job.enabled && !job.notify_on_failure.is_empty()) else {
-            continue;
+impl Notifier {
+    /// After a job's run: a success is remembered in `store` (for [`Notifier::check_stale`]);
+    /// a failure is told to the job's `notify_on_failure` contacts. Blocking.
+    pub fn job_finished(&self, store: &dyn Store, contacts: &[String], run: &Run) {
+        let job = run.rule.strip_prefix("job:").unwrap_or(&run.rule);
+        if run.status == RunStatus::Ok {
+            let at = serde_json::Value::String(run.finished_at.to_rfc3339());
+            if let Err(e) = store.kv_set(STATE, &format!("last_success:{job}"), &at) {
+                warn!(job, error = %e, "Cannot record the job's success; its staleness check may notify early.");
+            }
+        } else {
+            self.run_failed(contacts, run);
+        }
+    }
+
+    /// Tells `contacts` (once per stale period, see [`Notifier::job_stale`]) when job `job` has
+    /// gone without a successful run for `stale_after`. A job that never succeeded counts from
+    /// when tripline first checked it. Blocking; returns whether contacts were told.
+    pub fn check_stale(
+        &self,
+        store: &dyn Store,
+        job: &str,
+        contacts: &[String],
+        stale_after: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let time = |key: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
+            Ok(match store.kv_get(STATE, key)? {
+                Some(serde_json::Value::String(s)) => {
+                    DateTime::parse_from_rfc3339(&s).ok().map(|t| t.with_timezone(&Utc))
+                }
+                _ => None,
+            })
         };
-        let since = match time(&format!("watched_since:{name}"))? {
+        let since = match time(&format!("watched_since:{job}"))? {
             Some(t) => t,
             None => {
-                store.kv_set(STATE, &format!("watched_since:{name}"), &serde_json::Value::String(now.to_rfc3339()))?;
+                store.kv_set(STATE, &format!("watched_since:{job}"), &serde_json::Value::String(now.to_rfc3339()))?;
                 now
             }
         };
-        let last_success = time(&format!("last_success:{name}"))?;
-        let max_age = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
-        if runtime.hosts().notifier.job_stale(store, name, &job.notify_on_failure, last_success, since, max_age, now)? {
-            reported += 1;
-        }
+        let last_success = time(&format!("last_success:{job}"))?;
+        let max_age = chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX);
+        self.job_stale(store, job, contacts, last_success, since, max_age, now)
     }
-    Ok(reported)
-}
-
-fn build_channels(config: &BTreeMap<String, Spanned<NotifyConfig>>) -> (HashMap<String, Channel>, Vec<String>) {
-    let mut channels = HashMap::new();
-    let mut problems = Vec::new();
-    for (name, c) in config {
-        match c.get_ref().build() {
-            Ok(ch) => {
-                channels.insert(name.clone(), ch);
-            }
-            Err(e) => problems.push(format!("[notify.{name}]: {}", redact(&e))),
-        }
-    }
-    (channels, problems)
 }
 
 fn record(channel: &str, outcome: &Result<(), NotifyError>) {
@@ -726,9 +710,9 @@ mod tests {
 
     #[test]
     fn unknown_channels_suggest_the_near_name() {
-        let mut channels = HashMap::new();
-        channels
-            .insert("desk".to_string(), Channel::Webhook { url: Secret::new("http://127.0.0.1:9"), headers: vec![] });
+        let mut channels = BTreeMap::new();
+        let desk = Channel::Webhook { url: Secret::new("http://127.0.0.1:9"), headers: vec![] };
+        channels.insert("desk".to_string(), Arc::new(desk));
         let n = Notifier::new(channels);
         let e = n.send("dsk", "s", "b").unwrap_err();
         assert!(e.to_string().contains("did you mean \"desk\""), "{e}");

@@ -4,6 +4,9 @@
 //! free-form JSON fields and comments. An event says what happened to a record (created,
 //! updated, deleted, or a custom name) and carries the record as it was then, plus its previous
 //! version on updates, so rules and scripts see a consistent snapshot.
+//!
+//! A leaf: this module imports nothing of the crate, so that every stage of the flow may
+//! speak of records.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -1,29 +1,44 @@
 //! The runtime: configuration, store, script engine and the current catalog of rules and
-//! scripts, and the dispatch of events to rules.
+//! scripts, and what one event does to them ([`crate::dispatch`] decides which events run
+//! where; its drivers `fire` and `drain` are methods of [`Runtime`] too).
 //!
-//! Dispatch: an event (already stored) is matched natively against the rule set; each
+//! An event (already stored) is matched natively against the rule set; each
 //! matching rule whose `when` guard holds runs its script with a fresh [`RunCtx`]; the run,
 //! its log and the writes it made are committed in one transaction, and the writes raise their
 //! own events (followed up to `[engine] max_chain_depth`). A run ledger keyed by event and
 //! rule means an event processed twice (after a crash) does not run a rule twice.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rand::Rng;
 
 use crate::catalog::Catalog;
 use crate::class::Classify;
-use crate::config::{Config, EngineConfig};
+use crate::config::{AfterFailure, Config, EngineConfig};
+use crate::connection::StoreTokens;
 use crate::diag::Diagnostic;
+use crate::notification::{unknown_contact, Notifier};
 use crate::record::{Event, EventKind, Record, Submitted};
 use crate::rule::Rule;
+use crate::scheduler::Job;
 use crate::script::{EngineHook, Hosts, Invocation, RunCtx, ScriptEngine};
+use crate::secret::Secrets;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Commit, Ingest, Run, RunFilter, RunStatus, Store, StoreError, Write};
+
+/// Why a job could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{0}")]
+    Unknown(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Why a runtime could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +57,7 @@ pub struct RuntimeBuilder {
     store: Option<Arc<dyn Store>>,
     hooks: Vec<EngineHook>,
     handle: Option<tokio::runtime::Handle>,
-    secrets: crate::config::Secrets,
+    secrets: Secrets,
 }
 
 impl RuntimeBuilder {
@@ -76,9 +91,9 @@ impl RuntimeBuilder {
     /// whose secrets cannot be resolved is left out, and the runs that use it fail saying
     /// why, while everything else works.
     ///
-    /// [`Secrets::Resolve`]: crate::config::Secrets::Resolve
-    /// [`Secrets::Defer`]: crate::config::Secrets::Defer
-    pub fn secrets(mut self, secrets: crate::config::Secrets) -> Self {
+    /// [`Secrets::Resolve`]: crate::secret::Secrets::Resolve
+    /// [`Secrets::Defer`]: crate::secret::Secrets::Defer
+    pub fn secrets(mut self, secrets: Secrets) -> Self {
         self.secrets = secrets;
         self
     }
@@ -112,10 +127,8 @@ impl RuntimeBuilder {
             Vec::new()
         });
         let seed = Catalog::from_stored(&scripts, rules_dir, scripts_dir, &stored);
-        let names = crate::script::lint::KnownNames::from_config(&config);
-        let catalog = Catalog::reload(&scripts, rules_dir, scripts_dir, &seed, &names);
-        let mut start_problems = Vec::new();
-        let jobs = crate::jobs::build_jobs(&config, &catalog, &mut start_problems);
+        let catalog = Catalog::reload(&scripts, rules_dir, scripts_dir, &seed, &config.known_names());
+        let (jobs, start_problems) = wire(&config, &catalog);
         for d in config.warnings.iter().chain(&catalog.problems).chain(&start_problems) {
             tracing::warn!(problem = %d, "A problem in the configuration, rules or scripts; `tripline check` lists them all.");
         }
@@ -141,7 +154,12 @@ impl RuntimeBuilder {
                 (rt.handle().clone(), Some(rt))
             }
         };
-        let hosts = build_hosts(&config, &store, handle, self.secrets).map_err(BuildError::Invalid)?;
+        // The connections were built with the configuration, before the store was open; their
+        // OAuth2 tokens go to the store from now on.
+        if !config.tokens.bind(Arc::new(StoreTokens(store.clone()))) {
+            tracing::warn!("This configuration's connections already keep their tokens elsewhere.");
+        }
+        let hosts = hosts(&config, handle);
         Ok(Runtime {
             config: Arc::new(config),
             store,
@@ -155,46 +173,53 @@ impl RuntimeBuilder {
     }
 }
 
-/// Builds the directories and connections of the configuration.
-fn build_hosts(
-    config: &Config,
-    store: &Arc<dyn Store>,
-    handle: tokio::runtime::Handle,
-    secrets: crate::config::Secrets,
-) -> Result<Hosts, Vec<Diagnostic>> {
-    let path = config.path.clone().unwrap_or_else(|| PathBuf::from("tripline.toml"));
-    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut diags = Vec::new();
-    let notifier = crate::notification::Notifier::from_config(&config.raw.notify);
-    let mut hosts = Hosts { handle: Some(handle), notifier, ..Hosts::default() };
-    for (name, cfg) in &config.raw.directories {
-        let cfg = cfg.get_ref();
-        match (cfg.build(name, &base_dir), crate::directory::Directory::dry_run(name, cfg)) {
-            (Ok(d), Ok(dry)) => {
-                hosts.directories.insert(name.clone(), Arc::new(d));
-                hosts.dry_directories.insert(name.clone(), Arc::new(dry));
-            }
-            (Err(e), _) | (_, Err(e)) => diags.push(Diagnostic::file(&path, format!("directories.{name}: {e}"))),
+/// The host systems of the configuration, as scripts reach them.
+fn hosts(config: &Config, handle: tokio::runtime::Handle) -> Hosts {
+    Hosts {
+        handle: Some(handle),
+        directories: config.directories.clone(),
+        // `tripline test` records what a run would change instead of changing it.
+        dry_directories: config.directories.iter().map(|(n, d)| (n.clone(), Arc::new(d.dry_run_copy()))).collect(),
+        connections: config.connections.clone(),
+        unavailable_connections: config.unavailable_connections.clone(),
+        notifier: Notifier::new(config.notify.clone()),
+    }
+}
+
+/// Where the rules and jobs meet the configuration: the jobs whose script is loaded, and the
+/// problems found there (a job's script that does not exist; a `notify_on_failure` of a rule
+/// or a job naming no `[notify.NAME]`). What they name is left out; the rest runs.
+pub fn wire(config: &Config, catalog: &Catalog) -> (BTreeMap<String, Job>, Vec<Diagnostic>) {
+    let path = config.path.clone().unwrap_or_else(|| "tripline.toml".into());
+    let mut problems = Vec::new();
+    let channels = &config.known_names().notify.unwrap_or_default();
+    for rule in catalog.rules.rules() {
+        problems.extend(rule.notify_on_failure.iter().filter_map(|c| unknown_contact(channels, &rule.path, c)));
+    }
+    for job in config.jobs.values() {
+        problems.extend(job.notify_on_failure.iter().filter_map(|c| unknown_contact(channels, &path, c)));
+    }
+    let mut jobs = BTreeMap::new();
+    for (name, job) in &config.jobs {
+        if catalog.scripts.contains_key(&job.script) {
+            jobs.insert(name.clone(), job.clone());
+            continue;
         }
-    }
-    let tokens: Arc<dyn crate::connection::TokenStore> = Arc::new(crate::jobs::StoreTokens(store.clone()));
-    for (name, cfg) in &config.raw.connections {
-        match cfg.get_ref().build(name, tokens.clone()) {
-            Ok(c) => {
-                hosts.connections.insert(name.clone(), Arc::new(c));
-            }
-            Err(e) if secrets == crate::config::Secrets::Defer => {
-                tracing::debug!(connection = %name, error = %e, "Connection left out: it fails the runs that use it.");
-                hosts.unavailable_connections.insert(name.clone(), e.to_string());
-            }
-            Err(e) => diags.push(Diagnostic::file(&path, format!("connections.{name}: {e}"))),
+        // A script that is there but in error (it does not compile, or fails the script
+        // checks) has its own problem reported at its place.
+        if config.engine.scripts_dir.join(&job.script).is_file() {
+            continue;
         }
+        // The text is read only to place a problem, which a start without problems never needs.
+        let source = std::fs::read_to_string(&path).unwrap_or_default();
+        problems.push(Diagnostic::span(
+            &path,
+            &source,
+            crate::diag::span_of(&source, &["jobs", name, "script"]),
+            format!("jobs.{name}: script {:?} does not exist in {}", job.script, config.engine.scripts_dir.display()),
+        ));
     }
-    if diags.is_empty() {
-        Ok(hosts)
-    } else {
-        Err(diags)
-    }
+    (jobs, problems)
 }
 
 /// A tokio runtime the tripline runtime started for itself, shut down without waiting when
@@ -219,7 +244,7 @@ pub struct Runtime {
     scripts: Arc<ScriptEngine>,
     catalog: ArcSwap<Catalog>,
     hosts: Arc<Hosts>,
-    jobs: std::collections::BTreeMap<String, crate::scheduler::Job>,
+    jobs: BTreeMap<String, Job>,
     /// Problems found building the runtime beyond the catalog's (a job whose script is not
     /// loaded, a rule naming an unknown notification channel): what they name is left out.
     start_problems: Vec<Diagnostic>,
@@ -321,7 +346,7 @@ impl Runtime {
     /// The names scripts are checked against: the configuration's, with the notification
     /// channels in force (a SIGHUP replaces those).
     pub fn known_names(&self) -> crate::script::lint::KnownNames {
-        let mut names = crate::script::lint::KnownNames::from_config(&self.config);
+        let mut names = self.config.known_names();
         names.notify = Some(self.hosts.notifier.channels().into_iter().collect());
         names
     }
@@ -378,7 +403,7 @@ impl Runtime {
         feed: crate::store::Feed<'_>,
         after: i64,
     ) -> Result<Vec<crate::store::Pending>, StoreError> {
-        let wait = self.config.engine.after_failure == crate::config::AfterFailure::Wait;
+        let wait = self.config.engine.after_failure == AfterFailure::Wait;
         self.store.pending_events(limit, wait, feed, after)
     }
 
@@ -402,7 +427,7 @@ impl Runtime {
     /// Whether a run that ended retrying holds its record's later events back
     /// (`[engine] after_failure = "wait"`).
     pub(crate) fn waits_behind_retries(&self) -> bool {
-        self.config.engine.after_failure == crate::config::AfterFailure::Wait
+        self.config.engine.after_failure == AfterFailure::Wait
     }
 
     /// Claims events for `owner` in one transaction; returns the ids claimed.
@@ -426,37 +451,6 @@ impl Runtime {
             0 => Ok(0),
             days => self.store.prune(Utc::now() - chrono::Duration::days(days as i64)),
         }
-    }
-
-    /// Stores one record as an event of `kind` and runs every rule it triggers, and the rules
-    /// the events its scripts' writes raise trigger, on a dispatcher of `[engine] workers`
-    /// threads. Returns every run, in the order they finished.
-    pub fn fire(&self, entity: &str, kind: EventKind, record: Submitted) -> Result<Vec<Run>, StoreError> {
-        let item = Ingest { entity: entity.to_string(), kind, record, idempotency_key: None };
-        let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let collected = runs.clone();
-        let options = crate::dispatch::Options::own(self)
-            .on_done(move |_, r| collected.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(r));
-        crate::dispatch::drain(self, options, |d| {
-            self.submit_claimed(&[item], d.owner())?;
-            d.wake();
-            Ok::<_, StoreError>(())
-        })?;
-        let runs = std::mem::take(&mut *runs.lock().unwrap_or_else(|e| e.into_inner()));
-        Ok(runs)
-    }
-
-    /// Processes every stored event that can run, and what they raise, until none is left
-    /// (retries not yet due stay for later). Returns the runs.
-    pub fn drain(&self) -> Result<Vec<Run>, StoreError> {
-        let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let collected = runs.clone();
-        let mut options = crate::dispatch::Options::own(self)
-            .on_done(move |_, r| collected.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(r));
-        options.source = crate::dispatch::Source::Everything;
-        crate::dispatch::drain(self, options, |_| ());
-        let runs = std::mem::take(&mut *runs.lock().unwrap_or_else(|e| e.into_inner()));
-        Ok(runs)
     }
 
     /// Runs the rules an event claimed by `owner` triggers (skipping those the run ledger
@@ -490,7 +484,7 @@ impl Runtime {
                 continue;
             };
             let (run, r) = self.commit(outcome, event.depth, finish, owner)?;
-            crate::notification::notify_failure(self, &rule.notify_on_failure, &run);
+            self.hosts.notifier.run_failed(&rule.notify_on_failure, &run);
             runs.push(run);
             raised.extend(r);
         }
@@ -545,7 +539,7 @@ impl Runtime {
             return Ok(None);
         };
         let (run, _raised) = self.commit(outcome, event.depth, None, owner)?;
-        crate::notification::notify_failure(self, &rule.notify_on_failure, &run);
+        self.hosts.notifier.run_failed(&rule.notify_on_failure, &run);
         Ok(Some(run))
     }
 
@@ -808,15 +802,14 @@ impl Runtime {
     }
 
     /// The configured jobs.
-    pub fn jobs(&self) -> &std::collections::BTreeMap<String, crate::scheduler::Job> {
+    pub fn jobs(&self) -> &BTreeMap<String, Job> {
         &self.jobs
     }
 
     /// Runs a job's script once, now, and records the run (`rule` = `job:NAME`). `trigger` is
     /// what scripts see as `event`: "schedule" or "manual". Returns the run and the events its
     /// writes raised, stored claimed by `owner` (a dispatcher of that owner runs them).
-    pub fn run_job(&self, name: &str, trigger: &str, owner: &str) -> Result<(Run, Vec<Event>), crate::jobs::JobError> {
-        use crate::jobs::JobError;
+    pub fn run_job(&self, name: &str, trigger: &str, owner: &str) -> Result<(Run, Vec<Event>), JobError> {
         let job = self.jobs.get(name).ok_or_else(|| {
             let hint = crate::diag::did_you_mean(name, self.jobs.keys().map(String::as_str))
                 .map(|s| format!("; did you mean {s:?}?"))
@@ -871,8 +864,24 @@ impl Runtime {
         let (run, raised) = self.commit(Outcome { run, writes, notes, planned: Vec::new() }, 0, None, owner)?;
         crate::metrics::run_finished(&run);
         // Manual runs count too: a job's success resets its staleness clock.
-        crate::notification::job_finished(self, &job.notify_on_failure, &run);
+        self.hosts.notifier.job_finished(self.store.as_ref(), &job.notify_on_failure, &run);
         Ok((run, raised))
+    }
+
+    /// Tells the contacts of every enabled job with `stale_after` that has gone that long
+    /// without a successful run (once per stale period, see
+    /// [`Notifier::check_stale`]). Blocking; returns how many jobs were reported.
+    pub fn check_stale_jobs(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let mut reported = 0;
+        for (name, job) in &self.jobs {
+            let Some(stale_after) = job.stale_after.filter(|_| job.enabled && !job.notify_on_failure.is_empty()) else {
+                continue;
+            };
+            if self.hosts.notifier.check_stale(self.store.as_ref(), name, &job.notify_on_failure, stale_after, now)? {
+                reported += 1;
+            }
+        }
+        Ok(reported)
     }
 
     /// The folder the configuration was read from.

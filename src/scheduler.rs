@@ -26,8 +26,9 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use crate::config::CheckCtx;
-use crate::connection::config::duration;
+use crate::de::{duration, toml_to_json};
+use crate::diag::CheckCtx;
+use crate::store::Store;
 
 /// Any error, as runners and stores report them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -54,7 +55,7 @@ pub struct JobConfig {
     /// What the script sees as `params`.
     #[serde(default)]
     pub params: toml::Table,
-    #[serde(default = "enabled")]
+    #[serde(default = "crate::de::default_true")]
     pub enabled: bool,
     /// Notification channels told when a run fails.
     #[serde(default)]
@@ -64,52 +65,39 @@ pub struct JobConfig {
     pub stale_after: Option<Duration>,
 }
 
-fn enabled() -> bool {
-    true
-}
-
 impl JobConfig {
-    /// Records every problem of this section.
-    pub fn check(&self, name: &str, span: Range<usize>, ctx: &mut CheckCtx) {
-        if let Err(e) = Schedule::parse(self.schedule.get_ref()) {
-            ctx.error(self.schedule.span(), format!("job {name}: {e}"));
-        }
+    /// `params` as JSON (TOML dates become RFC 3339 text).
+    pub fn params_json(&self) -> Result<Value, String> {
+        toml_to_json(&toml::Value::Table(self.params.clone()))
+    }
+
+    /// The runtime job; `None` when the section has a problem, which is recorded (every
+    /// problem, each at its place). That its script is loaded is the runtime's to check: the
+    /// scripts are not part of the configuration.
+    pub fn build(&self, name: &str, span: Range<usize>, ctx: &mut CheckCtx) -> Option<Job> {
+        let errors = ctx.errors();
+        let schedule = Schedule::parse(self.schedule.get_ref())
+            .map_err(|e| ctx.error(self.schedule.span(), format!("job {name}: {e}")))
+            .ok();
         if self.script.get_ref().trim().is_empty() {
             ctx.error(self.script.span(), format!("job {name}: script is empty"));
         }
         if self.stale_after.is_some_and(|d| d.is_zero()) {
-            ctx.error(span, format!("job {name}: stale_after must be more than zero"));
+            ctx.error(span.clone(), format!("job {name}: stale_after must be more than zero"));
         }
-    }
-
-    /// `params` as JSON (TOML dates become RFC 3339 text).
-    pub fn params_json(&self) -> Value {
-        Value::Object(self.params.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect())
-    }
-
-    /// The runtime job.
-    pub fn build(&self, name: &str) -> Result<Job, ScheduleError> {
-        Ok(Job {
+        let params = self.params_json().map_err(|e| ctx.error(span, format!("job {name}: params: {e}"))).ok();
+        if ctx.errors() > errors {
+            return None;
+        }
+        Some(Job {
             name: name.to_string(),
-            schedule: Schedule::parse(self.schedule.get_ref())?,
+            schedule: schedule?,
             script: self.script.get_ref().clone(),
-            params: self.params_json(),
+            params: params?,
             enabled: self.enabled,
             notify_on_failure: self.notify_on_failure.clone(),
             stale_after: self.stale_after,
         })
-    }
-}
-
-fn toml_to_json(value: &toml::Value) -> Value {
-    match value {
-        toml::Value::String(s) => Value::String(s.clone()),
-        toml::Value::Integer(i) => Value::from(*i),
-        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
-        toml::Value::Boolean(b) => Value::Bool(*b),
-        toml::Value::Datetime(d) => Value::String(d.to_string()),
-        toml::Value::Array(items) => Value::Array(items.iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => Value::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
     }
 }
 
@@ -231,6 +219,23 @@ impl LastRunStore for MemoryLastRunStore {
     fn record_tick(&self, job: &str, tick: DateTime<Utc>) -> Result<(), BoxError> {
         self.ticks.lock().unwrap_or_else(|e| e.into_inner()).insert(job.to_string(), tick);
         Ok(())
+    }
+}
+
+/// The last handled tick of each job in the store's key-value table (namespace `scheduler`),
+/// so that a restart catches up on a missed tick once.
+pub struct StoreLastRuns(pub Arc<dyn Store>);
+
+impl LastRunStore for StoreLastRuns {
+    fn last_tick(&self, job: &str) -> Result<Option<DateTime<Utc>>, BoxError> {
+        match self.0.kv_get("scheduler", job)? {
+            Some(Value::String(s)) => Ok(Some(DateTime::parse_from_rfc3339(&s)?.with_timezone(&Utc))),
+            _ => Ok(None),
+        }
+    }
+
+    fn record_tick(&self, job: &str, tick: DateTime<Utc>) -> Result<(), BoxError> {
+        Ok(self.0.kv_set("scheduler", job, &Value::String(tick.to_rfc3339()))?)
     }
 }
 
@@ -474,7 +479,7 @@ stale_after = "24h"
         )
         .unwrap();
         assert_eq!(
-            job.params_json(),
+            job.params_json().unwrap(),
             serde_json::json!({
                 "modified_since_days": 30, "instance_id": "ACME",
                 "since": "2026-01-01T00:00:00Z", "nested": {"a": [1.5, true]}
@@ -483,7 +488,8 @@ stale_after = "24h"
         assert!(job.enabled);
         assert_eq!(job.stale_after, Some(Duration::from_secs(86400)));
         assert_eq!(job.notify_on_failure, ["it_ops"]);
-        let built = job.build("flex_hr_sync").unwrap();
+        let mut ctx = CheckCtx::new(std::path::Path::new("t.toml"), "", std::path::Path::new("."));
+        let built = job.build("flex_hr_sync", 0..0, &mut ctx).unwrap();
         assert_eq!(built.schedule.as_str(), "0 */2 * * * *");
     }
 
@@ -496,15 +502,9 @@ stale_after = "24h"
         }
         let file: File = toml::from_str(source).unwrap();
         let path = std::path::Path::new("tripline.toml");
-        let mut ctx = CheckCtx {
-            path,
-            source,
-            base_dir: std::path::Path::new("."),
-            diags: Vec::new(),
-            secrets: Default::default(),
-        };
+        let mut ctx = CheckCtx::new(path, source, std::path::Path::new("."));
         for (name, job) in &file.jobs {
-            job.get_ref().check(name, job.span(), &mut ctx);
+            assert!(job.get_ref().build(name, job.span(), &mut ctx).is_none());
         }
         let messages: Vec<String> = ctx.diags.iter().map(|d| d.to_string()).collect();
         assert_eq!(messages.len(), 1, "{messages:?}");

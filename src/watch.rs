@@ -13,6 +13,8 @@
 //!   The parent folder is watched too, and before each reload [`FolderWatcher::refresh`]
 //!   re-establishes the watch on any folder whose identity (device and inode, through
 //!   symlinks) changed.
+//!
+//! A leaf: this module imports nothing of the crate; the daemon acts on what it reports.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

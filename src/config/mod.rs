@@ -1,101 +1,56 @@
-//! Configuration: `tripline.toml` as written (serde structs) and validated into [`Config`].
+//! Configuration: `tripline.toml` read and validated into [`Config`], the root of the
+//! configuration document.
 //!
-//! Each configurable area owns its `FooConfig` type in its own module (`directory`,
-//! `connection`, `scheduler`, `webhook`, `notification`); this module reads the file, resolves
-//! relative folders against the file's own folder, and runs every section's check so that all
-//! problems are reported at once, each as `path:line:col: message`.
+//! Each section's type lives with what it configures (`directory`, `connection`,
+//! `scheduler`, `server`, `webhook`, `notification`, `script` for `[limits]`; `[engine]` is
+//! this module's own) and imports only leaves; nothing under this module imports it. A
+//! section's `build` turns it into what runs and is the one place that reports its problems,
+//! so that `tripline check` and start-up say the same thing in the same words. This module
+//! reads the file, resolves relative folders against the file's own folder, and builds every
+//! section, so that all problems are reported at once, each as `path:line:col: message`.
 
-pub mod secret;
+mod engine;
 
-use std::collections::BTreeMap;
-use std::ops::Range;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
+use toml::Spanned;
 
-use crate::diag::Diagnostic;
-pub use secret::{Secret, SecretRef};
+use crate::connection::{Connection, ConnectionConfig, TokenSlot};
+use crate::diag::{CheckCtx, Diagnostic};
+use crate::directory::{Directory, DirectoryConfig};
+use crate::notification::{Channel, NotifyConfig};
+use crate::scheduler::{Job, JobConfig};
+use crate::script::lint::KnownNames;
+use crate::script::LimitsConfig;
+use crate::secret::Secrets;
+use crate::server::{ServerConfig, ServerSettings};
+use crate::webhook::{WebhookConfig, Webhooks};
+pub use engine::{AfterFailure, EngineConfig};
 
-/// `tripline.toml` as written.
-#[derive(Debug, Default, Deserialize)]
+/// `tripline.toml` as written: each section as its own module reads it.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+struct Document {
     #[serde(default)]
-    pub engine: EngineConfig,
+    engine: EngineConfig,
     #[serde(default)]
-    pub limits: LimitsConfig,
+    limits: LimitsConfig,
     #[serde(default)]
-    pub directories: BTreeMap<String, toml::Spanned<crate::directory::DirectoryConfig>>,
+    directories: BTreeMap<String, Spanned<DirectoryConfig>>,
     #[serde(default)]
-    pub connections: BTreeMap<String, toml::Spanned<crate::connection::ConnectionConfig>>,
+    connections: BTreeMap<String, Spanned<ConnectionConfig>>,
     #[serde(default)]
-    pub jobs: BTreeMap<String, toml::Spanned<crate::scheduler::JobConfig>>,
+    jobs: BTreeMap<String, Spanned<JobConfig>>,
     #[serde(default)]
-    pub server: Option<crate::webhook::ServerConfig>,
+    server: Option<ServerConfig>,
     #[serde(default)]
-    pub webhooks: BTreeMap<String, toml::Spanned<crate::webhook::WebhookConfig>>,
+    webhooks: BTreeMap<String, Spanned<WebhookConfig>>,
     #[serde(default)]
-    pub notify: BTreeMap<String, toml::Spanned<crate::notification::NotifyConfig>>,
-}
-
-/// `[engine]`: folders, the store and the dispatcher.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EngineConfig {
-    /// Folder of rule files (`*.toml`, subfolders included).
-    pub rules_dir: PathBuf,
-    /// Folder of scripts (`*.rhai`, subfolders included).
-    pub scripts_dir: PathBuf,
-    /// Folder of the SQLite store (`tripline.db`).
-    pub data_dir: PathBuf,
-    /// Runs executed at once by the daemon (events of one record stay in order).
-    pub workers: usize,
-    /// Largest record accepted, in bytes of JSON.
-    pub max_record_bytes: usize,
-    /// How many levels of events raised by scripts' own writes are followed before the chain
-    /// is stopped with an error (a rule that updates the record it fires on would loop).
-    pub max_chain_depth: u32,
-    /// Attempts of a run that fails transiently (directory unreachable, HTTP 503, ...) before
-    /// it is `dead`.
-    pub max_attempts: u32,
-    /// The first retry's delay, in milliseconds; each next one doubles, with jitter.
-    pub retry_backoff_ms: u64,
-    /// The longest delay between two attempts, in milliseconds.
-    pub retry_max_backoff_ms: u64,
-    /// What a record's later events do while one of its runs waits for a retry: `"wait"`
-    /// (default: they run after it, keeping the record's events in order) or `"proceed"`.
-    /// A dead run no longer holds anything back; it waits in `runs --failed` for a replay.
-    pub after_failure: AfterFailure,
-    /// Finished events and successful runs older than this many days are pruned by the
-    /// daemon (0 keeps everything). Failed and dead runs are kept.
-    pub retention_days: u32,
-    /// Extra folders of rules and scripts that `tripline check` validates but the engine does
-    /// not load (the shipped examples).
-    pub check_dirs: Vec<PathBuf>,
-    /// How many events one event from outside may cause in all, through every level of
-    /// script writes: a rule that creates records of its own entity would otherwise multiply
-    /// without end. The run that would cross it fails, naming this setting.
-    pub max_fanout: u64,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            rules_dir: "rules".into(),
-            scripts_dir: "scripts".into(),
-            data_dir: "data".into(),
-            workers: 8,
-            max_record_bytes: 1024 * 1024,
-            max_chain_depth: 8,
-            max_attempts: 8,
-            retry_backoff_ms: 5_000,
-            retry_max_backoff_ms: 3_600_000,
-            after_failure: AfterFailure::Wait,
-            retention_days: 30,
-            check_dirs: Vec::new(),
-            max_fanout: 10_000,
-        }
-    }
+    notify: BTreeMap<String, Spanned<NotifyConfig>>,
 }
 
 /// A TOML error with a suggestion when it is an unknown key (serde's "unknown field `x`,
@@ -114,132 +69,33 @@ fn with_suggestion(message: &str) -> String {
     }
 }
 
-/// Checks that a number setting is within `range`, at the setting's place.
-fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
-    ctx: &mut CheckCtx,
-    table: &str,
-    key: &str,
-    value: T,
-    lo: T,
-    hi: T,
-    why: &str,
-) {
-    if value < lo || value > hi {
-        ctx.error_at_key(
-            table,
-            key,
-            format!("[{table}] {key} = {value} is out of range: it must be from {lo} to {hi}{why}"),
-        );
-    }
-}
-
-/// A day in milliseconds.
-const DAY_MS: u64 = 86_400_000;
-
-impl EngineConfig {
-    /// The ranges of the numbers. Time settings stay within what dates can hold (a retention
-    /// of 10^9 days would not be a time at all), counts within what a machine can do.
-    fn check(&self, ctx: &mut CheckCtx) {
-        let t = "engine";
-        check_range(ctx, t, "workers", self.workers, 1, 1024, "");
-        check_range(ctx, t, "max_record_bytes", self.max_record_bytes, 2, 64 << 20, " (64 MiB)");
-        check_range(ctx, t, "max_chain_depth", self.max_chain_depth, 0, 64, "");
-        check_range(ctx, t, "max_attempts", self.max_attempts, 1, 1000, "");
-        check_range(ctx, t, "retry_backoff_ms", self.retry_backoff_ms, 1, 30 * DAY_MS, " (30 days)");
-        check_range(ctx, t, "retry_max_backoff_ms", self.retry_max_backoff_ms, 1, 30 * DAY_MS, " (30 days)");
-        check_range(ctx, t, "retention_days", self.retention_days, 0, 36_500, " (100 years)");
-        check_range(ctx, t, "max_fanout", self.max_fanout, 1, 10_000_000, "");
-        for dir in &self.check_dirs {
-            let full = ctx.base_dir.join(dir);
-            if !full.join("rules").is_dir() && !full.join("scripts").is_dir() {
-                let what = if full.is_dir() { "has no rules/ or scripts/ folder" } else { "does not exist" };
-                ctx.error_at_key(
-                    t,
-                    "check_dirs",
-                    format!(
-                        "[engine] check_dirs: {} {what} (it is resolved against this file's folder)",
-                        full.display()
-                    ),
-                );
-            }
-        }
-        if self.retry_backoff_ms > self.retry_max_backoff_ms {
-            ctx.error_at_key(
-                t,
-                "retry_backoff_ms",
-                "[engine] retry_backoff_ms must not be larger than retry_max_backoff_ms",
-            );
-        }
-    }
-}
-
-impl LimitsConfig {
-    fn check(&self, ctx: &mut CheckCtx) {
-        let t = "limits";
-        check_range(ctx, t, "timeout_ms", self.timeout_ms, 1, DAY_MS, " (a day)");
-        // 0 turns a count limit off (Rhai's convention); time and memory are always bounded.
-        check_range(ctx, t, "max_operations", self.max_operations, 0, 1 << 40, "");
-        check_range(ctx, t, "max_call_depth", self.max_call_depth, 1, 1024, "");
-        check_range(ctx, t, "max_string_size", self.max_string_size, 0, 64 << 20, " (64 MiB)");
-        check_range(ctx, t, "max_array_size", self.max_array_size, 0, 10_000_000, "");
-        check_range(ctx, t, "max_map_size", self.max_map_size, 0, 10_000_000, "");
-        // Script threads' stacks grow with the budget, up to a ceiling (see
-        // `memory::MAX_RUN_BYTES`).
-        check_range(ctx, t, "max_run_bytes", self.max_run_bytes, 1024, crate::memory::MAX_RUN_BYTES, " (512 MiB)");
-    }
-}
-
-/// See [`EngineConfig::after_failure`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AfterFailure {
-    Wait,
-    Proceed,
-}
-
-/// `[limits]`: the script sandbox. All limits are on by default.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Rhai operations per run.
-    pub max_operations: u64,
-    /// Nested function calls.
-    pub max_call_depth: usize,
-    /// Characters in one string.
-    pub max_string_size: usize,
-    /// Elements in one array.
-    pub max_array_size: usize,
-    /// Entries in one map.
-    pub max_map_size: usize,
-    /// Wall-clock time of one run, in milliseconds (host calls included).
-    pub timeout_ms: u64,
-    /// Bytes tripline holds for one run: its log lines, the writes it has asked for (records,
-    /// fields, comments) and the values they carry. A run over it fails, naming the limit.
-    pub max_run_bytes: usize,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            max_operations: 10_000_000,
-            max_call_depth: 64,
-            max_string_size: 1024 * 1024,
-            max_array_size: 100_000,
-            max_map_size: 100_000,
-            timeout_ms: 30_000,
-            max_run_bytes: 64 << 20,
-        }
-    }
-}
-
-/// The validated configuration.
-#[derive(Debug)]
+/// The validated configuration: every section built into what runs.
 pub struct Config {
     /// The file it was read from (`None` when built in code).
     pub path: Option<PathBuf>,
+    /// `[engine]`, its folders resolved against the file's folder.
     pub engine: EngineConfig,
     pub limits: LimitsConfig,
-    pub raw: RawConfig,
+    /// `[directories.NAME]` (nothing is connected before a script calls one).
+    pub directories: BTreeMap<String, Arc<Directory>>,
+    /// `[connections.NAME]`; their OAuth2 tokens go where [`Config::tokens`] is bound.
+    pub connections: BTreeMap<String, Arc<Connection>>,
+    /// Connections left out because a secret is not set here, with why, when the file was
+    /// loaded with [`Secrets::Defer`]: the runs that use them fail saying so.
+    pub unavailable_connections: BTreeMap<String, String>,
+    /// Where the connections keep their OAuth2 tokens: in memory until the runtime binds its
+    /// store.
+    pub tokens: Arc<TokenSlot>,
+    /// `[jobs.NAME]`, scheduled or not; the runtime keeps those whose script is loaded.
+    pub jobs: BTreeMap<String, Job>,
+    /// `[server]`.
+    pub server: Option<ServerSettings>,
+    /// `[webhooks.NAME]`, by path.
+    pub webhooks: Webhooks,
+    /// `[notify.NAME]`.
+    pub notify: BTreeMap<String, Arc<Channel>>,
+    /// Every name the file declares, built or not.
+    pub declared: Declared,
     /// Problems of the file that do not stop it from being used (see [`Severity::Warning`]);
     /// `tripline run` logs them at start, `check` prints them.
     ///
@@ -247,64 +103,28 @@ pub struct Config {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// What a section check needs: the file, its text, and where to put problems.
-pub struct CheckCtx<'a> {
-    pub path: &'a Path,
-    pub source: &'a str,
-    /// The folder relative paths resolve against.
-    pub base_dir: &'a Path,
-    pub diags: Vec<Diagnostic>,
-    pub secrets: Secrets,
+/// The names of the sections a file declares, whether they built or not: scripts and rules are
+/// checked against them, so that a section in error is reported once, at its place, and not
+/// again by every script or rule that names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Declared {
+    pub directories: BTreeSet<String>,
+    pub connections: BTreeSet<String>,
+    pub jobs: BTreeSet<String>,
+    pub notify: BTreeSet<String>,
+    /// The entities of `[webhooks.NAME]`: what records arrive with from outside scripts.
+    pub entities: BTreeSet<String>,
 }
 
-/// Whether loading a configuration resolves its `${...}` secrets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Secrets {
-    /// Every secret must resolve: an unset variable is a problem (`check`, the daemon).
-    #[default]
-    Resolve,
-    /// Secrets are resolved by what uses them, when it does (`fire`, `test`, `replay`, ...):
-    /// a connection whose password is not set fails the runs that use it, and nothing else.
-    /// Only the syntax of the references is checked.
-    Defer,
-}
-
-impl CheckCtx<'_> {
-    /// Records a problem at a byte span of the file.
-    pub fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        self.diags.push(Diagnostic::span(self.path, self.source, Some(span), message));
-    }
-
-    /// Where `[table] key` is written in the file (its value), when it is.
-    pub fn key_span(&self, table: &str, key: &str) -> Option<Range<usize>> {
-        let doc = toml_edit::ImDocument::parse(self.source).ok()?;
-        let item = doc.get(table)?.get(key)?;
-        item.span()
-    }
-
-    /// Records a problem at `[table] key`, or at the file's start when the key is not written.
-    pub fn error_at_key(&mut self, table: &str, key: &str, message: impl Into<String>) {
-        let span = self.key_span(table, key);
-        self.diags.push(Diagnostic::span(self.path, self.source, span, message));
-    }
-
-    /// Resolves a secret, recording a problem (naming `what`) when it cannot be.
-    pub fn secret(&mut self, secret: &SecretRef, what: &str) -> Option<Secret> {
-        if self.secrets == Secrets::Defer {
-            if let Err(e) = secret::resolve_with(secret.0.get_ref(), |_| Some(String::new())) {
-                if e == secret::SecretError::Unterminated {
-                    self.error(secret.span(), format!("{what}: {e}"));
-                }
-            }
-            return None;
-        }
-        match secret.resolve() {
-            Ok(s) => Some(s),
-            Err(e) => {
-                self.error(secret.span(), format!("{what}: {e}"));
-                None
-            }
-        }
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("path", &self.path)
+            .field("engine", &self.engine)
+            .field("limits", &self.limits)
+            .field("declared", &self.declared)
+            .field("warnings", &self.warnings)
+            .finish_non_exhaustive()
     }
 }
 
@@ -340,7 +160,8 @@ impl Config {
 
     /// Reads configuration text into a `Config` and the problems of its sections. `Err` only
     /// when the file does not parse at all; otherwise the config is usable for locating the
-    /// rule and script folders even when sections have problems (so `check` reports those too).
+    /// rule and script folders even when sections have problems (so `check` reports those too):
+    /// a section in error is left out of it.
     pub fn parse(source: &str, path: &Path) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
         Self::parse_with(source, path, Secrets::Resolve)
     }
@@ -351,46 +172,228 @@ impl Config {
         path: &Path,
         secrets: Secrets,
     ) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
-        let raw: RawConfig = toml::from_str(source)
+        let doc: Document = toml::from_str(source)
             .map_err(|e| vec![Diagnostic::span(path, source, e.span(), with_suggestion(e.message().trim_end()))])?;
         // An empty parent (a bare file name) keeps paths relative to the working folder.
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let mut ctx = CheckCtx { path, source, base_dir: &base_dir, diags: Vec::new(), secrets };
-        raw.check(&mut ctx);
-        let diags = ctx.diags;
-        let mut engine = raw.engine.clone();
-        engine.rules_dir = base_dir.join(&engine.rules_dir);
-        engine.scripts_dir = base_dir.join(&engine.scripts_dir);
-        engine.data_dir = base_dir.join(&engine.data_dir);
-        engine.check_dirs = engine.check_dirs.iter().map(|d| base_dir.join(d)).collect();
-        Ok((
-            Config { path: Some(path.to_path_buf()), engine, limits: raw.limits.clone(), raw, warnings: Vec::new() },
-            diags,
-        ))
+        let mut ctx = CheckCtx::new(path, source, &base_dir);
+        if secrets == Secrets::Defer {
+            ctx.deferred = Some(Vec::new());
+        }
+        let config = doc.build(&mut ctx);
+        Ok((Config { path: Some(path.to_path_buf()), ..config }, ctx.diags))
     }
 
     /// A configuration built in code (embedding), with the given folders.
     pub fn with_engine(engine: EngineConfig) -> Config {
-        Config { path: None, limits: LimitsConfig::default(), engine, raw: RawConfig::default(), warnings: Vec::new() }
+        Config {
+            path: None,
+            engine,
+            limits: LimitsConfig::default(),
+            directories: BTreeMap::new(),
+            connections: BTreeMap::new(),
+            unavailable_connections: BTreeMap::new(),
+            tokens: Arc::default(),
+            jobs: BTreeMap::new(),
+            server: None,
+            webhooks: Webhooks::default(),
+            notify: BTreeMap::new(),
+            declared: Declared::default(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// The names scripts are checked against: every one the file declares, and those of
+    /// sections added in code.
+    pub fn known_names(&self) -> KnownNames {
+        let with = |declared: &BTreeSet<String>, built: Vec<&String>| {
+            Some(declared.iter().chain(built).cloned().collect::<BTreeSet<String>>())
+        };
+        KnownNames {
+            directories: with(&self.declared.directories, self.directories.keys().collect()),
+            connections: with(&self.declared.connections, self.connections.keys().collect()),
+            notify: with(&self.declared.notify, self.notify.keys().collect()),
+            entities: Some(self.declared.entities.iter().cloned().chain(self.webhooks.entities()).collect()),
+        }
     }
 }
 
-impl RawConfig {
-    fn check(&self, ctx: &mut CheckCtx) {
-        self.engine.check(ctx);
+impl Document {
+    /// Every section built, in the order of the file's sections; each problem goes to `ctx`.
+    fn build(self, ctx: &mut CheckCtx) -> Config {
+        let engine = self.engine.build(ctx);
         self.limits.check(ctx);
-        for (name, d) in &self.directories {
-            d.get_ref().check(name, d.span(), ctx);
-        }
+        let directories =
+            build_each(&self.directories, ctx, |name, d, span, ctx| d.build(name, span, ctx).map(Arc::new));
+        let tokens = Arc::new(TokenSlot::default());
+        let mut connections = BTreeMap::new();
+        let mut unavailable_connections = BTreeMap::new();
         for (name, c) in &self.connections {
-            c.get_ref().check(name, c.span(), ctx);
+            let deferred = ctx.deferrals();
+            match c.get_ref().build(name, c.span(), ctx, tokens.clone()) {
+                Some(conn) => {
+                    connections.insert(name.clone(), Arc::new(conn));
+                }
+                None => {
+                    if let Some(why) = deferred_since(ctx, deferred) {
+                        tracing::debug!(connection = %name, %why, "Connection left out: it fails the runs that use it.");
+                        unavailable_connections.insert(name.clone(), why);
+                    }
+                }
+            }
         }
-        for (name, j) in &self.jobs {
-            j.get_ref().check(name, j.span(), ctx);
+        let jobs = build_each(&self.jobs, ctx, |name, j, span, ctx| j.build(name, span, ctx));
+        let server = self.server.as_ref().and_then(|s| s.build(ctx));
+        let webhooks = crate::webhook::build(&self.webhooks, self.server.is_some(), ctx);
+        let notify = build_each(&self.notify, ctx, |name, n, span, ctx| n.build(name, span, ctx).map(Arc::new));
+        let declared = Declared {
+            directories: self.directories.keys().cloned().collect(),
+            connections: self.connections.keys().cloned().collect(),
+            jobs: self.jobs.keys().cloned().collect(),
+            notify: self.notify.keys().cloned().collect(),
+            entities: self.webhooks.values().map(|w| w.get_ref().entity.get_ref().clone()).collect(),
+        };
+        Config {
+            path: None,
+            engine,
+            limits: self.limits,
+            directories,
+            connections,
+            unavailable_connections,
+            tokens,
+            jobs,
+            server,
+            webhooks,
+            notify,
+            declared,
+            warnings: Vec::new(),
         }
-        crate::webhook::check(self.server.as_ref(), &self.webhooks, ctx);
-        for (name, n) in &self.notify {
-            n.get_ref().check(name, n.span(), ctx);
+    }
+}
+
+/// Builds every section of a table; a section that does not build is left out (its problems
+/// are in `ctx`; one left out for a secret that is not set here is only logged).
+fn build_each<C, T>(
+    sections: &BTreeMap<String, Spanned<C>>,
+    ctx: &mut CheckCtx,
+    build: impl Fn(&str, &C, std::ops::Range<usize>, &mut CheckCtx) -> Option<T>,
+) -> BTreeMap<String, T> {
+    let mut built = BTreeMap::new();
+    for (name, section) in sections {
+        let deferred = ctx.deferrals();
+        match build(name, section.get_ref(), section.span(), ctx) {
+            Some(t) => {
+                built.insert(name.clone(), t);
+            }
+            None => {
+                if let Some(why) = deferred_since(ctx, deferred) {
+                    tracing::debug!(section = %name, %why, "Left out until its secret is set; what uses it fails.");
+                }
+            }
+        }
+    }
+    built
+}
+
+/// The problems deferred to a use since there were `before` of them, joined; `None` when
+/// there are none.
+fn deferred_since(ctx: &CheckCtx, before: usize) -> Option<String> {
+    let deferred = ctx.deferred.as_deref().unwrap_or_default();
+    let new: Vec<&str> = deferred.get(before..).unwrap_or_default().iter().map(|d| d.message.as_str()).collect();
+    (!new.is_empty()).then(|| new.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_reports_every_problem_with_its_place() {
+        let text = "[server]\nlisten = \"localhost\"\n\n\
+                    [webhooks.a]\npath = \"hooks/a\"\nentity = \"ticket\"\nauth = { type = \"bearer\", token = \"${TRIPLINE_UNIT_UNSET_VAR}\" }\n\n\
+                    [webhooks.b]\npath = \"/metrics\"\nentity = \"ticket\"\nevent = \"Bad Name\"\nauth = { type = \"none\" }\n\n\
+                    [webhooks.c]\npath = \"/metrics\"\nentity = \"ticket\"\nauth = { type = \"none\" }\nfields = { X = \"a..b\" }\n";
+        let diags = Config::from_str(text, std::path::Path::new("t.toml")).unwrap_err();
+        let shown: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        let expect = [
+            "t.toml:2:10: [server] listen: \"localhost\" is not an address",
+            "t.toml:5:8: [webhooks.a] path must start with `/`",
+            "t.toml:7:35: [webhooks.a] auth token: environment variable TRIPLINE_UNIT_UNSET_VAR is not set",
+            "t.toml:10:8: [webhooks.b] path \"/metrics\" is the server's own",
+            "t.toml:12:9: [webhooks.b] event: \"Bad Name\" is not an event name",
+            "t.toml:16:8: [webhooks.c] path \"/metrics\" is already the path of [webhooks.b]",
+            "t.toml:19:10: [webhooks.c] fields: X = \"a..b\": not a dotted path",
+        ];
+        for e in expect {
+            assert!(shown.iter().any(|s| s.starts_with(e)), "{e:?} in {shown:#?}");
+        }
+        let no_server = "[webhooks.a]\npath = \"/a\"\nentity = \"t\"\nauth = { type = \"none\" }\n";
+        let diags = Config::from_str(no_server, std::path::Path::new("t.toml")).unwrap_err();
+        assert!(diags[0].to_string().contains("needs a [server] section"), "{diags:?}");
+    }
+
+    #[test]
+    fn tripline_check_reports_each_problem_at_its_place() {
+        let text = r#"
+[directories.AD]
+kind = "active_directory"
+url = "ldapx://dc1"
+bind_dn = "CN=svc,DC=example,DC=com"
+bind_password = "${TRIPLINE_TEST_UNSET_AD_PW}"
+base_dn = "DC=example,DC=com"
+users_ou = "OU=Staff,DC=elsewhere,DC=com"
+"#;
+        let diags = Config::from_str(text, Path::new("tripline.toml")).unwrap_err();
+        let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(lines[0].starts_with("tripline.toml:4:7: directories.AD: url scheme `ldapx`"), "{lines:#?}");
+        assert!(lines[1].starts_with("tripline.toml:8:12: directories.AD: users_ou"), "{lines:#?}");
+        assert_eq!(
+            lines[2],
+            "tripline.toml:6:17: directories.AD.bind_password: environment variable TRIPLINE_TEST_UNSET_AD_PW is not set"
+        );
+        let good = "[directories.AD]\nkind = \"ldap\"\nurl = \"ldap://h\"\nbase_dn = \"dc=x\"\ndry_run = true\n";
+        assert!(Config::from_str(good, Path::new("t.toml")).is_ok());
+        // Dry run binds nothing: an unset password variable is not an error (yet).
+        let dry = text.replace("ldapx://", "ldaps://").replace("DC=elsewhere", "DC=example") + "dry_run = true\n";
+        let config = Config::from_str(&dry, Path::new("t.toml")).unwrap();
+        assert!(config.directories["AD"].is_dry_run());
+    }
+
+    mod fuzz {
+        //! Property tests: configuration text, whatever it holds, gives a configuration or
+        //! diagnostics, never a panic.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn toml_literal() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("true".to_string()),
+                any::<i32>().prop_map(|i| i.to_string()),
+                "[a-zA-Z(*)\\\\.^$]{0,6}".prop_map(|s| format!("{s:?}")),
+                prop::collection::vec(any::<i16>(), 0..3).prop_map(|v| format!("{v:?}")),
+                Just("{ x = 1 }".to_string()),
+                Just("1979-05-27T07:32:00Z".to_string()),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_config_text_is_a_config_or_diagnostics(src in "\\PC{0,300}") {
+                let _ = Config::from_str(&src, Path::new("tripline.toml"));
+            }
+
+            #[test]
+            fn config_sections_with_random_values_never_panic(
+                section in "engine|limits|directories.AD|connections.hr|jobs.j|webhooks.w|notify.n|server",
+                key in "[a-z_]{1,12}|url|schedule|kind|auth|workers|timeout_ms|base_dn|path",
+                value in toml_literal(),
+            ) {
+                let src = format!("[{section}]\n{key} = {value}\n");
+                let _ = Config::from_str(&src, Path::new("tripline.toml"));
+            }
         }
     }
 }

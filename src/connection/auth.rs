@@ -4,6 +4,7 @@
 //! attempt, and every value that went out is remembered so that an answer echoing it can be
 //! scrubbed before anything reaches a script, a log or an error.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,8 @@ use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use super::config::{ApiKeyIn, AuthConfig};
 use super::oauth::{OAuth2, Token, TokenStore};
 use super::ConnectionError;
-use crate::config::{secret, Secret};
+use crate::diag::CheckCtx;
+use crate::secret::{self, Secret, SecretRef};
 
 /// A connection's authentication, secrets resolved.
 pub(crate) enum Auth {
@@ -41,38 +43,70 @@ pub(crate) struct Credentials {
 }
 
 impl Auth {
+    /// What `auth = { ... }` adds to requests, secrets resolved; `None` when the table has a
+    /// problem, which is recorded at its place (every one), or when a secret is not set and the
+    /// check defers that to a use. A connection that is not `enabled` is checked (its secrets
+    /// only for how they are written) and sends nothing: [`Auth::None`].
     pub fn build(
         connection: &str,
         config: &AuthConfig,
+        span: Range<usize>,
+        enabled: bool,
         timeout: Duration,
         tokens: Arc<dyn TokenStore>,
-    ) -> Result<Auth, ConnectionError> {
-        let resolve = |what: &str, secret: &crate::config::SecretRef| {
-            secret.resolve().map_err(|e| ConnectionError::Invalid {
-                connection: connection.to_string(),
-                message: format!("{what}: {e}"),
-            })
+        ctx: &mut CheckCtx,
+    ) -> Option<Auth> {
+        let secret = |ctx: &mut CheckCtx, secret: &SecretRef, what: &str| {
+            if enabled {
+                secret.check(ctx, what)
+            } else {
+                secret.check_syntax(ctx, what);
+                None
+            }
         };
-        Ok(match config {
+        let auth = match config {
             AuthConfig::ApiKey { name, value, location } => {
-                let value = resolve("auth.value", value)?;
-                if *location == ApiKeyIn::Header {
-                    header(connection, name, value.expose())?;
+                let mut usable = true;
+                if name.trim().is_empty() {
+                    ctx.error(span.clone(), "auth.name (the key's parameter name) is empty");
+                    usable = false;
+                } else if *location == ApiKeyIn::Header && HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    ctx.error(span.clone(), format!("auth.name `{name}` is not a valid header name"));
+                    usable = false;
                 }
-                Auth::ApiKey { name: name.clone(), value, location: *location }
+                let value = secret(ctx, value, "auth.value").filter(|v| {
+                    let fits = *location != ApiKeyIn::Header || !usable || header(connection, name, v.expose()).is_ok();
+                    if !fits {
+                        ctx.error(span.clone(), "auth.value: not a valid header value");
+                    }
+                    fits && usable
+                });
+                value.map(|value| Auth::ApiKey { name: name.clone(), value, location: *location })
             }
             AuthConfig::Basic { username, password } => {
-                let password = resolve("auth.password", password)?;
-                let encoded =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose()));
-                Auth::Header(Secret::new(format!("Basic {encoded}")))
+                if username.is_empty() {
+                    ctx.error(span.clone(), "auth.username is empty");
+                }
+                if username.contains(':') {
+                    ctx.error(span.clone(), "auth.username cannot contain `:` in basic authentication");
+                }
+                secret(ctx, password, "auth.password").map(|password| {
+                    let encoded =
+                        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose()));
+                    Auth::Header(Secret::new(format!("Basic {encoded}")))
+                })
             }
-            AuthConfig::Bearer { token } => {
-                let token = resolve("auth.token", token)?;
-                Auth::Header(Secret::new(format!("Bearer {}", token.expose())))
+            AuthConfig::Bearer { token } => secret(ctx, token, "auth.token")
+                .map(|token| Auth::Header(Secret::new(format!("Bearer {}", token.expose())))),
+            AuthConfig::OAuth2(o) => {
+                OAuth2::build(connection, o, span, enabled, timeout, tokens, ctx).map(|o| Auth::OAuth2(Arc::new(o)))
             }
-            AuthConfig::OAuth2(o) => Auth::OAuth2(Arc::new(OAuth2::build(connection, o, timeout, tokens)?)),
-        })
+        };
+        if enabled {
+            auth
+        } else {
+            Some(Auth::None)
+        }
     }
 
     /// A short name for logs and `Debug`.

@@ -1,4 +1,5 @@
-//! `[connections.NAME]` as written: the serde structs, their checks, and `build()`.
+//! `[connections.NAME]` as written: the serde structs, and `build()`, which reports every
+//! problem of a section and makes its [`Connection`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,9 +17,10 @@ use url::Url;
 use super::auth::Auth;
 use super::oauth::TokenStore;
 use super::politeness::{RateLimit, RetryPolicy};
-use super::{Connection, ConnectionError};
-use crate::config::secret::SecretError;
-use crate::config::{CheckCtx, SecretRef};
+use super::Connection;
+use crate::de::duration;
+use crate::diag::CheckCtx;
+use crate::secret::SecretRef;
 
 /// Used when `timeout` is not given.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,7 +46,7 @@ pub const DEFAULT_MAX_PAGES: u32 = 1000;
 /// `enabled = false` keeps a connection configured but out of use: `check` still validates
 /// its settings but does not resolve its secrets (so an example connection whose
 /// `${VARIABLE}` is not set yet does not fail `check` or startup), and every call on it fails
-/// with [`ConnectionError::Disabled`], which says how to turn it on.
+/// with [`ConnectionError::Disabled`](super::ConnectionError::Disabled), which says how to turn it on.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionConfig {
@@ -76,16 +78,12 @@ pub struct ConnectionConfig {
     /// IETF draft's name; `X-Request-Id` and others elsewhere). When set, each POST or PATCH
     /// carries a key that stays the same on every attempt of the run that sends it, so a
     /// request whose outcome is unknown (a timeout) is sent again; without it such a request
-    /// fails the run for good instead (see [`ConnectionError::OutcomeUnknown`]).
+    /// fails the run for good instead (see [`ConnectionError::OutcomeUnknown`](super::ConnectionError::OutcomeUnknown)).
     #[serde(default)]
     pub idempotency_header: Option<Spanned<String>>,
     /// Whether the connection is in use (default true); see the type's docs.
-    #[serde(default = "enabled")]
+    #[serde(default = "crate::de::default_true")]
     pub enabled: bool,
-}
-
-fn enabled() -> bool {
-    true
 }
 
 fn default_timeout() -> Duration {
@@ -375,8 +373,21 @@ fn get() -> String {
 }
 
 impl ConnectionConfig {
-    /// Records every problem of this section.
-    pub fn check(&self, name: &str, span: Range<usize>, ctx: &mut CheckCtx) {
+    /// The runtime connection, secrets resolved; OAuth2 tokens are read from and written to
+    /// `tokens`. `None` when the section has a problem, which is recorded (every problem, each
+    /// at its place), or when a secret is not set and the check defers that to a use.
+    ///
+    /// A disabled connection is checked, but built without its secrets and headers: it only
+    /// answers [`ConnectionError::Disabled`](super::ConnectionError::Disabled).
+    pub fn build(
+        &self,
+        name: &str,
+        span: Range<usize>,
+        ctx: &mut CheckCtx,
+        tokens: Arc<dyn TokenStore>,
+    ) -> Option<Connection> {
+        let errors = ctx.errors();
+        let deferred = ctx.deferrals();
         if !is_snake_case(name) {
             ctx.error(
                 span.clone(),
@@ -387,134 +398,119 @@ impl ConnectionConfig {
                 ),
             );
         }
-        check_http_url(&self.base_url, "base_url", ctx);
+        let base_url = check_http_url(&self.base_url, "base_url", ctx);
         if self.timeout.is_zero() {
             ctx.error(span.clone(), "timeout must be more than zero");
         }
+        let mut headers = HeaderMap::new();
         for (header, value) in &self.headers {
-            if HeaderName::from_bytes(header.as_bytes()).is_err() {
+            let header_name = HeaderName::from_bytes(header.as_bytes());
+            if header_name.is_err() {
                 ctx.error(value.span(), format!("`{header}` is not a valid header name"));
             }
-            if is_template(value) {
-                check_secret(value, &format!("header {header}"), self.enabled, ctx);
-            } else if HeaderValue::from_str(value.0.get_ref()).is_err() {
-                ctx.error(value.span(), format!("header {header}: not a valid header value"));
+            let not_a_value =
+                |ctx: &mut CheckCtx| ctx.error(value.span(), format!("header {header}: not a valid header value"));
+            let header_value = if !value.is_template() {
+                HeaderValue::from_str(value.0.get_ref()).map_err(|_| not_a_value(ctx)).ok()
+            } else if self.enabled {
+                value.check(ctx, &format!("header {header}")).and_then(|secret| {
+                    let mut v = HeaderValue::from_str(secret.expose()).map_err(|_| not_a_value(ctx)).ok()?;
+                    v.set_sensitive(true);
+                    Some(v)
+                })
+            } else {
+                value.check_syntax(ctx, &format!("header {header}"));
+                None
+            };
+            if let (Ok(header_name), Some(mut header_value), true) = (header_name, header_value, self.enabled) {
+                if header_name == reqwest::header::AUTHORIZATION {
+                    header_value.set_sensitive(true);
+                }
+                headers.insert(header_name, header_value);
             }
         }
-        if let Some(auth) = &self.auth {
-            check_auth(auth.get_ref(), auth.span(), self.enabled, ctx);
-        }
-        if let Some(limit) = &self.rate_limit {
+        let auth = match &self.auth {
+            Some(auth) => Auth::build(name, auth.get_ref(), auth.span(), self.enabled, self.timeout, tokens, ctx),
+            None => Some(Auth::None),
+        };
+        let rate_limit = self.rate_limit.as_ref().and_then(|limit| {
             let l = limit.get_ref();
-            if l.requests == 0 || l.per_seconds == 0 {
-                ctx.error(limit.span(), "rate_limit needs requests and per_seconds of at least 1");
+            match (NonZeroU32::new(l.requests), l.per_seconds) {
+                (Some(requests), per_seconds) if per_seconds > 0 => {
+                    Some(RateLimit::new(requests, Duration::from_secs(per_seconds)))
+                }
+                _ => {
+                    ctx.error(limit.span(), "rate_limit needs requests and per_seconds of at least 1");
+                    None
+                }
+            }
+        });
+        let retry = self.retry.as_ref().map(|r| r.get_ref().clone()).unwrap_or_default();
+        if let Some(r) = &self.retry {
+            if retry.max_attempts == 0 {
+                ctx.error(r.span(), "retry.max_attempts must be at least 1 (1 = no retries)");
+            }
+            if retry.base_delay > retry.max_delay {
+                ctx.error(r.span(), "retry.base_delay must not exceed retry.max_delay");
             }
         }
-        if let Some(retry) = &self.retry {
-            let r = retry.get_ref();
-            if r.max_attempts == 0 {
-                ctx.error(retry.span(), "retry.max_attempts must be at least 1 (1 = no retries)");
+        let test = self.test.as_ref().map(|t| t.get_ref().clone());
+        let test_method = match (&self.test, &test) {
+            (Some(spanned), Some(t)) => {
+                let method = parse_method(&t.method);
+                if method.is_none() {
+                    ctx.error(spanned.span(), format!("test.method `{}` is not an HTTP method", t.method));
+                }
+                if Url::parse(&t.path).is_ok() {
+                    ctx.error(spanned.span(), "test.path is relative to base_url, not a full URL");
+                }
+                method
             }
-            if r.base_delay > r.max_delay {
-                ctx.error(retry.span(), "retry.base_delay must not exceed retry.max_delay");
-            }
-        }
-        if let Some(test) = &self.test {
-            let t = test.get_ref();
-            if parse_method(&t.method).is_none() {
-                ctx.error(test.span(), format!("test.method `{}` is not an HTTP method", t.method));
-            }
-            if Url::parse(&t.path).is_ok() {
-                ctx.error(test.span(), "test.path is relative to base_url, not a full URL");
-            }
-        }
+            _ => Some(Method::GET),
+        };
         if let Some(max) = &self.max_pages {
             if *max.get_ref() == 0 {
                 ctx.error(max.span(), "max_pages must be at least 1");
             }
         }
-        if let Some(header) = &self.idempotency_header {
-            if let Err(message) = idempotency_header(header.get_ref()) {
-                ctx.error(header.span(), message);
-            }
-        }
-    }
-
-    /// The runtime connection. Secrets are resolved again here (the environment may have
-    /// changed since `check`); OAuth2 tokens are read from and written to `tokens`.
-    ///
-    /// A disabled connection is built without its secrets and headers: it only answers
-    /// [`ConnectionError::Disabled`].
-    pub fn build(&self, name: &str, tokens: Arc<dyn TokenStore>) -> Result<Connection, ConnectionError> {
-        let invalid = |message: String| ConnectionError::Invalid { connection: name.to_string(), message };
-        let mut base_url = Url::parse(self.base_url.get_ref()).map_err(|e| invalid(format!("base_url: {e}")))?;
-        // Paths are relative to the base URL's folder: without the slash, `join` would drop
-        // the base URL's last segment.
-        if !base_url.path().ends_with('/') {
-            base_url.set_path(&format!("{}/", base_url.path()));
-        }
-        let mut headers = HeaderMap::new();
-        for (header, value) in self.headers.iter().filter(|_| self.enabled) {
-            let header_name = HeaderName::from_bytes(header.as_bytes())
-                .map_err(|_| invalid(format!("`{header}` is not a valid header name")))?;
-            let mut header_value = if is_template(value) {
-                let secret = value.resolve().map_err(|e| invalid(format!("header {header}: {e}")))?;
-                let mut v = HeaderValue::from_str(secret.expose())
-                    .map_err(|_| invalid(format!("header {header}: not a valid header value")))?;
-                v.set_sensitive(true);
-                v
-            } else {
-                HeaderValue::from_str(value.0.get_ref())
-                    .map_err(|_| invalid(format!("header {header}: not a valid header value")))?
-            };
-            if header_name == reqwest::header::AUTHORIZATION {
-                header_value.set_sensitive(true);
-            }
-            headers.insert(header_name, header_value);
-        }
-        let auth = match &self.auth {
-            Some(auth) if self.enabled => Auth::build(name, auth.get_ref(), self.timeout, tokens)?,
-            _ => Auth::None,
-        };
-        let rate_limit = match &self.rate_limit {
-            Some(l) => {
-                let l = l.get_ref();
-                let requests = NonZeroU32::new(l.requests)
-                    .ok_or_else(|| invalid("rate_limit.requests must be at least 1".into()))?;
-                if l.per_seconds == 0 {
-                    return Err(invalid("rate_limit.per_seconds must be at least 1".into()));
+        let idempotency_header = match &self.idempotency_header {
+            Some(header) => match idempotency_header(header.get_ref()) {
+                Ok(h) => Some(h),
+                Err(message) => {
+                    ctx.error(header.span(), message);
+                    None
                 }
-                Some(RateLimit::new(requests, Duration::from_secs(l.per_seconds)))
-            }
+            },
             None => None,
         };
-        let retry = self.retry.as_ref().map(|r| r.get_ref().clone()).unwrap_or_default();
-        let test = self.test.as_ref().map(|t| t.get_ref().clone());
-        let test_method = match &test {
-            Some(t) => parse_method(&t.method)
-                .ok_or_else(|| invalid(format!("test.method `{}` is not an HTTP method", t.method)))?,
-            None => Method::GET,
-        };
+        if ctx.errors() > errors || ctx.deferrals() > deferred {
+            return None;
+        }
         let client = reqwest::Client::builder()
             .timeout(self.timeout)
             .connect_timeout(self.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("tripline/", env!("CARGO_PKG_VERSION")))
             .redirect(same_origin_redirects())
             .build()
-            .map_err(|e| invalid(format!("cannot set up the HTTP client: {e}")))?;
-        let idempotency_header =
-            self.idempotency_header.as_ref().map(|h| idempotency_header(h.get_ref())).transpose().map_err(invalid)?;
-        Ok(Connection {
+            .map_err(|e| ctx.error(span, format!("cannot set up the HTTP client: {e}")))
+            .ok()?;
+        // Paths are relative to the base URL's folder: without the slash, `join` would drop
+        // the base URL's last segment.
+        let mut base_url = base_url?;
+        if !base_url.path().ends_with('/') {
+            base_url.set_path(&format!("{}/", base_url.path()));
+        }
+        Some(Connection {
             name: name.to_string(),
             enabled: self.enabled,
             base_url,
             client,
             timeout: self.timeout,
             headers,
-            auth,
+            auth: auth?,
             rate_limit,
             retry: RetryPolicy::new(retry.max_attempts.max(1), retry.base_delay, retry.max_delay),
-            test_method,
+            test_method: test_method?,
             test_path: test.map(|t| t.path).unwrap_or_default(),
             max_pages: self.max_pages.as_ref().map(|m| *m.get_ref()).unwrap_or(DEFAULT_MAX_PAGES).max(1),
             idempotency_header,
@@ -552,10 +548,6 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
     })
 }
 
-fn is_template(value: &SecretRef) -> bool {
-    value.0.get_ref().contains("${")
-}
-
 pub(crate) fn parse_method(method: &str) -> Option<Method> {
     let upper = method.to_ascii_uppercase();
     match upper.as_str() {
@@ -564,124 +556,21 @@ pub(crate) fn parse_method(method: &str) -> Option<Method> {
     }
 }
 
-/// Resolves a secret to report an unset variable or unreadable file, when the connection is
-/// enabled; a disabled connection's secrets are only checked for their `${...}` syntax.
-fn check_secret(secret: &SecretRef, what: &str, enabled: bool, ctx: &mut CheckCtx) {
-    if enabled {
-        ctx.secret(secret, what);
-        return;
-    }
-    let mut rest = secret.0.get_ref().as_str();
-    while let Some(start) = rest.find("${") {
-        match rest[start + 2..].find('}') {
-            Some(end) => rest = &rest[start + 2 + end + 1..],
-            None => {
-                ctx.error(secret.span(), format!("{what}: {}", SecretError::Unterminated));
-                return;
-            }
-        }
-    }
-}
-
-fn check_auth(auth: &AuthConfig, span: Range<usize>, enabled: bool, ctx: &mut CheckCtx) {
-    match auth {
-        AuthConfig::ApiKey { name, value, location } => {
-            if name.trim().is_empty() {
-                ctx.error(span.clone(), "auth.name (the key's parameter name) is empty");
-            } else if *location == ApiKeyIn::Header && HeaderName::from_bytes(name.as_bytes()).is_err() {
-                ctx.error(span.clone(), format!("auth.name `{name}` is not a valid header name"));
-            }
-            check_secret(value, "auth.value", enabled, ctx);
-        }
-        AuthConfig::Basic { username, password } => {
-            if username.is_empty() {
-                ctx.error(span.clone(), "auth.username is empty");
-            }
-            if username.contains(':') {
-                ctx.error(span.clone(), "auth.username cannot contain `:` in basic authentication");
-            }
-            check_secret(password, "auth.password", enabled, ctx);
-        }
-        AuthConfig::Bearer { token } => {
-            check_secret(token, "auth.token", enabled, ctx);
-        }
-        AuthConfig::OAuth2(o) => check_oauth2(o, span, enabled, ctx),
-    }
-}
-
-fn check_oauth2(o: &OAuth2Config, span: Range<usize>, enabled: bool, ctx: &mut CheckCtx) {
-    check_http_url(&o.token_url, "auth.token_url", ctx);
-    if o.client_id.is_empty() {
-        ctx.error(span.clone(), "auth.client_id is empty");
-    }
-    if let Some(secret) = &o.client_secret {
-        check_secret(secret, "auth.client_secret", enabled, ctx);
-    }
-    match o.grant {
-        OAuth2Grant::ClientCredentials => {
-            if o.client_secret.is_none() {
-                ctx.error(span.clone(), "grant client_credentials needs auth.client_secret");
-            }
-            for (setting, given) in [
-                ("auth_url", o.auth_url.is_some()),
-                ("redirect_url", o.redirect_url.is_some()),
-                ("callback_listen", o.callback_listen.is_some()),
-            ] {
-                if given {
-                    ctx.error(span.clone(), format!("auth.{setting} is only used by grant authorization_code"));
-                }
-            }
-        }
-        OAuth2Grant::AuthorizationCode => {
-            match &o.auth_url {
-                Some(url) => check_http_url(url, "auth.auth_url", ctx),
-                None => ctx.error(span.clone(), "grant authorization_code needs auth.auth_url"),
-            }
-            let redirect = match &o.redirect_url {
-                Some(url) => {
-                    check_http_url(url, "auth.redirect_url", ctx);
-                    Url::parse(url.get_ref()).ok()
-                }
-                None => {
-                    ctx.error(span.clone(), "grant authorization_code needs auth.redirect_url");
-                    None
-                }
-            };
-            match &o.callback_listen {
-                Some(listen) => {
-                    if listen.get_ref().parse::<std::net::SocketAddr>().is_err() {
-                        ctx.error(listen.span(), "auth.callback_listen must be an address like 127.0.0.1:8976");
-                    }
-                }
-                None => {
-                    if let Some(url) = redirect {
-                        if super::oauth::listen_address(&url).is_none() {
-                            ctx.error(
-                                o.redirect_url.as_ref().map(|u| u.span()).unwrap_or(span),
-                                "auth.redirect_url does not name a local address to listen on; \
-                                 set auth.callback_listen (e.g. \"127.0.0.1:8976\")",
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn check_http_url(url: &Spanned<String>, what: &str, ctx: &mut CheckCtx) {
+/// `url` parsed, when it is an http or https URL without credentials or a fragment; a
+/// problem naming `what` otherwise.
+pub(super) fn check_http_url(url: &Spanned<String>, what: &str, ctx: &mut CheckCtx) -> Option<Url> {
     match Url::parse(url.get_ref()) {
         Err(e) => ctx.error(url.span(), format!("{what}: {e}")),
-        Ok(u) => {
-            if u.scheme() != "http" && u.scheme() != "https" {
-                ctx.error(url.span(), format!("{what} must be an http or https URL"));
-            } else if !u.username().is_empty() || u.password().is_some() {
-                ctx.error(url.span(), format!("{what} must not carry credentials; put them in `auth`"));
-            } else if u.fragment().is_some() {
-                ctx.error(url.span(), format!("{what} must not have a #fragment"));
-            }
+        Ok(u) if u.scheme() != "http" && u.scheme() != "https" => {
+            ctx.error(url.span(), format!("{what} must be an http or https URL"))
         }
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+            ctx.error(url.span(), format!("{what} must not carry credentials; put them in `auth`"))
+        }
+        Ok(u) if u.fragment().is_some() => ctx.error(url.span(), format!("{what} must not have a #fragment")),
+        Ok(u) => return Some(u),
     }
+    None
 }
 
 /// Lowercase ASCII letters and digits in words joined by single underscores, starting with
@@ -720,56 +609,13 @@ fn to_snake_case(name: &str) -> String {
     }
 }
 
-/// Durations written as `"30s"`, `"500ms"`, `"24h"`, `"1h 30m"` or as whole seconds.
-pub(crate) mod duration {
-    use std::fmt;
-    use std::time::Duration;
-
-    use serde::de::{self, Deserializer, Visitor};
-
-    struct DurationVisitor;
-
-    impl Visitor<'_> for DurationVisitor {
-        type Value = Duration;
-
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a duration such as \"30s\", \"500ms\" or \"24h\", or whole seconds")
-        }
-
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
-            Ok(Duration::from_secs(v))
-        }
-
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-            u64::try_from(v).map(Duration::from_secs).map_err(|_| E::custom("a duration cannot be negative"))
-        }
-
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-            parse(v).map_err(E::custom)
-        }
-    }
-
-    /// Parses `"30s"`, `"500ms"`, `"24h"`, `"1h 30m"`.
-    pub fn parse(text: &str) -> Result<Duration, String> {
-        humantime::parse_duration(text.trim())
-            .map_err(|e| format!("invalid duration `{text}` ({e}); write e.g. \"30s\", \"500ms\" or \"24h\""))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        d.deserialize_any(DurationVisitor)
-    }
-
-    pub fn deserialize_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        d.deserialize_any(DurationVisitor).map(Some)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     use super::*;
     use crate::class::Classify;
+    use crate::connection::ConnectionError;
     use crate::diag::Diagnostic;
 
     fn check(source: &str) -> Vec<Diagnostic> {
@@ -779,10 +625,9 @@ mod tests {
         }
         let file: File = toml::from_str(source).expect("parses");
         let path = Path::new("tripline.toml");
-        let mut ctx =
-            CheckCtx { path, source, base_dir: Path::new("."), diags: Vec::new(), secrets: Default::default() };
+        let mut ctx = CheckCtx::new(path, source, Path::new("."));
         for (name, c) in &file.connections {
-            c.get_ref().check(name, c.span(), &mut ctx);
+            c.get_ref().build(name, c.span(), &mut ctx, Arc::new(crate::connection::MemoryTokenStore::new()));
         }
         ctx.diags
     }
@@ -918,7 +763,10 @@ auth = { type = "bearer", token = "${UNTERMINATED" }
              auth = { type = \"basic\", username = \"svc\", password = \"${TRIPLINE_SURELY_UNSET_VAR}\" }\n",
         )
         .unwrap();
-        let conn = c.build("flex_hr", Arc::new(crate::connection::MemoryTokenStore::new())).expect("builds");
+        let text = "";
+        let mut ctx = CheckCtx::new(Path::new("tripline.toml"), text, Path::new("."));
+        let tokens = Arc::new(crate::connection::MemoryTokenStore::new());
+        let conn = c.build("flex_hr", 0..0, &mut ctx, tokens).expect("builds");
         assert!(!conn.is_enabled());
         let e = conn.get("users", Default::default()).await.unwrap_err();
         assert!(matches!(e, ConnectionError::Disabled { .. }) && !e.is_transient(), "{e:?}");
@@ -967,10 +815,7 @@ auth = { type = "bearer", token = "${UNTERMINATED" }
 
     #[test]
     fn durations() {
-        assert_eq!(duration::parse("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(duration::parse("24h").unwrap(), Duration::from_secs(86400));
-        assert_eq!(duration::parse("1h 30m").unwrap(), Duration::from_secs(5400));
-        assert!(duration::parse("5 parsecs").is_err());
+        // Their parsing is `crate::de::duration`'s; a timeout takes whole seconds too.
         let c: ConnectionConfig = toml::from_str("base_url = \"https://x\"\ntimeout = 7\n").unwrap();
         assert_eq!(c.timeout, Duration::from_secs(7));
     }

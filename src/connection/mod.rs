@@ -45,7 +45,9 @@ pub use config::{
     TestRequestConfig,
 };
 pub use error::ConnectionError;
-pub use oauth::{MemoryTokenStore, PendingAuthorization, StoredToken, Token, TokenStore, TokenStoreError};
+pub use oauth::{
+    MemoryTokenStore, PendingAuthorization, StoreTokens, StoredToken, Token, TokenSlot, TokenStore, TokenStoreError,
+};
 pub use paging::{Paging, PagingOptions};
 use politeness::{parse_retry_after, RateLimit, RetryPolicy};
 

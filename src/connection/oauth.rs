@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,8 +31,10 @@ use tracing::{error, info};
 use url::Url;
 
 use super::auth::{scrub, Credentials};
-use super::config::{ClientAuth, OAuth2Config, OAuth2Grant};
+use super::config::{check_http_url, ClientAuth, OAuth2Config, OAuth2Grant};
 use super::ConnectionError;
+use crate::diag::CheckCtx;
+use crate::store::Store;
 
 /// Where a connection's OAuth2 tokens survive restarts. The daemon implements it on its
 /// key-value table; [`MemoryTokenStore`] serves tests and embedders without a store.
@@ -81,9 +84,64 @@ impl TokenStore for MemoryTokenStore {
     }
 }
 
+/// OAuth2 tokens in the store's key-value table (namespace `oauth2`): what the runtime keeps
+/// its connections' tokens in, so that they survive restarts.
+pub struct StoreTokens(pub Arc<dyn Store>);
+
+const TOKENS: &str = "oauth2";
+
+impl TokenStore for StoreTokens {
+    fn load(&self, connection: &str) -> Result<Option<StoredToken>, TokenStoreError> {
+        match self.0.kv_get(TOKENS, connection).map_err(TokenStoreError::new)? {
+            Some(serde_json::Value::String(text)) => StoredToken::from_json(&text).map(Some),
+            Some(_) => Err(TokenStoreError::new("stored token is not text")),
+            None => Ok(None),
+        }
+    }
+
+    fn save(&self, connection: &str, token: &StoredToken) -> Result<(), TokenStoreError> {
+        self.0.kv_set(TOKENS, connection, &serde_json::Value::String(token.to_json())).map_err(TokenStoreError::new)
+    }
+}
+
+/// The token store of a configuration's connections, bound once, later: the connections are
+/// built with the configuration, before the store their tokens belong in is opened (its folder
+/// is in the configuration). Until the runtime binds it ([`TokenSlot::bind`]), tokens stay in
+/// memory; nothing uses a token before that in tripline itself.
+#[derive(Default)]
+pub struct TokenSlot {
+    bound: std::sync::OnceLock<Arc<dyn TokenStore>>,
+    memory: MemoryTokenStore,
+}
+
+impl TokenSlot {
+    /// Sends every later load and save to `store`. A slot is bound once; a second binding is
+    /// refused (it returns false) so that no connection loses the tokens it saved.
+    pub fn bind(&self, store: Arc<dyn TokenStore>) -> bool {
+        self.bound.set(store).is_ok()
+    }
+
+    fn store(&self) -> &dyn TokenStore {
+        match self.bound.get() {
+            Some(s) => s.as_ref(),
+            None => &self.memory,
+        }
+    }
+}
+
+impl TokenStore for TokenSlot {
+    fn load(&self, connection: &str) -> Result<Option<StoredToken>, TokenStoreError> {
+        self.store().load(connection)
+    }
+
+    fn save(&self, connection: &str, token: &StoredToken) -> Result<(), TokenStoreError> {
+        self.store().save(connection, token)
+    }
+}
+
 /// An OAuth2 token value. `Debug` and `Display` print `**REDACTED**`.
 ///
-/// Unlike [`crate::config::Secret`] it is not registered for global redaction: tokens rotate
+/// Unlike [`crate::secret::Secret`] it is not registered for global redaction: tokens rotate
 /// every hour or so and the registry would only grow. Instead each response is scrubbed of
 /// the token its request carried.
 #[derive(Clone, PartialEq, Eq)]
@@ -199,52 +257,103 @@ struct TokenState {
 }
 
 impl OAuth2 {
+    /// The OAuth2 client of `auth = { type = "oauth2", ... }`, its tokens kept in `store`.
+    /// `None` when the settings have a problem, which is recorded at its place (every one), and
+    /// for a connection that is not `enabled`, whose settings are checked and its secret only
+    /// for how it is written.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         connection: &str,
         config: &OAuth2Config,
+        span: Range<usize>,
+        enabled: bool,
         timeout: Duration,
         store: Arc<dyn TokenStore>,
-    ) -> Result<OAuth2, ConnectionError> {
-        let invalid = |message: String| ConnectionError::Invalid { connection: connection.to_string(), message };
-        let token_url =
-            TokenUrl::new(config.token_url.get_ref().clone()).map_err(|e| invalid(format!("auth.token_url: {e}")))?;
-        let auth_url = config
-            .auth_url
-            .as_ref()
-            .map(|u| AuthUrl::new(u.get_ref().clone()))
-            .transpose()
-            .map_err(|e| invalid(format!("auth.auth_url: {e}")))?;
+        ctx: &mut CheckCtx,
+    ) -> Option<OAuth2> {
+        let errors = ctx.errors();
+        let token_url = check_http_url(&config.token_url, "auth.token_url", ctx);
+        if config.client_id.is_empty() {
+            ctx.error(span.clone(), "auth.client_id is empty");
+        }
+        let client_secret = match &config.client_secret {
+            Some(secret) if enabled => Some(secret.check(ctx, "auth.client_secret")),
+            Some(secret) => {
+                secret.check_syntax(ctx, "auth.client_secret");
+                None
+            }
+            None => None,
+        };
+        let (mut auth_url, mut redirect_url, mut callback_listen) = (None, None, None);
+        match config.grant {
+            OAuth2Grant::ClientCredentials => {
+                if config.client_secret.is_none() {
+                    ctx.error(span.clone(), "grant client_credentials needs auth.client_secret");
+                }
+                for (setting, given) in [
+                    ("auth_url", config.auth_url.is_some()),
+                    ("redirect_url", config.redirect_url.is_some()),
+                    ("callback_listen", config.callback_listen.is_some()),
+                ] {
+                    if given {
+                        ctx.error(span.clone(), format!("auth.{setting} is only used by grant authorization_code"));
+                    }
+                }
+            }
+            OAuth2Grant::AuthorizationCode => {
+                match &config.auth_url {
+                    Some(url) => auth_url = check_http_url(url, "auth.auth_url", ctx),
+                    None => ctx.error(span.clone(), "grant authorization_code needs auth.auth_url"),
+                }
+                match &config.redirect_url {
+                    Some(url) => redirect_url = check_http_url(url, "auth.redirect_url", ctx),
+                    None => ctx.error(span.clone(), "grant authorization_code needs auth.redirect_url"),
+                }
+                match &config.callback_listen {
+                    Some(listen) => match listen.get_ref().parse::<SocketAddr>() {
+                        Ok(addr) => callback_listen = Some(addr),
+                        Err(_) => {
+                            ctx.error(listen.span(), "auth.callback_listen must be an address like 127.0.0.1:8976")
+                        }
+                    },
+                    None => {
+                        if let Some(url) = &redirect_url {
+                            if listen_address(url).is_none() {
+                                ctx.error(
+                                    config.redirect_url.as_ref().map(|u| u.span()).unwrap_or(span.clone()),
+                                    "auth.redirect_url does not name a local address to listen on; \
+                                     set auth.callback_listen (e.g. \"127.0.0.1:8976\")",
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !enabled || ctx.errors() > errors {
+            return None;
+        }
+        // A secret that is not set here waits for a use: the connection is left out.
+        let client_secret = client_secret.map(|s| s.ok_or(())).transpose().ok()?;
         let mut client = BasicClient::new(ClientId::new(config.client_id.clone()))
-            .set_token_uri(token_url)
-            .set_auth_uri_option(auth_url)
+            .set_token_uri(TokenUrl::from_url(token_url?))
+            .set_auth_uri_option(auth_url.map(AuthUrl::from_url))
             .set_auth_type(match config.client_auth {
                 ClientAuth::Basic => AuthType::BasicAuth,
                 ClientAuth::Body => AuthType::RequestBody,
             });
-        if let Some(secret) = &config.client_secret {
-            let secret = secret.resolve().map_err(|e| invalid(format!("auth.client_secret: {e}")))?;
+        if let Some(secret) = client_secret {
             client = client.set_client_secret(ClientSecret::new(secret.expose().to_string()));
         }
-        let redirect_url = config
-            .redirect_url
-            .as_ref()
-            .map(|u| Url::parse(u.get_ref()))
-            .transpose()
-            .map_err(|e| invalid(format!("auth.redirect_url: {e}")))?;
-        let callback_listen = config
-            .callback_listen
-            .as_ref()
-            .map(|a| a.get_ref().parse::<SocketAddr>())
-            .transpose()
-            .map_err(|e| invalid(format!("auth.callback_listen: {e}")))?;
         // Token endpoints never redirect in a way we should follow (the oauth2 crate's advice
         // against SSRF); the timeout is the connection's.
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .build()
-            .map_err(|e| invalid(format!("cannot set up the HTTP client: {e}")))?;
-        Ok(OAuth2 {
+            .map_err(|e| ctx.error(span, format!("cannot set up the HTTP client: {e}")))
+            .ok()?;
+        Some(OAuth2 {
             connection: connection.to_string(),
             client,
             http: TokenHttp(http),

@@ -38,8 +38,7 @@ use toml::Spanned;
 
 use super::dn::{is_attribute_type, Dn};
 use super::schema::{protection, Schema, WriteKind, AD, LDAP};
-use crate::config::{CheckCtx, SecretRef};
-use crate::diag::Diagnostic;
+use crate::secret::SecretRef;
 
 /// `[directories.NAME]` as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -74,7 +73,7 @@ pub struct DirectoryConfig {
     /// The part after `@` of new users' `userPrincipalName`. Default: base_dn's `DC=` parts.
     pub upn_suffix: Option<Spanned<String>>,
     /// Verify the server's certificate (default true).
-    #[serde(default = "default_true")]
+    #[serde(default = "crate::de::default_true")]
     pub tls_verify: bool,
     /// A PEM file of CA certificates to trust besides the system's.
     pub ca_file: Option<Spanned<PathBuf>>,
@@ -93,10 +92,6 @@ pub struct DirectoryConfig {
     /// HR field -> attribute, over the defaults of [`default_mapping`]; `""` drops a field.
     #[serde(default)]
     pub mapping: BTreeMap<String, Spanned<String>>,
-}
-
-fn default_true() -> bool {
-    true
 }
 
 fn default_false() -> Spanned<bool> {
@@ -237,23 +232,8 @@ pub(crate) struct Resolved {
 }
 
 impl DirectoryConfig {
-    /// Records every problem of this section (`name` is the section's key, `span` its place).
-    pub fn check(&self, name: &str, span: Range<usize>, ctx: &mut CheckCtx) {
-        let (_, problems) = self.resolve(name, ctx.base_dir);
-        for p in problems {
-            let at = p.span.unwrap_or_else(|| span.clone());
-            match p.warning {
-                false => ctx.error(at, p.message),
-                true => ctx.diags.push(Diagnostic::span(ctx.path, ctx.source, Some(at), p.message).warning()),
-            }
-        }
-        // In dry-run mode nothing binds, so an unset `${AD_BIND_PASSWORD}` is no problem yet.
-        if let (Some(pw), false) = (&self.bind_password, self.dry_run) {
-            ctx.secret(pw, &format!("directories.{name}.bind_password"));
-        }
-    }
-
-    /// Validates and fills in defaults; the same code serves `tripline check` and start-up.
+    /// Validates and fills in defaults: the core of [`DirectoryConfig::build`], which reports
+    /// the problems and builds the directory.
     pub(crate) fn resolve(&self, name: &str, base_dir: &Path) -> (Option<Resolved>, Vec<Problem>) {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
@@ -590,39 +570,24 @@ groups_base = "OU=Groups;;"
         assert!(toml::from_str::<DirectoryConfig>(&format!("{GOOD}colour = 1\n")).is_err());
     }
 
-    #[test]
-    fn tripline_check_reports_each_problem_at_its_place() {
-        let text = r#"
-[directories.AD]
-kind = "active_directory"
-url = "ldapx://dc1"
-bind_dn = "CN=svc,DC=example,DC=com"
-bind_password = "${TRIPLINE_TEST_UNSET_AD_PW}"
-base_dn = "DC=example,DC=com"
-users_ou = "OU=Staff,DC=elsewhere,DC=com"
-"#;
-        let diags = crate::config::Config::from_str(text, Path::new("tripline.toml")).unwrap_err();
-        let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
-        assert_eq!(lines.len(), 3, "{lines:#?}");
-        assert!(lines[0].starts_with("tripline.toml:4:7: directories.AD: url scheme `ldapx`"), "{lines:#?}");
-        assert!(lines[1].starts_with("tripline.toml:8:12: directories.AD: users_ou"), "{lines:#?}");
-        assert_eq!(
-            lines[2],
-            "tripline.toml:6:17: directories.AD.bind_password: environment variable TRIPLINE_TEST_UNSET_AD_PW is not set"
-        );
-        let good = "[directories.AD]\nkind = \"ldap\"\nurl = \"ldap://h\"\nbase_dn = \"dc=x\"\ndry_run = true\n";
-        assert!(crate::config::Config::from_str(good, Path::new("t.toml")).is_ok());
-        // Dry run binds nothing: an unset password variable is not an error (yet).
-        let dry = text.replace("ldapx://", "ldaps://").replace("DC=elsewhere", "DC=example") + "dry_run = true\n";
-        let config = crate::config::Config::from_str(&dry, Path::new("t.toml")).unwrap();
-        let section = config.raw.directories["AD"].get_ref();
-        assert!(section.build("AD", Path::new(".")).unwrap().is_dry_run());
+    /// `[directories.AD]` of a whole file, built as the configuration builds it: the
+    /// directory, and `(line:col, warning?, message)` of each problem `check` reports.
+    fn build_file(text: &str) -> (Option<crate::directory::Directory>, Vec<(String, bool, String)>) {
+        #[derive(Deserialize)]
+        struct File {
+            directories: BTreeMap<String, Spanned<DirectoryConfig>>,
+        }
+        let file: File = toml::from_str(text).unwrap();
+        let mut ctx = crate::diag::CheckCtx::new(Path::new("t.toml"), text, Path::new("."));
+        let section = &file.directories["AD"];
+        let built = section.get_ref().build("AD", section.span(), &mut ctx);
+        let problems = ctx.diags.into_iter().map(|d| (format!("{}:{}", d.line, d.col), !d.is_error(), d.message));
+        (built, problems.collect())
     }
 
     /// `(line:col, warning?, message)` of each problem `check` reports for a whole file.
     fn check_file(text: &str) -> Vec<(String, bool, String)> {
-        let (_, diags) = crate::config::Config::parse(text, Path::new("t.toml")).unwrap();
-        diags.into_iter().map(|d| (format!("{}:{}", d.line, d.col), !d.is_error(), d.message)).collect()
+        build_file(text).1
     }
 
     const PLAIN: &str = "[directories.AD]\nkind = \"active_directory\"\nurl = \"ldap://dc1.example.com\"\n\
@@ -642,7 +607,7 @@ users_ou = "OU=Staff,DC=elsewhere,DC=com"
         assert!(message.contains("allow_plaintext_bind = true"), "{message}");
         // Refused at start too, whatever the caller.
         let section: DirectoryConfig = toml::from_str(PLAIN.trim_start_matches("[directories.AD]\n")).unwrap();
-        let err = section.build("AD", Path::new(".")).err().expect("refused");
+        let err = crate::directory::Directory::new("AD", &section).err().expect("refused");
         assert!(err.to_string().contains("would be sent in clear"), "{err}");
         // Upper-case schemes are the same scheme.
         assert_eq!(check_file(&PLAIN.replace("ldap://", "LDAP://")).len(), 1);
@@ -653,9 +618,9 @@ users_ou = "OU=Staff,DC=elsewhere,DC=com"
         assert_eq!((at.as_str(), *warning), ("7:24", true), "{allowed:?}");
         assert!(message.contains("sent in clear over ldap://dc1.example.com"), "{message}");
         let text = format!("{PLAIN}allow_plaintext_bind = true\n");
-        let config = crate::config::Config::from_str(&text, Path::new("t.toml")).unwrap();
-        assert_eq!(config.warnings.len(), 1);
-        assert!(config.raw.directories["AD"].get_ref().build("AD", Path::new(".")).is_ok());
+        let (built, problems) = build_file(&text);
+        assert_eq!(problems.iter().filter(|(_, warning, _)| *warning).count(), 1);
+        assert!(built.is_some() && problems.len() == 1, "{problems:?}");
     }
 
     #[test]

@@ -16,8 +16,8 @@ use tracing::{debug, warn};
 
 use super::ad;
 use super::error::{rc_sentence, DirectoryError};
-use crate::config::secret::redact;
-use crate::config::Secret;
+use crate::secret::redact;
+use crate::secret::Secret;
 
 /// How to open and bind a connection.
 pub(crate) struct ConnSpec {

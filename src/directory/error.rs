@@ -2,7 +2,7 @@
 //! trying again later can help (its [`Classify`] class).
 //!
 //! ldap3's errors and LDAP result codes are converted here, once; AD's numeric codes become
-//! sentences through [`super::ad`]. Server text is passed through [`crate::config::secret::redact`]
+//! sentences through [`super::ad`]. Server text is passed through [`crate::secret::redact`]
 //! before it is kept, and no variant ever holds a password.
 
 use std::time::Duration;
@@ -11,7 +11,7 @@ use ldap3::{LdapError, LdapResult};
 
 use super::ad;
 use crate::class::{Class, Classify};
-use crate::config::secret::redact;
+use crate::secret::redact;
 
 /// A failed directory operation.
 #[derive(Debug, Clone, thiserror::Error)]

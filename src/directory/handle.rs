@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use super::error::DirectoryError;
 use super::filter;
 use super::ident::UserId;
 use super::schema::Schema;
+use crate::diag::CheckCtx;
 
 /// One directory: its settings and its connection. `Send + Sync`; share it in an `Arc`.
 pub struct Directory {
@@ -229,39 +231,62 @@ impl SearchScope {
 }
 
 impl DirectoryConfig {
-    /// Builds the runtime directory; relative paths (`ca_file`) resolve against `base_dir`,
-    /// the configuration file's folder. Nothing is connected yet.
-    pub fn build(&self, name: &str, base_dir: &Path) -> Result<Directory, DirectoryError> {
-        let (resolved, problems) = self.resolve(name, base_dir);
-        let Some(r) = resolved else {
-            let all: Vec<String> = problems.into_iter().filter(|p| !p.warning).map(|p| p.message).collect();
-            return Err(DirectoryError::Config(all.join("; ")));
-        };
+    /// The runtime directory; relative paths (`ca_file`) resolve against `ctx.base_dir`, the
+    /// configuration file's folder. Nothing is connected yet. `None` when the section has a
+    /// problem, which is recorded (every problem, each at its place; warnings too).
+    ///
+    /// The bind password is needed whatever the check defers: a directory is not left out of
+    /// a run the way a connection is.
+    pub fn build(&self, name: &str, span: Range<usize>, ctx: &mut CheckCtx) -> Option<Directory> {
+        let (resolved, problems) = self.resolve(name, ctx.base_dir);
+        for p in problems {
+            let at = p.span.unwrap_or_else(|| span.clone());
+            match p.warning {
+                false => ctx.error(at, p.message),
+                true => ctx.warning(at, p.message),
+            }
+        }
         // A dry-run directory never binds, so its password is not resolved: the shipped
         // configuration names `${AD_BIND_PASSWORD}` and must work where it is not set.
         let bind = match (&self.bind_dn, &self.bind_password) {
             _ if self.dry_run => None,
             (Some(dn), Some(pw)) => {
-                let secret = pw
-                    .resolve()
-                    .map_err(|e| DirectoryError::Config(format!("directories.{name}.bind_password: {e}")))?;
-                Some((dn.get_ref().clone(), secret))
+                Some((dn.get_ref().clone(), pw.require(ctx, &format!("directories.{name}.bind_password"))?))
             }
             _ => None,
         };
+        let r = resolved?;
         let url = self.url.get_ref().trim_end_matches('/').to_string();
         let secure = !self.is_plaintext();
         let mode = if self.dry_run {
             Mode::DryRun(Mutex::new(Vec::new()))
         } else {
             let tls = if secure {
+                let at = self.ca_file.as_ref().map_or_else(|| self.url.span(), |f| f.span());
                 let pem = match &r.ca_file {
-                    Some(path) => Some(std::fs::read(path).map_err(|e| {
-                        DirectoryError::Config(format!("ca_file {} cannot be read: {e}", path.display()))
-                    })?),
+                    Some(path) => match std::fs::read(path) {
+                        Ok(pem) => Some(pem),
+                        Err(e) => {
+                            ctx.error(
+                                at,
+                                format!("directories.{name}: ca_file {} cannot be read: {e}", path.display()),
+                            );
+                            return None;
+                        }
+                    },
                     None => None,
                 };
-                Some(tls_connector(self.tls_verify, pem.as_deref())?)
+                match tls_connector(self.tls_verify, pem.as_deref()) {
+                    Ok(tls) => Some(tls),
+                    Err(e) => {
+                        let message = match e {
+                            DirectoryError::Config(m) => m,
+                            e => e.to_string(),
+                        };
+                        ctx.error(at, format!("directories.{name}: {message}"));
+                        return None;
+                    }
+                }
             } else {
                 None
             };
@@ -278,7 +303,7 @@ impl DirectoryConfig {
         };
         let employee_attr =
             r.mapping.iter().find(|(f, _)| f == "EmployeeId").map(|(_, a)| a.clone()).unwrap_or_default();
-        Ok(Directory {
+        Some(Directory {
             name: name.to_string(),
             kind: self.kind,
             schema: self.kind.schema(),
@@ -299,9 +324,16 @@ impl DirectoryConfig {
 }
 
 impl Directory {
-    /// Builds a directory from its configuration (relative paths against the current folder).
+    /// Builds a directory from its configuration alone (relative paths against the current
+    /// folder), by [`DirectoryConfig::build`]: its problems, errors only, are the error.
     pub fn new(name: &str, config: &DirectoryConfig) -> Result<Directory, DirectoryError> {
-        config.build(name, Path::new("."))
+        let mut ctx = CheckCtx::new(Path::new("tripline.toml"), "", Path::new("."));
+        let built = config.build(name, 0..0, &mut ctx);
+        let errors: Vec<String> = ctx.diags.into_iter().filter(|d| d.is_error()).map(|d| d.message).collect();
+        match built {
+            Some(d) if errors.is_empty() => Ok(d),
+            _ => Err(DirectoryError::Config(errors.join("; "))),
+        }
     }
 
     /// The same directory in dry-run mode: nothing is connected, writes are recorded
@@ -311,7 +343,7 @@ impl Directory {
         config.dry_run = true;
         // Nothing is connected, so the CA file is not read (nor required to exist here).
         config.ca_file = None;
-        config.build(name, Path::new("."))
+        Directory::new(name, &config)
     }
 
     /// A dry-run directory with this one's settings and an empty list of planned changes,

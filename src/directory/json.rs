@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::error::DirectoryError;
 use super::ident::{GroupId, UserId};
 use super::users::NewUser;
-use crate::config::Secret;
+use crate::secret::Secret;
 
 fn invalid(msg: String) -> DirectoryError {
     DirectoryError::InvalidInput(msg)

@@ -2,7 +2,8 @@
 //! per directory, the user and group operations scripts call, and the Flex HR sync.
 //!
 //! Layout:
-//! - [`config`]: `DirectoryConfig` as written, its checks, the HR attribute mapping.
+//! - [`config`]: `DirectoryConfig` as written, its validation, the HR attribute mapping;
+//!   `DirectoryConfig::build` (in `handle`) reports its problems and makes the [`Directory`].
 //! - `handle`: [`Directory`], the runtime: connection or dry-run record, search plumbing.
 //! - `conn`: opening, binding, sharing (pipelining) and reopening the connection.
 //! - `users`, `groups`: the operations; [`flexhr`]: `ProcessFlexHrUserOnAD`'s directory part.

@@ -14,7 +14,7 @@ use super::error::DirectoryError;
 use super::handle::{describe_attrs, Directory, Entry};
 use super::ident::UserId;
 use super::schema::{protection, WriteKind};
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// A user account to create.
 #[derive(Debug, Clone, Default)]

@@ -7,6 +7,7 @@
 //! the limit; the process carries on.
 
 pub mod api;
+mod limits;
 pub mod lint;
 
 use std::cell::RefCell;
@@ -19,10 +20,10 @@ use rhai::{Dynamic, Engine, EvalAltResult, Map, Scope, AST};
 use serde_json::Value;
 
 use crate::class::Class;
-use crate::config::LimitsConfig;
 use crate::diag::Diagnostic;
 use crate::record::Record;
 pub use api::{Api, Hosts, RunCtx};
+pub use limits::LimitsConfig;
 
 /// A hook that registers an embedding program's own functions on the engine.
 pub type EngineHook = Arc<dyn Fn(&mut Engine) + Send + Sync>;
@@ -458,7 +459,7 @@ impl ScriptEngine {
                 message
             }
         };
-        ScriptError { message: crate::config::secret::redact(&message).into_owned(), class }
+        ScriptError { message: crate::secret::redact(&message).into_owned(), class }
     }
 
     /// One error's words; its position in Rhai's form at the end when `with_position`.
@@ -558,7 +559,7 @@ fn caught<T>(f: impl FnOnce() -> Result<T, ScriptError>) -> Result<T, ScriptErro
         tracing::error!(panic = %what, "A host function panicked; the run fails.");
         Err(ScriptError::permanent(format!(
             "internal error (a bug in tripline, not in the script): {}",
-            crate::config::secret::redact(&what)
+            crate::secret::redact(&what)
         )))
     })
 }

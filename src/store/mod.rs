@@ -13,6 +13,9 @@ use serde_json::Value;
 use crate::class::{Class, Classify};
 use crate::record::{Event, EventKind, Fields, Record, Submitted};
 
+/// `[engine] max_fanout` when not set: how many events one event from outside may cause.
+pub const DEFAULT_MAX_FANOUT: u64 = 10_000;
+
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -247,7 +247,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             commits: CommitQueue::default(),
-            max_fanout: std::sync::atomic::AtomicU64::new(crate::config::EngineConfig::default().max_fanout),
+            max_fanout: std::sync::atomic::AtomicU64::new(super::DEFAULT_MAX_FANOUT),
         })
     }
 

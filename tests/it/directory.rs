@@ -9,10 +9,10 @@ use std::sync::Arc;
 use tripline::class::Classify;
 
 use serde_json::{json, Map, Value};
-use tripline::config::Secret;
 use tripline::directory::{
     Directory, DirectoryError, GroupId, ManagerOutcome, NewUser, SearchRequest, SyncStatus, UserId,
 };
+use tripline::secret::Secret;
 
 use crate::common::directory_servers::{
     ad_admin, ad_config, ad_ldaps, ad_plain, can_bind, make_ou, read_attr, samba, unique, Slapd, AD_BASE,
@@ -250,7 +250,7 @@ async fn a_server_that_never_answers_times_out() {
 
 #[derive(serde::Deserialize)]
 struct Wrapper {
-    v: tripline::config::SecretRef,
+    v: tripline::secret::SecretRef,
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ mod flexhr;
 mod flexjob;
 mod hardening;
 mod hostile;
+mod layering;
 mod notification;
 mod origin;
 mod outage;

@@ -154,8 +154,8 @@ async fn failed_runs_notify_their_contacts_once_they_have_failed_for_good() {
     let rt2 = rt.clone();
     tokio::task::spawn_blocking(move || {
         let contacts = ["desk".to_string()];
-        tripline::notification::notify_failure(&rt2, &contacts, &failed_run(RunStatus::Retrying));
-        tripline::notification::notify_failure(&rt2, &contacts, &failed_run(RunStatus::Failed));
+        rt2.hosts().notifier.run_failed(&contacts, &failed_run(RunStatus::Retrying));
+        rt2.hosts().notifier.run_failed(&contacts, &failed_run(RunStatus::Failed));
     })
     .await
     .unwrap();
@@ -230,7 +230,7 @@ async fn jobs_tell_their_contacts_when_they_fail_or_go_stale() {
     let rt = Arc::new(Runtime::builder().config_file(dir.path().join("tripline.toml")).build().unwrap());
 
     // A failed scheduled run is told to the contacts; a successful one is remembered.
-    let runner = tripline::jobs::RuntimeJobs(rt.clone(), "test-owner".into());
+    let runner = tripline::daemon::RuntimeJobs(rt.clone(), "test-owner".into());
     use tripline::scheduler::JobRunner;
     assert!(runner.run_job(&rt.jobs()["sync_bad"], Utc::now()).await.is_err());
     assert!(runner.run_job(&rt.jobs()["sync_ok"], Utc::now()).await.is_ok());
@@ -244,7 +244,7 @@ async fn jobs_tell_their_contacts_when_they_fail_or_go_stale() {
     let reported = tokio::task::spawn_blocking(move || {
         let now = Utc::now();
         [now + Duration::hours(1), now + Duration::hours(25), now + Duration::hours(26)]
-            .map(|at| tripline::notification::check_stale_jobs(&rt2, at).unwrap())
+            .map(|at| rt2.check_stale_jobs(at).unwrap())
     })
     .await
     .unwrap();

@@ -18,7 +18,8 @@ fn job(name: &str, schedule: &str) -> Job {
     let config: JobConfig =
         toml::from_str(&format!("schedule = \"{schedule}\"\nscript = \"{name}.rhai\"\nparams = {{ days = 30 }}\n"))
             .unwrap();
-    config.build(name).unwrap()
+    let mut ctx = tripline::diag::CheckCtx::new(std::path::Path::new("tripline.toml"), "", std::path::Path::new("."));
+    config.build(name, 0..0, &mut ctx).unwrap()
 }
 
 /// One started run: which job, for which tick, and the scheduler's time when it started.

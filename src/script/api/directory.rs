@@ -27,13 +27,13 @@ use serde_json::Value;
 
 use super::{record_id, Api, RunCtx};
 use crate::class::{Class, Classify};
-use crate::config::Secret;
 use crate::directory::{
     attributes_from_json, Directory, DirectoryError, Entry, GroupId, ManagerOutcome, NewUser, PlannedChange,
     SearchRequest, SearchScope, SyncOutcome, SyncStatus, UserId,
 };
 use crate::record::{Fields, Record, Status, RESERVED_KEYS};
 use crate::script::{dynamic_to_json, json_to_dynamic, HostError};
+use crate::secret::Secret;
 use crate::store::{StoreError, Write};
 
 type Res<T> = Result<T, Box<EvalAltResult>>;

@@ -117,7 +117,7 @@ impl RunCtx {
             planned: Mutex::default(),
             writes: Mutex::default(),
             notes: Mutex::default(),
-            max_run_bytes: crate::config::LimitsConfig::default().max_run_bytes,
+            max_run_bytes: crate::script::LimitsConfig::default().max_run_bytes,
             held: AtomicUsize::new(0),
             mem_start: AtomicI64::new(crate::memory::thread_bytes()),
             unsafe_calls: Default::default(),
@@ -150,7 +150,7 @@ impl RunCtx {
         if !self.hold(message.len() + 64) {
             return;
         }
-        let message = crate::config::secret::redact(message).into_owned();
+        let message = crate::secret::redact(message).into_owned();
         lock(&self.log).push(LogLine { level: level.to_string(), message, at: Utc::now() });
     }
 
@@ -203,7 +203,7 @@ impl RunCtx {
     pub fn plan(&self, line: String) {
         self.log("info", &line);
         if self.hold(line.len() + 32) {
-            lock(&self.planned).push(crate::config::secret::redact(&line).into_owned());
+            lock(&self.planned).push(crate::secret::redact(&line).into_owned());
         }
     }
 
@@ -239,7 +239,7 @@ impl RunCtx {
     /// A script error from a host call, of `class` (a transient one makes the run retry
     /// unless the script catches it), secrets redacted.
     pub fn host_error(&self, message: impl Into<String>, class: Class) -> Box<EvalAltResult> {
-        let message = crate::config::secret::redact(&message.into()).into_owned();
+        let message = crate::secret::redact(&message.into()).into_owned();
         HostError { message, class }.raise()
     }
 

@@ -5,11 +5,11 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tripline::config::CheckCtx;
 use tripline::connection::{Connection, ConnectionConfig, MemoryTokenStore, TokenStore};
+use tripline::diag::CheckCtx;
 
-/// A connection named `name` from the body of its `[connections.NAME]` table, after `check`
-/// found nothing wrong.
+/// A connection named `name` from the body of its `[connections.NAME]` table, built by the
+/// code `check` runs, which found nothing wrong.
 pub fn connection(name: &str, toml_text: &str) -> Connection {
     connection_with_store(name, toml_text, Arc::new(MemoryTokenStore::new()))
 }
@@ -17,16 +17,10 @@ pub fn connection(name: &str, toml_text: &str) -> Connection {
 /// Like [`connection`], with OAuth2 tokens in `store`.
 pub fn connection_with_store(name: &str, toml_text: &str, store: Arc<dyn TokenStore>) -> Connection {
     let config: ConnectionConfig = toml::from_str(toml_text).expect("the section parses");
-    let mut ctx = CheckCtx {
-        path: Path::new("tripline.toml"),
-        source: toml_text,
-        base_dir: Path::new("."),
-        diags: Vec::new(),
-        secrets: Default::default(),
-    };
-    config.check(name, 0..toml_text.len(), &mut ctx);
+    let mut ctx = CheckCtx::new(Path::new("tripline.toml"), toml_text, Path::new("."));
+    let connection = config.build(name, 0..toml_text.len(), &mut ctx, store);
     assert!(ctx.diags.is_empty(), "check: {:?}", ctx.diags);
-    config.build(name, store).expect("the connection builds")
+    connection.expect("the connection builds")
 }
 
 /// A loopback port nothing listens on (it was free a moment ago).

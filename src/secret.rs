@@ -6,12 +6,31 @@
 //! `**REDACTED**`; it is exposed only where a header or a bind is built. Every resolved value
 //! is also remembered by [`redact`], which scrubs it from any text that leaves the process
 //! (run errors, log lines) as a second line of defence.
+//!
+//! A leaf but for one import: a section's build resolves its secrets through
+//! [`SecretRef::check`], which reports into `diag`'s [`CheckCtx`]. The edge points from here to
+//! `diag` and never back, so that diagnostics know nothing of secrets; whether a check defers
+//! secrets is said in `diag`'s own words ([`CheckCtx::deferred`]: problems that wait for a use).
 
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
+
+use crate::diag::CheckCtx;
+
+/// Whether loading a configuration resolves its `${...}` secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Secrets {
+    /// Every secret must resolve: an unset variable is a problem (`check`, the daemon).
+    #[default]
+    Resolve,
+    /// Secrets are resolved by what uses them, when it does (`fire`, `test`, `replay`, ...):
+    /// a connection whose password is not set fails the runs that use it, and nothing else.
+    /// A reference that is not written right is still a problem.
+    Defer,
+}
 
 /// A resolved secret value.
 #[derive(Clone, PartialEq, Eq)]
@@ -76,6 +95,59 @@ impl SecretRef {
     pub fn span(&self) -> std::ops::Range<usize> {
         self.0.span()
     }
+
+    /// Whether the value references anything (`${...}`), rather than being the secret itself.
+    pub fn is_template(&self) -> bool {
+        self.0.get_ref().contains("${")
+    }
+
+    /// The secret, for a section's build; `what` names it in the problem when it cannot be
+    /// had. A reference that is not written right is an error. One that does not resolve here
+    /// (an unset variable, an unreadable file) is an error too, unless the check defers such
+    /// problems to the use of what needs the secret ([`CheckCtx::deferred`]).
+    pub fn check(&self, ctx: &mut CheckCtx, what: &str) -> Option<Secret> {
+        match self.resolve() {
+            Ok(s) => Some(s),
+            Err(e @ SecretError::Unterminated) => {
+                ctx.error(self.span(), format!("{what}: {e}"));
+                None
+            }
+            Err(e) => {
+                ctx.defer(self.span(), format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Like [`SecretRef::check`], for a secret that is needed at once whatever the check
+    /// defers: every problem is an error.
+    pub fn require(&self, ctx: &mut CheckCtx, what: &str) -> Option<Secret> {
+        match self.resolve() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                ctx.error(self.span(), format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Checks only how the references are written, resolving nothing (a secret of something
+    /// switched off).
+    pub fn check_syntax(&self, ctx: &mut CheckCtx, what: &str) {
+        if let Err(e) = syntax(self.0.get_ref()) {
+            ctx.error(self.span(), format!("{what}: {e}"));
+        }
+    }
+}
+
+/// Whether every `${` of `template` is closed.
+fn syntax(template: &str) -> Result<(), SecretError> {
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        let end = rest[start + 2..].find('}').ok_or(SecretError::Unterminated)?;
+        rest = &rest[start + 2 + end + 1..];
+    }
+    Ok(())
 }
 
 /// Expands `${VAR}` and `${file:PATH}` in `template`, looking variables up with `lookup`.
@@ -141,6 +213,8 @@ mod tests {
         assert_eq!(resolve_with("plain", lookup).unwrap(), "plain");
         assert_eq!(resolve_with("${NOPE}", lookup), Err(SecretError::UnsetVariable("NOPE".into())));
         assert_eq!(resolve_with("${PW", lookup), Err(SecretError::Unterminated));
+        assert_eq!(syntax("a${B}c${D}"), Ok(()));
+        assert_eq!(syntax("a${B}c${D"), Err(SecretError::Unterminated));
     }
 
     #[test]
