@@ -75,6 +75,7 @@ fn events() -> Vec<Event> {
                 depth: 0,
                 created_at: chrono::Utc::now(),
                 claims: 1,
+                waits_for_nothing: false,
             }
         })
         .collect()

@@ -470,11 +470,11 @@ fn fire(rt: &Runtime, args: FireArgs) -> Result<u8, Failure> {
             note_line(&mut lines, batch.is_empty(), line);
             batch.push(item(v, size, line)?);
             if batch.len() >= FIRE_BATCH {
-                events += store_batch(rt, &mut batch, lines, None)?;
+                events += store_batch(rt, &mut batch, lines, None)?.len();
             }
             Ok(())
         })?;
-        events += store_batch(rt, &mut batch, lines, None)?;
+        events += store_batch(rt, &mut batch, lines, None)?.len();
         println!("{events} event{} stored for the daemon", plural(events));
         return Ok(0);
     }
@@ -489,8 +489,10 @@ fn fire(rt: &Runtime, args: FireArgs) -> Result<u8, Failure> {
         let mut lines = (0, 0);
         let mut flush = |batch: &mut Vec<Ingest>, lines| -> Result<(), Failure> {
             d.wait_below(FIRE_WINDOW);
-            events += store_batch(rt, batch, lines, Some(d.owner()))?;
-            d.wake();
+            events += d.submit(rt, |owner| {
+                let stored = store_batch(rt, batch, lines, Some(owner))?;
+                Ok::<_, Failure>((stored.len(), stored))
+            })?;
             Ok(())
         };
         each_record(second, |v, size, line| {
@@ -543,9 +545,9 @@ fn store_batch(
     batch: &mut Vec<Ingest>,
     lines: (usize, usize),
     owner: Option<&str>,
-) -> Result<usize, Failure> {
+) -> Result<Vec<crate::record::Event>, Failure> {
     if batch.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     // The whole input was checked before; what can still fail here is the store itself (a
     // full disk), and the message says what was stored before.
@@ -559,7 +561,7 @@ fn store_batch(
         Failure { message: format!("lines {}-{}: nothing of them was stored: {e}{before}", lines.0, lines.1), code: 1 }
     })?;
     batch.clear();
-    Ok(stored.into_iter().flatten().count())
+    Ok(stored.into_iter().flatten().collect())
 }
 
 /// What `fire` shows while its runs finish on the workers: each event's runs as they end

@@ -13,6 +13,11 @@
 //! - a run's writes raise events that the store keeps **claimed by this dispatcher**, so the
 //!   events a command's records cause run before the command ends, and the daemon goes on
 //!   with what it started;
+//! - events the dispatcher stored itself (a driver's through [`Control::submit`], those its
+//!   runs raise) that wait for nothing (a new record's creation) are filed at once, without
+//!   reading them back; the rest are read from the store in their record's order. A lock
+//!   ([`Shared::order`]) keeps the two ways apart: the queue is never read between a commit
+//!   and the filing of what it raised;
 //! - finished runs are committed by each worker; concurrent commits share transactions (the
 //!   store's group commit), and a run is reported, and its event finished, only once its
 //!   commit is durable.
@@ -33,6 +38,8 @@ use crate::store::{Feed, Ingest, Run, StoreError};
 
 /// How long an event whose processing failed on the store waits before it is offered again.
 const COOL_DOWN: Duration = Duration::from_secs(2);
+/// How often a dispatcher of its own events reads the store when nothing tells it to.
+const OWN_READ_EVERY: Duration = Duration::from_secs(1);
 /// Events fetched from the store at most per feeder round.
 const FETCH: usize = 512;
 
@@ -133,6 +140,10 @@ struct Shared {
     work: Condvar,
     /// A unit finished, a wake or a stop (the feeder and waiting drivers wait on it).
     progress: Condvar,
+    /// Held (shared) by a worker from its run's commit until the events the run raised are
+    /// filed, and (exclusive) by a driver from storing events until they are filed: so no
+    /// event is filed before an earlier one of its record that is already stored.
+    order: std::sync::RwLock<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -155,6 +166,21 @@ impl Control {
     pub fn wake(&self) {
         lock(&self.shared.state).woken = true;
         self.shared.progress.notify_all();
+    }
+
+    /// Stores work claimed by this dispatcher and hands it to the workers: `store` stores
+    /// with the owner it is given and returns what it stored. A new record's creation runs at
+    /// once; other events are read back from the store in their record's order. Returns what
+    /// `store` returned.
+    pub fn submit<T, E>(
+        &self,
+        runtime: &Runtime,
+        store: impl FnOnce(&str) -> Result<(T, Vec<Event>), E>,
+    ) -> Result<T, E> {
+        let _order = self.shared.order.write().unwrap_or_else(|e| e.into_inner());
+        let (result, events) = store(&self.shared.owner)?;
+        hand_over(runtime, &self.shared, events);
+        Ok(result)
     }
 
     /// Units queued or in flight.
@@ -227,9 +253,9 @@ impl Runtime {
         let options = Options::own(self)
             .on_done(move |_, r| collected.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(r));
         drain(self, options, |d| {
-            self.submit_claimed(&[item], d.owner())?;
-            d.wake();
-            Ok::<_, StoreError>(())
+            d.submit(self, |owner| {
+                Ok::<_, StoreError>(((), self.submit_claimed(&[item], owner)?.into_iter().flatten().collect()))
+            })
         })?;
         let runs = std::mem::take(&mut *runs.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(runs)
@@ -298,6 +324,7 @@ fn new_shared(options: Options) -> Arc<Shared> {
         options,
         state: Mutex::default(),
         work: Condvar::new(),
+        order: std::sync::RwLock::new(()),
         progress: Condvar::new(),
     })
 }
@@ -355,22 +382,39 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
     // the next round lands, few enough that a round is not made per finished run.
     let low_water = options.workers.max(1) * 2;
     let mut cursor = Cursor::default();
+    // Whether the store may hold something of ours not filed yet (at the start, after a wake).
+    let mut look = true;
+    let mut last_read = Instant::now();
     loop {
         if lock(&shared.state).stopping {
             break;
         }
-        let fetched = match fetch(runtime, shared, &mut cursor) {
-            Ok(n) => {
-                note_failure(shared, None);
-                n
-            }
-            Err(e) => {
-                error!(error = %e, "The dispatcher cannot read the queue; it tries again shortly.");
-                note_failure(shared, Some(crate::secret::redact(&e.to_string()).into_owned()));
-                cursor = Cursor::default();
-                0
+        // A dispatcher of its own events only is handed most of them directly (see
+        // [`hand_over`]): it reads the store when told to, when it has nothing left (to know
+        // it is done), when a record's cool-down ends, and now and then to renew its claims.
+        let read = options.source == Source::Everything || look || last_read.elapsed() >= OWN_READ_EVERY || {
+            let st = lock(&shared.state);
+            let now = Instant::now();
+            (st.known.is_empty() && st.known_retries.is_empty()) || st.cooling.values().any(|until| *until <= now)
+        };
+        let fetched = if !read {
+            0
+        } else {
+            last_read = Instant::now();
+            match fetch(runtime, shared, &mut cursor) {
+                Ok(n) => {
+                    note_failure(shared, None);
+                    n
+                }
+                Err(e) => {
+                    error!(error = %e, "The dispatcher cannot read the queue; it tries again shortly.");
+                    note_failure(shared, Some(crate::secret::redact(&e.to_string()).into_owned()));
+                    cursor = Cursor::default();
+                    0
+                }
             }
         };
+        look = fetched > 0;
         let mut st = lock(&shared.state);
         if fetched > 0 {
             shared.work.notify_all();
@@ -404,6 +448,7 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
         if st.woken {
             // Something new was stored: the next round looks from the start.
             cursor = Cursor::default();
+            look = true;
         }
         st.woken = false;
     }
@@ -439,6 +484,8 @@ struct Cursor {
 /// added (finished events count).
 fn fetch(runtime: &Runtime, shared: &Shared, cursor: &mut Cursor) -> Result<usize, StoreError> {
     let options = &shared.options;
+    // No commit is between storing raised events and filing them while the queue is read.
+    let _order = shared.order.write().unwrap_or_else(|e| e.into_inner());
     let mut added = 0;
     if options.source == Source::Everything {
         let retries = runtime.claim_due_retries(FETCH, &shared.owner)?;
@@ -508,15 +555,32 @@ fn fetch(runtime: &Runtime, shared: &Shared, cursor: &mut Cursor) -> Result<usiz
     claimed.extend(
         fresh.iter().filter(|p| p.own_claim_until.is_some() && !renewed.contains(&p.event.id)).map(|p| p.event.id),
     );
-    let fresh: Vec<Event> = fresh.into_iter().map(|p| p.event).collect();
+    // A record whose event another process claimed meanwhile is that process's to go on.
+    let mut lost_records = HashSet::new();
+    let ours: Vec<Event> = fresh
+        .into_iter()
+        .map(|p| p.event)
+        .filter(|e| {
+            let lost = !claimed.contains(&e.id) || lost_records.contains(&e.record.id);
+            if lost {
+                lost_records.insert(e.record.id.clone());
+            }
+            !lost
+        })
+        .collect();
+    Ok(added + file_events(runtime, shared, ours)?)
+}
+
+/// Files events this dispatcher holds the claims of: each to its record's queue, or, when no
+/// rule matches it, finished at once (all of them in one transaction). Returns how many.
+fn file_events(runtime: &Runtime, shared: &Shared, events: Vec<Event>) -> Result<usize, StoreError> {
+    let options = &shared.options;
+    let mut added = 0;
     let mut unmatched = Vec::new();
     {
         let mut st = lock(&shared.state);
-        // A record whose event another process claimed meanwhile is that process's to go on.
-        let mut lost_records = HashSet::new();
-        for e in fresh {
-            if !claimed.contains(&e.id) || lost_records.contains(&e.record.id) {
-                lost_records.insert(e.record.id.clone());
+        for e in events {
+            if st.known.contains(&e.id) || st.finished_this_round.contains(&e.id) {
                 continue;
             }
             if !runtime.any_rule_matches(&e) {
@@ -527,6 +591,9 @@ fn fetch(runtime: &Runtime, shared: &Shared, cursor: &mut Cursor) -> Result<usiz
             enqueue(&mut st, e.record.id.clone(), Unit::Event(e));
             added += 1;
         }
+    }
+    if added > 0 {
+        shared.work.notify_all();
     }
     if !unmatched.is_empty() {
         let ids: Vec<i64> = unmatched.iter().map(|e| e.id).collect();
@@ -541,6 +608,26 @@ fn fetch(runtime: &Runtime, shared: &Shared, cursor: &mut Cursor) -> Result<usiz
         lock(&shared.state).finished += unmatched.len() as u64;
     }
     Ok(added)
+}
+
+/// Hands over events this dispatcher stored claimed (a driver's, or those its runs raised):
+/// those that wait for nothing are filed at once; the others (an update, or a creation
+/// behind an unfinished event of its id) are left for the feeder, which reads them from the
+/// store behind their record's earlier events. Called under [`Shared::order`]'s lock.
+fn hand_over(runtime: &Runtime, shared: &Shared, events: Vec<Event>) {
+    let (now, later): (Vec<Event>, Vec<Event>) = events.into_iter().partition(|e| e.waits_for_nothing);
+    let mut look = !later.is_empty();
+    if !now.is_empty() {
+        if let Err(e) = file_events(runtime, shared, now) {
+            // They stay claimed in the store: the feeder finds them there.
+            debug!(error = %e, "Events could not be filed at once; the feeder reads them from the store.");
+            look = true;
+        }
+    }
+    if look {
+        lock(&shared.state).woken = true;
+        shared.progress.notify_all();
+    }
 }
 
 fn enqueue(st: &mut State, record: String, unit: Unit) {
@@ -638,17 +725,10 @@ fn run_record(runtime: &Runtime, shared: &Shared, record: &str) {
 fn run_unit(runtime: &Runtime, shared: &Shared, unit: &Unit) -> Option<bool> {
     let owner = &shared.owner;
     let (event, result) = match unit {
-        Unit::Event(e) => (
-            Some(e),
-            runtime.process_claimed(e, owner).map(|(runs, raised)| {
-                // The events the runs raised are this dispatcher's: look for them at once.
-                if !raised.is_empty() {
-                    lock(&shared.state).woken = true;
-                    shared.progress.notify_all();
-                }
-                runs
-            }),
-        ),
+        // The events the runs raise are this dispatcher's: filed as each run commits.
+        Unit::Event(e) => {
+            (Some(e), runtime.process_claimed(e, owner, &shared.order, &|raised| hand_over(runtime, shared, raised)))
+        }
         Unit::Retry(r) => (None, runtime.retry(r, owner)),
     };
     match result {

@@ -239,6 +239,11 @@ pub struct Event {
     /// ledger is read for those only.
     #[serde(skip)]
     pub claims: u32,
+    /// Stored as a record's creation while no other event of that id was unfinished: it
+    /// waits for nothing, so the dispatcher that stored it may run it at once, without
+    /// reading it back from the store. False for every event read from the store.
+    #[serde(skip)]
+    pub waits_for_nothing: bool,
 }
 
 /// Why an input record was refused.

@@ -455,13 +455,22 @@ impl Runtime {
 
     /// Runs the rules an event claimed by `owner` triggers (skipping those the run ledger
     /// says already ran), commits each run with its writes (the events they raise stay
-    /// claimed by `owner`), and marks the event processed. Returns the runs and the raised
-    /// events.
+    /// claimed by `owner`), and marks the event processed. Returns the runs.
+    ///
+    /// Each commit and the filing of what it raised (`raised`, called with the events right
+    /// after the commit) happen while `order` is held shared: whoever reads the store's queue
+    /// or stores events holding it exclusively never sees a raised event that is not filed yet.
     ///
     /// The dispatcher takes an event only when no earlier event of its record waits for a
     /// retry, and holds the record's later events back itself when one of its runs ends
     /// retrying (see [`crate::dispatch`]).
-    pub(crate) fn process_claimed(&self, event: &Event, owner: &str) -> Result<(Vec<Run>, Vec<Event>), StoreError> {
+    pub(crate) fn process_claimed(
+        &self,
+        event: &Event,
+        owner: &str,
+        order: &std::sync::RwLock<()>,
+        raised: &dyn Fn(Vec<Event>),
+    ) -> Result<Vec<Run>, StoreError> {
         let catalog = self.catalog.load_full();
         // An event claimed for the first time has no runs yet; one claimed before may (its
         // process died after committing some of them).
@@ -469,12 +478,11 @@ impl Runtime {
         let mut rules = catalog.rules.matching(event);
         rules.retain(|r| !ledger.iter().any(|run| run.rule == r.name));
         let mut runs = Vec::new();
-        let mut raised = Vec::new();
         let last = rules.len().saturating_sub(1);
         for (i, rule) in rules.iter().enumerate() {
             // Renew the claim before each rule; one lost (expired and taken) is the other's.
             if i > 0 && self.claim(&[event.id], owner)?.is_empty() {
-                return Ok((runs, raised));
+                return Ok(runs);
             }
             let finish = (i == last).then_some(event.id);
             let Some(outcome) = self.execute(&catalog, rule, event, 1, false) else {
@@ -483,15 +491,19 @@ impl Runtime {
                 }
                 continue;
             };
-            let (run, r) = self.commit(outcome, event.depth, finish, owner)?;
+            let run = {
+                let _order = order.read().unwrap_or_else(|e| e.into_inner());
+                let (run, r) = self.commit(outcome, event.depth, finish, owner)?;
+                raised(r);
+                run
+            };
             self.hosts.notifier.run_failed(&rule.notify_on_failure, &run);
             runs.push(run);
-            raised.extend(r);
         }
         if rules.is_empty() {
             self.store.finish_event(event.id)?;
         }
-        Ok((runs, raised))
+        Ok(runs)
     }
 
     /// Runs a retry claimed with the due retries; the events it raises stay claimed by
@@ -726,7 +738,16 @@ impl Runtime {
         if let Some(s) = record.status {
             current.status = s;
         }
-        let event = Event { id: 0, kind, record: current, previous, depth: 0, created_at: Utc::now(), claims: 1 };
+        let event = Event {
+            id: 0,
+            kind,
+            record: current,
+            previous,
+            depth: 0,
+            created_at: Utc::now(),
+            claims: 1,
+            waits_for_nothing: false,
+        };
         let rules: Vec<&Arc<Rule>> = match only {
             Some(name) => vec![catalog.rules.find(name).ok_or_else(|| {
                 let names = catalog.rules.rules().iter().map(|r| r.name.as_str());

@@ -428,6 +428,7 @@ mod tests {
             depth: 0,
             created_at: chrono::Utc::now(),
             claims: 1,
+            waits_for_nothing: false,
         }
     }
 

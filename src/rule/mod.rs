@@ -489,6 +489,7 @@ mod tests {
             depth: 0,
             created_at: chrono::Utc::now(),
             claims: 1,
+            waits_for_nothing: false,
         }
     }
 
@@ -622,7 +623,7 @@ mod fuzz {
                     record: crate::record::Record::new("t", fields.clone()),
                     previous: Some(crate::record::Record::new("t", Default::default())),
                     depth: 0,
-                    created_at: chrono::Utc::now(), claims: 1,
+                    created_at: chrono::Utc::now(), claims: 1, waits_for_nothing: false,
                 };
                 let set = RuleSet::new(vec![rule]);
                 let _ = set.matching(&event);

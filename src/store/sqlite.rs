@@ -327,6 +327,13 @@ fn insert_event(
     let record = snapshot(record);
     let previous = previous.map(snapshot);
     let (owner, until) = claim.map_or((None, None), |(o, u)| (Some(o), Some(ts(u))));
+    // A creation behind nothing (the usual case: a fresh id) can be run by whoever stored it
+    // at once; an id reused while an event of its earlier record is unfinished waits for it.
+    let waits_for_nothing = *kind == EventKind::Created
+        && claim.is_some()
+        && !tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE record_id = ?1 AND done = 0)")?
+            .query_row(params![record.id], |r| r.get::<_, bool>(0))?;
     tx.prepare_cached(
         "INSERT INTO events (kind, record_id, record, previous, depth, created_at, idempotency_key, claimed_by, claimed_until, tries)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -343,7 +350,16 @@ fn insert_event(
         until,
         claim.is_some() as i64
     ])?;
-    Ok(Event { id: tx.last_insert_rowid(), kind: kind.clone(), record, previous, depth, created_at: now, claims: 1 })
+    Ok(Event {
+        id: tx.last_insert_rowid(),
+        kind: kind.clone(),
+        record,
+        previous,
+        depth,
+        created_at: now,
+        claims: 1,
+        waits_for_nothing,
+    })
 }
 
 fn add_comment(tx: &Connection, id: &str, text: &str, key: Option<&str>, at: DateTime<Utc>) -> Result<()> {
@@ -444,6 +460,7 @@ fn build_event(
         depth,
         created_at: parse_ts(&created)?,
         claims: 1,
+        waits_for_nothing: false,
     })
 }
 
@@ -1336,6 +1353,27 @@ mod tests {
             finished_at: Utc::now(),
             next_attempt_at: None,
         }
+    }
+
+    #[test]
+    fn only_a_claimed_creation_behind_nothing_waits_for_nothing() {
+        let s = SqliteStore::in_memory().unwrap();
+        let claim = Some(("me", Utc::now() + chrono::Duration::minutes(5)));
+        let fresh = s.ingest(&[ingest("t", EventKind::Created, Some("a"), json!({}))], claim).unwrap();
+        assert!(fresh[0].as_ref().unwrap().waits_for_nothing, "a new record's creation");
+        // Its update, and, once the record is deleted, a creation of the same id while the
+        // deletion is unfinished: both wait behind the record's earlier events.
+        let update = s.ingest(&[ingest("t", EventKind::Updated, Some("a"), json!({"x": 1}))], claim).unwrap();
+        assert!(!update[0].as_ref().unwrap().waits_for_nothing);
+        s.ingest(&[ingest("t", EventKind::Deleted, Some("a"), json!({}))], claim).unwrap();
+        let again = s.ingest(&[ingest("t", EventKind::Created, Some("a"), json!({}))], claim).unwrap();
+        assert!(!again[0].as_ref().unwrap().waits_for_nothing, "the id's earlier events are unfinished");
+        // Unclaimed: whoever reads it from the store runs it.
+        let unclaimed = s.ingest(&[ingest("t", EventKind::Created, None, json!({}))], None).unwrap();
+        assert!(!unclaimed[0].as_ref().unwrap().waits_for_nothing);
+        // Read back from the store, no event says so.
+        let pending = s.pending_events(10, true, crate::store::Feed::OwnAndUnclaimed("me"), 0).unwrap();
+        assert!(!pending.is_empty() && pending.iter().all(|p| !p.event.waits_for_nothing));
     }
 
     #[test]
