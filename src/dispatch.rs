@@ -16,7 +16,7 @@
 //! - events the dispatcher stored itself (a driver's through [`Control::submit`], those its
 //!   runs raise) that wait for nothing (a new record's creation) are filed at once, without
 //!   reading them back; the rest are read from the store in their record's order. A lock
-//!   ([`Shared::order`]) keeps the two ways apart: the queue is never read between a commit
+//!   (`Shared::order`) keeps the two ways apart: the queue is never read between a commit
 //!   and the filing of what it raised;
 //! - finished runs are committed by each worker; concurrent commits share transactions (the
 //!   store's group commit), and a run is reported, and its event finished, only once its
