@@ -100,6 +100,19 @@ async fn bench() {
             }
         })
     };
+    // Sample the queue depth each second while the load runs: a dispatcher that keeps up
+    // holds it level; one that falls behind grows it for the whole run.
+    let depths = {
+        let (sampling, rt) = (sampling.clone(), rt.clone());
+        std::thread::spawn(move || {
+            let mut depths = Vec::new();
+            while sampling.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                depths.push(rt.store().queue_depth().unwrap_or(0));
+            }
+            depths
+        })
+    };
     let started = Instant::now();
     let (accepted, other, tool, latency) = if which("wrk") {
         wrk(&url, &signature, secs, connections).await
@@ -108,6 +121,7 @@ async fn bench() {
     };
     let load_time = started.elapsed();
     let queued_at_end = rt.store().queue_depth().unwrap();
+    let depth_samples = (load_time.as_secs() as usize).max(1);
     // Drain what the dispatcher has not processed yet.
     while with_rule && rt.store().queue_depth().unwrap() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -115,6 +129,8 @@ async fn bench() {
     let drained = started.elapsed();
     sampling.store(false, Ordering::Relaxed);
     sampler.join().unwrap();
+    let mut depths = depths.join().unwrap();
+    depths.truncate(depth_samples);
     let runs = rt.runs(&tripline::store::RunFilter { limit: 0, ..Default::default() }).unwrap();
     let ok = runs.iter().filter(|r| r.status == tripline::store::RunStatus::Ok).count();
     let _ = stop.send(());
@@ -133,6 +149,14 @@ async fn bench() {
         runs.len(),
         drained.as_secs_f64(),
         runs.len() as f64 / drained.as_secs_f64()
+    );
+    let half = depths.len() / 2;
+    let max_of = |d: &[u64]| d.iter().copied().max().unwrap_or(0);
+    println!(
+        "  queue depth under load  max {} in the first half, {} in the second (each second: {:?})",
+        max_of(&depths[..half]),
+        max_of(&depths[half..]),
+        depths
     );
     println!(
         "  memory (RSS)            idle {idle_rss:.1} MiB, peak under load {:.1} MiB",

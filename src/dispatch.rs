@@ -38,6 +38,10 @@ use crate::store::{Feed, Ingest, Run, StoreError};
 
 /// How long an event whose processing failed on the store waits before it is offered again.
 const COOL_DOWN: Duration = Duration::from_secs(2);
+/// Units queued or in flight at most before the feeder stops reading the store.
+const MAX_QUEUED: usize = 2 * FETCH;
+/// The least time between two sweeps of the queue from its start.
+const SWEEP_GAP: Duration = Duration::from_millis(250);
 /// How often a dispatcher of its own events reads the store when nothing tells it to.
 const OWN_READ_EVERY: Duration = Duration::from_secs(1);
 /// Events fetched from the store at most per feeder round.
@@ -130,6 +134,13 @@ struct State {
     stopping: bool,
     /// The last failure of a feeder round or a unit, while they keep failing.
     failure: Option<(chrono::DateTime<chrono::Utc>, u64, String)>,
+}
+
+impl State {
+    /// Enough units are queued or in flight: the feeder reads no more until some finish.
+    fn full(&self) -> bool {
+        self.known.len() + self.known_retries.len() >= MAX_QUEUED
+    }
 }
 
 struct Shared {
@@ -385,17 +396,36 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
     // Whether the store may hold something of ours not filed yet (at the start, after a wake).
     let mut look = true;
     let mut last_read = Instant::now();
+    // A wake may mean an event behind the cursor (a replay, a release): it asks for a sweep
+    // from the start, made at most every SWEEP_GAP, so that a flood of wakes (one per webhook
+    // delivery) does not read the queue from its start over and over.
+    let mut sweep_wanted = false;
+    let mut last_sweep = Instant::now();
     loop {
         if lock(&shared.state).stopping {
             break;
         }
+        if sweep_wanted && last_sweep.elapsed() >= SWEEP_GAP {
+            cursor = Cursor::default();
+            sweep_wanted = false;
+        }
+        if cursor.after == 0 {
+            last_sweep = Instant::now();
+        }
         // A dispatcher of its own events only is handed most of them directly (see
         // [`hand_over`]): it reads the store when told to, when it has nothing left (to know
         // it is done), when a record's cool-down ends, and now and then to renew its claims.
-        let read = options.source == Source::Everything || look || last_read.elapsed() >= OWN_READ_EVERY || {
+        // Nothing is read while enough is queued: the queue in memory stays bounded, and a
+        // flood of deliveries waits in the store, not here.
+        let read = {
             let st = lock(&shared.state);
             let now = Instant::now();
-            (st.known.is_empty() && st.known_retries.is_empty()) || st.cooling.values().any(|until| *until <= now)
+            !st.full()
+                && (options.source == Source::Everything
+                    || look
+                    || last_read.elapsed() >= OWN_READ_EVERY
+                    || (st.known.is_empty() && st.known_retries.is_empty())
+                    || st.cooling.values().any(|until| *until <= now))
         };
         let fetched = if !read {
             0
@@ -423,7 +453,7 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
         // A record that failed on the store is not waited for: its events stay claimed, and
         // whoever runs next (the daemon) takes them when the claims are released or expire.
         // Something stored after the round's read (a wake) needs another round.
-        if st.draining && idle && fetched == 0 && cursor.swept && !st.woken {
+        if st.draining && idle && fetched == 0 && cursor.swept && !st.woken && !sweep_wanted {
             // Nothing of ours is left: a whole sweep found nothing and nothing runs.
             st.drained = true;
             shared.work.notify_all();
@@ -434,20 +464,24 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
             continue;
         }
         // Wait until the workers need more, a wake, or the poll.
-        let poll = if st.draining { Duration::from_millis(20) } else { options.idle_poll };
+        let poll = match (st.draining, sweep_wanted) {
+            (true, _) => Duration::from_millis(20),
+            (false, true) => options.idle_poll.min(SWEEP_GAP),
+            (false, false) => options.idle_poll,
+        };
         let until = Instant::now() + poll;
         // After a round that found something, a queue running low is a reason to look again
         // before the poll (there may be more); after one that found nothing, only a wake is.
-        while !(st.woken || st.stopping || st.draining && idle) {
+        while !(st.stopping || st.draining && idle) {
             let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() || (fetched > 0 && st.ready.len() < low_water) {
+            if left.is_zero() || !st.full() && (st.woken || fetched > 0 && st.ready.len() < low_water) {
                 break;
             }
             st = shared.progress.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
         }
         if st.woken {
-            // Something new was stored: the next round looks from the start.
-            cursor = Cursor::default();
+            // Something was stored: the next round reads on, and a sweep follows.
+            sweep_wanted = true;
             look = true;
         }
         st.woken = false;
