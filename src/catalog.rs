@@ -93,17 +93,21 @@ impl ReloadOutcome {
 pub struct Listing {
     /// (path, name relative to the folder with `/` separators), sorted.
     pub files: Vec<(PathBuf, String)>,
-    /// Folders that were not walked: a symbolic link that loops back to a folder it is in,
-    /// a link to a folder outside the walked one, a subfolder that cannot be read. Each is
-    /// reported at the link's (or folder's) path.
+    /// What was not walked: symbolic links that loop back to a folder they are in, lead out
+    /// of the walked folder or to what the walk reads anyway (warnings: what they lead to is
+    /// read once, or not at all, and the rest loads), a subfolder that cannot be read (an
+    /// error). Each is reported at the link's (or folder's) path.
     pub problems: Vec<Diagnostic>,
 }
 
-/// The files of a folder (recursively) with an extension. Symbolic links are followed while
-/// they stay inside the folder: a link to a folder outside it, or back to one of the folders
-/// it is in (`rules/loop -> .`, which would otherwise make the walk endless), is reported in
-/// [`Listing::problems`] and not followed. Links to files are followed wherever they point
-/// (a rule file kept elsewhere is the admin's choice, and cannot loop).
+/// The files of a folder (recursively) with an extension. Symbolic links to folders are
+/// followed while they stay inside the folder and lead to what the walk would not read
+/// otherwise (a hidden folder such as Kubernetes' `..data`): a link to a folder outside it,
+/// back to one of the folders it is in (`rules/loop -> .`, which would otherwise make the walk
+/// endless), or to a folder or file the walk reads anyway (which would load each rule twice)
+/// is reported in [`Listing::problems`] as a warning and not followed. Links to files outside
+/// the folder are followed wherever they point (a rule file kept elsewhere is the admin's
+/// choice, and cannot loop).
 pub fn files_with_extension(dir: &Path, ext: &str) -> std::io::Result<Listing> {
     /// (device, inode) of a folder, through links.
     fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
@@ -146,6 +150,19 @@ pub fn files_with_extension(dir: &Path, ext: &str) -> std::io::Result<Listing> {
                     }
                     continue;
                 };
+                if is_link {
+                    if let Some(shown) = self.read_anyway(&path) {
+                        let what = if meta.is_dir() { "folder" } else { "file" };
+                        self.problem(
+                            &path,
+                            &format!(
+                                "this symbolic link leads to the {what} {shown}, which is read anyway; it is not \
+                                 followed (its rules would load twice)"
+                            ),
+                        );
+                        continue;
+                    }
+                }
                 if meta.is_dir() {
                     let id = identity(&meta);
                     if cfg!(unix) && self.ancestors.contains(&id) {
@@ -158,13 +175,13 @@ pub fn files_with_extension(dir: &Path, ext: &str) -> std::io::Result<Listing> {
                     if is_link {
                         let inside = std::fs::canonicalize(&path).is_ok_and(|real| real.starts_with(&self.root_real));
                         if !inside {
-                            self.problem(&path, "this symbolic link leads out of the folder; links to folders are followed only inside it");
+                            self.problem(&path, "this symbolic link leads out of the folder; links to folders are followed only inside it, so its rules are not loaded");
                             continue;
                         }
                     }
                     self.ancestors.push(id);
                     if let Err(e) = self.dir(&path) {
-                        self.problem(&path, &format!("cannot read this folder: {e}"));
+                        self.out.problems.push(Diagnostic::file(&path, format!("cannot read this folder: {e}")));
                     }
                     self.ancestors.pop();
                 } else if path.extension().is_some_and(|e| e == self.ext) {
@@ -180,8 +197,28 @@ pub fn files_with_extension(dir: &Path, ext: &str) -> std::io::Result<Listing> {
             self.out.files.push((path, rel));
         }
 
+        /// Where a link leads, shown relative to the walked folder, when that is a place the walk
+        /// reads by itself: inside the folder, not hidden, and not an ancestor of the link (a
+        /// loop, reported as such).
+        fn read_anyway(&self, link: &Path) -> Option<String> {
+            let real = std::fs::canonicalize(link).ok()?;
+            let rel = real.strip_prefix(&self.root_real).ok()?;
+            let parent = link.parent().and_then(|p| std::fs::canonicalize(p).ok())?;
+            if parent.starts_with(&real) {
+                return None;
+            }
+            let hidden = rel.components().any(|c| {
+                let name = c.as_os_str().to_string_lossy();
+                name.starts_with('.') || name.ends_with('~')
+            });
+            (!hidden).then(|| self.root.join(rel).display().to_string())
+        }
+
+        /// A link or folder that is not walked: a warning (the rest loads; a link that is
+        /// not followed loses nothing the walk does not read, or reads what the admin put
+        /// outside), unless the folder could not be read.
         fn problem(&mut self, path: &Path, message: &str) {
-            self.out.problems.push(Diagnostic::file(path, message));
+            self.out.problems.push(Diagnostic::file(path, message).warning());
         }
     }
     let root_meta = std::fs::metadata(dir)?;

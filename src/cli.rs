@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
@@ -416,92 +417,234 @@ fn fire(rt: &Runtime, args: FireArgs) -> Result<u8, Failure> {
     } else {
         (input, open_input(&args.record)?)
     };
-    // Ids the input itself creates (with their line), so that two lines creating one id are
-    // refused here, and an update of a record created earlier in the input is not.
+    // What the input itself does to ids, with the line: the records it creates (two lines
+    // creating one id are refused here, and an update of a record created earlier in the input
+    // is not) and the records it deletes (a later line naming one is refused here, rather than
+    // by the store once the batches before it were stored). A custom event with an id names a
+    // stored record, as an update does.
     let mut created: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut total = 0;
+    let mut deleted: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     each_record(first, |v, size, line| {
         let i = item(v, size, line)?;
+        total += 1;
         let at = |m: String| Failure { message: format!("line {line}: {m}"), code: 1 };
         match (&i.record.id, &i.kind) {
             // A new record without an id cannot clash with anything.
             (None, EventKind::Created) => return Ok(()),
-            (Some(id), EventKind::Created | EventKind::Custom(_)) => {
+            (Some(id), _) if deleted.contains_key(id) => {
+                return Err(at(format!("record {id:?} is deleted by line {} before this one", deleted[id])));
+            }
+            (Some(id), EventKind::Created) => {
                 if let Some(first) = created.get(id) {
                     return Err(at(format!("the input creates a record with id {id:?} twice (first on line {first})")));
                 }
                 created.insert(id.clone(), line);
+            }
+            (Some(id), EventKind::Deleted) => {
+                deleted.insert(id.clone(), line);
+                if created.contains_key(id) {
+                    return Ok(());
+                }
             }
             (Some(id), _) if created.contains_key(id) => return Ok(()),
             _ => {}
         }
         rt.store().validate(&i).map_err(|e| at(e.to_string()))
     })?;
-    drop(created);
+    drop((created, deleted));
 
-    // Pass 2: store in batches, run each batch's events.
-    let out = std::io::stdout();
-    let mut out = out.lock();
-    let mut counts = [0usize; 4];
-    let mut events = 0;
-    let mut batch = Vec::with_capacity(FIRE_BATCH);
-    let mut batch_lines = (0, 0);
-    let mut flush = |batch: &mut Vec<Ingest>,
-                     lines: (usize, usize),
-                     out: &mut std::io::StdoutLock|
-     -> Result<(), Failure> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        // The whole input was checked above; what can still fail here is the store itself
-        // (a full disk), and the message says what was stored before.
-        let stored = if args.queue { rt.submit(batch) } else { rt.submit_claimed(batch) }.map_err(|e| {
-            let before =
-                if lines.0 > 1 { format!("; the records before line {} were stored", lines.0) } else { String::new() };
-            Failure {
-                message: format!("lines {}-{}: nothing of them was stored: {e}{before}", lines.0, lines.1),
-                code: 1,
+    // Pass 2: store in batches and run them on the dispatcher's workers, keeping a bounded
+    // window of events in flight (memory stays flat for any batch size).
+    if args.queue {
+        let mut events = 0;
+        let mut batch = Vec::with_capacity(FIRE_BATCH);
+        let mut lines = (0, 0);
+        each_record(second, |v, size, line| {
+            note_line(&mut lines, batch.is_empty(), line);
+            batch.push(item(v, size, line)?);
+            if batch.len() >= FIRE_BATCH {
+                events += store_batch(rt, &mut batch, lines, None)?;
             }
+            Ok(())
         })?;
-        for event in stored.into_iter().flatten() {
-            events += 1;
-            if args.queue {
-                continue;
-            }
-            for run in rt.process_claimed_chain(event)? {
-                counts[run.status as usize] += 1;
-                if args.json {
-                    writeln!(out, "{}", serde_json::to_string(&run)?)?;
-                } else if !args.quiet {
-                    print_run(out, &run)?;
-                }
-            }
-        }
-        batch.clear();
-        Ok(())
+        events += store_batch(rt, &mut batch, lines, None)?;
+        println!("{events} event{} stored for the daemon", plural(events));
+        return Ok(0);
+    }
+    let report = Arc::new(FireReport::new(total, &args));
+    let options = {
+        let report = report.clone();
+        crate::dispatch::Options::own(rt).on_done(move |_, runs| report.done(runs))
     };
-    each_record(second, |v, size, line| {
-        if batch.is_empty() {
-            batch_lines.0 = line;
-        }
-        batch_lines.1 = line;
-        batch.push(item(v, size, line)?);
-        if batch.len() >= FIRE_BATCH {
-            flush(&mut batch, batch_lines, &mut out)?;
-        }
-        Ok(())
+    let events = crate::dispatch::drain(rt, options, |d| -> Result<usize, Failure> {
+        let mut events = 0;
+        let mut batch = Vec::with_capacity(FIRE_BATCH);
+        let mut lines = (0, 0);
+        let mut flush = |batch: &mut Vec<Ingest>, lines| -> Result<(), Failure> {
+            d.wait_below(FIRE_WINDOW);
+            events += store_batch(rt, batch, lines, Some(d.owner()))?;
+            d.wake();
+            Ok(())
+        };
+        each_record(second, |v, size, line| {
+            note_line(&mut lines, batch.is_empty(), line);
+            batch.push(item(v, size, line)?);
+            if batch.len() >= FIRE_BATCH {
+                flush(&mut batch, lines)?;
+            }
+            Ok(())
+        })?;
+        flush(&mut batch, lines)?;
+        Ok(events)
     })?;
-    flush(&mut batch, batch_lines, &mut out)?;
-    let [ok, failed, retrying, dead] = counts;
+    report.finish();
+    let [ok, failed, retrying, dead] = report.counts();
     if !args.json {
-        writeln!(
-            out,
-            "{events} event{} stored, {} run{}: {ok} ok, {failed} failed, {retrying} retrying, {dead} dead",
-            if events == 1 { "" } else { "s" },
-            ok + failed + retrying + dead,
-            if ok + failed + retrying + dead == 1 { "" } else { "s" }
-        )?;
+        let runs = ok + failed + retrying + dead;
+        println!(
+            "{events} event{} stored, {runs} run{}: {ok} ok, {failed} failed, {retrying} retrying, {dead} dead",
+            plural(events),
+            plural(runs),
+        );
     }
     Ok(if failed + retrying + dead > 0 { 1 } else { 0 })
+}
+
+/// How many lines `fire` keeps in flight at most: a few batches.
+const FIRE_WINDOW: usize = 4 * FIRE_BATCH;
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// Notes the first and last line of the batch being gathered.
+fn note_line(lines: &mut (usize, usize), first: bool, line: usize) {
+    if first {
+        lines.0 = line;
+    }
+    lines.1 = line;
+}
+
+/// Stores a batch of `fire` input (claimed by `owner` when given) and empties it; returns how
+/// many events were stored.
+fn store_batch(
+    rt: &Runtime,
+    batch: &mut Vec<Ingest>,
+    lines: (usize, usize),
+    owner: Option<&str>,
+) -> Result<usize, Failure> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    // The whole input was checked before; what can still fail here is the store itself (a
+    // full disk), and the message says what was stored before.
+    let stored = match owner {
+        Some(owner) => rt.submit_claimed(batch, owner),
+        None => rt.submit(batch),
+    }
+    .map_err(|e| {
+        let before =
+            if lines.0 > 1 { format!("; the records before line {} were stored", lines.0) } else { String::new() };
+        Failure { message: format!("lines {}-{}: nothing of them was stored: {e}{before}", lines.0, lines.1), code: 1 }
+    })?;
+    batch.clear();
+    Ok(stored.into_iter().flatten().count())
+}
+
+/// What `fire` shows while its runs finish on the workers: each event's runs as they end
+/// (text, or JSON Lines), and the progress on standard error: a bar on a terminal, a line
+/// every few seconds otherwise.
+struct FireReport {
+    json: bool,
+    quiet: bool,
+    counts: [std::sync::atomic::AtomicUsize; 4],
+    bar: Option<indicatif::ProgressBar>,
+    total: usize,
+    done: std::sync::atomic::AtomicUsize,
+    started: std::time::Instant,
+    last_line: std::sync::Mutex<std::time::Instant>,
+}
+
+/// How often `fire` says how far it is when standard error is not a terminal.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl FireReport {
+    fn new(total: usize, args: &FireArgs) -> FireReport {
+        use std::io::IsTerminal;
+        // A bar only for a person watching a batch (a single record is over at once).
+        let bar = (std::io::stderr().is_terminal() && total > 1).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events, {per_sec}, eta {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        FireReport {
+            json: args.json,
+            quiet: args.quiet,
+            counts: Default::default(),
+            bar,
+            total,
+            done: Default::default(),
+            started: std::time::Instant::now(),
+            last_line: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    /// An event's runs finished (called by the workers).
+    fn done(&self, runs: &[Run]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for run in runs {
+            self.counts[run.status as usize].fetch_add(1, Relaxed);
+        }
+        if !self.quiet || self.json {
+            let print = || -> std::io::Result<()> {
+                let mut out = std::io::stdout().lock();
+                for run in runs {
+                    if self.json {
+                        writeln!(out, "{}", serde_json::to_string(run)?)?;
+                    } else {
+                        print_run(&mut out, run)?;
+                    }
+                }
+                Ok(())
+            };
+            // A closed pipe (`| head`) is no reason to stop running.
+            let _ = match &self.bar {
+                Some(bar) => bar.suspend(print),
+                None => print(),
+            };
+        }
+        let done = self.done.fetch_add(1, Relaxed) + 1;
+        match &self.bar {
+            Some(bar) => bar.set_position(done.min(self.total) as u64),
+            None if self.total > 1 => {
+                let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
+                if last.elapsed() >= PROGRESS_EVERY {
+                    *last = std::time::Instant::now();
+                    let rate = done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+                    eprintln!("fire: {done} of {} events done ({rate:.0}/s)", self.total);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn counts(&self) -> [usize; 4] {
+        self.counts.each_ref().map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 fn print_run(out: &mut impl std::io::Write, run: &Run) -> std::io::Result<()> {
@@ -642,15 +785,48 @@ fn replay(config: &Path, run_id: &str) -> Result<u8, Failure> {
         });
     }
     if previous.rule == crate::store::SET_ASIDE {
-        rt.replay(run_id)?;
+        rt.replay(run_id, "")?;
         println!("event {} is queued again; the daemon (`tripline run`) processes it", previous.event_id.unwrap_or(0));
         return Ok(0);
     }
-    let run = rt
-        .replay(run_id)?
-        .ok_or_else(|| Failure { message: "the rule's `when` guard no longer holds".into(), code: 1 })?;
-    print_run(&mut std::io::stdout(), &run)?;
-    Ok(if run.status == RunStatus::Ok { 0 } else { 1 })
+    // The run again, then what its writes raise, on the dispatcher.
+    let (failed, options) = printing_runs(false);
+    let run = crate::dispatch::drain(rt, options(rt), |d| -> Result<Run, Failure> {
+        let run = rt
+            .replay(run_id, d.owner())?
+            .ok_or_else(|| Failure { message: "the rule's `when` guard no longer holds".into(), code: 1 })?;
+        print_run(&mut std::io::stdout(), &run)?;
+        d.wake();
+        Ok(run)
+    })?;
+    let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(if run.status == RunStatus::Ok && failed == 0 { 0 } else { 1 })
+}
+
+/// Dispatcher options that print each finished run (text, or JSON Lines), and the count of
+/// those that did not end ok.
+fn printing_runs(
+    json: bool,
+) -> (Arc<std::sync::atomic::AtomicUsize>, impl FnOnce(&Runtime) -> crate::dispatch::Options) {
+    let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = failed.clone();
+    let options = move |rt: &Runtime| {
+        crate::dispatch::Options::own(rt).on_done(move |_, runs| {
+            let mut out = std::io::stdout().lock();
+            for run in runs {
+                if run.status != RunStatus::Ok {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                // A closed pipe is no reason to stop running.
+                let _ = if json {
+                    writeln!(out, "{}", serde_json::to_string(run).unwrap_or_default())
+                } else {
+                    print_run(&mut out, run)
+                };
+            }
+        })
+    };
+    (failed, options)
 }
 
 fn records(ro: &ReadOnly, cmd: RecordsCommand) -> Result<u8, Failure> {
@@ -733,25 +909,21 @@ fn job_run(rt: &Runtime, name: &str, json: bool) -> Result<u8, Failure> {
              the scheduler does not run it"
         );
     }
-    let (run, raised) = rt.run_job(name, "manual")?;
-    let mut runs = vec![run];
-    for event in raised {
-        runs.extend(rt.process_chain(event)?);
-    }
-    let out = std::io::stdout();
-    let mut out = out.lock();
-    let mut failed = 0;
-    for run in &runs {
-        if run.status != RunStatus::Ok {
-            failed += 1;
-        }
+    // The job's run first, then the runs of the rules its writes trigger, as they finish.
+    let (failed, options) = printing_runs(json);
+    let run = crate::dispatch::drain(rt, options(rt), |d| -> Result<Run, Failure> {
+        let (run, _raised) = rt.run_job(name, "manual", d.owner())?;
+        let mut out = std::io::stdout().lock();
         if json {
-            writeln!(out, "{}", serde_json::to_string(run)?)?;
+            writeln!(out, "{}", serde_json::to_string(&run)?)?;
         } else {
-            print_run(&mut out, run)?;
+            print_run(&mut out, &run)?;
         }
-    }
-    Ok(if failed > 0 { 1 } else { 0 })
+        d.wake();
+        Ok(run)
+    })?;
+    let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(if run.status == RunStatus::Ok && failed == 0 { 0 } else { 1 })
 }
 
 fn connection_of<'r>(

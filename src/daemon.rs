@@ -18,7 +18,6 @@
 //! `[server]`, `[directories.*]`, `[connections.*]` and `[jobs.*]`, because the runtime, the
 //! script engine, the listener and the host connections were built from them.
 
-use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -34,7 +33,6 @@ use tracing::{debug, error, info, warn};
 use crate::catalog::{Catalog, ReloadOutcome};
 use crate::config::Config;
 use crate::diag::Diagnostic;
-use crate::record::Event;
 use crate::runtime::Runtime;
 use crate::watch::{Changes, FolderWatcher};
 use crate::webhook::{ServerState, Webhooks};
@@ -42,8 +40,6 @@ use crate::webhook::{ServerState, Webhooks};
 /// How long an idle dispatcher waits before looking at the queue again (events stored by
 /// another process, retries coming due). Events from webhooks wake it at once.
 pub const IDLE_POLL: Duration = Duration::from_millis(500);
-/// Events fetched per dispatch pass.
-const PASS_BATCH: usize = 512;
 /// How often old finished events and successful runs are pruned (`[engine] retention_days`);
 /// also once at start.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -171,16 +167,6 @@ struct Status {
     last_reload: Option<ReloadReport>,
     last_config_reload: Option<ReloadReport>,
     reloads: u64,
-    /// The dispatcher's last failure, while its passes keep failing (cleared by a pass that
-    /// works): `/healthz` says `degraded` and shows it.
-    dispatch_failure: Option<DispatchFailure>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-struct DispatchFailure {
-    since: DateTime<Utc>,
-    passes: u64,
-    error: String,
 }
 
 /// The daemon's state, owned by its loop.
@@ -188,18 +174,13 @@ struct Daemon {
     runtime: Arc<Runtime>,
     status: Arc<Mutex<Status>>,
     watcher: Option<FolderWatcher>,
-    /// `[engine] workers`: records processed at once by a pass.
-    workers: usize,
-    /// The dispatch pass in progress.
-    pass: Option<JoinHandle<PassResult>>,
+    /// The dispatcher's handle (see [`crate::dispatch`]).
+    dispatcher: crate::dispatch::Control,
     /// The webhooks in force (shared with the server).
     server: Option<Arc<ServerState>>,
     /// The text of the configuration in force, to tell which sections a SIGHUP changed.
     config_text: Option<String>,
 }
-
-/// What a dispatch pass did: whether it found work.
-type PassResult = Result<bool, crate::store::StoreError>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -219,21 +200,40 @@ pub async fn run_with(
     // alive (here) even without a watcher, so the loop's receiver never reports closed.
     let (files_tx, mut files_rx) = unbounded_channel();
     let watcher = if options.watch { start_watcher(config, options.debounce, files_tx.clone()) } else { None };
+    // A crash's unfinished events run at once; then the dispatcher starts on the queue, events
+    // queued while the daemon was down first.
+    release_dead_claims(&runtime).await;
+    let dispatcher = {
+        let mut o = crate::dispatch::Options::own(&runtime);
+        o.source = crate::dispatch::Source::Everything;
+        o.idle_poll = options.idle_poll;
+        let rt = runtime.clone();
+        tokio::task::spawn_blocking(move || crate::dispatch::serve(rt, o))
+            .await
+            .expect("starting the dispatcher does not panic")
+            .map_err(|e| DaemonError::Config(format!("cannot start the dispatcher's threads: {e}")))?
+    };
     let mut daemon = Daemon {
         runtime: runtime.clone(),
         status: status.clone(),
         watcher,
-        workers: config.engine.workers,
-        pass: None,
+        dispatcher: dispatcher.control.clone(),
         server: None,
         config_text: config.path.as_deref().and_then(|p| std::fs::read_to_string(p).ok()),
     };
-    let server = start_server(&runtime, &mut options, &status, &wake).await?;
+    let server = match start_server(&runtime, &mut options, &status, &wake, &daemon.dispatcher).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tokio::task::spawn_blocking(move || dispatcher.stop()).await;
+            return Err(e);
+        }
+    };
     daemon.server = server.as_ref().map(|s| s.state.clone());
     let (_control_tx, mut control_rx) = controls(&mut options);
-    release_dead_claims(&runtime).await;
     let (scheduler_stop, scheduler_stopped) = tokio::sync::oneshot::channel::<()>();
-    let scheduler = tokio::spawn(crate::jobs::scheduler_task(runtime.clone(), async {
+    // Jobs' writes raise events claimed by the dispatcher, which goes on with them.
+    let owner = daemon.dispatcher.owner().to_string();
+    let scheduler = tokio::spawn(crate::jobs::scheduler_task(runtime.clone(), owner, async {
         let _ = scheduler_stopped.await;
     }));
     let mut prune = tokio::time::interval(PRUNE_EVERY);
@@ -242,17 +242,13 @@ pub async fn run_with(
     let catalog = runtime.catalog();
     info!(rules = catalog.rules.rules().len(), scripts = catalog.scripts.len(), "tripline daemon started.");
     tokio::pin!(shutdown);
-    // Events queued while the daemon was down run at once, not after the first idle poll.
-    daemon.dispatch();
     loop {
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
             Some(changes) = files_rx.recv() => daemon.handle_reload("files", Some(changes), &mut files_rx).await,
             Some(control) = control_rx.recv() => daemon.handle_signal(control, &mut files_rx).await,
-            result = wait_pass(&mut daemon.pass) => daemon.pass_finished(result),
-            _ = wake.notified(), if daemon.pass.is_none() => daemon.dispatch(),
-            _ = tokio::time::sleep(options.idle_poll), if daemon.pass.is_none() => daemon.dispatch(),
+            _ = wake.notified() => daemon.dispatcher.wake(),
             _ = prune.tick() => daemon.handle_prune().await,
             _ = stale_jobs.tick() => daemon.handle_stale_jobs().await,
         }
@@ -265,9 +261,10 @@ pub async fn run_with(
             let _ = server.task.await;
         }
     };
-    let pass_finished = async {
-        if let Some(pass) = daemon.pass.take() {
-            let _ = pass.await;
+    // Runs in progress finish; events queued but not started are released for the next start.
+    let runs_finished = async {
+        if let Err(e) = tokio::task::spawn_blocking(move || dispatcher.stop()).await {
+            error!(error = %e, "The dispatcher panicked while stopping.");
         }
     };
     let jobs_finished = async {
@@ -276,7 +273,7 @@ pub async fn run_with(
             error!(error = %e, "The scheduler panicked.");
         }
     };
-    tokio::join!(server_stopped, pass_finished, jobs_finished);
+    tokio::join!(server_stopped, runs_finished, jobs_finished);
     drop(daemon.watcher.take());
     drop(files_tx);
     info!("tripline daemon stopped.");
@@ -307,6 +304,7 @@ async fn start_server(
     options: &mut Options,
     status: &Arc<Mutex<Status>>,
     wake: &Arc<Notify>,
+    dispatcher: &crate::dispatch::Control,
 ) -> Result<Option<RunningServer>, DaemonError> {
     let config = runtime.config();
     let webhooks = Webhooks::from_config(&config.raw.webhooks).map_err(|p| DaemonError::Config(p.join("\n")))?;
@@ -328,7 +326,7 @@ async fn start_server(
         runtime.clone(),
         webhooks,
         wake.clone(),
-        health_report(runtime.clone(), status.clone()),
+        health_report(runtime.clone(), status.clone(), dispatcher.clone()),
         request_timeout,
     ));
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -385,46 +383,7 @@ async fn release_dead_claims(runtime: &Arc<Runtime>) {
     }
 }
 
-/// The pass in progress's result; pending forever when there is none.
-async fn wait_pass(pass: &mut Option<JoinHandle<PassResult>>) -> PassResult {
-    match pass {
-        Some(handle) => {
-            let r = handle.await.unwrap_or_else(|e| {
-                error!(error = %e, "A dispatch pass panicked.");
-                Ok(false)
-            });
-            *pass = None;
-            r
-        }
-        None => std::future::pending().await,
-    }
-}
-
 impl Daemon {
-    /// Starts a dispatch pass over the queue.
-    fn dispatch(&mut self) {
-        debug_assert!(self.pass.is_none());
-        self.pass = Some(tokio::spawn(dispatch_pass(self.runtime.clone(), self.workers)));
-    }
-
-    /// A pass ended: when it found work, look again at once (the queue may hold more).
-    fn pass_finished(&mut self, result: PassResult) {
-        let failed = result.as_ref().err().map(|e| crate::config::secret::redact(&e.to_string()).into_owned());
-        {
-            let mut status = lock(&self.status);
-            status.dispatch_failure = match (failed, status.dispatch_failure.take()) {
-                (None, _) => None,
-                (Some(error), None) => Some(DispatchFailure { since: Utc::now(), passes: 1, error }),
-                (Some(error), Some(f)) => Some(DispatchFailure { passes: f.passes + 1, error, ..f }),
-            };
-        }
-        match result {
-            Ok(true) => self.dispatch(),
-            Ok(false) => {}
-            Err(e) => error!(error = %e, "Dispatch failed; retrying shortly."),
-        }
-    }
-
     /// Rebuilds the catalog from the folders (after file changes, a SIGHUP or a control
     /// request) and swaps it in; files in error keep their last good version.
     async fn handle_reload(
@@ -613,109 +572,36 @@ fn changed_sections(old: &str, new: &str) -> Vec<String> {
         .collect()
 }
 
-/// One pass: due retries, then a batch of pending events, events of one record in order and
-/// records in parallel up to `[engine] workers`. Returns whether there was work. It always runs
-/// to its end: the daemon awaits it rather than cancelling it.
-async fn dispatch_pass(runtime: Arc<Runtime>, workers: usize) -> PassResult {
-    let rt = runtime.clone();
-    let retried = tokio::task::spawn_blocking(move || rt.retry_due()).await.expect("retry task panicked")?;
-    retried.iter().for_each(crate::metrics::run_finished);
-    let rt = runtime.clone();
-    let events = tokio::task::spawn_blocking(move || rt.pending(PASS_BATCH)).await.expect("queue task panicked")?;
-    if events.is_empty() {
-        return Ok(!retried.is_empty());
-    }
-    // One transaction claims the whole pass (a claim per event would be a write each).
-    let rt = runtime.clone();
-    let claimed = tokio::task::spawn_blocking(move || rt.claim(&events).map(|ids| (ids, events)))
-        .await
-        .expect("claim task panicked");
-    let (claimed, events) = claimed?;
-    let claimed: std::collections::HashSet<i64> = claimed.into_iter().collect();
-    let mut by_record: HashMap<String, Vec<Event>> = HashMap::new();
-    let mut order = Vec::new();
-    // An event another process claimed meanwhile is its to run, and so are the later events
-    // of that record.
-    let mut skipped_records = std::collections::HashSet::new();
-    let mut release = Vec::new();
-    for e in events {
-        if !claimed.contains(&e.id) || skipped_records.contains(&e.record.id) {
-            if claimed.contains(&e.id) {
-                release.push(e.id);
-            }
-            skipped_records.insert(e.record.id.clone());
-            continue;
-        }
-        let id = e.record.id.clone();
-        if !by_record.contains_key(&id) {
-            order.push(id.clone());
-        }
-        by_record.entry(id).or_default().push(e);
-    }
-    if !release.is_empty() {
-        let rt = runtime.clone();
-        tokio::task::spawn_blocking(move || rt.unclaim(&release)).await.expect("unclaim task panicked")?;
-    }
-    // A few long-lived blocking tasks take records from a shared queue, rather than one task
-    // per record: handing each record to a fresh task cost more CPU than a short run itself
-    // (benches/directory_flow.rs).
-    let queue: VecDeque<Vec<Event>> = order.into_iter().map(|id| by_record.remove(&id).unwrap_or_default()).collect();
-    let workers = workers.min(queue.len());
-    let queue = Arc::new(Mutex::new(queue));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..workers {
-        let (rt, queue) = (runtime.clone(), queue.clone());
-        tasks.spawn_blocking(move || loop {
-            let Some(events) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else { return };
-            for e in events {
-                match rt.process_claimed_event(&e) {
-                    Ok((runs, _raised)) => {
-                        // Raised events are queued; a later pass takes them.
-                        runs.iter().for_each(crate::metrics::run_finished);
-                        crate::metrics::event_processed();
-                    }
-                    Err(err) => {
-                        // The record's later events stay queued behind this one.
-                        error!(event = e.id, %err, "Event processing failed; it stays queued.");
-                        break;
-                    }
-                }
-            }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        if let Err(e) = r {
-            error!(%e, "A dispatch task panicked.");
-        }
-    }
-    Ok(true)
-}
-
 /// `/healthz`'s report: rules and scripts in force, files in error, the last reloads, the
 /// queue.
-fn health_report(runtime: Arc<Runtime>, status: Arc<Mutex<Status>>) -> crate::webhook::HealthReport {
+fn health_report(
+    runtime: Arc<Runtime>,
+    status: Arc<Mutex<Status>>,
+    dispatcher: crate::dispatch::Control,
+) -> crate::webhook::HealthReport {
     Arc::new(move || {
         let catalog = runtime.catalog();
-        let files_in_error: Vec<Value> = catalog
-            .problems
-            .iter()
-            .chain(runtime.start_problems())
-            .filter(|d| d.is_error())
-            .map(|d| {
-                json!({
-                    "path": d.path.display().to_string(),
-                    "line": d.line,
-                    "col": d.col,
-                    "message": d.message,
-                    "diagnostic": d.to_string(),
+        let (errors, warnings): (Vec<_>, Vec<_>) =
+            catalog.problems.iter().chain(runtime.start_problems()).partition(|d| d.is_error());
+        let listed = |ds: Vec<&crate::diag::Diagnostic>| -> Vec<Value> {
+            ds.into_iter()
+                .map(|d| {
+                    json!({
+                        "path": d.path.display().to_string(),
+                        "line": d.line,
+                        "col": d.col,
+                        "message": d.message,
+                        "diagnostic": d.to_string(),
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        };
+        let files_in_error = listed(errors);
         let queue_depth = runtime.store().queue_depth().ok();
         let s = lock(&status);
         let config_rejected = s.last_config_reload.as_ref().is_some_and(|r| r.outcome == ReloadOutcome::Rejected);
-        let healthy =
-            files_in_error.is_empty() && !config_rejected && queue_depth.is_some() && s.dispatch_failure.is_none();
+        let failure = dispatcher.failure();
+        let healthy = files_in_error.is_empty() && !config_rejected && queue_depth.is_some() && failure.is_none();
         json!({
             "status": if healthy { "ok" } else { "degraded" },
             "version": env!("CARGO_PKG_VERSION"),
@@ -723,13 +609,14 @@ fn health_report(runtime: Arc<Runtime>, status: Arc<Mutex<Status>>) -> crate::we
             "rules": catalog.rules.rules().len(),
             "scripts": catalog.scripts.len(),
             "files_in_error": files_in_error,
+            "warnings": listed(warnings),
             "last_reload": s.last_reload,
             "last_config_reload": s.last_config_reload,
             "reloads": s.reloads,
             "queue_depth": queue_depth,
-            "dispatcher": match &s.dispatch_failure {
-                None => json!({"ok": true}),
-                Some(f) => json!({"ok": false, "failing_since": f.since, "failed_passes": f.passes, "error": f.error}),
+            "dispatcher": match &failure {
+                None => json!({"ok": true, "in_flight": dispatcher.outstanding()}),
+                Some((since, n, error)) => json!({"ok": false, "failing_since": since, "failures": n, "error": error}),
             },
             "notify_channels": runtime.hosts().notifier.channels(),
         })

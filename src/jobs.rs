@@ -138,15 +138,17 @@ impl LastRunStore for StoreLastRuns {
 /// Runs jobs on the runtime's blocking threads; their runs land in the run history and the
 /// events their writes raise wait in the queue for the dispatcher.
 #[derive(Clone)]
-pub struct RuntimeJobs(pub Arc<Runtime>);
+pub struct RuntimeJobs(pub Arc<Runtime>, pub Arc<str>);
 
 impl JobRunner for RuntimeJobs {
     fn run_job(&self, job: &Job, tick: DateTime<Utc>) -> BoxFuture<'static, Result<(), BoxError>> {
         let rt = self.0.clone();
         let name = job.name.clone();
+        let owner = self.1.clone();
         Box::pin(async move {
             let job_name = name.clone();
-            let (run, raised) = tokio::task::spawn_blocking(move || rt.run_job(&job_name, "schedule")).await??;
+            let (run, raised) =
+                tokio::task::spawn_blocking(move || rt.run_job(&job_name, "schedule", &owner)).await??;
             match run.status {
                 RunStatus::Ok => {
                     info!(job = %name, %tick, ms = run.duration_ms, events = raised.len(), "Job ran.");
@@ -163,11 +165,13 @@ impl JobRunner for RuntimeJobs {
 }
 
 /// The scheduler over the runtime's enabled jobs, until `shutdown`.
+/// The events a job's writes raise are claimed by `owner` (the daemon's dispatcher).
 pub fn scheduler_task(
     runtime: Arc<Runtime>,
+    owner: String,
     shutdown: impl Future<Output = ()> + Send,
 ) -> impl Future<Output = ()> + Send {
     let jobs: Vec<Job> = runtime.jobs().values().filter(|j| j.enabled).cloned().collect();
     let scheduler = Scheduler::new(jobs, Arc::new(StoreLastRuns(runtime.store().clone())));
-    scheduler.run(RuntimeJobs(runtime), shutdown)
+    scheduler.run(RuntimeJobs(runtime, Arc::from(owner)), shutdown)
 }

@@ -72,6 +72,7 @@ pub mod connection;
 pub mod daemon;
 pub mod diag;
 pub mod directory;
+pub mod dispatch;
 pub mod jobs;
 pub mod memory;
 pub mod metrics;

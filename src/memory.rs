@@ -99,3 +99,21 @@ pub fn script_stack_bytes(max_run_bytes: usize) -> usize {
 const STACK_PER_BUDGET_BYTE: usize = 8;
 const MIN_SCRIPT_STACK: usize = 64 << 20;
 const MAX_SCRIPT_STACK: usize = 4 << 30;
+
+/// The largest `[limits] max_run_bytes`: the budget whose stack is [`MAX_SCRIPT_STACK`]. A
+/// larger budget would get a stack smaller than its values need (a chain of closures built
+/// within 1 GiB overflows 4 GiB of stack when it is dropped), and the process would abort.
+pub const MAX_RUN_BYTES: usize = MAX_SCRIPT_STACK / STACK_PER_BUDGET_BYTE;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_budget_the_configuration_accepts_gets_its_full_stack() {
+        for budget in [1024, 64 << 20, 100 << 20, MAX_RUN_BYTES - 1, MAX_RUN_BYTES] {
+            assert!(script_stack_bytes(budget) >= budget * STACK_PER_BUDGET_BYTE, "{budget}");
+        }
+        assert_eq!(script_stack_bytes(MAX_RUN_BYTES), MAX_SCRIPT_STACK);
+    }
+}

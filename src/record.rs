@@ -231,6 +231,11 @@ pub struct Event {
     /// How many script writes led to this event (0 for events from outside).
     pub depth: u32,
     pub created_at: DateTime<Utc>,
+    /// How many times a dispatcher claimed it, this claim included (1 the first time). Only
+    /// an event claimed before can have runs already (a process died running it): the run
+    /// ledger is read for those only.
+    #[serde(skip)]
+    pub claims: u32,
 }
 
 /// Why an input record was refused.

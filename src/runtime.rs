@@ -23,7 +23,7 @@ use crate::record::{Event, EventKind, Record, Submitted};
 use crate::rule::Rule;
 use crate::script::{EngineHook, Hosts, Invocation, RunCtx, ScriptEngine};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Ingest, Run, RunFilter, RunStatus, Store, StoreError, Write};
+use crate::store::{Commit, Ingest, Run, RunFilter, RunStatus, Store, StoreError, Write};
 
 /// Why a runtime could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +150,6 @@ impl RuntimeBuilder {
             hosts: Arc::new(hosts),
             jobs,
             start_problems,
-            owner: claim_owner(),
             _io: owned.map(OwnedRuntime),
         })
     }
@@ -224,14 +223,12 @@ pub struct Runtime {
     /// Problems found building the runtime beyond the catalog's (a job whose script is not
     /// loaded, a rule naming an unknown notification channel): what they name is left out.
     start_problems: Vec<Diagnostic>,
-    /// Who this runtime is in event claims: `pid@host/instance`.
-    owner: String,
     _io: Option<OwnedRuntime>,
 }
 
-/// This runtime's name in event claims. The pid and host let a restarted daemon release the
+/// A dispatcher's name in event claims. The pid and host let a restarted daemon release the
 /// claims of a process that died (`kill -9`) at once instead of waiting for them to expire.
-fn claim_owner() -> String {
+pub(crate) fn claim_owner() -> String {
     let instance = uuid::Uuid::now_v7().simple().to_string();
     format!("{}@{}/{}", std::process::id(), hostname(), &instance[instance.len() - 8..])
 }
@@ -344,18 +341,20 @@ impl Runtime {
         &self.start_problems
     }
 
-    /// Stores events (nothing runs yet; the dispatcher picks them up); see [`Store::ingest`].
+    /// Stores events (nothing runs yet; a dispatcher picks them up); see [`Store::ingest`].
     pub fn submit(&self, items: &[Ingest]) -> Result<Vec<Option<Event>>, StoreError> {
         self.store.ingest(items, None)
     }
 
-    /// Stores events claimed by this runtime, to process them now with [`Runtime::process_chain`].
-    pub fn submit_claimed(&self, items: &[Ingest]) -> Result<Vec<Option<Event>>, StoreError> {
-        self.store.ingest(items, Some((&self.owner, self.lease_until())))
+    /// Stores events claimed by `owner` (a dispatcher's [`Control::owner`]), for it to run.
+    ///
+    /// [`Control::owner`]: crate::dispatch::Control::owner
+    pub fn submit_claimed(&self, items: &[Ingest], owner: &str) -> Result<Vec<Option<Event>>, StoreError> {
+        self.store.ingest(items, Some((owner, self.lease_until())))
     }
 
-    /// How long a claim holds: long enough for a run at its wall-clock limit, renewed before
-    /// each rule.
+    /// How long a claim holds: longer than a run can take (every host call stops at the run's
+    /// `timeout_ms`), renewed before each rule, so that no run outlives its claim.
     fn lease_until(&self) -> chrono::DateTime<Utc> {
         Utc::now() + chrono::Duration::milliseconds(self.scripts.limits().timeout_ms as i64 * 2 + 60_000)
     }
@@ -365,17 +364,60 @@ impl Runtime {
     pub fn release_dead_claims(&self) -> Result<u64, StoreError> {
         let mut released = 0;
         for owner in self.store.claim_owners()? {
-            if owner != self.owner && owner_is_gone(&owner) {
+            if owner_is_gone(&owner) {
                 released += self.store.release_claims(&owner)?;
             }
         }
         Ok(released)
     }
 
-    /// Events that can run now, oldest first, under `[engine] after_failure`.
-    pub fn pending(&self, limit: usize) -> Result<Vec<Event>, StoreError> {
+    /// Events that can run now for `feed`, oldest first, under `[engine] after_failure`.
+    pub(crate) fn pending(
+        &self,
+        limit: usize,
+        feed: crate::store::Feed<'_>,
+        after: i64,
+    ) -> Result<Vec<crate::store::Pending>, StoreError> {
         let wait = self.config.engine.after_failure == crate::config::AfterFailure::Wait;
-        self.store.pending_events(limit, wait)
+        self.store.pending_events(limit, wait, feed, after)
+    }
+
+    /// Whether an own claim held until `until` needs renewing before a worker takes the
+    /// event: when less than half a lease is left.
+    pub(crate) fn claim_needs_renewal(&self, until: chrono::DateTime<Utc>) -> bool {
+        until < Utc::now() + chrono::Duration::milliseconds(self.scripts.limits().timeout_ms as i64 + 30_000)
+    }
+
+    /// Whether any enabled rule matches the event (its `when` guard aside): an event none
+    /// matches is finished without a worker.
+    pub(crate) fn any_rule_matches(&self, event: &Event) -> bool {
+        !self.catalog.load().rules.matching(event).is_empty()
+    }
+
+    /// Marks events processed that no rule matches.
+    pub(crate) fn finish_unmatched(&self, ids: &[i64]) -> Result<(), StoreError> {
+        self.store.finish_events(ids)
+    }
+
+    /// Whether a run that ended retrying holds its record's later events back
+    /// (`[engine] after_failure = "wait"`).
+    pub(crate) fn waits_behind_retries(&self) -> bool {
+        self.config.engine.after_failure == crate::config::AfterFailure::Wait
+    }
+
+    /// Claims events for `owner` in one transaction; returns the ids claimed.
+    pub(crate) fn claim(&self, ids: &[i64], owner: &str) -> Result<Vec<i64>, StoreError> {
+        self.store.claim(ids, owner, self.lease_until())
+    }
+
+    /// Gives up claims on events `owner` will not run now.
+    pub(crate) fn unclaim(&self, ids: &[i64], owner: &str) -> Result<(), StoreError> {
+        ids.iter().try_for_each(|id| self.store.unclaim(*id, owner))
+    }
+
+    /// The retries that came due, claimed for `owner`.
+    pub(crate) fn claim_due_retries(&self, limit: usize, _owner: &str) -> Result<Vec<Run>, StoreError> {
+        self.store.claim_due_retries(Utc::now(), limit, self.lease_until())
     }
 
     /// Prunes what `[engine] retention_days` no longer keeps.
@@ -386,104 +428,58 @@ impl Runtime {
         }
     }
 
-    /// Stores one record as an event of `kind` and runs every rule it triggers, following the
-    /// events its scripts' writes raise. Returns every run, in order.
+    /// Stores one record as an event of `kind` and runs every rule it triggers, and the rules
+    /// the events its scripts' writes raise trigger, on a dispatcher of `[engine] workers`
+    /// threads. Returns every run, in the order they finished.
     pub fn fire(&self, entity: &str, kind: EventKind, record: Submitted) -> Result<Vec<Run>, StoreError> {
         let item = Ingest { entity: entity.to_string(), kind, record, idempotency_key: None };
-        let mut runs = Vec::new();
-        for event in self.submit_claimed(&[item])?.into_iter().flatten() {
-            runs.extend(self.process_claimed_chain(event)?);
-        }
+        let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let collected = runs.clone();
+        let options = crate::dispatch::Options::own(self)
+            .on_done(move |_, r| collected.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(r));
+        crate::dispatch::drain(self, options, |d| {
+            self.submit_claimed(&[item], d.owner())?;
+            d.wake();
+            Ok::<_, StoreError>(())
+        })?;
+        let runs = std::mem::take(&mut *runs.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(runs)
     }
 
-    /// Processes an event and, breadth first, the events its runs raised.
-    pub fn process_chain(&self, event: Event) -> Result<Vec<Run>, StoreError> {
-        self.chain(event, false)
-    }
-
-    /// [`Runtime::process_chain`] for an event stored with [`Runtime::submit_claimed`].
-    pub fn process_claimed_chain(&self, event: Event) -> Result<Vec<Run>, StoreError> {
-        self.chain(event, true)
-    }
-
-    fn chain(&self, event: Event, claimed: bool) -> Result<Vec<Run>, StoreError> {
-        let mut queue = std::collections::VecDeque::from([(event, claimed)]);
-        let mut runs = Vec::new();
-        while let Some((event, claimed)) = queue.pop_front() {
-            let (r, raised) = self.process(&event, claimed)?;
-            runs.extend(r);
-            queue.extend(raised.into_iter().map(|e| (e, false)));
-        }
-        Ok(runs)
-    }
-
-    /// Processes every stored event not yet processed, oldest first. Returns the runs.
+    /// Processes every stored event that can run, and what they raise, until none is left
+    /// (retries not yet due stay for later). Returns the runs.
     pub fn drain(&self) -> Result<Vec<Run>, StoreError> {
-        let mut runs = Vec::new();
-        loop {
-            let events = self.pending(256)?;
-            if events.is_empty() {
-                return Ok(runs);
-            }
-            for e in events {
-                runs.extend(self.process_event(&e)?.0);
-            }
-        }
+        let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let collected = runs.clone();
+        let mut options = crate::dispatch::Options::own(self)
+            .on_done(move |_, r| collected.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(r));
+        options.source = crate::dispatch::Source::Everything;
+        crate::dispatch::drain(self, options, |_| ());
+        let runs = std::mem::take(&mut *runs.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok(runs)
     }
 
-    /// Runs the rules an event triggers (skipping those the run ledger says already ran),
-    /// commits each run with its writes, and marks the event processed. Returns the runs and
-    /// the events the writes raised.
-    pub fn process_event(&self, event: &Event) -> Result<(Vec<Run>, Vec<Event>), StoreError> {
-        self.process(event, false)
-    }
-
-    /// Claims events for this runtime in one transaction (the dispatcher claims a pass's
-    /// events at once); returns the ids claimed, to process with
-    /// [`Runtime::process_claimed_event`].
-    pub fn claim(&self, events: &[Event]) -> Result<Vec<i64>, StoreError> {
-        let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
-        self.store.claim(&ids, &self.owner, self.lease_until())
-    }
-
-    /// Gives up claims taken with [`Runtime::claim`] on events this runtime will not run now.
-    pub fn unclaim(&self, ids: &[i64]) -> Result<(), StoreError> {
-        ids.iter().try_for_each(|id| self.store.unclaim(*id, &self.owner))
-    }
-
-    /// [`Runtime::process_event`] for an event claimed with [`Runtime::claim`].
-    pub fn process_claimed_event(&self, event: &Event) -> Result<(Vec<Run>, Vec<Event>), StoreError> {
-        self.process(event, true)
-    }
-
-    /// [`Runtime::process_event`] for an event this runtime may already hold a claim on
-    /// (stored with [`Runtime::submit_claimed`]), which saves a write.
-    fn process(&self, event: &Event, claimed: bool) -> Result<(Vec<Run>, Vec<Event>), StoreError> {
-        if !claimed && self.store.claim(&[event.id], &self.owner, self.lease_until())?.is_empty() {
-            // Another process has it (or it is finished).
-            return Ok((Vec::new(), Vec::new()));
-        }
-        if self.config.engine.after_failure == crate::config::AfterFailure::Wait
-            && self.store.record_waits(&event.record.id, event.id)?
-        {
-            // An earlier event of this record waits for a retry: this one runs after it.
-            self.store.unclaim(event.id, &self.owner)?;
-            return Ok((Vec::new(), Vec::new()));
-        }
+    /// Runs the rules an event claimed by `owner` triggers (skipping those the run ledger
+    /// says already ran), commits each run with its writes (the events they raise stay
+    /// claimed by `owner`), and marks the event processed. Returns the runs and the raised
+    /// events.
+    ///
+    /// The dispatcher takes an event only when no earlier event of its record waits for a
+    /// retry, and holds the record's later events back itself when one of its runs ends
+    /// retrying (see [`crate::dispatch`]).
+    pub(crate) fn process_claimed(&self, event: &Event, owner: &str) -> Result<(Vec<Run>, Vec<Event>), StoreError> {
         let catalog = self.catalog.load_full();
-        let ledger = self.store.runs_of_event(event.id)?;
-        let rules: Vec<Arc<Rule>> = catalog
-            .rules
-            .matching(event)
-            .into_iter()
-            .filter(|r| !ledger.iter().any(|run| run.rule == r.name))
-            .collect();
+        // An event claimed for the first time has no runs yet; one claimed before may (its
+        // process died after committing some of them).
+        let ledger = if event.claims > 1 { self.store.runs_of_event(event.id)? } else { Vec::new() };
+        let mut rules = catalog.rules.matching(event);
+        rules.retain(|r| !ledger.iter().any(|run| run.rule == r.name));
         let mut runs = Vec::new();
         let mut raised = Vec::new();
         let last = rules.len().saturating_sub(1);
         for (i, rule) in rules.iter().enumerate() {
-            if i > 0 && self.store.claim(&[event.id], &self.owner, self.lease_until())?.is_empty() {
+            // Renew the claim before each rule; one lost (expired and taken) is the other's.
+            if i > 0 && self.claim(&[event.id], owner)?.is_empty() {
                 return Ok((runs, raised));
             }
             let finish = (i == last).then_some(event.id);
@@ -493,7 +489,7 @@ impl Runtime {
                 }
                 continue;
             };
-            let (run, r) = self.commit(outcome, event.depth, finish)?;
+            let (run, r) = self.commit(outcome, event.depth, finish, owner)?;
             crate::notification::notify_failure(self, &rule.notify_on_failure, &run);
             runs.push(run);
             raised.extend(r);
@@ -504,19 +500,17 @@ impl Runtime {
         Ok((runs, raised))
     }
 
-    /// Runs again the runs in `retrying` whose time has come. Returns them.
-    pub fn retry_due(&self) -> Result<Vec<Run>, StoreError> {
-        let mut out = Vec::new();
-        for previous in self.store.due_retries(Utc::now(), 64)? {
-            out.extend(self.rerun(&previous)?);
-        }
-        Ok(out)
+    /// Runs a retry claimed with the due retries; the events it raises stay claimed by
+    /// `owner`. Returns its run (none when its `when` guard no longer holds).
+    pub(crate) fn retry(&self, previous: &Run, owner: &str) -> Result<Vec<Run>, StoreError> {
+        Ok(self.rerun(previous, owner)?.into_iter().collect())
     }
 
-    /// Runs a failed or dead run again, on its event as stored (`tripline replay`). The run
-    /// of an event that was set aside ([`crate::store::SET_ASIDE`]) queues the event again
-    /// instead, for the dispatcher: it returns `None`.
-    pub fn replay(&self, run_id: i64) -> Result<Option<Run>, StoreError> {
+    /// Runs a failed or dead run again, on its event as stored (`tripline replay`), as
+    /// `owner`: a dispatcher of that owner then runs what it raises. The run of an event that
+    /// was set aside ([`crate::store::SET_ASIDE`]) queues the event again instead, for the
+    /// dispatcher: it returns `None`.
+    pub fn replay(&self, run_id: i64, owner: &str) -> Result<Option<Run>, StoreError> {
         match self.store.get_run(run_id)? {
             Some(run) if run.rule == crate::store::SET_ASIDE => {
                 if let Some(event) = run.event_id {
@@ -524,12 +518,12 @@ impl Runtime {
                 }
                 Ok(None)
             }
-            Some(run) => Ok(self.rerun(&Run { attempts: 0, ..run })?.pop()),
+            Some(run) => self.rerun(&Run { attempts: 0, ..run }, owner),
             None => Ok(None),
         }
     }
 
-    fn rerun(&self, previous: &Run) -> Result<Vec<Run>, StoreError> {
+    fn rerun(&self, previous: &Run, owner: &str) -> Result<Option<Run>, StoreError> {
         let catalog = self.catalog.load_full();
         let event = match previous.event_id {
             Some(id) => self.store.get_event(id)?,
@@ -544,27 +538,37 @@ impl Runtime {
                 finished_at: Utc::now(),
                 ..previous.clone()
             };
-            self.store.commit_run(&run, &[], 0, None)?;
-            return Ok(vec![run]);
+            self.store.commit_run(Commit::bare(&run, None))?;
+            return Ok(Some(run));
         };
         let Some(outcome) = self.execute(&catalog, &rule, &event, previous.attempts + 1, false) else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
-        let (run, raised) = self.commit(outcome, event.depth, None)?;
+        let (run, _raised) = self.commit(outcome, event.depth, None, owner)?;
         crate::notification::notify_failure(self, &rule.notify_on_failure, &run);
-        let mut runs = vec![run];
-        for e in raised {
-            runs.extend(self.process_chain(e)?);
-        }
-        Ok(runs)
+        Ok(Some(run))
     }
 
-    fn commit(&self, o: Outcome, depth: u32, finish: Option<i64>) -> Result<(Run, Vec<Event>), StoreError> {
+    /// Commits a run; the events its writes raise are stored claimed by `owner`.
+    fn commit(
+        &self,
+        o: Outcome,
+        depth: u32,
+        finish: Option<i64>,
+        owner: &str,
+    ) -> Result<(Run, Vec<Event>), StoreError> {
         let mut writes = o.notes;
         if o.run.status == RunStatus::Ok {
             writes.splice(0..0, o.writes);
         }
-        let e = match self.store.commit_run(&o.run, &writes, depth + 1, finish) {
+        let claim_raised = Some((owner, self.lease_until()));
+        let e = match self.store.commit_run(Commit {
+            run: &o.run,
+            writes: &writes,
+            depth: depth + 1,
+            finish_event: finish,
+            claim_raised,
+        }) {
             Ok((id, raised)) => return Ok((Run { id, ..o.run }, raised)),
             // Busy: the caller tries the whole event again later.
             Err(e) if e.is_transient() => return Err(e),
@@ -572,28 +576,39 @@ impl Runtime {
         };
         // A write the store refused (the record vanished meanwhile, a chain too wide): the run
         // fails, and nothing it wrote is kept.
+        let mut why = e.to_string();
         if !writes.is_empty() {
             let run = Run {
                 status: RunStatus::Failed,
                 error: Some(format!("the run's writes were refused: {e}")),
                 ..o.run.clone()
             };
-            match self.store.commit_run(&run, &[], depth + 1, finish) {
+            match self.store.commit_run(Commit {
+                run: &run,
+                writes: &[],
+                depth: depth + 1,
+                finish_event: finish,
+                claim_raised,
+            }) {
                 Ok((id, raised)) => return Ok((Run { id, ..run }, raised)),
                 Err(e) if e.is_transient() => return Err(e),
-                Err(_) => {}
+                // The run alone is refused too: that is the reason to give first.
+                Err(alone) if alone.to_string() == why => {}
+                Err(alone) => why = format!("{alone} (its writes were refused too: {e})"),
             }
         }
         // The run itself cannot be stored (its log, say): it is recorded without its log so
         // that the event ends, rather than running again (and repeating its effects) forever.
         let run = Run {
             status: RunStatus::Failed,
-            error: Some(format!("the run could not be stored, so it was recorded without its log and writes: {e}")),
+            error: Some(format!("the run could not be stored, so it was recorded without its log and writes: {why}")),
             log: Vec::new(),
             next_attempt_at: None,
             ..o.run
         };
-        self.store.commit_run(&run, &[], depth + 1, finish).map(|(id, raised)| (Run { id, ..run }, raised))
+        self.store
+            .commit_run(Commit { run: &run, writes: &[], depth: depth + 1, finish_event: finish, claim_raised })
+            .map(|(id, raised)| (Run { id, ..run }, raised))
     }
 
     /// Executes one rule on one event. `None` when the `when` guard says no.
@@ -717,7 +732,7 @@ impl Runtime {
         if let Some(s) = record.status {
             current.status = s;
         }
-        let event = Event { id: 0, kind, record: current, previous, depth: 0, created_at: Utc::now() };
+        let event = Event { id: 0, kind, record: current, previous, depth: 0, created_at: Utc::now(), claims: 1 };
         let rules: Vec<&Arc<Rule>> = match only {
             Some(name) => vec![catalog.rules.find(name).ok_or_else(|| {
                 let names = catalog.rules.rules().iter().map(|r| r.name.as_str());
@@ -799,8 +814,8 @@ impl Runtime {
 
     /// Runs a job's script once, now, and records the run (`rule` = `job:NAME`). `trigger` is
     /// what scripts see as `event`: "schedule" or "manual". Returns the run and the events its
-    /// writes raised (stored; the dispatcher runs them).
-    pub fn run_job(&self, name: &str, trigger: &str) -> Result<(Run, Vec<Event>), crate::jobs::JobError> {
+    /// writes raised, stored claimed by `owner` (a dispatcher of that owner runs them).
+    pub fn run_job(&self, name: &str, trigger: &str, owner: &str) -> Result<(Run, Vec<Event>), crate::jobs::JobError> {
         use crate::jobs::JobError;
         let job = self.jobs.get(name).ok_or_else(|| {
             let hint = crate::diag::did_you_mean(name, self.jobs.keys().map(String::as_str))
@@ -853,7 +868,8 @@ impl Runtime {
             finished_at: Utc::now(),
             next_attempt_at: None,
         };
-        let (run, raised) = self.commit(Outcome { run, writes, notes, planned: Vec::new() }, 0, None)?;
+        let (run, raised) = self.commit(Outcome { run, writes, notes, planned: Vec::new() }, 0, None, owner)?;
+        crate::metrics::run_finished(&run);
         // Manual runs count too: a job's success resets its staleness clock.
         crate::notification::job_finished(self, &job.notify_on_failure, &run);
         Ok((run, raised))

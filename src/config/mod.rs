@@ -183,7 +183,9 @@ impl LimitsConfig {
         check_range(ctx, t, "max_string_size", self.max_string_size, 0, 64 << 20, " (64 MiB)");
         check_range(ctx, t, "max_array_size", self.max_array_size, 0, 10_000_000, "");
         check_range(ctx, t, "max_map_size", self.max_map_size, 0, 10_000_000, "");
-        check_range(ctx, t, "max_run_bytes", self.max_run_bytes, 1024, 1 << 30, " (1 GiB)");
+        // Script threads' stacks grow with the budget, up to a ceiling (see
+        // `memory::MAX_RUN_BYTES`).
+        check_range(ctx, t, "max_run_bytes", self.max_run_bytes, 1024, crate::memory::MAX_RUN_BYTES, " (512 MiB)");
     }
 }
 

@@ -427,6 +427,7 @@ mod tests {
             previous: previous.map(rec),
             depth: 0,
             created_at: chrono::Utc::now(),
+            claims: 1,
         }
     }
 

@@ -13,9 +13,11 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
+use smallvec::SmallVec;
 
 use crate::diag::Diagnostic;
 use crate::record::Event;
+use condition::Resolved;
 pub use condition::{Condition, FieldRef, Key};
 
 /// A rule file as written.
@@ -206,23 +208,166 @@ pub fn toml_to_json(v: &toml::Value) -> Result<Value, String> {
     })
 }
 
+/// A rule the index leads to, with the conditions the lookups on the way have satisfied
+/// already (bit `i` for condition `i`; conditions past the 64th are always evaluated).
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    rank: u32,
+    satisfied: u64,
+}
+
+/// The bit of condition `at` in [`Found::satisfied`].
+fn bit(at: usize) -> u64 {
+    if at < 64 {
+        1 << at
+    } else {
+        0
+    }
+}
+
+/// The rules one indexed value leads to: those with nothing more to look up, and, where many
+/// share the value, a further index on a second field that splits them (`Department` then
+/// `event`), so an event evaluates only the few rules its values can match.
+#[derive(Debug, Default)]
+struct Node {
+    found: SmallVec<[Found; 2]>,
+    next: Option<Box<(FieldRef, ValueIndex)>>,
+}
+
+/// A node with more rules than this is split on a further field.
+const SPLIT_ABOVE: usize = 4;
+/// Lookups on the way to a rule, at most.
+const MAX_LEVELS: usize = 3;
+
+impl Node {
+    /// Splits this node's rules on the field with the most distinct wanted values among their
+    /// conditions not satisfied yet, when they are many and such a field splits them.
+    fn split(&mut self, rules: &[Arc<Rule>], ranked: &[usize], level: usize) {
+        if self.found.len() <= SPLIT_ABOVE || level >= MAX_LEVELS {
+            return;
+        }
+        let rule_of = |f: &Found| &rules[ranked[f.rank as usize]];
+        // In order of first appearance, so that ties are decided the same way every time.
+        let mut distinct: Vec<(&FieldRef, std::collections::HashSet<Key>)> = Vec::new();
+        for f in &self.found {
+            for (at, c) in rule_of(f).conditions.iter().enumerate() {
+                let Some(key) = c.index_key().filter(|_| f.satisfied & bit(at) == 0) else { continue };
+                match distinct.iter_mut().find(|(field, _)| **field == c.field) {
+                    Some((_, keys)) => drop(keys.insert(key)),
+                    None => distinct.push((&c.field, [key].into())),
+                }
+            }
+        }
+        let Some((field, _)) = distinct.iter().rev().max_by_key(|(_, keys)| keys.len()).filter(|(_, k)| k.len() > 1)
+        else {
+            return;
+        };
+        let field = (*field).clone();
+        let mut index = ValueIndex::default();
+        let mut stay = SmallVec::new();
+        for f in self.found.drain(..) {
+            let conditions = &rules[ranked[f.rank as usize]].conditions;
+            let key = conditions.iter().enumerate().find_map(|(at, c)| {
+                (c.field == field && f.satisfied & bit(at) == 0).then(|| c.index_key().map(|k| (at, k))).flatten()
+            });
+            match key {
+                Some((at, key)) => index.node(key).found.push(Found { rank: f.rank, satisfied: f.satisfied | bit(at) }),
+                None => stay.push(f),
+            }
+        }
+        for node in index.nodes_mut() {
+            node.split(rules, ranked, level + 1);
+        }
+        self.found = stay;
+        self.next = Some(Box::new((field, index)));
+    }
+
+    /// The rules this node leads the event to.
+    fn collect(&self, event: &Event, out: &mut SmallVec<[Found; 8]>) {
+        out.extend_from_slice(&self.found);
+        if let Some((field, index)) = self.next.as_deref() {
+            if let Some(node) = field.resolve(event).as_ref().and_then(|v| index.get(v)) {
+                node.collect(event, out);
+            }
+        }
+    }
+}
+
+/// An indexed field's rules by the value their key condition wants. Strings are looked up
+/// by `&str` (no allocation per event), with a fast hash: the keys are the rules' own values,
+/// so an event cannot grow the map, only look it up.
+#[derive(Debug, Default)]
+struct ValueIndex {
+    strs: foldhash::HashMap<String, Node>,
+    nums: foldhash::HashMap<u64, Node>,
+    bools: [Node; 2],
+}
+
+impl ValueIndex {
+    fn node(&mut self, key: Key) -> &mut Node {
+        match key {
+            Key::Str(s) => self.strs.entry(s).or_default(),
+            Key::Num(n) => self.nums.entry(n).or_default(),
+            Key::Bool(b) => &mut self.bools[b as usize],
+        }
+    }
+
+    fn nodes_mut(&mut self) -> impl Iterator<Item = &mut Node> {
+        self.strs.values_mut().chain(self.nums.values_mut()).chain(self.bools.iter_mut())
+    }
+
+    /// The node of the rules whose key condition the value satisfies.
+    fn get(&self, v: &Resolved<'_>) -> Option<&Node> {
+        match v {
+            Resolved::Str(s) => self.strs.get(*s),
+            Resolved::Json(Value::String(s)) => self.strs.get(s.as_str()),
+            Resolved::Bool(b) | Resolved::Json(Value::Bool(b)) => Some(&self.bools[*b as usize]),
+            Resolved::Json(v) => match Key::of(v)? {
+                Key::Num(n) => self.nums.get(&n),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// The rules of one entity, with their index.
 #[derive(Debug, Default)]
 struct EntityRules {
-    /// Rule indices (into `RuleSet::rules`) sorted by priority: a rule's rank is its position.
-    /// Indexed fields: field -> value -> ranks of the rules whose key condition it is.
-    index: Vec<(FieldRef, HashMap<Key, Vec<u32>>)>,
-    /// Ranks of rules without an indexable condition: always evaluated.
-    scan: Vec<u32>,
+    /// Indexed fields: field -> value -> the rules whose key condition it is (split further
+    /// where many share a value). A rule's rank is its position in `ranked` (priority order).
+    index: Vec<(FieldRef, ValueIndex)>,
+    /// Rules without an indexable condition: always evaluated.
+    scan: SmallVec<[Found; 2]>,
+    /// Rule indices (into `RuleSet::rules`) sorted by priority.
     ranked: Vec<usize>,
+}
+
+impl EntityRules {
+    /// The rules the index leads the event to, in priority order.
+    fn candidates(&self, event: &Event) -> SmallVec<[Found; 8]> {
+        let mut out: SmallVec<[Found; 8]> = SmallVec::from_slice(&self.scan);
+        for (field, index) in &self.index {
+            if let Some(node) = field.resolve(event).as_ref().and_then(|v| index.get(v)) {
+                node.collect(event, &mut out);
+            }
+        }
+        if out.len() > 1 {
+            out.sort_unstable_by_key(|f| f.rank);
+        }
+        out
+    }
 }
 
 /// All enabled rules, compiled and indexed.
 #[derive(Debug, Default)]
 pub struct RuleSet {
     rules: Vec<Arc<Rule>>,
-    by_entity: HashMap<String, EntityRules>,
+    by_entity: foldhash::HashMap<String, EntityRules>,
 }
+
+/// The rules an event matches, in priority order (borrowed from the set; rarely more than a
+/// few, so no allocation).
+pub type Matching<'a> = SmallVec<[&'a Arc<Rule>; 4]>;
 
 impl RuleSet {
     /// Builds the index. Disabled rules are kept (for `tripline test`) but never match.
@@ -235,7 +380,7 @@ impl RuleSet {
                 grouped.entry(r.entity.clone()).or_default().push(i);
             }
         }
-        let mut by_entity = HashMap::new();
+        let mut by_entity = foldhash::HashMap::default();
         for (entity, ranked) in grouped {
             // Prefer the field with the most distinct values among this entity's rules: it
             // splits them most finely (Department beats Created).
@@ -256,22 +401,29 @@ impl RuleSet {
                     .then(|| {
                         rule.conditions
                             .iter()
-                            .filter_map(|c| c.index_key().map(|k| (c, k)))
-                            .max_by_key(|(c, _)| distinct.get(&c.field).map_or(0, |s| s.len()))
+                            .enumerate()
+                            .filter_map(|(at, c)| c.index_key().map(|k| (at, c, k)))
+                            .max_by_key(|(_, c, _)| distinct.get(&c.field).map_or(0, |s| s.len()))
                     })
                     .flatten();
+                let rank = rank as u32;
                 match key_condition {
-                    Some((c, key)) => {
+                    Some((at, c, key)) => {
                         let slot = match er.index.iter().position(|(f, _)| *f == c.field) {
                             Some(p) => p,
                             None => {
-                                er.index.push((c.field.clone(), HashMap::new()));
+                                er.index.push((c.field.clone(), ValueIndex::default()));
                                 er.index.len() - 1
                             }
                         };
-                        er.index[slot].1.entry(key).or_default().push(rank as u32);
+                        er.index[slot].1.node(key).found.push(Found { rank, satisfied: bit(at) });
                     }
-                    None => er.scan.push(rank as u32),
+                    None => er.scan.push(Found { rank, satisfied: 0 }),
+                }
+            }
+            for (_, index) in &mut er.index {
+                for node in index.nodes_mut() {
+                    node.split(&rules, &ranked, 1);
                 }
             }
             er.ranked = ranked;
@@ -303,34 +455,26 @@ impl RuleSet {
     }
 
     /// The enabled rules whose conditions hold for the event, in priority order.
-    pub fn matching(&self, event: &Event) -> Vec<Arc<Rule>> {
-        let Some(er) = self.by_entity.get(&event.record.entity) else { return Vec::new() };
-        let mut candidates: Vec<u32> = er.scan.clone();
-        for (field, map) in &er.index {
-            if let Some(ranks) = field.resolve(event).and_then(|v| v.key()).and_then(|k| map.get(&k)) {
-                candidates.extend_from_slice(ranks);
-            }
-        }
-        if candidates.len() > 1 {
-            candidates.sort_unstable();
-        }
-        candidates
+    pub fn matching(&self, event: &Event) -> Matching<'_> {
+        let Some(er) = self.by_entity.get(event.record.entity.as_str()) else { return Matching::new() };
+        er.candidates(event)
             .into_iter()
-            .map(|rank| &self.rules[er.ranked[rank as usize]])
-            .filter(|r| r.matches(event))
-            .cloned()
+            .filter_map(|f| {
+                let rule = &self.rules[er.ranked[f.rank as usize]];
+                let holds = match rule.match_ {
+                    Match::All => {
+                        rule.conditions.iter().enumerate().all(|(at, c)| f.satisfied & bit(at) != 0 || c.eval(event))
+                    }
+                    Match::Any => rule.conditions.is_empty() || rule.conditions.iter().any(|c| c.eval(event)),
+                };
+                holds.then_some(rule)
+            })
             .collect()
     }
 
     /// How many rules the index would evaluate for an event (for tests of the index).
     pub fn candidates(&self, event: &Event) -> usize {
-        let Some(er) = self.by_entity.get(&event.record.entity) else { return 0 };
-        er.scan.len()
-            + er.index
-                .iter()
-                .filter_map(|(f, m)| f.resolve(event).and_then(|v| v.key()).and_then(|k| m.get(&k)))
-                .map(Vec::len)
-                .sum::<usize>()
+        self.by_entity.get(&event.record.entity).map_or(0, |er| er.candidates(event).len())
     }
 }
 
@@ -364,6 +508,7 @@ mod tests {
             previous: None,
             depth: 0,
             created_at: chrono::Utc::now(),
+            claims: 1,
         }
     }
 
@@ -387,6 +532,35 @@ mod tests {
         assert_eq!(names, ["first", "any", "r7"]);
         assert!(set.matching(&ev(json!({"Dept": "nope"}))).is_empty());
         assert_eq!(set.matching(&ev(json!({"VIP": true})))[0].name, "any");
+    }
+
+    #[test]
+    fn many_rules_sharing_a_value_are_split_on_a_second_field() {
+        // 10 event kinds x 20 departments: Department is looked up first (more values), then
+        // the event kind splits each department's 10 rules; rules without the second key stay.
+        let mut rules = Vec::new();
+        for d in 0..20 {
+            for k in ["created", "updated", "deleted", "a", "b", "c", "d", "e", "f", "g"] {
+                rules.push(rule(
+                    &format!("{k}-{d}"),
+                    0,
+                    &[("Event", "equals", json!(k)), ("Department", "equals", json!(format!("D{d}")))],
+                    Match::All,
+                ));
+            }
+        }
+        rules.push(rule("dept-only", 0, &[("Department", "equals", json!("D3"))], Match::All));
+        rules.push(rule("dept-big", 0, &[("Department", "equals", json!("D3")), ("Size", "gt", json!(5))], Match::All));
+        let set = RuleSet::new(rules);
+        let e = ev(json!({"Department": "D3", "Size": 9}));
+        assert_eq!(set.candidates(&e), 3, "the created-D3 rule and the two without an event condition");
+        let mut names: Vec<_> = set.matching(&e).iter().map(|r| r.name.clone()).collect();
+        names.sort();
+        assert_eq!(names, ["created-3", "dept-big", "dept-only"]);
+        assert_eq!(set.matching(&ev(json!({"Department": "D3", "Size": 1}))).len(), 2);
+        assert!(set.matching(&ev(json!({"Department": "D99"}))).is_empty());
+        // A value of the wrong type finds nothing and evaluates nothing of the split.
+        assert_eq!(set.candidates(&ev(json!({"Department": 3}))), 0);
     }
 
     #[test]
@@ -468,7 +642,7 @@ mod fuzz {
                     record: crate::record::Record::new("t", fields.clone()),
                     previous: Some(crate::record::Record::new("t", Default::default())),
                     depth: 0,
-                    created_at: chrono::Utc::now(),
+                    created_at: chrono::Utc::now(), claims: 1,
                 };
                 let set = RuleSet::new(vec![rule]);
                 let _ = set.matching(&event);

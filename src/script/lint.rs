@@ -950,11 +950,11 @@ impl<'a> Pass<'a> {
     /// The names `api` methods take from `tripline.toml`, when given as string literals.
     fn configured_names(&mut self, method: &str, args: &[Expr]) {
         let names = self.known.names;
-        let (index, set, what, section) = match method {
-            "directory" => (0, &names.directories, "directory", "directories"),
-            "ProcessFlexHrUserOnAD" => (1, &names.directories, "directory", "directories"),
-            "connection" => (0, &names.connections, "connection", "connections"),
-            "notify" => (0, &names.notify, "notification channel", "notify"),
+        let (index, set, what, whats, section) = match method {
+            "directory" => (0, &names.directories, "directory", "directories", "directories"),
+            "ProcessFlexHrUserOnAD" => (1, &names.directories, "directory", "directories", "directories"),
+            "connection" => (0, &names.connections, "connection", "connections", "connections"),
+            "notify" => (0, &names.notify, "notification channel", "notification channels", "notify"),
             _ => return,
         };
         let (Some(Expr::StringConstant(name, pos)), Some(set)) = (args.get(index), set) else { return };
@@ -965,7 +965,7 @@ impl<'a> Pass<'a> {
             Some(s) => format!("; did you mean {s:?}?"),
             None if set.is_empty() => format!("; tripline.toml has no [{section}.NAME] section"),
             None => format!(
-                "; the configured {what}s are {}",
+                "; the configured {whats} are {}",
                 set.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
             ),
         };

@@ -10,6 +10,7 @@ pub mod api;
 pub mod lint;
 
 use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -105,6 +106,168 @@ const STOP_MEMORY: &str = "memory";
 /// The variables a script's scope starts with (see [`ScriptEngine::run`]); `api` is an [`Api`].
 pub const PREDECLARED: [&str; 6] = ["record", "previous", "event", "rule", "params", "api"];
 
+const STOP_TEXT: &str = "text";
+
+thread_local! {
+    /// A reason to stop the script on this thread at its next operation, set by a function
+    /// that cannot return an error: Rhai falls back to writing a value's whole text itself
+    /// when its printing function fails, the very thing the function refused to do.
+    static STOP_NEXT: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// Most bytes of a thrown value's text in a run's error (the rest is cut).
+const MAX_ERROR_TEXT: usize = 16 * 1024;
+
+/// `[limits] max_run_bytes` of the run on this thread, when it holds more than that.
+pub(crate) fn over_budget_here() -> Option<usize> {
+    CURRENT.with(|c| c.borrow().as_ref().filter(|ctx| ctx.over_budget()).map(|ctx| ctx.max_run_bytes))
+}
+
+/// A text being written, refused once it would pass its `max` bytes or the run on this thread
+/// goes over its memory budget.
+struct Bounded {
+    out: String,
+    max: usize,
+}
+
+impl std::fmt::Write for Bounded {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.out.len().saturating_add(s.len()) > self.max || over_budget_here().is_some() {
+            let mut cut = self.max.saturating_sub(self.out.len()).min(s.len());
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.out.push_str(&s[..cut]);
+            return Err(std::fmt::Error);
+        }
+        self.out.push_str(s);
+        Ok(())
+    }
+}
+
+/// What `write` writes, at most `max` bytes: the text and whether it is whole.
+fn bounded(max: usize, write: impl FnOnce(&mut Bounded) -> std::fmt::Result) -> (String, bool) {
+    let mut w = Bounded { out: String::new(), max };
+    let whole = write(&mut w).is_ok();
+    (w.out, whole)
+}
+
+/// The text of a value as Rhai prints it (`debug`: as `to_debug` writes it), or `None` when it
+/// would pass `max` bytes or the run on this thread goes over its memory budget while it is
+/// written. A value can hold one string many times over (`a[i] = s` shares `s`, and Rhai
+/// checks sizes only when a value passes through some calls and operators), so its text can
+/// be far larger than the memory it holds: it is bounded while it is written, never built
+/// whole first.
+pub fn value_text(value: &Dynamic, debug: bool, max: usize) -> Option<String> {
+    let (text, whole) = bounded(max, |w| if debug { write!(w, "{value:?}") } else { write!(w, "{value}") });
+    whole.then_some(text)
+}
+
+/// Registers Rhai's printing of arrays and maps (`to_string`, `to_debug`, `print`, `debug`,
+/// string interpolation, `+` and `+=` with a string) and `to_json`, bounded: Rhai's own build
+/// the whole text before checking its size. A text that would pass `max_string_size` (or the
+/// run's memory budget) stops the script at its next operation with that limit's error.
+///
+/// The value that was too large to print is emptied too: Rhai checks the size of a value it
+/// passed by reference after the call, and on failure writes the value's whole text itself
+/// (interpolation and `+` do), which is the very thing refused here. The script is stopped
+/// anyway.
+fn register_bounded_printing(engine: &mut Engine, max_string_size: usize) {
+    let max = if max_string_size == 0 { usize::MAX } else { max_string_size };
+    /// A container that prints itself as Rhai does, and can be emptied.
+    trait Printable: Clone + Send + Sync + 'static {
+        fn write(&self, w: &mut Bounded) -> std::fmt::Result;
+        fn empty(&mut self);
+    }
+    impl Printable for rhai::Array {
+        fn write(&self, w: &mut Bounded) -> std::fmt::Result {
+            write!(w, "{self:?}")
+        }
+        fn empty(&mut self) {
+            self.clear();
+        }
+    }
+    impl Printable for Map {
+        fn write(&self, w: &mut Bounded) -> std::fmt::Result {
+            w.write_str("#")?;
+            write!(w, "{self:?}")
+        }
+        fn empty(&mut self) {
+            self.clear();
+        }
+    }
+    fn text_of<T: Printable>(value: &mut T, max: usize) -> String {
+        let (text, whole) = bounded(max, |w| value.write(w));
+        if whole {
+            return text;
+        }
+        let why = if over_budget_here().is_some() { STOP_MEMORY } else { STOP_TEXT };
+        STOP_NEXT.with(|s| s.set(Some(why)));
+        value.empty();
+        String::new()
+    }
+    fn register<T: Printable>(engine: &mut Engine, max: usize) {
+        use rhai::{FuncRegistration, ImmutableString};
+        for name in ["to_string", "to_debug", "print", "debug"] {
+            FuncRegistration::new(name)
+                .with_purity(true)
+                .register_into_engine(engine, move |v: &mut T| text_of(v, max));
+        }
+        FuncRegistration::new("+").with_purity(true).register_into_engine(
+            engine,
+            move |s: &mut ImmutableString, v: T| -> ImmutableString {
+                let mut v = v;
+                let text = text_of(&mut v, max.saturating_sub(s.len()));
+                format!("{s}{text}").into()
+            },
+        );
+        FuncRegistration::new("+").with_purity(true).register_into_engine(
+            engine,
+            move |v: &mut T, s: ImmutableString| -> ImmutableString {
+                let text = text_of(v, max.saturating_sub(s.len()));
+                format!("{text}{s}").into()
+            },
+        );
+        for name in ["+=", "append"] {
+            FuncRegistration::new(name).register_into_engine(engine, move |s: &mut ImmutableString, v: T| {
+                let mut v = v;
+                let text = text_of(&mut v, max.saturating_sub(s.len()));
+                *s = format!("{s}{text}").into();
+            });
+        }
+    }
+    register::<rhai::Array>(engine, max);
+    register::<Map>(engine, max);
+    engine.register_fn("to_json", move |m: &mut Map| -> Result<String, Box<EvalAltResult>> {
+        let value = dynamic_to_json(&Dynamic::from_map(m.clone()))?;
+        let text = serde_json::to_string(&value).map_err(|e| e.to_string())?;
+        match text.len() > max {
+            true => Err(EvalAltResult::ErrorDataTooLarge("Length of string".into(), rhai::Position::NONE).into()),
+            false => Ok(text),
+        }
+    });
+}
+
+/// Rhai's `sleep(seconds)` blocks its thread for as long as it is asked, past the run's time
+/// limit (and panics on a huge float): this one waits at most until the run's deadline, and a
+/// wait that reaches it stops the script as the time limit does.
+fn register_bounded_sleep(engine: &mut Engine) {
+    fn sleep(seconds: f64) -> Result<(), Box<EvalAltResult>> {
+        let Some(deadline) = CURRENT.with(|c| c.borrow().as_ref().map(|ctx| ctx.deadline)) else {
+            return Err("sleep is only available while a script runs".into());
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let asked = std::time::Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(std::time::Duration::MAX);
+        std::thread::sleep(asked.min(left));
+        if asked >= left {
+            return Err(EvalAltResult::ErrorTerminated(Dynamic::from(STOP_TIMEOUT), rhai::Position::NONE).into());
+        }
+        Ok(())
+    }
+    engine.register_fn("sleep", |seconds: rhai::INT| sleep(seconds as f64));
+    engine.register_fn("sleep", |seconds: rhai::FLOAT| sleep(seconds));
+}
+
 /// The shared engine and its limits.
 pub struct ScriptEngine {
     engine: Engine,
@@ -149,6 +312,9 @@ impl ScriptEngine {
             })
         });
         engine.on_progress(|ops| {
+            if let Some(why) = STOP_NEXT.with(|s| s.take()) {
+                return Some(Dynamic::from(why));
+            }
             CURRENT.with(|c| {
                 let ctx = c.borrow();
                 let ctx = ctx.as_ref()?;
@@ -161,6 +327,8 @@ impl ScriptEngine {
             })
         });
         HostError::register(&mut engine);
+        register_bounded_printing(&mut engine, limits.max_string_size);
+        register_bounded_sleep(&mut engine);
         api::register(&mut engine);
         for hook in hooks {
             hook(&mut engine);
@@ -225,7 +393,8 @@ impl ScriptEngine {
         ctx.start_on_this_thread();
         caught(|| {
             let mut scope = self.scope(inv);
-            self.engine.eval_ast_with_scope::<bool>(&mut scope, ast).map_err(|e| self.error(*e, ast.source()))
+            let result = self.engine.eval_ast_with_scope::<bool>(&mut scope, ast);
+            self.ended(result, ast.source())
         })
     }
 
@@ -236,8 +405,22 @@ impl ScriptEngine {
         caught(|| {
             let mut scope = self.scope(inv);
             scope.push("api", Api::dynamic(ctx.clone()));
-            self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast).map_err(|e| self.error(*e, ast.source()))
+            let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast);
+            self.ended(result, ast.source())
         })
+    }
+
+    /// A script's result, or the error that stopped it, also when a stop was asked for after
+    /// its last operation.
+    fn ended<T>(&self, result: Result<T, Box<EvalAltResult>>, source: Option<&str>) -> Result<T, ScriptError> {
+        let stop = STOP_NEXT.with(|s| s.take());
+        match (result, stop) {
+            (Err(e), _) => Err(self.error(*e, source)),
+            (Ok(_), Some(why)) => {
+                Err(self.error(EvalAltResult::ErrorTerminated(why.into(), rhai::Position::NONE), source))
+            }
+            (Ok(v), None) => Ok(v),
+        }
     }
 
     /// Rhai's error in words an admin can act on, naming the limit that stopped the script.
@@ -304,6 +487,15 @@ impl ScriptEngine {
                     at(*pos)
                 )
             }
+            EvalAltResult::ErrorTerminated(why, pos)
+                if why.clone().into_string().ok().as_deref() == Some(STOP_TEXT) =>
+            {
+                format!(
+                    "script stopped: the text of a value grew longer than [limits] max_string_size = {}{}",
+                    l.max_string_size,
+                    at(*pos)
+                )
+            }
             EvalAltResult::ErrorTerminated(_, pos) => {
                 format!("script stopped: it ran longer than [limits] timeout_ms = {}{}", l.timeout_ms, at(*pos))
             }
@@ -330,18 +522,26 @@ impl ScriptEngine {
             }
             EvalAltResult::ErrorRuntime(value, pos) => match value.read_lock::<HostError>() {
                 Some(host) => format!("{}{}", host.message, at(*pos)),
-                None => format!("{value}{}", at(*pos)),
+                None => format!("{}{}", error_text(|w| write!(w, "{value}")), at(*pos)),
             },
-            other if with_position => other.to_string(),
+            other if with_position => error_text(|w| write!(w, "{other}")),
             // Rhai's words without Rhai's "(line L, position C)", which the path replaces.
             other => {
-                let text = other.to_string();
+                let text = error_text(|w| write!(w, "{other}"));
                 match other.position() {
                     pos if pos.is_none() => text,
                     pos => text.strip_suffix(&format!(" ({pos})")).map(str::to_string).unwrap_or(text),
                 }
             }
         }
+    }
+}
+
+/// An error's text, cut at [`MAX_ERROR_TEXT`] bytes.
+fn error_text(write: impl FnOnce(&mut Bounded) -> std::fmt::Result) -> String {
+    match bounded(MAX_ERROR_TEXT, write) {
+        (text, true) => text,
+        (text, false) => format!("{text}… (cut)"),
     }
 }
 
@@ -425,6 +625,12 @@ pub fn dynamic_to_json(d: &Dynamic) -> Result<Value, String> {
 fn to_json_at(d: &Dynamic, depth: usize) -> Result<Value, String> {
     use crate::record::MAX_DEPTH;
     let too_deep = || format!("the value is nested more than {MAX_DEPTH} levels deep");
+    // A value can hold one string many times over: its JSON copy is counted as it is made.
+    if let Some(max) = over_budget_here() {
+        return Err(format!(
+            "the value takes more memory than the run may hold ([limits] max_run_bytes = {max} bytes)"
+        ));
+    }
     if d.is_shared() {
         return to_json_at(&d.flatten_clone(), depth);
     }
@@ -486,9 +692,13 @@ mod tests {
     }
 
     fn run(source: &str) -> (Result<Dynamic, ScriptError>, Vec<String>) {
+        run_within(source, std::time::Duration::from_secs(5))
+    }
+
+    fn run_within(source: &str, time: std::time::Duration) -> (Result<Dynamic, ScriptError>, Vec<String>) {
         let engine = ScriptEngine::new(&LimitsConfig::default(), &[]);
         let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::sqlite::SqliteStore::in_memory().unwrap());
-        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = Instant::now() + time;
         let ctx = Arc::new(RunCtx::new(store, Arc::new(api::Hosts::default()), "r", deadline, false));
         let ast = engine.compile(Path::new("t.rhai"), source).unwrap();
         let params = serde_json::Map::new();
@@ -536,5 +746,69 @@ mod tests {
     fn json_round_trips_through_rhai() {
         let v = serde_json::json!({"a": 1, "b": [true, null, "x"], "c": {"d": 1.5}});
         assert_eq!(dynamic_to_json(&json_to_dynamic(&v)).unwrap(), v);
+    }
+
+    /// An array holding one 1 MiB string `n` times: little memory, a text of `n` MiB.
+    const SHARED: &str = "let s = \"x\"; for i in 0..20 { s += s; }\nlet a = []; for i in 0..N { a.push(1); }\n\
+                          for i in 0..N { a[i] = s; }\nlet m = #{}; for i in 0..N { m[`k${i}`] = s; }\n";
+
+    #[test]
+    fn the_text_of_a_value_is_bounded_while_it_is_written() {
+        let s = Dynamic::from("x".repeat(1 << 20));
+        let a = Dynamic::from_array(vec![s; 100_000]);
+        assert_eq!(value_text(&a, false, 4096), None, "100 GiB of text are never built");
+        let small = Dynamic::from_array(vec![Dynamic::from("x"), Dynamic::from_int(1)]);
+        assert_eq!(value_text(&small, false, 4096).as_deref(), Some("[\"x\", 1]"));
+        assert_eq!(value_text(&small, true, 4096).as_deref(), Some("[\"x\", 1]"));
+    }
+
+    #[test]
+    fn printing_a_value_whose_text_is_too_long_stops_the_script_in_every_spelling() {
+        let shared = SHARED.replace('N', "40");
+        for spelling in [
+            "let t = `${a}`;",
+            "let t = `${m}`;",
+            "let t = \"\" + a;",
+            "let t = a + \"\";",
+            "let t = \"\" + m;",
+            "let t = \"\"; t += a;",
+            "print(a);",
+            "debug(m);",
+            "let t = a.to_string();",
+            "let t = m.to_debug();",
+            "let t = to_string(a);",
+            "let b = [0]; b[0] = a; let t = `${b}`;",
+        ] {
+            let (result, _) = run(&format!("{shared}{spelling}"));
+            let e = result.unwrap_err();
+            assert!(e.message.contains("max_string_size"), "{spelling}: {e}");
+        }
+        let (result, _) = run(&format!("{}api.info(a);", SHARED.replace('N', "100")));
+        assert!(result.unwrap_err().message.contains("max_run_bytes"), "a log line is bounded by the budget");
+        let (result, _) = run(&format!("{shared}throw a;"));
+        let e = result.unwrap_err();
+        assert!(e.message.len() < 2 * MAX_ERROR_TEXT && e.message.contains("(cut)"), "{}", e.message.len());
+        // Printing what fits is unchanged.
+        let (result, log) =
+            run("print([1, \"x\", #{a: ()}, 2.0, true]); print(`${[1]}${#{b: \"c\"}}`); print(\"s\" + [2]); \
+             let t = \"t\"; t += #{k: 1}; print(t); const C = [3]; print(C.to_string()); api.info([4]);");
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(
+            log,
+            ["[1, \"x\", #{\"a\": ()}, 2.0, true]", "[1]#{\"b\": \"c\"}", "s[2]", "t#{\"k\": 1}", "[3]", "[4]"]
+        );
+    }
+
+    #[test]
+    fn sleep_ends_at_the_runs_deadline() {
+        for spelling in ["sleep(1e300);", "sleep(9223372036854775807);", "sleep(3600);"] {
+            let started = Instant::now();
+            let (result, _) = run_within(spelling, std::time::Duration::from_millis(300));
+            let e = result.unwrap_err();
+            assert!(e.message.contains("timeout_ms"), "{spelling}: {e}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(60), "{spelling} returned");
+        }
+        let (result, _) = run("sleep(0.01); sleep(-5); sleep(0); 1");
+        assert!(result.is_ok(), "{result:?}");
     }
 }

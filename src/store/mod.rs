@@ -184,6 +184,46 @@ pub struct Run {
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
+/// Which pending events a dispatcher takes (see [`Store::pending_events`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Feed<'a> {
+    /// Only the events this owner claimed (the events a command stored, and what their runs
+    /// raised): `tripline fire`, `job run`, `replay`.
+    Own(&'a str),
+    /// Those, and every event nobody holds a live claim on: the daemon.
+    OwnAndUnclaimed(&'a str),
+}
+
+/// An event [`Store::pending_events`] offers.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub event: Event,
+    /// Until when the feed's owner holds a claim on it already (`None`: it is not the
+    /// owner's yet).
+    pub own_claim_until: Option<DateTime<Utc>>,
+}
+
+/// A run to commit with what it wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct Commit<'a> {
+    pub run: &'a Run,
+    pub writes: &'a [Write],
+    /// The depth of the events the writes raise (the run's event's depth + 1).
+    pub depth: u32,
+    /// Marks this event processed in the same transaction.
+    pub finish_event: Option<i64>,
+    /// Stores the raised events claimed by this owner until this time: the dispatcher that
+    /// committed the run goes on with what it raised.
+    pub claim_raised: Option<(&'a str, DateTime<Utc>)>,
+}
+
+impl<'a> Commit<'a> {
+    /// A run without writes, raising nothing.
+    pub fn bare(run: &'a Run, finish_event: Option<i64>) -> Commit<'a> {
+        Commit { run, writes: &[], depth: 0, finish_event, claim_raised: None }
+    }
+}
+
 /// Which runs to list.
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
@@ -203,13 +243,23 @@ pub trait Store: Send + Sync {
     /// Checks that an item could be ingested (the record exists for an update, ...), storing
     /// nothing.
     fn validate(&self, item: &Ingest) -> Result<()>;
-    /// Events not yet processed and not claimed by a live owner, oldest first, that can run
-    /// now: no earlier event of the same record is still being processed elsewhere, and with
+    /// Events not yet processed that `feed` may run, oldest first, that can run now: no
+    /// earlier event of the same record is still being processed by another owner, and with
     /// `wait_behind_retries`, the record has no run waiting for a retry. An event whose row
     /// cannot be read, or that was claimed [`sqlite::MAX_EVENT_TRIES`] times without its
     /// processing ending, is set aside instead (finished, with a failed [`SET_ASIDE`] run
-    /// saying why), so that it never blocks the queue.
-    fn pending_events(&self, limit: usize, wait_behind_retries: bool) -> Result<Vec<Event>>;
+    /// saying why), so that it never blocks the queue. Only events with an id above `after`
+    /// (a feeder's cursor; 0 for all). Each event's [`Event::claims`] counts the claim the
+    /// caller is about to take.
+    fn pending_events(
+        &self,
+        limit: usize,
+        wait_behind_retries: bool,
+        feed: Feed<'_>,
+        after: i64,
+    ) -> Result<Vec<Pending>>;
+    /// Marks events processed (events no rule matches), in one transaction.
+    fn finish_events(&self, event_ids: &[i64]) -> Result<()>;
     /// Claims events for `owner` until `until` (events already claimed by `owner` are
     /// re-claimed); returns the ids claimed. A claimed event is processed by its owner only.
     fn claim(&self, ids: &[i64], owner: &str, until: DateTime<Utc>) -> Result<Vec<i64>>;
@@ -217,6 +267,9 @@ pub trait Store: Send + Sync {
     fn unclaim(&self, event_id: i64, owner: &str) -> Result<()>;
     /// Whether a record has a run waiting for a retry, other than for `event_id`.
     fn record_waits(&self, record_id: &str, event_id: i64) -> Result<bool>;
+    /// Whether a record still has work ahead: an unfinished event, or a run waiting for a
+    /// retry.
+    fn record_busy(&self, record_id: &str) -> Result<bool>;
     /// The owners holding unexpired claims on unfinished events.
     fn claim_owners(&self) -> Result<Vec<String>>;
     /// Releases every claim of `owner` (an owner known to be gone).
@@ -239,22 +292,18 @@ pub trait Store: Send + Sync {
     fn find_records(&self, entity: &str, criteria: &Fields, limit: usize) -> Result<Vec<Record>>;
     /// Rules that already have a run for this event, with its status (the run ledger).
     fn runs_of_event(&self, event_id: i64) -> Result<Vec<Run>>;
-    /// Saves a run with the writes it made, raising their events at `depth`; returns the
-    /// run's id and the raised events. With `finish_event`, the event is marked processed
-    /// in the same transaction.
-    fn commit_run(
-        &self,
-        run: &Run,
-        writes: &[Write],
-        depth: u32,
-        finish_event: Option<i64>,
-    ) -> Result<(i64, Vec<Event>)>;
+    /// Saves a run with the writes it made (see [`Commit`]); returns the run's id and the
+    /// events the writes raised. Commits of concurrent callers may share a transaction, but
+    /// each returns only once its own is durable.
+    fn commit_run(&self, commit: Commit<'_>) -> Result<(i64, Vec<Event>)>;
     /// Marks an event processed.
     fn finish_event(&self, event_id: i64) -> Result<()>;
     fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;
     fn get_run(&self, id: i64) -> Result<Option<Run>>;
-    /// Runs in `retrying` whose next attempt is due.
-    fn due_retries(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Run>>;
+    /// Runs in `retrying` whose next attempt is due, claimed: their next attempt moves to
+    /// `until`, so that no other dispatcher takes them meanwhile, and they come due again
+    /// then should this one die before running them.
+    fn claim_due_retries(&self, now: DateTime<Utc>, limit: usize, until: DateTime<Utc>) -> Result<Vec<Run>>;
     fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Value>>;
     fn kv_set(&self, namespace: &str, key: &str, value: &Value) -> Result<()>;
     /// `[engine] max_fanout`: how many events one event from outside may cause in all

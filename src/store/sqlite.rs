@@ -177,6 +177,7 @@ struct PendingRun {
     depth: u32,
     finish_event: Option<i64>,
     max_fanout: u64,
+    claim_raised: Option<(String, DateTime<Utc>)>,
 }
 
 /// Clears `writing` if the writer unwinds, so that the others do not wait forever.
@@ -310,6 +311,9 @@ fn snapshot(r: &Record) -> Record {
     Record { comments: Vec::new(), ..r.clone() }
 }
 
+/// A claim to store an event with: its owner and until when.
+type Claim<'a> = Option<(&'a str, DateTime<Utc>)>;
+
 fn insert_event(
     tx: &Connection,
     kind: &EventKind,
@@ -317,15 +321,29 @@ fn insert_event(
     previous: Option<&Record>,
     depth: u32,
     key: Option<&str>,
+    claim: Claim<'_>,
 ) -> Result<Event> {
     let now = Utc::now();
     let record = snapshot(record);
     let previous = previous.map(snapshot);
+    let (owner, until) = claim.map_or((None, None), |(o, u)| (Some(o), Some(ts(u))));
     tx.prepare_cached(
-        "INSERT INTO events (kind, record_id, record, previous, depth, created_at, idempotency_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO events (kind, record_id, record, previous, depth, created_at, idempotency_key, claimed_by, claimed_until, tries)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
-    .execute(params![kind.as_str(), record.id, to_json(&record), previous.as_ref().map(to_json), depth, ts(now), key])?;
-    Ok(Event { id: tx.last_insert_rowid(), kind: kind.clone(), record, previous, depth, created_at: now })
+    .execute(params![
+        kind.as_str(),
+        record.id,
+        to_json(&record),
+        previous.as_ref().map(to_json),
+        depth,
+        ts(now),
+        key,
+        owner,
+        until,
+        claim.is_some() as i64
+    ])?;
+    Ok(Event { id: tx.last_insert_rowid(), kind: kind.clone(), record, previous, depth, created_at: now, claims: 1 })
 }
 
 fn add_comment(tx: &Connection, id: &str, text: &str, key: Option<&str>, at: DateTime<Utc>) -> Result<()> {
@@ -385,7 +403,7 @@ fn ingest_one(
                 r.status = s;
             }
             save_record(tx, &r)?;
-            insert_event(tx, &item.kind, &r, None, depth, item.idempotency_key.as_deref())?
+            insert_event(tx, &item.kind, &r, None, depth, item.idempotency_key.as_deref(), claim)?
         }
         (EventKind::Updated, None) | (EventKind::Deleted, None) => {
             let id = item.record.id.clone().unwrap_or_else(|| "(none given)".into());
@@ -393,7 +411,7 @@ fn ingest_one(
         }
         (EventKind::Deleted, Some(r)) => {
             tx.execute("DELETE FROM records WHERE id = ?1", params![r.id])?;
-            insert_event(tx, &item.kind, &r, None, depth, item.idempotency_key.as_deref())?
+            insert_event(tx, &item.kind, &r, None, depth, item.idempotency_key.as_deref(), claim)?
         }
         (kind, Some(previous)) => {
             let mut r = previous.clone();
@@ -405,13 +423,9 @@ fn ingest_one(
             }
             r.updated_at = now;
             save_record(tx, &r)?;
-            insert_event(tx, kind, &r, Some(&previous), depth, item.idempotency_key.as_deref())?
+            insert_event(tx, kind, &r, Some(&previous), depth, item.idempotency_key.as_deref(), claim)?
         }
     };
-    if let Some((owner, until)) = claim {
-        tx.prepare_cached("UPDATE events SET claimed_by = ?1, claimed_until = ?2, tries = 1 WHERE id = ?3")?
-            .execute(params![owner, ts(until), event.id])?;
-    }
     Ok(Some(event))
 }
 
@@ -429,6 +443,7 @@ fn build_event(
         previous: previous.as_deref().map(json).transpose()?,
         depth,
         created_at: parse_ts(&created)?,
+        claims: 1,
     })
 }
 
@@ -470,12 +485,13 @@ fn query_runs(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Re
 
 /// A JSON path for SQLite's `json_extract` from a dotted field path, when SQLite can express
 /// it exactly: its quoted labels have no escapes (a key with `"` or `\\` cannot be written),
-/// and a numeric segment means an array index or an object key to [`crate::record::lookup`],
-/// which one label cannot say. Such criteria are checked on the loaded records instead.
+/// SQLite reads a path only up to a NUL, and a segment that reads as a number (`0`, `01`,
+/// `+1`) means an array index or an object key to [`crate::record::lookup`], which one label
+/// cannot say. Such criteria are checked on the loaded records instead.
 fn json_path(field: &str) -> Option<String> {
     let mut p = String::from("$");
     for seg in field.split('.') {
-        if seg.contains(['"', '\\']) || (!seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit())) {
+        if seg.contains(['"', '\\', '\0']) || seg.parse::<usize>().is_ok() {
             return None;
         }
         p.push_str(".\"");
@@ -485,7 +501,7 @@ fn json_path(field: &str) -> Option<String> {
     Some(p)
 }
 
-fn apply_write(tx: &Connection, w: &Write, depth: u32, raised: &mut Vec<Event>) -> Result<()> {
+fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised: &mut Vec<Event>) -> Result<()> {
     let now = Utc::now();
     match w {
         Write::Create(r) => {
@@ -493,7 +509,7 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, raised: &mut Vec<Event>) 
                 return Err(StoreError::Exists(r.id.clone()));
             }
             save_record(tx, r)?;
-            raised.push(insert_event(tx, &EventKind::Created, r, None, depth, None)?);
+            raised.push(insert_event(tx, &EventKind::Created, r, None, depth, None, claim)?);
         }
         Write::Update { id, fields } => {
             let previous = load_record(tx, id)?.ok_or_else(|| StoreError::NoRecord(id.clone()))?;
@@ -503,7 +519,7 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, raised: &mut Vec<Event>) 
             }
             r.updated_at = now;
             save_record(tx, &r)?;
-            raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None)?);
+            raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim)?);
         }
         Write::Comment { id, text, key } => add_comment(tx, id, text, key.as_deref(), now)?,
         Write::Close { id, text } => {
@@ -516,7 +532,7 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, raised: &mut Vec<Event>) 
                 r.status = Status::Closed;
                 r.updated_at = now;
                 save_record(tx, &r)?;
-                raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None)?);
+                raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim)?);
             }
         }
         Write::SetState { namespace, key, value } => {
@@ -649,7 +665,7 @@ fn write_run(tx: &Connection, p: &PendingRun) -> Result<(i64, Vec<Event>)> {
     let (run, depth) = (&p.run, p.depth);
     let mut raised = Vec::new();
     for w in &p.writes {
-        apply_write(tx, w, depth, &mut raised)?;
+        apply_write(tx, w, depth, p.claim_raised.as_ref().map(|(o, t)| (o.as_str(), *t)), &mut raised)?;
     }
     if let (Some(cause), false) = (run.event_id, raised.is_empty()) {
         charge_fanout(tx, cause, &raised, p.max_fanout)?;
@@ -723,25 +739,54 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn pending_events(&self, limit: usize, wait_behind_retries: bool) -> Result<Vec<Event>> {
+    fn pending_events(
+        &self,
+        limit: usize,
+        wait_behind_retries: bool,
+        feed: super::Feed<'_>,
+        after: i64,
+    ) -> Result<Vec<super::Pending>> {
+        let (owner, unclaimed) = match feed {
+            super::Feed::Own(o) => (o, false),
+            super::Feed::OwnAndUnclaimed(o) => (o, true),
+        };
         let mut conn = self.conn();
         let (events, aside) = {
+            // Own events (claimed by `owner`) use the partial index on claims; unclaimed ones
+            // the pending index.
             let mut stmt = conn.prepare_cached(
-                "SELECT e.id, e.kind, e.record, e.previous, e.depth, e.created_at, e.tries, e.record_id FROM events e
-                 WHERE e.done = 0 AND (e.claimed_until IS NULL OR e.claimed_until < ?1)
+                "SELECT e.id, e.kind, e.record, e.previous, e.depth, e.created_at, e.tries, e.record_id,
+                        CASE WHEN e.claimed_by IS ?4 THEN e.claimed_until END FROM events e
+                 WHERE e.done = 0 AND e.id > ?6
+                   AND (e.claimed_by = ?4 OR (?5 AND (e.claimed_until IS NULL OR e.claimed_until < ?1)))
                    AND NOT EXISTS (SELECT 1 FROM events p WHERE p.record_id = e.record_id AND p.done = 0 AND p.id < e.id
-                                   AND p.claimed_until >= ?1)
+                                   AND p.claimed_by IS NOT ?4
+                                   AND NOT (?5 AND (p.claimed_until IS NULL OR p.claimed_until < ?1)))
                    AND (?2 = 0 OR NOT EXISTS (SELECT 1 FROM runs r WHERE r.record_id = e.record_id AND r.status = 'retrying'))
                  ORDER BY e.id LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![ts(Utc::now()), wait_behind_retries, limit as i64], |r| {
-                Ok((row_to_event(r)?, r.get::<_, u32>(6)?, r.get::<_, String>(7)?))
-            })?;
+            // Only the id is read strictly: a column of the wrong type (a BLOB where text is
+            // expected, a negative depth) is an event that cannot be read, set aside like one
+            // that does not parse, rather than an error that would stop every pass.
+            let rows = stmt.query_map(
+                params![ts(Utc::now()), wait_behind_retries, limit as i64, owner, unclaimed, after],
+                |r| {
+                    let record_id = r.get::<_, String>(7).unwrap_or_else(|_| String::from("(unreadable)"));
+                    let own_until = r.get::<_, Option<String>>(8);
+                    Ok((r.get::<_, i64>(0)?, row_to_event(r), r.get::<_, u32>(6), record_id, own_until))
+                },
+            )?;
             let mut events = Vec::new();
             let mut aside = Vec::new();
             for row in rows {
-                let (row, tries, record_id) = row?;
-                let id = row.0;
+                let (id, row, tries, record_id, own_until) = row?;
+                let (row, tries, own_until) = match (row, tries, own_until) {
+                    (Ok(row), Ok(tries), Ok(own_until)) => (row, tries, own_until),
+                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                        aside.push((id, record_id, format!("event {id} cannot be read, so it is set aside: {e}")));
+                        continue;
+                    }
+                };
                 if tries >= MAX_EVENT_TRIES {
                     aside.push((
                         id,
@@ -754,8 +799,13 @@ impl Store for SqliteStore {
                     ));
                     continue;
                 }
-                match build_event(row) {
-                    Ok(e) => events.push(e),
+                let own_claim_until = own_until.as_deref().map(parse_ts).transpose();
+                match build_event(row).and_then(|e| Ok((e, own_claim_until?))) {
+                    // An own event's claim is taken already; another's is about to be.
+                    Ok((e, own_claim_until)) => events.push(super::Pending {
+                        event: Event { claims: if own_claim_until.is_some() { tries } else { tries + 1 }, ..e },
+                        own_claim_until,
+                    }),
                     Err(e) => {
                         aside.push((id, record_id, format!("event {id} cannot be read, so it is set aside: {e}")))
                     }
@@ -808,6 +858,17 @@ impl Store for SqliteStore {
         )?
         .query_row(params![record_id, event_id], |r| r.get(0))?;
         Ok(n > 0)
+    }
+
+    fn record_busy(&self, record_id: &str) -> Result<bool> {
+        let conn = self.conn();
+        let busy: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE record_id = ?1 AND done = 0) \
+                 OR EXISTS (SELECT 1 FROM runs WHERE record_id = ?1 AND status = 'retrying')",
+            )?
+            .query_row(params![record_id], |r| r.get(0))?;
+        Ok(busy)
     }
 
     fn claim_owners(&self) -> Result<Vec<String>> {
@@ -891,12 +952,20 @@ impl Store for SqliteStore {
                     sql.push_str(&format!(" AND {k} = ?"));
                     args.push(v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
                 }
-                (_, Some(path)) => {
-                    sql.push_str(" AND json_extract(fields, ?) IS json_extract(?, '$')");
+                // `json_extract` gives SQL values, which lose the JSON type: `true` reads as 1, an
+                // object as its text, and a missing field as a null. Text and numbers are compared
+                // with their type checked; other criteria are checked on the loaded records,
+                // so that look-alikes never fill the limit.
+                (_, Some(path)) if v.is_string() || v.is_number() => {
+                    let types = if v.is_string() { "'text'" } else { "'integer', 'real'" };
+                    sql.push_str(&format!(
+                        " AND json_type(fields, ?) IN ({types}) AND json_extract(fields, ?) = json_extract(?, '$')"
+                    ));
+                    args.push(path.clone());
                     args.push(path);
                     args.push(v.to_string());
                 }
-                (_, None) => {
+                (_, _) => {
                     in_rust.insert(k.clone(), v.clone());
                 }
             }
@@ -936,13 +1005,8 @@ impl Store for SqliteStore {
         Ok(runs)
     }
 
-    fn commit_run(
-        &self,
-        run: &Run,
-        writes: &[Write],
-        depth: u32,
-        finish_event: Option<i64>,
-    ) -> Result<(i64, Vec<Event>)> {
+    fn commit_run(&self, c: super::Commit<'_>) -> Result<(i64, Vec<Event>)> {
+        let super::Commit { run, writes, depth, finish_event, claim_raised } = c;
         let q = &self.commits;
         let arrived = Instant::now();
         let mut st = lock(&q.state);
@@ -956,6 +1020,7 @@ impl Store for SqliteStore {
             depth,
             finish_event,
             max_fanout,
+            claim_raised: claim_raised.map(|(o, t)| (o.to_string(), t)),
         });
         st.inside += 1;
         st.peak = st.peak.max(st.inside);
@@ -965,6 +1030,20 @@ impl Store for SqliteStore {
         let (mut st, result) = self.commit_waiting(st, ticket, arrived);
         st.inside -= 1;
         result
+    }
+
+    fn finish_events(&self, event_ids: &[i64]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt =
+                tx.prepare_cached("UPDATE events SET done = 1, claimed_by = NULL, claimed_until = NULL WHERE id = ?1")?;
+            for id in event_ids {
+                stmt.execute(params![id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn finish_event(&self, event_id: i64) -> Result<()> {
@@ -1001,13 +1080,22 @@ impl Store for SqliteStore {
         Ok(query_runs(&conn, &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), params![id])?.pop())
     }
 
-    fn due_retries(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Run>> {
-        let conn = self.conn();
-        query_runs(
-            &conn,
+    fn claim_due_retries(&self, now: DateTime<Utc>, limit: usize, until: DateTime<Utc>) -> Result<Vec<Run>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let runs = query_runs(
+            &tx,
             &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'retrying' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2"),
             params![ts(now), limit as i64],
-        )
+        )?;
+        {
+            let mut stmt = tx.prepare_cached("UPDATE runs SET next_attempt_at = ?1 WHERE id = ?2")?;
+            for r in &runs {
+                stmt.execute(params![ts(until), r.id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(runs)
     }
 
     fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Value>> {
@@ -1087,6 +1175,7 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::record::Submitted;
+    use crate::store::Commit;
     use serde_json::json;
 
     impl SqliteStore {
@@ -1120,8 +1209,8 @@ mod tests {
             .unwrap();
         assert_eq!(e2.previous.as_ref().unwrap().fields["a"], json!(1));
         assert_eq!(e2.record.fields, fields(json!({"a": 5, "b": 2})));
-        let pending = s.pending_events(10, true).unwrap();
-        assert_eq!(pending.iter().map(|e| e.id).collect::<Vec<_>>(), vec![e1.id, e2.id]);
+        let pending = s.pending_events(10, true, crate::store::Feed::OwnAndUnclaimed("test"), 0).unwrap();
+        assert_eq!(pending.iter().map(|p| p.event.id).collect::<Vec<_>>(), vec![e1.id, e2.id]);
         assert_eq!(s.find_records("ticket", &fields(json!({"a": 5})), 10).unwrap().len(), 1);
         assert_eq!(s.find_records("ticket", &fields(json!({"a": 1})), 10).unwrap().len(), 0);
         assert_eq!(s.find_records("ticket", &fields(json!({"status": "open", "b": 2})), 10).unwrap().len(), 1);
@@ -1150,9 +1239,30 @@ mod tests {
             finished_at: at,
             ..run_of(e, "r")
         };
-        s.commit_run(&run(&events[0], RunStatus::Ok, old), &[], 1, Some(events[0].id)).unwrap();
-        s.commit_run(&run(&events[1], RunStatus::Dead, old), &[], 1, Some(events[1].id)).unwrap();
-        s.commit_run(&run(&events[2], RunStatus::Ok, Utc::now()), &[], 1, Some(events[2].id)).unwrap();
+        s.commit_run(Commit {
+            run: &run(&events[0], RunStatus::Ok, old),
+            writes: &[],
+            depth: 1,
+            finish_event: Some(events[0].id),
+            claim_raised: None,
+        })
+        .unwrap();
+        s.commit_run(Commit {
+            run: &run(&events[1], RunStatus::Dead, old),
+            writes: &[],
+            depth: 1,
+            finish_event: Some(events[1].id),
+            claim_raised: None,
+        })
+        .unwrap();
+        s.commit_run(Commit {
+            run: &run(&events[2], RunStatus::Ok, Utc::now()),
+            writes: &[],
+            depth: 1,
+            finish_event: Some(events[2].id),
+            claim_raised: None,
+        })
+        .unwrap();
         // Events are as old as the test: prune everything finished before tomorrow.
         s.conn().execute("UPDATE events SET created_at = ?1", params![ts(old)]).unwrap();
         let removed = s.prune(Utc::now() - chrono::Duration::days(30)).unwrap();
@@ -1188,7 +1298,14 @@ mod tests {
         let run = Run { status: RunStatus::Retrying, ..run_of(&e, "r") };
         for n in 1..=3 {
             let w = Write::Comment { id: id.clone(), text: format!("attempt {n}"), key: Some("r".into()) };
-            s.commit_run(&Run { attempts: n, ..run.clone() }, &[w], 1, None).unwrap();
+            s.commit_run(Commit {
+                run: &Run { attempts: n, ..run.clone() },
+                writes: &[w],
+                depth: 1,
+                finish_event: None,
+                claim_raised: None,
+            })
+            .unwrap();
         }
         let r = s.get_record(&id).unwrap().unwrap();
         assert_eq!(r.comments.len(), 1);
@@ -1232,6 +1349,7 @@ mod tests {
             depth: 1,
             finish_event: Some(e.id),
             max_fanout: 100,
+            claim_raised: None,
         };
         let comment = Write::Comment { id: events[0].record.id.clone(), text: "kept".into(), key: None };
         let refused = Write::Update { id: "no-such-record".into(), fields: Fields::new() };
@@ -1256,7 +1374,15 @@ mod tests {
                 std::thread::spawn(move || {
                     for e in &chunk {
                         let w = Write::Comment { id: e.record.id.clone(), text: "c".into(), key: None };
-                        let (id, _) = s.commit_run(&run_of(e, "r"), &[w], 1, Some(e.id)).unwrap();
+                        let (id, _) = s
+                            .commit_run(Commit {
+                                run: &run_of(e, "r"),
+                                writes: &[w],
+                                depth: 1,
+                                finish_event: Some(e.id),
+                                claim_raised: None,
+                            })
+                            .unwrap();
                         assert!(id > 0);
                     }
                 })
@@ -1267,5 +1393,58 @@ mod tests {
         }
         assert_eq!(s.queue_depth().unwrap(), 0);
         assert_eq!(s.runs(&RunFilter { limit: 1000, ..Default::default() }).unwrap().len(), 64);
+    }
+
+    #[test]
+    fn rows_that_cannot_be_read_are_set_aside_and_the_others_returned() {
+        let s = SqliteStore::in_memory().unwrap();
+        let events = created(&s, "t", 6);
+        {
+            let conn = s.conn();
+            // Text that is not JSON, then columns of the wrong type: each is one event that
+            // cannot be read, not a reason to stop every pass.
+            conn.execute("UPDATE events SET record = '{not json' WHERE id = ?1", params![events[0].id]).unwrap();
+            conn.execute("UPDATE events SET record = X'00FF' WHERE id = ?1", params![events[1].id]).unwrap();
+            conn.execute("UPDATE events SET depth = -1 WHERE id = ?1", params![events[2].id]).unwrap();
+            conn.execute("UPDATE events SET tries = 'many' WHERE id = ?1", params![events[3].id]).unwrap();
+            conn.execute("UPDATE events SET kind = X'01', record_id = X'02' WHERE id = ?1", params![events[4].id])
+                .unwrap();
+        }
+        let pending = s.pending_events(10, true, crate::store::Feed::OwnAndUnclaimed("test"), 0).unwrap();
+        assert_eq!(pending.iter().map(|e| e.event.id).collect::<Vec<_>>(), [events[5].id]);
+        for e in &events[..5] {
+            let runs = s.runs_of_event(e.id).unwrap();
+            assert_eq!(runs.len(), 1, "event {}", e.id);
+            assert_eq!((runs[0].rule.as_str(), runs[0].status), (SET_ASIDE, RunStatus::Failed));
+            assert!(runs[0].error.as_deref().unwrap().contains("cannot be read"), "{:?}", runs[0].error);
+        }
+        assert_eq!(s.queue_depth().unwrap(), 1, "the set-aside events are finished");
+    }
+
+    #[test]
+    fn find_compares_json_values_with_their_type_and_any_field_name() {
+        let s = SqliteStore::in_memory().unwrap();
+        let records = [
+            json!({"Active": true, "Manager": null, "Obj": {"a": 1}, "n": 1, "tags": ["x", "y"], "k\u{0}ey": 1}),
+            json!({"Active": 1, "Obj": "{\"a\":1}", "n": 1.0, "tags": {"1": "y", "+1": "z"}}),
+            json!({"Active": "true", "n": "1"}),
+        ];
+        let items: Vec<Ingest> = records.iter().map(|f| ingest("t", EventKind::Created, None, f.clone())).collect();
+        let ids: Vec<String> = s.ingest_all(&items).unwrap().into_iter().flatten().map(|e| e.record.id).collect();
+        let found = |c: Value| -> Vec<usize> {
+            let got = s.find_records("t", &fields(c), 10).unwrap();
+            got.iter().map(|r| ids.iter().position(|id| *id == r.id).unwrap()).collect()
+        };
+        assert_eq!(found(json!({"Active": true})), [0]);
+        assert_eq!(found(json!({"Active": 1})), [1]);
+        assert_eq!(found(json!({"Active": "true"})), [2]);
+        assert_eq!(found(json!({"Manager": null})), [0], "a missing field is not null");
+        assert_eq!(found(json!({"Obj": {"a": 1}})), [0]);
+        assert_eq!(found(json!({"Obj": "{\"a\":1}"})), [1]);
+        assert_eq!(found(json!({"n": 1})), [0, 1], "numbers by value");
+        assert_eq!(found(json!({"tags.1": "y"})), [0, 1], "an index, or an object key");
+        assert_eq!(found(json!({"tags.+1": "z"})), [1]);
+        assert_eq!(found(json!({"tags.01": "y"})), [0]);
+        assert_eq!(found(json!({"k\u{0}ey": 1})), [0]);
     }
 }

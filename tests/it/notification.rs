@@ -230,7 +230,7 @@ async fn jobs_tell_their_contacts_when_they_fail_or_go_stale() {
     let rt = Arc::new(Runtime::builder().config_file(dir.path().join("tripline.toml")).build().unwrap());
 
     // A failed scheduled run is told to the contacts; a successful one is remembered.
-    let runner = tripline::jobs::RuntimeJobs(rt.clone());
+    let runner = tripline::jobs::RuntimeJobs(rt.clone(), "test-owner".into());
     use tripline::scheduler::JobRunner;
     assert!(runner.run_job(&rt.jobs()["sync_bad"], Utc::now()).await.is_err());
     assert!(runner.run_job(&rt.jobs()["sync_ok"], Utc::now()).await.is_ok());

@@ -341,20 +341,28 @@ fn response_map(r: Response) -> Map {
 
 /// Text made safe to store and compare: every string in `value` (maps and arrays followed)
 /// is [`clean_text`]ed; other values are returned as they are.
-pub fn sanitize(value: Dynamic) -> Dynamic {
+pub fn sanitize(value: Dynamic) -> Res<Dynamic> {
+    // A value can hold one string many times over (`a[i] = s`): the cleaned copies are counted
+    // as they are made, and the run's memory budget stops them.
+    if let Some(max) = crate::script::over_budget_here() {
+        return Err(format!(
+            "api.sanitize: the value takes more memory than the run may hold ([limits] max_run_bytes = {max} bytes)"
+        )
+        .into());
+    }
     if value.is_string() {
         let text = value.into_immutable_string().expect("a string");
-        return Dynamic::from(clean_text(&text));
+        return Ok(Dynamic::from(clean_text(&text)));
     }
     if value.is_map() {
         let map = value.cast::<Map>();
-        return Dynamic::from_map(map.into_iter().map(|(k, v)| (k, sanitize(v))).collect());
+        return map.into_iter().map(|(k, v)| Ok((k, sanitize(v)?))).collect::<Res<Map>>().map(Dynamic::from_map);
     }
     if value.is_array() {
         let items = value.cast::<Array>();
-        return Dynamic::from_array(items.into_iter().map(sanitize).collect());
+        return items.into_iter().map(sanitize).collect::<Res<Array>>().map(Dynamic::from_array);
     }
-    value
+    Ok(value)
 }
 
 /// Trimmed, whitespace runs (tabs and line breaks included) folded to one space, other
@@ -398,7 +406,7 @@ mod tests {
         inner.insert("Email".into(), Dynamic::from(" A@X.COM\n"));
         inner.insert("Active".into(), Dynamic::FALSE);
         inner.insert("Tags".into(), Dynamic::from_array(vec![Dynamic::from(" a "), Dynamic::from_int(3)]));
-        let out = sanitize(Dynamic::from_map(inner)).cast::<Map>();
+        let out = sanitize(Dynamic::from_map(inner)).unwrap().cast::<Map>();
         assert_eq!(out["Email"].clone().into_string().unwrap(), "A@X.COM");
         assert!(!out["Active"].as_bool().unwrap());
         let tags = out["Tags"].clone().cast::<Array>();

@@ -19,6 +19,7 @@
 //! is logged on the run as a line "would create ...".
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map};
@@ -31,9 +32,9 @@ use crate::directory::{
     attributes_from_json, Directory, DirectoryError, Entry, GroupId, ManagerOutcome, NewUser, PlannedChange,
     SearchRequest, SearchScope, SyncOutcome, SyncStatus, UserId,
 };
-use crate::record::RESERVED_KEYS;
+use crate::record::{Fields, Record, Status, RESERVED_KEYS};
 use crate::script::{dynamic_to_json, json_to_dynamic, HostError};
-use crate::store::Write;
+use crate::store::{StoreError, Write};
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
 
@@ -324,6 +325,7 @@ fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<M
     };
 
     let dir = directory_for(&ctx, directory).map_err(|e| fail(e, Class::Permanent))?;
+    wait_for_earlier_manager_ticket(&ctx, &stored, &fields).map_err(|e| fail(e.to_string(), e.class()))?;
     // The seed's first step is the bind: an unreachable server or a refused bind is reported
     // as such, before any lookup.
     // Bounded by the run's deadline like every host call; a sync cut short is completed by the
@@ -366,6 +368,42 @@ fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<M
         .insert("planned".into(), Dynamic::from_array(planned.iter().map(|p| Dynamic::from(p.to_string())).collect()));
     result.insert("closed".into(), Dynamic::from_bool(close));
     Ok(result)
+}
+
+/// Tickets run concurrently, one record each, so a job that opens a ticket for a manager and
+/// then one for their report may see the report's run start first. When the record names a
+/// manager who has an *earlier* open ticket of the same entity still being processed (an
+/// unfinished event, or a run waiting for a retry), this waits for that ticket, polling the
+/// store, until it is done or the run's deadline is near; the manager is then looked up as
+/// it would be had the tickets run one after the other. Only earlier tickets are waited for,
+/// so two tickets naming each other never wait on each other. A dry run does not wait: it
+/// changes nothing for the manager's run to provide.
+fn wait_for_earlier_manager_ticket(ctx: &RunCtx, ticket: &Record, fields: &Fields) -> Result<(), StoreError> {
+    const POLL: Duration = Duration::from_millis(20);
+    /// Left of the run's time for the sync itself after waiting.
+    const KEEP: Duration = Duration::from_secs(1);
+    let text = |key: &str| fields.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let Some(manager) = text("ManagerEmployeeId") else { return Ok(()) };
+    if ctx.dry_run || text("EmployeeId") == Some(manager) {
+        return Ok(());
+    }
+    let criteria: Fields = [("EmployeeId".to_string(), Value::from(manager))].into_iter().collect();
+    let earlier: Vec<Record> = ctx
+        .store
+        .find_records(&ticket.entity, &criteria, 16)?
+        .into_iter()
+        .filter(|r| r.status == Status::Open && (r.created_at, &r.id) < (ticket.created_at, &ticket.id))
+        .collect();
+    for other in &earlier {
+        while ctx.store.record_busy(&other.id)? {
+            if ctx.deadline.saturating_duration_since(Instant::now()) <= KEEP + POLL {
+                tracing::info!(record = %ticket.id, manager_ticket = %other.id, "Stopped waiting for the manager's ticket: the run's time is nearly up.");
+                return Ok(());
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+    Ok(())
 }
 
 /// The message and class a host call's script error carries.

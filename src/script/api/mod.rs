@@ -154,6 +154,25 @@ impl RunCtx {
         lock(&self.log).push(LogLine { level: level.to_string(), message, at: Utc::now() });
     }
 
+    /// A script value as the text of a log line or a message: a string as it is, another value
+    /// as Rhai prints it, bounded by what the run may still hold (see
+    /// [`crate::script::value_text`]); a text that would not fit fails the call, naming the
+    /// limit.
+    pub fn text_of(&self, value: &Dynamic) -> Result<String, Box<EvalAltResult>> {
+        if let Some(s) = value.read_lock::<rhai::ImmutableString>() {
+            return Ok(s.to_string());
+        }
+        let room = self.max_run_bytes.saturating_sub(self.held.load(Ordering::Relaxed));
+        crate::script::value_text(value, false, room).ok_or_else(|| {
+            format!(
+                "the text of this {} is larger than the run may hold ([limits] max_run_bytes = {} bytes)",
+                value.type_name(),
+                self.max_run_bytes
+            )
+            .into()
+        })
+    }
+
     /// Counts `bytes` against the run's budget; false when the run is over it.
     fn hold(&self, bytes: usize) -> bool {
         self.held.fetch_add(bytes, Ordering::Relaxed).saturating_add(bytes) <= self.max_run_bytes
@@ -287,19 +306,43 @@ impl RunCtx {
             let ws = by_id.get(r.id.as_str()).map(Vec::as_slice).unwrap_or_default();
             overlay(r, ws.iter().copied())
         };
+        let mut seen: std::collections::HashSet<String> = stored.iter().map(|r| r.id.clone()).collect();
         let mut out: Vec<Record> = stored.into_iter().map(own).collect();
         for w in writes.iter() {
-            if let Write::Create(r) = w {
-                // Only a record the run changed after creating it needs the overlay to decide.
-                let changed_since = by_id.get(r.id.as_str()).is_some_and(|ws| ws.len() > 1);
-                if r.entity == entity && (changed_since || r.matches(criteria)) {
-                    out.push(own(r.clone()));
+            match w {
+                Write::Create(r) => {
+                    seen.insert(r.id.clone());
+                    // Only a record the run changed after creating it needs the overlay to decide.
+                    let changed_since = by_id.get(r.id.as_str()).is_some_and(|ws| ws.len() > 1);
+                    if r.entity == entity && (changed_since || r.matches(criteria)) {
+                        out.push(own(r.clone()));
+                    }
                 }
+                // A stored record the store's query did not return may match once the run's own
+                // changes to the criteria's fields are applied.
+                Write::Update { id, fields } if !seen.contains(id) && touches(criteria, fields.keys()) => {
+                    seen.insert(id.clone());
+                    if let Some(r) = self.store.get_record(id)?.filter(|r| r.entity == entity) {
+                        out.push(own(r));
+                    }
+                }
+                Write::Close { id, .. } if !seen.contains(id) && criteria.contains_key("status") => {
+                    seen.insert(id.clone());
+                    if let Some(r) = self.store.get_record(id)?.filter(|r| r.entity == entity) {
+                        out.push(own(r));
+                    }
+                }
+                _ => {}
             }
         }
         out.retain(|r| r.matches(criteria));
         Ok(out)
     }
+}
+
+/// Whether fields named `changed` include one a criterion reads (its first dotted segment).
+fn touches<'a>(criteria: &Fields, mut changed: impl Iterator<Item = &'a String>) -> bool {
+    changed.any(|f| criteria.keys().any(|k| k.split('.').next() == Some(f.as_str())))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -460,10 +503,12 @@ pub fn register(engine: &mut Engine) {
         Ok(())
     });
 
-    for level in ["info", "warn", "error"] {
-        engine.register_fn(level, move |api: &mut Api, msg: Dynamic| api.0.log(level, &msg.to_string()));
+    for (name, level) in [("info", "info"), ("warn", "warn"), ("error", "error"), ("log", "info")] {
+        engine.register_fn(name, move |api: &mut Api, msg: Dynamic| -> Res<()> {
+            api.0.log(level, &api.0.text_of(&msg)?);
+            Ok(())
+        });
     }
-    engine.register_fn("log", |api: &mut Api, msg: Dynamic| api.0.log("info", &msg.to_string()));
     // A script's own "not now": the run goes to `retrying` and runs again after a backoff
     // (e.g. a record waits for data another system has not delivered yet).
     engine.register_fn("retry_later", |api: &mut Api, reason: &str| -> Res<()> {
@@ -537,5 +582,27 @@ mod tests {
         let got = ctx.get_record(&a.id).unwrap().unwrap();
         assert_eq!((got.status, got.comments.len()), (Status::Closed, 1));
         assert!(ctx.find("group", &Fields::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn find_sees_stored_records_the_run_changed_to_match() {
+        let ctx = ctx();
+        let item = |f: Value| crate::store::Ingest {
+            entity: "user".into(),
+            kind: crate::record::EventKind::Created,
+            record: crate::record::Submitted { id: None, status: None, fields: fields(f) },
+            idempotency_key: None,
+        };
+        let stored =
+            ctx.store.ingest(&[item(serde_json::json!({"Dept": "HR"})), item(serde_json::json!({"Dept": "HR"}))], None);
+        let ids: Vec<String> = stored.unwrap().into_iter().flatten().map(|e| e.record.id).collect();
+        ctx.write(Write::Update { id: ids[0].clone(), fields: fields(serde_json::json!({"Dept": "IT"})) });
+        ctx.write(Write::Close { id: ids[1].clone(), text: None });
+        let it = ctx.find("user", &fields(serde_json::json!({"Dept": "IT"}))).unwrap();
+        assert_eq!(it.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [ids[0].as_str()]);
+        assert!(ctx.find("user", &fields(serde_json::json!({"Dept": "IT", "status": "closed"}))).unwrap().is_empty());
+        let closed = ctx.find("user", &fields(serde_json::json!({"status": "closed"}))).unwrap();
+        assert_eq!(closed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [ids[1].as_str()]);
+        assert!(ctx.find("group", &fields(serde_json::json!({"Dept": "IT"}))).unwrap().is_empty());
     }
 }

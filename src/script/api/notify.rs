@@ -16,7 +16,7 @@ pub(super) fn register(engine: &mut Engine) {
     engine.register_fn("notify", |api: &mut Api, channel: &str, subject: &str, body: Dynamic| -> Res<()> {
         let ctx = &api.0;
         let notifier = &ctx.hosts.notifier;
-        let body = body.into_string().unwrap_or_else(|other| other.to_string());
+        let body = ctx.text_of(&body)?;
         if ctx.dry_run {
             notifier.check_channel(channel).map_err(|e| ctx.fail(&e))?;
             crate::metrics::notification(channel, "dry_run");

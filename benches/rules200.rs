@@ -1,0 +1,127 @@
+//! P1, the durable pipeline: N events against 200 rules through `tripline fire`, every run
+//! committed to SQLite, against two references in the same run:
+//!
+//! - durable_rules (Python, rules matched in memory by its C engine, nothing stored) on the
+//!   same events and the same 200 rules (`benches/reference/durable_rules_p1.py`; `pip
+//!   install durable_rules`);
+//! - `tripline fire --queue` on the same input: the events only stored.
+//!
+//! The rules: `event_type equals eN and department equals dM` for 20 x 10 pairs, each running
+//! the script `let x = 1;`. 80 % of the events match one rule, 20 % none. Every figure is a
+//! whole process's wall time (start, reading the input, the work, exit), measured the same way
+//! for each, and the peak resident memory of `tripline fire` for N and 10 x N.
+//!
+//! `cargo bench --bench rules200` (N = 50,000; `RULES200_EVENTS` sets it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn binary() -> PathBuf {
+    let status = Command::new("cargo").args(["build", "--release", "--bin", "tripline"]).status().unwrap();
+    assert!(status.success());
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    Path::new(&target).join("release/tripline")
+}
+
+/// Runs the command to its end; its wall time and peak resident memory (VmHWM, sampled).
+fn run_measured(cmd: &mut Command) -> (Duration, u64) {
+    let start = Instant::now();
+    let mut child = cmd.stdout(Stdio::null()).spawn().unwrap();
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak_kb = 0;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status_path) {
+            if let Some(v) = text.lines().find(|l| l.starts_with("VmHWM:")) {
+                peak_kb = peak_kb.max(v.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0));
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{cmd:?} failed");
+            return (start.elapsed(), peak_kb);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+const EVENT_TYPES: usize = 20;
+const DEPARTMENTS: usize = 10;
+
+/// A project with the 200 rules, and `n` events in events.jsonl.
+fn project(n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::create_dir_all(dir.path().join("scripts")).unwrap();
+    std::fs::write(dir.path().join("tripline.toml"), "").unwrap();
+    std::fs::write(dir.path().join("scripts/x.rhai"), "let x = 1;\n").unwrap();
+    for e in 0..EVENT_TYPES {
+        for d in 0..DEPARTMENTS {
+            std::fs::write(
+                dir.path().join(format!("rules/r_{e}_{d}.toml")),
+                format!(
+                    "name = \"r_{e}_{d}\"\nentity = \"event\"\nscript = \"x.rhai\"\nconditions = [\n  \
+                     {{ field = \"event_type\", op = \"equals\", value = \"e{e}\" }},\n  \
+                     {{ field = \"department\", op = \"equals\", value = \"d{d}\" }},\n]\n"
+                ),
+            )
+            .unwrap();
+        }
+    }
+    // A fixed sequence (an LCG), so that every run sees the same events.
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |m: usize| {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 33) as usize) % m
+    };
+    let mut lines = String::with_capacity(n * 64);
+    for i in 0..n {
+        let e = next(EVENT_TYPES);
+        let department = if next(10) < 8 { format!("d{}", next(DEPARTMENTS)) } else { "none".to_string() };
+        lines.push_str(&format!("{{\"event_type\":\"e{e}\",\"department\":\"{department}\",\"n\":{i}}}\n"));
+    }
+    std::fs::write(dir.path().join("events.jsonl"), lines).unwrap();
+    dir
+}
+
+fn main() {
+    let n: usize = std::env::var("RULES200_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+    let bin = binary();
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/reference/durable_rules_p1.py");
+    for count in [n, n * 10] {
+        let dir = project(count);
+        let cfg = dir.path().join("tripline.toml");
+        let events = dir.path().join("events.jsonl");
+        let (t_python, _) = run_measured(Command::new("python3").arg(&reference).arg(&events));
+        let (t_queue, _) = run_measured(
+            Command::new(&bin)
+                .args(["fire", "event", "--queue", "--quiet", "--config"])
+                .arg(&cfg)
+                .arg("--record")
+                .arg(&events),
+        );
+        std::fs::remove_dir_all(dir.path().join("data")).unwrap();
+        let (t_fire, peak_kb) = run_measured(
+            Command::new(&bin)
+                .env("TRIPLINE_LOG", "warn")
+                .args(["fire", "event", "--quiet", "--config"])
+                .arg(&cfg)
+                .arg("--record")
+                .arg(&events),
+        );
+        let runs: i64 = rusqlite::Connection::open(dir.path().join("data/tripline.db"))
+            .unwrap()
+            .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+            .unwrap();
+        let rate = |t: Duration| count as f64 / t.as_secs_f64();
+        println!(
+            "{count} events ({runs} runs): tripline fire {:.0} events/s; durable_rules {:.0} events/s (ratio {:.2}); \
+             fire --queue {:.0} events/s (ratio {:.2}); peak RSS {:.1} MiB",
+            rate(t_fire),
+            rate(t_python),
+            t_python.as_secs_f64() / t_fire.as_secs_f64(),
+            rate(t_queue),
+            t_queue.as_secs_f64() / t_fire.as_secs_f64(),
+            peak_kb as f64 / 1024.0
+        );
+    }
+}

@@ -1,0 +1,637 @@
+//! The dispatcher: stored events (and due retries) to worker threads that run their rules.
+//!
+//! One dispatcher for every driver. `tripline fire`, `job run` and `replay` ([`drain`]) and the
+//! daemon ([`serve`]) differ only in where events come from and what is done with the runs:
+//!
+//! - a **feeder** thread takes what can run from the store (its own claimed events, and for
+//!   the daemon every unclaimed event and the retries that came due), claims it in one
+//!   transaction, and files it by record;
+//! - **workers** (`[engine] workers` threads, with script stacks) each take a record whose
+//!   turn it is and run its events in order, one at a time; the records of different events
+//!   run at once. An idle worker takes the next record at once: no record waits for a slow
+//!   run of another (only a record's own later events wait for it);
+//! - a run's writes raise events that the store keeps **claimed by this dispatcher**, so the
+//!   events a command's records cause run before the command ends, and the daemon goes on
+//!   with what it started;
+//! - finished runs are committed by each worker; concurrent commits share transactions (the
+//!   store's group commit), and a run is reported, and its event finished, only once its
+//!   commit is durable.
+//!
+//! A worker that fails on the store (a locked database) leaves the event claimed and cools
+//! down before the feeder offers it again; the claim's tries count such rounds, so an event
+//! that keeps failing is set aside (see [`crate::store::Store::pending_events`]).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error};
+
+use crate::record::Event;
+use crate::runtime::Runtime;
+use crate::store::{Feed, Run, StoreError};
+
+/// How long an event whose processing failed on the store waits before it is offered again.
+const COOL_DOWN: Duration = Duration::from_secs(2);
+/// Events fetched from the store at most per feeder round.
+const FETCH: usize = 512;
+
+/// What a dispatcher takes from the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Only its own claimed events: those its driver stored claimed, and what they raise.
+    Own,
+    /// Its own, every event nobody holds a live claim on, and the retries that come due.
+    Everything,
+}
+
+/// How a dispatcher runs.
+#[derive(Clone)]
+pub struct Options {
+    pub workers: usize,
+    pub source: Source,
+    /// How long an idle feeder waits before looking at the store again (events stored by
+    /// another process, retries coming due); [`Control::wake`] cuts it short.
+    pub idle_poll: Duration,
+    /// Called by a worker with each processed event and the runs it made (after their
+    /// commit), and with each retried run (`event` is `None`).
+    pub on_done: Option<OnDone>,
+}
+
+/// See [`Options::on_done`].
+pub type OnDone = Arc<dyn Fn(Option<&Event>, &[Run]) + Send + Sync>;
+
+impl Options {
+    /// The runtime's `[engine] workers`, taking only its own events.
+    pub fn own(runtime: &Runtime) -> Options {
+        Options {
+            workers: runtime.config().engine.workers,
+            source: Source::Own,
+            idle_poll: Duration::from_millis(500),
+            on_done: None,
+        }
+    }
+
+    pub fn on_done(mut self, f: impl Fn(Option<&Event>, &[Run]) + Send + Sync + 'static) -> Options {
+        self.on_done = Some(Arc::new(f));
+        self
+    }
+}
+
+/// A unit of work of one record.
+enum Unit {
+    Event(Event),
+    Retry(Run),
+}
+
+impl Unit {
+    fn event_id(&self) -> Option<i64> {
+        match self {
+            Unit::Event(e) => Some(e.id),
+            Unit::Retry(_) => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// The units of each record with work, in order.
+    queues: HashMap<String, VecDeque<Unit>>,
+    /// Records with units whose turn it is (not in flight), oldest first.
+    ready: VecDeque<String>,
+    /// Records a worker is on.
+    in_flight: HashSet<String>,
+    /// Events queued or in flight (the feeder does not take them again).
+    known: HashSet<i64>,
+    /// Events finished since the feeder's round began: its read of the queue may predate
+    /// their commit, so they are not taken again either.
+    finished_this_round: HashSet<i64>,
+    /// Retries queued or in flight, by run id.
+    known_retries: HashSet<i64>,
+    /// Records whose processing failed on the store, and when their events may be offered
+    /// again (all of them: a record's events run in order).
+    cooling: HashMap<String, Instant>,
+    /// Units finished since the start.
+    finished: u64,
+    /// Set by [`Control::wake`]; the feeder clears it.
+    woken: bool,
+    /// The driver is done adding work: the feeder ends once nothing of its own is left.
+    draining: bool,
+    /// The feeder found nothing left (with `draining`): the workers end.
+    drained: bool,
+    /// Stop now: no new unit starts; units queued are released.
+    stopping: bool,
+    /// The last failure of a feeder round or a unit, while they keep failing.
+    failure: Option<(chrono::DateTime<chrono::Utc>, u64, String)>,
+}
+
+struct Shared {
+    owner: String,
+    options: Options,
+    state: Mutex<State>,
+    /// Work was queued, or the dispatcher is ending (workers wait on it).
+    work: Condvar,
+    /// A unit finished, a wake or a stop (the feeder and waiting drivers wait on it).
+    progress: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a driver holds while its dispatcher runs.
+#[derive(Clone)]
+pub struct Control {
+    shared: Arc<Shared>,
+}
+
+impl Control {
+    /// This dispatcher's name in claims: store events claimed by it to have it run them.
+    pub fn owner(&self) -> &str {
+        &self.shared.owner
+    }
+
+    /// Something was stored: look at once.
+    pub fn wake(&self) {
+        lock(&self.shared.state).woken = true;
+        self.shared.progress.notify_all();
+    }
+
+    /// Units queued or in flight.
+    pub fn outstanding(&self) -> usize {
+        let st = lock(&self.shared.state);
+        st.known.len() + st.known_retries.len()
+    }
+
+    /// Waits until fewer than `n` units are queued or in flight (a driver feeding a large
+    /// batch keeps its window bounded), or the dispatcher stops.
+    pub fn wait_below(&self, n: usize) {
+        let mut st = lock(&self.shared.state);
+        while st.known.len() + st.known_retries.len() >= n && !st.stopping {
+            st = self.shared.progress.wait_timeout(st, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Units finished so far.
+    pub fn finished(&self) -> u64 {
+        lock(&self.shared.state).finished
+    }
+
+    /// While the feeder or the workers keep failing: since when, how many times, the last
+    /// error (for `/healthz`).
+    pub fn failure(&self) -> Option<(chrono::DateTime<chrono::Utc>, u64, String)> {
+        lock(&self.shared.state).failure.clone()
+    }
+
+    /// Stops taking new units; runs in progress finish, units not started are released.
+    pub fn stop(&self) {
+        lock(&self.shared.state).stopping = true;
+        self.shared.work.notify_all();
+        self.shared.progress.notify_all();
+    }
+}
+
+/// Runs a dispatcher on `runtime` while `driver` stores work for it, then until everything
+/// it owns is done (its events and what they raised): what `fire`, `job run` and `replay` do.
+/// Returns the driver's result.
+pub fn drain<R>(runtime: &Runtime, options: Options, driver: impl FnOnce(&Control) -> R) -> R {
+    let control = Control { shared: new_shared(options) };
+    let stack = crate::memory::script_stack_bytes(runtime.scripts().limits().max_run_bytes);
+    std::thread::scope(|scope| {
+        let handles = start_threads(runtime, &control.shared, |name, body| {
+            std::thread::Builder::new().name(name).stack_size(stack).spawn_scoped(scope, body)
+        });
+        let result = driver(&control);
+        {
+            lock(&control.shared.state).draining = true;
+            control.shared.progress.notify_all();
+        }
+        for h in handles {
+            let _ = h.join();
+        }
+        result
+    })
+}
+
+/// A dispatcher serving the store until [`Control::stop`]: the daemon's.
+pub struct Serving {
+    pub control: Control,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Serving {
+    /// Stops and waits for the runs in progress.
+    pub fn stop(self) {
+        self.control.stop();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts a dispatcher that takes everything that can run (see [`Source::Everything`]).
+pub fn serve(runtime: Arc<Runtime>, options: Options) -> std::io::Result<Serving> {
+    let control = Control { shared: new_shared(options) };
+    let stack = crate::memory::script_stack_bytes(runtime.scripts().limits().max_run_bytes);
+    let mut threads = Vec::new();
+    let mut failed = None;
+    for (name, kind) in thread_kinds(control.shared.options.workers) {
+        let (rt, shared) = (runtime.clone(), control.shared.clone());
+        let spawned = std::thread::Builder::new().name(name).stack_size(stack).spawn(move || match kind {
+            Kind::Feeder => feeder(&rt, &shared),
+            Kind::Worker => worker(&rt, &shared),
+        });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => failed = Some(e),
+        }
+    }
+    let serving = Serving { control, threads };
+    match failed {
+        None => Ok(serving),
+        Some(e) => {
+            serving.stop();
+            Err(e)
+        }
+    }
+}
+
+fn new_shared(options: Options) -> Arc<Shared> {
+    Arc::new(Shared {
+        owner: crate::runtime::claim_owner(),
+        options,
+        state: Mutex::default(),
+        work: Condvar::new(),
+        progress: Condvar::new(),
+    })
+}
+
+enum Kind {
+    Feeder,
+    Worker,
+}
+
+fn thread_kinds(workers: usize) -> impl Iterator<Item = (String, Kind)> {
+    std::iter::once(("tripline-feeder".to_string(), Kind::Feeder))
+        .chain((0..workers.max(1)).map(|i| (format!("tripline-worker-{i}"), Kind::Worker)))
+}
+
+/// Starts the feeder and the workers with `spawn`, for scoped threads.
+fn start_threads<'scope, 'env, H>(
+    runtime: &'env Runtime,
+    shared: &'env Arc<Shared>,
+    spawn: impl Fn(String, Box<dyn FnOnce() + Send + 'scope>) -> std::io::Result<H>,
+) -> Vec<H>
+where
+    'env: 'scope,
+{
+    let mut handles = Vec::new();
+    for (name, kind) in thread_kinds(shared.options.workers) {
+        let body: Box<dyn FnOnce() + Send + 'scope> = match kind {
+            Kind::Feeder => Box::new(move || feeder(runtime, shared)),
+            Kind::Worker => Box::new(move || worker(runtime, shared)),
+        };
+        match spawn(name, body) {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                // Fewer workers than configured still work; none at all cannot.
+                error!(error = %e, "Cannot start a dispatcher thread.");
+            }
+        }
+    }
+    handles
+}
+
+/// Records a failure for [`Control::failure`] (or clears it after a success).
+fn note_failure(shared: &Shared, failure: Option<String>) {
+    let mut st = lock(&shared.state);
+    st.failure = match (failure, st.failure.take()) {
+        (None, _) => None,
+        (Some(e), None) => Some((chrono::Utc::now(), 1, e)),
+        (Some(e), Some((since, n, _))) => Some((since, n + 1, e)),
+    };
+}
+
+/// The feeder's loop: fetch, claim and file work while the workers need it.
+fn feeder(runtime: &Runtime, shared: &Shared) {
+    let options = &shared.options;
+    // Fetch again when fewer records than this wait: enough to keep every worker busy until
+    // the next round lands, few enough that a round is not made per finished run.
+    let low_water = options.workers.max(1) * 2;
+    let mut cursor = Cursor::default();
+    loop {
+        if lock(&shared.state).stopping {
+            break;
+        }
+        let fetched = match fetch(runtime, shared, &mut cursor) {
+            Ok(n) => {
+                note_failure(shared, None);
+                n
+            }
+            Err(e) => {
+                error!(error = %e, "The dispatcher cannot read the queue; it tries again shortly.");
+                note_failure(shared, Some(crate::config::secret::redact(&e.to_string()).into_owned()));
+                cursor = Cursor::default();
+                0
+            }
+        };
+        let mut st = lock(&shared.state);
+        if fetched > 0 {
+            shared.work.notify_all();
+        }
+        let idle = st.known.is_empty() && st.known_retries.is_empty();
+        // A record that failed on the store is not waited for: its events stay claimed, and
+        // whoever runs next (the daemon) takes them when the claims are released or expire.
+        // Something stored after the round's read (a wake) needs another round.
+        if st.draining && idle && fetched == 0 && cursor.swept && !st.woken {
+            // Nothing of ours is left: a whole sweep found nothing and nothing runs.
+            st.drained = true;
+            shared.work.notify_all();
+            shared.progress.notify_all();
+            break;
+        }
+        if fetched > 0 && st.ready.len() < low_water {
+            continue;
+        }
+        // Wait until the workers need more, a wake, or the poll.
+        let poll = if st.draining { Duration::from_millis(20) } else { options.idle_poll };
+        let until = Instant::now() + poll;
+        // After a round that found something, a queue running low is a reason to look again
+        // before the poll (there may be more); after one that found nothing, only a wake is.
+        while !(st.woken || st.stopping || st.draining && idle) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || (fetched > 0 && st.ready.len() < low_water) {
+                break;
+            }
+            st = shared.progress.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        if st.woken {
+            // Something new was stored: the next round looks from the start.
+            cursor = Cursor::default();
+        }
+        st.woken = false;
+    }
+    // Stopping: what was queued but not started is released for later (or for others).
+    let released: Vec<i64> = {
+        let mut st = lock(&shared.state);
+        let queued: Vec<i64> = st.queues.values().flatten().filter_map(Unit::event_id).collect();
+        st.queues.clear();
+        st.ready.clear();
+        queued
+    };
+    if !released.is_empty() {
+        if let Err(e) = runtime.unclaim(&released, &shared.owner) {
+            debug!(error = %e, "Queued events could not be released; their claims expire.");
+        }
+    }
+    shared.work.notify_all();
+}
+
+/// Where the feeder looks in the queue. Rounds read on from the highest event id taken (the
+/// store does not parse the events already queued again); once they find nothing new, one
+/// round sweeps from the start, for events passed over before (claimed elsewhere then, or
+/// waiting behind another record's event).
+#[derive(Default)]
+struct Cursor {
+    after: i64,
+    /// The last round was a sweep from the start.
+    swept: bool,
+}
+
+/// One round: due retries and pending events, claimed and filed; events no rule matches are
+/// finished at once, in one transaction, without a worker. Returns how many units were
+/// added (finished events count).
+fn fetch(runtime: &Runtime, shared: &Shared, cursor: &mut Cursor) -> Result<usize, StoreError> {
+    let options = &shared.options;
+    let mut added = 0;
+    if options.source == Source::Everything {
+        let retries = runtime.claim_due_retries(FETCH, &shared.owner)?;
+        let mut st = lock(&shared.state);
+        for run in retries {
+            if !st.known_retries.insert(run.id) {
+                continue;
+            }
+            let record = run.record_id.clone().unwrap_or_else(|| format!("run:{}", run.id));
+            enqueue(&mut st, record, Unit::Retry(run));
+            added += 1;
+        }
+    }
+    let feed = match options.source {
+        Source::Own => Feed::Own(&shared.owner),
+        Source::Everything => Feed::OwnAndUnclaimed(&shared.owner),
+    };
+    let sweep = cursor.after == 0;
+    // A sweep reads the events already queued too (they come first): ask for that many more.
+    let limit = {
+        let mut st = lock(&shared.state);
+        st.finished_this_round.clear();
+        if sweep {
+            st.known.len() + FETCH
+        } else {
+            FETCH
+        }
+    };
+    let events = runtime.pending(limit, feed, cursor.after)?;
+    match events.last() {
+        Some(last) => cursor.after = cursor.after.max(last.event.id),
+        None => *cursor = Cursor { after: 0, swept: sweep },
+    }
+    if events.len() < limit && !sweep {
+        // Caught up: the next round sweeps.
+        *cursor = Cursor::default();
+    } else if sweep {
+        cursor.swept = events.len() < limit;
+    }
+    let now = Instant::now();
+    let fresh: Vec<crate::store::Pending> = {
+        let mut st = lock(&shared.state);
+        st.cooling.retain(|_, until| *until > now);
+        events
+            .into_iter()
+            .filter(|p| {
+                let id = p.event.id;
+                !st.known.contains(&id)
+                    && !st.finished_this_round.contains(&id)
+                    && !st.cooling.contains_key(&p.event.record.id)
+            })
+            .collect()
+    };
+    if fresh.is_empty() {
+        return Ok(added);
+    }
+    // One transaction claims the round: the events not ours yet, and ours whose lease runs
+    // low (an event a command stored claimed is ours already).
+    let ids: Vec<i64> = fresh
+        .iter()
+        .filter(|p| p.own_claim_until.is_none_or(|until| runtime.claim_needs_renewal(until)))
+        .map(|p| p.event.id)
+        .collect();
+    let mut claimed: HashSet<i64> =
+        if ids.is_empty() { HashSet::new() } else { runtime.claim(&ids, &shared.owner)?.into_iter().collect() };
+    let renewed: HashSet<i64> = ids.into_iter().collect();
+    claimed.extend(
+        fresh.iter().filter(|p| p.own_claim_until.is_some() && !renewed.contains(&p.event.id)).map(|p| p.event.id),
+    );
+    let fresh: Vec<Event> = fresh.into_iter().map(|p| p.event).collect();
+    let mut unmatched = Vec::new();
+    {
+        let mut st = lock(&shared.state);
+        // A record whose event another process claimed meanwhile is that process's to go on.
+        let mut lost_records = HashSet::new();
+        for e in fresh {
+            if !claimed.contains(&e.id) || lost_records.contains(&e.record.id) {
+                lost_records.insert(e.record.id.clone());
+                continue;
+            }
+            if !runtime.any_rule_matches(&e) {
+                unmatched.push(e);
+                continue;
+            }
+            st.known.insert(e.id);
+            enqueue(&mut st, e.record.id.clone(), Unit::Event(e));
+            added += 1;
+        }
+    }
+    if !unmatched.is_empty() {
+        let ids: Vec<i64> = unmatched.iter().map(|e| e.id).collect();
+        runtime.finish_unmatched(&ids)?;
+        for e in &unmatched {
+            crate::metrics::event_processed();
+            if let Some(f) = &options.on_done {
+                f(Some(e), &[]);
+            }
+        }
+        added += unmatched.len();
+        lock(&shared.state).finished += unmatched.len() as u64;
+    }
+    Ok(added)
+}
+
+fn enqueue(st: &mut State, record: String, unit: Unit) {
+    let queue = st.queues.entry(record.clone()).or_default();
+    let was_empty = queue.is_empty();
+    queue.push_back(unit);
+    if was_empty && !st.in_flight.contains(&record) {
+        st.ready.push_back(record);
+    }
+}
+
+/// A worker's loop: take a record whose turn it is, run its units in order, repeat.
+fn worker(runtime: &Runtime, shared: &Shared) {
+    loop {
+        let record = {
+            let mut st = lock(&shared.state);
+            loop {
+                if st.stopping || st.drained {
+                    return;
+                }
+                if let Some(r) = st.ready.pop_front() {
+                    st.in_flight.insert(r.clone());
+                    break r;
+                }
+                st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        run_record(runtime, shared, &record);
+    }
+}
+
+/// Runs the units of one record in order, until its queue is empty (units the feeder adds
+/// meanwhile included).
+fn run_record(runtime: &Runtime, shared: &Shared, record: &str) {
+    loop {
+        let unit = {
+            let mut st = lock(&shared.state);
+            let next = if st.stopping { None } else { st.queues.get_mut(record).and_then(VecDeque::pop_front) };
+            match next {
+                Some(u) => u,
+                None => {
+                    if st.queues.get(record).is_some_and(VecDeque::is_empty) {
+                        st.queues.remove(record);
+                    }
+                    st.in_flight.remove(record);
+                    shared.progress.notify_all();
+                    return;
+                }
+            }
+        };
+        let outcome = run_unit(runtime, shared, &unit);
+        let ok = outcome.is_some();
+        // A run that waits for a retry holds its record's later events back (after_failure =
+        // "wait"): they go back to the queue, which offers them once the retry is over.
+        let held_back = outcome.is_some_and(|retrying| retrying) && runtime.waits_behind_retries();
+        let mut st = lock(&shared.state);
+        st.finished += 1;
+        if held_back {
+            let later: Vec<i64> = st.queues.remove(record).into_iter().flatten().filter_map(|u| u.event_id()).collect();
+            for id in &later {
+                st.known.remove(id);
+            }
+            if !later.is_empty() {
+                drop(st);
+                if let Err(e) = runtime.unclaim(&later, &shared.owner) {
+                    debug!(error = %e, "Held-back events could not be released; their claims expire.");
+                }
+                st = lock(&shared.state);
+            }
+        }
+        match unit {
+            Unit::Event(e) => {
+                st.known.remove(&e.id);
+                st.finished_this_round.insert(e.id);
+                if !ok {
+                    // The record's later events wait behind this one: all of them cool down.
+                    st.cooling.insert(record.to_string(), Instant::now() + COOL_DOWN);
+                    let later: Vec<i64> =
+                        st.queues.remove(record).into_iter().flatten().filter_map(|u| u.event_id()).collect();
+                    for id in later {
+                        st.known.remove(&id);
+                    }
+                }
+            }
+            Unit::Retry(r) => {
+                st.known_retries.remove(&r.id);
+            }
+        }
+        shared.progress.notify_all();
+    }
+}
+
+/// Runs one unit and reports it: whether one of its runs ended retrying, or `None` when it
+/// failed on the store (it is offered again).
+fn run_unit(runtime: &Runtime, shared: &Shared, unit: &Unit) -> Option<bool> {
+    let owner = &shared.owner;
+    let (event, result) = match unit {
+        Unit::Event(e) => (
+            Some(e),
+            runtime.process_claimed(e, owner).map(|(runs, raised)| {
+                // The events the runs raised are this dispatcher's: look for them at once.
+                if !raised.is_empty() {
+                    lock(&shared.state).woken = true;
+                    shared.progress.notify_all();
+                }
+                runs
+            }),
+        ),
+        Unit::Retry(r) => (None, runtime.retry(r, owner)),
+    };
+    match result {
+        Ok(runs) => {
+            runs.iter().for_each(crate::metrics::run_finished);
+            if event.is_some() {
+                crate::metrics::event_processed();
+            }
+            if let Some(f) = &shared.options.on_done {
+                f(event, &runs);
+            }
+            note_failure(shared, None);
+            Some(runs.iter().any(|r| r.status == crate::store::RunStatus::Retrying))
+        }
+        Err(err) => {
+            let what = event.map_or_else(|| "a retry".to_string(), |e| format!("event {}", e.id));
+            error!(%err, "Processing {what} failed on the store; it is tried again shortly.");
+            note_failure(shared, Some(crate::config::secret::redact(&err.to_string()).into_owned()));
+            None
+        }
+    }
+}
