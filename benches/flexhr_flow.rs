@@ -15,17 +15,23 @@
 //!   connection (the directory layer alone: no store, no scripts);
 //! - `sync x1`: the same, one user after the other (the latency of one sync: its round
 //!   trips in turn);
-//! - `daemon`: tickets through the shipped rule and script (`api.ProcessFlexHrUserOnAD`),
-//!   dispatched by the daemon with `[engine] workers = IN_FLIGHT`, store included, until the
-//!   last run is committed.
+//! - `fire`: the release binary, `tripline fire ticket --record FILE`, with the tickets as
+//!   JSON Lines through the shipped rule and script (`api.ProcessFlexHrUserOnAD`) on
+//!   `[engine] workers = IN_FLIGHT`, store included, process start to exit;
+//! - `daemon`: the same tickets queued, then dispatched by the daemon (in this process),
+//!   until the last run is committed.
+//!
+//! Each measurement handles `TICKETS` users.
 //!
 //! Printed per round: each rate, the CPU per user in the client and in slapd, and tripline's
 //! ratios to the references; at the end the median ratios. Rounds alternate which side goes
 //! first. `FLEXHR_BENCH=sync` runs only `sync x32`, `FLEXHR_BENCH=ldap3` only `ldap3
-//! search+add` (each after a warm-up, for a profiler: `valgrind --tool=callgrind`);
+//! search+add`, `fire` and `daemon` only those (each after a warm-up, for a profiler:
+//! `perf record -g`, which follows the `fire` process too);
 //! `FLEXHR_ROUNDS=N` sets the rounds.
 //!
 //! `cargo bench --bench flexhr_flow` (needs `slapd` and `slapadd`: apt-get install slapd).
+//! The `fire` side runs the `tripline` binary of the same build (`cargo bench` builds it).
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -42,7 +48,10 @@ use tripline::store::{Ingest, RunFilter};
 #[path = "common/slapd.rs"]
 mod slapd;
 
-use slapd::{add_ou, admin, start_slapd, Slapd, BASE, IN_FLIGHT, USERS};
+use slapd::{add_ou, admin, start_slapd, Slapd, BASE, IN_FLIGHT};
+
+/// Users per measurement.
+const USERS: usize = 2000;
 
 const MANAGERS: usize = 10;
 
@@ -69,12 +78,14 @@ for i in range(n):
 print(n / (time.perf_counter() - started), (time.process_time() - cpu) * 1e6 / n)
 "#;
 
-/// CPU seconds (user + system) a process has used so far, from `/proc/PID/stat`.
+/// CPU seconds (user + system) a process has used so far, from `/proc/PID/stat`; for
+/// `self`, its children that ended (the `tripline fire` processes) are counted too.
 fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    let children = if pid == "self" { ticks(13) + ticks(14) } else { 0.0 };
+    (ticks(11) + ticks(12) + children) / 100.0
 }
 
 /// One measurement: users per second, and CPU microseconds per user in the client and in slapd.
@@ -228,6 +239,28 @@ fn project(url: &str, users_ou: &str) -> tempfile::TempDir {
     dir
 }
 
+/// Runs `tripline fire` on the tickets of `tag` in project `folder` and checks that every
+/// run ended ok.
+fn fire_rate(folder: &std::path::Path, tag: &str) {
+    let lines: Vec<String> = (0..USERS).map(|i| ticket(tag, i).to_string()).collect();
+    let input = folder.join(format!("{tag}.jsonl"));
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tripline"))
+        .args(["fire", "ticket", "--record"])
+        .arg(&input)
+        .arg("--config")
+        .arg(folder.join("tripline.toml"))
+        .env("TRIPLINE_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("{USERS} runs: {USERS} ok")),
+        "tripline fire: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Queues the tickets of `tag`, runs the daemon's dispatcher until the queue is empty, and
 /// checks that every run ended ok.
 async fn daemon_rate(runtime: &Arc<Runtime>, tag: &str) {
@@ -297,6 +330,7 @@ fn main() {
             _ => {}
         }
         let folder = project(&slapd.url, &people);
+        let fire_folder = project(&slapd.url, &people);
         let runtime = Arc::new(
             Runtime::builder()
                 .config_file(folder.path().join("tripline.toml"))
@@ -304,12 +338,27 @@ fn main() {
                 .build()
                 .unwrap(),
         );
+        match std::env::var("FLEXHR_BENCH").as_deref() {
+            Ok("fire") => {
+                fire_rate(fire_folder.path(), "WF");
+                let r = measure(&slapd, async { fire_rate(fire_folder.path(), "F") }).await;
+                println!("fire x{IN_FLIGHT}: {r}");
+                return;
+            }
+            Ok("daemon") => {
+                daemon_rate(&runtime, "WD").await;
+                println!("daemon x{IN_FLIGHT}: {}", measure(&slapd, daemon_rate(&runtime, "D")).await);
+                return;
+            }
+            _ => {}
+        }
 
         // Warm-up, not measured.
         sync_rate(&dir, "W", IN_FLIGHT).await;
         daemon_rate(&runtime, "WD").await;
+        fire_rate(fire_folder.path(), "WF");
 
-        let mut ratios: Vec<[f64; 5]> = Vec::new();
+        let mut ratios: Vec<[f64; 7]> = Vec::new();
         for round in 0..rounds {
             let refs = add_ou(&slapd.url, &format!("ref{round}")).await;
             let tag = |what: &str| format!("R{round}{what}");
@@ -323,9 +372,10 @@ fn main() {
                 let many = measure(&slapd, sync_rate(&dir, &tag("t"), IN_FLIGHT)).await;
                 let one = measure(&slapd, sync_rate(&dir, &tag("o"), 1)).await;
                 let daemon = measure(&slapd, daemon_rate(&runtime, &tag("d"))).await;
-                (many, one, daemon)
+                let fire = measure(&slapd, async { fire_rate(fire_folder.path(), &tag("f")) }).await;
+                (many, one, daemon, fire)
             };
-            let ((py, adds, search_add), (many, one, daemon)) = if round % 2 == 0 {
+            let ((py, adds, search_add), (many, one, daemon, fire)) = if round % 2 == 0 {
                 let r = reference().await;
                 (r, ours().await)
             } else {
@@ -340,30 +390,36 @@ fn main() {
             println!("  tripline sync x{IN_FLIGHT}      {many}");
             println!("  tripline sync x1       {one}");
             println!("  tripline daemon x{IN_FLIGHT}    {daemon}");
+            println!("  tripline fire x{IN_FLIGHT}      {fire}");
             let py_rate = py.map_or(f64::NAN, |p| p.users_per_s);
             let r = [
                 many.users_per_s / adds.users_per_s,
+                fire.users_per_s / adds.users_per_s,
                 daemon.users_per_s / adds.users_per_s,
                 many.users_per_s / py_rate,
+                fire.users_per_s / py_rate,
                 daemon.users_per_s / py_rate,
                 one.users_per_s / py_rate,
             ];
             println!(
-                "  ratios: sync x{IN_FLIGHT} / ldap3 adds {:.2}, daemon / ldap3 adds {:.2}, sync x{IN_FLIGHT} / python {:.2}, \
-                 daemon / python {:.2}, sync x1 / python {:.2}",
-                r[0], r[1], r[2], r[3], r[4]
+                "  ratios to ldap3 adds: sync x{IN_FLIGHT} {:.2}, fire {:.2}, daemon {:.2}; to python: sync x{IN_FLIGHT} \
+                 {:.2}, fire {:.2}, daemon {:.2}, sync x1 {:.2}",
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6]
             );
             ratios.push(r);
         }
         let m = |k: usize| median(ratios.iter().map(|r| r[k]).collect());
         println!(
-            "median of {rounds} rounds: sync x{IN_FLIGHT} / ldap3 adds {:.2}, daemon / ldap3 adds {:.2} (target >= 0.8); \
-             sync x{IN_FLIGHT} / python {:.2}, daemon / python {:.2} (target >= 5); sync x1 / python {:.2}",
+            "median of {rounds} rounds, {USERS} users each: to ldap3 adds x{IN_FLIGHT} (target >= 0.8): sync x{IN_FLIGHT} \
+             {:.2}, fire {:.2}, daemon {:.2}; to python ldap3 sync (target >= 5): sync x{IN_FLIGHT} {:.2}, fire {:.2}, \
+             daemon {:.2}, sync x1 {:.2}",
             m(0),
             m(1),
             m(2),
             m(3),
-            m(4)
+            m(4),
+            m(5),
+            m(6)
         );
     });
 }

@@ -35,6 +35,8 @@ use crate::store::{Feed, Run, StoreError};
 const COOL_DOWN: Duration = Duration::from_secs(2);
 /// Events fetched from the store at most per feeder round.
 const FETCH: usize = 512;
+/// How often a busy feeder sweeps the queue from the start at most (see [`Cursor`]).
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 /// What a dispatcher takes from the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,8 +368,9 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
             st = shared.progress.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
         }
         if st.woken {
-            // Something new was stored: the next round looks from the start.
-            cursor = Cursor::default();
+            // Something new was stored: the next round looks for it.
+            let idle = st.known.is_empty() && st.known_retries.is_empty();
+            cursor.rewind(idle);
         }
         st.woken = false;
     }
@@ -390,12 +393,28 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
 /// Where the feeder looks in the queue. Rounds read on from the highest event id taken (the
 /// store does not parse the events already queued again); once they find nothing new, one
 /// round sweeps from the start, for events passed over before (claimed elsewhere then, or
-/// waiting behind another record's event).
+/// waiting behind another record's event). A sweep reads every queued event again, so
+/// while work is queued it comes at most every [`SWEEP_EVERY`]: runs whose writes raise
+/// events wake the feeder once per run, and a sweep per wake would read a long queue once
+/// per run. New events have higher ids, so reading on finds them.
 #[derive(Default)]
 struct Cursor {
     after: i64,
     /// The last round was a sweep from the start.
     swept: bool,
+    /// When the last sweep was read.
+    last_sweep: Option<Instant>,
+}
+
+impl Cursor {
+    /// Makes the next round a sweep, if one is due: always when nothing is queued (a sweep
+    /// is then cheap, and ends a drain), else at most every [`SWEEP_EVERY`]; otherwise the
+    /// next round reads on.
+    fn rewind(&mut self, idle: bool) {
+        if idle || self.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+            *self = Cursor { last_sweep: self.last_sweep, ..Cursor::default() };
+        }
+    }
 }
 
 /// One round: due retries and pending events, claimed and filed; events no rule matches are
@@ -432,13 +451,21 @@ fn fetch(runtime: &Runtime, shared: &Shared, cursor: &mut Cursor) -> Result<usiz
         }
     };
     let events = runtime.pending(limit, feed, cursor.after)?;
+    if sweep {
+        cursor.last_sweep = Some(Instant::now());
+    }
     match events.last() {
         Some(last) => cursor.after = cursor.after.max(last.event.id),
-        None => *cursor = Cursor { after: 0, swept: sweep },
+        None if sweep => *cursor = Cursor { after: 0, swept: true, last_sweep: cursor.last_sweep },
+        None => {}
     }
     if events.len() < limit && !sweep {
-        // Caught up: the next round sweeps.
-        *cursor = Cursor::default();
+        // Caught up: the next round sweeps (when one is due).
+        let idle = {
+            let st = lock(&shared.state);
+            st.known.is_empty() && st.known_retries.is_empty()
+        };
+        cursor.rewind(idle);
     } else if sweep {
         cursor.swept = events.len() < limit;
     }

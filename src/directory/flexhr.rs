@@ -568,23 +568,35 @@ impl Directory {
     }
 
     /// A CN not used in `ou` (other than by `own`, the entry being renamed).
+    ///
+    /// Most names are free: one equality look-up (an index hit on any server) settles it.
+    /// Only a name in use needs the prefix search that finds every numbered variant, which
+    /// costs the server more (a substring index, whose keys many names share).
     async fn free_cn(&self, ou: &Dn, wanted: &str, own: Option<&str>) -> Result<String, DirectoryError> {
         let base = cut_cn(wanted, "");
-        let f = filter::prefix("cn", &cn_prefix(&base));
         let own = own.and_then(|d| Dn::parse(d).ok());
-        let taken: HashSet<String> = self
-            .search_few(&ou.to_string(), Scope::OneLevel, &f, &["cn"], true)
-            .await?
-            .into_iter()
-            .filter(|e| own.is_none() || Dn::parse(&e.dn).ok() != own)
-            .filter_map(|e| Dn::parse(&e.dn).ok().map(|d| d.leaf_value().to_lowercase()))
-            .collect();
+        if !self.taken_cns(ou, &filter::eq("cn", &base), own.as_ref()).await?.contains(&base.to_lowercase()) {
+            return Ok(base);
+        }
+        let taken = self.taken_cns(ou, &filter::prefix("cn", &cn_prefix(&base)), own.as_ref()).await?;
         unique_cn(&base, &taken).ok_or_else(|| {
             DirectoryError::InvalidInput(format!("no free name like `{base}` in {ou}: 999 entries already use it"))
         })
     }
 
-    /// A logon name (and, on AD, UPN) no account uses yet.
+    /// The CNs (lower case) of the entries directly in `ou` that match `f`, `own` left out.
+    async fn taken_cns(&self, ou: &Dn, f: &str, own: Option<&Dn>) -> Result<HashSet<String>, DirectoryError> {
+        Ok(self
+            .search_few(&ou.to_string(), Scope::OneLevel, f, &["cn"], true)
+            .await?
+            .into_iter()
+            .filter(|e| own.is_none() || Dn::parse(&e.dn).ok().as_ref() != own)
+            .filter_map(|e| Dn::parse(&e.dn).ok().map(|d| d.leaf_value().to_lowercase()))
+            .collect())
+    }
+
+    /// A logon name (and, on AD, UPN) no account uses yet; like [`Directory::free_cn`], an
+    /// equality look-up first and the prefix search only for a name in use.
     async fn free_login(&self, hr: &HrUser) -> Result<String, DirectoryError> {
         let max = self.schema.login_max;
         let mut base = match &hr.username {
@@ -594,16 +606,35 @@ impl Directory {
         if base.is_empty() {
             base = cut(&format!("user{}", slug(&hr.employee_id)), max);
         }
+        let lower = base.to_lowercase();
+        let mut exact = vec![filter::eq(self.schema.login, &lower)];
+        if let Some(upn) = self.schema.upn {
+            exact.push(filter::prefix(upn, &format!("{lower}@")));
+        }
+        if !self.taken_logins(&filter::or(&exact)).await?.contains(&lower) {
+            return Ok(base);
+        }
         // Every candidate up to `base999` starts with this prefix.
         let prefix = cut(&base, max.saturating_sub(3)).to_lowercase();
         let mut parts = vec![filter::prefix(self.schema.login, &prefix)];
         if let Some(upn) = self.schema.upn {
             parts.push(filter::prefix(upn, &prefix));
         }
+        let taken = self.taken_logins(&filter::or(&parts)).await?;
+        (1..1000u32)
+            .map(|n| if n == 1 { base.clone() } else { with_suffix(&base, n, max) })
+            .find(|c| !taken.contains(&c.to_lowercase()))
+            .ok_or_else(|| {
+                DirectoryError::InvalidInput(format!("no free logon name like `{base}`: 999 accounts use it"))
+            })
+    }
+
+    /// The logon names (lower case) and UPN local parts of the accounts that match `f`.
+    async fn taken_logins(&self, f: &str) -> Result<HashSet<String>, DirectoryError> {
         let mut attrs = vec![self.schema.login];
         attrs.extend(self.schema.upn);
-        let taken: HashSet<String> = self
-            .search_few(&self.base_text, Scope::Subtree, &filter::or(&parts), &attrs, false)
+        Ok(self
+            .search_few(&self.base_text, Scope::Subtree, f, &attrs, false)
             .await?
             .iter()
             .flat_map(|e| {
@@ -617,13 +648,7 @@ impl Directory {
                     .filter_map(|v| v.rsplit_once('@').map(|(local, _)| local.to_lowercase()));
                 login.chain(upn).collect::<Vec<_>>()
             })
-            .collect();
-        (1..1000u32)
-            .map(|n| if n == 1 { base.clone() } else { with_suffix(&base, n, max) })
-            .find(|c| !taken.contains(&c.to_lowercase()))
-            .ok_or_else(|| {
-                DirectoryError::InvalidInput(format!("no free logon name like `{base}`: 999 accounts use it"))
-            })
+            .collect())
     }
 }
 
