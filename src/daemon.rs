@@ -311,14 +311,15 @@ async fn start_server(
             .map_err(|e| DaemonError::Bind { addr: s.listen.to_string(), source: e })?,
         (None, None) => return Ok(None),
     };
-    let request_timeout = config.server.unwrap_or_default().request_timeout;
+    let settings = config.server.unwrap_or_default();
+    let request_timeout = settings.request_timeout;
     let state = Arc::new(ServerState::new(
         runtime.store().clone(),
         config.engine.max_record_bytes,
         config.webhooks.clone(),
         wake.clone(),
         health_report(runtime.clone(), status.clone(), dispatcher.clone()),
-        request_timeout,
+        settings,
     ));
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     info!(%addr, webhooks = state.webhooks.load().len(), "Listening for webhooks, /healthz and /metrics.");

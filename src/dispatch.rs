@@ -40,12 +40,12 @@ use crate::store::{Feed, Ingest, Run, StoreError};
 const COOL_DOWN: Duration = Duration::from_secs(2);
 /// Units queued or in flight at most before the feeder stops reading the store.
 const MAX_QUEUED: usize = 2 * FETCH;
-/// The least time between two sweeps of the queue from its start.
-const SWEEP_GAP: Duration = Duration::from_millis(250);
 /// How often a dispatcher of its own events reads the store when nothing tells it to.
 const OWN_READ_EVERY: Duration = Duration::from_secs(1);
 /// Events fetched from the store at most per feeder round.
 const FETCH: usize = 512;
+/// How often a busy feeder sweeps the queue from the start at most (see [`Cursor`]).
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 /// What a dispatcher takes from the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,21 +396,9 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
     // Whether the store may hold something of ours not filed yet (at the start, after a wake).
     let mut look = true;
     let mut last_read = Instant::now();
-    // A wake may mean an event behind the cursor (a replay, a release): it asks for a sweep
-    // from the start, made at most every SWEEP_GAP, so that a flood of wakes (one per webhook
-    // delivery) does not read the queue from its start over and over.
-    let mut sweep_wanted = false;
-    let mut last_sweep = Instant::now();
     loop {
         if lock(&shared.state).stopping {
             break;
-        }
-        if sweep_wanted && last_sweep.elapsed() >= SWEEP_GAP {
-            cursor = Cursor::default();
-            sweep_wanted = false;
-        }
-        if cursor.after == 0 {
-            last_sweep = Instant::now();
         }
         // A dispatcher of its own events only is handed most of them directly (see
         // [`hand_over`]): it reads the store when told to, when it has nothing left (to know
@@ -453,7 +441,7 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
         // A record that failed on the store is not waited for: its events stay claimed, and
         // whoever runs next (the daemon) takes them when the claims are released or expire.
         // Something stored after the round's read (a wake) needs another round.
-        if st.draining && idle && fetched == 0 && cursor.swept && !st.woken && !sweep_wanted {
+        if st.draining && idle && fetched == 0 && cursor.swept && !st.woken {
             // Nothing of ours is left: a whole sweep found nothing and nothing runs.
             st.drained = true;
             shared.work.notify_all();
@@ -464,11 +452,7 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
             continue;
         }
         // Wait until the workers need more, a wake, or the poll.
-        let poll = match (st.draining, sweep_wanted) {
-            (true, _) => Duration::from_millis(20),
-            (false, true) => options.idle_poll.min(SWEEP_GAP),
-            (false, false) => options.idle_poll,
-        };
+        let poll = if st.draining { Duration::from_millis(20) } else { options.idle_poll };
         let until = Instant::now() + poll;
         // After a round that found something, a queue running low is a reason to look again
         // before the poll (there may be more); after one that found nothing, only a wake is.
@@ -480,8 +464,9 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
             st = shared.progress.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
         }
         if st.woken {
-            // Something was stored: the next round reads on, and a sweep follows.
-            sweep_wanted = true;
+            // Something was stored: the next round looks for it.
+            let idle = st.known.is_empty() && st.known_retries.is_empty();
+            cursor.rewind(idle);
             look = true;
         }
         st.woken = false;
@@ -505,12 +490,28 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
 /// Where the feeder looks in the queue. Rounds read on from the highest event id taken (the
 /// store does not parse the events already queued again); once they find nothing new, one
 /// round sweeps from the start, for events passed over before (claimed elsewhere then, or
-/// waiting behind another record's event).
+/// waiting behind another record's event). A sweep reads every queued event again, so
+/// while work is queued it comes at most every [`SWEEP_EVERY`]: runs whose writes raise
+/// events wake the feeder once per run, and a sweep per wake would read a long queue once
+/// per run. New events have higher ids, so reading on finds them.
 #[derive(Default)]
 struct Cursor {
     after: i64,
     /// The last round was a sweep from the start.
     swept: bool,
+    /// When the last sweep was read.
+    last_sweep: Option<Instant>,
+}
+
+impl Cursor {
+    /// Makes the next round a sweep, if one is due: always when nothing is queued (a sweep
+    /// is then cheap, and ends a drain), else at most every [`SWEEP_EVERY`]; otherwise the
+    /// next round reads on.
+    fn rewind(&mut self, idle: bool) {
+        if idle || self.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+            *self = Cursor { last_sweep: self.last_sweep, ..Cursor::default() };
+        }
+    }
 }
 
 /// One round: due retries and pending events, claimed and filed; events no rule matches are
@@ -549,13 +550,21 @@ fn fetch(runtime: &Runtime, shared: &Shared, cursor: &mut Cursor) -> Result<usiz
         }
     };
     let events = runtime.pending(limit, feed, cursor.after)?;
+    if sweep {
+        cursor.last_sweep = Some(Instant::now());
+    }
     match events.last() {
         Some(last) => cursor.after = cursor.after.max(last.event.id),
-        None => *cursor = Cursor { after: 0, swept: sweep },
+        None if sweep => *cursor = Cursor { after: 0, swept: true, last_sweep: cursor.last_sweep },
+        None => {}
     }
     if events.len() < limit && !sweep {
-        // Caught up: the next round sweeps.
-        *cursor = Cursor::default();
+        // Caught up: the next round sweeps (when one is due).
+        let idle = {
+            let st = lock(&shared.state);
+            st.known.is_empty() && st.known_retries.is_empty()
+        };
+        cursor.rewind(idle);
     } else if sweep {
         cursor.swept = events.len() < limit;
     }

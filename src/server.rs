@@ -15,7 +15,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use axum::body::{Body, Bytes};
@@ -41,6 +41,12 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY: usize = 256;
 /// `request_timeout_ms` when not set.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// `max_queue_depth` when not set.
+pub const DEFAULT_MAX_QUEUE_DEPTH: u64 = 10_000;
+/// How long a delivery waits for room in a full queue before it is answered 503.
+const QUEUE_WAIT: Duration = Duration::from_secs(2);
+/// How often the ingest thread counts the queue while it is near full.
+const DEPTH_EVERY: Duration = Duration::from_millis(50);
 
 /// `[server]` as written: the daemon's HTTP listener (webhooks, `/healthz`, `/metrics`).
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +58,13 @@ pub struct ServerConfig {
     /// milliseconds; a slower one is answered 408 (or cut off) so it cannot hold a connection.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// Events waiting to run at most before deliveries wait for room (0: no bound).
+    #[serde(default = "default_max_queue_depth")]
+    pub max_queue_depth: u64,
+}
+
+fn default_max_queue_depth() -> u64 {
+    DEFAULT_MAX_QUEUE_DEPTH
 }
 
 fn default_request_timeout_ms() -> u64 {
@@ -65,6 +78,8 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// The longest a client may take to send a request's headers, and then its body.
     pub request_timeout: Duration,
+    /// Events waiting to run at most before deliveries wait for room (0: no bound).
+    pub max_queue_depth: u64,
 }
 
 impl Default for ServerSettings {
@@ -73,6 +88,7 @@ impl Default for ServerSettings {
         ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
+            max_queue_depth: DEFAULT_MAX_QUEUE_DEPTH,
         }
     }
 }
@@ -87,7 +103,12 @@ impl ServerConfig {
             );
             return None;
         };
-        Some(ServerSettings { listen, request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)) })
+        ctx.in_range("server", "max_queue_depth", self.max_queue_depth, 0, 1 << 40, "");
+        Some(ServerSettings {
+            listen,
+            request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
+            max_queue_depth: self.max_queue_depth,
+        })
     }
 }
 
@@ -117,9 +138,10 @@ impl ServerState {
         webhooks: Webhooks,
         wake: Arc<tokio::sync::Notify>,
         health: HealthReport,
-        request_timeout: Duration,
+        settings: ServerSettings,
     ) -> ServerState {
-        let ingester = Ingester::start(store.clone());
+        let request_timeout = settings.request_timeout;
+        let ingester = Ingester::start(store.clone(), settings.max_queue_depth);
         ServerState {
             store,
             max_record_bytes,
@@ -135,7 +157,53 @@ impl ServerState {
 /// The most deliveries stored in one transaction.
 const MAX_BATCH: usize = 256;
 
-type IngestReply = tokio::sync::oneshot::Sender<Result<Option<crate::record::Event>, StoreError>>;
+type IngestReply = tokio::sync::oneshot::Sender<Result<Option<crate::record::Event>, NotStored>>;
+
+/// Why a delivery was not stored.
+enum NotStored {
+    Store(StoreError),
+    /// `[server] max_queue_depth` events wait to run, and no room came within [`QUEUE_WAIT`].
+    QueueFull {
+        depth: u64,
+        max: u64,
+    },
+}
+
+/// The queue's depth as the ingest thread last counted it, plus what it stored since.
+struct Depth {
+    max: u64,
+    value: u64,
+    counted: Option<Instant>,
+}
+
+impl Depth {
+    /// Waits, up to [`QUEUE_WAIT`], until the queue has room for a batch (the dispatcher
+    /// runs what waits meanwhile); the depth when it has none. Counting the queue costs a
+    /// scan of the pending index, so it is counted at most every [`DEPTH_EVERY`], and only
+    /// once the estimate reaches the bound.
+    fn wait_for_room(&mut self, store: &dyn Store) -> Result<(), u64> {
+        if self.max == 0 {
+            return Ok(());
+        }
+        let until = Instant::now() + QUEUE_WAIT;
+        loop {
+            if self.value < self.max {
+                return Ok(());
+            }
+            if self.counted.is_none_or(|at| at.elapsed() >= DEPTH_EVERY) {
+                // A store that cannot count lets the delivery try: its own error tells.
+                let Ok(depth) = store.queue_depth() else { return Ok(()) };
+                self.value = depth;
+                self.counted = Some(Instant::now());
+                continue;
+            }
+            if Instant::now() >= until {
+                return Err(self.value);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
 
 /// Stores deliveries with group commit: a thread takes every delivery waiting and stores them
 /// in one transaction, because a commit costs far more than an insert (about 7,000 single
@@ -147,13 +215,23 @@ struct Ingester {
 }
 
 impl Ingester {
-    fn start(store: Arc<dyn Store>) -> Ingester {
+    fn start(store: Arc<dyn Store>, max_queue_depth: u64) -> Ingester {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(Ingest, IngestReply)>(4 * MAX_BATCH);
         std::thread::Builder::new()
             .name("tripline-ingest".into())
             .spawn(move || {
+                let mut depth = Depth { max: max_queue_depth, value: 0, counted: None };
                 // Ends when the server state, and with it the sender, is dropped.
                 while let Some(first) = rx.blocking_recv() {
+                    // A full queue holds deliveries back (and the senders with them, through
+                    // the bounded channel) until the dispatcher makes room.
+                    if let Err(value) = depth.wait_for_room(store.as_ref()) {
+                        let _ = first.1.send(Err(NotStored::QueueFull { depth: value, max: max_queue_depth }));
+                        while let Ok((_, reply)) = rx.try_recv() {
+                            let _ = reply.send(Err(NotStored::QueueFull { depth: value, max: max_queue_depth }));
+                        }
+                        continue;
+                    }
                     let mut items = vec![first.0];
                     let mut replies = vec![first.1];
                     while items.len() < MAX_BATCH {
@@ -163,15 +241,17 @@ impl Ingester {
                     }
                     match store.ingest(&items, None) {
                         Ok(events) => {
+                            depth.value += events.iter().flatten().count() as u64;
                             for (reply, event) in replies.into_iter().zip(events) {
                                 let _ = reply.send(Ok(event));
                             }
                         }
                         Err(_) => {
                             for (item, reply) in items.iter().zip(replies) {
-                                let _ = reply.send(
-                                    store.ingest(std::slice::from_ref(item), None).map(|mut e| e.pop().flatten()),
-                                );
+                                let stored =
+                                    store.ingest(std::slice::from_ref(item), None).map(|mut e| e.pop().flatten());
+                                depth.value += stored.as_ref().is_ok_and(Option::is_some) as u64;
+                                let _ = reply.send(stored.map_err(NotStored::Store));
                             }
                         }
                     }
@@ -183,7 +263,7 @@ impl Ingester {
 
     /// Stores one delivery: the event, or `None` when its idempotency key was seen before.
     /// The outer `None`: the ingest thread is gone (the server is stopping).
-    async fn submit(&self, item: Ingest) -> Option<Result<Option<crate::record::Event>, StoreError>> {
+    async fn submit(&self, item: Ingest) -> Option<Result<Option<crate::record::Event>, NotStored>> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx.send((item, reply)).await.ok()?;
         answer.await.ok()
@@ -385,7 +465,17 @@ async fn deliver(state: &ServerState, hook: &Webhook, req: Request) -> Response 
                 }
             }
         }
-        Some(Err(e)) => store_problem(hook, e),
+        Some(Err(NotStored::Store(e))) => store_problem(hook, e),
+        Some(Err(NotStored::QueueFull { depth, max })) => {
+            let mut r = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{depth} events wait to run, more than [server] max_queue_depth = {max}: nothing was stored; try again later"
+                ),
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            r
+        }
         None => problem(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping"),
     }
 }

@@ -40,7 +40,7 @@ use super::config::DirectoryKind;
 use super::dn::Dn;
 use super::error::DirectoryError;
 use super::filter;
-use super::handle::{Directory, Entry};
+use super::handle::{Directory, Entry, KeyGuard};
 use super::ident::UserId;
 use super::users::{NewUser, SAM_FORBIDDEN};
 
@@ -282,6 +282,13 @@ fn cut_cn(base: &str, suffix: &str) -> String {
     format!("{}{suffix}", base.chars().take(keep).collect::<String>().trim_end())
 }
 
+/// What every candidate of [`unique_cn`] for `base` starts with: `base`, or for a long name
+/// the part that `base (999)` keeps of it.
+fn cn_prefix(base: &str) -> String {
+    let longest = cut_cn(base, " (999)");
+    longest.strip_suffix(" (999)").unwrap_or(&longest).to_string()
+}
+
 /// `Jane Doe (2)` -> `Jane Doe`: the name a unique CN was made from.
 fn cn_base(cn: &str) -> &str {
     if let Some(open) = cn.rfind(" (") {
@@ -301,24 +308,11 @@ impl Directory {
     /// [`is_transient`]: DirectoryError::is_transient
     pub async fn sync_flexhr_user(&self, fields: &Map<String, Value>) -> Result<SyncOutcome, DirectoryError> {
         let hr = HrUser::parse(fields, &self.mapping)?;
-        let _one_sync_per_employee = self.lock_employee(&hr.employee_id).await;
+        let lock = self.lock_employee(&hr.employee_id).await;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = match self.synced_account(&hr.employee_id).await? {
-                Some(entry) => self.sync_existing(&hr, entry).await,
-                None if !hr.active => {
-                    Ok(self.outcome(SyncStatus::Skipped, String::new(), String::new(), &hr)).map(|mut o| {
-                        o.notes.push(format!(
-                            "no account has employee ID {} and the person is not active",
-                            hr.employee_id
-                        ));
-                        o
-                    })
-                }
-                None => self.sync_new(&hr).await,
-            };
-            match result {
+            match self.sync_once(&hr, &lock).await {
                 // Another process created this person (or took the chosen names) between
                 // our look-up and our add: look again.
                 Err(DirectoryError::AlreadyExists { .. }) if attempt < 3 => continue,
@@ -333,13 +327,50 @@ impl Directory {
         }
     }
 
+    /// One attempt of a sync, under the employee's lock.
+    ///
+    /// The reads a sync needs do not depend on each other, so they are sent at once on the
+    /// shared, pipelined connection and the sync waits for one round trip instead of one per
+    /// read: the account by employee ID, the manager's, and, for a person who is probably
+    /// new (active, `IsNewUser` not 0), the searches for a free CN and logon name. Their
+    /// results are used in the order the decisions need them, so a sync ends as it would
+    /// with the reads one after the other (the same outcome, and the same error first); a
+    /// read whose answer turns out not to be needed (the names of a person who has an
+    /// account, the manager of a leaver who has none) is dropped, its error too.
+    async fn sync_once(&self, hr: &HrUser, lock: &KeyGuard<'_>) -> Result<SyncOutcome, DirectoryError> {
+        let probably_new = hr.active && hr.is_new != Some(false);
+        let (account, manager, names) =
+            futures::join!(self.synced_account(&hr.employee_id), self.manager_dn(hr, lock), async {
+                match probably_new {
+                    true => Some(self.free_names(hr).await),
+                    false => None,
+                }
+            },);
+        match account? {
+            Some(entry) => self.sync_existing(hr, entry, manager?).await,
+            None if !hr.active => {
+                let mut o = self.outcome(SyncStatus::Skipped, String::new(), String::new(), hr);
+                o.notes.push(format!("no account has employee ID {} and the person is not active", hr.employee_id));
+                Ok(o)
+            }
+            None => {
+                let names = match names {
+                    Some(names) => names,
+                    None => self.free_names(hr).await,
+                };
+                let (cn, login) = names?;
+                self.sync_new(hr, cn, login, manager?).await
+            }
+        }
+    }
+
     /// The account of the person `key` names, if the sync may change it (see the module docs):
     /// `None` when no account has the key, a conflict when one that has it is out of scope.
     async fn synced_account(&self, employee_id: &str) -> Result<Option<Entry>, DirectoryError> {
         let key = UserId::EmployeeId(employee_id.to_string());
         let f = key.filter(self.schema, &self.employee_attr);
         // Three: enough to tell one, several and a match out of scope apart.
-        let found = self.search_raw(&self.base_dn.to_string(), Scope::Subtree, &f, &[], Some(3), false).await?;
+        let found = self.search_raw(&self.base_text, Scope::Subtree, &f, &[], Some(3), false).await?;
         let bases = || self.user_search_bases.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
         for entry in &found {
             let in_scope = Dn::parse(&entry.dn).is_ok_and(|dn| self.user_search_bases.iter().any(|b| dn.is_within(b)));
@@ -381,18 +412,37 @@ impl Directory {
                 None => ManagerOutcome::NotGiven,
             },
             disabled: false,
-            base_dn: self.base_dn.to_string(),
+            base_dn: self.base_text.clone(),
             notes: Vec::new(),
             dry_run: self.is_dry_run(),
         }
     }
 
     /// The manager's DN, when the record names one and it exists.
-    async fn manager_dn(&self, hr: &HrUser) -> Result<Option<String>, DirectoryError> {
-        match &hr.manager_id {
-            Some(id) => Ok(self.lookup(&UserId::EmployeeId(id.clone()), &["1.1"]).await?.map(|e| e.dn)),
-            None => Ok(None),
+    ///
+    /// The manager's own sync may run in this process at the same time (a new team in one
+    /// batch of tickets). A manager not found whose sync had started when the look-up was
+    /// sent, or is still running, is waited for and looked up again: a person whose sync
+    /// starts after the manager's always gets the manager, whichever sync reaches the
+    /// directory first. The wait is skipped where it could never end (the manager's sync
+    /// waits, directly or through others, for this person's: two people named as each
+    /// other's manager).
+    async fn manager_dn(&self, hr: &HrUser, lock: &KeyGuard<'_>) -> Result<Option<String>, DirectoryError> {
+        let Some(id) = &hr.manager_id else { return Ok(None) };
+        let key = UserId::EmployeeId(id.clone());
+        let syncing = self.employee_syncing(lock, id);
+        if let Some(found) = self.lookup(&key, &["1.1"]).await? {
+            return Ok(Some(found.dn));
         }
+        if self.is_dry_run() {
+            return Ok(None);
+        }
+        // Waits when the manager's sync still runs; one that ended meanwhile may have
+        // created the manager after our look-up was answered.
+        if !(self.wait_for_employee(lock, id).await || syncing) {
+            return Ok(None);
+        }
+        Ok(self.lookup(&key, &["1.1"]).await?.map(|e| e.dn))
     }
 
     fn note_manager(outcome: &mut SyncOutcome, hr: &HrUser, dn: Option<String>) {
@@ -401,18 +451,20 @@ impl Directory {
         }
     }
 
-    async fn sync_new(&self, hr: &HrUser) -> Result<SyncOutcome, DirectoryError> {
-        let display = hr.display_name();
-        let cn = self.free_cn(&self.users_ou, &display, None).await?;
-        let login = self.free_login(hr).await?;
+    async fn sync_new(
+        &self,
+        hr: &HrUser,
+        cn: String,
+        login: String,
+        manager: Option<String>,
+    ) -> Result<SyncOutcome, DirectoryError> {
         let mut attributes: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (attr, value) in &hr.attrs {
             if let Some(v) = value {
                 attributes.insert(attr.clone(), vec![v.clone()]);
             }
         }
-        attributes.insert("displayName".into(), vec![display]);
-        let manager = self.manager_dn(hr).await?;
+        attributes.insert("displayName".into(), vec![hr.display_name()]);
         if let Some(m) = &manager {
             attributes.insert("manager".into(), vec![m.clone()]);
         }
@@ -438,7 +490,12 @@ impl Directory {
         Ok(outcome)
     }
 
-    async fn sync_existing(&self, hr: &HrUser, entry: Entry) -> Result<SyncOutcome, DirectoryError> {
+    async fn sync_existing(
+        &self,
+        hr: &HrUser,
+        entry: Entry,
+        manager: Option<String>,
+    ) -> Result<SyncOutcome, DirectoryError> {
         let login = entry.get(self.schema.login).unwrap_or_default().to_string();
         let mut outcome = self.outcome(SyncStatus::Unchanged, entry.dn.clone(), login, hr);
         if hr.is_new == Some(true) {
@@ -451,7 +508,6 @@ impl Directory {
         let mut wanted: BTreeMap<String, Vec<String>> =
             hr.attrs.iter().map(|(a, v)| (a.clone(), v.iter().cloned().collect())).collect();
         wanted.insert("displayName".into(), vec![display.clone()]);
-        let manager = self.manager_dn(hr).await?;
         if let Some(m) = &manager {
             let current = entry.get("manager").and_then(|c| Dn::parse(c).ok());
             if current != Dn::parse(m).ok() {
@@ -504,24 +560,43 @@ impl Directory {
         Ok(outcome)
     }
 
+    /// A free CN in `users_ou` and a free logon name for a new person, both searched at once.
+    async fn free_names(&self, hr: &HrUser) -> Result<(String, String), DirectoryError> {
+        let display = hr.display_name();
+        let (cn, login) = futures::join!(self.free_cn(&self.users_ou, &display, None), self.free_login(hr));
+        Ok((cn?, login?))
+    }
+
     /// A CN not used in `ou` (other than by `own`, the entry being renamed).
+    ///
+    /// Most names are free: one equality look-up (an index hit on any server) settles it.
+    /// Only a name in use needs the prefix search that finds every numbered variant, which
+    /// costs the server more (a substring index, whose keys many names share).
     async fn free_cn(&self, ou: &Dn, wanted: &str, own: Option<&str>) -> Result<String, DirectoryError> {
         let base = cut_cn(wanted, "");
-        let f = filter::prefix("cn", &base);
         let own = own.and_then(|d| Dn::parse(d).ok());
-        let taken: HashSet<String> = self
-            .search_raw(&ou.to_string(), Scope::OneLevel, &f, &["cn"], None, true)
-            .await?
-            .into_iter()
-            .filter(|e| own.is_none() || Dn::parse(&e.dn).ok() != own)
-            .filter_map(|e| Dn::parse(&e.dn).ok().map(|d| d.leaf_value().to_lowercase()))
-            .collect();
+        if !self.taken_cns(ou, &filter::eq("cn", &base), own.as_ref()).await?.contains(&base.to_lowercase()) {
+            return Ok(base);
+        }
+        let taken = self.taken_cns(ou, &filter::prefix("cn", &cn_prefix(&base)), own.as_ref()).await?;
         unique_cn(&base, &taken).ok_or_else(|| {
             DirectoryError::InvalidInput(format!("no free name like `{base}` in {ou}: 999 entries already use it"))
         })
     }
 
-    /// A logon name (and, on AD, UPN) no account uses yet.
+    /// The CNs (lower case) of the entries directly in `ou` that match `f`, `own` left out.
+    async fn taken_cns(&self, ou: &Dn, f: &str, own: Option<&Dn>) -> Result<HashSet<String>, DirectoryError> {
+        Ok(self
+            .search_few(&ou.to_string(), Scope::OneLevel, f, &["cn"], true)
+            .await?
+            .into_iter()
+            .filter(|e| own.is_none() || Dn::parse(&e.dn).ok().as_ref() != own)
+            .filter_map(|e| Dn::parse(&e.dn).ok().map(|d| d.leaf_value().to_lowercase()))
+            .collect())
+    }
+
+    /// A logon name (and, on AD, UPN) no account uses yet; like [`Directory::free_cn`], an
+    /// equality look-up first and the prefix search only for a name in use.
     async fn free_login(&self, hr: &HrUser) -> Result<String, DirectoryError> {
         let max = self.schema.login_max;
         let mut base = match &hr.username {
@@ -531,16 +606,35 @@ impl Directory {
         if base.is_empty() {
             base = cut(&format!("user{}", slug(&hr.employee_id)), max);
         }
+        let lower = base.to_lowercase();
+        let mut exact = vec![filter::eq(self.schema.login, &lower)];
+        if let Some(upn) = self.schema.upn {
+            exact.push(filter::prefix(upn, &format!("{lower}@")));
+        }
+        if !self.taken_logins(&filter::or(&exact)).await?.contains(&lower) {
+            return Ok(base);
+        }
         // Every candidate up to `base999` starts with this prefix.
         let prefix = cut(&base, max.saturating_sub(3)).to_lowercase();
         let mut parts = vec![filter::prefix(self.schema.login, &prefix)];
         if let Some(upn) = self.schema.upn {
             parts.push(filter::prefix(upn, &prefix));
         }
+        let taken = self.taken_logins(&filter::or(&parts)).await?;
+        (1..1000u32)
+            .map(|n| if n == 1 { base.clone() } else { with_suffix(&base, n, max) })
+            .find(|c| !taken.contains(&c.to_lowercase()))
+            .ok_or_else(|| {
+                DirectoryError::InvalidInput(format!("no free logon name like `{base}`: 999 accounts use it"))
+            })
+    }
+
+    /// The logon names (lower case) and UPN local parts of the accounts that match `f`.
+    async fn taken_logins(&self, f: &str) -> Result<HashSet<String>, DirectoryError> {
         let mut attrs = vec![self.schema.login];
         attrs.extend(self.schema.upn);
-        let taken: HashSet<String> = self
-            .search_raw(&self.base_dn.to_string(), Scope::Subtree, &filter::or(&parts), &attrs, None, false)
+        Ok(self
+            .search_few(&self.base_text, Scope::Subtree, f, &attrs, false)
             .await?
             .iter()
             .flat_map(|e| {
@@ -554,13 +648,7 @@ impl Directory {
                     .filter_map(|v| v.rsplit_once('@').map(|(local, _)| local.to_lowercase()));
                 login.chain(upn).collect::<Vec<_>>()
             })
-            .collect();
-        (1..1000u32)
-            .map(|n| if n == 1 { base.clone() } else { with_suffix(&base, n, max) })
-            .find(|c| !taken.contains(&c.to_lowercase()))
-            .ok_or_else(|| {
-                DirectoryError::InvalidInput(format!("no free logon name like `{base}`: 999 accounts use it"))
-            })
+            .collect())
     }
 }
 
@@ -600,6 +688,16 @@ mod tests {
         let c = unique_cn(&long, &[long[..64].to_string()].into()).unwrap();
         assert_eq!(c.chars().count(), 64);
         assert!(c.ends_with(" (2)"));
+        // Every candidate starts with the prefix searched for, also when a long name is cut
+        // to make room for the suffix.
+        for name in ["Jane Doe", &"y".repeat(57), &"z".repeat(58), &format!("{} x", "w".repeat(60)), &long[..64]] {
+            let prefix = cn_prefix(name);
+            for n in [1u32, 2, 9, 10, 99, 100, 999] {
+                let c = if n == 1 { cut_cn(name, "") } else { cut_cn(name, &format!(" ({n})")) };
+                assert!(c.starts_with(&prefix), "{c:?} does not start with {prefix:?}");
+            }
+        }
+        assert_eq!(cn_prefix("Jane Doe"), "Jane Doe");
         assert_eq!(cn_base("Jane Doe (12)"), "Jane Doe");
         assert_eq!(cn_base("Jane (Jr) Doe"), "Jane (Jr) Doe");
         assert_eq!(cn_base("Jane ()"), "Jane ()");

@@ -65,8 +65,8 @@ impl Directory {
             true => format!("add {user_dn} to {group_dn}"),
             false => format!("remove {user_dn} from {group_dn}"),
         };
-        let dn = group_dn.clone();
-        let result = self.run(&what, |mut l| async move { l.modify(&dn, mods).await?.success() }).await;
+        let dn = group_dn.as_str();
+        let result = self.run(|| what, |mut l| async move { l.modify(dn, mods).await?.success() }).await;
         match result {
             Ok(_) => {
                 tracing::info!(directory = %self.name, user = %user_dn, group = %group_dn, add, "Changed group membership.");
@@ -100,7 +100,7 @@ impl Directory {
         let f = filter::and(&[self.schema.group_filter.to_string(), filter::eq(self.schema.member, &user_dn)]);
         let attrs: Vec<&str> =
             ["cn", "description"].into_iter().chain(self.schema.upn.map(|_| "sAMAccountName")).collect();
-        let mut groups = self.search_raw(&self.base_dn.to_string(), Scope::Subtree, &f, &attrs, None, false).await?;
+        let mut groups = self.search_raw(&self.base_text, Scope::Subtree, &f, &attrs, None, false).await?;
         groups.sort_by(|a, b| a.dn.cmp(&b.dn));
         Ok(groups)
     }

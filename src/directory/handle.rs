@@ -3,10 +3,11 @@
 //! operations on it. The operations themselves live in `users`, `groups` and `flexhr`.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
@@ -28,6 +29,8 @@ pub struct Directory {
     pub(crate) kind: DirectoryKind,
     pub(crate) schema: &'static Schema,
     pub(crate) base_dn: Dn,
+    /// `base_dn` as text, written once: every subtree search of the sync names it.
+    pub(crate) base_text: String,
     pub(crate) users_ou: Dn,
     /// Where the Flex HR sync may find and change accounts (`user_search_bases`).
     pub(crate) user_search_bases: Vec<Dn>,
@@ -46,9 +49,27 @@ pub struct Directory {
     sync_locks: KeyLocks,
 }
 
-/// Async locks by key, forgotten when nobody holds or waits for them.
+/// Async locks by key (employee IDs), forgotten when nobody holds or waits for them; and,
+/// for a holder that waits for another key as well (a person's sync waiting for their
+/// manager's), which key it waits for, so that no such wait can close a circle.
 #[derive(Default)]
-struct KeyLocks(Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>);
+struct KeyLocks(Mutex<LockTable>);
+
+#[derive(Default)]
+struct LockTable {
+    locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Holder's key -> the key it waits for (each holder waits for at most one).
+    waits_for: HashMap<String, String>,
+}
+
+impl LockTable {
+    /// Forgets `key`'s lock when nobody holds or waits for it any more.
+    fn release(&mut self, key: &str) {
+        if self.locks.get(key).is_some_and(|m| Arc::strong_count(m) == 1) {
+            self.locks.remove(key);
+        }
+    }
+}
 
 /// Holds the lock of one key; releasing it forgets the key when nobody else wants it.
 pub(crate) struct KeyGuard<'a> {
@@ -58,19 +79,62 @@ pub(crate) struct KeyGuard<'a> {
 }
 
 impl KeyLocks {
+    fn table(&self) -> std::sync::MutexGuard<'_, LockTable> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn lock(&self, key: &str) -> KeyGuard<'_> {
-        let m = self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key.to_string()).or_default().clone();
+        let m = self.table().locks.entry(key.to_string()).or_default().clone();
         KeyGuard { locks: self, key: key.to_string(), guard: Some(m.lock_owned().await) }
+    }
+
+    /// Whether someone holds or waits for `key`'s lock.
+    fn busy(&self, key: &str) -> bool {
+        self.table().locks.contains_key(key)
+    }
+
+    /// For the holder of `holder`'s lock: waits until those who hold or wait for `key`'s
+    /// lock now are done with it, unless that could wait forever (`key` is `holder`'s own, or
+    /// its holder waits, directly or through others, for `holder`). Returns whether it
+    /// waited.
+    async fn wait_until_free(&self, holder: &str, key: &str) -> bool {
+        let m = {
+            let mut table = self.table();
+            let Some(m) = table.locks.get(key).cloned() else { return false };
+            // Each holder waits for at most one key: the waits form chains, and a wait that
+            // would end a chain at its own start is not taken.
+            let mut next = Some(key);
+            let mut steps = 0;
+            while let Some(k) = next {
+                if k == holder || steps > table.waits_for.len() {
+                    return false;
+                }
+                next = table.waits_for.get(k).map(String::as_str);
+                steps += 1;
+            }
+            table.waits_for.insert(holder.to_string(), key.to_string());
+            m
+        };
+        // Ends the wait's record even when the wait is cancelled (the run's deadline).
+        struct Waiting<'a>(&'a KeyLocks, &'a str, &'a str);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                let mut table = self.0.table();
+                table.waits_for.remove(self.1);
+                table.release(self.2);
+            }
+        }
+        let waiting = Waiting(self, holder, key);
+        drop(m.lock_owned().await);
+        drop(waiting);
+        true
     }
 }
 
 impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
         drop(self.guard.take());
-        let mut map = self.locks.0.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(&self.key).is_some_and(|m| std::sync::Arc::strong_count(m) == 1) {
-            map.remove(&self.key);
-        }
+        self.locks.table().release(&self.key);
     }
 }
 
@@ -307,6 +371,7 @@ impl DirectoryConfig {
             name: name.to_string(),
             kind: self.kind,
             schema: self.kind.schema(),
+            base_text: r.base_dn.to_string(),
             base_dn: r.base_dn,
             users_ou: r.users_ou,
             user_search_bases: r.user_search_bases,
@@ -355,6 +420,7 @@ impl Directory {
             kind: self.kind,
             schema: self.schema,
             base_dn: self.base_dn.clone(),
+            base_text: self.base_text.clone(),
             users_ou: self.users_ou.clone(),
             user_search_bases: self.user_search_bases.clone(),
             groups_base: self.groups_base.clone(),
@@ -381,7 +447,7 @@ impl Directory {
 
     /// The configured `base_dn`, as text.
     pub fn base_dn(&self) -> String {
-        self.base_dn.to_string()
+        self.base_text.clone()
     }
 
     /// Where new users are created, as text.
@@ -433,6 +499,19 @@ impl Directory {
         self.sync_locks.lock(employee_id).await
     }
 
+    /// Whether a sync of employee `other` runs or waits in this process (besides the one
+    /// holding `own`).
+    pub(crate) fn employee_syncing(&self, own: &KeyGuard<'_>, other: &str) -> bool {
+        own.key != other && self.sync_locks.busy(other)
+    }
+
+    /// For a sync holding `own`'s lock: waits for the syncs of employee `other` that run or
+    /// wait in this process, unless one of them waits for `own` (see
+    /// `KeyLocks::wait_until_free`). Returns whether it waited.
+    pub(crate) async fn wait_for_employee(&self, own: &KeyGuard<'_>, other: &str) -> bool {
+        self.sync_locks.wait_until_free(&own.key, other).await
+    }
+
     /// Records a planned change in dry-run mode; `Some(())` means "recorded, do not send".
     pub(crate) fn plan(
         &self,
@@ -462,14 +541,15 @@ impl Directory {
     }
 
     /// Runs one operation on the shared connection: converts its error, and drops the
-    /// connection when it broke so the next call opens a new one.
-    pub(crate) async fn run<T, F, Fut>(&self, op: &str, f: F) -> Result<T, DirectoryError>
+    /// connection when it broke so the next call opens a new one. `op` describes the
+    /// operation for an error; it is written only when there is one.
+    pub(crate) async fn run<T, F, Fut>(&self, op: impl FnOnce() -> String, f: F) -> Result<T, DirectoryError>
     where
         F: FnOnce(Ldap) -> Fut,
         Fut: Future<Output = Result<T, LdapError>>,
     {
         let Mode::Live(pool) = &self.mode else {
-            return Err(DirectoryError::Unsupported(format!("{op}: directory {} is in dry-run mode", self.name)));
+            return Err(DirectoryError::Unsupported(format!("{}: directory {} is in dry-run mode", op(), self.name)));
         };
         let conn = pool.get().await?;
         let mut ldap = conn.ldap;
@@ -477,7 +557,7 @@ impl Directory {
         match f(ldap).await {
             Ok(v) => Ok(v),
             Err(e) => {
-                let err = DirectoryError::from_ldap(op, e, self.op_timeout);
+                let err = DirectoryError::from_ldap(&op(), e, self.op_timeout);
                 if err.breaks_connection() {
                     pool.discard(conn.generation);
                 }
@@ -486,8 +566,10 @@ impl Directory {
         }
     }
 
-    /// A paged search. `missing_base_ok`: an absent base gives no entries instead of an error
-    /// (lookups by DN). Returns nothing in dry-run mode.
+    /// A search, paged unless one page holds the whole answer (a base search, or one limited
+    /// to at most `page_size` entries: those go without the paged-results control, which
+    /// costs both sides work for nothing). `missing_base_ok`: an absent base gives no entries
+    /// instead of an error (lookups by DN). Returns nothing in dry-run mode.
     pub(crate) async fn search_raw(
         &self,
         base: &str,
@@ -500,15 +582,61 @@ impl Directory {
         if self.is_dry_run() {
             return Ok(Vec::new());
         }
-        let op = format!("search {base} for {filter}");
-        let attrs: Vec<String> =
-            if attrs.is_empty() { vec!["*".into()] } else { attrs.iter().map(|a| a.to_string()).collect() };
+        let one_page = matches!(scope, Scope::Base) || limit.is_some_and(|l| l <= self.page_size.max(1) as usize);
+        let (entries, result) = self.search_once(base, scope, filter, attrs, limit, !one_page).await?;
+        Self::search_outcome(base, filter, entries, result, limit.is_some(), missing_base_ok)
+    }
+
+    /// Like [`Directory::search_raw`] without a limit, for searches that usually find few
+    /// entries (the sync's name checks): first without paging, at most `page_size` entries;
+    /// an answer cut short by that size limit is read again in pages, so the entries are
+    /// the same as a paged search's.
+    pub(crate) async fn search_few(
+        &self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+        missing_base_ok: bool,
+    ) -> Result<Vec<Entry>, DirectoryError> {
+        if self.is_dry_run() {
+            return Ok(Vec::new());
+        }
+        let page = self.page_size.max(1) as usize;
+        let (entries, result) = self.search_once(base, scope, filter, attrs, Some(page), false).await?;
+        match result {
+            // Complete: fewer entries than a page.
+            Some(r) if r.rc == 0 => Ok(entries),
+            // Cut at a page (by the server's size limit, or by ours): read it all in pages.
+            None | Some(ldap3::LdapResult { rc: 4, .. }) => {
+                self.search_raw(base, scope, filter, attrs, None, missing_base_ok).await
+            }
+            result => Self::search_outcome(base, filter, entries, result, false, missing_base_ok),
+        }
+    }
+
+    /// The entries of a search, and its final result (`None` when it was stopped at
+    /// `limit` entries and abandoned).
+    async fn search_once(
+        &self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+        limit: Option<usize>,
+        paged: bool,
+    ) -> Result<(Vec<Entry>, Option<ldap3::LdapResult>), DirectoryError> {
+        let attrs: Vec<&str> = if attrs.is_empty() { vec!["*"] } else { attrs.to_vec() };
         let page_size = self.page_size;
         let size_limit = limit.map(|l| l.min(i32::MAX as usize) as i32).unwrap_or(0);
-        let (entries, result) = self
-            .run(&op, |mut ldap| async move {
-                let adapters: Vec<Box<dyn Adapter<'_, String, Vec<String>>>> =
-                    vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(page_size))];
+        self.run(
+            || format!("search {base} for {filter}"),
+            |mut ldap| async move {
+                let adapters: Vec<Box<dyn Adapter<'_, &str, Vec<&str>>>> = if paged {
+                    vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(page_size))]
+                } else {
+                    vec![Box::new(EntriesOnly::new())]
+                };
                 let mut stream = ldap
                     .with_search_options(SearchOptions::new().sizelimit(size_limit))
                     .streaming_search_with(adapters, base, scope, filter, attrs)
@@ -525,14 +653,26 @@ impl Directory {
                     }
                 }
                 Ok((entries, Some(stream.finish().await)))
-            })
-            .await?;
+            },
+        )
+        .await
+    }
+
+    /// A search's entries, or the error its final result says.
+    fn search_outcome(
+        base: &str,
+        filter: &str,
+        entries: Vec<Entry>,
+        result: Option<ldap3::LdapResult>,
+        limited: bool,
+        missing_base_ok: bool,
+    ) -> Result<Vec<Entry>, DirectoryError> {
         match result {
             None => Ok(entries),
             Some(r) if r.rc == 0 => Ok(entries),
-            Some(r) if r.rc == 4 && limit.is_some() => Ok(entries),
+            Some(r) if r.rc == 4 && limited => Ok(entries),
             Some(r) if r.rc == 32 && missing_base_ok => Ok(Vec::new()),
-            Some(r) => Err(DirectoryError::from_result(&op, &r)),
+            Some(r) => Err(DirectoryError::from_result(&format!("search {base} for {filter}"), &r)),
         }
     }
 
@@ -541,7 +681,7 @@ impl Directory {
         let filter = filter::fill_template(&request.filter, &request.values)?;
         let base = match &request.base {
             Some(b) => Dn::parse(b).map_err(|e| DirectoryError::InvalidInput(e.to_string()))?.to_string(),
-            None => self.base_dn.to_string(),
+            None => self.base_text.clone(),
         };
         let attrs: Vec<&str> = request.attributes.iter().map(String::as_str).collect();
         for a in &attrs {
@@ -558,7 +698,7 @@ impl Directory {
             UserId::Dn(dn) => self.search_raw(dn, Scope::Base, self.schema.user_filter, attrs, None, true).await?,
             _ => {
                 let f = id.filter(self.schema, &self.employee_attr);
-                self.search_raw(&self.base_dn.to_string(), Scope::Subtree, &f, attrs, Some(2), false).await?
+                self.search_raw(&self.base_text, Scope::Subtree, &f, attrs, Some(2), false).await?
             }
         };
         match found.len() {
@@ -601,6 +741,57 @@ mod tests {
         }
         assert_eq!(sid_text(&sid).as_deref(), Some("S-1-5-21-1-2-3-500"));
         assert_eq!(sid_text(&[1, 5, 0]), None);
+    }
+
+    #[tokio::test]
+    async fn waits_for_another_key_never_close_a_circle() {
+        let locks = KeyLocks::default();
+        let a = locks.lock("A").await;
+        // Nobody syncs B, and A never waits for itself.
+        assert!(!locks.busy("B"));
+        assert!(!locks.wait_until_free("A", "B").await);
+        assert!(!locks.wait_until_free("A", "A").await);
+        let b = locks.lock("B").await;
+        let c = locks.lock("C").await;
+        // A waits for B, B for C: C waiting for A (or for B) would close a circle.
+        let a_waits = locks.wait_until_free("A", "B");
+        tokio::pin!(a_waits);
+        assert!(futures::poll!(&mut a_waits).is_pending());
+        let b_waits = locks.wait_until_free("B", "C");
+        tokio::pin!(b_waits);
+        assert!(futures::poll!(&mut b_waits).is_pending());
+        assert!(!locks.wait_until_free("C", "A").await);
+        assert!(!locks.wait_until_free("C", "B").await);
+        assert!(!locks.wait_until_free("B", "A").await);
+        // C ends: B's wait ends, then B ends and A's wait ends.
+        drop(c);
+        assert!(b_waits.await);
+        drop(b);
+        assert!(a_waits.await);
+        drop(a);
+        let table = locks.table();
+        assert!(table.locks.is_empty() && table.waits_for.is_empty(), "every key is forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_wait_is_forgotten() {
+        let locks = KeyLocks::default();
+        let a = locks.lock("A").await;
+        let b = locks.lock("B").await;
+        {
+            let a_waits = locks.wait_until_free("A", "B");
+            tokio::pin!(a_waits);
+            assert!(futures::poll!(&mut a_waits).is_pending());
+        }
+        // A no longer waits, so B may wait for A.
+        let b_waits = locks.wait_until_free("B", "A");
+        tokio::pin!(b_waits);
+        assert!(futures::poll!(&mut b_waits).is_pending());
+        drop(a);
+        assert!(b_waits.await);
+        drop(b);
+        let table = locks.table();
+        assert!(table.locks.is_empty() && table.waits_for.is_empty());
     }
 
     #[test]

@@ -189,9 +189,8 @@ impl Directory {
         if let (true, Some(pw)) = (is_ad, &user.password) {
             wire.push((b"unicodePwd".to_vec(), HashSet::from([ad::unicode_pwd(pw.expose())])));
         }
-        let op = format!("create {dn}");
-        let add_dn = dn.clone();
-        self.run(&op, |mut l| async move { l.add(&add_dn, wire).await?.success() }).await?;
+        let add_dn = dn.as_str();
+        self.run(|| format!("create {dn}"), |mut l| async move { l.add(add_dn, wire).await?.success() }).await?;
         tracing::info!(directory = %self.name, %dn, "Created user.");
         if let (false, Some(pw)) = (is_ad, &user.password) {
             self.set_ldap_password(&dn, pw).await?;
@@ -248,9 +247,8 @@ impl Directory {
         if mods.is_empty() {
             return Ok(changed);
         }
-        let op = format!("update {}", entry.dn);
-        let dn = entry.dn.clone();
-        self.run(&op, |mut l| async move { l.modify(&dn, mods).await?.success() }).await?;
+        let dn = entry.dn.as_str();
+        self.run(|| format!("update {dn}"), |mut l| async move { l.modify(dn, mods).await?.success() }).await?;
         tracing::info!(directory = %self.name, dn = %entry.dn, ?changed, "Updated user.");
         Ok(changed)
     }
@@ -293,11 +291,11 @@ impl Directory {
         if new == uac {
             return Ok(false);
         }
-        let op = format!("{} {}", if disabled { "disable" } else { "enable" }, entry.dn);
-        let dn = entry.dn.clone();
+        let verb = if disabled { "disable" } else { "enable" };
+        let dn = entry.dn.as_str();
         let mods =
             vec![Mod::Replace("userAccountControl".as_bytes().to_vec(), HashSet::from([new.to_string().into_bytes()]))];
-        self.run(&op, |mut l| async move { l.modify(&dn, mods).await?.success() }).await?;
+        self.run(|| format!("{verb} {dn}"), |mut l| async move { l.modify(dn, mods).await?.success() }).await?;
         tracing::info!(directory = %self.name, dn = %entry.dn, disabled, "Changed account state.");
         Ok(true)
     }
@@ -310,7 +308,7 @@ impl Directory {
         }
         let entry = self.locate(id, &["1.1"]).await?;
         let dn = entry.dn.clone();
-        self.run(&format!("delete {dn}"), |mut l| async move { l.delete(&dn).await?.success() }).await?;
+        self.run(|| format!("delete {}", entry.dn), |mut l| async move { l.delete(&dn).await?.success() }).await?;
         tracing::info!(directory = %self.name, dn = %entry.dn, "Deleted user.");
         Ok(())
     }
@@ -330,9 +328,10 @@ impl Directory {
         let rdn = old.leaf_rdn();
         let new_dn = format!("{rdn},{ou}");
         let (dn, sup) = (entry.dn.clone(), ou.to_string());
-        self.run(&format!("move {} to {ou}", entry.dn), |mut l| async move {
-            l.modifydn(&dn, &rdn, true, Some(&sup)).await?.success()
-        })
+        self.run(
+            || format!("move {} to {ou}", entry.dn),
+            |mut l| async move { l.modifydn(&dn, &rdn, true, Some(&sup)).await?.success() },
+        )
         .await?;
         tracing::info!(directory = %self.name, from = %entry.dn, to = %new_dn, "Moved user.");
         Ok(new_dn)
@@ -363,11 +362,8 @@ impl Directory {
         let parent = old.parent().ok_or_else(|| invalid(format!("{dn} has no parent to rename within")))?;
         let new = parent.child(&attr, new_name);
         let rdn = new.leaf_rdn();
-        let old_dn = dn.to_string();
-        self.run(&format!("rename {dn} to {rdn}"), |mut l| async move {
-            l.modifydn(&old_dn, &rdn, true, None).await?.success()
-        })
-        .await?;
+        let what = format!("rename {dn} to {rdn}");
+        self.run(|| what, |mut l| async move { l.modifydn(dn, &rdn, true, None).await?.success() }).await?;
         tracing::info!(directory = %self.name, from = %dn, to = %new, "Renamed user.");
         Ok(new.to_string())
     }
@@ -403,10 +399,11 @@ impl Directory {
                 if must_change {
                     mods.push(Mod::Replace(b"pwdLastSet".to_vec(), HashSet::from([b"0".to_vec()])));
                 }
-                let dn = entry.dn.clone();
-                self.run(&format!("reset the password of {}", entry.dn), |mut l| async move {
-                    l.modify(&dn, mods).await?.success()
-                })
+                let dn = entry.dn.as_str();
+                self.run(
+                    || format!("reset the password of {dn}"),
+                    |mut l| async move { l.modify(dn, mods).await?.success() },
+                )
                 .await?;
             }
             DirectoryKind::Ldap => self.set_ldap_password(&entry.dn, password).await?,
@@ -419,11 +416,13 @@ impl Directory {
     async fn set_ldap_password(&self, dn: &str, password: &Secret) -> Result<(), DirectoryError> {
         self.require_secure()?;
         let pw = password.clone();
-        let user = dn.to_string();
-        self.run(&format!("set the password of {dn}"), |mut l| async move {
-            let exop = PasswordModify { user_id: Some(&user), old_pass: None, new_pass: Some(pw.expose()) };
-            l.extended(exop).await?.success().map(|_| ())
-        })
+        self.run(
+            || format!("set the password of {dn}"),
+            |mut l| async move {
+                let exop = PasswordModify { user_id: Some(dn), old_pass: None, new_pass: Some(pw.expose()) };
+                l.extended(exop).await?.success().map(|_| ())
+            },
+        )
         .await
     }
 

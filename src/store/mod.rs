@@ -293,6 +293,11 @@ pub trait Store: Send + Sync {
     fn entities(&self) -> Result<Vec<String>>;
     /// Records of an entity whose fields equal every criterion (`status` matches the status).
     fn find_records(&self, entity: &str, criteria: &Fields, limit: usize) -> Result<Vec<Record>>;
+    /// Like [`Store::find_records`], among the records that have work ahead of record
+    /// `before`'s: an unfinished event older than `before`'s oldest unfinished one, or a run
+    /// waiting for a retry (`before` itself excluded). Its cost follows those events and
+    /// runs, not the number of records.
+    fn find_busy_before(&self, entity: &str, criteria: &Fields, before: &str, limit: usize) -> Result<Vec<Record>>;
     /// Rules that already have a run for this event, with its status (the run ledger).
     fn runs_of_event(&self, event_id: i64) -> Result<Vec<Run>>;
     /// Saves a run with the writes it made (see [`Commit`]); returns the run's id and the

@@ -518,6 +518,70 @@ fn json_path(field: &str) -> Option<String> {
     Some(p)
 }
 
+/// Adds `criteria` to a `SELECT id FROM records WHERE ...` query; returns the criteria
+/// checked on the loaded records instead.
+fn criteria_sql(criteria: &Fields, sql: &mut String, args: &mut Vec<String>) -> Fields {
+    let mut in_rust = Fields::new();
+    for (k, v) in criteria {
+        match (k.as_str(), json_path(k)) {
+            ("id" | "status", _) => {
+                sql.push_str(&format!(" AND {k} = ?"));
+                args.push(v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
+            }
+            // `json_extract` gives SQL values, which lose the JSON type: `true` reads as 1, an
+            // object as its text, and a missing field as a null. Text and numbers are compared
+            // with their type checked; other criteria are checked on the loaded records,
+            // so that look-alikes never fill the limit.
+            (_, Some(path)) if v.is_string() || v.is_number() => {
+                let types = if v.is_string() { "'text'" } else { "'integer', 'real'" };
+                sql.push_str(&format!(
+                    " AND json_type(fields, ?) IN ({types}) AND json_extract(fields, ?) = json_extract(?, '$')"
+                ));
+                args.push(path.clone());
+                args.push(path);
+                args.push(v.to_string());
+            }
+            (_, _) => {
+                in_rust.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    in_rust
+}
+
+/// Runs a query of record ids built with [`criteria_sql`] and loads at most `limit` of the
+/// records, in id order, that also match `in_rust`.
+fn load_matching(
+    conn: &Connection,
+    mut sql: String,
+    mut args: Vec<String>,
+    in_rust: &Fields,
+    limit: usize,
+) -> Result<Vec<Record>> {
+    sql.push_str(" ORDER BY id");
+    // Criteria checked on the loaded records come before the limit.
+    if in_rust.is_empty() {
+        sql.push_str(" LIMIT ?");
+        args.push(limit.to_string());
+    }
+    let ids: Vec<String> = {
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut found = Vec::new();
+    for id in &ids {
+        if found.len() >= limit {
+            break;
+        }
+        match load_record(conn, id)? {
+            Some(r) if r.matches(in_rust) => found.push(r),
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
 fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised: &mut Vec<Event>) -> Result<()> {
     let now = Utc::now();
     match w {
@@ -962,54 +1026,25 @@ impl Store for SqliteStore {
     fn find_records(&self, entity: &str, criteria: &Fields, limit: usize) -> Result<Vec<Record>> {
         let mut sql = String::from("SELECT id FROM records WHERE entity = ?");
         let mut args: Vec<String> = vec![entity.to_string()];
-        let mut in_rust = Fields::new();
-        for (k, v) in criteria {
-            match (k.as_str(), json_path(k)) {
-                ("id" | "status", _) => {
-                    sql.push_str(&format!(" AND {k} = ?"));
-                    args.push(v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
-                }
-                // `json_extract` gives SQL values, which lose the JSON type: `true` reads as 1, an
-                // object as its text, and a missing field as a null. Text and numbers are compared
-                // with their type checked; other criteria are checked on the loaded records,
-                // so that look-alikes never fill the limit.
-                (_, Some(path)) if v.is_string() || v.is_number() => {
-                    let types = if v.is_string() { "'text'" } else { "'integer', 'real'" };
-                    sql.push_str(&format!(
-                        " AND json_type(fields, ?) IN ({types}) AND json_extract(fields, ?) = json_extract(?, '$')"
-                    ));
-                    args.push(path.clone());
-                    args.push(path);
-                    args.push(v.to_string());
-                }
-                (_, _) => {
-                    in_rust.insert(k.clone(), v.clone());
-                }
-            }
-        }
-        sql.push_str(" ORDER BY id");
-        // Criteria checked on the loaded records come before the limit.
-        if in_rust.is_empty() {
-            sql.push_str(" LIMIT ?");
-            args.push(limit.to_string());
-        }
+        let in_rust = criteria_sql(criteria, &mut sql, &mut args);
+        load_matching(&self.conn(), sql, args, &in_rust, limit)
+    }
+
+    fn find_busy_before(&self, entity: &str, criteria: &Fields, before: &str, limit: usize) -> Result<Vec<Record>> {
+        // Candidates come from the unfinished events ahead of `before`'s (the partial index
+        // `events_pending`: those in flight when the queue is run in order) and the runs
+        // waiting for a retry (`runs_retrying`), never from a scan of the entity's records.
+        let mut sql = String::from(
+            "SELECT id FROM records WHERE entity = ? AND id IN (\
+             SELECT e.record_id FROM events e WHERE e.done = 0 AND e.id < (\
+             SELECT COALESCE(MIN(m.id), 9223372036854775807) FROM events m WHERE m.record_id = ? AND m.done = 0) \
+             UNION SELECT r.record_id FROM runs r INDEXED BY runs_retrying WHERE r.status = 'retrying')",
+        );
+        let mut args: Vec<String> = vec![entity.to_string(), before.to_string()];
+        let in_rust = criteria_sql(criteria, &mut sql, &mut args);
         let conn = self.conn();
-        let ids: Vec<String> = {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        let mut found = Vec::new();
-        for id in &ids {
-            if found.len() >= limit {
-                break;
-            }
-            match load_record(&conn, id)? {
-                Some(r) if r.matches(&in_rust) => found.push(r),
-                _ => {}
-            }
-        }
-        Ok(found)
+        let found = load_matching(&conn, sql, args, &in_rust, limit)?;
+        Ok(found.into_iter().filter(|r| r.id != before).collect())
     }
 
     fn runs_of_event(&self, event_id: i64) -> Result<Vec<Run>> {
@@ -1231,6 +1266,50 @@ mod tests {
         assert_eq!(s.find_records("ticket", &fields(json!({"a": 5})), 10).unwrap().len(), 1);
         assert_eq!(s.find_records("ticket", &fields(json!({"a": 1})), 10).unwrap().len(), 0);
         assert_eq!(s.find_records("ticket", &fields(json!({"status": "open", "b": 2})), 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn busy_records_before_one_are_those_with_work_ahead_of_it() {
+        let s = SqliteStore::in_memory().unwrap();
+        let boss = |n: u32| ingest("ticket", EventKind::Created, None, json!({"EmployeeId": "M1", "n": n}));
+        let items = [
+            boss(0),
+            boss(1),
+            ingest("ticket", EventKind::Created, None, json!({"EmployeeId": 1})),
+            ingest("note", EventKind::Created, None, json!({"EmployeeId": "M1"})),
+            ingest("ticket", EventKind::Created, None, json!({"ManagerEmployeeId": "M1"})),
+            boss(2),
+        ];
+        let events: Vec<Event> = s.ingest_all(&items).unwrap().into_iter().flatten().collect();
+        let report = events[4].record.id.clone();
+        let ids = |found: Vec<Record>| found.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        let m1 = fields(json!({"EmployeeId": "M1"}));
+        let mut ahead = vec![events[0].record.id.clone(), events[1].record.id.clone()];
+        ahead.sort();
+        // Not the text field's look-alike, not another entity's, not one queued after.
+        assert_eq!(ids(s.find_busy_before("ticket", &m1, &report, 16).unwrap()), ahead);
+        assert_eq!(s.find_busy_before("ticket", &m1, &report, 1).unwrap().len(), 1);
+        // Finished: no longer ahead. Waiting for a retry: ahead again, wherever its event was.
+        s.finish_event(events[0].id).unwrap();
+        assert_eq!(ids(s.find_busy_before("ticket", &m1, &report, 16).unwrap()), vec![events[1].record.id.clone()]);
+        s.finish_event(events[5].id).unwrap();
+        s.commit_run(Commit {
+            run: &Run { status: RunStatus::Retrying, next_attempt_at: Some(Utc::now()), ..run_of(&events[5], "r") },
+            writes: &[],
+            depth: 1,
+            finish_event: None,
+            claim_raised: None,
+        })
+        .unwrap();
+        let mut ahead = vec![events[1].record.id.clone(), events[5].record.id.clone()];
+        ahead.sort();
+        assert_eq!(ids(s.find_busy_before("ticket", &m1, &report, 16).unwrap()), ahead);
+        // A record never lists itself, and one with no unfinished event has every unfinished
+        // event ahead of it.
+        let own = events[1].record.id.clone();
+        assert_eq!(ids(s.find_busy_before("ticket", &m1, &own, 16).unwrap()), vec![events[5].record.id.clone()]);
+        s.finish_event(events[4].id).unwrap();
+        assert_eq!(ids(s.find_busy_before("ticket", &m1, &report, 16).unwrap()), ahead);
     }
 
     #[test]

@@ -787,3 +787,76 @@ async fn ldap_flexhr_sync() {
     let err = dir.sync_flexhr_user(&record(leaver)).await.unwrap_err();
     assert!(matches!(err, DirectoryError::Unsupported(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn ldap_flexhr_a_manager_synced_at_the_same_time_is_resolved() {
+    let server = Slapd::start();
+    let dir = server.directory();
+    let mut admin = server.admin().await;
+    let person = |emp: &str, first: &str, last: &str, manager: Option<&str>| {
+        record(json!({"EmployeeId": emp, "FirstName": first, "LastName": last, "ManagerEmployeeId": manager,
+                      "IsNewUser": 1, "Active": true}))
+    };
+    let boss = person("M1", "Max", "Boss", None);
+    let reports: Vec<_> =
+        (0..5).map(|i| person(&format!("R{i}"), "Rita", &format!("Report {i}"), Some("M1"))).collect();
+    // Two new people named as each other's manager: neither may wait for the other forever.
+    let (ann, bob) = (person("A1", "Ann", "Mutual", Some("B1")), person("B1", "Bob", "Mutual", Some("A1")));
+    // All at once on the one connection, the manager's sync started first (join! polls in
+    // order): each report's look-up of the manager reaches the server before or after the
+    // manager is created, as it happens.
+    let (boss_out, report_outs, ann_out, bob_out) = futures::join!(
+        dir.sync_flexhr_user(&boss),
+        futures::future::join_all(reports.iter().map(|r| dir.sync_flexhr_user(r))),
+        dir.sync_flexhr_user(&ann),
+        dir.sync_flexhr_user(&bob),
+    );
+    let boss_out = boss_out.unwrap();
+    assert_eq!(boss_out.status, SyncStatus::Created);
+    for out in report_outs {
+        let out = out.unwrap();
+        assert_eq!(out.status, SyncStatus::Created);
+        assert_eq!(out.manager, ManagerOutcome::Resolved { employee_id: "M1".into(), dn: boss_out.dn.clone() });
+        assert!(out.is_complete());
+        assert_eq!(read_attr(&mut admin, &out.dn, "manager").await, vec![boss_out.dn.clone()]);
+    }
+    let (ann_out, bob_out) = (ann_out.unwrap(), bob_out.unwrap());
+    assert_eq!((ann_out.status, bob_out.status), (SyncStatus::Created, SyncStatus::Created));
+    // One of the two waited for the other and has its manager; the other could not wait
+    // (its manager's sync was waiting for it) and says its manager must be entered.
+    let resolved = [&ann_out, &bob_out].iter().filter(|o| o.is_complete()).count();
+    assert!(resolved >= 1, "{ann_out:?} {bob_out:?}");
+    // What each says of its manager is what is written.
+    for (emp, out) in [("A1", &ann_out), ("B1", &bob_out)] {
+        let other = if emp == "A1" { &bob_out } else { &ann_out };
+        let written = read_attr(&mut admin, &out.dn, "manager").await;
+        match &out.manager {
+            ManagerOutcome::Resolved { dn, .. } => assert_eq!((dn, &written), (&other.dn, &vec![other.dn.clone()])),
+            ManagerOutcome::Unresolved { .. } => assert!(written.is_empty(), "{written:?}"),
+            ManagerOutcome::NotGiven => panic!("{emp} names a manager"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn ldap_flexhr_long_names_get_a_free_cn_each() {
+    let server = Slapd::start();
+    let dir = server.directory();
+    // 63 characters: the CNs with a suffix are cut (`... (2)` keeps 60 of them), so they
+    // do not start with the whole name.
+    let last = format!("Averyveryverylonglastname-{}", "x".repeat(48 - "Averyveryverylonglastname-".len()));
+    let first = "Maria Fernanda";
+    assert_eq!(format!("{first} {last}").chars().count(), 63);
+    let mut dns = Vec::new();
+    for i in 0..4 {
+        let out = dir
+            .sync_flexhr_user(&record(json!({"EmployeeId": format!("L{i}"), "FirstName": first, "LastName": last})))
+            .await
+            .unwrap();
+        assert_eq!(out.status, SyncStatus::Created);
+        dns.push(out.dn);
+    }
+    let unique: std::collections::HashSet<String> = dns.iter().map(|d| d.to_lowercase()).collect();
+    assert_eq!(unique.len(), 4, "{dns:#?}");
+    assert!(dns[1].contains(" (2),") && dns[3].contains(" (4),"), "{dns:#?}");
+}

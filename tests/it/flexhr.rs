@@ -36,7 +36,12 @@ const ENGINE: &str = "[engine]\nmax_attempts = 3\nretry_backoff_ms = 50\nretry_m
 
 /// A project with the shipped rule and script and the given directories.
 fn seed_project(sections: &str) -> Project {
-    let p = Project::new(&format!("{ENGINE}{sections}"));
+    seed_project_with(ENGINE, sections)
+}
+
+/// [`seed_project`] with an `[engine]` section of its own.
+fn seed_project_with(engine: &str, sections: &str) -> Project {
+    let p = Project::new(&format!("{engine}{sections}"));
     p.file("rules/process_flexhr_user.toml", &repo_file("rules/process_flexhr_user.toml"))
         .file("scripts/process_flexhr_user.rhai", &repo_file("scripts/process_flexhr_user.rhai"));
     p
@@ -568,4 +573,81 @@ async fn ldap_kind_runs_the_same_flow() {
         c.starts_with("failed to synchronize with Flex HR: directory ActiveDirectory: employee E1 is not active"),
         "{c}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_workers_make_one_user_per_employee_and_resolve_a_manager_of_the_same_batch() {
+    let server = Slapd::start();
+    let mut admin = server.admin().await;
+    let p = seed_project_with(
+        // Enough attempts for people whose names collide while they run at once (each attempt
+        // that loses a name to another worker is retried).
+        "[engine]\nworkers = 8\nmax_attempts = 8\nretry_backoff_ms = 50\nretry_max_backoff_ms = 200\n\n",
+        &format!(
+            "[directories.ActiveDirectory]\nkind = \"ldap\"\nurl = \"{}\"\nbind_dn = \"{LDAP_ADMIN}\"\n\
+             bind_password = \"{LDAP_ADMIN_PW}\"\nbase_dn = \"{LDAP_BASE}\"\nusers_ou = \"ou=people,{LDAP_BASE}\"\n\
+             ca_file = '{}'\n",
+            server.ldaps_url(),
+            certs().ca.display()
+        ),
+    );
+    let tag = unique();
+    let boss = format!("M{tag}");
+    let mut lines = Vec::new();
+    // The manager's tickets first, as many as there are workers: every later ticket starts
+    // after one of them has ended (each worker takes the next ticket when it is done with
+    // one), so by then the manager exists, created in this batch.
+    for i in 0..8 {
+        lines.push(ticket(&boss, "Max", "Boss", json!({"Subject": format!("copy {i}")})));
+    }
+    // Six reports with three tickets each, interleaved, all at once.
+    let reports: Vec<String> = (0..6).map(|i| format!("R{i}{tag}")).collect();
+    for copy in 0..3 {
+        for (i, emp) in reports.iter().enumerate() {
+            let extra = json!({"ManagerEmployeeId": boss, "Subject": format!("copy {copy}")});
+            lines.push(ticket(emp, "Rita", &format!("Report {i}"), extra));
+        }
+    }
+    // Three different people with the same name: their CNs and logon names collide.
+    let namesakes: Vec<String> = (0..3).map(|i| format!("N{i}{tag}")).collect();
+    for emp in &namesakes {
+        lines.push(ticket(emp, "Sam", "Same", json!({})));
+    }
+    let ran = p.run_stdin(&["fire", "ticket", "--record", "-", "--queue"], Some(&lines.join("\n")));
+    assert_eq!(ran.code, 0, "{ran:?}");
+
+    let daemon = Daemon::start(&p);
+    let runs = wait_for_runs(&p, "the daemon did not finish", |runs| {
+        runs.iter().filter(|r| r["rule"] == SEED_RULE && r["status"] == "ok").count() == lines.len()
+    });
+    daemon.stop();
+    assert!(runs.iter().all(|r| r["status"] == "ok"), "{runs:#?}");
+
+    let boss_dns = dns_with(&mut admin, LDAP_BASE, "employeeNumber", &boss).await;
+    assert_eq!(boss_dns.len(), 1, "one entry for the manager's eight tickets: {boss_dns:?}");
+    for emp in &reports {
+        let dns = dns_with(&mut admin, LDAP_BASE, "employeeNumber", emp).await;
+        assert_eq!(dns.len(), 1, "one entry for three tickets of {emp}: {dns:?}");
+        assert_eq!(read_attr(&mut admin, &dns[0], "manager").await, boss_dns, "{emp}'s manager");
+    }
+    let mut cns = HashSet::new();
+    let mut logins = HashSet::new();
+    for emp in &namesakes {
+        let dns = dns_with(&mut admin, LDAP_BASE, "employeeNumber", emp).await;
+        assert_eq!(dns.len(), 1, "{emp}: {dns:?}");
+        cns.insert(dns[0].to_lowercase());
+        logins.insert(read_attr(&mut admin, &dns[0], "uid").await.pop().unwrap());
+    }
+    assert_eq!((cns.len(), logins.len()), (3, 3), "{cns:?} {logins:?}");
+    assert_eq!(dns_with(&mut admin, &format!("ou=people,{LDAP_BASE}"), "objectClass", "inetOrgPerson").await.len(), 10);
+    // Every ticket closed: created, or already up to date, with the manager set.
+    let tickets = p.records("ticket");
+    assert_eq!(tickets.len(), lines.len());
+    for t in tickets {
+        assert_eq!(t["status"], "closed", "{t:#}");
+        let c = comments(&t).join("\n");
+        if t["ManagerEmployeeId"] == boss {
+            assert!(c.contains(&format!("; manager: {}", boss_dns[0])), "{c}");
+        }
+    }
 }

@@ -278,3 +278,42 @@ async fn many_connections_at_once_are_each_stored_and_run_once() {
     }
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_holds_deliveries_back_then_refuses_them_storing_nothing() {
+    // Three events may wait; each run takes 6 s, longer than a delivery waits for room.
+    let text = hooks().replace("request_timeout_ms = 400\n", "request_timeout_ms = 400\nmax_queue_depth = 3\n");
+    let d = TestDaemon::start(
+        &format!("{text}\n[limits]\ntimeout_ms = 20000\n"),
+        &[("rules/nexthink.toml", RULE), ("scripts/got.rhai", "sleep(6); api.info(`got ${record.Title}`);")],
+    )
+    .await;
+    let send = |title: &str| {
+        let body = format!(r#"{{"Title": "{title}"}}"#);
+        let signature = sign(HMAC_SECRET, body.as_bytes());
+        let d = &d;
+        async move { post_signed(d, &body, Some(&signature), None).await }
+    };
+    let mut accepted = Vec::new();
+    for title in ["one", "two", "three"] {
+        let r = send(title).await;
+        assert_eq!(r.status(), 202);
+        accepted.push(r.json::<Value>().await.unwrap()["event_id"].as_i64().unwrap());
+    }
+    // The fourth and fifth wait for room, find none, and are refused with the bound named.
+    for title in ["four", "five"] {
+        let r = send(title).await;
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "5");
+        let text = r.text().await.unwrap();
+        assert!(text.contains("[server] max_queue_depth = 3") && text.contains("nothing was stored"), "{text}");
+    }
+    assert!(d.runtime.store().get_event(accepted[2] + 1).unwrap().is_none(), "nothing of the refused is stored");
+    // Nothing accepted is lost: each runs, and once they have, deliveries are taken again.
+    for id in &accepted {
+        assert_eq!(d.runs_of(*id).await[0].status, tripline::store::RunStatus::Ok);
+    }
+    d.drained().await;
+    assert_eq!(send("six").await.status(), 202);
+    d.stop().await;
+}

@@ -373,11 +373,12 @@ fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<M
 /// Tickets run concurrently, one record each, so a job that opens a ticket for a manager and
 /// then one for their report may see the report's run start first. When the record names a
 /// manager who has an *earlier* open ticket of the same entity still being processed (an
-/// unfinished event, or a run waiting for a retry), this waits for that ticket, polling the
-/// store, until it is done or the run's deadline is near; the manager is then looked up as
-/// it would be had the tickets run one after the other. Only earlier tickets are waited for,
-/// so two tickets naming each other never wait on each other. A dry run does not wait: it
-/// changes nothing for the manager's run to provide.
+/// unfinished event ahead of this ticket's in the queue, or a run waiting for a retry; an
+/// event queued after this ticket's is not the manager's creation), this waits for that
+/// ticket, polling the store, until it is done or the run's deadline is near; the manager is
+/// then looked up as it would be had the tickets run one after the other. Only earlier
+/// tickets are waited for, so two tickets naming each other never wait on each other. A dry
+/// run does not wait: it changes nothing for the manager's run to provide.
 fn wait_for_earlier_manager_ticket(ctx: &RunCtx, ticket: &Record, fields: &Fields) -> Result<(), StoreError> {
     const POLL: Duration = Duration::from_millis(20);
     /// Left of the run's time for the sync itself after waiting.
@@ -388,9 +389,11 @@ fn wait_for_earlier_manager_ticket(ctx: &RunCtx, ticket: &Record, fields: &Field
         return Ok(());
     }
     let criteria: Fields = [("EmployeeId".to_string(), Value::from(manager))].into_iter().collect();
+    // Only tickets with work ahead of this one's are read (not every ticket of the entity,
+    // which would make each run cost more as the store grows).
     let earlier: Vec<Record> = ctx
         .store
-        .find_records(&ticket.entity, &criteria, 16)?
+        .find_busy_before(&ticket.entity, &criteria, &ticket.id, 16)?
         .into_iter()
         .filter(|r| r.status == Status::Open && (r.created_at, &r.id) < (ticket.created_at, &ticket.id))
         .collect();
