@@ -95,11 +95,12 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
         .route("/directories", get(pages::directories))
         .route("/directories/{name}/test", post(pages::test_directory))
         .route("/logout", post(pages::logout))
-        .fallback(pages::not_found)
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_session));
     Router::new()
         .route("/login", get(pages::login_form).post(pages::login))
+        .route("/favicon.ico", get(pages::favicon))
         .merge(pages)
+        .fallback(pages::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)

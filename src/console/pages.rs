@@ -151,8 +151,12 @@ fn safe_next(next: &str) -> String {
     }
 }
 
-fn login_page(status: StatusCode, error: Option<String>, next: &str) -> Response {
-    let csrf = auth::random_token();
+/// The login page. Its token stays the one in the browser's login cookie when there is one,
+/// so that another tab (or the browser fetching an icon) does not void the form at hand.
+fn login_page(headers: &HeaderMap, status: StatusCode, error: Option<String>, next: &str) -> Response {
+    let csrf = auth::cookie(headers, auth::LOGIN_COOKIE)
+        .filter(|c| c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(auth::random_token);
     let mut res = render(status, &LoginPage { error, next: safe_next(next), csrf: csrf.clone() });
     if let Ok(v) = auth::set_cookie(auth::LOGIN_COOKIE, &csrf, std::time::Duration::from_secs(3600)).parse() {
         res.headers_mut().append(header::SET_COOKIE, v);
@@ -160,8 +164,8 @@ fn login_page(status: StatusCode, error: Option<String>, next: &str) -> Response
     res
 }
 
-pub async fn login_form(Query(q): Query<HashMap<String, String>>) -> Response {
-    login_page(StatusCode::OK, None, q.get("next").map(String::as_str).unwrap_or("/"))
+pub async fn login_form(headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    login_page(&headers, StatusCode::OK, None, q.get("next").map(String::as_str).unwrap_or("/"))
 }
 
 pub async fn login(
@@ -176,6 +180,7 @@ pub async fn login(
     let given = field(&f, "csrf");
     if expected.is_empty() || expected.len() != given.len() || !constant_eq(&expected, given) {
         return login_page(
+            &headers,
             StatusCode::FORBIDDEN,
             Some("The login form expired or came from elsewhere: log in again.".into()),
             next,
@@ -192,7 +197,7 @@ pub async fn login(
     let Some(account) = state.settings.users.get(&user).filter(|_| ok) else {
         state.throttle.failed(peer.ip(), &user);
         tracing::warn!(user = %short(&user, 64), client = %peer.ip(), "Console login failed.");
-        return login_page(StatusCode::UNAUTHORIZED, Some("Wrong user name or password.".into()), next);
+        return login_page(&headers, StatusCode::UNAUTHORIZED, Some("Wrong user name or password.".into()), next);
     };
     state.throttle.succeeded(peer.ip(), &user);
     let token = state.sessions.start(&user, account.role);
@@ -225,8 +230,18 @@ pub async fn logout(State(state): Shared, Extension(s): Extension<Session>, body
     res
 }
 
-pub async fn not_found(Extension(s): Extension<Session>) -> Response {
-    message(&s, StatusCode::NOT_FOUND, "Not found", "There is no such page in the console.")
+/// Any other path: sent to the login page without a session (so that no path tells an
+/// anonymous visitor whether it exists), "not found" with one.
+/// The browser's icon request: nothing, and no redirect to the login page.
+pub async fn favicon() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+pub async fn not_found(State(state): Shared, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    match state.sessions.find(&headers) {
+        Some(s) => message(&s, StatusCode::NOT_FOUND, "Not found", "There is no such page in the console."),
+        None => redirect(&format!("/login?next={}", pct(uri.path()))),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
