@@ -15,7 +15,7 @@
 //!
 //! What a SIGHUP applies at once: `[webhooks.*]` and `[notify.*]`, and the rules and scripts.
 //! What needs a restart (a warning names the section when it changed): `[engine]`, `[limits]`,
-//! `[server]`, `[directories.*]`, `[connections.*]` and `[jobs.*]`, because the runtime, the
+//! `[server]`, `[console]`, `[directories.*]`, `[connections.*]` and `[jobs.*]`, because the runtime, the
 //! script engine, the listener and the host connections were built from them.
 
 use std::future::Future;
