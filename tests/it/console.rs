@@ -259,7 +259,10 @@ async fn console_pages_show_a_failed_run_a_ticket_a_broken_file_and_a_replay_aft
     assert!(problems.contains("broken.toml:3:") && problems.contains("equls"), "{problems}");
     assert!(b.text_of("#rules").await.contains("Thank the requester"));
 
-    // The operator fixes the script, the daemon reloads it, and Replay ends in an ok run.
+    // The operator fixes the script, the daemon reloads it, and Replay ends in an ok run: on
+    // the run's page, and for several runs selected on the list.
+    let second = d.submit("ticket", json!({"Kind": "fragile", "Subject": "Laptop for Bob"}));
+    let second_run = d.runs_of(second.id).await[0].id;
     b.click("#logout").await;
     log_in(&b, &d, "ann", OPERATOR_PW).await;
     let reloads = d.reloads().await;
@@ -271,6 +274,13 @@ async fn console_pages_show_a_failed_run_a_ticket_a_broken_file_and_a_replay_aft
     assert_eq!(b.text_of("#run-status").await, "ok");
     assert!(b.text_of("#log").await.contains("HR said yes"));
     assert!(!b.has("#run-error").await);
+    b.goto(&console_url(&d, "/runs?status=failed")).await;
+    b.check(&format!("input[name='run'][value='{second_run}']")).await;
+    b.click("#replay-selected").await;
+    assert_eq!(b.path().await, "/runs?status=failed");
+    assert!(b.has("#no-runs").await, "no failed run is left: {}", b.text_of("main").await);
+    let run = d.runtime.store().get_run(second_run).unwrap().unwrap();
+    assert_eq!(run.status, tripline::store::RunStatus::Ok, "{run:?}");
 
     // The rule test form: verdicts and planned writes, nothing written.
     b.goto(&console_url(&d, "/rules")).await;
@@ -280,7 +290,7 @@ async fn console_pages_show_a_failed_run_a_ticket_a_broken_file_and_a_replay_aft
     let result = b.text_of("#test-result").await;
     assert!(result.contains("matches") && result.contains("Thanks, we are on it"), "{result}");
     let tickets = d.runtime.store().find_records("ticket", &Default::default(), 100).unwrap();
-    assert_eq!(tickets.len(), 2, "the test wrote nothing");
+    assert_eq!(tickets.len(), 3, "the test wrote nothing");
     b.close().await;
     d.stop().await;
 }

@@ -80,9 +80,26 @@ impl Browser {
         !self.client.find_all(Locator::Css(css)).await.unwrap().is_empty()
     }
 
+    /// Clicks what loads another page (a link, a form's button), and waits until the page it
+    /// was on is gone: a form's POST may still be on its way when the click returns, and the
+    /// next command must not read the old page.
     pub async fn click(&self, css: &str) {
+        let old = self.client.find(Locator::Css("html")).await.unwrap();
         let e = self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css:?} on the page: {e}"));
         e.click().await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // The old page's root element goes stale once the next page replaces it.
+        while old.tag_name().await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "clicking {css:?} loaded no page");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Ticks a checkbox (no page loads).
+    pub async fn check(&self, css: &str) {
+        let e = self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css:?} on the page: {e}"));
+        e.click().await.unwrap();
+        assert!(e.is_selected().await.unwrap(), "{css:?} is ticked");
     }
 
     pub async fn fill(&self, css: &str, text: &str) {
