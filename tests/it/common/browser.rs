@@ -1,6 +1,7 @@
 //! A real headless Chromium driven over WebDriver (fantoccini): the harness starts Debian's
 //! `chromedriver` on a free port with a profile in a temp folder, and stops it when dropped.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -31,7 +32,10 @@ impl Browser {
             assert!(std::path::Path::new(path).exists(), "{what} is not installed at {path}: {INSTALL}");
         }
         let port = free_port();
+        // A process group of its own, so that the browsers chromedriver starts are stopped
+        // with it even when a test fails before it closes its session.
         let driver = Command::new(CHROMEDRIVER)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -43,7 +47,8 @@ impl Browser {
                 "binary": CHROMIUM,
                 "args": [
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--window-size=1366,900", "--no-first-run", "--disable-extensions",
+                    "--window-size=1366,900", "--no-first-run", "--disable-extensions", "--disable-crash-reporter",
+                    "--disable-breakpad",
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
             }
@@ -128,16 +133,17 @@ impl Browser {
         std::fs::write(path, png).unwrap();
     }
 
-    /// Ends the session and the driver.
-    pub async fn close(mut self) {
+    /// Ends the session, then the driver and whatever it started (see [`Drop`]).
+    pub async fn close(self) {
         let _ = self.client.clone().close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 
 impl Drop for Browser {
+    /// Stops chromedriver's process group: the driver and the browser it started.
     fn drop(&mut self) {
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
