@@ -15,7 +15,7 @@
 //!
 //! What a SIGHUP applies at once: `[webhooks.*]` and `[notify.*]`, and the rules and scripts.
 //! What needs a restart (a warning names the section when it changed): `[engine]`, `[limits]`,
-//! `[server]`, `[directories.*]`, `[connections.*]` and `[jobs.*]`, because the runtime, the
+//! `[server]`, `[console]`, `[directories.*]`, `[connections.*]` and `[jobs.*]`, because the runtime, the
 //! script engine, the listener and the host connections were built from them.
 
 use std::future::Future;
@@ -72,6 +72,9 @@ pub struct Options {
     pub idle_poll: Duration,
     /// How long requests in progress may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// A listener bound already for the console (tests bind port 0); otherwise `[console]
+    /// listen` is bound. Without `[console]`, no console.
+    pub console_listener: Option<tokio::net::TcpListener>,
     control: Option<UnboundedReceiver<Control>>,
 }
 
@@ -84,6 +87,7 @@ impl Default for Options {
             listener: None,
             idle_poll: IDLE_POLL,
             shutdown_grace: Duration::from_secs(10),
+            console_listener: None,
             control: None,
         }
     }
@@ -226,6 +230,17 @@ pub async fn run_with(
         }
     };
     daemon.server = server.as_ref().map(|s| s.state.clone());
+    let console = match start_console(&runtime, &mut options, &status, &wake, &daemon.dispatcher).await {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(server) = server {
+                let _ = server.stop.send(());
+                let _ = server.task.await;
+            }
+            let _ = tokio::task::spawn_blocking(move || dispatcher.stop()).await;
+            return Err(e);
+        }
+    };
     let (_control_tx, mut control_rx) = controls(&mut options);
     let (scheduler_stop, scheduler_stopped) = tokio::sync::oneshot::channel::<()>();
     // Jobs' writes raise events claimed by the dispatcher, which goes on with them.
@@ -256,6 +271,10 @@ pub async fn run_with(
         if let Some(server) = server {
             let _ = server.stop.send(());
             let _ = server.task.await;
+        }
+        if let Some((stop, task)) = console {
+            let _ = stop.send(());
+            let _ = task.await;
         }
     };
     // Runs in progress finish; events queued but not started are released for the next start.
@@ -329,6 +348,38 @@ async fn start_server(
         let _ = stopped.await;
     }));
     Ok(Some(RunningServer { state, stop, task }))
+}
+
+/// Starts the console on the given listener, or on `[console] listen`; `None` without
+/// `[console]`. Replays and job runs from the console go to this daemon's dispatcher.
+async fn start_console(
+    runtime: &Arc<Runtime>,
+    options: &mut Options,
+    status: &Arc<Mutex<Status>>,
+    wake: &Arc<Notify>,
+    dispatcher: &crate::dispatch::Control,
+) -> Result<Option<(tokio::sync::oneshot::Sender<()>, JoinHandle<()>)>, DaemonError> {
+    let Some(settings) = runtime.config().console.clone() else { return Ok(None) };
+    let listener = match options.console_listener.take() {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| DaemonError::Bind { addr: settings.listen.to_string(), source: e })?,
+    };
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    info!(%addr, users = settings.users.len(), "Serving the console.");
+    let state = Arc::new(crate::console::ConsoleState::new(
+        runtime.clone(),
+        settings,
+        dispatcher.owner().to_string(),
+        wake.clone(),
+        health_report(runtime.clone(), status.clone(), dispatcher.clone()),
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(crate::console::serve(listener, state, options.shutdown_grace, async {
+        let _ = stopped.await;
+    }));
+    Ok(Some((stop, task)))
 }
 
 /// Runs jobs on the runtime's blocking threads; their runs land in the run history and the
@@ -597,7 +648,7 @@ impl Daemon {
 fn changed_sections(old: &str, new: &str) -> Vec<String> {
     let parse = |t: &str| t.parse::<toml::Table>().unwrap_or_default();
     let (old, new) = (parse(old), parse(new));
-    ["engine", "limits", "server", "directories", "connections", "jobs"]
+    ["engine", "limits", "server", "directories", "connections", "jobs", "console"]
         .into_iter()
         .filter(|k| old.get(*k) != new.get(*k))
         .map(String::from)

@@ -51,6 +51,7 @@
 //! |---|---|---|
 //! | ingress | [`cli`] | the command line: `check`, `fire`, `test`, `replay`, `job run`, ...; `tripline run` starts the daemon |
 //! | | [`daemon`] | `tripline run`: the loop that ties the rest together; jobs run on the scheduler's ticks |
+//! | | [`console`] | `[console]`: the admin console, server-rendered pages for people behind a login |
 //! | | [`server`] | `[server]`: the HTTP server: router, `/healthz`, `/metrics`, the ingestion of deliveries |
 //! | | [`webhook`] | `[webhooks.NAME]`: a delivery's authentication (HMAC, bearer) and the record it becomes |
 //! | | [`scheduler`] | `[jobs.NAME]`: cron schedules and the loop that starts jobs on them |
@@ -75,6 +76,7 @@
 //!
 //! - [`cli`]
 //! - [`daemon`]
+//! - [`console`]
 //! - [`dispatch`]
 //! - [`runtime`]
 //! - [`catalog`]
@@ -90,6 +92,7 @@ pub mod class;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod daemon;
 pub mod de;
 pub mod diag;

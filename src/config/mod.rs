@@ -9,6 +9,7 @@
 //! reads the file, resolves relative folders against the file's own folder, and builds every
 //! section, so that all problems are reported at once, each as `path:line:col: message`.
 
+mod console;
 mod engine;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +30,7 @@ use crate::script::LimitsConfig;
 use crate::secret::Secrets;
 use crate::server::{ServerConfig, ServerSettings};
 use crate::webhook::{WebhookConfig, Webhooks};
+pub use console::{ConsoleConfig, ConsoleSettings, ConsoleUser, Credential, Role};
 pub use engine::{AfterFailure, EngineConfig};
 
 /// `tripline.toml` as written: each section as its own module reads it.
@@ -51,6 +53,8 @@ struct Document {
     webhooks: BTreeMap<String, Spanned<WebhookConfig>>,
     #[serde(default)]
     notify: BTreeMap<String, Spanned<NotifyConfig>>,
+    #[serde(default)]
+    console: Option<ConsoleConfig>,
 }
 
 /// A TOML error with a suggestion when it is an unknown key (serde's "unknown field `x`,
@@ -94,6 +98,8 @@ pub struct Config {
     pub webhooks: Webhooks,
     /// `[notify.NAME]`.
     pub notify: BTreeMap<String, Arc<Channel>>,
+    /// `[console]`: no section, no console.
+    pub console: Option<ConsoleSettings>,
     /// Every name the file declares, built or not.
     pub declared: Declared,
     /// Problems of the file that do not stop it from being used (see [`Severity::Warning`]);
@@ -198,6 +204,7 @@ impl Config {
             server: None,
             webhooks: Webhooks::default(),
             notify: BTreeMap::new(),
+            console: None,
             declared: Declared::default(),
             warnings: Vec::new(),
         }
@@ -246,6 +253,7 @@ impl Document {
         let server = self.server.as_ref().and_then(|s| s.build(ctx));
         let webhooks = crate::webhook::build(&self.webhooks, self.server.is_some(), ctx);
         let notify = build_each(&self.notify, ctx, |name, n, span, ctx| n.build(name, span, ctx).map(Arc::new));
+        let console = self.console.as_ref().and_then(|c| c.build(ctx));
         let declared = Declared {
             directories: self.directories.keys().cloned().collect(),
             connections: self.connections.keys().cloned().collect(),
@@ -265,6 +273,7 @@ impl Document {
             server,
             webhooks,
             notify,
+            console,
             declared,
             warnings: Vec::new(),
         }

@@ -190,6 +190,12 @@ impl Connection {
         self.idempotency_header.as_ref()
     }
 
+    /// The kind of authentication (`none`, `api_key`, `header`, `oauth2`), for the console:
+    /// what is configured, never a credential.
+    pub fn auth_kind(&self) -> &'static str {
+        self.auth.kind()
+    }
+
     /// Checks that `path` (with `query`) resolves to a URL on `base_url`'s origin, without
     /// sending anything: what a dry run does instead of a request it does not send.
     pub fn check_path(&self, path: &str, query: &[(String, String)]) -> Result<(), ConnectionError> {

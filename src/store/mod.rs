@@ -326,6 +326,49 @@ pub trait Store: Send + Sync {
     fn save_catalog_files(&self, files: &[StoredFile]) -> Result<()>;
     /// Writes a consistent copy of the store to `to` while it is in use (`tripline backup`).
     fn backup(&self, to: &std::path::Path) -> Result<()>;
+    /// One page of run history, newest first, for the console: the runs [`RunQuery`] selects
+    /// with an id below its `before`. Its cost follows the page, not the history (keyset
+    /// paging on indexed columns), so a million runs list as fast as a thousand.
+    fn runs_page(&self, query: &RunQuery) -> Result<Vec<Run>>;
+    /// How many runs started in each minute since `since`, ok and not ok, among the newest
+    /// `max_runs` runs (a bound on the work for a busy store): minutes as `YYYY-MM-DDTHH:MM`.
+    fn runs_per_minute(&self, since: DateTime<Utc>, max_runs: usize) -> Result<Vec<MinuteCount>>;
+    /// Every rule (or `job:NAME`) with runs that did not end ok, with how many and the newest.
+    fn failing_rules(&self) -> Result<Vec<Failing>>;
+    /// One page of an entity's records, newest id first, with ids below `before`.
+    fn records_page(&self, entity: &str, before: Option<&str>, limit: usize) -> Result<Vec<Record>>;
+}
+
+/// Which runs [`Store::runs_page`] lists. Empty fields select everything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunQuery {
+    pub status: Option<RunStatus>,
+    /// A rule's name, or `job:NAME`.
+    pub rule: Option<String>,
+    pub record_id: Option<String>,
+    /// Runs that started at or after this.
+    pub since: Option<DateTime<Utc>>,
+    /// Runs that started before this.
+    pub until: Option<DateTime<Utc>>,
+    /// Runs with an id below this one (the last id of the page before).
+    pub before: Option<i64>,
+    pub limit: usize,
+}
+
+/// Runs started in one minute (see [`Store::runs_per_minute`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MinuteCount {
+    pub minute: String,
+    pub ok: u64,
+    pub not_ok: u64,
+}
+
+/// A rule with runs that did not end ok (see [`Store::failing_rules`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failing {
+    pub rule: String,
+    pub runs: u64,
+    pub newest_run: i64,
 }
 
 /// The `rule` of the run that records an event set aside without running any rule: its row

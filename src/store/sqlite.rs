@@ -16,7 +16,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-use super::{FileKind, Ingest, Result, Run, RunFilter, RunStatus, Store, StoreError, StoredFile, Write, SET_ASIDE};
+use super::{
+    Failing, FileKind, Ingest, MinuteCount, Result, Run, RunFilter, RunQuery, RunStatus, Store, StoreError, StoredFile,
+    Write, SET_ASIDE,
+};
 use crate::record::{Comment, Event, EventKind, Fields, Record, Status};
 
 /// Schema migrations, applied in order; `user_version` counts the ones applied.
@@ -110,6 +113,13 @@ CREATE TABLE catalog_files (
     loaded_at TEXT NOT NULL,
     PRIMARY KEY (kind, path)
 );
+"#,
+    // The console's run history: pages by rule (or job) and of the runs that did not end ok,
+    // newest first, read from an index whatever the history's size. The second index is
+    // partial, so that a run that ends ok writes only the first.
+    r#"
+CREATE INDEX runs_rule ON runs(rule, id);
+CREATE INDEX runs_not_ok ON runs(status, id) WHERE status != 'ok';
 "#,
 ];
 
@@ -1220,6 +1230,90 @@ impl Store for SqliteStore {
             )?
             .execute(params![namespace, key, to_json(value)])?;
         Ok(())
+    }
+
+    fn runs_page(&self, q: &RunQuery) -> Result<Vec<Run>> {
+        let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+            sql.push_str(clause);
+            args.push(v);
+        };
+        match q.status {
+            // `status != 'ok'` repeated so that SQLite picks the partial index.
+            Some(RunStatus::Ok) => arg(&mut sql, " AND status = ?", "ok".to_string().into()),
+            Some(s) => arg(&mut sql, " AND status != 'ok' AND status = ?", s.as_str().to_string().into()),
+            None => {}
+        }
+        if let Some(rule) = &q.rule {
+            arg(&mut sql, " AND rule = ?", rule.clone().into());
+        }
+        if let Some(record) = &q.record_id {
+            arg(&mut sql, " AND record_id = ?", record.clone().into());
+        }
+        if let Some(since) = q.since {
+            arg(&mut sql, " AND started_at >= ?", ts(since).into());
+        }
+        if let Some(until) = q.until {
+            arg(&mut sql, " AND started_at < ?", ts(until).into());
+        }
+        if let Some(before) = q.before {
+            arg(&mut sql, " AND id < ?", before.into());
+        }
+        arg(&mut sql, " ORDER BY id DESC LIMIT ?", (q.limit.min(i64::MAX as usize) as i64).into());
+        let conn = self.conn();
+        query_runs(&conn, &sql, rusqlite::params_from_iter(args))
+    }
+
+    fn runs_per_minute(&self, since: DateTime<Utc>, max_runs: usize) -> Result<Vec<MinuteCount>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT substr(started_at, 1, 16) AS minute, SUM(status = 'ok'), SUM(status != 'ok')
+             FROM (SELECT started_at, status FROM runs ORDER BY id DESC LIMIT ?1)
+             WHERE started_at >= ?2 GROUP BY minute ORDER BY minute",
+        )?;
+        let rows = stmt.query_map(params![max_runs as i64, ts(since)], |r| {
+            Ok(MinuteCount { minute: r.get(0)?, ok: r.get::<_, i64>(1)? as u64, not_ok: r.get::<_, i64>(2)? as u64 })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn failing_rules(&self) -> Result<Vec<Failing>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT rule, COUNT(*), MAX(id) FROM runs WHERE status != 'ok' GROUP BY rule ORDER BY MAX(id) DESC",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Failing { rule: r.get(0)?, runs: r.get::<_, i64>(1)? as u64, newest_run: r.get(2)? })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn records_page(&self, entity: &str, before: Option<&str>, limit: usize) -> Result<Vec<Record>> {
+        let conn = self.conn();
+        let ids: Vec<String> = {
+            // Two statements rather than `(?2 IS NULL OR id < ?2)`, which SQLite cannot read
+            // as a range of the index.
+            let limit = limit.min(i64::MAX as usize) as i64;
+            let rows: rusqlite::Result<Vec<String>> = match before {
+                Some(before) => conn
+                    .prepare_cached("SELECT id FROM records WHERE entity = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3")?
+                    .query_map(params![entity, before, limit], |r| r.get(0))?
+                    .collect(),
+                None => conn
+                    .prepare_cached("SELECT id FROM records WHERE entity = ?1 ORDER BY id DESC LIMIT ?2")?
+                    .query_map(params![entity, limit], |r| r.get(0))?
+                    .collect(),
+            };
+            rows?
+        };
+        let mut found = Vec::with_capacity(ids.len());
+        for id in &ids {
+            if let Some(r) = load_record(&conn, id)? {
+                found.push(r);
+            }
+        }
+        Ok(found)
     }
 }
 

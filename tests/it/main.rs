@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod connection;
+mod console;
 mod daemon;
 mod deadline;
 mod directory;

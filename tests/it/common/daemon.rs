@@ -19,6 +19,8 @@ pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     pub runtime: Arc<Runtime>,
     pub addr: SocketAddr,
+    /// The console's address, when the configuration has `[console]`.
+    pub console: Option<SocketAddr>,
     pub control: ControlHandle,
     pub http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -75,6 +77,12 @@ impl TestDaemon {
         options.listener = Some(listener);
         options.idle_poll = Duration::from_millis(20);
         options.shutdown_grace = Duration::from_secs(5);
+        let mut console = None;
+        if runtime.config().console.is_some() {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            console = Some(l.local_addr().unwrap());
+            options.console_listener = Some(l);
+        }
         let control = options.control();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(tripline::daemon::run_with(runtime.clone(), options, async {
@@ -84,6 +92,7 @@ impl TestDaemon {
             dir,
             runtime,
             addr,
+            console,
             control,
             http: reqwest::Client::new(),
             stop: Some(stop),
