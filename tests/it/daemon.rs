@@ -302,7 +302,9 @@ async fn reloads_under_load_lose_no_event_and_run_none_twice() {
             .await;
         }
         let version = if i % 2 == 0 { 2 } else { 1 };
-        d.write("scripts/count.rhai", &format!("api.tally(record.n, {version});"));
+        // Saved by rename, as editors do: a reload never reads a half-written file (a
+        // truncated script is a valid, empty one, whose runs would tally nothing).
+        d.save_by_rename("scripts/count.rhai", &format!("api.tally(record.n, {version});"));
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     d.drained().await;
