@@ -73,6 +73,21 @@ pub mod duration {
     }
 }
 
+/// TOML values of every kind, for the property tests of what reads TOML (rules, the
+/// configuration).
+#[cfg(test)]
+pub(crate) fn toml_literal() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just("true".to_string()),
+        any::<i32>().prop_map(|i| i.to_string()),
+        "[a-zA-Z(*)\\\\.^$]{0,6}".prop_map(|s| format!("{s:?}")),
+        prop::collection::vec(any::<i16>(), 0..3).prop_map(|v| format!("{v:?}")),
+        Just("{ x = 1 }".to_string()),
+        Just("1979-05-27T07:32:00Z".to_string()),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

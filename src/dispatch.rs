@@ -622,10 +622,9 @@ fn file_events(runtime: &Runtime, shared: &Shared, events: Vec<Event>) -> Result
     let mut unmatched = Vec::new();
     {
         let mut st = lock(&shared.state);
+        // Each event comes here once: the feeder files only events it does not hold yet, and
+        // an event handed over is filed before the feeder can read it (`Shared::order`).
         for e in events {
-            if st.known.contains(&e.id) || st.finished_this_round.contains(&e.id) {
-                continue;
-            }
             if !runtime.any_rule_matches(&e) {
                 unmatched.push(e);
                 continue;

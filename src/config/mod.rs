@@ -375,16 +375,7 @@ users_ou = "OU=Staff,DC=elsewhere,DC=com"
         use super::*;
         use proptest::prelude::*;
 
-        fn toml_literal() -> impl Strategy<Value = String> {
-            prop_oneof![
-                Just("true".to_string()),
-                any::<i32>().prop_map(|i| i.to_string()),
-                "[a-zA-Z(*)\\\\.^$]{0,6}".prop_map(|s| format!("{s:?}")),
-                prop::collection::vec(any::<i16>(), 0..3).prop_map(|v| format!("{v:?}")),
-                Just("{ x = 1 }".to_string()),
-                Just("1979-05-27T07:32:00Z".to_string()),
-            ]
-        }
+        use crate::de::toml_literal;
 
         proptest! {
             #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]

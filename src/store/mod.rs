@@ -268,8 +268,6 @@ pub trait Store: Send + Sync {
     fn claim(&self, ids: &[i64], owner: &str, until: DateTime<Utc>) -> Result<Vec<i64>>;
     /// Gives up a claim (the event waits for a later pass).
     fn unclaim(&self, event_id: i64, owner: &str) -> Result<()>;
-    /// Whether a record has a run waiting for a retry, other than for `event_id`.
-    fn record_waits(&self, record_id: &str, event_id: i64) -> Result<bool>;
     /// Whether a record still has work ahead: an unfinished event, or a run waiting for a
     /// retry.
     fn record_busy(&self, record_id: &str) -> Result<bool>;

@@ -942,15 +942,6 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn record_waits(&self, record_id: &str, event_id: i64) -> Result<bool> {
-        let conn = self.conn();
-        let n: i64 = conn.prepare_cached(
-            "SELECT count(*) FROM runs WHERE record_id = ?1 AND status = 'retrying' AND (event_id IS NULL OR event_id != ?2)",
-        )?
-        .query_row(params![record_id, event_id], |r| r.get(0))?;
-        Ok(n > 0)
-    }
-
     fn record_busy(&self, record_id: &str) -> Result<bool> {
         let conn = self.conn();
         let busy: bool = conn
