@@ -134,6 +134,10 @@ struct State {
     stopping: bool,
     /// The last failure of a feeder round or a unit, while they keep failing.
     failure: Option<(chrono::DateTime<chrono::Utc>, u64, String)>,
+    /// Events whose last run waits for the committer (their records stay in flight).
+    committing: Vec<Committing>,
+    /// Worker threads not ended yet.
+    workers_running: usize,
 }
 
 impl State {
@@ -151,6 +155,8 @@ struct Shared {
     work: Condvar,
     /// A unit finished, a wake or a stop (the feeder and waiting drivers wait on it).
     progress: Condvar,
+    /// A run waits for the committer, or a worker ended (the committer waits on it).
+    commit: Condvar,
     /// Held (shared) by a worker from its run's commit until the events the run raised are
     /// filed, and (exclusive) by a driver from storing events until they are filed: so no
     /// event is filed before an earlier one of its record that is already stored.
@@ -225,6 +231,7 @@ impl Control {
         lock(&self.shared.state).stopping = true;
         self.shared.work.notify_all();
         self.shared.progress.notify_all();
+        self.shared.commit.notify_all();
     }
 }
 
@@ -310,13 +317,20 @@ pub fn serve(runtime: Arc<Runtime>, options: Options) -> std::io::Result<Serving
     let mut failed = None;
     for (name, kind) in thread_kinds(control.shared.options.workers) {
         let (rt, shared) = (runtime.clone(), control.shared.clone());
+        let is_worker = matches!(kind, Kind::Worker);
         let spawned = std::thread::Builder::new().name(name).stack_size(stack).spawn(move || match kind {
             Kind::Feeder => feeder(&rt, &shared),
+            Kind::Committer => committer(&rt, &shared),
             Kind::Worker => worker(&rt, &shared),
         });
         match spawned {
             Ok(t) => threads.push(t),
-            Err(e) => failed = Some(e),
+            Err(e) => {
+                if is_worker {
+                    not_started(&control.shared);
+                }
+                failed = Some(e)
+            }
         }
     }
     let serving = Serving { control, threads };
@@ -330,11 +344,13 @@ pub fn serve(runtime: Arc<Runtime>, options: Options) -> std::io::Result<Serving
 }
 
 fn new_shared(options: Options) -> Arc<Shared> {
+    let workers = options.workers.max(1);
     Arc::new(Shared {
         owner: crate::runtime::claim_owner(),
         options,
-        state: Mutex::default(),
+        state: Mutex::new(State { workers_running: workers, ..State::default() }),
         work: Condvar::new(),
+        commit: Condvar::new(),
         order: std::sync::RwLock::new(()),
         progress: Condvar::new(),
     })
@@ -342,11 +358,13 @@ fn new_shared(options: Options) -> Arc<Shared> {
 
 enum Kind {
     Feeder,
+    Committer,
     Worker,
 }
 
 fn thread_kinds(workers: usize) -> impl Iterator<Item = (String, Kind)> {
-    std::iter::once(("tripline-feeder".to_string(), Kind::Feeder))
+    [("tripline-feeder".to_string(), Kind::Feeder), ("tripline-committer".to_string(), Kind::Committer)]
+        .into_iter()
         .chain((0..workers.max(1)).map(|i| (format!("tripline-worker-{i}"), Kind::Worker)))
 }
 
@@ -361,19 +379,30 @@ where
 {
     let mut handles = Vec::new();
     for (name, kind) in thread_kinds(shared.options.workers) {
+        let is_worker = matches!(kind, Kind::Worker);
         let body: Box<dyn FnOnce() + Send + 'scope> = match kind {
             Kind::Feeder => Box::new(move || feeder(runtime, shared)),
+            Kind::Committer => Box::new(move || committer(runtime, shared)),
             Kind::Worker => Box::new(move || worker(runtime, shared)),
         };
         match spawn(name, body) {
             Ok(h) => handles.push(h),
             Err(e) => {
+                if is_worker {
+                    not_started(shared);
+                }
                 // Fewer workers than configured still work; none at all cannot.
                 error!(error = %e, "Cannot start a dispatcher thread.");
             }
         }
     }
     handles
+}
+
+/// A worker thread could not be started: the committer does not wait for it.
+fn not_started(shared: &Shared) {
+    lock(&shared.state).workers_running -= 1;
+    shared.commit.notify_all();
 }
 
 /// Records a failure for [`Control::failure`] (or clears it after a success).
@@ -683,6 +712,7 @@ fn enqueue(st: &mut State, record: String, unit: Unit) {
 
 /// A worker's loop: take a record whose turn it is, run its units in order, repeat.
 fn worker(runtime: &Runtime, shared: &Shared) {
+    let _alive = WorkerAlive(shared);
     loop {
         let record = {
             let mut st = lock(&shared.state);
@@ -701,8 +731,20 @@ fn worker(runtime: &Runtime, shared: &Shared) {
     }
 }
 
+/// Counts a worker out when it ends (or unwinds), so that the committer knows when no more
+/// runs can come.
+struct WorkerAlive<'a>(&'a Shared);
+
+impl Drop for WorkerAlive<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).workers_running -= 1;
+        self.0.commit.notify_all();
+    }
+}
+
 /// Runs the units of one record in order, until its queue is empty (units the feeder adds
-/// meanwhile included).
+/// meanwhile included), or until a unit's last run goes to the committer: the record stays
+/// in flight until that commit, and the committer hands it on.
 fn run_record(runtime: &Runtime, shared: &Shared, record: &str) {
     loop {
         let unit = {
@@ -711,68 +753,159 @@ fn run_record(runtime: &Runtime, shared: &Shared, record: &str) {
             match next {
                 Some(u) => u,
                 None => {
-                    if st.queues.get(record).is_some_and(VecDeque::is_empty) {
-                        st.queues.remove(record);
-                    }
-                    st.in_flight.remove(record);
-                    shared.progress.notify_all();
+                    release(shared, &mut st, record);
                     return;
                 }
             }
         };
-        let outcome = run_unit(runtime, shared, &unit);
-        let ok = outcome.is_some();
-        // A run that waits for a retry holds its record's later events back (after_failure =
-        // "wait"): they go back to the queue, which offers them once the retry is over.
-        let held_back = outcome.is_some_and(|retrying| retrying) && runtime.waits_behind_retries();
-        let mut st = lock(&shared.state);
-        st.finished += 1;
-        if held_back {
-            let later: Vec<i64> = st.queues.remove(record).into_iter().flatten().filter_map(|u| u.event_id()).collect();
-            for id in &later {
-                st.known.remove(id);
-            }
-            if !later.is_empty() {
-                drop(st);
-                if let Err(e) = runtime.unclaim(&later, &shared.owner) {
-                    debug!(error = %e, "Held-back events could not be released; their claims expire.");
-                }
-                st = lock(&shared.state);
-            }
-        }
-        match unit {
-            Unit::Event(e) => {
-                st.known.remove(&e.id);
-                st.finished_this_round.insert(e.id);
-                if !ok {
-                    // The record's later events wait behind this one: all of them cool down.
-                    st.cooling.insert(record.to_string(), Instant::now() + COOL_DOWN);
-                    let later: Vec<i64> =
-                        st.queues.remove(record).into_iter().flatten().filter_map(|u| u.event_id()).collect();
-                    for id in later {
-                        st.known.remove(&id);
+        let outcome = match unit {
+            Unit::Event(event) => {
+                let owner = &shared.owner;
+                let raised = |raised| hand_over(runtime, shared, raised);
+                match runtime.process_claimed(&event, owner, &shared.order, &raised) {
+                    Ok((runs, Some(tail))) => {
+                        let mut st = lock(&shared.state);
+                        st.committing.push(Committing { record: record.to_string(), event, runs, tail });
+                        shared.commit.notify_one();
+                        return;
+                    }
+                    Ok((runs, None)) => {
+                        let outcome = reported(shared, Some(&event), Ok(runs));
+                        complete(runtime, shared, record, Unit::Event(event), outcome);
+                        continue;
+                    }
+                    Err(e) => {
+                        let outcome = reported(shared, Some(&event), Err(e));
+                        complete(runtime, shared, record, Unit::Event(event), outcome);
+                        continue;
                     }
                 }
             }
-            Unit::Retry(r) => {
-                st.known_retries.remove(&r.id);
-            }
-        }
-        shared.progress.notify_all();
+            Unit::Retry(ref run) => reported(shared, None, runtime.retry(run, &shared.owner)),
+        };
+        complete(runtime, shared, record, unit, outcome);
     }
 }
 
-/// Runs one unit and reports it: whether one of its runs ended retrying, or `None` when it
-/// failed on the store (it is offered again).
-fn run_unit(runtime: &Runtime, shared: &Shared, unit: &Unit) -> Option<bool> {
-    let owner = &shared.owner;
-    let (event, result) = match unit {
-        // The events the runs raise are this dispatcher's: filed as each run commits.
-        Unit::Event(e) => {
-            (Some(e), runtime.process_claimed(e, owner, &shared.order, &|raised| hand_over(runtime, shared, raised)))
+/// A record is done for now: it leaves the workers, to be taken again when it has units.
+fn release(shared: &Shared, st: &mut State, record: &str) {
+    if st.queues.get(record).is_some_and(VecDeque::is_empty) {
+        st.queues.remove(record);
+    }
+    st.in_flight.remove(record);
+    shared.progress.notify_all();
+}
+
+/// An event's last run, waiting for the committer, with the runs of the event before it.
+struct Committing {
+    record: String,
+    event: Event,
+    runs: Vec<Run>,
+    tail: crate::runtime::Tail,
+}
+
+/// The committer's loop: commit the last runs the workers finished, all that wait in one
+/// transaction, then report them, file what they raised and hand their records on. A worker
+/// does not wait for its run's commit: it takes the next record meanwhile, so a commit is
+/// shared by as many runs as finished while the one before was written.
+fn committer(runtime: &Runtime, shared: &Shared) {
+    loop {
+        let batch = {
+            let mut st = lock(&shared.state);
+            loop {
+                if !st.committing.is_empty() {
+                    break std::mem::take(&mut st.committing);
+                }
+                // Runs in progress finish and are committed even when stopping.
+                if st.workers_running == 0 {
+                    return;
+                }
+                st = shared.commit.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let mut tails = Vec::with_capacity(batch.len());
+        let items: Vec<(String, Event, Vec<Run>)> = batch
+            .into_iter()
+            .map(|c| {
+                tails.push(c.tail);
+                (c.record, c.event, c.runs)
+            })
+            .collect();
+        let results = {
+            let _order = shared.order.read().unwrap_or_else(|e| e.into_inner());
+            let mut results = runtime.commit_tails(tails, &shared.owner);
+            for (_, raised) in results.iter_mut().flatten() {
+                hand_over(runtime, shared, std::mem::take(raised));
+            }
+            results
+        };
+        for ((record, event, mut runs), result) in items.into_iter().zip(results) {
+            let result = result.map(|(run, _)| {
+                runs.extend(run);
+                runs
+            });
+            let outcome = reported(shared, Some(&event), result);
+            complete(runtime, shared, &record, Unit::Event(event), outcome);
+            // The record's next unit, if any, is for a worker.
+            let mut st = lock(&shared.state);
+            if st.queues.get(&record).is_some_and(|q| !q.is_empty()) && !st.stopping {
+                st.in_flight.remove(&record);
+                st.ready.push_back(record);
+                shared.work.notify_one();
+            } else {
+                release(shared, &mut st, &record);
+            }
         }
-        Unit::Retry(r) => (None, runtime.retry(r, owner)),
-    };
+    }
+}
+
+/// Counts a unit finished with its `outcome` (see [`reported`]), and, when it failed on the
+/// store or left a retry that holds its record back, takes the record's later units out of
+/// the queue.
+fn complete(runtime: &Runtime, shared: &Shared, record: &str, unit: Unit, outcome: Option<bool>) {
+    let ok = outcome.is_some();
+    // A run that waits for a retry holds its record's later events back (after_failure =
+    // "wait"): they go back to the queue, which offers them once the retry is over.
+    let held_back = outcome.is_some_and(|retrying| retrying) && runtime.waits_behind_retries();
+    let mut st = lock(&shared.state);
+    st.finished += 1;
+    if held_back {
+        let later: Vec<i64> = st.queues.remove(record).into_iter().flatten().filter_map(|u| u.event_id()).collect();
+        for id in &later {
+            st.known.remove(id);
+        }
+        if !later.is_empty() {
+            drop(st);
+            if let Err(e) = runtime.unclaim(&later, &shared.owner) {
+                debug!(error = %e, "Held-back events could not be released; their claims expire.");
+            }
+            st = lock(&shared.state);
+        }
+    }
+    match unit {
+        Unit::Event(e) => {
+            st.known.remove(&e.id);
+            st.finished_this_round.insert(e.id);
+            if !ok {
+                // The record's later events wait behind this one: all of them cool down.
+                st.cooling.insert(record.to_string(), Instant::now() + COOL_DOWN);
+                let later: Vec<i64> =
+                    st.queues.remove(record).into_iter().flatten().filter_map(|u| u.event_id()).collect();
+                for id in later {
+                    st.known.remove(&id);
+                }
+            }
+        }
+        Unit::Retry(r) => {
+            st.known_retries.remove(&r.id);
+        }
+    }
+    shared.progress.notify_all();
+}
+
+/// Reports a unit's runs (metrics, `on_done`): whether one of them ended retrying, or `None`
+/// when it failed on the store (it is offered again).
+fn reported(shared: &Shared, event: Option<&Event>, result: Result<Vec<Run>, StoreError>) -> Option<bool> {
     match result {
         Ok(runs) => {
             runs.iter().for_each(crate::metrics::run_finished);

@@ -85,7 +85,7 @@
 //! - [`notification`], [`server`]
 //! - [`connection`], [`directory`], [`metrics`], [`scheduler`], [`webhook`]
 //! - [`secret`], [`store`]
-//! - [`class`], [`de`], [`diag`], [`memory`], [`record`], [`watch`]: the leaves
+//! - [`class`], [`de`], [`diag`], [`memory`], [`record`], [`tls`], [`watch`]: the leaves
 
 pub mod catalog;
 pub mod class;
@@ -109,5 +109,6 @@ pub mod script;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod watch;
 pub mod webhook;

@@ -326,7 +326,9 @@ static IO: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 /// The configured channels, replaceable at runtime (a SIGHUP with new `[notify]` sections).
 pub struct Notifier {
     channels: ArcSwap<HashMap<String, Arc<Channel>>>,
-    http: reqwest::Client,
+    /// Built on the first send: building one loads the system's CA certificates, a good part
+    /// of a short command's start (`tripline fire` on a few records) when nothing is sent.
+    http: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl Default for Notifier {
@@ -338,8 +340,13 @@ impl Default for Notifier {
 impl Notifier {
     /// A notifier with these channels (`[notify]`, built with the configuration).
     pub fn new(channels: BTreeMap<String, Arc<Channel>>) -> Notifier {
-        let http = reqwest::Client::builder().timeout(SEND_TIMEOUT).build().expect("the HTTP client builds");
-        Notifier { channels: ArcSwap::from_pointee(channels.into_iter().collect()), http }
+        Notifier { channels: ArcSwap::from_pointee(channels.into_iter().collect()), http: Default::default() }
+    }
+
+    fn http(&self) -> reqwest::Client {
+        self.http
+            .get_or_init(|| crate::tls::client_builder().timeout(SEND_TIMEOUT).build().expect("the HTTP client builds"))
+            .clone()
     }
 
     /// Replaces the channels (configuration reload); sends in progress finish on the old ones.
@@ -376,7 +383,7 @@ impl Notifier {
     /// [`Notifier::send_async`].
     pub fn send(&self, channel: &str, subject: &str, body: &str) -> Result<(), NotifyError> {
         let ch = self.channel(channel)?;
-        let fut = deliver(self.http.clone(), ch, channel.to_string(), subject.to_string(), body.to_string());
+        let fut = deliver(self.http(), ch, channel.to_string(), subject.to_string(), body.to_string());
         let (tx, rx) = std::sync::mpsc::channel();
         IO.spawn(async move {
             let _ = tx.send(fut.await);
@@ -403,7 +410,7 @@ impl Notifier {
             }
         }
         let ch = self.channel(channel)?;
-        let fut = deliver(self.http.clone(), ch, channel.to_string(), subject.to_string(), body.to_string());
+        let fut = deliver(self.http(), ch, channel.to_string(), subject.to_string(), body.to_string());
         let task = IO.spawn(fut);
         let _abort = AbortOnDrop(task.abort_handle());
         let outcome = task.await.unwrap_or_else(|e| {

@@ -454,8 +454,11 @@ impl Runtime {
     }
 
     /// Runs the rules an event claimed by `owner` triggers (skipping those the run ledger
-    /// says already ran), commits each run with its writes (the events they raise stay
-    /// claimed by `owner`), and marks the event processed. Returns the runs.
+    /// says already ran). Every run but the last is committed with its writes at once (the
+    /// events they raise stay claimed by `owner`), since the next rule's script may read what
+    /// it wrote; the last is returned uncommitted, as the event's [`Tail`], for the caller to
+    /// commit with [`Runtime::commit_tails`] (with other events' tails, in one transaction),
+    /// which also marks the event processed. Returns the runs committed and the tail.
     ///
     /// Each commit and the filing of what it raised (`raised`, called with the events right
     /// after the commit) happen while `order` is held shared: whoever reads the store's queue
@@ -463,14 +466,15 @@ impl Runtime {
     ///
     /// The dispatcher takes an event only when no earlier event of its record waits for a
     /// retry, and holds the record's later events back itself when one of its runs ends
-    /// retrying (see [`crate::dispatch`]).
+    /// retrying (see [`crate::dispatch`]). `None` as the tail: the claim was lost to another
+    /// process between two rules, which goes on with the event.
     pub(crate) fn process_claimed(
         &self,
         event: &Event,
         owner: &str,
         order: &std::sync::RwLock<()>,
         raised: &dyn Fn(Vec<Event>),
-    ) -> Result<Vec<Run>, StoreError> {
+    ) -> Result<(Vec<Run>, Option<Tail>), StoreError> {
         let catalog = self.catalog.load_full();
         // An event claimed for the first time has no runs yet; one claimed before may (its
         // process died after committing some of them).
@@ -478,32 +482,89 @@ impl Runtime {
         let mut rules = catalog.rules.matching(event);
         rules.retain(|r| !ledger.iter().any(|run| run.rule == r.name));
         let mut runs = Vec::new();
-        let last = rules.len().saturating_sub(1);
-        for (i, rule) in rules.iter().enumerate() {
+        let Some((last, earlier)) = rules.split_last() else {
+            return Ok((
+                runs,
+                Some(Tail { outcome: None, event_id: event.id, depth: event.depth, notify: Vec::new() }),
+            ));
+        };
+        for (i, rule) in earlier.iter().enumerate() {
             // Renew the claim before each rule; one lost (expired and taken) is the other's.
             if i > 0 && self.claim(&[event.id], owner)?.is_empty() {
-                return Ok(runs);
+                return Ok((runs, None));
             }
-            let finish = (i == last).then_some(event.id);
-            let Some(outcome) = self.execute(&catalog, rule, event, 1, false) else {
-                if let Some(id) = finish {
-                    self.store.finish_event(id)?;
-                }
-                continue;
-            };
+            let Some(outcome) = self.execute(&catalog, rule, event, 1, false) else { continue };
             let run = {
                 let _order = order.read().unwrap_or_else(|e| e.into_inner());
-                let (run, r) = self.commit(outcome, event.depth, finish, owner)?;
+                let (run, r) = self.commit(outcome, event.depth, None, owner)?;
                 raised(r);
                 run
             };
             self.hosts.notifier.run_failed(&rule.notify_on_failure, &run);
             runs.push(run);
         }
-        if rules.is_empty() {
-            self.store.finish_event(event.id)?;
+        if !earlier.is_empty() && self.claim(&[event.id], owner)?.is_empty() {
+            return Ok((runs, None));
         }
-        Ok(runs)
+        let outcome = self.execute(&catalog, last, event, 1, false);
+        Ok((
+            runs,
+            Some(Tail { outcome, event_id: event.id, depth: event.depth, notify: last.notify_on_failure.clone() }),
+        ))
+    }
+
+    /// Commits the tails of several events (see [`Runtime::process_claimed`]), in one
+    /// transaction where the store can: each event is marked processed with its last run.
+    /// Returns, for each tail in order, its run (none when its rule's `when` guard said no)
+    /// and the events its writes raised (claimed by `owner`), or the store's error (a
+    /// transient one: the event stays claimed and unfinished, to be offered again).
+    pub(crate) fn commit_tails(&self, tails: Vec<Tail>, owner: &str) -> Vec<TailCommitted> {
+        let claim_raised = Some((owner, self.lease_until()));
+        let mut results: Vec<Option<TailCommitted>> = tails.iter().map(|_| None).collect();
+        let mut with_runs = Vec::new();
+        let mut bare = Vec::new();
+        for (i, t) in tails.into_iter().enumerate() {
+            match t.outcome {
+                Some(o) => {
+                    let writes = o.writes_to_commit();
+                    with_runs.push((i, t.event_id, t.depth, t.notify, o.run, writes));
+                }
+                None => bare.push((i, t.event_id)),
+            }
+        }
+        if !bare.is_empty() {
+            // One transaction for them all; should it fail, each alone, for its own result.
+            let ids: Vec<i64> = bare.iter().map(|(_, id)| *id).collect();
+            let together = self.store.finish_events(&ids).is_ok();
+            for (i, id) in bare {
+                let finished = if together { Ok(()) } else { self.store.finish_event(id) };
+                results[i] = Some(finished.map(|()| (None, Vec::new())));
+            }
+        }
+        let commits: Vec<Commit<'_>> = with_runs
+            .iter()
+            .map(|(_, event_id, depth, _, run, writes)| Commit {
+                run,
+                writes,
+                depth: depth + 1,
+                finish_event: Some(*event_id),
+                claim_raised,
+            })
+            .collect();
+        let committed = self.store.commit_runs(&commits);
+        drop(commits);
+        for ((i, event_id, depth, notify, run, writes), result) in with_runs.into_iter().zip(committed) {
+            let done = match result {
+                Ok((id, raised)) => Ok((Run { id, ..run }, raised)),
+                Err(e) if e.is_transient() => Err(e),
+                Err(e) => self.commit_refused(run, &writes, depth, Some(event_id), owner, e),
+            };
+            if let Ok((run, _)) = &done {
+                self.hosts.notifier.run_failed(&notify, run);
+            }
+            results[i] = Some(done.map(|(run, raised)| (Some(run), raised)));
+        }
+        results.into_iter().map(|r| r.expect("every tail has a result")).collect()
     }
 
     /// Runs a retry claimed with the due retries; the events it raises stay claimed by
@@ -563,31 +624,40 @@ impl Runtime {
         finish: Option<i64>,
         owner: &str,
     ) -> Result<(Run, Vec<Event>), StoreError> {
-        let mut writes = o.notes;
-        if o.run.status == RunStatus::Ok {
-            writes.splice(0..0, o.writes);
-        }
+        let writes = o.writes_to_commit();
         let claim_raised = Some((owner, self.lease_until()));
-        let e = match self.store.commit_run(Commit {
+        match self.store.commit_run(Commit {
             run: &o.run,
             writes: &writes,
             depth: depth + 1,
             finish_event: finish,
             claim_raised,
         }) {
-            Ok((id, raised)) => return Ok((Run { id, ..o.run }, raised)),
+            Ok((id, raised)) => Ok((Run { id, ..o.run }, raised)),
             // Busy: the caller tries the whole event again later.
-            Err(e) if e.is_transient() => return Err(e),
-            Err(e) => e,
-        };
-        // A write the store refused (the record vanished meanwhile, a chain too wide): the run
-        // fails, and nothing it wrote is kept.
+            Err(e) if e.is_transient() => Err(e),
+            Err(e) => self.commit_refused(o.run, &writes, depth, finish, owner, e),
+        }
+    }
+
+    /// Commits a run whose commit with `writes` the store refused with `e` (the record
+    /// vanished meanwhile, a chain too wide): the run fails, and nothing it wrote is kept.
+    fn commit_refused(
+        &self,
+        run: Run,
+        writes: &[Write],
+        depth: u32,
+        finish: Option<i64>,
+        owner: &str,
+        e: StoreError,
+    ) -> Result<(Run, Vec<Event>), StoreError> {
+        let claim_raised = Some((owner, self.lease_until()));
         let mut why = e.to_string();
         if !writes.is_empty() {
             let run = Run {
                 status: RunStatus::Failed,
                 error: Some(format!("the run's writes were refused: {e}")),
-                ..o.run.clone()
+                ..run.clone()
             };
             match self.store.commit_run(Commit {
                 run: &run,
@@ -610,7 +680,7 @@ impl Runtime {
             error: Some(format!("the run could not be stored, so it was recorded without its log and writes: {why}")),
             log: Vec::new(),
             next_attempt_at: None,
-            ..o.run
+            ..run
         };
         self.store
             .commit_run(Commit { run: &run, writes: &[], depth: depth + 1, finish_event: finish, claim_raised })
@@ -917,6 +987,33 @@ struct Outcome {
     notes: Vec<Write>,
     /// A dry run's plans for host systems ([`RunCtx::plan`]).
     planned: Vec<String>,
+}
+
+impl Outcome {
+    /// What committing the run writes: its notes, after its writes when it ended ok (a run
+    /// that did not end ok writes nothing of its own).
+    fn writes_to_commit(&self) -> Vec<Write> {
+        let mut writes = self.notes.clone();
+        if self.run.status == RunStatus::Ok {
+            writes.splice(0..0, self.writes.iter().cloned());
+        }
+        writes
+    }
+}
+
+/// What committing a [`Tail`] gives: its run (none when only the event was finished) and the
+/// events the run's writes raised.
+pub(crate) type TailCommitted = Result<(Option<Run>, Vec<Event>), StoreError>;
+
+/// An event's last run, executed and not yet committed (see [`Runtime::process_claimed`]).
+pub(crate) struct Tail {
+    /// `None`: the last rule's `when` guard said no (or no rule matches any more): only the
+    /// event is finished.
+    outcome: Option<Outcome>,
+    event_id: i64,
+    depth: u32,
+    /// The rule's `notify_on_failure`.
+    notify: Vec<String>,
 }
 
 /// Why a script a rule or job names cannot run: its file's problem when it is in error (and

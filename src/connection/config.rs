@@ -486,7 +486,7 @@ impl ConnectionConfig {
         if ctx.errors() > errors || ctx.deferrals() > deferred {
             return None;
         }
-        let client = reqwest::Client::builder()
+        let client = crate::tls::client_builder()
             .timeout(self.timeout)
             .connect_timeout(self.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("tripline/", env!("CARGO_PKG_VERSION")))

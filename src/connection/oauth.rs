@@ -347,7 +347,7 @@ impl OAuth2 {
         }
         // Token endpoints never redirect in a way we should follow (the oauth2 crate's advice
         // against SSRF); the timeout is the connection's.
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .build()

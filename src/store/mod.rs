@@ -302,6 +302,12 @@ pub trait Store: Send + Sync {
     /// events the writes raised. Commits of concurrent callers may share a transaction, but
     /// each returns only once its own is durable.
     fn commit_run(&self, commit: Commit<'_>) -> Result<(i64, Vec<Event>)>;
+    /// Commits several runs, in one transaction where it can (should one of them be refused,
+    /// each is committed alone, so that one run's refused write undoes no other). Returns each
+    /// run's result, in order, once all of them are durable.
+    fn commit_runs(&self, commits: &[Commit<'_>]) -> Vec<Result<(i64, Vec<Event>)>> {
+        commits.iter().map(|c| self.commit_run(*c)).collect()
+    }
     /// Marks an event processed.
     fn finish_event(&self, event_id: i64) -> Result<()>;
     fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;

@@ -1085,6 +1085,25 @@ impl Store for SqliteStore {
         result
     }
 
+    fn commit_runs(&self, commits: &[super::Commit<'_>]) -> Vec<Result<(i64, Vec<Event>)>> {
+        let max_fanout = self.max_fanout.load(std::sync::atomic::Ordering::Relaxed);
+        let group = commits
+            .iter()
+            .enumerate()
+            .map(|(i, c)| PendingRun {
+                ticket: i as u64,
+                run: c.run.clone(),
+                writes: c.writes.to_vec(),
+                depth: c.depth,
+                finish_event: c.finish_event,
+                max_fanout,
+                claim_raised: c.claim_raised.map(|(o, t)| (o.to_string(), t)),
+            })
+            .collect();
+        let mut results = self.commit_group(group);
+        (0..commits.len() as u64).map(|i| results.remove(&i).expect("the group holds every run")).collect()
+    }
+
     fn finish_events(&self, event_ids: &[i64]) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;

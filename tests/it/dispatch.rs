@@ -123,6 +123,47 @@ fn fire_runs_a_batch_on_the_workers_in_each_records_order() {
     }
 }
 
+/// A worker hands an event's last run to the committer and goes on with other records; the
+/// runs before it are committed at once, since the next rule may read what they wrote; and a
+/// record's next event waits for the commit of the one before.
+#[test]
+fn an_events_rules_see_each_others_writes_and_a_records_next_event_sees_the_last_commit() {
+    let p = Project::new("[engine]\nworkers = 8\n");
+    let rule = |name: &str, priority: u32, event: &str, script: &str| {
+        format!(
+            "name = \"{name}\"\nentity = \"t\"\nscript = \"{script}\"\npriority = {priority}\n\
+             conditions = [{{ field = \"Event\", op = \"equals\", value = \"{event}\" }}]\n"
+        )
+    };
+    p.rule("first", &rule("first", 1, "step", "first.rhai"))
+        .rule("second", &rule("second", 2, "step", "second.rhai"))
+        .script("first.rhai", "api.update(record, #{ stage: record.n });")
+        // The record as stored, not the event's snapshot: the first rule's write and the
+        // previous event's second run (its comment) must both be there.
+        .script(
+            "second.rhai",
+            "let stored = api.get(record.id);\n\
+             if stored.stage != record.n { throw `saw stage ${stored.stage} in event ${record.n}`; }\n\
+             api.comment(record, `${record.n}`);",
+        );
+    let created = p.run_stdin(&["fire", "t", "--record", "-", "--json"], Some(&"{\"n\": 0}\n".repeat(4)));
+    assert_eq!(created.code, 0, "{created:?}");
+    let ids: Vec<String> = p.records("t").iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    let mut lines = String::new();
+    for n in 1..=200 {
+        lines.push_str(&format!("{}\n", json!({"id": ids[n % 4], "n": n})));
+    }
+    let ran = p.run_stdin(&["fire", "t", "--event", "step", "--record", "-", "--json"], Some(&lines));
+    assert_eq!(ran.code, 0, "{ran:?}");
+    for r in p.records("t") {
+        let seen: Vec<u64> =
+            r["comments"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap().parse().unwrap()).collect();
+        assert_eq!(seen.len(), 50, "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "each record's events ran in order: {seen:?}");
+        assert_eq!(r["fields"]["stage"], json!(seen.last().unwrap()), "{r}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_runs_are_counted_in_the_metrics_like_rule_runs() {
     let d = TestDaemon::start(

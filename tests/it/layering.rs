@@ -18,6 +18,7 @@ const LEAVES: &[(&str, &[&str])] = &[
     ("diag", &[]),
     ("memory", &[]),
     ("record", &[]),
+    ("tls", &[]),
     ("watch", &[]),
     ("secret", &["diag"]),
 ];
