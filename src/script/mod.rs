@@ -47,9 +47,13 @@ impl ScriptError {
 /// The error a host function raises: its message and its [`Class`]. It is the value a
 /// script's `catch (e)` receives (`e.message`, `e.transient`, and `${e}` prints the message),
 /// and `throw e` raises it again with its class; any other error a script throws is permanent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rhai::CustomType)]
+#[rhai_type(name = "HostError")]
 pub struct HostError {
+    /// The error's text.
+    #[rhai_type(readonly)]
     pub message: String,
+    #[rhai_type(skip)]
     pub class: Class,
 }
 
@@ -60,12 +64,32 @@ impl HostError {
     }
 
     fn register(engine: &mut Engine) {
-        engine
-            .register_type_with_name::<HostError>("HostError")
-            .register_fn("to_string", |e: &mut HostError| e.message.clone())
-            .register_fn("to_debug", |e: &mut HostError| format!("HostError({:?}, {})", e.message, e.class.as_str()))
-            .register_get("message", |e: &mut HostError| e.message.clone())
-            .register_get("transient", |e: &mut HostError| e.class.is_transient());
+        engine.build_type::<HostError>();
+        engine.register_global_module(rhai::exported_module!(host_error_functions).into());
+    }
+}
+
+/// What a script sees of a [`HostError`] besides its `message`.
+#[rhai::export_module]
+mod host_error_functions {
+    use super::HostError;
+
+    /// Whether trying again later may work: a run that ends with it is retried.
+    #[rhai_fn(get = "transient", pure)]
+    pub fn transient(e: &mut HostError) -> bool {
+        e.class.is_transient()
+    }
+
+    /// The error's message.
+    #[rhai_fn(name = "to_string", pure)]
+    pub fn to_string(e: &mut HostError) -> String {
+        e.message.clone()
+    }
+
+    /// `HostError("message", transient|permanent)`.
+    #[rhai_fn(name = "to_debug", pure)]
+    pub fn to_debug(e: &mut HostError) -> String {
+        format!("HostError({:?}, {})", e.message, e.class.as_str())
     }
 }
 
