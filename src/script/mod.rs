@@ -7,6 +7,7 @@
 //! the limit; the process carries on.
 
 pub mod api;
+pub mod definitions;
 mod limits;
 pub mod lint;
 
@@ -129,6 +130,7 @@ impl Drop for CurrentGuard {
 const STOP_TIMEOUT: &str = "timeout";
 const STOP_MEMORY: &str = "memory";
 /// The variables a script's scope starts with (see [`ScriptEngine::run`]); `api` is an [`Api`].
+/// Their types and docs, for editors, are [`definitions::SCOPE`], which a test holds to this.
 pub const PREDECLARED: [&str; 6] = ["record", "previous", "event", "rule", "params", "api"];
 
 const STOP_TEXT: &str = "text";
@@ -253,30 +255,44 @@ fn register_bounded_printing(engine: &mut Engine, max_string_size: usize) {
                 format!("{text}{s}").into()
             },
         );
+        // Rhai leaves the return type of a function that returns `()` unnamed, and its
+        // definitions would say `-> ;`: the parameters and `()` are named here.
+        let value = engine.map_type_name(std::any::type_name::<T>()).to_string();
         for name in ["+=", "append"] {
-            FuncRegistration::new(name).register_into_engine(engine, move |s: &mut ImmutableString, v: T| {
-                let mut v = v;
-                let text = text_of(&mut v, max.saturating_sub(s.len()));
-                *s = format!("{s}{text}").into();
-            });
+            let info = ["string: &mut string".to_string(), format!("value: {value}"), "()".to_string()];
+            FuncRegistration::new(name).with_params_info(info).register_into_engine(
+                engine,
+                move |s: &mut ImmutableString, v: T| {
+                    let mut v = v;
+                    let text = text_of(&mut v, max.saturating_sub(s.len()));
+                    *s = format!("{s}{text}").into();
+                },
+            );
         }
     }
     register::<rhai::Array>(engine, max);
     register::<Map>(engine, max);
-    engine.register_fn("to_json", move |m: &mut Map| -> Result<String, Box<EvalAltResult>> {
-        let value = dynamic_to_json(&Dynamic::from_map(m.clone()))?;
-        let text = serde_json::to_string(&value).map_err(|e| e.to_string())?;
-        match text.len() > max {
-            true => Err(EvalAltResult::ErrorDataTooLarge("Length of string".into(), rhai::Position::NONE).into()),
-            false => Ok(text),
-        }
-    });
+    // Named by hand, as below: Rhai's definitions read a `Result<T, ...>` return type by its
+    // last path segment, `EvalAltResult>>`.
+    let info = ["map: &mut map", "String"];
+    rhai::FuncRegistration::new("to_json").with_params_info(info).register_into_engine(
+        engine,
+        move |m: &mut Map| -> Result<String, Box<EvalAltResult>> {
+            let value = dynamic_to_json(&Dynamic::from_map(m.clone()))?;
+            let text = serde_json::to_string(&value).map_err(|e| e.to_string())?;
+            match text.len() > max {
+                true => Err(EvalAltResult::ErrorDataTooLarge("Length of string".into(), rhai::Position::NONE).into()),
+                false => Ok(text),
+            }
+        },
+    );
 }
 
 /// Rhai's `sleep(seconds)` blocks its thread for as long as it is asked, past the run's time
 /// limit (and panics on a huge float): this one waits at most until the run's deadline, and a
 /// wait that reaches it stops the script as the time limit does.
 fn register_bounded_sleep(engine: &mut Engine) {
+    use rhai::FuncRegistration;
     fn sleep(seconds: f64) -> Result<(), Box<EvalAltResult>> {
         let Some(deadline) = CURRENT.with(|c| c.borrow().as_ref().map(|ctx| ctx.deadline)) else {
             return Err("sleep is only available while a script runs".into());
@@ -289,8 +305,14 @@ fn register_bounded_sleep(engine: &mut Engine) {
         }
         Ok(())
     }
-    engine.register_fn("sleep", |seconds: rhai::INT| sleep(seconds as f64));
-    engine.register_fn("sleep", |seconds: rhai::FLOAT| sleep(seconds));
+    // The parameters and the return type are named by hand, for Rhai's definitions (which would
+    // read `Result<(), ...>` as `EvalAltResult>>`).
+    FuncRegistration::new("sleep")
+        .with_params_info(["seconds: int", "()"])
+        .register_into_engine(engine, |seconds: rhai::INT| sleep(seconds as f64));
+    FuncRegistration::new("sleep")
+        .with_params_info(["seconds: float", "()"])
+        .register_into_engine(engine, |seconds: rhai::FLOAT| sleep(seconds));
 }
 
 /// The shared engine and its limits.
