@@ -62,6 +62,12 @@ pub enum Command {
         /// Where to write the copy (must not exist).
         path: PathBuf,
     },
+    /// Writes Rhai definition files (.d.rhai) of the host API and a script's scope, for
+    /// completion and docs in an editor.
+    Definitions {
+        /// The folder to write them to (created if needed; files of the same names replaced).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -195,6 +201,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Replay { run_id } => replay(&cli.config, &run_id),
         Command::Records(cmd) => records(&open_store(&cli.config)?, cmd),
         Command::Backup { path } => backup(&open_store(&cli.config)?, &path),
+        Command::Definitions { dir } => definitions(&dir),
     }
 }
 
@@ -895,6 +902,19 @@ fn records(ro: &ReadOnly, cmd: RecordsCommand) -> Result<u8, Failure> {
                 }
             }
         }
+    }
+    Ok(0)
+}
+
+/// `tripline definitions DIR`: the engine's definition files. They describe the host API,
+/// which no configuration changes, so no configuration is read.
+fn definitions(dir: &Path) -> Result<u8, Failure> {
+    let engine = ScriptEngine::new(&crate::script::LimitsConfig::default(), &[]);
+    let written = engine
+        .write_definitions(dir)
+        .map_err(|e| Failure { message: format!("cannot write definitions to {}: {e}", dir.display()), code: 1 })?;
+    for path in &written {
+        println!("wrote {}", path.display());
     }
     Ok(0)
 }

@@ -61,7 +61,7 @@
 //! | rules | [`runtime`] | an event's rules run, retried, dry-run and committed; where rules and jobs meet the configuration; the embedding API |
 //! | | [`catalog`] | rules and scripts loaded from their folders, swapped as one |
 //! | | [`rule`] | rule files, conditions, the indexed [`rule::RuleSet`] |
-//! | scripts | [`script`] | the shared Rhai engine, `[limits]`, the `api` host object, the checks of scripts |
+//! | scripts | [`script`] | the shared Rhai engine, `[limits]`, the `api` host object (one Rhai plugin module per area), the checks of scripts, definition files for editors |
 //! | effects | [`store`] | what runs write, in one transaction with the run |
 //! | | [`directory`] | `[directories.NAME]`: Active Directory / LDAP |
 //! | | [`connection`] | `[connections.NAME]`: authenticated HTTP connections, their OAuth2 tokens in the store |

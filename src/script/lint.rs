@@ -200,7 +200,7 @@ impl Functions {
 }
 
 /// The type in a parameter's metadata (`"_: &mut Directory"` -> `Directory`).
-fn param_type_name(info: &str) -> &str {
+pub(crate) fn param_type_name(info: &str) -> &str {
     let t = info.split_once(": ").map_or(info, |(_, t)| t).trim();
     t.strip_prefix("&mut ").unwrap_or(t).trim()
 }
@@ -226,7 +226,7 @@ fn result_inner(t: &str) -> &str {
 
 /// Rhai's own value types: their methods are Rhai's, and maps can hold function pointers as
 /// methods, so calls on them are never checked.
-fn is_builtin(t: TypeId) -> bool {
+pub(crate) fn is_builtin(t: TypeId) -> bool {
     [
         TypeId::of::<Dynamic>(),
         TypeId::of::<ImmutableString>(),

@@ -7,6 +7,7 @@
 //! the limit; the process carries on.
 
 pub mod api;
+pub mod definitions;
 mod limits;
 pub mod lint;
 
@@ -47,9 +48,13 @@ impl ScriptError {
 /// The error a host function raises: its message and its [`Class`]. It is the value a
 /// script's `catch (e)` receives (`e.message`, `e.transient`, and `${e}` prints the message),
 /// and `throw e` raises it again with its class; any other error a script throws is permanent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rhai::CustomType)]
+#[rhai_type(name = "HostError")]
 pub struct HostError {
+    /// The error's text.
+    #[rhai_type(readonly)]
     pub message: String,
+    #[rhai_type(skip)]
     pub class: Class,
 }
 
@@ -60,12 +65,32 @@ impl HostError {
     }
 
     fn register(engine: &mut Engine) {
-        engine
-            .register_type_with_name::<HostError>("HostError")
-            .register_fn("to_string", |e: &mut HostError| e.message.clone())
-            .register_fn("to_debug", |e: &mut HostError| format!("HostError({:?}, {})", e.message, e.class.as_str()))
-            .register_get("message", |e: &mut HostError| e.message.clone())
-            .register_get("transient", |e: &mut HostError| e.class.is_transient());
+        engine.build_type::<HostError>();
+        engine.register_global_module(rhai::exported_module!(host_error_functions).into());
+    }
+}
+
+/// What a script sees of a [`HostError`] besides its `message`.
+#[rhai::export_module]
+mod host_error_functions {
+    use super::HostError;
+
+    /// Whether trying again later may work: a run that ends with it is retried.
+    #[rhai_fn(get = "transient", pure)]
+    pub fn transient(e: &mut HostError) -> bool {
+        e.class.is_transient()
+    }
+
+    /// The error's message.
+    #[rhai_fn(name = "to_string", pure)]
+    pub fn to_string(e: &mut HostError) -> String {
+        e.message.clone()
+    }
+
+    /// `HostError("message", transient|permanent)`.
+    #[rhai_fn(name = "to_debug", pure)]
+    pub fn to_debug(e: &mut HostError) -> String {
+        format!("HostError({:?}, {})", e.message, e.class.as_str())
     }
 }
 
@@ -105,6 +130,7 @@ impl Drop for CurrentGuard {
 const STOP_TIMEOUT: &str = "timeout";
 const STOP_MEMORY: &str = "memory";
 /// The variables a script's scope starts with (see [`ScriptEngine::run`]); `api` is an [`Api`].
+/// Their types and docs, for editors, are [`definitions::SCOPE`], which a test holds to this.
 pub const PREDECLARED: [&str; 6] = ["record", "previous", "event", "rule", "params", "api"];
 
 const STOP_TEXT: &str = "text";
@@ -229,30 +255,44 @@ fn register_bounded_printing(engine: &mut Engine, max_string_size: usize) {
                 format!("{text}{s}").into()
             },
         );
+        // Rhai leaves the return type of a function that returns `()` unnamed, and its
+        // definitions would say `-> ;`: the parameters and `()` are named here.
+        let value = engine.map_type_name(std::any::type_name::<T>()).to_string();
         for name in ["+=", "append"] {
-            FuncRegistration::new(name).register_into_engine(engine, move |s: &mut ImmutableString, v: T| {
-                let mut v = v;
-                let text = text_of(&mut v, max.saturating_sub(s.len()));
-                *s = format!("{s}{text}").into();
-            });
+            let info = ["string: &mut string".to_string(), format!("value: {value}"), "()".to_string()];
+            FuncRegistration::new(name).with_params_info(info).register_into_engine(
+                engine,
+                move |s: &mut ImmutableString, v: T| {
+                    let mut v = v;
+                    let text = text_of(&mut v, max.saturating_sub(s.len()));
+                    *s = format!("{s}{text}").into();
+                },
+            );
         }
     }
     register::<rhai::Array>(engine, max);
     register::<Map>(engine, max);
-    engine.register_fn("to_json", move |m: &mut Map| -> Result<String, Box<EvalAltResult>> {
-        let value = dynamic_to_json(&Dynamic::from_map(m.clone()))?;
-        let text = serde_json::to_string(&value).map_err(|e| e.to_string())?;
-        match text.len() > max {
-            true => Err(EvalAltResult::ErrorDataTooLarge("Length of string".into(), rhai::Position::NONE).into()),
-            false => Ok(text),
-        }
-    });
+    // Named by hand, as below: Rhai's definitions read a `Result<T, ...>` return type by its
+    // last path segment, `EvalAltResult>>`.
+    let info = ["map: &mut map", "String"];
+    rhai::FuncRegistration::new("to_json").with_params_info(info).register_into_engine(
+        engine,
+        move |m: &mut Map| -> Result<String, Box<EvalAltResult>> {
+            let value = dynamic_to_json(&Dynamic::from_map(m.clone()))?;
+            let text = serde_json::to_string(&value).map_err(|e| e.to_string())?;
+            match text.len() > max {
+                true => Err(EvalAltResult::ErrorDataTooLarge("Length of string".into(), rhai::Position::NONE).into()),
+                false => Ok(text),
+            }
+        },
+    );
 }
 
 /// Rhai's `sleep(seconds)` blocks its thread for as long as it is asked, past the run's time
 /// limit (and panics on a huge float): this one waits at most until the run's deadline, and a
 /// wait that reaches it stops the script as the time limit does.
 fn register_bounded_sleep(engine: &mut Engine) {
+    use rhai::FuncRegistration;
     fn sleep(seconds: f64) -> Result<(), Box<EvalAltResult>> {
         let Some(deadline) = CURRENT.with(|c| c.borrow().as_ref().map(|ctx| ctx.deadline)) else {
             return Err("sleep is only available while a script runs".into());
@@ -265,8 +305,14 @@ fn register_bounded_sleep(engine: &mut Engine) {
         }
         Ok(())
     }
-    engine.register_fn("sleep", |seconds: rhai::INT| sleep(seconds as f64));
-    engine.register_fn("sleep", |seconds: rhai::FLOAT| sleep(seconds));
+    // The parameters and the return type are named by hand, for Rhai's definitions (which would
+    // read `Result<(), ...>` as `EvalAltResult>>`).
+    FuncRegistration::new("sleep")
+        .with_params_info(["seconds: int", "()"])
+        .register_into_engine(engine, |seconds: rhai::INT| sleep(seconds as f64));
+    FuncRegistration::new("sleep")
+        .with_params_info(["seconds: float", "()"])
+        .register_into_engine(engine, |seconds: rhai::FLOAT| sleep(seconds));
 }
 
 /// The shared engine and its limits.

@@ -7,6 +7,7 @@ mod connection;
 mod console;
 mod daemon;
 mod deadline;
+mod definitions;
 mod directory;
 mod directory_guards;
 mod dispatch;

@@ -26,21 +26,24 @@
 use std::sync::Arc;
 
 use reqwest::Method;
-use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};
+use rhai::plugin::*;
+use rhai::{Array, CustomType, Dynamic, Engine, EvalAltResult, Map};
 use serde_json::Value;
 
-use super::{Api, RunCtx};
-use crate::class::Class;
+use super::RunCtx;
 use crate::connection::{Connection, ConnectionError, Paging, PagingOptions, RequestOptions, Response};
 use crate::script::{dynamic_to_json, json_to_dynamic};
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
 
-/// What `api.connection(name)` returns: one configured connection, bound to the run that
-/// asked for it (its log, its deadline, its dry-run mode).
-#[derive(Clone)]
+/// A configured HTTP connection (`api.connection("NAME")`), bound to the run that asked for
+/// it: its log, its deadline, its dry-run mode. The host adds the credentials.
+#[derive(Clone, CustomType)]
+#[rhai_type(name = "Connection")]
 pub struct ConnectionHandle {
+    #[rhai_type(skip)]
     conn: Arc<Connection>,
+    #[rhai_type(skip)]
     ctx: Arc<RunCtx>,
 }
 
@@ -56,43 +59,125 @@ const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(25
 /// How much of a dry run's request body its log line shows.
 const DRY_RUN_BODY_CHARS: usize = 200;
 
-/// Registers `api.connection`, the handle's methods and `api.sanitize`.
+/// Registers the `Connection` handle, `api.connection`, the handle's methods and
+/// `api.sanitize`.
 pub fn register(engine: &mut Engine) {
-    engine.register_type_with_name::<ConnectionHandle>("Connection");
-    engine.register_fn("to_string", |h: &mut ConnectionHandle| format!("connection {}", h.conn.name()));
-    engine.register_fn("to_debug", |h: &mut ConnectionHandle| format!("connection {}", h.conn.name()));
+    engine.build_type::<ConnectionHandle>();
+    engine.register_global_module(exported_module!(functions).into());
+}
 
-    engine.register_fn("connection", |api: &mut Api, name: &str| -> Res<ConnectionHandle> {
+#[export_module]
+mod functions {
+    use reqwest::Method;
+    use rhai::{Array, Dynamic, Map};
+
+    use super::{sanitize as clean, unknown_connection, ConnectionHandle as Connection};
+    use crate::class::Class;
+    use crate::script::api::{Api, RhaiResultOf};
+
+    /// The HTTP connection configured as `[connections.NAME]`, for this run. The host adds its
+    /// credentials: the script never sees a token, password or key.
+    #[rhai_fn(pure, return_raw)]
+    pub fn connection(api: &mut Api, name: &str) -> RhaiResultOf<Connection> {
         let ctx = api.0.clone();
         match ctx.hosts.connections.get(name) {
-            Some(conn) => Ok(ConnectionHandle { conn: conn.clone(), ctx: ctx.clone() }),
+            Some(conn) => Ok(Connection { conn: conn.clone(), ctx: ctx.clone() }),
             None => match ctx.hosts.unavailable_connections.get(name) {
                 Some(why) => Err(ctx.host_error(format!("connection {name} cannot be used: {why}"), Class::Permanent)),
                 None => Err(unknown_connection(&ctx, name).into()),
             },
         }
-    });
-
-    engine.register_fn("get", |h: &mut ConnectionHandle, path: &str| h.call(Method::GET, path, None, Map::new()));
-    engine.register_fn("get", |h: &mut ConnectionHandle, path: &str, options: Map| {
-        h.call(Method::GET, path, None, options)
-    });
-    engine.register_fn("delete", |h: &mut ConnectionHandle, path: &str| h.call(Method::DELETE, path, None, Map::new()));
-    engine.register_fn("delete", |h: &mut ConnectionHandle, path: &str, options: Map| {
-        h.call(Method::DELETE, path, None, options)
-    });
-    for (name, method) in [("post", Method::POST), ("put", Method::PUT), ("patch", Method::PATCH)] {
-        let m = method.clone();
-        engine.register_fn(name, move |h: &mut ConnectionHandle, path: &str, body: Dynamic| {
-            h.call(m.clone(), path, Some(body), Map::new())
-        });
-        engine.register_fn(name, move |h: &mut ConnectionHandle, path: &str, body: Dynamic, options: Map| {
-            h.call(method.clone(), path, Some(body), options)
-        });
     }
-    engine.register_fn("get_all", |h: &mut ConnectionHandle, path: &str, paging: Map| h.get_all(path, paging));
 
-    engine.register_fn("sanitize", |_: &mut Api, value: Dynamic| sanitize(value));
+    /// `value` with every string in it (maps and arrays followed) trimmed, whitespace runs
+    /// folded to one space, control and invisible format characters dropped: what an API
+    /// answered, made safe to store and compare.
+    #[rhai_fn(pure, return_raw)]
+    pub fn sanitize(api: &mut Api, value: Dynamic) -> RhaiResultOf<Dynamic> {
+        let _ = api;
+        clean(value)
+    }
+
+    /// `connection NAME`.
+    #[rhai_fn(name = "to_string", pure)]
+    pub fn to_string(h: &mut Connection) -> String {
+        format!("connection {}", h.conn.name())
+    }
+
+    /// `connection NAME`.
+    #[rhai_fn(name = "to_debug", pure)]
+    pub fn to_debug(h: &mut Connection) -> String {
+        format!("connection {}", h.conn.name())
+    }
+
+    /// GET `path` (relative to `base_url`); the answer as `#{status, headers, body}`. A non-2xx
+    /// answer is an error.
+    #[rhai_fn(name = "get", pure, return_raw)]
+    pub fn get(h: &mut Connection, path: &str) -> RhaiResultOf<Map> {
+        h.call(Method::GET, path, None, Map::new())
+    }
+
+    /// GET `path` with options `#{query, headers, allow_error}`.
+    #[rhai_fn(name = "get", pure, return_raw)]
+    pub fn get_with_options(h: &mut Connection, path: &str, options: Map) -> RhaiResultOf<Map> {
+        h.call(Method::GET, path, None, options)
+    }
+
+    /// DELETE `path`.
+    #[rhai_fn(name = "delete", pure, return_raw)]
+    pub fn delete(h: &mut Connection, path: &str) -> RhaiResultOf<Map> {
+        h.call(Method::DELETE, path, None, Map::new())
+    }
+
+    /// DELETE `path` with options `#{query, headers, allow_error}`.
+    #[rhai_fn(name = "delete", pure, return_raw)]
+    pub fn delete_with_options(h: &mut Connection, path: &str, options: Map) -> RhaiResultOf<Map> {
+        h.call(Method::DELETE, path, None, options)
+    }
+
+    /// POST `body` (sent as JSON; `()` for none) to `path`.
+    #[rhai_fn(name = "post", pure, return_raw)]
+    pub fn post(h: &mut Connection, path: &str, body: Dynamic) -> RhaiResultOf<Map> {
+        h.call(Method::POST, path, Some(body), Map::new())
+    }
+
+    /// POST `body` to `path` with options `#{query, headers, form, allow_error}`.
+    #[rhai_fn(name = "post", pure, return_raw)]
+    pub fn post_with_options(h: &mut Connection, path: &str, body: Dynamic, options: Map) -> RhaiResultOf<Map> {
+        h.call(Method::POST, path, Some(body), options)
+    }
+
+    /// PUT `body` to `path`.
+    #[rhai_fn(name = "put", pure, return_raw)]
+    pub fn put(h: &mut Connection, path: &str, body: Dynamic) -> RhaiResultOf<Map> {
+        h.call(Method::PUT, path, Some(body), Map::new())
+    }
+
+    /// PUT `body` to `path` with options `#{query, headers, form, allow_error}`.
+    #[rhai_fn(name = "put", pure, return_raw)]
+    pub fn put_with_options(h: &mut Connection, path: &str, body: Dynamic, options: Map) -> RhaiResultOf<Map> {
+        h.call(Method::PUT, path, Some(body), options)
+    }
+
+    /// PATCH `path` with `body`.
+    #[rhai_fn(name = "patch", pure, return_raw)]
+    pub fn patch(h: &mut Connection, path: &str, body: Dynamic) -> RhaiResultOf<Map> {
+        h.call(Method::PATCH, path, Some(body), Map::new())
+    }
+
+    /// PATCH `path` with `body` and options `#{query, headers, form, allow_error}`.
+    #[rhai_fn(name = "patch", pure, return_raw)]
+    pub fn patch_with_options(h: &mut Connection, path: &str, body: Dynamic, options: Map) -> RhaiResultOf<Map> {
+        h.call(Method::PATCH, path, Some(body), options)
+    }
+
+    /// Every page's items of a paged GET, in order: `paging` names the `style` (page, offset,
+    /// cursor, next_link, link_header) and its settings, plus `items`, `query`, `headers` and
+    /// `max_pages`.
+    #[rhai_fn(pure, return_raw)]
+    pub fn get_all(h: &mut Connection, path: &str, paging: Map) -> RhaiResultOf<Array> {
+        h.get_all(path, paging)
+    }
 }
 
 impl ConnectionHandle {

@@ -1,5 +1,5 @@
-//! `api.directory(name)`, the directory handle scripts call, and the seed's
-//! `api.ProcessFlexHrUserOnAD(record, name)`.
+//! `api.directory(name)` and the directory handle scripts call (the seed's
+//! `api.ProcessFlexHrUserOnAD` is in [`super::flexhr`]).
 //!
 //! The handle ([`DirectoryHandle`], `Directory` in scripts) has one method per operation an
 //! administrator automates, named as they would guess: `find_user`, `user_exists`,
@@ -19,36 +19,32 @@
 //! is logged on the run as a line "would create ...".
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map};
+use rhai::plugin::*;
+use rhai::{Array, CustomType, Dynamic, Engine, EvalAltResult, ImmutableString, Map};
 use serde_json::Value;
 
-use super::{record_id, Api, RunCtx};
-use crate::class::{Class, Classify};
-use crate::directory::{
-    attributes_from_json, Directory, DirectoryError, Entry, GroupId, ManagerOutcome, NewUser, PlannedChange,
-    SearchRequest, SearchScope, SyncOutcome, SyncStatus, UserId,
-};
-use crate::record::{Fields, Record, Status, RESERVED_KEYS};
-use crate::script::{dynamic_to_json, json_to_dynamic, HostError};
+use super::{Res, RunCtx};
+use crate::class::Classify;
+use crate::directory::{Directory, DirectoryError, Entry, GroupId, PlannedChange, SearchRequest, SearchScope, UserId};
+use crate::script::dynamic_to_json;
 use crate::secret::Secret;
-use crate::store::{StoreError, Write};
 
-type Res<T> = Result<T, Box<EvalAltResult>>;
-
-/// `api.directory("NAME")`: one configured directory, bound to the run that asked for it.
-#[derive(Clone)]
+/// A configured directory (`api.directory("NAME")`), bound to the run that asked for it:
+/// users and groups, every value escaped by the host. Its calls end at the run's time limit.
+#[derive(Clone, CustomType)]
+#[rhai_type(name = "Directory")]
 pub struct DirectoryHandle {
+    #[rhai_type(skip)]
     dir: Arc<Directory>,
+    #[rhai_type(skip)]
     ctx: Arc<RunCtx>,
 }
 
 /// The directory a run uses under `name`: the configured one, or a fresh dry-run copy of it
 /// when the directory or the run is a dry run. Unknown names are an error that lists the
 /// configured ones.
-fn directory_for(ctx: &RunCtx, name: &str) -> Result<Arc<Directory>, String> {
+pub(super) fn directory_for(ctx: &RunCtx, name: &str) -> Result<Arc<Directory>, String> {
     let hosts = &ctx.hosts;
     let map = if ctx.dry_run { &hosts.dry_directories } else { &hosts.directories };
     match map.get(name) {
@@ -94,6 +90,13 @@ impl DirectoryHandle {
 
     fn invalid(&self, message: String) -> Box<EvalAltResult> {
         self.error(&DirectoryError::InvalidInput(message))
+    }
+
+    /// The password is a Secret from here on: redacted from errors and logs.
+    fn reset_password(&self, id: Dynamic, password: ImmutableString, must_change: bool) -> Res<()> {
+        let password = Secret::new(password.as_str());
+        let id = self.user(&id)?;
+        self.call("reset_password", self.dir.reset_password(&id, &password, must_change))
     }
 
     fn user(&self, id: &Dynamic) -> Res<UserId> {
@@ -179,370 +182,186 @@ fn names(list: Vec<String>) -> Array {
     list.into_iter().map(Dynamic::from).collect()
 }
 
-/// Registers `api.directory`, the handle's methods and `api.ProcessFlexHrUserOnAD`.
+/// Registers the `Directory` handle, `api.directory` and the handle's methods.
 pub fn register(engine: &mut Engine) {
-    engine.register_type_with_name::<DirectoryHandle>("Directory");
-    engine.register_fn("directory", |api: &mut Api, name: &str| -> Res<DirectoryHandle> {
+    engine.build_type::<DirectoryHandle>();
+    engine.register_global_module(exported_module!(functions).into());
+}
+
+#[export_module]
+mod functions {
+    use rhai::{Array, Dynamic, ImmutableString, Map};
+
+    use super::{directory_for, entry_map, names, DirectoryHandle as Directory};
+    use crate::class::Class;
+    use crate::directory::{attributes_from_json, NewUser};
+    use crate::script::api::{Api, RhaiResultOf};
+
+    /// The directory configured as `[directories.NAME]`, for this run (a dry-run copy when the
+    /// directory or the run is a dry run). An unknown name is an error with a suggestion.
+    #[rhai_fn(pure, return_raw)]
+    pub fn directory(api: &mut Api, name: &str) -> RhaiResultOf<Directory> {
         let dir = directory_for(&api.0, name).map_err(|e| api.0.host_error(e, Class::Permanent))?;
-        Ok(DirectoryHandle { dir, ctx: api.0.clone() })
-    });
-    engine.register_fn("ProcessFlexHrUserOnAD", process_flexhr_user);
+        Ok(Directory { dir, ctx: api.0.clone() })
+    }
 
-    engine.register_get("name", |d: &mut DirectoryHandle| d.name().to_string());
-    engine.register_get("base_dn", |d: &mut DirectoryHandle| d.dir.base_dn());
-    engine.register_get("users_ou", |d: &mut DirectoryHandle| d.dir.users_ou());
-    engine.register_get("dry_run", |d: &mut DirectoryHandle| d.dir.is_dry_run());
+    /// The directory's name in tripline.toml.
+    #[rhai_fn(get = "name", pure)]
+    pub fn name(d: &mut Directory) -> String {
+        d.name().to_string()
+    }
 
-    engine.register_fn("find_user", |d: &mut DirectoryHandle, id: Dynamic| -> Res<Dynamic> {
-        let id = d.user(&id)?;
+    /// The directory's `base_dn`.
+    #[rhai_fn(get = "base_dn", pure)]
+    pub fn base_dn(d: &mut Directory) -> String {
+        d.dir.base_dn()
+    }
+
+    /// The directory's `users_ou`, where new users are created.
+    #[rhai_fn(get = "users_ou", pure)]
+    pub fn users_ou(d: &mut Directory) -> String {
+        d.dir.users_ou()
+    }
+
+    /// Whether this handle only plans its changes (the directory's `dry_run = true`, or
+    /// `tripline test`).
+    #[rhai_fn(get = "dry_run", pure)]
+    pub fn dry_run(d: &mut Directory) -> bool {
+        d.dir.is_dry_run()
+    }
+
+    /// The user (a DN, a UPN or mail, an account name, or `#{by: "employeeID", value: "E1"}`)
+    /// as a map of attributes with its `dn`, or `()` when there is none.
+    #[rhai_fn(pure, return_raw)]
+    pub fn find_user(d: &mut Directory, user: Dynamic) -> RhaiResultOf<Dynamic> {
+        let id = d.user(&user)?;
         Ok(d.call("find_user", d.dir.find_user(&id))?.map_or(Dynamic::UNIT, |e| Dynamic::from_map(entry_map(&e))))
-    });
-    engine.register_fn("user_exists", |d: &mut DirectoryHandle, id: Dynamic| -> Res<bool> {
-        let id = d.user(&id)?;
+    }
+
+    /// Whether the user exists.
+    #[rhai_fn(pure, return_raw)]
+    pub fn user_exists(d: &mut Directory, user: Dynamic) -> RhaiResultOf<bool> {
+        let id = d.user(&user)?;
         d.call("user_exists", d.dir.user_exists(&id))
-    });
-    engine.register_fn("create_user", |d: &mut DirectoryHandle, user: Map| -> Res<Map> {
+    }
+
+    /// Creates a user from `#{name, sAMAccountName, ou, password, enabled, ...attributes}` and
+    /// returns its entry.
+    #[rhai_fn(pure, return_raw)]
+    pub fn create_user(d: &mut Directory, user: Map) -> RhaiResultOf<Map> {
         let user = NewUser::from_json(&d.object("create_user", user)?).map_err(|e| d.error(&e))?;
         Ok(entry_map(&d.call("create_user", d.dir.create_user(&user))?))
-    });
-    engine.register_fn("update_user", |d: &mut DirectoryHandle, id: Dynamic, changes: Map| -> Res<Array> {
-        let id = d.user(&id)?;
+    }
+
+    /// Sets the attributes in `changes` (`()` clears one; protected attributes are refused) and
+    /// returns the names of those that changed.
+    #[rhai_fn(pure, return_raw)]
+    pub fn update_user(d: &mut Directory, user: Dynamic, changes: Map) -> RhaiResultOf<Array> {
+        let id = d.user(&user)?;
         let changes = attributes_from_json(&d.object("update_user", changes)?).map_err(|e| d.error(&e))?;
         Ok(names(d.call("update_user", d.dir.update_user(&id, &changes))?))
-    });
-    engine.register_fn("disable_user", |d: &mut DirectoryHandle, id: Dynamic| -> Res<bool> {
-        let id = d.user(&id)?;
+    }
+
+    /// Disables the account (Active Directory: only the ACCOUNTDISABLE flag); whether it
+    /// changed.
+    #[rhai_fn(pure, return_raw)]
+    pub fn disable_user(d: &mut Directory, user: Dynamic) -> RhaiResultOf<bool> {
+        let id = d.user(&user)?;
         d.call("disable_user", d.dir.disable_user(&id))
-    });
-    engine.register_fn("enable_user", |d: &mut DirectoryHandle, id: Dynamic| -> Res<bool> {
-        let id = d.user(&id)?;
+    }
+
+    /// Enables the account; whether it changed.
+    #[rhai_fn(pure, return_raw)]
+    pub fn enable_user(d: &mut Directory, user: Dynamic) -> RhaiResultOf<bool> {
+        let id = d.user(&user)?;
         d.call("enable_user", d.dir.enable_user(&id))
-    });
-    engine.register_fn("delete_user", |d: &mut DirectoryHandle, id: Dynamic| -> Res<()> {
-        let id = d.user(&id)?;
+    }
+
+    /// Deletes the user.
+    #[rhai_fn(pure, return_raw)]
+    pub fn delete_user(d: &mut Directory, user: Dynamic) -> RhaiResultOf<()> {
+        let id = d.user(&user)?;
         d.call("delete_user", d.dir.delete_user(&id))
-    });
-    engine.register_fn("move_user", |d: &mut DirectoryHandle, id: Dynamic, ou: &str| -> Res<String> {
-        let id = d.user(&id)?;
+    }
+
+    /// Moves the user to the OU `ou` and returns its new DN.
+    #[rhai_fn(pure, return_raw)]
+    pub fn move_user(d: &mut Directory, user: Dynamic, ou: &str) -> RhaiResultOf<String> {
+        let id = d.user(&user)?;
         d.call("move_user", d.dir.move_user(&id, ou))
-    });
-    engine.register_fn("rename_user", |d: &mut DirectoryHandle, id: Dynamic, new_name: &str| -> Res<String> {
-        let id = d.user(&id)?;
+    }
+
+    /// Gives the user a new CN and returns its new DN.
+    #[rhai_fn(pure, return_raw)]
+    pub fn rename_user(d: &mut Directory, user: Dynamic, new_name: &str) -> RhaiResultOf<String> {
+        let id = d.user(&user)?;
         d.call("rename_user", d.dir.rename_user(&id, new_name))
-    });
-    // The password is a Secret from here on: redacted from errors and logs.
-    let reset = |d: &mut DirectoryHandle, id: Dynamic, password: ImmutableString, must_change: bool| -> Res<()> {
-        let password = Secret::new(password.as_str());
-        let id = d.user(&id)?;
-        d.call("reset_password", d.dir.reset_password(&id, &password, must_change))
-    };
-    engine.register_fn("reset_password", move |d: &mut DirectoryHandle, id: Dynamic, pw: ImmutableString| {
-        reset(d, id, pw, false)
-    });
-    engine.register_fn("reset_password", reset);
-    engine.register_fn("add_to_group", |d: &mut DirectoryHandle, id: Dynamic, group: Dynamic| -> Res<bool> {
-        let (id, group) = (d.user(&id)?, d.group(&group)?);
+    }
+
+    /// Sets the user's password (only over LDAPS or StartTLS; never logged).
+    #[rhai_fn(name = "reset_password", pure, return_raw)]
+    pub fn reset_password(d: &mut Directory, user: Dynamic, password: ImmutableString) -> RhaiResultOf<()> {
+        d.reset_password(user, password, false)
+    }
+
+    /// Sets the user's password; `must_change`: the user must change it at the next logon.
+    #[rhai_fn(name = "reset_password", pure, return_raw)]
+    pub fn reset_password_must_change(
+        d: &mut Directory,
+        user: Dynamic,
+        password: ImmutableString,
+        must_change: bool,
+    ) -> RhaiResultOf<()> {
+        d.reset_password(user, password, must_change)
+    }
+
+    /// Adds the user to the group (a DN or a name); whether it changed.
+    #[rhai_fn(pure, return_raw)]
+    pub fn add_to_group(d: &mut Directory, user: Dynamic, group: Dynamic) -> RhaiResultOf<bool> {
+        let (id, group) = (d.user(&user)?, d.group(&group)?);
         d.call("add_to_group", d.dir.add_to_group(&id, &group))
-    });
-    engine.register_fn("remove_from_group", |d: &mut DirectoryHandle, id: Dynamic, group: Dynamic| -> Res<bool> {
-        let (id, group) = (d.user(&id)?, d.group(&group)?);
+    }
+
+    /// Removes the user from the group; whether it changed.
+    #[rhai_fn(pure, return_raw)]
+    pub fn remove_from_group(d: &mut Directory, user: Dynamic, group: Dynamic) -> RhaiResultOf<bool> {
+        let (id, group) = (d.user(&user)?, d.group(&group)?);
         d.call("remove_from_group", d.dir.remove_from_group(&id, &group))
-    });
-    engine.register_fn("groups_of", |d: &mut DirectoryHandle, id: Dynamic| -> Res<Array> {
-        let id = d.user(&id)?;
+    }
+
+    /// The groups the user is a member of, as an array of entries.
+    #[rhai_fn(pure, return_raw)]
+    pub fn groups_of(d: &mut Directory, user: Dynamic) -> RhaiResultOf<Array> {
+        let id = d.user(&user)?;
         Ok(d.call("groups_of", d.dir.groups_of(&id))?.iter().map(|e| Dynamic::from_map(entry_map(e))).collect())
-    });
-    engine.register_fn("set_manager", |d: &mut DirectoryHandle, id: Dynamic, manager: Dynamic| -> Res<Dynamic> {
-        let id = d.user(&id)?;
+    }
+
+    /// Sets the user's manager (a user as for `find_user`; `()` clears it) and returns the
+    /// manager's DN, or `()`.
+    #[rhai_fn(pure, return_raw)]
+    pub fn set_manager(d: &mut Directory, user: Dynamic, manager: Dynamic) -> RhaiResultOf<Dynamic> {
+        let id = d.user(&user)?;
         let manager = if manager.is_unit() { None } else { Some(d.user(&manager)?) };
         Ok(d.call("set_manager", d.dir.set_manager(&id, manager.as_ref()))?.map_or(Dynamic::UNIT, Dynamic::from))
-    });
-    engine.register_fn("search", |d: &mut DirectoryHandle, filter: &str| d.search(filter, Array::new(), None));
-    engine.register_fn("search", |d: &mut DirectoryHandle, filter: &str, values: Array| d.search(filter, values, None));
-    engine.register_fn("search", |d: &mut DirectoryHandle, filter: &str, values: Array, options: Map| {
+    }
+
+    /// The entries matching an LDAP filter, under `base_dn`, paged.
+    #[rhai_fn(name = "search", pure, return_raw)]
+    pub fn search(d: &mut Directory, filter: &str) -> RhaiResultOf<Array> {
+        d.search(filter, Array::new(), None)
+    }
+
+    /// The entries matching an LDAP filter whose `{}` holes are filled with `values`, escaped
+    /// (RFC 4515).
+    #[rhai_fn(name = "search", pure, return_raw)]
+    pub fn search_with_values(d: &mut Directory, filter: &str, values: Array) -> RhaiResultOf<Array> {
+        d.search(filter, values, None)
+    }
+
+    /// The entries matching a filter with `values`, with options `#{attributes, base, scope,
+    /// limit}`.
+    #[rhai_fn(name = "search", pure, return_raw)]
+    pub fn search_with_options(d: &mut Directory, filter: &str, values: Array, options: Map) -> RhaiResultOf<Array> {
         d.search(filter, values, Some(options))
-    });
-}
-
-/// `api.ProcessFlexHrUserOnAD(record, directory)`: the seed's function, on a ticket that
-/// carries a Flex HR user's fields (SPEC.md, "The Flex HR contract").
-///
-/// It binds to the directory, then makes the directory match the user
-/// ([`Directory::sync_flexhr_user`]), and tells the ticket how that went:
-/// - full success (created, updated, already up to date, or a leaver disabled): the ticket is
-///   closed with a comment naming the base DN and the username, the attributes that changed
-///   and "account disabled" for a leaver;
-/// - the manager was not found: a comment says it must be entered manually before the user
-///   is processed in AD; the ticket stays open and the run succeeds;
-/// - the directory cannot be reached, the bind is refused, or another failure that may pass
-///   (timeout, busy): the error is logged, a comment "failed to synchronize with Flex HR:
-///   <reason>; will retry (attempt N of M, time)" is left, the ticket stays open and the run
-///   fails transiently, so the engine retries it with backoff. The comment is keyed by event
-///   and rule: each retry updates it instead of adding one;
-/// - any other failure (bad input, a constraint the directory refuses): the same comment
-///   without the retry, the ticket stays open, the run fails.
-///
-/// Dry run (the directory's `dry_run = true`, as shipped, or `tripline test`): nothing is
-/// read from or written to the directory. The ticket is closed as a full success would close
-/// it, with a comment that lists the planned changes and says "dry run: nothing was changed
-/// in the directory". Closing shows the whole flow as it will run, and leaves no ticket open
-/// that nothing would ever process again; people seen during a dry run are synchronized
-/// after going live by sending their records again.
-///
-/// Returns `#{status, dn, sAMAccountName, changes, manager, disabled, notes, dry_run,
-/// base_dn, planned, closed}`.
-fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<Map> {
-    let ctx = api.0.clone();
-    let id = record_id(&record)?;
-    let stored = ctx.get_record(&id).map_err(|e| ctx.fail(&e))?;
-    let Some(stored) = stored else {
-        return Err(format!("ProcessFlexHrUserOnAD: no record with id {id}").into());
-    };
-    // The fields as the script holds them (it may have adjusted some), else as stored.
-    let mut fields = match dynamic_to_json(&record) {
-        Ok(Value::Object(o)) => o,
-        _ => stored.fields.clone(),
-    };
-    for key in RESERVED_KEYS {
-        fields.remove(key);
-    }
-
-    let fail = |reason: String, class: Class| -> Box<EvalAltResult> {
-        let at = Utc::now().format("%Y-%m-%d %H:%M:%S UTC");
-        let (attempt, max) = (ctx.attempt, ctx.max_attempts);
-        let transient = class.is_transient();
-        let then = match transient {
-            true if attempt < max => format!("will retry (attempt {attempt} of {max}, {at})"),
-            true => format!("gave up after {attempt} attempts ({at}); `tripline replay` runs it again"),
-            false => format!("not retried ({at}); fix the cause, then `tripline replay` the run"),
-        };
-        let text = format!("failed to synchronize with Flex HR: {reason}; {then}");
-        tracing::warn!(rule = %ctx.rule, record = %id, directory, %reason, transient, "Flex HR synchronization failed.");
-        ctx.log("error", &text);
-        // A note survives the run's failure; the key makes retries update one comment.
-        ctx.note(Write::Comment { id: id.clone(), text: text.clone(), key: Some(ctx.comment_key.clone()) });
-        ctx.host_error(format!("ProcessFlexHrUserOnAD: {text}"), class)
-    };
-
-    let dir = directory_for(&ctx, directory).map_err(|e| fail(e, Class::Permanent))?;
-    wait_for_earlier_manager_ticket(&ctx, &stored, &fields).map_err(|e| fail(e.to_string(), e.class()))?;
-    // The seed's first step is the bind: an unreachable server or a refused bind is reported
-    // as such, before any lookup.
-    // Bounded by the run's deadline like every host call; a sync cut short is completed by the
-    // retry (it is idempotent), and the ticket says why it waits.
-    let result = ctx
-        .within_deadline(&format!("ProcessFlexHrUserOnAD on directory {directory}"), async {
-            dir.connect().await?;
-            dir.sync_flexhr_user(&fields).await
-        })
-        .map_err(|e| {
-            let (reason, class) = host_error_parts(&e);
-            fail(reason, class)
-        })?;
-    let planned = dir.take_planned_changes();
-    let outcome = result.map_err(|e| fail(format!("directory {directory}: {e}"), e.class()))?;
-    for change in &planned {
-        ctx.plan(format!("dry run, directory {directory}: {change}"));
-    }
-
-    let close = outcome.dry_run || outcome.is_complete();
-    let text =
-        if outcome.dry_run { dry_run_comment(&outcome, &planned, directory, ctx.dry_run) } else { comment(&outcome) };
-    match (outcome.dry_run, close) {
-        (true, _) => ctx.log("info", "dry run: closing the ticket with the planned changes"),
-        (false, true) => ctx.log("info", &format!("closing the ticket: {text}")),
-        (false, false) => ctx.log("warn", &format!("the ticket stays open: {text}")),
-    }
-    if close {
-        ctx.write(Write::Close { id: id.clone(), text: Some(text) });
-    } else {
-        ctx.write(Write::Comment { id: id.clone(), text, key: None });
-    }
-
-    let mut result = match serde_json::to_value(&outcome) {
-        Ok(Value::Object(o)) => crate::script::json_map_to_rhai(&o),
-        _ => Map::new(),
-    };
-    result.insert("manager".into(), json_to_dynamic(&manager_json(&outcome.manager)));
-    result
-        .insert("planned".into(), Dynamic::from_array(planned.iter().map(|p| Dynamic::from(p.to_string())).collect()));
-    result.insert("closed".into(), Dynamic::from_bool(close));
-    Ok(result)
-}
-
-/// Tickets run concurrently, one record each, so a job that opens a ticket for a manager and
-/// then one for their report may see the report's run start first. When the record names a
-/// manager who has an *earlier* open ticket of the same entity still being processed (an
-/// unfinished event ahead of this ticket's in the queue, or a run waiting for a retry; an
-/// event queued after this ticket's is not the manager's creation), this waits for that
-/// ticket, polling the store, until it is done or the run's deadline is near; the manager is
-/// then looked up as it would be had the tickets run one after the other. Only earlier
-/// tickets are waited for, so two tickets naming each other never wait on each other. A dry
-/// run does not wait: it changes nothing for the manager's run to provide.
-fn wait_for_earlier_manager_ticket(ctx: &RunCtx, ticket: &Record, fields: &Fields) -> Result<(), StoreError> {
-    const POLL: Duration = Duration::from_millis(20);
-    /// Left of the run's time for the sync itself after waiting.
-    const KEEP: Duration = Duration::from_secs(1);
-    let text = |key: &str| fields.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
-    let Some(manager) = text("ManagerEmployeeId") else { return Ok(()) };
-    if ctx.dry_run || text("EmployeeId") == Some(manager) {
-        return Ok(());
-    }
-    let criteria: Fields = [("EmployeeId".to_string(), Value::from(manager))].into_iter().collect();
-    // Only tickets with work ahead of this one's are read (not every ticket of the entity,
-    // which would make each run cost more as the store grows).
-    let earlier: Vec<Record> = ctx
-        .store
-        .find_busy_before(&ticket.entity, &criteria, &ticket.id, 16)?
-        .into_iter()
-        .filter(|r| r.status == Status::Open && (r.created_at, &r.id) < (ticket.created_at, &ticket.id))
-        .collect();
-    for other in &earlier {
-        while ctx.store.record_busy(&other.id)? {
-            if ctx.deadline.saturating_duration_since(Instant::now()) <= KEEP + POLL {
-                tracing::info!(record = %ticket.id, manager_ticket = %other.id, "Stopped waiting for the manager's ticket: the run's time is nearly up.");
-                return Ok(());
-            }
-            std::thread::sleep(POLL);
-        }
-    }
-    Ok(())
-}
-
-/// The message and class a host call's script error carries.
-fn host_error_parts(e: &EvalAltResult) -> (String, Class) {
-    match e {
-        EvalAltResult::ErrorRuntime(value, _) => match value.read_lock::<HostError>() {
-            Some(host) => (host.message.clone(), host.class),
-            None => (value.to_string(), Class::Permanent),
-        },
-        other => (other.to_string(), Class::Permanent),
-    }
-}
-
-/// The manager outcome as scripts see it: `#{status: "resolved", employee_id, dn}`,
-/// `#{status: "unresolved", employee_id}` or `#{status: "not_given"}`.
-fn manager_json(m: &ManagerOutcome) -> Value {
-    serde_json::to_value(m).unwrap_or(Value::Null)
-}
-
-/// The ticket comment of a sync that ran against the directory.
-fn comment(o: &SyncOutcome) -> String {
-    let mut s = String::from("synchronized with Flex HR: ");
-    match o.status {
-        SyncStatus::Created => s.push_str(&format!("created user {} ({}) in {}", o.login, o.dn, o.base_dn)),
-        SyncStatus::Updated => s.push_str(&format!(
-            "updated user {} ({}) in {}; changed: {}",
-            o.login,
-            o.dn,
-            o.base_dn,
-            o.changes.join(", ")
-        )),
-        SyncStatus::Unchanged => {
-            s.push_str(&format!("user {} ({}) in {} was already up to date", o.login, o.dn, o.base_dn))
-        }
-        SyncStatus::Skipped => s.push_str("nothing to do"),
-    }
-    if o.disabled {
-        s.push_str("; account disabled");
-    }
-    match &o.manager {
-        ManagerOutcome::Resolved { dn, .. } => s.push_str(&format!("; manager: {dn}")),
-        ManagerOutcome::Unresolved { employee_id } => s.push_str(&format!(
-            "; the manager (employee ID {employee_id}) was not found in the directory: \
-             the manager must be entered manually before the user is processed in AD; the ticket stays open"
-        )),
-        ManagerOutcome::NotGiven => {}
-    }
-    for note in &o.notes {
-        s.push_str(&format!("; note: {note}"));
-    }
-    s
-}
-
-/// The ticket comment of a dry run: what would be done.
-fn dry_run_comment(o: &SyncOutcome, planned: &[PlannedChange], directory: &str, run_is_dry: bool) -> String {
-    let mut s = format!("dry run: nothing was changed in the directory {directory}.\n");
-    if planned.is_empty() {
-        s.push_str("Synchronizing this Flex HR user would change nothing.\n");
-    } else {
-        s.push_str("Planned changes:\n");
-        for change in planned {
-            s.push_str(&format!("- {change}\n"));
-        }
-    }
-    if !o.login.is_empty() {
-        s.push_str(&format!("Username {} in {}. ", o.login, o.base_dn));
-    }
-    if let ManagerOutcome::Unresolved { employee_id } | ManagerOutcome::Resolved { employee_id, .. } = &o.manager {
-        s.push_str(&format!("The manager (employee ID {employee_id}) is looked up only when live. "));
-    }
-    s.push_str("A dry run reads nothing from the directory, so every person looks new");
-    for note in o.notes.iter().filter(|n| !n.starts_with("IsNewUser was 0")) {
-        s.push_str(&format!("; note: {note}"));
-    }
-    if !run_is_dry {
-        s.push_str(&format!(". To apply changes, set dry_run = false in [directories.{directory}]"));
-    }
-    s.push('.');
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn outcome(status: SyncStatus) -> SyncOutcome {
-        SyncOutcome {
-            status,
-            dn: "CN=Jane Doe,OU=Staff,DC=example,DC=com".into(),
-            login: "jane.doe".into(),
-            changes: vec!["title".into(), "department".into()],
-            manager: ManagerOutcome::NotGiven,
-            disabled: false,
-            base_dn: "DC=example,DC=com".into(),
-            notes: vec![],
-            dry_run: false,
-        }
-    }
-
-    #[test]
-    fn comments_name_the_base_dn_and_the_username() {
-        let c = comment(&outcome(SyncStatus::Created));
-        assert_eq!(
-            c,
-            "synchronized with Flex HR: created user jane.doe (CN=Jane Doe,OU=Staff,DC=example,DC=com) in DC=example,DC=com"
-        );
-        let mut o = outcome(SyncStatus::Updated);
-        o.disabled = true;
-        o.manager = ManagerOutcome::Unresolved { employee_id: "E9".into() };
-        let c = comment(&o);
-        assert!(c.contains("changed: title, department; account disabled"), "{c}");
-        assert!(c.contains("must be entered manually before the user is processed in AD"), "{c}");
-    }
-
-    #[test]
-    fn dry_run_comments_list_the_planned_changes() {
-        let mut o = outcome(SyncStatus::Created);
-        o.dry_run = true;
-        o.manager = ManagerOutcome::Unresolved { employee_id: "E1".into() };
-        o.notes = vec!["IsNewUser was 0 but no account had employee ID E7: created one".into()];
-        let planned = vec![PlannedChange {
-            operation: "create_user".into(),
-            target: o.dn.clone(),
-            attributes: Default::default(),
-            description: "would create CN=Jane Doe,OU=Staff,DC=example,DC=com with attributes sn: Doe".into(),
-        }];
-        let c = dry_run_comment(&o, &planned, "ActiveDirectory", false);
-        assert!(
-            c.starts_with(
-                "dry run: nothing was changed in the directory ActiveDirectory.\nPlanned changes:\n- would create CN=Jane Doe"
-            ),
-            "{c}"
-        );
-        assert!(c.contains("Username jane.doe in DC=example,DC=com"), "{c}");
-        assert!(c.contains("employee ID E1") && !c.contains("IsNewUser"), "{c}");
-        assert!(c.ends_with("set dry_run = false in [directories.ActiveDirectory]."), "{c}");
-        assert!(!dry_run_comment(&o, &planned, "ActiveDirectory", true).contains("set dry_run"));
     }
 }

@@ -1,9 +1,12 @@
 //! The host object `api` that scripts call, and the context of one run behind it.
 //!
-//! Records and tickets: `api.create`, `api.update`, `api.find`, `api.get`, `api.comment`,
-//! `api.close`. Logging: `api.log` / `api.info` / `api.warn` / `api.error` (and `print`), lines
-//! attached to the run. Time: `api.now()`, `api.days_ago(n)`, ... State: `api.state_get` /
-//! `api.state_set`, a key-value store per job or rule that survives restarts (watermarks).
+//! One file per area, each a Rhai plugin module (`#[export_module]`) whose doc comments are
+//! what `tripline definitions` writes and editors show: [`records`] (`api.create`, `update`,
+//! `find`, `get`, `comment`, `close`), [`log`] (`api.info` / `warn` / `error` / `log`,
+//! `retry_later`), [`time`] (`api.now()`, `api.days_ago(n)`, ...), [`state`] (`api.state_get` /
+//! `state_set`, a key-value store per job or rule that survives restarts), [`directory`]
+//! (`api.directory(name)` and its handle), [`flexhr`] (`api.ProcessFlexHrUserOnAD`),
+//! [`connection`] (`api.connection(name)` and its handle, `api.sanitize`) and [`notify`].
 //!
 //! A run's writes are buffered in its [`RunCtx`] and committed with the run in one
 //! transaction, so a failed run writes nothing half-way and a dry run writes nothing at all.
@@ -14,18 +17,22 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};
-use serde_json::Value;
+use chrono::Utc;
+use rhai::{CustomType, Dynamic, Engine, EvalAltResult, Map};
 
-use super::{dynamic_to_json, json_to_dynamic, record_to_map, HostError};
+use super::HostError;
 use crate::class::{Class, Classify};
-use crate::record::{Fields, Record, Status, RESERVED_KEYS};
+use crate::record::{Fields, Record, Status};
 use crate::store::{LogLine, Store, StoreError, Write};
 
 pub mod connection;
 pub mod directory;
+mod flexhr;
+mod log;
 mod notify;
+mod records;
+mod state;
+mod time;
 
 /// The host systems scripts reach through `api`: directories, connections, and the async
 /// runtime their calls run on.
@@ -382,9 +389,12 @@ fn overlay<'w>(mut r: Record, writes: impl IntoIterator<Item = &'w Write>) -> Re
     r
 }
 
-/// The `api` object in a script's scope.
-#[derive(Clone)]
-pub struct Api(pub Arc<RunCtx>);
+/// The host object: every call a script makes to tripline starts here (`api.create(...)`,
+/// `api.directory("AD")`, ...). It is bound to the run: its log, its writes, its deadline and
+/// its dry-run mode.
+#[derive(Clone, CustomType)]
+#[rhai_type(name = "Api")]
+pub struct Api(#[rhai_type(skip)] pub Arc<RunCtx>);
 
 impl Api {
     pub fn dynamic(ctx: Arc<RunCtx>) -> Dynamic {
@@ -398,6 +408,10 @@ impl Api {
 }
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
+
+/// What a fallible host function returns. Plugin modules spell it so: Rhai's definitions and
+/// the checks read the `T` out of this name (it is Rhai's own, private, alias).
+pub(crate) type RhaiResultOf<T> = Result<T, Box<EvalAltResult>>;
 
 /// The id of a record given as a record map or as an id string.
 pub fn record_id(record: &Dynamic) -> Res<String> {
@@ -414,145 +428,26 @@ pub fn record_id(record: &Dynamic) -> Res<String> {
         .map_err(|t| format!("expected a record or a record id, not {t}").into())
 }
 
-/// Script fields as JSON, refusing the keys that are not fields.
-fn fields_of(map: Map) -> Res<Fields> {
-    for k in RESERVED_KEYS {
-        if map.contains_key(k) {
-            return Err(format!(
-                "`{k}` is not a field: records have fixed `id`, `entity` and `status` (close a record with api.close)"
-            )
-            .into());
-        }
-    }
-    match dynamic_to_json(&Dynamic::from_map(map)) {
-        Ok(Value::Object(o)) => Ok(o),
-        Ok(_) => unreachable!("a map is an object"),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn existing(api: &Api, id: &str) -> Res<Record> {
-    api.0.get_record(id).map_err(|e| api.0.fail(&e))?.ok_or_else(|| format!("no record with id {id}").into())
-}
-
-/// Now minus `n` units, or an error naming the call when that is not a time chrono can hold.
-fn ago(n: i64, unit: &str, make: fn(i64) -> Option<Duration>) -> Res<String> {
-    make(n)
-        .and_then(|d| Utc::now().checked_sub_signed(d))
-        .map(ts)
-        .ok_or_else(|| format!("api.{unit}_ago({n}): out of the range of times").into())
-}
-
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// Registers `api`'s functions on the engine.
+/// Registers `api` and its handles on the engine: one plugin module per area (see the module
+/// docs of each), the handles as custom types. A host function is added in its area's plugin
+/// module, and only there: lint, `tripline definitions` and the README check read the engine's
+/// metadata.
 pub fn register(engine: &mut Engine) {
-    engine.register_type_with_name::<Api>("Api");
+    engine.build_type::<Api>();
+    records::register(engine);
+    log::register(engine);
+    time::register(engine);
+    state::register(engine);
     directory::register(engine);
+    flexhr::register(engine);
     connection::register(engine);
     notify::register(engine);
-
-    engine.register_fn("create", |api: &mut Api, entity: &str, fields: Map| -> Res<Map> {
-        if entity.trim().is_empty() {
-            return Err("api.create needs an entity name".into());
-        }
-        let record = Record::new(entity, fields_of(fields)?);
-        let map = record_to_map(&record);
-        api.0.write(Write::Create(record));
-        Ok(map)
-    });
-    engine.register_fn("update", |api: &mut Api, record: Dynamic, fields: Map| -> Res<Map> {
-        let id = record_id(&record)?;
-        existing(api, &id)?;
-        api.0.write(Write::Update { id: id.clone(), fields: fields_of(fields)? });
-        Ok(record_to_map(&existing(api, &id)?))
-    });
-    engine.register_fn("find", |api: &mut Api, entity: &str, criteria: Map| -> Res<Array> {
-        let criteria =
-            match dynamic_to_json(&Dynamic::from_map(criteria)).map_err(|e| -> Box<EvalAltResult> { e.into() })? {
-                Value::Object(o) => o,
-                _ => unreachable!("a map is an object"),
-            };
-        let found = api.0.find(entity, &criteria).map_err(|e| api.0.fail(&e))?;
-        Ok(found.iter().map(|r| Dynamic::from_map(record_to_map(r))).collect())
-    });
-    engine.register_fn("get", |api: &mut Api, id: &str| -> Res<Dynamic> {
-        Ok(match api.0.get_record(id).map_err(|e| api.0.fail(&e))? {
-            Some(r) => Dynamic::from_map(record_to_map(&r)),
-            None => Dynamic::UNIT,
-        })
-    });
-    engine.register_fn("comment", |api: &mut Api, record: Dynamic, text: &str| -> Res<()> {
-        let id = record_id(&record)?;
-        existing(api, &id)?;
-        api.0.write(Write::Comment { id, text: text.to_string(), key: None });
-        Ok(())
-    });
-    engine.register_fn("close", |api: &mut Api, record: Dynamic, text: &str| -> Res<()> {
-        let id = record_id(&record)?;
-        existing(api, &id)?;
-        api.0.write(Write::Close { id, text: Some(text.to_string()) });
-        Ok(())
-    });
-    engine.register_fn("close", |api: &mut Api, record: Dynamic| -> Res<()> {
-        let id = record_id(&record)?;
-        existing(api, &id)?;
-        api.0.write(Write::Close { id, text: None });
-        Ok(())
-    });
-
-    for (name, level) in [("info", "info"), ("warn", "warn"), ("error", "error"), ("log", "info")] {
-        engine.register_fn(name, move |api: &mut Api, msg: Dynamic| -> Res<()> {
-            api.0.log(level, &api.0.text_of(&msg)?);
-            Ok(())
-        });
-    }
-    // A script's own "not now": the run goes to `retrying` and runs again after a backoff
-    // (e.g. a record waits for data another system has not delivered yet).
-    engine.register_fn("retry_later", |api: &mut Api, reason: &str| -> Res<()> {
-        Err(api.0.host_error(reason, Class::Transient))
-    });
-
-    engine.register_fn("now", |_: &mut Api| ts(Utc::now()));
-    engine.register_fn("now_unix", |_: &mut Api| Utc::now().timestamp());
-    // Every time helper is total: out-of-range input is a script error, never a panic.
-    engine.register_fn("days_ago", |_: &mut Api, n: i64| ago(n, "days", Duration::try_days));
-    engine.register_fn("hours_ago", |_: &mut Api, n: i64| ago(n, "hours", Duration::try_hours));
-    engine.register_fn("minutes_ago", |_: &mut Api, n: i64| ago(n, "minutes", Duration::try_minutes));
-    engine.register_fn("parse_time", |_: &mut Api, s: &str| -> Res<i64> {
-        DateTime::parse_from_rfc3339(s).map(|t| t.timestamp()).map_err(|e| {
-            let shown: String = s.chars().take(64).collect();
-            format!("not an RFC 3339 time {shown:?}: {e}").into()
-        })
-    });
-    engine.register_fn("format_time", |_: &mut Api, unix: i64| -> Res<String> {
-        DateTime::from_timestamp(unix, 0).map(ts).ok_or_else(|| format!("{unix} is out of range").into())
-    });
-
-    engine.register_fn("state_get", |api: &mut Api, key: &str| -> Res<Dynamic> {
-        let pending = lock(&api.0.writes).iter().rev().find_map(|w| match w {
-            Write::SetState { namespace, key: k, value } if *namespace == api.0.state_namespace && k == key => {
-                Some(value.clone())
-            }
-            _ => None,
-        });
-        let value = match pending {
-            Some(v) => Some(v),
-            None => api.0.store.kv_get(&api.0.state_namespace, key).map_err(|e| api.0.fail(&e))?,
-        };
-        Ok(value.as_ref().map_or(Dynamic::UNIT, json_to_dynamic))
-    });
-    engine.register_fn("state_set", |api: &mut Api, key: &str, value: Dynamic| -> Res<()> {
-        let value = dynamic_to_json(&value).map_err(|e| -> Box<EvalAltResult> { e.into() })?;
-        api.0.write(Write::SetState { namespace: api.0.state_namespace.clone(), key: key.to_string(), value });
-        Ok(())
-    });
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
     use crate::store::sqlite::SqliteStore;
 

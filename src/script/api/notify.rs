@@ -7,13 +7,25 @@
 //! 5xx or the deadline came first, so the run is retried). In a dry run the channel is
 //! checked and the message is logged, not sent.
 
-use rhai::{Dynamic, Engine};
-
-use super::{Api, Res};
+use rhai::plugin::*;
+use rhai::Engine;
 
 /// Registers `notify` on `api`.
 pub(super) fn register(engine: &mut Engine) {
-    engine.register_fn("notify", |api: &mut Api, channel: &str, subject: &str, body: Dynamic| -> Res<()> {
+    engine.register_global_module(exported_module!(functions).into());
+}
+
+#[export_module]
+mod functions {
+    use rhai::Dynamic;
+
+    use crate::script::api::{Api, RhaiResultOf};
+
+    /// Sends a message with `subject` and `body` (a value other than a string is sent as Rhai
+    /// prints it) through the `[notify.NAME]` channel `channel`, before the script goes on and
+    /// within the run's time limit. A dry run checks the channel and logs the message instead.
+    #[rhai_fn(pure, return_raw)]
+    pub fn notify(api: &mut Api, channel: &str, subject: &str, body: Dynamic) -> RhaiResultOf<()> {
         let ctx = &api.0;
         let notifier = &ctx.hosts.notifier;
         let body = ctx.text_of(&body)?;
@@ -31,5 +43,5 @@ pub(super) fn register(engine: &mut Engine) {
             }
             Err(e) => Err(ctx.fail(&e)),
         }
-    });
+    }
 }
