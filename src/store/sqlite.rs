@@ -121,6 +121,40 @@ CREATE TABLE catalog_files (
 CREATE INDEX runs_rule ON runs(rule, id);
 CREATE INDEX runs_not_ok ON runs(status, id) WHERE status != 'ok';
 "#,
+    // Fewer index writes per event: the idempotency keys' unique index holds only the events
+    // that have one (the column's UNIQUE held a NULL entry for every event; dropping it takes
+    // rebuilding the table, whose id sequence is carried over, so that no id is used twice),
+    // and an event leaves its record's index when it is done (every lookup by record asks
+    // for unfinished events).
+    r#"
+CREATE TABLE events_new (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    previous TEXT,
+    depth INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    idempotency_key TEXT,
+    claimed_by TEXT,
+    claimed_until TEXT,
+    tries INTEGER NOT NULL DEFAULT 0,
+    root_id INTEGER,
+    fanout INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO events_new (id, kind, record_id, record, previous, depth, done, created_at, idempotency_key,
+                        claimed_by, claimed_until, tries, root_id, fanout)
+    SELECT id, kind, record_id, record, previous, depth, done, created_at, idempotency_key,
+           claimed_by, claimed_until, tries, root_id, fanout FROM events;
+DELETE FROM sqlite_sequence WHERE name = 'events_new';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'events_new', seq FROM sqlite_sequence WHERE name = 'events';
+DROP TABLE events;
+ALTER TABLE events_new RENAME TO events;
+CREATE UNIQUE INDEX events_idempotency ON events(idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX events_pending ON events(id) WHERE done = 0;
+CREATE INDEX events_record ON events(record_id, id) WHERE done = 0;
+"#,
 ];
 
 /// How many times an event may be claimed without its processing ending before it is set
@@ -324,6 +358,7 @@ fn snapshot(r: &Record) -> Record {
 /// A claim to store an event with: its owner and until when.
 type Claim<'a> = Option<(&'a str, DateTime<Utc>)>;
 
+#[allow(clippy::too_many_arguments)]
 fn insert_event(
     tx: &Connection,
     kind: &EventKind,
@@ -332,6 +367,7 @@ fn insert_event(
     depth: u32,
     key: Option<&str>,
     claim: Claim<'_>,
+    fresh: bool,
 ) -> Result<Event> {
     let now = Utc::now();
     let record = snapshot(record);
@@ -339,11 +375,13 @@ fn insert_event(
     let (owner, until) = claim.map_or((None, None), |(o, u)| (Some(o), Some(ts(u))));
     // A creation behind nothing (the usual case: a fresh id) can be run by whoever stored it
     // at once; an id reused while an event of its earlier record is unfinished waits for it.
+    // An id the store made just now (`fresh`) has no earlier events to ask about.
     let waits_for_nothing = *kind == EventKind::Created
         && claim.is_some()
-        && !tx
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE record_id = ?1 AND done = 0)")?
-            .query_row(params![record.id], |r| r.get::<_, bool>(0))?;
+        && (fresh
+            || !tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE record_id = ?1 AND done = 0)")?
+                .query_row(params![record.id], |r| r.get::<_, bool>(0))?);
     tx.prepare_cached(
         "INSERT INTO events (kind, record_id, record, previous, depth, created_at, idempotency_key, claimed_by, claimed_until, tries)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -429,7 +467,16 @@ fn ingest_one(
                 r.status = s;
             }
             save_record(tx, &r)?;
-            insert_event(tx, &item.kind, &r, None, depth, item.idempotency_key.as_deref(), claim)?
+            insert_event(
+                tx,
+                &item.kind,
+                &r,
+                None,
+                depth,
+                item.idempotency_key.as_deref(),
+                claim,
+                item.record.id.is_none(),
+            )?
         }
         (EventKind::Updated, None) | (EventKind::Deleted, None) => {
             let id = item.record.id.clone().unwrap_or_else(|| "(none given)".into());
@@ -437,7 +484,7 @@ fn ingest_one(
         }
         (EventKind::Deleted, Some(r)) => {
             tx.execute("DELETE FROM records WHERE id = ?1", params![r.id])?;
-            insert_event(tx, &item.kind, &r, None, depth, item.idempotency_key.as_deref(), claim)?
+            insert_event(tx, &item.kind, &r, None, depth, item.idempotency_key.as_deref(), claim, false)?
         }
         (kind, Some(previous)) => {
             let mut r = previous.clone();
@@ -449,7 +496,7 @@ fn ingest_one(
             }
             r.updated_at = now;
             save_record(tx, &r)?;
-            insert_event(tx, kind, &r, Some(&previous), depth, item.idempotency_key.as_deref(), claim)?
+            insert_event(tx, kind, &r, Some(&previous), depth, item.idempotency_key.as_deref(), claim, false)?
         }
     };
     Ok(Some(event))
@@ -600,7 +647,7 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised:
                 return Err(StoreError::Exists(r.id.clone()));
             }
             save_record(tx, r)?;
-            raised.push(insert_event(tx, &EventKind::Created, r, None, depth, None, claim)?);
+            raised.push(insert_event(tx, &EventKind::Created, r, None, depth, None, claim, false)?);
         }
         Write::Update { id, fields } => {
             let previous = load_record(tx, id)?.ok_or_else(|| StoreError::NoRecord(id.clone()))?;
@@ -610,7 +657,7 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised:
             }
             r.updated_at = now;
             save_record(tx, &r)?;
-            raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim)?);
+            raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim, false)?);
         }
         Write::Comment { id, text, key } => add_comment(tx, id, text, key.as_deref(), now)?,
         Write::Close { id, text } => {
@@ -623,7 +670,7 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised:
                 r.status = Status::Closed;
                 r.updated_at = now;
                 save_record(tx, &r)?;
-                raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim)?);
+                raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim, false)?);
             }
         }
         Write::SetState { namespace, key, value } => {
@@ -1351,6 +1398,41 @@ mod tests {
             record: Submitted { id: id.map(String::from), status: None, fields: fields(f) },
             idempotency_key: None,
         }
+    }
+
+    /// A store made before the events table was rebuilt (migration 7) keeps its events,
+    /// their keys and its id sequence: an id freed at the end is not handed out again.
+    #[test]
+    fn rebuilding_the_events_table_keeps_events_keys_and_the_id_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tripline.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..6] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 6).unwrap();
+            for (n, key) in [(1, Some("k1")), (2, None), (3, Some("k3"))] {
+                let record = Record::new("t", Fields::new());
+                conn.execute(
+                    "INSERT INTO events (kind, record_id, record, depth, created_at, idempotency_key, done)
+                     VALUES ('created', ?1, ?2, 0, '2026-01-01T00:00:00Z', ?3, ?4)",
+                    params![record.id, to_json(&record), key, (n == 1) as i64],
+                )
+                .unwrap();
+            }
+            conn.execute("DELETE FROM events WHERE id = 3", []).unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert!(s.event_by_idempotency_key("k1").unwrap().is_some());
+        assert!(s.event_by_idempotency_key("k3").unwrap().is_none());
+        assert_eq!(s.queue_depth().unwrap(), 1, "event 2 is still pending");
+        let keyed = Ingest { idempotency_key: Some("k1".into()), ..ingest("t", EventKind::Created, None, json!({})) };
+        assert!(s.ingest_all(&[keyed]).unwrap()[0].is_none(), "the key still dedupes");
+        let next = s.ingest_all(&[ingest("t", EventKind::Created, None, json!({}))]).unwrap();
+        assert_eq!(next[0].as_ref().unwrap().id, 4, "id 3 was used before the rebuild");
+        let version: usize = s.conn().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len());
     }
 
     #[test]
