@@ -34,6 +34,13 @@ pub enum StoreError {
     /// A write the store refuses whatever the state (a value too deep, a chain too wide).
     #[error("{0}")]
     Invalid(String),
+    /// The store was migrated by a newer tripline: this one would misread what it does not
+    /// know, so it leaves the file alone.
+    #[error(
+        "store: the store's schema is version {found}, written by a newer tripline (this one knows up to {known}): \
+         run that version, or restore a backup made before the upgrade"
+    )]
+    Newer { found: usize, known: usize },
 }
 
 impl Classify for StoreError {

@@ -14,6 +14,7 @@ mod flexhr;
 mod flexjob;
 mod hardening;
 mod hostile;
+mod install;
 mod layering;
 mod notification;
 mod origin;
