@@ -23,6 +23,7 @@ mod reliability;
 mod scheduler;
 mod script_checks;
 mod secrets;
+mod seeds;
 mod trust;
 mod unsafe_requests;
 mod webhook;

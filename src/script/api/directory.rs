@@ -5,7 +5,7 @@
 //! administrator automates, named as they would guess: `find_user`, `user_exists`,
 //! `create_user`, `update_user`, `disable_user`, `enable_user`, `delete_user`, `move_user`,
 //! `rename_user`, `reset_password`, `add_to_group`, `remove_from_group`, `groups_of`,
-//! `set_manager`, `search`. A user is named by text (DN, UPN or mail, or the account name,
+//! `group_members`, `set_manager`, `search`. A user is named by text (DN, UPN or mail, or the account name,
 //! told apart by their shape) or by `#{by: "employeeID", value: "E1"}`; a group by DN or name.
 //! Every value that reaches a DN or a filter is escaped by [`crate::directory`], never by the
 //! script.
@@ -29,7 +29,7 @@ use super::{record_id, Api, RunCtx};
 use crate::class::{Class, Classify};
 use crate::directory::{
     attributes_from_json, Directory, DirectoryError, Entry, GroupId, ManagerOutcome, NewUser, PlannedChange,
-    SearchRequest, SearchScope, SyncOutcome, SyncStatus, UserId,
+    SearchRequest, SearchScope, SyncOptions, SyncOutcome, SyncStatus, UserId,
 };
 use crate::record::{Fields, Record, Status, RESERVED_KEYS};
 use crate::script::{dynamic_to_json, json_to_dynamic, HostError};
@@ -186,7 +186,10 @@ pub fn register(engine: &mut Engine) {
         let dir = directory_for(&api.0, name).map_err(|e| api.0.host_error(e, Class::Permanent))?;
         Ok(DirectoryHandle { dir, ctx: api.0.clone() })
     });
-    engine.register_fn("ProcessFlexHrUserOnAD", process_flexhr_user);
+    engine.register_fn("ProcessFlexHrUserOnAD", |api: &mut Api, record: Dynamic, directory: &str| {
+        process_flexhr_user(api, record, directory, SyncOptions::default())
+    });
+    engine.register_fn("ProcessFlexHrUserOnAD", process_flexhr_user_with_options);
 
     engine.register_get("name", |d: &mut DirectoryHandle| d.name().to_string());
     engine.register_get("base_dn", |d: &mut DirectoryHandle| d.dir.base_dn());
@@ -252,6 +255,10 @@ pub fn register(engine: &mut Engine) {
         let id = d.user(&id)?;
         Ok(d.call("groups_of", d.dir.groups_of(&id))?.iter().map(|e| Dynamic::from_map(entry_map(e))).collect())
     });
+    engine.register_fn("group_members", |d: &mut DirectoryHandle, group: Dynamic| -> Res<Array> {
+        let group = d.group(&group)?;
+        Ok(names(d.call("group_members", d.dir.group_members(&group))?))
+    });
     engine.register_fn("set_manager", |d: &mut DirectoryHandle, id: Dynamic, manager: Dynamic| -> Res<Dynamic> {
         let id = d.user(&id)?;
         let manager = if manager.is_unit() { None } else { Some(d.user(&manager)?) };
@@ -291,7 +298,7 @@ pub fn register(engine: &mut Engine) {
 ///
 /// Returns `#{status, dn, sAMAccountName, changes, manager, disabled, notes, dry_run,
 /// base_dn, planned, closed}`.
-fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<Map> {
+fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str, options: SyncOptions) -> Res<Map> {
     let ctx = api.0.clone();
     let id = record_id(&record)?;
     let stored = ctx.get_record(&id).map_err(|e| ctx.fail(&e))?;
@@ -333,7 +340,7 @@ fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<M
     let result = ctx
         .within_deadline(&format!("ProcessFlexHrUserOnAD on directory {directory}"), async {
             dir.connect().await?;
-            dir.sync_flexhr_user(&fields).await
+            dir.sync_flexhr_user_with(&fields, &options).await
         })
         .map_err(|e| {
             let (reason, class) = host_error_parts(&e);
@@ -368,6 +375,19 @@ fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<M
         .insert("planned".into(), Dynamic::from_array(planned.iter().map(|p| Dynamic::from(p.to_string())).collect()));
     result.insert("closed".into(), Dynamic::from_bool(close));
     Ok(result)
+}
+
+/// `api.ProcessFlexHrUserOnAD(record, directory, #{ mode: "update_only" })`: the call's
+/// options over the directory's settings ([`SyncOptions`]). An unknown key or mode fails the
+/// run for good, naming it, before the ticket or the directory is touched.
+fn process_flexhr_user_with_options(api: &mut Api, record: Dynamic, directory: &str, options: Map) -> Res<Map> {
+    let parsed = match dynamic_to_json(&Dynamic::from_map(options)) {
+        Ok(Value::Object(o)) => SyncOptions::from_json(&o),
+        Ok(_) => unreachable!("a map is an object"),
+        Err(e) => Err(DirectoryError::InvalidInput(format!("the options: {e}"))),
+    };
+    let options = parsed.map_err(|e| api.0.host_error(format!("ProcessFlexHrUserOnAD: {e}"), Class::Permanent))?;
+    process_flexhr_user(api, record, directory, options)
 }
 
 /// Tickets run concurrently, one record each, so a job that opens a ticket for a manager and
@@ -442,6 +462,11 @@ fn comment(o: &SyncOutcome) -> String {
             s.push_str(&format!("user {} ({}) in {} was already up to date", o.login, o.dn, o.base_dn))
         }
         SyncStatus::Skipped => s.push_str("nothing to do"),
+        SyncStatus::NotCreated => s.push_str(&format!(
+            "{}; the ticket stays open (create the account by hand, or process the ticket again in another mode)",
+            o.decision().unwrap_or_default()
+        )),
+        SyncStatus::LeftAlone => s.push_str(&o.decision().unwrap_or_default()),
     }
     if o.disabled {
         s.push_str("; account disabled");
@@ -478,6 +503,13 @@ fn dry_run_comment(o: &SyncOutcome, planned: &[PlannedChange], directory: &str, 
         s.push_str(&format!("The manager (employee ID {employee_id}) is looked up only when live. "));
     }
     s.push_str("A dry run reads nothing from the directory, so every person looks new");
+    if let Some(decision) = o.decision() {
+        let then = match o.status {
+            SyncStatus::NotCreated => " (a live run would leave the ticket open)",
+            _ => "",
+        };
+        s.push_str(&format!("; {decision}{then}"));
+    }
     for note in o.notes.iter().filter(|n| !n.starts_with("IsNewUser was 0")) {
         s.push_str(&format!("; note: {note}"));
     }
@@ -501,8 +533,10 @@ mod tests {
             manager: ManagerOutcome::NotGiven,
             disabled: false,
             base_dn: "DC=example,DC=com".into(),
+            employee_id: "E7".into(),
             notes: vec![],
             dry_run: false,
+            mode: Default::default(),
         }
     }
 
