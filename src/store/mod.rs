@@ -319,6 +319,8 @@ pub trait Store: Send + Sync {
     fn claim_due_retries(&self, now: DateTime<Utc>, limit: usize, until: DateTime<Utc>) -> Result<Vec<Run>>;
     fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Value>>;
     fn kv_set(&self, namespace: &str, key: &str, value: &Value) -> Result<()>;
+    /// Removes a key (none is no error).
+    fn kv_delete(&self, namespace: &str, key: &str) -> Result<()>;
     /// `[engine] max_fanout`: how many events one event from outside may cause in all
     /// (see [`Store::commit_run`]: a run whose writes would cross it is refused).
     fn set_max_fanout(&self, max: u64);

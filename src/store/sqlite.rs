@@ -1219,6 +1219,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn kv_delete(&self, namespace: &str, key: &str) -> Result<()> {
+        self.conn().execute("DELETE FROM kv WHERE namespace = ?1 AND key = ?2", params![namespace, key])?;
+        Ok(())
+    }
+
     fn kv_set(&self, namespace: &str, key: &str, value: &Value) -> Result<()> {
         self.conn()
             .prepare_cached(

@@ -20,6 +20,7 @@ mod notification;
 mod origin;
 mod outage;
 mod reliability;
+mod revoke;
 mod scheduler;
 mod script_checks;
 mod secrets;
