@@ -41,6 +41,13 @@ impl FlexHr {
     /// (anything else gets wiremock's 404). Forgets earlier answers and requests.
     async fn serve(&self, users: &[Value], page_size: usize) {
         self.server.reset().await;
+        Mock::given(method("GET"))
+            .and(path("/api/companies"))
+            .and(basic_auth("svc-tripline", PASSWORD))
+            .and(query_param("instanceId", "ACME"))
+            .respond_with(json_answer(json!([{"id": 1, "name": "ACME AG"}, {"id": 2, "name": "Globex GmbH"}])))
+            .mount(&self.server)
+            .await;
         let pages: Vec<&[Value]> = users.chunks(page_size).collect();
         let total = pages.len();
         for (i, page) in pages.iter().enumerate() {
@@ -196,7 +203,9 @@ async fn the_flex_hr_job_stages_opens_tickets_comments_changes_and_stays_quiet()
     let before = (p.records("flexhr_log"), p.records("ticket"));
     let log = job_ok(&p);
     assert!(summary(&log).contains("unchanged 4, new 0, changed 0"), "{log:#?}");
-    assert_eq!(log.len(), 2, "the skip warning and the summary only: {log:#?}");
+    // The companies line (the job reads them first), the skip warning and the summary.
+    assert_eq!(log.len(), 3, "the companies, the skip warning and the summary only: {log:#?}");
+    assert_eq!(log[0], "Flex HR instance ACME has 2 companies: ACME AG, Globex GmbH");
     assert_eq!((p.records("flexhr_log"), p.records("ticket")), before);
 
     // Only ModifiedAt moved (HR touched the record): still nothing.
@@ -408,7 +417,9 @@ async fn a_flex_hr_that_caps_its_page_size_is_read_whole() {
         summary(&log).contains("fetched 6, skipped 0 without EmployeeId, 0 duplicates, unchanged 0, new 6"),
         "{log:#?}"
     );
-    let requests = server.received_requests().await.unwrap();
+    // The users' pages (the job also asks for the companies, once, first).
+    let requests: Vec<Request> =
+        server.received_requests().await.unwrap().into_iter().filter(|r| r.url.path() == "/api/users").collect();
     let pages: Vec<String> = requests.iter().filter_map(|r| query_of(r, "page")).collect();
     assert_eq!(pages, ["1", "2", "3"]);
     assert!(requests.iter().all(|r| query_of(r, "pageSize").as_deref() == Some("100")));
@@ -1407,4 +1418,59 @@ async fn end_to_end_flex_hr_to_active_directory() {
     for out in [&ran.stdout, &ran.stderr] {
         assert!(!out.contains(PASSWORD) && !out.contains(AD_ADMIN_PW));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_lists_the_companies_and_stages_only_those_asked_for() {
+    let hr = FlexHr::start().await;
+    let person = |id: &str, first: &str, company: &str| {
+        json!({"EmployeeId": id, "FirstName": first, "LastName": "Co", "Company": company, "Active": true,
+               "ModifiedAt": hours_ago(1)})
+    };
+    let users = vec![
+        person("C1", "Ann", "ACME AG"),
+        person("C2", "Bob", "Globex GmbH"),
+        person("C3", "Cid", " ACME  AG "),
+        json!({"EmployeeId": "C4", "FirstName": "Dee", "LastName": "Co"}),
+    ];
+    hr.serve(&users, 2).await;
+    let p = flex_project(&hr.server, r#", companies = ["ACME AG", "Initech"]"#);
+
+    // `connection test` shows the list (the shipped test request).
+    let ran = p.run_env(&["connection", "test", "flex_hr"], &env());
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.starts_with("GET /api/companies -> 200 in "), "{ran:?}");
+    assert!(ran.stdout.contains(r#"[{"id":1,"name":"ACME AG"},{"id":2,"name":"Globex GmbH"}]"#), "{ran:?}");
+
+    let log = job_ok(&p);
+    assert_eq!(log[0], "Flex HR instance ACME has 2 companies: ACME AG, Globex GmbH");
+    assert!(
+        log.contains(&r#"params.companies names "Initech", which Flex HR does not list for instance ACME"#.to_string()),
+        "{log:#?}"
+    );
+    assert!(
+        summary(&log).ends_with("new 2, changed 0 (0 leavers), tickets opened 2, tickets commented 0, 2 of other companies left out (params.companies)"),
+        "{log:#?}"
+    );
+    // Ann and Cid (whose company reads the same once sanitized); not Bob, nor Dee without one.
+    let mut staged: Vec<String> =
+        p.records("flexhr_log").iter().map(|r| r["fields"]["EmployeeId"].as_str().unwrap().to_string()).collect();
+    staged.sort();
+    assert_eq!(staged, ["C1", "C3"]);
+    assert_eq!(p.records("ticket").len(), 2);
+
+    // Not a list of names: the run fails saying what is expected, nothing staged.
+    for bad in [r#", companies = "ACME AG""#, ", companies = []", ", companies = [1]"] {
+        let p = flex_project(&hr.server, bad);
+        let (ran, runs) = run_job(&p);
+        assert_eq!(ran.code, 1, "{ran:?}");
+        assert!(runs[0]["error"].as_str().unwrap().contains("params.companies must"), "{:#}", runs[0]);
+        let listed = p.run(&["records", "list", "flexhr_log", "--json"]);
+        assert!(listed.stderr.contains("the store has no records yet"), "nothing staged: {listed:?}");
+    }
+    // Without the filter everybody is staged and the summary says nothing of companies.
+    let p = flex_project(&hr.server, "");
+    let log = job_ok(&p);
+    assert!(summary(&log).ends_with("tickets commented 0"), "{log:#?}");
+    assert_eq!(p.records("flexhr_log").len(), 4);
 }
