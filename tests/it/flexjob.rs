@@ -1474,3 +1474,100 @@ async fn the_job_lists_the_companies_and_stages_only_those_asked_for() {
     assert!(summary(&log).ends_with("tickets commented 0"), "{log:#?}");
     assert_eq!(p.records("flexhr_log").len(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_microsoft_365_leaver_example_disables_unlicenses_and_revokes() {
+    let graph = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/tenant-1/oauth2/v2.0/token"))
+        .and(wiremock::matchers::body_string_contains("grant_type=client_credentials"))
+        .and(wiremock::matchers::body_string_contains("scope=https%3A%2F%2Fgraph.microsoft.com%2F.default"))
+        .respond_with(json_answer(json!({"access_token": "graph-token", "token_type": "Bearer", "expires_in": 3600})))
+        .mount(&graph)
+        .await;
+    let mut admin = ad_admin().await;
+    let ou = make_ou(&mut admin, AD_BASE, "m365").await;
+    let tag = unique();
+    let (sam, emp) = (format!("lv{tag}"), format!("LV{tag}"));
+    let upn = format!("{sam}@example.test");
+    let dn = format!("CN={sam},{ou}");
+    // Enabled without a password (NORMAL_ACCOUNT | PASSWD_NOTREQD = 544): AD refuses an
+    // enabled account that needs one and has none.
+    let attrs = vec![
+        ("objectClass", std::collections::HashSet::from(["user"])),
+        ("sAMAccountName", std::collections::HashSet::from([sam.as_str()])),
+        ("userPrincipalName", std::collections::HashSet::from([upn.as_str()])),
+        ("employeeID", std::collections::HashSet::from([emp.as_str()])),
+        ("userAccountControl", std::collections::HashSet::from(["544"])),
+    ];
+    admin.add(&dn, attrs).await.unwrap().success().unwrap();
+    let auth = || header("authorization", "Bearer graph-token");
+    Mock::given(method("GET"))
+        .and(path(format!("/v1.0/users/{upn}")))
+        .and(query_param("$select", "id,userPrincipalName"))
+        .and(auth())
+        .respond_with(json_answer(json!({"id": "0f9e-id", "userPrincipalName": upn})))
+        .mount(&graph)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/v1.0/users/{upn}/licenseDetails")))
+        .and(auth())
+        .respond_with(json_answer(json!({"value": [{"skuId": "sku-e3", "skuPartNumber": "ENTERPRISEPACK"},
+                                                  {"skuId": "sku-teams"}]})))
+        .mount(&graph)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1.0/users/0f9e-id/assignLicense"))
+        .and(auth())
+        .and(body_json(json!({"addLicenses": [], "removeLicenses": ["sku-e3", "sku-teams"]})))
+        .respond_with(json_answer(json!({"id": "0f9e-id"})))
+        .expect(1)
+        .mount(&graph)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1.0/users/0f9e-id/revokeSignInSessions"))
+        .and(auth())
+        .respond_with(json_answer(json!({"value": true})))
+        .expect(1)
+        .mount(&graph)
+        .await;
+
+    let example = std::fs::read_to_string(repo(&format!("{EXAMPLES}/tripline.example.toml"))).unwrap();
+    let section = &example[example.find("[connections.ms_graph]").unwrap()..];
+    let section = section
+        .replace("https://graph.microsoft.com/v1.0/", &format!("{}/v1.0/", graph.uri()))
+        .replace("https://login.microsoftonline.com/YOUR-TENANT-ID/", &format!("{}/tenant-1/", graph.uri()))
+        .replace("enabled = false", "enabled = true");
+    let p = Project::new(&format!(
+        "[directories.ActiveDirectory]\nkind = \"active_directory\"\nurl = \"ldaps://127.0.0.1\"\nbind_dn = \"{AD_ADMIN}\"\n\
+         bind_password = \"${{AD_BIND_PASSWORD}}\"\nbase_dn = \"{AD_BASE}\"\nusers_ou = '{ou}'\nca_file = '{}'\n\n{section}",
+        samba().ca_file().display()
+    ));
+    p.set_env("GRAPH_CLIENT_SECRET", "graph-secret-5521").set_env("AD_BIND_PASSWORD", AD_ADMIN_PW);
+    with_examples(&p, &["rules/m365_leaver.toml", "scripts/m365_leaver.rhai"]);
+    let ticket = json!({"Source": "FlexHR", "EmployeeId": emp, "FirstName": "Lee", "LastName": "Ver", "Active": false});
+
+    // A dry run reads nothing from the directory (so it finds no account) and changes nothing.
+    p.file("t.json", &ticket.to_string());
+    let file = p.path().join("t.json");
+    let ran = p.run(&["test", "Microsoft 365 leaver", "--record", file.to_str().unwrap()]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("no AD account has this employee ID; nothing was changed"), "{}", ran.stdout);
+    assert_eq!(read_attr(&mut admin, &dn, "userAccountControl").await, ["544"]);
+
+    let (ran, runs) = p.fire("ticket", &ticket.to_string());
+    assert_eq!(runs.len(), 1, "{ran:?}");
+    assert_eq!(runs[0]["status"], "ok", "{:#}", runs[0]);
+    let uac: u32 = read_attr(&mut admin, &dn, "userAccountControl").await[0].parse().unwrap();
+    assert_eq!(uac & 2, 2, "the AD account is disabled: {uac}");
+    let t = &p.records("ticket")[0];
+    assert_eq!(t["status"], "closed");
+    let last = t["comments"].as_array().unwrap().last().unwrap()["text"].as_str().unwrap().to_string();
+    assert_eq!(
+        last.to_lowercase(),
+        format!("leaver {upn}: ad account {dn} disabled; 2 microsoft 365 license(s) removed; sign-in sessions revoked")
+            .to_lowercase()
+    );
+    let out = format!("{ran:?}");
+    assert!(!out.contains("graph-secret-5521") && !out.contains("graph-token"), "{out}");
+}
