@@ -1008,7 +1008,7 @@ fn the_shipped_configuration_checks_and_starts_without_the_flex_hr_password() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("3 connections, 3 jobs"), "{stdout}");
+    assert!(stdout.contains("4 connections, 3 jobs"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
