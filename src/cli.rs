@@ -163,6 +163,9 @@ pub enum ConnectionCommand {
         #[arg(long, default_value_t = 300)]
         wait: u64,
     },
+    /// OAuth2: revokes the stored tokens at the provider (when `revoke_url` is set) and
+    /// deletes them.
+    Revoke { name: String },
 }
 
 /// A command's failure: a message for stderr, and the exit code.
@@ -195,6 +198,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Connection(ConnectionCommand::Authorize { name, wait }) => {
             connection_authorize(&build(&cli.config)?, &name, wait)
         }
+        Command::Connection(ConnectionCommand::Revoke { name }) => connection_revoke(&build(&cli.config)?, &name),
         Command::Fire(args) => fire(&build(&cli.config)?, args),
         Command::Test(args) => test(&build(&cli.config)?, args),
         Command::Runs(args) => runs(&open_store(&cli.config)?, args),
@@ -973,6 +977,19 @@ fn connection_test(rt: &Runtime, name: &str) -> Result<u8, Failure> {
         println!("{}", outcome.body_excerpt);
     }
     Ok(if (200..300).contains(&outcome.status) { 0 } else { 1 })
+}
+
+fn connection_revoke(rt: &Runtime, name: &str) -> Result<u8, Failure> {
+    let conn = connection_of(rt, name)?;
+    let asked = rt.hosts().block_on(conn.revoke())??;
+    match asked {
+        true => println!("Revoked: the provider revoked the tokens of {name:?}, and they are deleted here."),
+        false => println!(
+            "Revoked: the tokens of {name:?} are deleted here (no auth.revoke_url, or no token was stored: the provider \
+             was not asked)."
+        ),
+    }
+    Ok(0)
 }
 
 fn connection_authorize(rt: &Runtime, name: &str, wait: u64) -> Result<u8, Failure> {

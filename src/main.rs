@@ -47,12 +47,37 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
     filter
 }
 
+/// How log lines are written: `TRIPLINE_LOG_FORMAT=json` for one JSON object per line,
+/// anything else (or unset) for text.
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn log_format() -> LogFormat {
+    match std::env::var("TRIPLINE_LOG_FORMAT") {
+        Ok(v) if v.trim().eq_ignore_ascii_case("json") => LogFormat::Json,
+        Ok(v) if !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("text") => {
+            // Said once, in the text format: a typo must not silently keep text.
+            eprintln!("warning: TRIPLINE_LOG_FORMAT={v:?} is neither `text` nor `json`; logging text");
+            LogFormat::Text
+        }
+        _ => LogFormat::Text,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = tripline::cli::Cli::parse();
     // Colours only for a person at a terminal: not in a file, a pipe or journald, nor with
     // NO_COLOR set (https://no-color.org).
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt().with_env_filter(log_filter()).with_ansi(ansi).with_writer(|| RedactingStderr).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(log_filter()).with_writer(|| RedactingStderr);
+    match log_format() {
+        // One JSON object per line, for journald's or a collector's parser; never coloured.
+        // The same redacting writer: a secret is scrubbed in its JSON-escaped form too.
+        LogFormat::Json => logs.json().with_ansi(false).with_current_span(false).init(),
+        LogFormat::Text => logs.with_ansi(ansi).init(),
+    }
     // Commands that run scripts run them on this thread: give it a script stack (see
     // `tripline::memory::script_stack_bytes`). A thread that cannot be started is an error
     // like any other.

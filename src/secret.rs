@@ -182,11 +182,17 @@ fn register(value: &str) {
         return;
     }
     let mut known = KNOWN.write().unwrap_or_else(|e| e.into_inner());
-    if !known.iter().any(|k| &**k == value) {
-        known.push(value.into());
-        // Longest first, so a secret containing another is replaced whole.
-        known.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    // The value as a JSON string holds it (`TRIPLINE_LOG_FORMAT=json`, `--json` output): a
+    // secret with a quote, a backslash or a control character is escaped there, so that
+    // spelling is scrubbed too.
+    let escaped = serde_json::to_string(value).ok().map(|q| q[1..q.len() - 1].to_string());
+    for v in std::iter::once(value.to_string()).chain(escaped.filter(|e| e != value)) {
+        if !known.iter().any(|k| **k == *v) {
+            known.push(v.into());
+        }
     }
+    // Longest first, so a secret containing another is replaced whole.
+    known.sort_by_key(|k| std::cmp::Reverse(k.len()));
 }
 
 /// Replaces every known secret value in `text` with `**REDACTED**`.
@@ -222,5 +228,13 @@ mod tests {
         let s = Secret::new("canary-7f3a9");
         assert_eq!(format!("{s} {s:?}"), "**REDACTED** **REDACTED**");
         assert_eq!(redact("bind failed for canary-7f3a9!"), "bind failed for **REDACTED**!");
+    }
+
+    #[test]
+    fn json_escaped_spellings_are_redacted() {
+        let _s = Secret::new("pa\"ss\\word-1\t2");
+        let line = serde_json::json!({"message": "login with pa\"ss\\word-1\t2 failed"}).to_string();
+        assert!(!redact(&line).contains("word-1"), "{}", redact(&line));
+        assert_eq!(redact("pa\"ss\\word-1\t2"), "**REDACTED**");
     }
 }

@@ -61,7 +61,7 @@ struct Document {
 /// expected one of `a`, `b`" gets "; did you mean `a`?" when one is close).
 fn with_suggestion(message: &str) -> String {
     let suggestion = (|| {
-        let rest = message.strip_prefix("unknown field `")?;
+        let rest = message.strip_prefix("unknown field `").or_else(|| message.strip_prefix("unknown variant `"))?;
         let (field, rest) = rest.split_once('`')?;
         let expected = rest.split_once("expected ")?.1;
         let names: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();

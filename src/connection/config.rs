@@ -165,6 +165,9 @@ pub struct OAuth2Config {
     pub header_prefix: String,
     /// A token is refreshed this long before it expires (default one minute).
     pub refresh_margin: Duration,
+    /// The provider's token revocation endpoint (RFC 7009), called by `tripline connection
+    /// revoke NAME`. Checked like `token_url`; it receives the client credentials too.
+    pub revoke_url: Option<Spanned<String>>,
 }
 
 /// Used when `refresh_margin` is not given.
@@ -208,6 +211,7 @@ impl AuthKind {
                 "client_auth",
                 "header_prefix",
                 "refresh_margin",
+                "revoke_url",
             ],
         }
     }
@@ -239,6 +243,7 @@ struct RawAuth {
     header_prefix: Option<String>,
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     refresh_margin: Option<Duration>,
+    revoke_url: Option<Spanned<String>>,
 }
 
 impl RawAuth {
@@ -262,6 +267,7 @@ impl RawAuth {
             ("client_auth", self.client_auth.is_some()),
             ("header_prefix", self.header_prefix.is_some()),
             ("refresh_margin", self.refresh_margin.is_some()),
+            ("revoke_url", self.revoke_url.is_some()),
         ];
         set.into_iter().filter(|(_, p)| *p).map(|(n, _)| n).collect()
     }
@@ -317,6 +323,7 @@ impl TryFrom<RawAuth> for AuthConfig {
                 client_auth: raw.client_auth.unwrap_or_default(),
                 header_prefix: raw.header_prefix.unwrap_or_else(|| "Bearer".into()),
                 refresh_margin: raw.refresh_margin.unwrap_or(DEFAULT_REFRESH_MARGIN),
+                revoke_url: raw.revoke_url,
             })),
         })
     }

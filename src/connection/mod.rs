@@ -268,6 +268,21 @@ impl Connection {
         }
     }
 
+    /// `tripline connection revoke NAME`: the OAuth2 tokens revoked at the provider (when
+    /// `revoke_url` is set) and deleted from the store. Afterwards an authorization-code
+    /// connection is not authorized until `tripline connection authorize`, and a
+    /// client-credentials one fetches a new token on its next call. Returns whether the
+    /// provider was asked.
+    pub async fn revoke(&self) -> Result<bool, ConnectionError> {
+        match &self.auth {
+            Auth::OAuth2(oauth) => oauth.revoke().await,
+            _ => Err(ConnectionError::Authorize {
+                connection: self.name.clone(),
+                message: "only OAuth2 connections have tokens to revoke".into(),
+            }),
+        }
+    }
+
     fn ensure_enabled(&self) -> Result<(), ConnectionError> {
         if self.enabled {
             Ok(())

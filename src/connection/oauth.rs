@@ -46,6 +46,8 @@ pub trait TokenStore: Send + Sync {
     fn load(&self, connection: &str) -> Result<Option<StoredToken>, TokenStoreError>;
     /// Replaces the token of `connection`.
     fn save(&self, connection: &str, token: &StoredToken) -> Result<(), TokenStoreError>;
+    /// Forgets the token of `connection` (`tripline connection revoke`); none is no error.
+    fn delete(&self, connection: &str) -> Result<(), TokenStoreError>;
 }
 
 /// A [`TokenStore`] failure, as text.
@@ -82,6 +84,11 @@ impl TokenStore for MemoryTokenStore {
         tokens.insert(connection.to_string(), token.clone());
         Ok(())
     }
+
+    fn delete(&self, connection: &str) -> Result<(), TokenStoreError> {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).remove(connection);
+        Ok(())
+    }
 }
 
 /// OAuth2 tokens in the store's key-value table (namespace `oauth2`): what the runtime keeps
@@ -101,6 +108,10 @@ impl TokenStore for StoreTokens {
 
     fn save(&self, connection: &str, token: &StoredToken) -> Result<(), TokenStoreError> {
         self.0.kv_set(TOKENS, connection, &serde_json::Value::String(token.to_json())).map_err(TokenStoreError::new)
+    }
+
+    fn delete(&self, connection: &str) -> Result<(), TokenStoreError> {
+        self.0.kv_delete(TOKENS, connection).map_err(TokenStoreError::new)
     }
 }
 
@@ -136,6 +147,10 @@ impl TokenStore for TokenSlot {
 
     fn save(&self, connection: &str, token: &StoredToken) -> Result<(), TokenStoreError> {
         self.store().save(connection, token)
+    }
+
+    fn delete(&self, connection: &str) -> Result<(), TokenStoreError> {
+        self.store().delete(connection)
     }
 }
 
@@ -246,8 +261,21 @@ pub(crate) struct OAuth2 {
     refresh_margin: Duration,
     redirect_url: Option<Url>,
     callback_listen: Option<SocketAddr>,
+    /// `revoke_url` and what the revocation request authenticates with.
+    revocation: Option<Revocation>,
     store: Arc<dyn TokenStore>,
     state: tokio::sync::Mutex<TokenState>,
+}
+
+/// Where and how `tripline connection revoke` asks the provider (RFC 7009). Sent by hand
+/// rather than by the `oauth2` crate, which refuses any `http://` endpoint: `revoke_url`
+/// follows `token_url`'s rules instead (a local provider in a lab or a test speaks plain HTTP),
+/// with the same client authentication and the same client that follows no redirect.
+struct Revocation {
+    url: Url,
+    client_id: String,
+    client_secret: Option<crate::secret::Secret>,
+    client_auth: ClientAuth,
 }
 
 #[derive(Default)]
@@ -273,6 +301,7 @@ impl OAuth2 {
     ) -> Option<OAuth2> {
         let errors = ctx.errors();
         let token_url = check_http_url(&config.token_url, "auth.token_url", ctx);
+        let revoke_url = config.revoke_url.as_ref().map(|u| check_http_url(u, "auth.revoke_url", ctx));
         if config.client_id.is_empty() {
             ctx.error(span.clone(), "auth.client_id is empty");
         }
@@ -342,9 +371,15 @@ impl OAuth2 {
                 ClientAuth::Basic => AuthType::BasicAuth,
                 ClientAuth::Body => AuthType::RequestBody,
             });
-        if let Some(secret) = client_secret {
+        if let Some(secret) = &client_secret {
             client = client.set_client_secret(ClientSecret::new(secret.expose().to_string()));
         }
+        let revocation = revoke_url.flatten().map(|url| Revocation {
+            url,
+            client_id: config.client_id.clone(),
+            client_secret: client_secret.clone(),
+            client_auth: config.client_auth,
+        });
         // Token endpoints never redirect in a way we should follow (the oauth2 crate's advice
         // against SSRF); the timeout is the connection's.
         let http = crate::tls::client_builder()
@@ -364,6 +399,7 @@ impl OAuth2 {
             refresh_margin: config.refresh_margin,
             redirect_url,
             callback_listen,
+            revocation,
             store,
             state: tokio::sync::Mutex::new(TokenState::default()),
         })
@@ -412,15 +448,112 @@ impl OAuth2 {
         self.renew(&mut state).await
     }
 
+    /// Reads the stored token again before each use: another process (`tripline connection
+    /// authorize`, `tripline connection revoke`, a daemon that refreshed it) may have replaced
+    /// or deleted it, and a revoked token must stop being used at once. A point read of the
+    /// store, small beside the request it precedes.
     fn load_once(&self, state: &mut TokenState) -> Result<(), ConnectionError> {
-        if !state.loaded {
-            state.token = self.store.load(&self.connection).map_err(|e| ConnectionError::TokenStore {
-                connection: self.connection.clone(),
-                message: e.to_string(),
-            })?;
-            state.loaded = true;
-        }
+        state.token = self
+            .store
+            .load(&self.connection)
+            .map_err(|e| ConnectionError::TokenStore { connection: self.connection.clone(), message: e.to_string() })?;
+        state.loaded = true;
         Ok(())
+    }
+
+    /// `tripline connection revoke`: asks the provider to revoke the stored tokens (RFC 7009,
+    /// when `revoke_url` is set: the refresh token, then the access token, each with the
+    /// client's credentials, no redirect followed) and deletes them from the store. The
+    /// tokens are deleted whatever the provider answers, so that tripline stops using them;
+    /// the provider's failure is the error. Returns whether the provider was asked.
+    pub async fn revoke(&self) -> Result<bool, ConnectionError> {
+        let mut state = self.state.lock().await;
+        let stored = self.store.load(&self.connection).map_err(|e| self.store_error(e))?;
+        let mut asked = false;
+        let mut failure = None;
+        if let (Some(token), Some(revocation)) = (&stored, &self.revocation) {
+            let mut tokens = Vec::new();
+            if let Some(refresh) = &token.refresh_token {
+                tokens.push((refresh, "refresh_token"));
+            }
+            tokens.push((&token.access_token, "access_token"));
+            for (t, hint) in tokens {
+                asked = true;
+                if let Err(e) = self.revoke_one(revocation, t, hint).await {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        self.store.delete(&self.connection).map_err(|e| self.store_error(e))?;
+        state.token = None;
+        state.loaded = false;
+        info!(connection = %self.connection, provider_asked = asked, "OAuth2 tokens revoked and deleted.");
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(asked),
+        }
+    }
+
+    fn store_error(&self, e: TokenStoreError) -> ConnectionError {
+        ConnectionError::TokenStore { connection: self.connection.clone(), message: e.to_string() }
+    }
+
+    fn revoke_error_text(&self, message: String, class: Class) -> ConnectionError {
+        ConnectionError::OAuth {
+            connection: self.connection.clone(),
+            message: format!(
+                "the revocation endpoint refused: {message}; the tokens were deleted here, revoke them at the provider \
+                 as well"
+            ),
+            class,
+        }
+    }
+
+    /// One revocation request: `token` and `token_type_hint` as a form, the client's
+    /// credentials as the token endpoint gets them (RFC 6749 2.3.1: basic auth of the
+    /// form-encoded id and secret, or form fields). Success is 200 (RFC 7009 2.2: also for a
+    /// token the provider no longer knows). Bodies are never quoted: they may echo the token.
+    async fn revoke_one(&self, r: &Revocation, token: &Token, hint: &str) -> Result<(), ConnectionError> {
+        let mut fields = vec![("token", token.expose().to_string()), ("token_type_hint", hint.to_string())];
+        let mut request = self.http.0.post(r.url.clone());
+        match (r.client_auth, &r.client_secret) {
+            (ClientAuth::Basic, Some(secret)) => {
+                let enc = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+                request = request.basic_auth(enc(&r.client_id), Some(enc(secret.expose())));
+            }
+            (ClientAuth::Body, Some(secret)) => {
+                fields.push(("client_id", r.client_id.clone()));
+                fields.push(("client_secret", secret.expose().to_string()));
+            }
+            (_, None) => fields.push(("client_id", r.client_id.clone())),
+        }
+        let response = request
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(&fields)
+            .send()
+            .await
+            .map_err(|e| self.revoke_error_text(super::describe_reqwest(e), Class::Transient))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let class = match status.as_u16() {
+            429 | 500..=599 => Class::Transient,
+            _ => Class::Permanent,
+        };
+        let what = match status.is_redirection() {
+            true => format!("it answered {status} (a redirect is never followed)"),
+            false => {
+                // The OAuth2 error code only (`unsupported_token_type`, ...), never the body.
+                let body: serde_json::Value = response.json().await.unwrap_or_default();
+                match body.get("error").and_then(|e| e.as_str()).filter(|c| c.len() <= 64) {
+                    Some(code) => format!("it answered {status} ({})", scrub(code, &[])),
+                    None => format!("it answered {status}"),
+                }
+            }
+        };
+        Err(self.revoke_error_text(what, class))
     }
 
     /// Obtains a new token (refresh grant, else client credentials), saves it, keeps it.

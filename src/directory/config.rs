@@ -21,6 +21,7 @@
 //! op_timeout = "30s"
 //! page_size = 500                      # entries per page of a search
 //! dry_run = false                      # record the changes instead of connecting
+//! mode = "create_and_update"           # or "create_only" / "update_only" (ProcessFlexHrUserOnAD)
 //!
 //! [directories.ActiveDirectory.mapping] # HR field = attribute; "" drops a default
 //! Office = "physicalDeliveryOfficeName"
@@ -89,6 +90,10 @@ pub struct DirectoryConfig {
     /// Record the changes that would be made instead of connecting (see the module docs).
     #[serde(default)]
     pub dry_run: bool,
+    /// What `ProcessFlexHrUserOnAD` may do: create and update accounts (default), only
+    /// create new ones, or only update existing ones. A call can override it.
+    #[serde(default)]
+    pub mode: SyncMode,
     /// HR field -> attribute, over the defaults of [`default_mapping`]; `""` drops a field.
     #[serde(default)]
     pub mapping: BTreeMap<String, Spanned<String>>,
@@ -100,6 +105,56 @@ fn default_false() -> Spanned<bool> {
 
 fn default_page_size() -> Spanned<u32> {
     Spanned::new(0..0, 500)
+}
+
+/// What a sync may do to the directory (seed 001's "create & update / create only / update
+/// only").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Create people who have no account, update those who have one.
+    #[default]
+    CreateAndUpdate,
+    /// Create people who have no account; leave existing accounts as they are.
+    CreateOnly,
+    /// Update existing accounts; create nobody.
+    UpdateOnly,
+}
+
+impl SyncMode {
+    /// Every mode's name, as written in `mode = "..."`.
+    pub const NAMES: [&'static str; 3] = ["create_and_update", "create_only", "update_only"];
+
+    /// A mode by its name, or an error naming the modes (with a suggestion when one is close).
+    pub fn parse(text: &str) -> Result<SyncMode, String> {
+        match text {
+            "create_and_update" => Ok(SyncMode::CreateAndUpdate),
+            "create_only" => Ok(SyncMode::CreateOnly),
+            "update_only" => Ok(SyncMode::UpdateOnly),
+            other => {
+                let hint = match crate::diag::did_you_mean(other, Self::NAMES) {
+                    Some(s) => format!("; did you mean `{s}`?"),
+                    None => String::new(),
+                };
+                Err(format!("unknown mode `{other}`: the modes are {}{hint}", Self::NAMES.join(", ")))
+            }
+        }
+    }
+
+    /// The mode's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::CreateAndUpdate => "create_and_update",
+            SyncMode::CreateOnly => "create_only",
+            SyncMode::UpdateOnly => "update_only",
+        }
+    }
+}
+
+impl fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What kind of server a directory is.

@@ -11,6 +11,16 @@ pub fn eq(attr: &str, value: &str) -> String {
     format!("({attr}={})", ldap3::ldap_escape(value))
 }
 
+/// `(attr=\xx\xx...)`: a binary value (`objectSid`, `objectGUID`), every byte escaped.
+pub fn eq_bytes(attr: &str, value: &[u8]) -> String {
+    let mut f = format!("({attr}=");
+    for b in value {
+        f.push_str(&format!("\\{b:02x}"));
+    }
+    f.push(')');
+    f
+}
+
 /// `(attr=value*)`: entries whose `attr` starts with `value` (escaped).
 pub fn prefix(attr: &str, value: &str) -> String {
     format!("({attr}={}*)", ldap3::ldap_escape(value))

@@ -36,7 +36,7 @@ use ldap3::Scope;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::config::DirectoryKind;
+use super::config::{DirectoryKind, SyncMode};
 use super::dn::Dn;
 use super::error::DirectoryError;
 use super::filter;
@@ -62,10 +62,14 @@ pub struct SyncOutcome {
     pub disabled: bool,
     /// The directory's base DN, for the closing comment.
     pub base_dn: String,
+    /// The person's employee ID (the sync key).
+    pub employee_id: String,
     /// Things a person should know (decisions taken, see the module docs).
     pub notes: Vec<String>,
     /// Nothing was written: the directory is in dry-run mode (see `planned_changes`).
     pub dry_run: bool,
+    /// The mode the sync ran in (the directory's `mode`, or the call's).
+    pub mode: SyncMode,
 }
 
 /// The overall result of a sync.
@@ -80,6 +84,11 @@ pub enum SyncStatus {
     Unchanged,
     /// Nothing to do (a leaver without an account).
     Skipped,
+    /// `update_only`: the person has no account, and this mode creates none. The ticket
+    /// stays open.
+    NotCreated,
+    /// `create_only`: the person has an account, which this mode leaves as it is.
+    LeftAlone,
 }
 
 /// What became of `ManagerEmployeeId`.
@@ -98,7 +107,23 @@ impl SyncOutcome {
     /// Whether everything was done (false while the manager is unresolved): the caller
     /// closes the ticket only then.
     pub fn is_complete(&self) -> bool {
-        !matches!(self.manager, ManagerOutcome::Unresolved { .. })
+        self.status != SyncStatus::NotCreated && !matches!(self.manager, ManagerOutcome::Unresolved { .. })
+    }
+
+    /// The mode's decision when it kept the sync from doing what `create_and_update` would
+    /// have done, as a sentence for the ticket.
+    pub fn decision(&self) -> Option<String> {
+        match self.status {
+            SyncStatus::NotCreated => Some(format!(
+                "mode {}: no account in {} has employee ID {}, and this mode creates none",
+                self.mode, self.base_dn, self.employee_id
+            )),
+            SyncStatus::LeftAlone => Some(format!(
+                "mode {}: user {} ({}) already exists in {} and was left as it is; nothing was changed",
+                self.mode, self.login, self.dn, self.base_dn
+            )),
+            _ => None,
+        }
     }
 
     /// One line for a ticket comment.
@@ -108,9 +133,11 @@ impl SyncOutcome {
             SyncStatus::Updated => "updated",
             SyncStatus::Unchanged => "already up to date:",
             SyncStatus::Skipped => "skipped:",
+            SyncStatus::NotCreated | SyncStatus::LeftAlone => "",
         };
         let mut s = match self.status {
             SyncStatus::Skipped => format!("{what} {}", self.notes.join("; ")),
+            SyncStatus::NotCreated | SyncStatus::LeftAlone => self.decision().unwrap_or_default(),
             _ => format!("{what} {} (username {}) in {}", self.dn, self.login, self.base_dn),
         };
         if self.status == SyncStatus::Updated {
@@ -128,6 +155,44 @@ impl SyncOutcome {
             s.insert_str(0, "dry run: ");
         }
         s
+    }
+}
+
+/// A call's options (`api.ProcessFlexHrUserOnAD(record, "AD", #{ mode: "update_only" })`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncOptions {
+    /// Over the directory's `mode`.
+    pub mode: Option<SyncMode>,
+}
+
+impl SyncOptions {
+    /// The options a script gave. An unknown key or mode is an error naming it: a misspelt
+    /// option silently ignored would create the accounts it was meant to prevent.
+    pub fn from_json(map: &Map<String, Value>) -> Result<SyncOptions, DirectoryError> {
+        let mut options = SyncOptions::default();
+        for (key, value) in map {
+            match (key.as_str(), value) {
+                ("mode", Value::String(m)) => {
+                    options.mode = Some(SyncMode::parse(m).map_err(DirectoryError::InvalidInput)?)
+                }
+                ("mode", other) => {
+                    return Err(DirectoryError::InvalidInput(format!(
+                        "option mode must be one of {}, not {other}",
+                        SyncMode::NAMES.join(", ")
+                    )))
+                }
+                (other, _) => {
+                    let hint = match crate::diag::did_you_mean(other, ["mode"]) {
+                        Some(s) => format!("; did you mean `{s}`?"),
+                        None => String::new(),
+                    };
+                    return Err(DirectoryError::InvalidInput(format!(
+                        "unknown option `{other}`: the only option is mode{hint}"
+                    )));
+                }
+            }
+        }
+        Ok(options)
     }
 }
 
@@ -307,12 +372,25 @@ impl Directory {
     ///
     /// [`is_transient`]: DirectoryError::is_transient
     pub async fn sync_flexhr_user(&self, fields: &Map<String, Value>) -> Result<SyncOutcome, DirectoryError> {
+        self.sync_flexhr_user_with(fields, &SyncOptions::default()).await
+    }
+
+    /// [`Directory::sync_flexhr_user`] with a call's options (`mode` over the directory's).
+    pub async fn sync_flexhr_user_with(
+        &self,
+        fields: &Map<String, Value>,
+        options: &SyncOptions,
+    ) -> Result<SyncOutcome, DirectoryError> {
         let hr = HrUser::parse(fields, &self.mapping)?;
+        let mode = options.mode.unwrap_or(self.sync_mode);
         let lock = self.lock_employee(&hr.employee_id).await;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.sync_once(&hr, &lock).await {
+            match self.sync_once(&hr, &lock, mode).await.map(|mut o| {
+                o.mode = mode;
+                o
+            }) {
                 // Another process created this person (or took the chosen names) between
                 // our look-up and our add: look again.
                 Err(DirectoryError::AlreadyExists { .. }) if attempt < 3 => continue,
@@ -337,8 +415,8 @@ impl Directory {
     /// with the reads one after the other (the same outcome, and the same error first); a
     /// read whose answer turns out not to be needed (the names of a person who has an
     /// account, the manager of a leaver who has none) is dropped, its error too.
-    async fn sync_once(&self, hr: &HrUser, lock: &KeyGuard<'_>) -> Result<SyncOutcome, DirectoryError> {
-        let probably_new = hr.active && hr.is_new != Some(false);
+    async fn sync_once(&self, hr: &HrUser, lock: &KeyGuard<'_>, mode: SyncMode) -> Result<SyncOutcome, DirectoryError> {
+        let probably_new = hr.active && hr.is_new != Some(false) && mode != SyncMode::UpdateOnly;
         let (account, manager, names) =
             futures::join!(self.synced_account(&hr.employee_id), self.manager_dn(hr, lock), async {
                 match probably_new {
@@ -347,10 +425,22 @@ impl Directory {
                 }
             },);
         match account? {
+            // The mode decides before anything is written; the manager is not looked at.
+            Some(entry) if mode == SyncMode::CreateOnly => {
+                let login = entry.get(self.schema.login).unwrap_or_default().to_string();
+                let mut o = self.outcome(SyncStatus::LeftAlone, entry.dn, login, hr);
+                o.manager = ManagerOutcome::NotGiven;
+                Ok(o)
+            }
             Some(entry) => self.sync_existing(hr, entry, manager?).await,
             None if !hr.active => {
                 let mut o = self.outcome(SyncStatus::Skipped, String::new(), String::new(), hr);
                 o.notes.push(format!("no account has employee ID {} and the person is not active", hr.employee_id));
+                Ok(o)
+            }
+            None if mode == SyncMode::UpdateOnly => {
+                let mut o = self.outcome(SyncStatus::NotCreated, String::new(), String::new(), hr);
+                o.manager = ManagerOutcome::NotGiven;
                 Ok(o)
             }
             None => {
@@ -413,8 +503,10 @@ impl Directory {
             },
             disabled: false,
             base_dn: self.base_text.clone(),
+            employee_id: hr.employee_id.clone(),
             notes: Vec::new(),
             dry_run: self.is_dry_run(),
+            mode: SyncMode::default(),
         }
     }
 
@@ -738,8 +830,10 @@ mod tests {
             manager: ManagerOutcome::Unresolved { employee_id: "E9".into() },
             disabled: false,
             base_dn: "DC=example,DC=test".into(),
+            employee_id: "E1".into(),
             notes: vec![],
             dry_run: false,
+            mode: SyncMode::CreateAndUpdate,
         };
         assert!(!o.is_complete());
         let s = o.summary();
@@ -752,5 +846,46 @@ mod tests {
         assert_eq!(v["status"], "updated");
         assert_eq!(v["sAMAccountName"], "jane.doe");
         assert_eq!(v["manager"]["status"], "unresolved");
+        assert_eq!(v["mode"], "create_and_update");
+
+        let kept = SyncOutcome {
+            status: SyncStatus::LeftAlone,
+            manager: ManagerOutcome::NotGiven,
+            mode: SyncMode::CreateOnly,
+            ..o.clone()
+        };
+        assert!(kept.is_complete(), "create_only: an existing user closes the ticket");
+        assert_eq!(
+            kept.summary(),
+            "mode create_only: user jane.doe (CN=Jane Doe,OU=Staff,DC=example,DC=test) already exists in \
+             DC=example,DC=test and was left as it is; nothing was changed"
+        );
+        let absent = SyncOutcome { status: SyncStatus::NotCreated, mode: SyncMode::UpdateOnly, ..kept };
+        assert!(!absent.is_complete(), "update_only: a person not in the directory leaves the ticket open");
+        assert_eq!(
+            absent.decision().unwrap(),
+            "mode update_only: no account in DC=example,DC=test has employee ID E1, and this mode creates none"
+        );
+        assert_eq!(serde_json::to_value(&absent).unwrap()["status"], "not_created");
+    }
+
+    #[test]
+    fn call_options_name_what_is_wrong() {
+        let opts = |v: Value| SyncOptions::from_json(v.as_object().unwrap());
+        assert_eq!(opts(json!({})).unwrap().mode, None);
+        assert_eq!(opts(json!({"mode": "update_only"})).unwrap().mode, Some(SyncMode::UpdateOnly));
+        assert_eq!(opts(json!({"mode": "create_only"})).unwrap().mode, Some(SyncMode::CreateOnly));
+        let e = opts(json!({"mdoe": "update_only"})).unwrap_err().to_string();
+        assert_eq!(e, "unknown option `mdoe`: the only option is mode; did you mean `mode`?");
+        let e = opts(json!({"mode": "update-only"})).unwrap_err().to_string();
+        assert!(
+            e.starts_with("unknown mode `update-only`: the modes are create_and_update, create_only, update_only"),
+            "{e}"
+        );
+        assert!(e.ends_with("did you mean `update_only`?"), "{e}");
+        let e = opts(json!({"mode": 1})).unwrap_err().to_string();
+        assert!(e.contains("option mode must be one of"), "{e}");
+        let e = opts(json!({"dry_run": true})).unwrap_err().to_string();
+        assert!(e.starts_with("unknown option `dry_run`"), "{e}");
     }
 }

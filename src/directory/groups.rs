@@ -1,4 +1,5 @@
-//! Group membership: add a user to a group, remove it, list a user's groups. Groups are
+//! Group membership: add a user to a group, remove it, list a user's groups and a group's
+//! members (by ranged retrieval on Active Directory, so large groups are read whole). Groups are
 //! named by DN or by name (`cn`, or `sAMAccountName` on AD), looked up under `groups_base`.
 
 use std::collections::{BTreeMap, HashSet};
@@ -9,6 +10,9 @@ use super::error::DirectoryError;
 use super::filter;
 use super::handle::{Directory, Entry};
 use super::ident::{GroupId, UserId};
+
+/// Values asked for per ranged read: Active Directory's default `MaxValRange`.
+const RANGE: u64 = 1500;
 
 impl Directory {
     /// The DN of the group `group` names.
@@ -90,6 +94,79 @@ impl Directory {
         Ok(!self.search_raw(group_dn, Scope::Base, &f, &["1.1"], None, true).await?.is_empty())
     }
 
+    /// The DNs of the group's direct members, every one of them, sorted.
+    ///
+    /// Active Directory returns at most `MaxValRange` values (1,500 by default) of a
+    /// multi-valued attribute per read, and the rest only when asked by range (ranged
+    /// retrieval, MS-ADTS 3.1.1.3.1.3.3): `member;range=0-1499` answers that slice (or a
+    /// shorter one, when the server's limit is lower), the next read starts after the end the
+    /// answer names, until an answer whose range ends in `*` (the last slice). A plain read
+    /// of `member` would silently stop at the limit. OpenLDAP has no limit and no ranges: its
+    /// `member` is read at once.
+    pub async fn group_members(&self, group: &GroupId) -> Result<Vec<String>, DirectoryError> {
+        if self.is_dry_run() {
+            return Ok(Vec::new());
+        }
+        let group_dn = self.group_dn(group).await?;
+        let member = self.schema.member;
+        let read = |attr: String| {
+            let group_dn = group_dn.clone();
+            async move {
+                let found = self.search_raw(&group_dn, Scope::Base, "(objectClass=*)", &[&attr], None, false).await?;
+                Ok::<_, DirectoryError>(found.into_iter().next().map(|e| e.attributes).unwrap_or_default())
+            }
+        };
+        if self.schema.upn.is_none() {
+            let attrs = read(member.to_string()).await?;
+            let mut all: Vec<String> =
+                attrs.into_iter().filter(|(k, _)| k.eq_ignore_ascii_case(member)).flat_map(|(_, v)| v).collect();
+            all.sort();
+            return Ok(all);
+        }
+        let mut all = Vec::new();
+        let mut start: u64 = 0;
+        loop {
+            let asked = format!("{member};range={start}-{}", start + RANGE - 1);
+            let attrs = read(asked.clone()).await?;
+            let mut slice = None;
+            let mut plain = None;
+            for (name, values) in attrs {
+                match name.split_once(';') {
+                    Some((attr, options)) if attr.eq_ignore_ascii_case(member) => {
+                        let lower = options.to_ascii_lowercase();
+                        if let Some(range) = lower.strip_prefix("range=") {
+                            slice = Some((range.to_string(), values));
+                        }
+                    }
+                    None if name.eq_ignore_ascii_case(member) => plain = Some(values),
+                    _ => {}
+                }
+            }
+            let Some((range, values)) = slice else {
+                // A server that ignores the range option answers the whole attribute; no
+                // attribute at all: no members (or none past `start`, when the last slice
+                // ended exactly at a range boundary).
+                all.extend(plain.unwrap_or_default());
+                break;
+            };
+            all.extend(values);
+            match next_start(start, &range) {
+                Ok(Some(next)) => start = next,
+                Ok(None) => break,
+                Err(()) => {
+                    return Err(DirectoryError::Rejected {
+                        op: format!("read the members of {group_dn}"),
+                        code: 0,
+                        reason: format!("the server answered the range `{range}` to `{asked}`"),
+                    })
+                }
+            }
+        }
+        all.sort();
+        all.dedup();
+        Ok(all)
+    }
+
     /// The groups the user is a direct member of (`dn`, `cn`, `description`, and
     /// `sAMAccountName` on AD), sorted by DN.
     pub async fn groups_of(&self, user: &UserId) -> Result<Vec<Entry>, DirectoryError> {
@@ -103,5 +180,44 @@ impl Directory {
         let mut groups = self.search_raw(&self.base_text, Scope::Subtree, &f, &attrs, None, false).await?;
         groups.sort_by(|a, b| a.dn.cmp(&b.dn));
         Ok(groups)
+    }
+}
+
+/// Where the next ranged read starts after a slice `range` (`"0-1499"`, or `"1500-*"` for
+/// the last: `None`) of a read that started at `start`. A slice that does not start there, or
+/// ends before it, is an error: each read must move forward, so the loop ends whatever the
+/// server says.
+fn next_start(start: u64, range: &str) -> Result<Option<u64>, ()> {
+    let (from, to) = range.split_once('-').ok_or(())?;
+    if from.parse::<u64>().map_err(|_| ())? != start {
+        return Err(());
+    }
+    match to {
+        "*" => Ok(None),
+        end => {
+            let end: u64 = end.parse().map_err(|_| ())?;
+            if end < start {
+                return Err(());
+            }
+            end.checked_add(1).map(Some).ok_or(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_start;
+
+    #[test]
+    fn ranged_reads_move_forward_or_fail() {
+        assert_eq!(next_start(0, "0-1499"), Ok(Some(1500)));
+        assert_eq!(next_start(1500, "1500-2999"), Ok(Some(3000)));
+        assert_eq!(next_start(0, "0-999"), Ok(Some(1000)), "a server with a lower MaxValRange");
+        assert_eq!(next_start(4500, "4500-*"), Ok(None));
+        assert_eq!(next_start(0, "0-*"), Ok(None));
+        for hostile in ["", "0", "1-1499", "0-x", "x-*", "1500-1499", "-1-5", "0-18446744073709551615"] {
+            let start = if hostile.starts_with("1500") { 1500 } else { 0 };
+            assert_eq!(next_start(start, hostile), Err(()), "{hostile:?}");
+        }
     }
 }

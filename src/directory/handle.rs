@@ -19,7 +19,7 @@ use super::conn::{tls_connector, ConnSpec, Pool};
 use super::dn::Dn;
 use super::error::DirectoryError;
 use super::filter;
-use super::ident::UserId;
+use super::ident::{Guid, Sid, UserId};
 use super::schema::Schema;
 use crate::diag::CheckCtx;
 
@@ -43,6 +43,8 @@ pub struct Directory {
     pub(crate) page_size: i32,
     pub(crate) op_timeout: Duration,
     pub(crate) secure: bool,
+    /// `mode`: what the Flex HR sync may do unless a call says otherwise.
+    pub(crate) sync_mode: super::config::SyncMode,
     mode: Mode,
     /// Syncs of one employee run one at a time (two tickets for one person must not both
     /// create an account).
@@ -165,52 +167,37 @@ impl Entry {
     }
 
     fn from_search(e: SearchEntry) -> Entry {
-        let mut attributes: BTreeMap<String, Vec<String>> = e.attrs.into_iter().collect();
-        for (name, values) in e.bin_attrs {
-            let text = values
-                .iter()
-                .map(|v| match name.to_ascii_lowercase().as_str() {
-                    "objectguid" if v.len() == 16 => guid_text(v),
-                    "objectsid" => sid_text(v).unwrap_or_else(|| hex::encode(v)),
-                    _ => hex::encode(v),
-                })
-                .collect();
+        let mut attributes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        // ldap3 hands over a value as text when its bytes happen to be UTF-8, which a SID or
+        // a GUID sometimes are (every byte below 0x80): those two are binary whatever their
+        // bytes, and always shown in their text forms.
+        for (name, values) in e.attrs {
+            let text = match binary_identifier(&name) {
+                true => values.iter().map(|v| binary_text(&name, v.as_bytes())).collect(),
+                false => values,
+            };
             attributes.insert(name, text);
+        }
+        for (name, values) in e.bin_attrs {
+            attributes.insert(name.clone(), values.iter().map(|v| binary_text(&name, v)).collect());
         }
         Entry { dn: e.dn, attributes }
     }
 }
 
-/// A GUID as AD writes it (the first three groups little-endian).
-fn guid_text(b: &[u8]) -> String {
-    format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{}-{}",
-        b[3],
-        b[2],
-        b[1],
-        b[0],
-        b[5],
-        b[4],
-        b[7],
-        b[6],
-        hex::encode(&b[8..10]),
-        hex::encode(&b[10..16])
-    )
+fn binary_identifier(name: &str) -> bool {
+    name.eq_ignore_ascii_case("objectSid") || name.eq_ignore_ascii_case("objectGUID")
 }
 
-/// A binary SID as `S-1-5-21-...`.
-fn sid_text(b: &[u8]) -> Option<String> {
-    let count = *b.get(1)? as usize;
-    if b.len() != 8 + 4 * count {
-        return None;
-    }
-    let authority = b[2..8].iter().fold(0u64, |acc, &x| (acc << 8) | x as u64);
-    let mut s = format!("S-{}-{authority}", b[0]);
-    for i in 0..count {
-        let at = 8 + 4 * i;
-        s.push_str(&format!("-{}", u32::from_le_bytes(b[at..at + 4].try_into().ok()?)));
-    }
-    Some(s)
+/// A binary value as text: `objectGUID` as a GUID string, `objectSid` as `S-1-5-...`, other
+/// values (or a malformed identifier) in hex.
+fn binary_text(name: &str, v: &[u8]) -> String {
+    let text = match name.to_ascii_lowercase().as_str() {
+        "objectguid" => Guid::from_bytes(v).map(|g| g.to_string()),
+        "objectsid" => Sid::from_bytes(v).map(|s| s.to_string()),
+        _ => None,
+    };
+    text.unwrap_or_else(|| hex::encode(v))
 }
 
 /// A change a dry-run directory would have made.
@@ -382,6 +369,7 @@ impl DirectoryConfig {
             page_size: *self.page_size.get_ref() as i32,
             op_timeout: self.op_timeout.0,
             secure,
+            sync_mode: self.mode,
             mode,
             sync_locks: KeyLocks::default(),
         })
@@ -430,6 +418,7 @@ impl Directory {
             page_size: self.page_size,
             op_timeout: self.op_timeout,
             secure: self.secure,
+            sync_mode: self.sync_mode,
             mode: Mode::DryRun(Mutex::new(Vec::new())),
             sync_locks: KeyLocks::default(),
         }
@@ -694,6 +683,13 @@ impl Directory {
 
     /// The one user `id` names, with the given attributes (all when empty), or `None`.
     pub(crate) async fn lookup(&self, id: &UserId, attrs: &[&str]) -> Result<Option<Entry>, DirectoryError> {
+        if matches!(id, UserId::Sid(_) | UserId::Guid(_)) && self.kind != DirectoryKind::ActiveDirectory {
+            return Err(DirectoryError::Unsupported(format!(
+                "directory {} is kind = \"{}\": objectSid and objectGUID are Active Directory's; find the user by \
+                 dn, uid, mail or employeeNumber",
+                self.name, self.kind
+            )));
+        }
         let found = match id {
             UserId::Dn(dn) => self.search_raw(dn, Scope::Base, self.schema.user_filter, attrs, None, true).await?,
             _ => {
@@ -733,14 +729,28 @@ mod tests {
     #[test]
     fn binary_identifiers_read_as_text() {
         let guid = [0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff];
-        assert_eq!(guid_text(&guid), "00112233-4455-6677-8899-aabbccddeeff");
+        assert_eq!(binary_text("objectGUID", &guid), "00112233-4455-6677-8899-aabbccddeeff");
         // S-1-5-21-1-2-3-500
         let mut sid = vec![1u8, 5, 0, 0, 0, 0, 0, 5];
         for n in [21u32, 1, 2, 3, 500] {
             sid.extend_from_slice(&n.to_le_bytes());
         }
-        assert_eq!(sid_text(&sid).as_deref(), Some("S-1-5-21-1-2-3-500"));
-        assert_eq!(sid_text(&[1, 5, 0]), None);
+        assert_eq!(binary_text("objectsid", &sid), "S-1-5-21-1-2-3-500");
+        assert_eq!(binary_text("objectSid", &[1, 5, 0]), "010500", "not a SID: hex");
+        assert_eq!(binary_text("thumbnailPhoto", &[0xff, 0]), "ff00");
+        // Bytes that happen to be UTF-8 come as text from ldap3, and are shown the same way.
+        let ascii_sid: Vec<u8> = [1u8, 1, 0, 0, 0, 0, 0, 5, 0x20, 0x21, 0x22, 0x23].to_vec();
+        let entry = SearchEntry {
+            dn: "CN=x".into(),
+            attrs: HashMap::from([
+                ("objectSid".to_string(), vec![String::from_utf8(ascii_sid).unwrap()]),
+                ("objectGUID".to_string(), vec!["0123456789abcdef".to_string()]),
+            ]),
+            bin_attrs: HashMap::new(),
+        };
+        let e = Entry::from_search(entry);
+        assert_eq!(e.get("objectSid"), Some("S-1-5-589439264"));
+        assert_eq!(e.get("objectGUID"), Some("33323130-3534-3736-3839-616263646566"));
     }
 
     #[tokio::test]

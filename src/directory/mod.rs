@@ -30,9 +30,9 @@ pub mod json;
 mod schema;
 mod users;
 
-pub use config::{default_mapping, DirectoryConfig, DirectoryKind, Timeout};
+pub use config::{default_mapping, DirectoryConfig, DirectoryKind, SyncMode, Timeout};
 pub use error::DirectoryError;
-pub use flexhr::{ManagerOutcome, SyncOutcome, SyncStatus};
+pub use flexhr::{ManagerOutcome, SyncOptions, SyncOutcome, SyncStatus};
 pub use handle::{Directory, Entry, PlannedChange, SearchRequest, SearchScope};
 pub use ident::{GroupId, UserId};
 pub use json::attributes_from_json;

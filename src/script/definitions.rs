@@ -154,9 +154,16 @@ fn host_api(engine: &Engine) -> Vec<HostFunction> {
 }
 
 /// A doc comment's line without its `///`.
-fn doc_line(comment: &str) -> &str {
-    let text = comment.trim_start_matches('/');
-    text.strip_prefix(' ').unwrap_or(text)
+fn doc_line(comment: &str) -> String {
+    // One entry of the metadata may hold several `///` lines.
+    comment
+        .lines()
+        .map(|line| {
+            let text = line.trim_start().trim_start_matches('/');
+            text.strip_prefix(' ').unwrap_or(text)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A parameter's metadata (`"entity: &str"`) as Rhai's definitions spell it (`entity:

@@ -1108,7 +1108,7 @@ mod tests {
         let set = |names: &[&str]| Some(names.iter().map(|s| s.to_string()).collect());
         KnownNames {
             directories: set(&["ActiveDirectory", "LDAP"]),
-            connections: set(&["flex_hr", "halo_itsm", "nexthink", "ninjaone"]),
+            connections: set(&["flex_hr", "halo_itsm", "ms_graph", "nexthink", "ninjaone"]),
             notify: set(&["desk"]),
             entities: set(&["ticket"]),
         }
@@ -1324,8 +1324,9 @@ mod tests {
             "no connection named \"flexhr\" in tripline.toml ([connections.flexhr]); did you mean \"flex_hr\"?"
         ));
         assert!(one("api.notify(\"dsek\", \"s\", \"b\");").contains("did you mean \"desk\"?"));
-        assert!(one("api.connection(\"zzz\");")
-            .contains("the configured connections are \"flex_hr\", \"halo_itsm\", \"nexthink\", \"ninjaone\""));
+        assert!(one("api.connection(\"zzz\");").contains(
+            "the configured connections are \"flex_hr\", \"halo_itsm\", \"ms_graph\", \"nexthink\", \"ninjaone\""
+        ));
         // A constant is as good as a literal; inside a function too.
         assert!(one("const AD = \"ActiveDirectry\";\napi.directory(AD);").starts_with("2:15: no directory named"));
         assert!(one("fn reach(api) { api.directory(\"Nope\") }\nreach(api);")

@@ -34,6 +34,13 @@ pub enum StoreError {
     /// A write the store refuses whatever the state (a value too deep, a chain too wide).
     #[error("{0}")]
     Invalid(String),
+    /// The store was migrated by a newer tripline: this one would misread what it does not
+    /// know, so it leaves the file alone.
+    #[error(
+        "store: the store's schema is version {found}, written by a newer tripline (this one knows up to {known}): \
+         run that version, or restore a backup made before the upgrade"
+    )]
+    Newer { found: usize, known: usize },
 }
 
 impl Classify for StoreError {
@@ -318,6 +325,8 @@ pub trait Store: Send + Sync {
     fn claim_due_retries(&self, now: DateTime<Utc>, limit: usize, until: DateTime<Utc>) -> Result<Vec<Run>>;
     fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Value>>;
     fn kv_set(&self, namespace: &str, key: &str, value: &Value) -> Result<()>;
+    /// Removes a key (none is no error).
+    fn kv_delete(&self, namespace: &str, key: &str) -> Result<()>;
     /// `[engine] max_fanout`: how many events one event from outside may cause in all
     /// (see [`Store::commit_run`]: a run whose writes would cross it is refused).
     fn set_max_fanout(&self, max: u64);

@@ -157,6 +157,9 @@ CREATE INDEX events_record ON events(record_id, id) WHERE done = 0;
 "#,
 ];
 
+/// The schema version this build migrates a store to (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
 /// How many times an event may be claimed without its processing ending before it is set
 /// aside: each such claim is a process that died while running it (or a run that outlived
 /// its lease). `tripline replay` of the set-aside run queues it again.
@@ -283,6 +286,9 @@ impl SqliteStore {
         // store at once do not both migrate it.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::Newer { found: version, known: MIGRATIONS.len() });
+        }
         for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
             tx.execute_batch(m)?;
             tx.pragma_update(None, "user_version", i + 1)?;
@@ -1276,6 +1282,11 @@ impl Store for SqliteStore {
         )?;
         tx.execute("DELETE FROM runs WHERE event_id = ?1 AND rule = ?2", params![event_id, SET_ASIDE])?;
         tx.commit()?;
+        Ok(())
+    }
+
+    fn kv_delete(&self, namespace: &str, key: &str) -> Result<()> {
+        self.conn().execute("DELETE FROM kv WHERE namespace = ?1 AND key = ?2", params![namespace, key])?;
         Ok(())
     }
 

@@ -41,6 +41,13 @@ impl FlexHr {
     /// (anything else gets wiremock's 404). Forgets earlier answers and requests.
     async fn serve(&self, users: &[Value], page_size: usize) {
         self.server.reset().await;
+        Mock::given(method("GET"))
+            .and(path("/api/companies"))
+            .and(basic_auth("svc-tripline", PASSWORD))
+            .and(query_param("instanceId", "ACME"))
+            .respond_with(json_answer(json!([{"id": 1, "name": "ACME AG"}, {"id": 2, "name": "Globex GmbH"}])))
+            .mount(&self.server)
+            .await;
         let pages: Vec<&[Value]> = users.chunks(page_size).collect();
         let total = pages.len();
         for (i, page) in pages.iter().enumerate() {
@@ -196,7 +203,9 @@ async fn the_flex_hr_job_stages_opens_tickets_comments_changes_and_stays_quiet()
     let before = (p.records("flexhr_log"), p.records("ticket"));
     let log = job_ok(&p);
     assert!(summary(&log).contains("unchanged 4, new 0, changed 0"), "{log:#?}");
-    assert_eq!(log.len(), 2, "the skip warning and the summary only: {log:#?}");
+    // The companies line (the job reads them first), the skip warning and the summary.
+    assert_eq!(log.len(), 3, "the companies, the skip warning and the summary only: {log:#?}");
+    assert_eq!(log[0], "Flex HR instance ACME has 2 companies: ACME AG, Globex GmbH");
     assert_eq!((p.records("flexhr_log"), p.records("ticket")), before);
 
     // Only ModifiedAt moved (HR touched the record): still nothing.
@@ -408,7 +417,9 @@ async fn a_flex_hr_that_caps_its_page_size_is_read_whole() {
         summary(&log).contains("fetched 6, skipped 0 without EmployeeId, 0 duplicates, unchanged 0, new 6"),
         "{log:#?}"
     );
-    let requests = server.received_requests().await.unwrap();
+    // The users' pages (the job also asks for the companies, once, first).
+    let requests: Vec<Request> =
+        server.received_requests().await.unwrap().into_iter().filter(|r| r.url.path() == "/api/users").collect();
     let pages: Vec<String> = requests.iter().filter_map(|r| query_of(r, "page")).collect();
     assert_eq!(pages, ["1", "2", "3"]);
     assert!(requests.iter().all(|r| query_of(r, "pageSize").as_deref() == Some("100")));
@@ -997,7 +1008,7 @@ fn the_shipped_configuration_checks_and_starts_without_the_flex_hr_password() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("3 connections, 3 jobs"), "{stdout}");
+    assert!(stdout.contains("4 connections, 3 jobs"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1407,4 +1418,156 @@ async fn end_to_end_flex_hr_to_active_directory() {
     for out in [&ran.stdout, &ran.stderr] {
         assert!(!out.contains(PASSWORD) && !out.contains(AD_ADMIN_PW));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_lists_the_companies_and_stages_only_those_asked_for() {
+    let hr = FlexHr::start().await;
+    let person = |id: &str, first: &str, company: &str| {
+        json!({"EmployeeId": id, "FirstName": first, "LastName": "Co", "Company": company, "Active": true,
+               "ModifiedAt": hours_ago(1)})
+    };
+    let users = vec![
+        person("C1", "Ann", "ACME AG"),
+        person("C2", "Bob", "Globex GmbH"),
+        person("C3", "Cid", " ACME  AG "),
+        json!({"EmployeeId": "C4", "FirstName": "Dee", "LastName": "Co"}),
+    ];
+    hr.serve(&users, 2).await;
+    let p = flex_project(&hr.server, r#", companies = ["ACME AG", "Initech"]"#);
+
+    // `connection test` shows the list (the shipped test request).
+    let ran = p.run_env(&["connection", "test", "flex_hr"], &env());
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.starts_with("GET /api/companies -> 200 in "), "{ran:?}");
+    assert!(ran.stdout.contains(r#"[{"id":1,"name":"ACME AG"},{"id":2,"name":"Globex GmbH"}]"#), "{ran:?}");
+
+    let log = job_ok(&p);
+    assert_eq!(log[0], "Flex HR instance ACME has 2 companies: ACME AG, Globex GmbH");
+    assert!(
+        log.contains(&r#"params.companies names "Initech", which Flex HR does not list for instance ACME"#.to_string()),
+        "{log:#?}"
+    );
+    assert!(
+        summary(&log).ends_with("new 2, changed 0 (0 leavers), tickets opened 2, tickets commented 0, 2 of other companies left out (params.companies)"),
+        "{log:#?}"
+    );
+    // Ann and Cid (whose company reads the same once sanitized); not Bob, nor Dee without one.
+    let mut staged: Vec<String> =
+        p.records("flexhr_log").iter().map(|r| r["fields"]["EmployeeId"].as_str().unwrap().to_string()).collect();
+    staged.sort();
+    assert_eq!(staged, ["C1", "C3"]);
+    assert_eq!(p.records("ticket").len(), 2);
+
+    // Not a list of names: the run fails saying what is expected, nothing staged.
+    for bad in [r#", companies = "ACME AG""#, ", companies = []", ", companies = [1]"] {
+        let p = flex_project(&hr.server, bad);
+        let (ran, runs) = run_job(&p);
+        assert_eq!(ran.code, 1, "{ran:?}");
+        assert!(runs[0]["error"].as_str().unwrap().contains("params.companies must"), "{:#}", runs[0]);
+        let listed = p.run(&["records", "list", "flexhr_log", "--json"]);
+        assert!(listed.stderr.contains("the store has no records yet"), "nothing staged: {listed:?}");
+    }
+    // Without the filter everybody is staged and the summary says nothing of companies.
+    let p = flex_project(&hr.server, "");
+    let log = job_ok(&p);
+    assert!(summary(&log).ends_with("tickets commented 0"), "{log:#?}");
+    assert_eq!(p.records("flexhr_log").len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_microsoft_365_leaver_example_disables_unlicenses_and_revokes() {
+    let graph = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/tenant-1/oauth2/v2.0/token"))
+        .and(wiremock::matchers::body_string_contains("grant_type=client_credentials"))
+        .and(wiremock::matchers::body_string_contains("scope=https%3A%2F%2Fgraph.microsoft.com%2F.default"))
+        .respond_with(json_answer(json!({"access_token": "graph-token", "token_type": "Bearer", "expires_in": 3600})))
+        .mount(&graph)
+        .await;
+    let mut admin = ad_admin().await;
+    let ou = make_ou(&mut admin, AD_BASE, "m365").await;
+    let tag = unique();
+    let (sam, emp) = (format!("lv{tag}"), format!("LV{tag}"));
+    let upn = format!("{sam}@example.test");
+    let dn = format!("CN={sam},{ou}");
+    // Enabled without a password (NORMAL_ACCOUNT | PASSWD_NOTREQD = 544): AD refuses an
+    // enabled account that needs one and has none.
+    let attrs = vec![
+        ("objectClass", std::collections::HashSet::from(["user"])),
+        ("sAMAccountName", std::collections::HashSet::from([sam.as_str()])),
+        ("userPrincipalName", std::collections::HashSet::from([upn.as_str()])),
+        ("employeeID", std::collections::HashSet::from([emp.as_str()])),
+        ("userAccountControl", std::collections::HashSet::from(["544"])),
+    ];
+    admin.add(&dn, attrs).await.unwrap().success().unwrap();
+    let auth = || header("authorization", "Bearer graph-token");
+    Mock::given(method("GET"))
+        .and(path(format!("/v1.0/users/{upn}")))
+        .and(query_param("$select", "id,userPrincipalName"))
+        .and(auth())
+        .respond_with(json_answer(json!({"id": "0f9e-id", "userPrincipalName": upn})))
+        .mount(&graph)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/v1.0/users/{upn}/licenseDetails")))
+        .and(auth())
+        .respond_with(json_answer(json!({"value": [{"skuId": "sku-e3", "skuPartNumber": "ENTERPRISEPACK"},
+                                                  {"skuId": "sku-teams"}]})))
+        .mount(&graph)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1.0/users/0f9e-id/assignLicense"))
+        .and(auth())
+        .and(body_json(json!({"addLicenses": [], "removeLicenses": ["sku-e3", "sku-teams"]})))
+        .respond_with(json_answer(json!({"id": "0f9e-id"})))
+        .expect(1)
+        .mount(&graph)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1.0/users/0f9e-id/revokeSignInSessions"))
+        .and(auth())
+        .respond_with(json_answer(json!({"value": true})))
+        .expect(1)
+        .mount(&graph)
+        .await;
+
+    let example = std::fs::read_to_string(repo(&format!("{EXAMPLES}/tripline.example.toml"))).unwrap();
+    let section = &example[example.find("[connections.ms_graph]").unwrap()..];
+    let section = section
+        .replace("https://graph.microsoft.com/v1.0/", &format!("{}/v1.0/", graph.uri()))
+        .replace("https://login.microsoftonline.com/YOUR-TENANT-ID/", &format!("{}/tenant-1/", graph.uri()))
+        .replace("enabled = false", "enabled = true");
+    let p = Project::new(&format!(
+        "[directories.ActiveDirectory]\nkind = \"active_directory\"\nurl = \"ldaps://127.0.0.1\"\nbind_dn = \"{AD_ADMIN}\"\n\
+         bind_password = \"${{AD_BIND_PASSWORD}}\"\nbase_dn = \"{AD_BASE}\"\nusers_ou = '{ou}'\nca_file = '{}'\n\n{section}",
+        samba().ca_file().display()
+    ));
+    p.set_env("GRAPH_CLIENT_SECRET", "graph-secret-5521").set_env("AD_BIND_PASSWORD", AD_ADMIN_PW);
+    with_examples(&p, &["rules/m365_leaver.toml", "scripts/m365_leaver.rhai"]);
+    let ticket = json!({"Source": "FlexHR", "EmployeeId": emp, "FirstName": "Lee", "LastName": "Ver", "Active": false});
+
+    // A dry run reads nothing from the directory (so it finds no account) and changes nothing.
+    p.file("t.json", &ticket.to_string());
+    let file = p.path().join("t.json");
+    let ran = p.run(&["test", "Microsoft 365 leaver", "--record", file.to_str().unwrap()]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("no AD account has this employee ID; nothing was changed"), "{}", ran.stdout);
+    assert_eq!(read_attr(&mut admin, &dn, "userAccountControl").await, ["544"]);
+
+    let (ran, runs) = p.fire("ticket", &ticket.to_string());
+    assert_eq!(runs.len(), 1, "{ran:?}");
+    assert_eq!(runs[0]["status"], "ok", "{:#}", runs[0]);
+    let uac: u32 = read_attr(&mut admin, &dn, "userAccountControl").await[0].parse().unwrap();
+    assert_eq!(uac & 2, 2, "the AD account is disabled: {uac}");
+    let t = &p.records("ticket")[0];
+    assert_eq!(t["status"], "closed");
+    let last = t["comments"].as_array().unwrap().last().unwrap()["text"].as_str().unwrap().to_string();
+    assert_eq!(
+        last.to_lowercase(),
+        format!("leaver {upn}: ad account {dn} disabled; 2 microsoft 365 license(s) removed; sign-in sessions revoked")
+            .to_lowercase()
+    );
+    let out = format!("{ran:?}");
+    assert!(!out.contains("graph-secret-5521") && !out.contains("graph-token"), "{out}");
 }

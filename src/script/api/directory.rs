@@ -5,7 +5,7 @@
 //! administrator automates, named as they would guess: `find_user`, `user_exists`,
 //! `create_user`, `update_user`, `disable_user`, `enable_user`, `delete_user`, `move_user`,
 //! `rename_user`, `reset_password`, `add_to_group`, `remove_from_group`, `groups_of`,
-//! `set_manager`, `search`. A user is named by text (DN, UPN or mail, or the account name,
+//! `group_members`, `set_manager`, `search`. A user is named by text (DN, UPN or mail, or the account name,
 //! told apart by their shape) or by `#{by: "employeeID", value: "E1"}`; a group by DN or name.
 //! Every value that reaches a DN or a filter is escaped by [`crate::directory`], never by the
 //! script.
@@ -334,6 +334,14 @@ mod functions {
     pub fn groups_of(d: &mut Directory, user: Dynamic) -> RhaiResultOf<Array> {
         let id = d.user(&user)?;
         Ok(d.call("groups_of", d.dir.groups_of(&id))?.iter().map(|e| Dynamic::from_map(entry_map(e))).collect())
+    }
+
+    /// The members of a group (a DN or a name), as DNs: read whole, by ranges of the server's
+    /// size (`member;range=0-1499`, ...), however large the group.
+    #[rhai_fn(pure, return_raw)]
+    pub fn group_members(d: &mut Directory, group: Dynamic) -> RhaiResultOf<Array> {
+        let group = d.group(&group)?;
+        Ok(names(d.call("group_members", d.dir.group_members(&group))?))
     }
 
     /// Sets the user's manager (a user as for `find_user`; `()` clears it) and returns the

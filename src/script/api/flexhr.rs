@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::{record_id, Api, Res, RunCtx};
 use crate::class::{Class, Classify};
-use crate::directory::{ManagerOutcome, PlannedChange, SyncOutcome, SyncStatus};
+use crate::directory::{DirectoryError, ManagerOutcome, PlannedChange, SyncOptions, SyncOutcome, SyncStatus};
 use crate::record::{Fields, Record, Status, RESERVED_KEYS};
 use crate::script::{dynamic_to_json, json_to_dynamic, HostError};
 use crate::store::{StoreError, Write};
@@ -37,7 +37,20 @@ mod functions {
     /// changes, manager, disabled, notes, dry_run, base_dn, planned, closed}`.
     #[rhai_fn(name = "ProcessFlexHrUserOnAD", pure, return_raw)]
     pub fn process_flexhr_user_on_ad(api: &mut Api, record: Dynamic, directory: &str) -> RhaiResultOf<Map> {
-        super::process_flexhr_user(api, record, directory)
+        super::process_flexhr_user(api, record, directory, super::SyncOptions::default())
+    }
+
+    /// The same with the call's options over the directory's settings: `#{ mode:
+    /// "create_and_update" | "create_only" | "update_only" }`. An unknown key or mode fails
+    /// the run for good, naming it, before the ticket or the directory is touched.
+    #[rhai_fn(name = "ProcessFlexHrUserOnAD", pure, return_raw)]
+    pub fn process_flexhr_user_on_ad_with(
+        api: &mut Api,
+        record: Dynamic,
+        directory: &str,
+        options: Map,
+    ) -> RhaiResultOf<Map> {
+        super::process_flexhr_user_with_options(api, record, directory, options)
     }
 }
 
@@ -68,7 +81,7 @@ mod functions {
 ///
 /// Returns `#{status, dn, sAMAccountName, changes, manager, disabled, notes, dry_run,
 /// base_dn, planned, closed}`.
-fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<Map> {
+fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str, options: SyncOptions) -> Res<Map> {
     let ctx = api.0.clone();
     let id = record_id(&record)?;
     let stored = ctx.get_record(&id).map_err(|e| ctx.fail(&e))?;
@@ -110,7 +123,7 @@ fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<M
     let result = ctx
         .within_deadline(&format!("ProcessFlexHrUserOnAD on directory {directory}"), async {
             dir.connect().await?;
-            dir.sync_flexhr_user(&fields).await
+            dir.sync_flexhr_user_with(&fields, &options).await
         })
         .map_err(|e| {
             let (reason, class) = host_error_parts(&e);
@@ -145,6 +158,18 @@ fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str) -> Res<M
         .insert("planned".into(), Dynamic::from_array(planned.iter().map(|p| Dynamic::from(p.to_string())).collect()));
     result.insert("closed".into(), Dynamic::from_bool(close));
     Ok(result)
+}
+
+/// `api.ProcessFlexHrUserOnAD(record, directory, #{ mode: "update_only" })`: the call's
+/// options over the directory's settings ([`SyncOptions`]).
+fn process_flexhr_user_with_options(api: &mut Api, record: Dynamic, directory: &str, options: Map) -> Res<Map> {
+    let parsed = match dynamic_to_json(&Dynamic::from_map(options)) {
+        Ok(Value::Object(o)) => SyncOptions::from_json(&o),
+        Ok(_) => unreachable!("a map is an object"),
+        Err(e) => Err(DirectoryError::InvalidInput(format!("the options: {e}"))),
+    };
+    let options = parsed.map_err(|e| api.0.host_error(format!("ProcessFlexHrUserOnAD: {e}"), Class::Permanent))?;
+    process_flexhr_user(api, record, directory, options)
 }
 
 /// Tickets run concurrently, one record each, so a job that opens a ticket for a manager and
@@ -219,6 +244,11 @@ fn comment(o: &SyncOutcome) -> String {
             s.push_str(&format!("user {} ({}) in {} was already up to date", o.login, o.dn, o.base_dn))
         }
         SyncStatus::Skipped => s.push_str("nothing to do"),
+        SyncStatus::NotCreated => s.push_str(&format!(
+            "{}; the ticket stays open (create the account by hand, or process the ticket again in another mode)",
+            o.decision().unwrap_or_default()
+        )),
+        SyncStatus::LeftAlone => s.push_str(&o.decision().unwrap_or_default()),
     }
     if o.disabled {
         s.push_str("; account disabled");
@@ -255,6 +285,13 @@ fn dry_run_comment(o: &SyncOutcome, planned: &[PlannedChange], directory: &str, 
         s.push_str(&format!("The manager (employee ID {employee_id}) is looked up only when live. "));
     }
     s.push_str("A dry run reads nothing from the directory, so every person looks new");
+    if let Some(decision) = o.decision() {
+        let then = match o.status {
+            SyncStatus::NotCreated => " (a live run would leave the ticket open)",
+            _ => "",
+        };
+        s.push_str(&format!("; {decision}{then}"));
+    }
     for note in o.notes.iter().filter(|n| !n.starts_with("IsNewUser was 0")) {
         s.push_str(&format!("; note: {note}"));
     }
@@ -278,8 +315,10 @@ mod tests {
             manager: ManagerOutcome::NotGiven,
             disabled: false,
             base_dn: "DC=example,DC=com".into(),
+            employee_id: "E7".into(),
             notes: vec![],
             dry_run: false,
+            mode: Default::default(),
         }
     }
 

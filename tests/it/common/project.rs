@@ -143,6 +143,11 @@ impl Daemon {
         Daemon(cmd.spawn().expect("tripline binary runs"))
     }
 
+    /// The daemon's process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     /// Stops the daemon and checks that it exited cleanly.
     pub fn stop(mut self) {
         let status = self.terminate();
