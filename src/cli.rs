@@ -57,6 +57,8 @@ pub enum Command {
     /// HTTP connections.
     #[command(subcommand)]
     Connection(ConnectionCommand),
+    /// The audit trail: every directory change, with each attribute's value before and after.
+    Audit(AuditArgs),
     /// Copies the store, consistently, while the daemon runs.
     Backup {
         /// Where to write the copy (must not exist).
@@ -115,6 +117,28 @@ pub struct RunsArgs {
     pub limit: usize,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only changes of this entry (its DN when changed; compared without regard to case).
+    #[arg(long)]
+    pub dn: Option<String>,
+    /// Only changes made by runs on this record.
+    #[arg(long)]
+    pub record: Option<String>,
+    /// Only changes since this time: RFC 3339 (`2025-05-01T10:00:00Z`), a date (`2025-05-01`,
+    /// UTC), or a span back from now (`7d`, `12h`, `30m`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// The most recent N changes (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// One line per attribute changed, as CSV with a header.
+    #[arg(long)]
+    pub csv: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +219,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Replay { run_id } => replay(&cli.config, &run_id),
         Command::Records(cmd) => records(&open_store(&cli.config)?, cmd),
         Command::Backup { path } => backup(&open_store(&cli.config)?, &path),
+        Command::Audit(args) => audit(&open_store(&cli.config)?, args),
     }
 }
 
@@ -897,6 +922,128 @@ fn records(ro: &ReadOnly, cmd: RecordsCommand) -> Result<u8, Failure> {
         }
     }
     Ok(0)
+}
+
+/// `--since`: a time, a date, or a span back from now.
+fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, Failure> {
+    let t = text.trim();
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Ok(at.with_timezone(&chrono::Utc));
+    }
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        return Ok(day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    }
+    if let Ok(span) = humantime::parse_duration(t) {
+        if let Some(at) = chrono::Duration::from_std(span).ok().and_then(|d| chrono::Utc::now().checked_sub_signed(d)) {
+            return Ok(at);
+        }
+    }
+    Err(Failure {
+        message: format!(
+            "--since {text:?} is not a time: give RFC 3339 (2025-05-01T10:00:00Z), a date (2025-05-01) or a span (7d, 12h)"
+        ),
+        code: 1,
+    })
+}
+
+fn audit(ro: &ReadOnly, args: AuditArgs) -> Result<u8, Failure> {
+    let query = crate::store::AuditQuery {
+        dn: args.dn.as_deref().map(|dn| {
+            crate::directory::dn::Dn::parse(dn.trim()).map_or_else(|_| dn.trim().to_lowercase(), |d| d.key())
+        }),
+        record_id: args.record.clone(),
+        run_id: None,
+        since: args.since.as_deref().map(parse_since).transpose()?,
+        limit: args.limit,
+    };
+    let entries = ro.store.audit(&query)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&entries)?)?;
+        return Ok(0);
+    }
+    if args.csv {
+        let mut w = csv::Writer::from_writer(out);
+        w.write_record([
+            "id",
+            "at",
+            "directory",
+            "dn",
+            "operation",
+            "planned",
+            "attribute",
+            "before",
+            "after",
+            "detail",
+            "run_id",
+            "rule",
+            "record_id",
+            "event_id",
+        ])?;
+        for e in &entries {
+            let at = e.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let row = |attribute: &str, before: String, after: String| {
+                vec![
+                    e.id.to_string(),
+                    at.clone(),
+                    e.directory.clone(),
+                    e.dn.clone(),
+                    e.operation.clone(),
+                    e.planned.to_string(),
+                    attribute.to_string(),
+                    before,
+                    after,
+                    e.detail.clone().unwrap_or_default(),
+                    e.run_id.map(|id| id.to_string()).unwrap_or_default(),
+                    e.rule.clone(),
+                    e.record_id.clone().unwrap_or_default(),
+                    e.event_id.map(|id| id.to_string()).unwrap_or_default(),
+                ]
+            };
+            if e.attributes.is_empty() {
+                w.write_record(row("", String::new(), String::new()))?;
+            }
+            for a in &e.attributes {
+                let before = a.before.as_ref().map(|v| v.join("; ")).unwrap_or_else(|| "(not read)".into());
+                w.write_record(row(&a.attribute, before, a.after.join("; ")))?;
+            }
+        }
+        w.flush()?;
+        return Ok(0);
+    }
+    for e in &entries {
+        write_audit_entry(&mut out, e)?;
+    }
+    if entries.is_empty() {
+        writeln!(out, "no directory changes")?;
+    }
+    Ok(0)
+}
+
+/// An audit entry as `tripline audit` prints it: a line for the change, one per attribute.
+pub fn write_audit_entry(out: &mut impl std::io::Write, e: &crate::store::AuditEntry) -> std::io::Result<()> {
+    let run = match (e.run_id, &e.record_id) {
+        (Some(id), Some(record)) => format!("run #{id} of {:?} on record {record}", e.rule),
+        (Some(id), None) => format!("run #{id} of {:?}", e.rule),
+        (None, Some(record)) => format!("{:?} on record {record} (its run was not stored)", e.rule),
+        (None, None) => format!("{:?} (its run was not stored)", e.rule),
+    };
+    let planned = if e.planned { " (planned: dry run, nothing changed)" } else { "" };
+    writeln!(
+        out,
+        "{}  {}  {} {}{planned}  by {run}",
+        e.at.format("%Y-%m-%d %H:%M:%S UTC"),
+        e.directory,
+        e.operation,
+        e.dn
+    )?;
+    for a in &e.attributes {
+        writeln!(out, "    {a}")?;
+    }
+    if let Some(d) = &e.detail {
+        writeln!(out, "    {d}")?;
+    }
+    Ok(())
 }
 
 fn backup(ro: &ReadOnly, to: &Path) -> Result<u8, Failure> {

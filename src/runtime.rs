@@ -29,7 +29,7 @@ use crate::scheduler::Job;
 use crate::script::{EngineHook, Hosts, Invocation, RunCtx, ScriptEngine};
 use crate::secret::Secrets;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Commit, Ingest, Run, RunFilter, RunStatus, Store, StoreError, Write};
+use crate::store::{AuditEntry, Commit, Ingest, Run, RunAudit, RunFilter, RunStatus, Store, StoreError, Write};
 
 /// Why a job could not run.
 #[derive(Debug, thiserror::Error)]
@@ -290,6 +290,9 @@ pub struct Explanation {
     pub write_lines: Vec<String>,
     /// What it would do to host systems: directory changes, requests it would send.
     pub planned: Vec<String>,
+    /// The directory changes it would make, as the audit trail would record them (shown,
+    /// never stored).
+    pub directory_changes: Vec<AuditEntry>,
     pub log: Vec<crate::store::LogLine>,
     pub error: Option<String>,
 }
@@ -445,12 +448,19 @@ impl Runtime {
         self.store.claim_due_retries(Utc::now(), limit, self.lease_until())
     }
 
-    /// Prunes what `[engine] retention_days` no longer keeps.
+    /// Prunes what `[engine] retention_days` (runs and events) and `[engine]
+    /// audit_retention_days` (the directory audit trail) no longer keep.
     pub fn prune(&self) -> Result<u64, StoreError> {
-        match self.config.engine.retention_days {
-            0 => Ok(0),
-            days => self.store.prune(Utc::now() - chrono::Duration::days(days as i64)),
-        }
+        let ago = |days: u32| Utc::now() - chrono::Duration::days(days as i64);
+        let runs = match self.config.engine.retention_days {
+            0 => 0,
+            days => self.store.prune(ago(days))?,
+        };
+        let audit = match self.config.engine.audit_retention_days {
+            0 => 0,
+            days => self.store.prune_audit(ago(days))?,
+        };
+        Ok(runs + audit)
     }
 
     /// Runs the rules an event claimed by `owner` triggers (skipping those the run ledger
@@ -568,16 +578,22 @@ impl Runtime {
             writes.splice(0..0, o.writes);
         }
         let claim_raised = Some((owner, self.lease_until()));
+        // The directory changes go with the run whatever becomes of its writes.
+        let audit = Some(RunAudit { token: &o.audit_token, entries: &o.audit });
         let e = match self.store.commit_run(Commit {
             run: &o.run,
             writes: &writes,
             depth: depth + 1,
             finish_event: finish,
             claim_raised,
+            audit,
         }) {
             Ok((id, raised)) => return Ok((Run { id, ..o.run }, raised)),
             // Busy: the caller tries the whole event again later.
-            Err(e) if e.is_transient() => return Err(e),
+            Err(e) if e.is_transient() => {
+                unrecorded(&o.audit, &e);
+                return Err(e);
+            }
             Err(e) => e,
         };
         // A write the store refused (the record vanished meanwhile, a chain too wide): the run
@@ -595,9 +611,13 @@ impl Runtime {
                 depth: depth + 1,
                 finish_event: finish,
                 claim_raised,
+                audit,
             }) {
                 Ok((id, raised)) => return Ok((Run { id, ..run }, raised)),
-                Err(e) if e.is_transient() => return Err(e),
+                Err(e) if e.is_transient() => {
+                    unrecorded(&o.audit, &e);
+                    return Err(e);
+                }
                 // The run alone is refused too: that is the reason to give first.
                 Err(alone) if alone.to_string() == why => {}
                 Err(alone) => why = format!("{alone} (its writes were refused too: {e})"),
@@ -610,11 +630,16 @@ impl Runtime {
             error: Some(format!("the run could not be stored, so it was recorded without its log and writes: {why}")),
             log: Vec::new(),
             next_attempt_at: None,
-            ..o.run
+            ..o.run.clone()
         };
-        self.store
-            .commit_run(Commit { run: &run, writes: &[], depth: depth + 1, finish_event: finish, claim_raised })
-            .map(|(id, raised)| (Run { id, ..run }, raised))
+        let commit = Commit { run: &run, writes: &[], depth: depth + 1, finish_event: finish, claim_raised, audit };
+        match self.store.commit_run(commit) {
+            Ok((id, raised)) => Ok((Run { id, ..run }, raised)),
+            Err(e) => {
+                unrecorded(&o.audit, &e);
+                Err(e)
+            }
+        }
     }
 
     /// Executes one rule on one event. `None` when the `when` guard says no.
@@ -637,6 +662,9 @@ impl Runtime {
             ctx.unstored = Some(event.record.clone());
         }
         let ctx = Arc::new(ctx);
+        // `tripline test` shows the directory changes it plans and stores none.
+        let trail = AuditTrail::new(&self.store, !dry_run, &rule.name, Some(&event.record.id), Some(event.id));
+        let audit_guard = crate::directory::audit::install(trail.clone());
         let inv = Invocation {
             record: Some(&event.record),
             previous: event.previous.as_ref(),
@@ -683,8 +711,11 @@ impl Runtime {
             }
             Err(e) => (RunStatus::Failed, Some(e.message), None),
         };
+        drop(audit_guard);
         let (writes, notes) = ctx.take_writes();
         Some(Outcome {
+            audit: trail.take(),
+            audit_token: trail.token.clone(),
             planned: ctx.planned(),
             run: Run {
                 id: 0,
@@ -780,6 +811,7 @@ impl Runtime {
                 writes: Vec::new(),
                 write_lines: Vec::new(),
                 planned: Vec::new(),
+                directory_changes: Vec::new(),
                 log: Vec::new(),
                 error: None,
             };
@@ -801,6 +833,7 @@ impl Runtime {
                         ex.writes = kept.iter().map(|w| describe_write(w)).collect();
                         ex.write_lines = kept.iter().map(|w| describe_write_line(w, &event.record)).collect();
                         ex.planned = o.planned;
+                        ex.directory_changes = o.audit;
                         ex.outcome = Some(o.run.status);
                         ex.log = o.run.log;
                         ex.error = o.run.error;
@@ -857,10 +890,13 @@ impl Runtime {
             _ => Default::default(),
         };
         let inv = Invocation { record: None, previous: None, event: trigger, rule: &rule_name, params: &params };
+        let trail = AuditTrail::new(&self.store, true, &rule_name, None, None);
+        let audit_guard = crate::directory::audit::install(trail.clone());
         let result = match catalog.scripts.get(&job.script) {
             Some(ast) => self.scripts.run(ast, &inv, ctx.clone()).map(|_| ()),
             None => Err(crate::script::ScriptError::permanent(not_loaded(&catalog, &job.script))),
         };
+        drop(audit_guard);
         let (status, error) = match result {
             Ok(()) => (RunStatus::Ok, None),
             // A job is retried by its next tick, not by the run queue.
@@ -882,7 +918,9 @@ impl Runtime {
             finished_at: Utc::now(),
             next_attempt_at: None,
         };
-        let (run, raised) = self.commit(Outcome { run, writes, notes, planned: Vec::new() }, 0, None, owner)?;
+        let outcome =
+            Outcome { run, writes, notes, planned: Vec::new(), audit: trail.take(), audit_token: trail.token.clone() };
+        let (run, raised) = self.commit(outcome, 0, None, owner)?;
         crate::metrics::run_finished(&run);
         // Manual runs count too: a job's success resets its staleness clock.
         self.hosts.notifier.job_finished(self.store.as_ref(), &job.notify_on_failure, &run);
@@ -917,6 +955,96 @@ struct Outcome {
     notes: Vec<Write>,
     /// A dry run's plans for host systems ([`RunCtx::plan`]).
     planned: Vec<String>,
+    /// Directory changes to store with the run (see [`AuditTrail`]); for `tripline test`,
+    /// every change it planned, to show.
+    audit: Vec<AuditEntry>,
+    audit_token: String,
+}
+
+/// The audit trail of one run: the directory changes made on its thread (see
+/// [`crate::directory::audit`]).
+///
+/// A change the directory made is stored at once, in a transaction of its own, before the
+/// script goes on: it is a fact whatever becomes of the run (a failure, a crash before the
+/// commit), and the run's commit then adds its id to it. A change a dry-run directory
+/// planned is only meaningful with its run, so it is stored in the run's transaction. A
+/// change whose own write fails is kept and stored with the run too. With `keep` false
+/// (`tripline test`) nothing is stored: the changes are shown.
+struct AuditTrail {
+    store: Arc<dyn Store>,
+    keep: bool,
+    rule: String,
+    record_id: Option<String>,
+    event_id: Option<i64>,
+    token: String,
+    pending: std::sync::Mutex<Vec<AuditEntry>>,
+}
+
+impl AuditTrail {
+    fn new(
+        store: &Arc<dyn Store>,
+        keep: bool,
+        rule: &str,
+        record_id: Option<&str>,
+        event_id: Option<i64>,
+    ) -> Arc<AuditTrail> {
+        Arc::new(AuditTrail {
+            store: store.clone(),
+            keep,
+            rule: rule.to_string(),
+            record_id: record_id.map(str::to_string),
+            event_id: event_id.filter(|id| *id > 0),
+            token: uuid::Uuid::now_v7().simple().to_string(),
+            pending: Default::default(),
+        })
+    }
+
+    fn take(&self) -> Vec<AuditEntry> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl crate::directory::audit::Sink for AuditTrail {
+    fn record(&self, c: crate::directory::audit::Change) {
+        let entry = AuditEntry {
+            id: 0,
+            at: c.at,
+            directory: c.directory,
+            dn_key: crate::directory::dn::Dn::parse(&c.dn).map_or_else(|_| c.dn.to_lowercase(), |d| d.key()),
+            dn: c.dn,
+            operation: c.operation,
+            attributes: c.attributes,
+            detail: c.detail.map(|d| crate::secret::redact(&d).into_owned()),
+            planned: c.planned,
+            run_id: None,
+            rule: self.rule.clone(),
+            record_id: self.record_id.clone(),
+            event_id: self.event_id,
+            run_token: self.token.clone(),
+        };
+        if self.keep && !entry.planned {
+            match self.store.record_audit(std::slice::from_ref(&entry)) {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(
+                    error = %e, directory = %entry.directory, dn = %entry.dn, operation = %entry.operation,
+                    "A directory change could not be recorded at once; it is recorded with its run."
+                ),
+            }
+        }
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
+    }
+}
+
+/// The last word on directory changes the store refused twice (at once and with the run):
+/// they are logged whole, so that the log keeps what the audit trail could not.
+fn unrecorded(entries: &[AuditEntry], error: &StoreError) {
+    for e in entries.iter().filter(|e| !e.planned) {
+        tracing::error!(
+            %error, directory = %e.directory, dn = %e.dn, operation = %e.operation, rule = %e.rule,
+            record = ?e.record_id, attributes = %serde_json::to_string(&e.attributes).unwrap_or_default(),
+            "A directory change could not be stored in the audit trail."
+        );
+    }
 }
 
 /// Why a script a rule or job names cannot run: its file's problem when it is in error (and

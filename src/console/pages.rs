@@ -598,11 +598,24 @@ struct LogRow {
     message: String,
 }
 
+/// A directory change of a run, from the audit trail.
+struct ChangeRow {
+    at: String,
+    directory: String,
+    operation: String,
+    dn: String,
+    planned: bool,
+    /// `attribute: before -> after`, one each.
+    attributes: Vec<String>,
+    detail: String,
+}
+
 #[derive(Template)]
 #[template(path = "run.html")]
 struct RunPage {
     nav: Nav,
     run: RunRow,
+    changes: Vec<ChangeRow>,
     is_job: bool,
     job: String,
     error: Option<String>,
@@ -663,10 +676,12 @@ pub async fn run(State(state): Shared, Extension(s): Extension<Session>, Path(id
             (None, _) => (Vec::new(), format!("The rule {:?} is no longer loaded.", run.rule)),
             (_, None) => (Vec::new(), "The run's event is no longer stored (pruned).".to_string()),
         };
-        Ok(Some((run, verdicts, note)))
+        let query = crate::store::AuditQuery { run_id: Some(run.id), ..Default::default() };
+        let changes = store.audit(&query).map_err(|e| e.to_string())?;
+        Ok(Some((run, verdicts, note, changes)))
     })
     .await;
-    let (run, verdicts, verdict_note) = match read {
+    let (run, verdicts, verdict_note, changes) = match read {
         Ok(Ok(Some(x))) => x,
         Ok(Ok(None)) => return message(&s, StatusCode::NOT_FOUND, "No such run", format!("There is no run {id}.")),
         Ok(Err(e)) | Err(e) => return message(&s, StatusCode::SERVICE_UNAVAILABLE, "Run", e),
@@ -690,6 +705,18 @@ pub async fn run(State(state): Shared, Extension(s): Extension<Session>, Path(id
             .collect(),
         verdicts,
         verdict_note,
+        changes: changes
+            .iter()
+            .map(|c| ChangeRow {
+                at: c.at.format("%H:%M:%S%.3f").to_string(),
+                directory: c.directory.clone(),
+                operation: c.operation.clone(),
+                dn: c.dn.clone(),
+                planned: c.planned,
+                attributes: c.attributes.iter().map(ToString::to_string).collect(),
+                detail: c.detail.clone().unwrap_or_default(),
+            })
+            .collect(),
         finished: when(run.finished_at),
         next_attempt: run.next_attempt_at.map(when).unwrap_or_default(),
         event_id: run.event_id.map(|e| e.to_string()).unwrap_or_default(),

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, with a harness in `common/` that starts real servers
 //! (Samba AD DC, slapd, local HTTP peers) and makes temp folders.
 
+mod audit;
 mod cli;
 mod common;
 mod connection;
