@@ -90,10 +90,15 @@ pub struct FireArgs {
 #[derive(Debug, Args)]
 pub struct TestArgs {
     /// The rule to test.
-    pub rule: String,
+    #[arg(required_unless_present = "cases", conflicts_with = "cases")]
+    pub rule: Option<String>,
     /// A JSON file holding one record; `-` reads stdin.
+    #[arg(long, required_unless_present = "cases", conflicts_with = "cases")]
+    pub record: Option<String>,
+    /// Runs every case file (TOML) in this folder: a record, an event and what must happen;
+    /// exit 1 when a case fails.
     #[arg(long)]
-    pub record: String,
+    pub cases: Option<PathBuf>,
     /// The event to simulate.
     #[arg(long, default_value = "created")]
     pub event: String,
@@ -699,14 +704,40 @@ fn print_run(out: &mut impl std::io::Write, run: &Run) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `tripline test --cases DIR`: each case file's verdict, the differences of those that fail.
+fn test_cases(rt: &Runtime, dir: &Path, json: bool) -> Result<u8, Failure> {
+    let files = crate::cases::case_files(dir)?;
+    let results: Vec<crate::cases::CaseResult> = files.iter().map(|f| crate::cases::run_case(rt, f)).collect();
+    let failed = results.iter().filter(|r| !r.passed).count();
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&results)?)?;
+    } else {
+        for r in &results {
+            writeln!(out, "{}  {}", if r.passed { "ok  " } else { "FAIL" }, r.file.display())?;
+            for p in &r.problems {
+                writeln!(out, "      {p}")?;
+            }
+        }
+        let n = results.len();
+        writeln!(out, "{n} case{}: {} passed, {failed} failed", plural(n), n - failed)?;
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
 fn test(rt: &Runtime, args: TestArgs) -> Result<u8, Failure> {
+    let (rule, record) = match (&args.cases, args.rule, args.record) {
+        (Some(dir), _, _) => return test_cases(rt, dir, args.json),
+        (None, Some(rule), Some(record)) => (rule, record),
+        _ => return Err(Failure { message: "test needs RULE and --record FILE, or --cases DIR".into(), code: 2 }),
+    };
     let catalog = rt.catalog();
-    let entity = match catalog.rules.find(&args.rule) {
+    let entity = match catalog.rules.find(&rule) {
         Some(r) => r.entity.clone(),
         None => String::new(),
     };
     let mut values = Vec::new();
-    each_record(open_input(&args.record)?, |v, _, _| {
+    each_record(open_input(&record)?, |v, _, _| {
         values.push(v);
         Ok(())
     })?;
@@ -714,7 +745,7 @@ fn test(rt: &Runtime, args: TestArgs) -> Result<u8, Failure> {
         return Err(Failure { message: format!("`test` takes one record; the input holds {}", values.len()), code: 1 });
     }
     let record = from_value(values.pop().expect("one value"))?;
-    let report = rt.explain(&entity, EventKind::from(args.event.clone()), record, Some(&args.rule))?;
+    let report = rt.explain(&entity, EventKind::from(args.event.clone()), record, Some(&rule))?;
     // A run that would not end ok fails the command, so that `test` can gate a change.
     let code = if report.iter().any(|ex| ex.outcome.is_some_and(|s| s != RunStatus::Ok)) { 1 } else { 0 };
     if args.json {

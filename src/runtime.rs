@@ -746,7 +746,6 @@ impl Runtime {
         record: Submitted,
         only: Option<&str>,
     ) -> Result<Vec<Explanation>, String> {
-        let catalog = self.catalog.load_full();
         let previous = match &record.id {
             Some(id) => self.store.get_record(id).map_err(|e| e.to_string())?,
             None => None,
@@ -769,10 +768,24 @@ impl Runtime {
         if let Some(s) = record.status {
             current.status = s;
         }
+        self.explain_event(current, kind, previous, only)
+    }
+
+    /// Like [`Runtime::explain`], on a record and previous version given whole (nothing is
+    /// read from the store but what the scripts read): `tripline test --cases`.
+    pub fn explain_event(
+        &self,
+        record: Record,
+        kind: EventKind,
+        previous: Option<Record>,
+        only: Option<&str>,
+    ) -> Result<Vec<Explanation>, String> {
+        let catalog = self.catalog.load_full();
+        let entity = record.entity.clone();
         let event = Event {
             id: 0,
             kind,
-            record: current,
+            record,
             previous,
             depth: 0,
             created_at: Utc::now(),

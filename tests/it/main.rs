@@ -2,6 +2,7 @@
 //! (Samba AD DC, slapd, local HTTP peers) and makes temp folders.
 
 mod audit;
+mod cases;
 mod cli;
 mod common;
 mod connection;
