@@ -51,6 +51,9 @@ pub enum Command {
     /// Records and tickets.
     #[command(subcommand)]
     Records(RecordsCommand),
+    /// The rules in force.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Scheduled jobs.
     #[command(subcommand)]
     Job(JobCommand),
@@ -165,7 +168,21 @@ pub enum RecordsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Every rule loaded, in priority order, with its conditions; files in error after them.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum JobCommand {
+    /// The configured jobs: schedule, enabled, next run, last run and its status.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     /// Runs a job once, now, and then the rules its writes trigger.
     Run {
         name: String,
@@ -177,6 +194,11 @@ pub enum JobCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ConnectionCommand {
+    /// The configured connections: auth type, OAuth2 token state; never a secret.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     /// Sends the connection's configured test request; prints status, time and a body excerpt.
     Test { name: String },
     /// OAuth2 authorization code: prints the login URL, waits for the callback, stores tokens.
@@ -214,6 +236,9 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
             run_blocking(io, runtime)
         }
         Command::Job(JobCommand::Run { name, json }) => job_run(&build(&cli.config)?, &name, json),
+        Command::Job(JobCommand::List { json }) => job_list(&build(&cli.config)?, json),
+        Command::Rules(RulesCommand::List { json }) => rules_list(&build(&cli.config)?, json),
+        Command::Connection(ConnectionCommand::List { json }) => connection_list(&build(&cli.config)?, json),
         Command::Connection(ConnectionCommand::Test { name }) => connection_test(&build(&cli.config)?, &name),
         Command::Connection(ConnectionCommand::Authorize { name, wait }) => {
             connection_authorize(&build(&cli.config)?, &name, wait)
@@ -1110,6 +1135,82 @@ fn job_run(rt: &Runtime, name: &str, json: bool) -> Result<u8, Failure> {
     })?;
     let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
     Ok(if run.status == RunStatus::Ok && failed == 0 { 0 } else { 1 })
+}
+
+fn rules_list(rt: &Runtime, json: bool) -> Result<u8, Failure> {
+    let rules = rt.rule_statuses();
+    let catalog = rt.catalog();
+    let problems: Vec<String> = catalog.problems.iter().map(ToString::to_string).collect();
+    let mut out = std::io::stdout().lock();
+    if json {
+        let report = serde_json::json!({ "rules": rules, "files_in_error": problems });
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(0);
+    }
+    for r in &rules {
+        let off = if r.enabled { "" } else { "  (disabled)" };
+        writeln!(out, "{:>4}  {}  [{}]  {} -> {}{off}", r.priority, r.name, r.entity, r.file, r.script)?;
+        for c in &r.conditions {
+            writeln!(out, "        {c}")?;
+        }
+        if let Some(w) = &r.when {
+            writeln!(out, "        when {w}")?;
+        }
+    }
+    writeln!(out, "{} rule{}", rules.len(), plural(rules.len()))?;
+    for p in &problems {
+        writeln!(out, "in error: {p}")?;
+    }
+    Ok(0)
+}
+
+fn job_list(rt: &Runtime, json: bool) -> Result<u8, Failure> {
+    let jobs = rt.job_statuses(chrono::Utc::now())?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&jobs)?)?;
+        return Ok(0);
+    }
+    let at = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    for j in &jobs {
+        let next = match (j.enabled, j.next_run) {
+            (false, _) => "disabled".to_string(),
+            (true, Some(t)) => format!("next {}", at(t)),
+            (true, None) => "no next run".to_string(),
+        };
+        let last = match &j.last_run {
+            Some(r) => format!("last #{} {} {}", r.id, r.status.as_str(), at(r.started_at)),
+            None => "never ran".to_string(),
+        };
+        writeln!(out, "{}  {:?}  {}  {next}  {last}", j.name, j.schedule, j.script)?;
+    }
+    if jobs.is_empty() {
+        writeln!(out, "no jobs")?;
+    }
+    Ok(0)
+}
+
+fn connection_list(rt: &Runtime, json: bool) -> Result<u8, Failure> {
+    let connections = rt.connection_statuses();
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&connections)?)?;
+        return Ok(0);
+    }
+    for c in &connections {
+        match &c.unavailable {
+            Some(why) => writeln!(out, "{}  unavailable: {why}", c.name)?,
+            None => {
+                let off = if c.enabled { "" } else { "  (disabled)" };
+                let token = c.token.as_ref().map(|t| format!("  {t}")).unwrap_or_default();
+                writeln!(out, "{}  {}  {}{token}{off}", c.name, c.auth, c.base_url)?;
+            }
+        }
+    }
+    if connections.is_empty() {
+        writeln!(out, "no connections")?;
+    }
+    Ok(0)
 }
 
 fn connection_of<'r>(

@@ -956,10 +956,193 @@ impl Runtime {
         Ok(reported)
     }
 
+    /// The rules in force, in priority order (`tripline rules list`).
+    pub fn rule_statuses(&self) -> Vec<RuleStatus> {
+        let catalog = self.catalog();
+        let mut rules: Vec<RuleStatus> = catalog
+            .rules
+            .rules()
+            .iter()
+            .map(|r| RuleStatus {
+                name: r.name.clone(),
+                entity: r.entity.clone(),
+                file: r.path.display().to_string(),
+                script: r.script.clone(),
+                priority: r.priority,
+                enabled: r.enabled,
+                conditions: r
+                    .conditions
+                    .iter()
+                    .map(|c| match condition_value(&c.op) {
+                        Some(v) => format!("{} {} {v}", c.field_name, c.op_name),
+                        None => format!("{} {}", c.field_name, c.op_name),
+                    })
+                    .collect(),
+                when: r.when.as_ref().map(|(text, _)| text.clone()),
+            })
+            .collect();
+        rules.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+        rules
+    }
+
+    /// The configured jobs with their next and last runs (`tripline job list`, the console).
+    pub fn job_statuses(&self, now: DateTime<Utc>) -> Result<Vec<JobStatus>, StoreError> {
+        let mut out = Vec::new();
+        for (name, job) in &self.jobs {
+            let query = crate::store::RunQuery { rule: Some(format!("job:{name}")), limit: 1, ..Default::default() };
+            let last = self.store.runs_page(&query)?.into_iter().next();
+            out.push(JobStatus {
+                name: name.clone(),
+                schedule: job.schedule.as_str().to_string(),
+                script: job.script.clone(),
+                enabled: job.enabled,
+                next_run: job
+                    .enabled
+                    .then(|| job.schedule.next_after(now, crate::scheduler::Zone::default()))
+                    .flatten(),
+                last_run: last.map(|r| LastRun { id: r.id, status: r.status, started_at: r.started_at }),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The configured connections: kind of authentication and, for OAuth2, the state of the
+    /// stored tokens; never a secret (`tripline connection list`, the console).
+    pub fn connection_statuses(&self) -> Vec<ConnectionStatus> {
+        let mut out = Vec::new();
+        for (name, c) in &self.hosts.connections {
+            let token = (c.auth_type() == "oauth2").then(|| match self.store.kv_get("oauth2", name) {
+                Ok(Some(serde_json::Value::String(text))) => match crate::connection::StoredToken::from_json(&text) {
+                    Ok(t) => TokenState {
+                        state: "stored",
+                        expires_at: t.expires_at,
+                        refresh_token: t.refresh_token.is_some(),
+                        problem: None,
+                    },
+                    Err(_) => TokenState::problem("unreadable", "the stored token cannot be read".into()),
+                },
+                Ok(_) => TokenState { state: "none", expires_at: None, refresh_token: false, problem: None },
+                Err(e) => TokenState::problem("unknown", e.to_string()),
+            });
+            out.push(ConnectionStatus {
+                name: name.clone(),
+                base_url: shown_url(c.base_url()),
+                auth: c.auth_type().to_string(),
+                enabled: c.is_enabled(),
+                token,
+                unavailable: None,
+            });
+        }
+        for (name, why) in &self.hosts.unavailable_connections {
+            out.push(ConnectionStatus {
+                name: name.clone(),
+                base_url: String::new(),
+                auth: String::new(),
+                enabled: false,
+                token: None,
+                unavailable: Some(crate::secret::redact(why).into_owned()),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
     /// The folder the configuration was read from.
     pub fn base_dir(&self) -> &Path {
         self.config.path.as_deref().and_then(Path::parent).unwrap_or(Path::new("."))
     }
+}
+
+/// A rule in force, as `tripline rules list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RuleStatus {
+    pub name: String,
+    pub entity: String,
+    pub file: String,
+    pub script: String,
+    pub priority: i64,
+    pub enabled: bool,
+    /// Each condition as `field op value`.
+    pub conditions: Vec<String>,
+    pub when: Option<String>,
+}
+
+/// A job, as `tripline job list` and the console show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobStatus {
+    pub name: String,
+    pub schedule: String,
+    pub script: String,
+    pub enabled: bool,
+    /// When the scheduler runs it next (`None` while it is disabled).
+    pub next_run: Option<DateTime<Utc>>,
+    pub last_run: Option<LastRun>,
+}
+
+/// A job's latest run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastRun {
+    pub id: i64,
+    pub status: RunStatus,
+    pub started_at: DateTime<Utc>,
+}
+
+/// A connection, as `tripline connection list` and the console show it: nothing secret.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConnectionStatus {
+    pub name: String,
+    /// Without user information or query (either may hold a key).
+    pub base_url: String,
+    /// `api_key`, `basic`, `bearer` or `oauth2`.
+    pub auth: String,
+    pub enabled: bool,
+    /// OAuth2 only: what the store holds.
+    pub token: Option<TokenState>,
+    /// Configured but not usable by this command (a secret that is not set), and why.
+    pub unavailable: Option<String>,
+}
+
+/// The OAuth2 tokens of a connection, without the tokens.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenState {
+    /// `stored`, `none`, `unreadable` or `unknown` (the store could not be read).
+    pub state: &'static str,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub refresh_token: bool,
+    pub problem: Option<String>,
+}
+
+impl std::fmt::Display for TokenState {
+    /// In words: `access token stored, expires 2025-05-01 10:00:00 UTC; refresh token stored`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.state {
+            "stored" => write!(
+                f,
+                "access token stored{}{}",
+                self.expires_at.map(|e| format!(", expires {}", e.format("%Y-%m-%d %H:%M:%S UTC"))).unwrap_or_default(),
+                if self.refresh_token { "; refresh token stored" } else { "" }
+            ),
+            "none" => f.write_str("no token stored yet"),
+            "unreadable" => f.write_str("a stored token cannot be read"),
+            _ => write!(f, "unknown: {}", self.problem.as_deref().unwrap_or_default()),
+        }
+    }
+}
+
+impl TokenState {
+    fn problem(state: &'static str, problem: String) -> TokenState {
+        TokenState { state, expires_at: None, refresh_token: false, problem: Some(problem) }
+    }
+}
+
+/// A URL as shown: no user information, no query (either may hold a key).
+pub fn shown_url(url: &url::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
 }
 
 struct Outcome {

@@ -17,6 +17,7 @@ mod flexjob;
 mod hardening;
 mod hostile;
 mod layering;
+mod lists;
 mod notification;
 mod origin;
 mod outage;
