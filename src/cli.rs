@@ -189,6 +189,11 @@ pub enum JobCommand {
         /// Print the runs as JSON Lines.
         #[arg(long)]
         json: bool,
+        /// Run the whole job as `tripline test` runs a rule: GETs are sent, writes are only
+        /// planned, the records it would write go to the rules they would trigger, also dry.
+        /// Nothing is written and the job's state does not move.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -235,7 +240,8 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
             let runtime = build_on(&cli.config, Some(io.handle().clone()), Secrets::Resolve)?;
             run_blocking(io, runtime)
         }
-        Command::Job(JobCommand::Run { name, json }) => job_run(&build(&cli.config)?, &name, json),
+        Command::Job(JobCommand::Run { name, json, dry_run: true }) => job_dry_run(&build(&cli.config)?, &name, json),
+        Command::Job(JobCommand::Run { name, json, dry_run: false }) => job_run(&build(&cli.config)?, &name, json),
         Command::Job(JobCommand::List { json }) => job_list(&build(&cli.config)?, json),
         Command::Rules(RulesCommand::List { json }) => rules_list(&build(&cli.config)?, json),
         Command::Connection(ConnectionCommand::List { json }) => connection_list(&build(&cli.config)?, json),
@@ -1135,6 +1141,64 @@ fn job_run(rt: &Runtime, name: &str, json: bool) -> Result<u8, Failure> {
     })?;
     let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
     Ok(if run.status == RunStatus::Ok && failed == 0 { 0 } else { 1 })
+}
+
+/// `tripline job run NAME --dry-run`: the job's planned writes, then each record's rules.
+fn job_dry_run(rt: &Runtime, name: &str, json: bool) -> Result<u8, Failure> {
+    let report = rt.dry_run_job(name)?;
+    let not_ok = report.outcome != RunStatus::Ok
+        || report.triggered.iter().flat_map(|t| &t.rules).any(|ex| ex.outcome.is_some_and(|s| s != RunStatus::Ok));
+    let code = if not_ok { 1 } else { 0 };
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(code);
+    }
+    writeln!(out, "job {name} (dry run: nothing is written): the run would end {}", report.outcome.as_str())?;
+    for l in &report.log {
+        writeln!(out, "  log {:<5} {}", l.level, l.message)?;
+    }
+    if let Some(e) = &report.error {
+        writeln!(out, "  the run would fail: {e}")?;
+    }
+    match report.write_lines.is_empty() {
+        true => writeln!(out, "  the run would write nothing")?,
+        false => writeln!(out, "  the run would write:")?,
+    }
+    for w in &report.write_lines {
+        writeln!(out, "    {w}")?;
+    }
+    if !report.planned.is_empty() {
+        writeln!(out, "  it would change these systems:")?;
+        for p in &report.planned {
+            writeln!(out, "    {p}")?;
+        }
+    }
+    for t in &report.triggered {
+        writeln!(out, "{} {} ({}):", t.entity, t.record_id, t.event)?;
+        for ex in &t.rules {
+            let outcome = ex.outcome.map_or("not run", RunStatus::as_str);
+            writeln!(out, "  rule {:?} matches; its run would end {outcome}", ex.rule)?;
+            if let Some(e) = &ex.error {
+                writeln!(out, "    error: {e}")?;
+            }
+            for w in &ex.write_lines {
+                writeln!(out, "    would {w}")?;
+            }
+            for p in &ex.planned {
+                writeln!(out, "    {p}")?;
+            }
+        }
+    }
+    let runs: usize = report.triggered.iter().map(|t| t.rules.len()).sum();
+    writeln!(
+        out,
+        "{} record{} would trigger {runs} rule run{}; nothing was written",
+        report.triggered.len(),
+        plural(report.triggered.len()),
+        plural(runs)
+    )?;
+    Ok(code)
 }
 
 fn rules_list(rt: &Runtime, json: bool) -> Result<u8, Failure> {

@@ -877,12 +877,74 @@ impl Runtime {
     /// what scripts see as `event`: "schedule" or "manual". Returns the run and the events its
     /// writes raised, stored claimed by `owner` (a dispatcher of that owner runs them).
     pub fn run_job(&self, name: &str, trigger: &str, owner: &str) -> Result<(Run, Vec<Event>), JobError> {
-        let job = self.jobs.get(name).ok_or_else(|| {
+        let job = self.job(name)?;
+        let outcome = self.execute_job(name, job, trigger, false);
+        let (run, raised) = self.commit(outcome, 0, None, owner)?;
+        crate::metrics::run_finished(&run);
+        // Manual runs count too: a job's success resets its staleness clock.
+        self.hosts.notifier.job_finished(self.store.as_ref(), &job.notify_on_failure, &run);
+        Ok((run, raised))
+    }
+
+    fn job(&self, name: &str) -> Result<&Job, JobError> {
+        self.jobs.get(name).ok_or_else(|| {
             let hint = crate::diag::did_you_mean(name, self.jobs.keys().map(String::as_str))
                 .map(|s| format!("; did you mean {s:?}?"))
                 .unwrap_or_default();
             JobError::Unknown(format!("no job named {name:?}{hint}"))
-        })?;
+        })
+    }
+
+    /// A whole job as a dry run (`tripline job run NAME --dry-run`): its script runs as
+    /// `tripline test` runs a rule's (GETs sent, writes and other requests planned, directories
+    /// in dry-run mode), and each record it would create or update is passed, as the event
+    /// its write would raise, to the rules that event would trigger, also dry. Nothing is
+    /// written: no record, no run, no state (the job's watermark stays where it is). One
+    /// level: what those rules would write is shown, not followed further; each record is
+    /// tried on its own, so a rule does not see the job's other new records.
+    pub fn dry_run_job(&self, name: &str) -> Result<JobDryRun, JobError> {
+        let job = self.job(name)?;
+        let o = self.execute_job(name, job, "manual", true);
+        let event_record = Record::new("", Default::default());
+        let mut triggered = Vec::new();
+        let writes: &[Write] = if o.run.status == RunStatus::Ok { &o.writes } else { &[] };
+        for w in writes {
+            let (record, kind, previous) = match w {
+                Write::Create(r) => (r.clone(), EventKind::Created, None),
+                Write::Update { id, fields } => {
+                    let Some(previous) = self.store.get_record(id)? else { continue };
+                    let mut r = previous.clone();
+                    r.fields.extend(fields.clone());
+                    (r, EventKind::Updated, Some(previous))
+                }
+                _ => continue,
+            };
+            let (entity, record_id) = (record.entity.clone(), record.id.clone());
+            let rules = self.explain_event(record, kind.clone(), previous, None).map_err(JobError::Unknown)?;
+            let rules: Vec<Explanation> = rules.into_iter().filter(|ex| ex.matched).collect();
+            if !rules.is_empty() {
+                triggered.push(TriggeredRecord { entity, record_id, event: kind.as_str().to_string(), rules });
+            }
+        }
+        let kept: Vec<&Write> = match o.run.status {
+            RunStatus::Ok => o.writes.iter().chain(&o.notes).collect(),
+            _ => o.notes.iter().collect(),
+        };
+        Ok(JobDryRun {
+            job: name.to_string(),
+            outcome: o.run.status,
+            error: o.run.error.clone(),
+            log: o.run.log.clone(),
+            writes: kept.iter().map(|w| describe_write(w)).collect(),
+            write_lines: kept.iter().map(|w| describe_write_line(w, &event_record)).collect(),
+            planned: o.planned,
+            directory_changes: o.audit,
+            triggered,
+        })
+    }
+
+    /// Runs a job's script once; `dry_run` as `tripline test` runs a rule.
+    fn execute_job(&self, name: &str, job: &Job, trigger: &str, dry_run: bool) -> Outcome {
         let catalog = self.catalog.load_full();
         let rule_name = format!("job:{name}");
         let started_at = Utc::now();
@@ -892,7 +954,7 @@ impl Runtime {
             self.hosts.clone(),
             &rule_name,
             start + Duration::from_millis(self.scripts.limits().timeout_ms),
-            false,
+            dry_run,
         );
         ctx.state_namespace = rule_name.clone();
         ctx.comment_key = rule_name.clone();
@@ -903,7 +965,7 @@ impl Runtime {
             _ => Default::default(),
         };
         let inv = Invocation { record: None, previous: None, event: trigger, rule: &rule_name, params: &params };
-        let trail = AuditTrail::new(&self.store, true, &rule_name, None, None);
+        let trail = AuditTrail::new(&self.store, !dry_run, &rule_name, None, None);
         let audit_guard = crate::directory::audit::install(trail.clone());
         let result = match catalog.scripts.get(&job.script) {
             Some(ast) => self.scripts.run(ast, &inv, ctx.clone()).map(|_| ()),
@@ -931,13 +993,7 @@ impl Runtime {
             finished_at: Utc::now(),
             next_attempt_at: None,
         };
-        let outcome =
-            Outcome { run, writes, notes, planned: Vec::new(), audit: trail.take(), audit_token: trail.token.clone() };
-        let (run, raised) = self.commit(outcome, 0, None, owner)?;
-        crate::metrics::run_finished(&run);
-        // Manual runs count too: a job's success resets its staleness clock.
-        self.hosts.notifier.job_finished(self.store.as_ref(), &job.notify_on_failure, &run);
-        Ok((run, raised))
+        Outcome { run, writes, notes, planned: ctx.planned(), audit: trail.take(), audit_token: trail.token.clone() }
     }
 
     /// Tells the contacts of every enabled job with `stale_after` that has gone that long
@@ -1051,6 +1107,35 @@ impl Runtime {
     pub fn base_dir(&self) -> &Path {
         self.config.path.as_deref().and_then(Path::parent).unwrap_or(Path::new("."))
     }
+}
+
+/// What a job would do (see [`Runtime::dry_run_job`]). Its JSON form is `tripline job run
+/// NAME --dry-run --json`.
+#[derive(Debug, serde::Serialize)]
+pub struct JobDryRun {
+    pub job: String,
+    /// How the job's run would end.
+    pub outcome: RunStatus,
+    pub error: Option<String>,
+    pub log: Vec<crate::store::LogLine>,
+    /// What the job's run would write (nothing is written), as `tripline test` shows it.
+    pub writes: Vec<serde_json::Value>,
+    pub write_lines: Vec<String>,
+    /// Requests it would send (not GETs: those are sent) and directory changes.
+    pub planned: Vec<String>,
+    pub directory_changes: Vec<AuditEntry>,
+    /// The records it would create or update whose events rules would run on, with those
+    /// rules' dry runs.
+    pub triggered: Vec<TriggeredRecord>,
+}
+
+/// A record a job's dry run would write, and the rules its event would run, dry.
+#[derive(Debug, serde::Serialize)]
+pub struct TriggeredRecord {
+    pub entity: String,
+    pub record_id: String,
+    pub event: String,
+    pub rules: Vec<Explanation>,
 }
 
 /// A rule in force, as `tripline rules list` shows it.
