@@ -51,12 +51,17 @@ pub enum Command {
     /// Records and tickets.
     #[command(subcommand)]
     Records(RecordsCommand),
+    /// The rules in force.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Scheduled jobs.
     #[command(subcommand)]
     Job(JobCommand),
     /// HTTP connections.
     #[command(subcommand)]
     Connection(ConnectionCommand),
+    /// The audit trail: every directory change, with each attribute's value before and after.
+    Audit(AuditArgs),
     /// Copies the store, consistently, while the daemon runs.
     Backup {
         /// Where to write the copy (must not exist).
@@ -94,10 +99,15 @@ pub struct FireArgs {
 #[derive(Debug, Args)]
 pub struct TestArgs {
     /// The rule to test.
-    pub rule: String,
+    #[arg(required_unless_present = "cases", conflicts_with = "cases")]
+    pub rule: Option<String>,
     /// A JSON file holding one record; `-` reads stdin.
+    #[arg(long, required_unless_present = "cases", conflicts_with = "cases")]
+    pub record: Option<String>,
+    /// Runs every case file (TOML) in this folder: a record, an event and what must happen;
+    /// exit 1 when a case fails.
     #[arg(long)]
-    pub record: String,
+    pub cases: Option<PathBuf>,
     /// The event to simulate.
     #[arg(long, default_value = "created")]
     pub event: String,
@@ -123,6 +133,28 @@ pub struct RunsArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only changes of this entry (its DN when changed; compared without regard to case).
+    #[arg(long)]
+    pub dn: Option<String>,
+    /// Only changes made by runs on this record.
+    #[arg(long)]
+    pub record: Option<String>,
+    /// Only changes since this time: RFC 3339 (`2025-05-01T10:00:00Z`), a date (`2025-05-01`,
+    /// UTC), or a span back from now (`7d`, `12h`, `30m`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// The most recent N changes (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// One line per attribute changed, as CSV with a header.
+    #[arg(long)]
+    pub csv: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum RecordsCommand {
     /// Records of an entity, newest last.
@@ -142,18 +174,42 @@ pub enum RecordsCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum JobCommand {
-    /// Runs a job once, now, and then the rules its writes trigger.
-    Run {
-        name: String,
-        /// Print the runs as JSON Lines.
+pub enum RulesCommand {
+    /// Every rule loaded, in priority order, with its conditions; files in error after them.
+    List {
         #[arg(long)]
         json: bool,
     },
 }
 
 #[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// The configured jobs: schedule, enabled, next run, last run and its status.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs a job once, now, and then the rules its writes trigger.
+    Run {
+        name: String,
+        /// Print the runs as JSON Lines.
+        #[arg(long)]
+        json: bool,
+        /// Run the whole job as `tripline test` runs a rule: GETs are sent, writes are only
+        /// planned, the records it would write go to the rules they would trigger, also dry.
+        /// Nothing is written and the job's state does not move.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ConnectionCommand {
+    /// The configured connections: auth type, OAuth2 token state; never a secret.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     /// Sends the connection's configured test request; prints status, time and a body excerpt.
     Test { name: String },
     /// OAuth2 authorization code: prints the login URL, waits for the callback, stores tokens.
@@ -193,7 +249,11 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
             let runtime = build_on(&cli.config, Some(io.handle().clone()), Secrets::Resolve)?;
             run_blocking(io, runtime)
         }
-        Command::Job(JobCommand::Run { name, json }) => job_run(&build(&cli.config)?, &name, json),
+        Command::Job(JobCommand::Run { name, json, dry_run: true }) => job_dry_run(&build(&cli.config)?, &name, json),
+        Command::Job(JobCommand::Run { name, json, dry_run: false }) => job_run(&build(&cli.config)?, &name, json),
+        Command::Job(JobCommand::List { json }) => job_list(&build(&cli.config)?, json),
+        Command::Rules(RulesCommand::List { json }) => rules_list(&build(&cli.config)?, json),
+        Command::Connection(ConnectionCommand::List { json }) => connection_list(&build(&cli.config)?, json),
         Command::Connection(ConnectionCommand::Test { name }) => connection_test(&build(&cli.config)?, &name),
         Command::Connection(ConnectionCommand::Authorize { name, wait }) => {
             connection_authorize(&build(&cli.config)?, &name, wait)
@@ -206,6 +266,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Records(cmd) => records(&open_store(&cli.config)?, cmd),
         Command::Backup { path } => backup(&open_store(&cli.config)?, &path),
         Command::Definitions { dir } => definitions(&dir),
+        Command::Audit(args) => audit(&open_store(&cli.config)?, args),
     }
 }
 
@@ -685,14 +746,40 @@ fn print_run(out: &mut impl std::io::Write, run: &Run) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `tripline test --cases DIR`: each case file's verdict, the differences of those that fail.
+fn test_cases(rt: &Runtime, dir: &Path, json: bool) -> Result<u8, Failure> {
+    let files = crate::cases::case_files(dir)?;
+    let results: Vec<crate::cases::CaseResult> = files.iter().map(|f| crate::cases::run_case(rt, f)).collect();
+    let failed = results.iter().filter(|r| !r.passed).count();
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&results)?)?;
+    } else {
+        for r in &results {
+            writeln!(out, "{}  {}", if r.passed { "ok  " } else { "FAIL" }, r.file.display())?;
+            for p in &r.problems {
+                writeln!(out, "      {p}")?;
+            }
+        }
+        let n = results.len();
+        writeln!(out, "{n} case{}: {} passed, {failed} failed", plural(n), n - failed)?;
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
 fn test(rt: &Runtime, args: TestArgs) -> Result<u8, Failure> {
+    let (rule, record) = match (&args.cases, args.rule, args.record) {
+        (Some(dir), _, _) => return test_cases(rt, dir, args.json),
+        (None, Some(rule), Some(record)) => (rule, record),
+        _ => return Err(Failure { message: "test needs RULE and --record FILE, or --cases DIR".into(), code: 2 }),
+    };
     let catalog = rt.catalog();
-    let entity = match catalog.rules.find(&args.rule) {
+    let entity = match catalog.rules.find(&rule) {
         Some(r) => r.entity.clone(),
         None => String::new(),
     };
     let mut values = Vec::new();
-    each_record(open_input(&args.record)?, |v, _, _| {
+    each_record(open_input(&record)?, |v, _, _| {
         values.push(v);
         Ok(())
     })?;
@@ -700,7 +787,7 @@ fn test(rt: &Runtime, args: TestArgs) -> Result<u8, Failure> {
         return Err(Failure { message: format!("`test` takes one record; the input holds {}", values.len()), code: 1 });
     }
     let record = from_value(values.pop().expect("one value"))?;
-    let report = rt.explain(&entity, EventKind::from(args.event.clone()), record, Some(&args.rule))?;
+    let report = rt.explain(&entity, EventKind::from(args.event.clone()), record, Some(&rule))?;
     // A run that would not end ok fails the command, so that `test` can gate a change.
     let code = if report.iter().any(|ex| ex.outcome.is_some_and(|s| s != RunStatus::Ok)) { 1 } else { 0 };
     if args.json {
@@ -923,6 +1010,128 @@ fn definitions(dir: &Path) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// `--since`: a time, a date, or a span back from now.
+fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, Failure> {
+    let t = text.trim();
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Ok(at.with_timezone(&chrono::Utc));
+    }
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        return Ok(day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    }
+    if let Ok(span) = humantime::parse_duration(t) {
+        if let Some(at) = chrono::Duration::from_std(span).ok().and_then(|d| chrono::Utc::now().checked_sub_signed(d)) {
+            return Ok(at);
+        }
+    }
+    Err(Failure {
+        message: format!(
+            "--since {text:?} is not a time: give RFC 3339 (2025-05-01T10:00:00Z), a date (2025-05-01) or a span (7d, 12h)"
+        ),
+        code: 1,
+    })
+}
+
+fn audit(ro: &ReadOnly, args: AuditArgs) -> Result<u8, Failure> {
+    let query = crate::store::AuditQuery {
+        dn: args.dn.as_deref().map(|dn| {
+            crate::directory::dn::Dn::parse(dn.trim()).map_or_else(|_| dn.trim().to_lowercase(), |d| d.key())
+        }),
+        record_id: args.record.clone(),
+        run_id: None,
+        since: args.since.as_deref().map(parse_since).transpose()?,
+        limit: args.limit,
+    };
+    let entries = ro.store.audit(&query)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&entries)?)?;
+        return Ok(0);
+    }
+    if args.csv {
+        let mut w = csv::Writer::from_writer(out);
+        w.write_record([
+            "id",
+            "at",
+            "directory",
+            "dn",
+            "operation",
+            "planned",
+            "attribute",
+            "before",
+            "after",
+            "detail",
+            "run_id",
+            "rule",
+            "record_id",
+            "event_id",
+        ])?;
+        for e in &entries {
+            let at = e.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let row = |attribute: &str, before: String, after: String| {
+                vec![
+                    e.id.to_string(),
+                    at.clone(),
+                    e.directory.clone(),
+                    e.dn.clone(),
+                    e.operation.clone(),
+                    e.planned.to_string(),
+                    attribute.to_string(),
+                    before,
+                    after,
+                    e.detail.clone().unwrap_or_default(),
+                    e.run_id.map(|id| id.to_string()).unwrap_or_default(),
+                    e.rule.clone(),
+                    e.record_id.clone().unwrap_or_default(),
+                    e.event_id.map(|id| id.to_string()).unwrap_or_default(),
+                ]
+            };
+            if e.attributes.is_empty() {
+                w.write_record(row("", String::new(), String::new()))?;
+            }
+            for a in &e.attributes {
+                let before = a.before.as_ref().map(|v| v.join("; ")).unwrap_or_else(|| "(not read)".into());
+                w.write_record(row(&a.attribute, before, a.after.join("; ")))?;
+            }
+        }
+        w.flush()?;
+        return Ok(0);
+    }
+    for e in &entries {
+        write_audit_entry(&mut out, e)?;
+    }
+    if entries.is_empty() {
+        writeln!(out, "no directory changes")?;
+    }
+    Ok(0)
+}
+
+/// An audit entry as `tripline audit` prints it: a line for the change, one per attribute.
+pub fn write_audit_entry(out: &mut impl std::io::Write, e: &crate::store::AuditEntry) -> std::io::Result<()> {
+    let run = match (e.run_id, &e.record_id) {
+        (Some(id), Some(record)) => format!("run #{id} of {:?} on record {record}", e.rule),
+        (Some(id), None) => format!("run #{id} of {:?}", e.rule),
+        (None, Some(record)) => format!("{:?} on record {record} (its run was not stored)", e.rule),
+        (None, None) => format!("{:?} (its run was not stored)", e.rule),
+    };
+    let planned = if e.planned { " (planned: dry run, nothing changed)" } else { "" };
+    writeln!(
+        out,
+        "{}  {}  {} {}{planned}  by {run}",
+        e.at.format("%Y-%m-%d %H:%M:%S UTC"),
+        e.directory,
+        e.operation,
+        e.dn
+    )?;
+    for a in &e.attributes {
+        writeln!(out, "    {a}")?;
+    }
+    if let Some(d) = &e.detail {
+        writeln!(out, "    {d}")?;
+    }
+    Ok(())
+}
+
 fn backup(ro: &ReadOnly, to: &Path) -> Result<u8, Failure> {
     if to.exists() {
         return Err(Failure { message: format!("{} already exists", to.display()), code: 1 });
@@ -956,6 +1165,140 @@ fn job_run(rt: &Runtime, name: &str, json: bool) -> Result<u8, Failure> {
     })?;
     let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
     Ok(if run.status == RunStatus::Ok && failed == 0 { 0 } else { 1 })
+}
+
+/// `tripline job run NAME --dry-run`: the job's planned writes, then each record's rules.
+fn job_dry_run(rt: &Runtime, name: &str, json: bool) -> Result<u8, Failure> {
+    let report = rt.dry_run_job(name)?;
+    let not_ok = report.outcome != RunStatus::Ok
+        || report.triggered.iter().flat_map(|t| &t.rules).any(|ex| ex.outcome.is_some_and(|s| s != RunStatus::Ok));
+    let code = if not_ok { 1 } else { 0 };
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(code);
+    }
+    writeln!(out, "job {name} (dry run: nothing is written): the run would end {}", report.outcome.as_str())?;
+    for l in &report.log {
+        writeln!(out, "  log {:<5} {}", l.level, l.message)?;
+    }
+    if let Some(e) = &report.error {
+        writeln!(out, "  the run would fail: {e}")?;
+    }
+    match report.write_lines.is_empty() {
+        true => writeln!(out, "  the run would write nothing")?,
+        false => writeln!(out, "  the run would write:")?,
+    }
+    for w in &report.write_lines {
+        writeln!(out, "    {w}")?;
+    }
+    if !report.planned.is_empty() {
+        writeln!(out, "  it would change these systems:")?;
+        for p in &report.planned {
+            writeln!(out, "    {p}")?;
+        }
+    }
+    for t in &report.triggered {
+        writeln!(out, "{} {} ({}):", t.entity, t.record_id, t.event)?;
+        for ex in &t.rules {
+            let outcome = ex.outcome.map_or("not run", RunStatus::as_str);
+            writeln!(out, "  rule {:?} matches; its run would end {outcome}", ex.rule)?;
+            if let Some(e) = &ex.error {
+                writeln!(out, "    error: {e}")?;
+            }
+            for w in &ex.write_lines {
+                writeln!(out, "    would {w}")?;
+            }
+            for p in &ex.planned {
+                writeln!(out, "    {p}")?;
+            }
+        }
+    }
+    let runs: usize = report.triggered.iter().map(|t| t.rules.len()).sum();
+    writeln!(
+        out,
+        "{} record{} would trigger {runs} rule run{}; nothing was written",
+        report.triggered.len(),
+        plural(report.triggered.len()),
+        plural(runs)
+    )?;
+    Ok(code)
+}
+
+fn rules_list(rt: &Runtime, json: bool) -> Result<u8, Failure> {
+    let rules = rt.rule_statuses();
+    let catalog = rt.catalog();
+    let problems: Vec<String> = catalog.problems.iter().map(ToString::to_string).collect();
+    let mut out = std::io::stdout().lock();
+    if json {
+        let report = serde_json::json!({ "rules": rules, "files_in_error": problems });
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(0);
+    }
+    for r in &rules {
+        let off = if r.enabled { "" } else { "  (disabled)" };
+        writeln!(out, "{:>4}  {}  [{}]  {} -> {}{off}", r.priority, r.name, r.entity, r.file, r.script)?;
+        for c in &r.conditions {
+            writeln!(out, "        {c}")?;
+        }
+        if let Some(w) = &r.when {
+            writeln!(out, "        when {w}")?;
+        }
+    }
+    writeln!(out, "{} rule{}", rules.len(), plural(rules.len()))?;
+    for p in &problems {
+        writeln!(out, "in error: {p}")?;
+    }
+    Ok(0)
+}
+
+fn job_list(rt: &Runtime, json: bool) -> Result<u8, Failure> {
+    let jobs = rt.job_statuses(chrono::Utc::now())?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&jobs)?)?;
+        return Ok(0);
+    }
+    let at = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    for j in &jobs {
+        let next = match (j.enabled, j.next_run) {
+            (false, _) => "disabled".to_string(),
+            (true, Some(t)) => format!("next {}", at(t)),
+            (true, None) => "no next run".to_string(),
+        };
+        let last = match &j.last_run {
+            Some(r) => format!("last #{} {} {}", r.id, r.status.as_str(), at(r.started_at)),
+            None => "never ran".to_string(),
+        };
+        writeln!(out, "{}  {:?}  {}  {next}  {last}", j.name, j.schedule, j.script)?;
+    }
+    if jobs.is_empty() {
+        writeln!(out, "no jobs")?;
+    }
+    Ok(0)
+}
+
+fn connection_list(rt: &Runtime, json: bool) -> Result<u8, Failure> {
+    let connections = rt.connection_statuses();
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&connections)?)?;
+        return Ok(0);
+    }
+    for c in &connections {
+        match &c.unavailable {
+            Some(why) => writeln!(out, "{}  unavailable: {why}", c.name)?,
+            None => {
+                let off = if c.enabled { "" } else { "  (disabled)" };
+                let token = c.token.as_ref().map(|t| format!("  {t}")).unwrap_or_default();
+                writeln!(out, "{}  {}  {}{token}{off}", c.name, c.auth, c.base_url)?;
+            }
+        }
+    }
+    if connections.is_empty() {
+        writeln!(out, "no connections")?;
+    }
+    Ok(0)
 }
 
 fn connection_of<'r>(

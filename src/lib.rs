@@ -51,6 +51,7 @@
 //! |---|---|---|
 //! | ingress | [`cli`] | the command line: `check`, `fire`, `test`, `replay`, `job run`, ...; `tripline run` starts the daemon |
 //! | | [`daemon`] | `tripline run`: the loop that ties the rest together; jobs run on the scheduler's ticks |
+//! | | [`cases`] | `tripline test --cases DIR`: an admin's regression cases of rules, run dry |
 //! | | [`console`] | `[console]`: the admin console, server-rendered pages for people behind a login |
 //! | | [`server`] | `[server]`: the HTTP server: router, `/healthz`, `/metrics`, the ingestion of deliveries |
 //! | | [`webhook`] | `[webhooks.NAME]`: a delivery's authentication (HMAC, bearer) and the record it becomes |
@@ -75,7 +76,7 @@
 //! `secret`, which reports into `diag`):
 //!
 //! - [`cli`]
-//! - [`daemon`]
+//! - [`daemon`], [`cases`]
 //! - [`console`]
 //! - [`dispatch`]
 //! - [`runtime`]
@@ -87,6 +88,7 @@
 //! - [`secret`], [`store`]
 //! - [`class`], [`de`], [`diag`], [`memory`], [`record`], [`tls`], [`watch`]: the leaves
 
+pub mod cases;
 pub mod catalog;
 pub mod class;
 pub mod cli;

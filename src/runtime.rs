@@ -29,7 +29,7 @@ use crate::scheduler::Job;
 use crate::script::{EngineHook, Hosts, Invocation, RunCtx, ScriptEngine};
 use crate::secret::Secrets;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Commit, Ingest, Run, RunFilter, RunStatus, Store, StoreError, Write};
+use crate::store::{AuditEntry, Commit, Ingest, Run, RunAudit, RunFilter, RunStatus, Store, StoreError, Write};
 
 /// Why a job could not run.
 #[derive(Debug, thiserror::Error)]
@@ -290,6 +290,9 @@ pub struct Explanation {
     pub write_lines: Vec<String>,
     /// What it would do to host systems: directory changes, requests it would send.
     pub planned: Vec<String>,
+    /// The directory changes it would make, as the audit trail would record them (shown,
+    /// never stored).
+    pub directory_changes: Vec<AuditEntry>,
     pub log: Vec<crate::store::LogLine>,
     pub error: Option<String>,
 }
@@ -445,12 +448,19 @@ impl Runtime {
         self.store.claim_due_retries(Utc::now(), limit, self.lease_until())
     }
 
-    /// Prunes what `[engine] retention_days` no longer keeps.
+    /// Prunes what `[engine] retention_days` (runs and events) and `[engine]
+    /// audit_retention_days` (the directory audit trail) no longer keep.
     pub fn prune(&self) -> Result<u64, StoreError> {
-        match self.config.engine.retention_days {
-            0 => Ok(0),
-            days => self.store.prune(Utc::now() - chrono::Duration::days(days as i64)),
-        }
+        let ago = |days: u32| Utc::now() - chrono::Duration::days(days as i64);
+        let runs = match self.config.engine.retention_days {
+            0 => 0,
+            days => self.store.prune(ago(days))?,
+        };
+        let audit = match self.config.engine.audit_retention_days {
+            0 => 0,
+            days => self.store.prune_audit(ago(days))?,
+        };
+        Ok(runs + audit)
     }
 
     /// Runs the rules an event claimed by `owner` triggers (skipping those the run ledger
@@ -527,7 +537,7 @@ impl Runtime {
             match t.outcome {
                 Some(o) => {
                     let writes = o.writes_to_commit();
-                    with_runs.push((i, t.event_id, t.depth, t.notify, o.run, writes));
+                    with_runs.push((i, t.event_id, t.depth, t.notify, o, writes));
                 }
                 None => bare.push((i, t.event_id)),
             }
@@ -543,21 +553,26 @@ impl Runtime {
         }
         let commits: Vec<Commit<'_>> = with_runs
             .iter()
-            .map(|(_, event_id, depth, _, run, writes)| Commit {
-                run,
+            .map(|(_, event_id, depth, _, o, writes)| Commit {
+                run: &o.run,
                 writes,
                 depth: depth + 1,
                 finish_event: Some(*event_id),
                 claim_raised,
+                audit: Some(RunAudit { token: &o.audit_token, entries: &o.audit }),
             })
             .collect();
         let committed = self.store.commit_runs(&commits);
         drop(commits);
-        for ((i, event_id, depth, notify, run, writes), result) in with_runs.into_iter().zip(committed) {
+        for ((i, event_id, depth, notify, o, writes), result) in with_runs.into_iter().zip(committed) {
+            let audit = RunAudit { token: &o.audit_token, entries: &o.audit };
             let done = match result {
-                Ok((id, raised)) => Ok((Run { id, ..run }, raised)),
-                Err(e) if e.is_transient() => Err(e),
-                Err(e) => self.commit_refused(run, &writes, depth, Some(event_id), owner, e),
+                Ok((id, raised)) => Ok((Run { id, ..o.run.clone() }, raised)),
+                Err(e) if e.is_transient() => {
+                    unrecorded(&o.audit, &e);
+                    Err(e)
+                }
+                Err(e) => self.commit_refused(o.run.clone(), &writes, audit, depth, Some(event_id), owner, e),
             };
             if let Ok((run, _)) = &done {
                 self.hosts.notifier.run_failed(&notify, run);
@@ -626,32 +641,43 @@ impl Runtime {
     ) -> Result<(Run, Vec<Event>), StoreError> {
         let writes = o.writes_to_commit();
         let claim_raised = Some((owner, self.lease_until()));
+        // The directory changes go with the run whatever becomes of its writes.
+        let audit = RunAudit { token: &o.audit_token, entries: &o.audit };
         match self.store.commit_run(Commit {
             run: &o.run,
             writes: &writes,
             depth: depth + 1,
             finish_event: finish,
             claim_raised,
+            audit: Some(audit),
         }) {
-            Ok((id, raised)) => Ok((Run { id, ..o.run }, raised)),
+            Ok((id, raised)) => Ok((Run { id, ..o.run.clone() }, raised)),
             // Busy: the caller tries the whole event again later.
-            Err(e) if e.is_transient() => Err(e),
-            Err(e) => self.commit_refused(o.run, &writes, depth, finish, owner, e),
+            Err(e) if e.is_transient() => {
+                unrecorded(&o.audit, &e);
+                Err(e)
+            }
+            Err(e) => self.commit_refused(o.run.clone(), &writes, audit, depth, finish, owner, e),
         }
     }
 
     /// Commits a run whose commit with `writes` the store refused with `e` (the record
-    /// vanished meanwhile, a chain too wide): the run fails, and nothing it wrote is kept.
+    /// vanished meanwhile, a chain too wide): the run fails, and nothing it wrote is kept; its
+    /// directory changes are kept with it.
+    #[allow(clippy::too_many_arguments)]
     fn commit_refused(
         &self,
         run: Run,
         writes: &[Write],
+        audit: RunAudit<'_>,
         depth: u32,
         finish: Option<i64>,
         owner: &str,
         e: StoreError,
     ) -> Result<(Run, Vec<Event>), StoreError> {
         let claim_raised = Some((owner, self.lease_until()));
+        let audit = Some(audit);
+        let entries = audit.map_or(&[][..], |a| a.entries);
         let mut why = e.to_string();
         if !writes.is_empty() {
             let run = Run {
@@ -665,9 +691,13 @@ impl Runtime {
                 depth: depth + 1,
                 finish_event: finish,
                 claim_raised,
+                audit,
             }) {
                 Ok((id, raised)) => return Ok((Run { id, ..run }, raised)),
-                Err(e) if e.is_transient() => return Err(e),
+                Err(e) if e.is_transient() => {
+                    unrecorded(entries, &e);
+                    return Err(e);
+                }
                 // The run alone is refused too: that is the reason to give first.
                 Err(alone) if alone.to_string() == why => {}
                 Err(alone) => why = format!("{alone} (its writes were refused too: {e})"),
@@ -682,9 +712,14 @@ impl Runtime {
             next_attempt_at: None,
             ..run
         };
-        self.store
-            .commit_run(Commit { run: &run, writes: &[], depth: depth + 1, finish_event: finish, claim_raised })
-            .map(|(id, raised)| (Run { id, ..run }, raised))
+        let commit = Commit { run: &run, writes: &[], depth: depth + 1, finish_event: finish, claim_raised, audit };
+        match self.store.commit_run(commit) {
+            Ok((id, raised)) => Ok((Run { id, ..run }, raised)),
+            Err(e) => {
+                unrecorded(entries, &e);
+                Err(e)
+            }
+        }
     }
 
     /// Executes one rule on one event. `None` when the `when` guard says no.
@@ -707,6 +742,9 @@ impl Runtime {
             ctx.unstored = Some(event.record.clone());
         }
         let ctx = Arc::new(ctx);
+        // `tripline test` shows the directory changes it plans and stores none.
+        let trail = AuditTrail::new(&self.store, !dry_run, &rule.name, Some(&event.record.id), Some(event.id));
+        let audit_guard = crate::directory::audit::install(trail.clone());
         let inv = Invocation {
             record: Some(&event.record),
             previous: event.previous.as_ref(),
@@ -753,8 +791,11 @@ impl Runtime {
             }
             Err(e) => (RunStatus::Failed, Some(e.message), None),
         };
+        drop(audit_guard);
         let (writes, notes) = ctx.take_writes();
         Some(Outcome {
+            audit: trail.take(),
+            audit_token: trail.token.clone(),
             planned: ctx.planned(),
             run: Run {
                 id: 0,
@@ -785,7 +826,6 @@ impl Runtime {
         record: Submitted,
         only: Option<&str>,
     ) -> Result<Vec<Explanation>, String> {
-        let catalog = self.catalog.load_full();
         let previous = match &record.id {
             Some(id) => self.store.get_record(id).map_err(|e| e.to_string())?,
             None => None,
@@ -808,10 +848,24 @@ impl Runtime {
         if let Some(s) = record.status {
             current.status = s;
         }
+        self.explain_event(current, kind, previous, only)
+    }
+
+    /// Like [`Runtime::explain`], on a record and previous version given whole (nothing is
+    /// read from the store but what the scripts read): `tripline test --cases`.
+    pub fn explain_event(
+        &self,
+        record: Record,
+        kind: EventKind,
+        previous: Option<Record>,
+        only: Option<&str>,
+    ) -> Result<Vec<Explanation>, String> {
+        let catalog = self.catalog.load_full();
+        let entity = record.entity.clone();
         let event = Event {
             id: 0,
             kind,
-            record: current,
+            record,
             previous,
             depth: 0,
             created_at: Utc::now(),
@@ -850,6 +904,7 @@ impl Runtime {
                 writes: Vec::new(),
                 write_lines: Vec::new(),
                 planned: Vec::new(),
+                directory_changes: Vec::new(),
                 log: Vec::new(),
                 error: None,
             };
@@ -871,6 +926,7 @@ impl Runtime {
                         ex.writes = kept.iter().map(|w| describe_write(w)).collect();
                         ex.write_lines = kept.iter().map(|w| describe_write_line(w, &event.record)).collect();
                         ex.planned = o.planned;
+                        ex.directory_changes = o.audit;
                         ex.outcome = Some(o.run.status);
                         ex.log = o.run.log;
                         ex.error = o.run.error;
@@ -901,12 +957,74 @@ impl Runtime {
     /// what scripts see as `event`: "schedule" or "manual". Returns the run and the events its
     /// writes raised, stored claimed by `owner` (a dispatcher of that owner runs them).
     pub fn run_job(&self, name: &str, trigger: &str, owner: &str) -> Result<(Run, Vec<Event>), JobError> {
-        let job = self.jobs.get(name).ok_or_else(|| {
+        let job = self.job(name)?;
+        let outcome = self.execute_job(name, job, trigger, false);
+        let (run, raised) = self.commit(outcome, 0, None, owner)?;
+        crate::metrics::run_finished(&run);
+        // Manual runs count too: a job's success resets its staleness clock.
+        self.hosts.notifier.job_finished(self.store.as_ref(), &job.notify_on_failure, &run);
+        Ok((run, raised))
+    }
+
+    fn job(&self, name: &str) -> Result<&Job, JobError> {
+        self.jobs.get(name).ok_or_else(|| {
             let hint = crate::diag::did_you_mean(name, self.jobs.keys().map(String::as_str))
                 .map(|s| format!("; did you mean {s:?}?"))
                 .unwrap_or_default();
             JobError::Unknown(format!("no job named {name:?}{hint}"))
-        })?;
+        })
+    }
+
+    /// A whole job as a dry run (`tripline job run NAME --dry-run`): its script runs as
+    /// `tripline test` runs a rule's (GETs sent, writes and other requests planned, directories
+    /// in dry-run mode), and each record it would create or update is passed, as the event
+    /// its write would raise, to the rules that event would trigger, also dry. Nothing is
+    /// written: no record, no run, no state (the job's watermark stays where it is). One
+    /// level: what those rules would write is shown, not followed further; each record is
+    /// tried on its own, so a rule does not see the job's other new records.
+    pub fn dry_run_job(&self, name: &str) -> Result<JobDryRun, JobError> {
+        let job = self.job(name)?;
+        let o = self.execute_job(name, job, "manual", true);
+        let event_record = Record::new("", Default::default());
+        let mut triggered = Vec::new();
+        let writes: &[Write] = if o.run.status == RunStatus::Ok { &o.writes } else { &[] };
+        for w in writes {
+            let (record, kind, previous) = match w {
+                Write::Create(r) => (r.clone(), EventKind::Created, None),
+                Write::Update { id, fields } => {
+                    let Some(previous) = self.store.get_record(id)? else { continue };
+                    let mut r = previous.clone();
+                    r.fields.extend(fields.clone());
+                    (r, EventKind::Updated, Some(previous))
+                }
+                _ => continue,
+            };
+            let (entity, record_id) = (record.entity.clone(), record.id.clone());
+            let rules = self.explain_event(record, kind.clone(), previous, None).map_err(JobError::Unknown)?;
+            let rules: Vec<Explanation> = rules.into_iter().filter(|ex| ex.matched).collect();
+            if !rules.is_empty() {
+                triggered.push(TriggeredRecord { entity, record_id, event: kind.as_str().to_string(), rules });
+            }
+        }
+        let kept: Vec<&Write> = match o.run.status {
+            RunStatus::Ok => o.writes.iter().chain(&o.notes).collect(),
+            _ => o.notes.iter().collect(),
+        };
+        Ok(JobDryRun {
+            job: name.to_string(),
+            outcome: o.run.status,
+            error: o.run.error.clone(),
+            log: o.run.log.clone(),
+            writes: kept.iter().map(|w| describe_write(w)).collect(),
+            write_lines: kept.iter().map(|w| describe_write_line(w, &event_record)).collect(),
+            planned: o.planned,
+            directory_changes: o.audit,
+            triggered,
+        })
+    }
+
+    /// Runs a job's script once; `dry_run` as `tripline test` runs a rule.
+    fn execute_job(&self, name: &str, job: &Job, trigger: &str, dry_run: bool) -> Outcome {
         let catalog = self.catalog.load_full();
         let rule_name = format!("job:{name}");
         let started_at = Utc::now();
@@ -916,7 +1034,7 @@ impl Runtime {
             self.hosts.clone(),
             &rule_name,
             start + Duration::from_millis(self.scripts.limits().timeout_ms),
-            false,
+            dry_run,
         );
         ctx.state_namespace = rule_name.clone();
         ctx.comment_key = rule_name.clone();
@@ -927,10 +1045,13 @@ impl Runtime {
             _ => Default::default(),
         };
         let inv = Invocation { record: None, previous: None, event: trigger, rule: &rule_name, params: &params };
+        let trail = AuditTrail::new(&self.store, !dry_run, &rule_name, None, None);
+        let audit_guard = crate::directory::audit::install(trail.clone());
         let result = match catalog.scripts.get(&job.script) {
             Some(ast) => self.scripts.run(ast, &inv, ctx.clone()).map(|_| ()),
             None => Err(crate::script::ScriptError::permanent(not_loaded(&catalog, &job.script))),
         };
+        drop(audit_guard);
         let (status, error) = match result {
             Ok(()) => (RunStatus::Ok, None),
             // A job is retried by its next tick, not by the run queue.
@@ -952,11 +1073,7 @@ impl Runtime {
             finished_at: Utc::now(),
             next_attempt_at: None,
         };
-        let (run, raised) = self.commit(Outcome { run, writes, notes, planned: Vec::new() }, 0, None, owner)?;
-        crate::metrics::run_finished(&run);
-        // Manual runs count too: a job's success resets its staleness clock.
-        self.hosts.notifier.job_finished(self.store.as_ref(), &job.notify_on_failure, &run);
-        Ok((run, raised))
+        Outcome { run, writes, notes, planned: ctx.planned(), audit: trail.take(), audit_token: trail.token.clone() }
     }
 
     /// Tells the contacts of every enabled job with `stale_after` that has gone that long
@@ -975,10 +1092,222 @@ impl Runtime {
         Ok(reported)
     }
 
+    /// The rules in force, in priority order (`tripline rules list`).
+    pub fn rule_statuses(&self) -> Vec<RuleStatus> {
+        let catalog = self.catalog();
+        let mut rules: Vec<RuleStatus> = catalog
+            .rules
+            .rules()
+            .iter()
+            .map(|r| RuleStatus {
+                name: r.name.clone(),
+                entity: r.entity.clone(),
+                file: r.path.display().to_string(),
+                script: r.script.clone(),
+                priority: r.priority,
+                enabled: r.enabled,
+                conditions: r
+                    .conditions
+                    .iter()
+                    .map(|c| match condition_value(&c.op) {
+                        Some(v) => format!("{} {} {v}", c.field_name, c.op_name),
+                        None => format!("{} {}", c.field_name, c.op_name),
+                    })
+                    .collect(),
+                when: r.when.as_ref().map(|(text, _)| text.clone()),
+            })
+            .collect();
+        rules.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+        rules
+    }
+
+    /// The configured jobs with their next and last runs (`tripline job list`, the console).
+    pub fn job_statuses(&self, now: DateTime<Utc>) -> Result<Vec<JobStatus>, StoreError> {
+        let mut out = Vec::new();
+        for (name, job) in &self.jobs {
+            let query = crate::store::RunQuery { rule: Some(format!("job:{name}")), limit: 1, ..Default::default() };
+            let last = self.store.runs_page(&query)?.into_iter().next();
+            out.push(JobStatus {
+                name: name.clone(),
+                schedule: job.schedule.as_str().to_string(),
+                script: job.script.clone(),
+                enabled: job.enabled,
+                next_run: job
+                    .enabled
+                    .then(|| job.schedule.next_after(now, crate::scheduler::Zone::default()))
+                    .flatten(),
+                last_run: last.map(|r| LastRun { id: r.id, status: r.status, started_at: r.started_at }),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The configured connections: kind of authentication and, for OAuth2, the state of the
+    /// stored tokens; never a secret (`tripline connection list`, the console).
+    pub fn connection_statuses(&self) -> Vec<ConnectionStatus> {
+        let mut out = Vec::new();
+        for (name, c) in &self.hosts.connections {
+            let token = (c.auth_type() == "oauth2").then(|| match self.store.kv_get("oauth2", name) {
+                Ok(Some(serde_json::Value::String(text))) => match crate::connection::StoredToken::from_json(&text) {
+                    Ok(t) => TokenState {
+                        state: "stored",
+                        expires_at: t.expires_at,
+                        refresh_token: t.refresh_token.is_some(),
+                        problem: None,
+                    },
+                    Err(_) => TokenState::problem("unreadable", "the stored token cannot be read".into()),
+                },
+                Ok(_) => TokenState { state: "none", expires_at: None, refresh_token: false, problem: None },
+                Err(e) => TokenState::problem("unknown", e.to_string()),
+            });
+            out.push(ConnectionStatus {
+                name: name.clone(),
+                base_url: shown_url(c.base_url()),
+                auth: c.auth_type().to_string(),
+                enabled: c.is_enabled(),
+                token,
+                unavailable: None,
+            });
+        }
+        for (name, why) in &self.hosts.unavailable_connections {
+            out.push(ConnectionStatus {
+                name: name.clone(),
+                base_url: String::new(),
+                auth: String::new(),
+                enabled: false,
+                token: None,
+                unavailable: Some(crate::secret::redact(why).into_owned()),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
     /// The folder the configuration was read from.
     pub fn base_dir(&self) -> &Path {
         self.config.path.as_deref().and_then(Path::parent).unwrap_or(Path::new("."))
     }
+}
+
+/// What a job would do (see [`Runtime::dry_run_job`]). Its JSON form is `tripline job run
+/// NAME --dry-run --json`.
+#[derive(Debug, serde::Serialize)]
+pub struct JobDryRun {
+    pub job: String,
+    /// How the job's run would end.
+    pub outcome: RunStatus,
+    pub error: Option<String>,
+    pub log: Vec<crate::store::LogLine>,
+    /// What the job's run would write (nothing is written), as `tripline test` shows it.
+    pub writes: Vec<serde_json::Value>,
+    pub write_lines: Vec<String>,
+    /// Requests it would send (not GETs: those are sent) and directory changes.
+    pub planned: Vec<String>,
+    pub directory_changes: Vec<AuditEntry>,
+    /// The records it would create or update whose events rules would run on, with those
+    /// rules' dry runs.
+    pub triggered: Vec<TriggeredRecord>,
+}
+
+/// A record a job's dry run would write, and the rules its event would run, dry.
+#[derive(Debug, serde::Serialize)]
+pub struct TriggeredRecord {
+    pub entity: String,
+    pub record_id: String,
+    pub event: String,
+    pub rules: Vec<Explanation>,
+}
+
+/// A rule in force, as `tripline rules list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RuleStatus {
+    pub name: String,
+    pub entity: String,
+    pub file: String,
+    pub script: String,
+    pub priority: i64,
+    pub enabled: bool,
+    /// Each condition as `field op value`.
+    pub conditions: Vec<String>,
+    pub when: Option<String>,
+}
+
+/// A job, as `tripline job list` and the console show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobStatus {
+    pub name: String,
+    pub schedule: String,
+    pub script: String,
+    pub enabled: bool,
+    /// When the scheduler runs it next (`None` while it is disabled).
+    pub next_run: Option<DateTime<Utc>>,
+    pub last_run: Option<LastRun>,
+}
+
+/// A job's latest run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastRun {
+    pub id: i64,
+    pub status: RunStatus,
+    pub started_at: DateTime<Utc>,
+}
+
+/// A connection, as `tripline connection list` and the console show it: nothing secret.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConnectionStatus {
+    pub name: String,
+    /// Without user information or query (either may hold a key).
+    pub base_url: String,
+    /// `api_key`, `basic`, `bearer` or `oauth2`.
+    pub auth: String,
+    pub enabled: bool,
+    /// OAuth2 only: what the store holds.
+    pub token: Option<TokenState>,
+    /// Configured but not usable by this command (a secret that is not set), and why.
+    pub unavailable: Option<String>,
+}
+
+/// The OAuth2 tokens of a connection, without the tokens.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenState {
+    /// `stored`, `none`, `unreadable` or `unknown` (the store could not be read).
+    pub state: &'static str,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub refresh_token: bool,
+    pub problem: Option<String>,
+}
+
+impl std::fmt::Display for TokenState {
+    /// In words: `access token stored, expires 2025-05-01 10:00:00 UTC; refresh token stored`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.state {
+            "stored" => write!(
+                f,
+                "access token stored{}{}",
+                self.expires_at.map(|e| format!(", expires {}", e.format("%Y-%m-%d %H:%M:%S UTC"))).unwrap_or_default(),
+                if self.refresh_token { "; refresh token stored" } else { "" }
+            ),
+            "none" => f.write_str("no token stored yet"),
+            "unreadable" => f.write_str("a stored token cannot be read"),
+            _ => write!(f, "unknown: {}", self.problem.as_deref().unwrap_or_default()),
+        }
+    }
+}
+
+impl TokenState {
+    fn problem(state: &'static str, problem: String) -> TokenState {
+        TokenState { state, expires_at: None, refresh_token: false, problem: Some(problem) }
+    }
+}
+
+/// A URL as shown: no user information, no query (either may hold a key).
+pub fn shown_url(url: &url::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
 }
 
 struct Outcome {
@@ -987,6 +1316,96 @@ struct Outcome {
     notes: Vec<Write>,
     /// A dry run's plans for host systems ([`RunCtx::plan`]).
     planned: Vec<String>,
+    /// Directory changes to store with the run (see [`AuditTrail`]); for `tripline test`,
+    /// every change it planned, to show.
+    audit: Vec<AuditEntry>,
+    audit_token: String,
+}
+
+/// The audit trail of one run: the directory changes made on its thread (see
+/// [`crate::directory::audit`]).
+///
+/// A change the directory made is stored at once, in a transaction of its own, before the
+/// script goes on: it is a fact whatever becomes of the run (a failure, a crash before the
+/// commit), and the run's commit then adds its id to it. A change a dry-run directory
+/// planned is only meaningful with its run, so it is stored in the run's transaction. A
+/// change whose own write fails is kept and stored with the run too. With `keep` false
+/// (`tripline test`) nothing is stored: the changes are shown.
+struct AuditTrail {
+    store: Arc<dyn Store>,
+    keep: bool,
+    rule: String,
+    record_id: Option<String>,
+    event_id: Option<i64>,
+    token: String,
+    pending: std::sync::Mutex<Vec<AuditEntry>>,
+}
+
+impl AuditTrail {
+    fn new(
+        store: &Arc<dyn Store>,
+        keep: bool,
+        rule: &str,
+        record_id: Option<&str>,
+        event_id: Option<i64>,
+    ) -> Arc<AuditTrail> {
+        Arc::new(AuditTrail {
+            store: store.clone(),
+            keep,
+            rule: rule.to_string(),
+            record_id: record_id.map(str::to_string),
+            event_id: event_id.filter(|id| *id > 0),
+            token: uuid::Uuid::now_v7().simple().to_string(),
+            pending: Default::default(),
+        })
+    }
+
+    fn take(&self) -> Vec<AuditEntry> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl crate::directory::audit::Sink for AuditTrail {
+    fn record(&self, c: crate::directory::audit::Change) {
+        let entry = AuditEntry {
+            id: 0,
+            at: c.at,
+            directory: c.directory,
+            dn_key: crate::directory::dn::Dn::parse(&c.dn).map_or_else(|_| c.dn.to_lowercase(), |d| d.key()),
+            dn: c.dn,
+            operation: c.operation,
+            attributes: c.attributes,
+            detail: c.detail.map(|d| crate::secret::redact(&d).into_owned()),
+            planned: c.planned,
+            run_id: None,
+            rule: self.rule.clone(),
+            record_id: self.record_id.clone(),
+            event_id: self.event_id,
+            run_token: self.token.clone(),
+        };
+        if self.keep && !entry.planned {
+            match self.store.record_audit(std::slice::from_ref(&entry)) {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(
+                    error = %e, directory = %entry.directory, dn = %entry.dn, operation = %entry.operation,
+                    "A directory change could not be recorded at once; it is recorded with its run."
+                ),
+            }
+        }
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
+    }
+}
+
+/// The last word on directory changes the store refused twice (at once and with the run):
+/// they are logged whole, so that the log keeps what the audit trail could not.
+fn unrecorded(entries: &[AuditEntry], error: &StoreError) {
+    for e in entries.iter().filter(|e| !e.planned) {
+        tracing::error!(
+            %error, directory = %e.directory, dn = %e.dn, operation = %e.operation, rule = %e.rule,
+            record = ?e.record_id, attributes = %serde_json::to_string(&e.attributes).unwrap_or_default(),
+            "A directory change could not be stored in the audit trail."
+        );
+    }
 }
 
 impl Outcome {

@@ -42,6 +42,10 @@ pub struct EngineConfig {
     /// Finished events and successful runs older than this many days are pruned by the
     /// daemon (0 keeps everything). Failed and dead runs are kept.
     pub retention_days: u32,
+    /// Entries of the directory audit trail older than this many days are pruned by the
+    /// daemon (0 keeps everything); apart from `retention_days`, since an audit outlives
+    /// the run history it points at.
+    pub audit_retention_days: u32,
     /// Extra folders of rules and scripts that `tripline check` validates but the engine does
     /// not load (the shipped examples).
     pub check_dirs: Vec<PathBuf>,
@@ -65,6 +69,7 @@ impl Default for EngineConfig {
             retry_max_backoff_ms: 3_600_000,
             after_failure: AfterFailure::Wait,
             retention_days: 30,
+            audit_retention_days: 365,
             check_dirs: Vec::new(),
             max_fanout: crate::store::DEFAULT_MAX_FANOUT,
         }
@@ -93,6 +98,7 @@ impl EngineConfig {
         ctx.in_range(t, "retry_backoff_ms", self.retry_backoff_ms, 1, 30 * DAY_MS, " (30 days)");
         ctx.in_range(t, "retry_max_backoff_ms", self.retry_max_backoff_ms, 1, 30 * DAY_MS, " (30 days)");
         ctx.in_range(t, "retention_days", self.retention_days, 0, 36_500, " (100 years)");
+        ctx.in_range(t, "audit_retention_days", self.audit_retention_days, 0, 36_500, " (100 years)");
         ctx.in_range(t, "max_fanout", self.max_fanout, 1, 10_000_000, "");
         for dir in &self.check_dirs {
             let full = ctx.base_dir.join(dir);

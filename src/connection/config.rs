@@ -515,6 +515,13 @@ impl ConnectionConfig {
             timeout: self.timeout,
             headers,
             auth: auth?,
+            auth_type: match self.auth.as_ref().map(|a| a.get_ref()) {
+                None => "none",
+                Some(AuthConfig::ApiKey { .. }) => "api_key",
+                Some(AuthConfig::Basic { .. }) => "basic",
+                Some(AuthConfig::Bearer { .. }) => "bearer",
+                Some(AuthConfig::OAuth2(_)) => "oauth2",
+            },
             rate_limit,
             retry: RetryPolicy::new(retry.max_attempts.max(1), retry.base_delay, retry.max_delay),
             test_method: test_method?,

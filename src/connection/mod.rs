@@ -69,6 +69,9 @@ pub struct Connection {
     /// The configured default headers (secret ones marked sensitive).
     headers: HeaderMap,
     auth: Auth,
+    /// The configured `auth.type` (`none` without one), also while the connection is
+    /// disabled and its credentials are not built.
+    auth_type: &'static str,
     rate_limit: Option<RateLimit>,
     retry: RetryPolicy,
     test_method: Method,
@@ -194,6 +197,11 @@ impl Connection {
     /// what is configured, never a credential.
     pub fn auth_kind(&self) -> &'static str {
         self.auth.kind()
+    }
+
+    /// The configured `auth.type`: `none`, `api_key`, `basic`, `bearer` or `oauth2`.
+    pub fn auth_type(&self) -> &'static str {
+        self.auth_type
     }
 
     /// Checks that `path` (with `query`) resolves to a URL on `base_url`'s origin, without

@@ -598,11 +598,24 @@ struct LogRow {
     message: String,
 }
 
+/// A directory change of a run, from the audit trail.
+struct ChangeRow {
+    at: String,
+    directory: String,
+    operation: String,
+    dn: String,
+    planned: bool,
+    /// `attribute: before -> after`, one each.
+    attributes: Vec<String>,
+    detail: String,
+}
+
 #[derive(Template)]
 #[template(path = "run.html")]
 struct RunPage {
     nav: Nav,
     run: RunRow,
+    changes: Vec<ChangeRow>,
     is_job: bool,
     job: String,
     error: Option<String>,
@@ -663,10 +676,12 @@ pub async fn run(State(state): Shared, Extension(s): Extension<Session>, Path(id
             (None, _) => (Vec::new(), format!("The rule {:?} is no longer loaded.", run.rule)),
             (_, None) => (Vec::new(), "The run's event is no longer stored (pruned).".to_string()),
         };
-        Ok(Some((run, verdicts, note)))
+        let query = crate::store::AuditQuery { run_id: Some(run.id), ..Default::default() };
+        let changes = store.audit(&query).map_err(|e| e.to_string())?;
+        Ok(Some((run, verdicts, note, changes)))
     })
     .await;
-    let (run, verdicts, verdict_note) = match read {
+    let (run, verdicts, verdict_note, changes) = match read {
         Ok(Ok(Some(x))) => x,
         Ok(Ok(None)) => return message(&s, StatusCode::NOT_FOUND, "No such run", format!("There is no run {id}.")),
         Ok(Err(e)) | Err(e) => return message(&s, StatusCode::SERVICE_UNAVAILABLE, "Run", e),
@@ -690,6 +705,18 @@ pub async fn run(State(state): Shared, Extension(s): Extension<Session>, Path(id
             .collect(),
         verdicts,
         verdict_note,
+        changes: changes
+            .iter()
+            .map(|c| ChangeRow {
+                at: c.at.format("%H:%M:%S%.3f").to_string(),
+                directory: c.directory.clone(),
+                operation: c.operation.clone(),
+                dn: c.dn.clone(),
+                planned: c.planned,
+                attributes: c.attributes.iter().map(ToString::to_string).collect(),
+                detail: c.detail.clone().unwrap_or_default(),
+            })
+            .collect(),
         finished: when(run.finished_at),
         next_attempt: run.next_attempt_at.map(when).unwrap_or_default(),
         event_id: run.event_id.map(|e| e.to_string()).unwrap_or_default(),
@@ -1167,31 +1194,23 @@ struct JobsPage {
 pub async fn jobs(State(state): Shared, Extension(s): Extension<Session>) -> Response {
     let st = state.clone();
     let read = blocking(move || -> Result<Vec<JobRow>, String> {
-        let now = Utc::now();
-        let mut rows = Vec::new();
-        for (name, job) in st.runtime.jobs() {
-            let last = st
-                .runtime
-                .store()
-                .runs_page(&RunQuery { rule: Some(format!("job:{name}")), limit: 1, ..RunQuery::default() })
-                .map_err(|e| e.to_string())?;
-            let last = last.first();
-            rows.push(JobRow {
-                name: name.clone(),
-                schedule: job.schedule.as_str().to_string(),
-                script: job.script.clone(),
-                enabled: job.enabled,
-                next_run: if job.enabled {
-                    job.schedule.next_after(now, crate::scheduler::Zone::default()).map(when).unwrap_or_default()
-                } else {
-                    "(disabled)".into()
+        let jobs = st.runtime.job_statuses(Utc::now()).map_err(|e| e.to_string())?;
+        Ok(jobs
+            .into_iter()
+            .map(|job| JobRow {
+                next_run: match (job.enabled, job.next_run) {
+                    (false, _) => "(disabled)".into(),
+                    (true, next) => next.map(when).unwrap_or_default(),
                 },
-                last_run: last.map(|r| r.id),
-                last_status: last.map(|r| r.status.as_str().to_string()).unwrap_or_default(),
-                last_at: last.map(|r| when(r.started_at)).unwrap_or_default(),
-            });
-        }
-        Ok(rows)
+                last_run: job.last_run.as_ref().map(|r| r.id),
+                last_status: job.last_run.as_ref().map(|r| r.status.as_str().to_string()).unwrap_or_default(),
+                last_at: job.last_run.as_ref().map(|r| when(r.started_at)).unwrap_or_default(),
+                name: job.name,
+                schedule: job.schedule,
+                script: job.script,
+                enabled: job.enabled,
+            })
+            .collect())
     })
     .await;
     match read {
@@ -1228,7 +1247,7 @@ pub async fn run_job(
 struct ConnectionRow {
     name: String,
     base_url: String,
-    auth: &'static str,
+    auth: String,
     enabled: bool,
     token: String,
     unavailable: Option<String>,
@@ -1242,16 +1261,6 @@ struct ConnectionsPage {
     connections: Vec<ConnectionRow>,
 }
 
-/// A URL as shown: no user information, no query (either may hold a key).
-fn shown_url(url: &url::Url) -> String {
-    let mut u = url.clone();
-    let _ = u.set_username("");
-    let _ = u.set_password(None);
-    u.set_query(None);
-    u.set_fragment(None);
-    u.to_string()
-}
-
 fn last_test(state: &ConsoleState, key: &str) -> Option<TestResult> {
     state.tests.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
 }
@@ -1259,47 +1268,23 @@ fn last_test(state: &ConsoleState, key: &str) -> Option<TestResult> {
 pub async fn connections(State(state): Shared, Extension(s): Extension<Session>) -> Response {
     let st = state.clone();
     let read = blocking(move || {
-        let hosts = st.runtime.hosts();
-        let mut rows: Vec<ConnectionRow> = Vec::new();
-        for (name, c) in &hosts.connections {
-            let token = if c.auth_kind() == "oauth2" {
-                match st.runtime.store().kv_get("oauth2", name) {
-                    Ok(Some(Value::String(text))) => match crate::connection::StoredToken::from_json(&text) {
-                        Ok(t) => format!(
-                            "access token stored{}{}",
-                            t.expires_at.map(|e| format!(", expires {}", when(e))).unwrap_or_default(),
-                            if t.refresh_token.is_some() { "; refresh token stored" } else { "" }
-                        ),
-                        Err(_) => "a stored token cannot be read".into(),
-                    },
-                    Ok(_) => "no token stored yet".into(),
-                    Err(e) => format!("unknown: {e}"),
-                }
-            } else {
-                "—".into()
-            };
-            rows.push(ConnectionRow {
-                name: name.clone(),
-                base_url: shown_url(c.base_url()),
-                auth: c.auth_kind(),
-                enabled: c.is_enabled(),
-                token,
-                unavailable: None,
-                test: last_test(&st, &format!("connection:{name}")),
-            });
-        }
-        for (name, why) in &hosts.unavailable_connections {
-            rows.push(ConnectionRow {
-                name: name.clone(),
-                base_url: String::new(),
-                auth: "",
-                enabled: false,
-                token: String::new(),
-                unavailable: Some(why.clone()),
-                test: None,
-            });
-        }
-        rows
+        st.runtime
+            .connection_statuses()
+            .into_iter()
+            .map(|c| ConnectionRow {
+                test: c.unavailable.is_none().then(|| last_test(&st, &format!("connection:{}", c.name))).flatten(),
+                token: match (&c.token, &c.unavailable) {
+                    (_, Some(_)) => String::new(),
+                    (None, None) => "—".into(),
+                    (Some(t), None) => t.to_string(),
+                },
+                name: c.name,
+                base_url: c.base_url,
+                auth: c.auth,
+                enabled: c.enabled,
+                unavailable: c.unavailable,
+            })
+            .collect::<Vec<_>>()
     })
     .await;
     match read {

@@ -607,7 +607,7 @@ impl Directory {
             }
         }
         Self::note_manager(&mut outcome, hr, manager);
-        let mut changes = self.apply_changes(&entry, &wanted).await?;
+        let mut changes = self.apply_changes(&entry, &wanted, "update_user").await?;
 
         let dn = Dn::parse(&entry.dn).map_err(|e| DirectoryError::InvalidInput(e.to_string()))?;
         // The CN follows a changed name; a CN an administrator chose while the name stayed

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use ldap3::{Mod, Scope};
 
+use super::audit::{attr, report, Change};
 use super::error::DirectoryError;
 use super::filter;
 use super::handle::{Directory, Entry};
@@ -74,6 +75,11 @@ impl Directory {
         match result {
             Ok(_) => {
                 tracing::info!(directory = %self.name, user = %user_dn, group = %group_dn, add, "Changed group membership.");
+                // On the user, as the `memberOf` value it gained or lost (the write itself is
+                // to the group's member attribute): the trail of a person shows their access.
+                let group = std::slice::from_ref(&group_dn);
+                let change = if add { attr("memberOf", &[], group) } else { attr("memberOf", group, &[]) };
+                report(Change::made(&self.name, &user_dn, op, vec![change]).detail(format!("group {group_dn}")));
                 Ok(true)
             }
             // Servers disagree on how they refuse adding a member twice or removing a

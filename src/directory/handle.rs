@@ -511,6 +511,7 @@ impl Directory {
     ) -> Option<()> {
         let Mode::DryRun(list) = &self.mode else { return None };
         tracing::info!(directory = %self.name, operation, target, %description, "Dry run: change recorded.");
+        super::audit::report(super::audit::Change::planned(&self.name, target, operation, &attributes, &description));
         list.lock().unwrap_or_else(|e| e.into_inner()).push(PlannedChange {
             operation: operation.to_string(),
             target: target.to_string(),

@@ -12,11 +12,15 @@
 //!   or group is named; [`ad`]: userAccountControl, unicodePwd, AD error codes; `schema`:
 //!   attribute names per kind of directory; [`error`]: errors and their classification.
 //!
+//! Every change, made or planned, is reported to the audit trail of the run that made it
+//! ([`audit`]).
+//!
 //! Dry-run mode (`dry_run = true`, or [`Directory::dry_run`]) never connects: reads find
 //! nothing, writes succeed and are recorded as [`PlannedChange`]s ("would create CN=...")
 //! that [`Directory::planned_changes`] returns. A fresh install starts in this mode.
 
 pub mod ad;
+pub mod audit;
 pub mod config;
 mod conn;
 pub mod dn;

@@ -8,6 +8,7 @@ use ldap3::exop::PasswordModify;
 use ldap3::Mod;
 
 use super::ad;
+use super::audit::{attr, report, Change};
 use super::config::DirectoryKind;
 use super::dn::{is_attribute_type, Dn};
 use super::error::DirectoryError;
@@ -192,8 +193,15 @@ impl Directory {
         let add_dn = dn.as_str();
         self.run(|| format!("create {dn}"), |mut l| async move { l.add(add_dn, wire).await?.success() }).await?;
         tracing::info!(directory = %self.name, %dn, "Created user.");
+        let created = attrs.iter().map(|(k, v)| attr(k, &[], v)).collect();
+        let change = Change::made(&self.name, &dn, "create_user", created);
+        report(match (is_ad, &user.password) {
+            (true, Some(_)) => change.detail("created with an initial password"),
+            _ => change,
+        });
         if let (false, Some(pw)) = (is_ad, &user.password) {
             self.set_ldap_password(&dn, pw).await?;
+            report(Change::made(&self.name, &dn, "reset_password", Vec::new()).detail("initial password set"));
         }
         Ok(Entry { dn, attributes: attrs })
     }
@@ -217,17 +225,20 @@ impl Directory {
         }
         let names: Vec<&str> = changes.keys().map(String::as_str).collect();
         let entry = self.locate(id, &names).await?;
-        self.apply_changes(&entry, changes).await
+        self.apply_changes(&entry, changes, "update_user").await
     }
 
-    /// Sends the differences between `entry` and `changes`; returns the changed names.
+    /// Sends the differences between `entry` and `changes`; returns the changed names. The
+    /// change is audited as `operation`.
     pub(crate) async fn apply_changes(
         &self,
         entry: &Entry,
         changes: &BTreeMap<String, Vec<String>>,
+        operation: &str,
     ) -> Result<Vec<String>, DirectoryError> {
         let mut mods: Vec<Mod<Vec<u8>>> = Vec::new();
         let mut changed = Vec::new();
+        let mut audited = Vec::new();
         for (attr, wanted) in changes {
             let wanted = clean(wanted);
             let mut have: Vec<&String> = entry.values(attr).iter().collect();
@@ -238,6 +249,7 @@ impl Directory {
                 continue;
             }
             changed.push(attr.clone());
+            audited.push(super::audit::attr(attr, entry.values(attr), &wanted));
             if wanted.is_empty() {
                 mods.push(Mod::Delete(attr.as_bytes().to_vec(), HashSet::new()));
             } else {
@@ -250,6 +262,7 @@ impl Directory {
         let dn = entry.dn.as_str();
         self.run(|| format!("update {dn}"), |mut l| async move { l.modify(dn, mods).await?.success() }).await?;
         tracing::info!(directory = %self.name, dn = %entry.dn, ?changed, "Updated user.");
+        report(Change::made(&self.name, &entry.dn, operation, audited));
         Ok(changed)
     }
 
@@ -297,6 +310,8 @@ impl Directory {
             vec![Mod::Replace("userAccountControl".as_bytes().to_vec(), HashSet::from([new.to_string().into_bytes()]))];
         self.run(|| format!("{verb} {dn}"), |mut l| async move { l.modify(dn, mods).await?.success() }).await?;
         tracing::info!(directory = %self.name, dn = %entry.dn, disabled, "Changed account state.");
+        let uac = attr("userAccountControl", &[uac.to_string()], &[new.to_string()]);
+        report(Change::made(&self.name, &entry.dn, &format!("{verb}_user"), vec![uac]));
         Ok(true)
     }
 
@@ -310,6 +325,7 @@ impl Directory {
         let dn = entry.dn.clone();
         self.run(|| format!("delete {}", entry.dn), |mut l| async move { l.delete(&dn).await?.success() }).await?;
         tracing::info!(directory = %self.name, dn = %entry.dn, "Deleted user.");
+        report(Change::made(&self.name, &entry.dn, "delete_user", Vec::new()));
         Ok(())
     }
 
@@ -334,6 +350,8 @@ impl Directory {
         )
         .await?;
         tracing::info!(directory = %self.name, from = %entry.dn, to = %new_dn, "Moved user.");
+        let moved = attr("dn", std::slice::from_ref(&entry.dn), std::slice::from_ref(&new_dn));
+        report(Change::made(&self.name, &entry.dn, "move_user", vec![moved]));
         Ok(new_dn)
     }
 
@@ -365,7 +383,10 @@ impl Directory {
         let what = format!("rename {dn} to {rdn}");
         self.run(|| what, |mut l| async move { l.modifydn(dn, &rdn, true, None).await?.success() }).await?;
         tracing::info!(directory = %self.name, from = %dn, to = %new, "Renamed user.");
-        Ok(new.to_string())
+        let new = new.to_string();
+        let renamed = super::audit::attr("dn", &[dn.to_string()], std::slice::from_ref(&new));
+        report(Change::made(&self.name, dn, "rename_user", vec![renamed]));
+        Ok(new)
     }
 
     /// Sets a new password. Only over LDAPS or StartTLS: on a plain connection this fails
@@ -409,6 +430,8 @@ impl Directory {
             DirectoryKind::Ldap => self.set_ldap_password(&entry.dn, password).await?,
         }
         tracing::info!(directory = %self.name, dn = %entry.dn, "Reset password.");
+        let what = if must_change { "password reset; to be changed at next logon" } else { "password reset" };
+        report(Change::made(&self.name, &entry.dn, "reset_password", Vec::new()).detail(what));
         Ok(())
     }
 
@@ -457,7 +480,7 @@ impl Directory {
             _ => false,
         };
         if !same {
-            self.apply_changes(&entry, &BTreeMap::from([("manager".to_string(), wanted)])).await?;
+            self.apply_changes(&entry, &BTreeMap::from([("manager".to_string(), wanted)]), "set_manager").await?;
         }
         Ok(manager_dn)
     }

@@ -225,13 +225,100 @@ pub struct Commit<'a> {
     /// Stores the raised events claimed by this owner until this time: the dispatcher that
     /// committed the run goes on with what it raised.
     pub claim_raised: Option<(&'a str, DateTime<Utc>)>,
+    /// The run's directory changes (see [`RunAudit`]).
+    pub audit: Option<RunAudit<'a>>,
 }
 
 impl<'a> Commit<'a> {
     /// A run without writes, raising nothing.
     pub fn bare(run: &'a Run, finish_event: Option<i64>) -> Commit<'a> {
-        Commit { run, writes: &[], depth: 0, finish_event, claim_raised: None }
+        Commit { run, writes: &[], depth: 0, finish_event, claim_raised: None, audit: None }
     }
+}
+
+/// What a run's commit does to the audit trail, in the run's transaction: the entries the run
+/// recorded already ([`Store::record_audit`], under `token`) get the run's id, and `entries`
+/// (changes a dry-run directory planned, and changes whose own write failed) are stored with
+/// it.
+#[derive(Debug, Clone, Copy)]
+pub struct RunAudit<'a> {
+    pub token: &'a str,
+    pub entries: &'a [AuditEntry],
+}
+
+/// One attribute of a directory change: its values before (`None`: not read, as in a dry
+/// run, which reads nothing; empty: the attribute was absent) and after (empty: cleared).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditAttr {
+    pub attribute: String,
+    pub before: Option<Vec<String>>,
+    pub after: Vec<String>,
+}
+
+impl std::fmt::Display for AuditAttr {
+    /// `title: "Clerk" -> "Controller"`; `(absent)` and `(cleared)` for no values, `(not
+    /// read)` for a dry run's before.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let values = |v: &[String], none: &str| match v {
+            [] => none.to_string(),
+            v => v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", "),
+        };
+        let before = self.before.as_deref().map_or_else(|| "(not read)".to_string(), |v| values(v, "(absent)"));
+        write!(f, "{}: {before} -> {}", self.attribute, values(&self.after, "(cleared)"))
+    }
+}
+
+/// An entry of the directory audit trail: one change a directory made (or, `planned`, one a
+/// dry-run directory would have made), and the run that caused it. Passwords never appear:
+/// a password reset is recorded as the fact. Its JSON form is stable (`tripline audit
+/// --json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// 0 until stored.
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// The `[directories.NAME]`.
+    pub directory: String,
+    /// The entry changed, as it was named when the change was made (a user's DN for group
+    /// memberships too).
+    pub dn: String,
+    /// `create_user`, `update_user`, `set_manager`, `disable_user`, `enable_user`,
+    /// `move_user`, `rename_user`, `delete_user`, `add_to_group`, `remove_from_group`,
+    /// `reset_password`.
+    pub operation: String,
+    pub attributes: Vec<AuditAttr>,
+    /// What the attributes do not say ("password reset; to be changed at next logon", a dry
+    /// run's sentence).
+    pub detail: Option<String>,
+    /// A dry run's change: nothing was changed in the directory.
+    pub planned: bool,
+    /// The run (its id in `tripline runs`), once the run is committed; `None` when the process
+    /// stopped before that.
+    pub run_id: Option<i64>,
+    /// The rule's name, or `job:NAME`.
+    pub rule: String,
+    pub record_id: Option<String>,
+    pub event_id: Option<i64>,
+    /// Ties entries recorded during a run to the run's commit; not shown.
+    #[serde(skip)]
+    pub run_token: String,
+    /// `dn` in the form DNs are compared in (`Dn::key` of the directory module: lowercase,
+    /// escapes normalised); what [`AuditQuery::dn`] is matched against. Not shown.
+    #[serde(skip)]
+    pub dn_key: String,
+}
+
+/// Which audit entries [`Store::audit`] lists, oldest first. Empty fields select everything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditQuery {
+    /// Entries of this DN, in its compared form (see [`AuditEntry::dn_key`]).
+    pub dn: Option<String>,
+    pub record_id: Option<String>,
+    pub run_id: Option<i64>,
+    /// Entries made at or after this.
+    pub since: Option<DateTime<Utc>>,
+    /// At most this many, the newest (0: all).
+    pub limit: usize,
 }
 
 /// Which runs to list.
@@ -350,6 +437,15 @@ pub trait Store: Send + Sync {
     fn failing_rules(&self) -> Result<Vec<Failing>>;
     /// One page of an entity's records, newest id first, with ids below `before`.
     fn records_page(&self, entity: &str, before: Option<&str>, limit: usize) -> Result<Vec<Record>>;
+    /// Stores audit entries at once, in their own transaction: a change made to a directory
+    /// is a fact whatever becomes of the run, so it is recorded before the run goes on (its
+    /// commit then adds the run's id, see [`RunAudit`]).
+    fn record_audit(&self, entries: &[AuditEntry]) -> Result<()>;
+    /// The audit entries `query` selects, oldest first.
+    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
+    /// Deletes audit entries older than `before` (`[engine] audit_retention_days`); returns
+    /// how many went.
+    fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64>;
 }
 
 /// Which runs [`Store::runs_page`] lists. Empty fields select everything.

@@ -17,8 +17,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::{
-    Failing, FileKind, Ingest, MinuteCount, Result, Run, RunFilter, RunQuery, RunStatus, Store, StoreError, StoredFile,
-    Write, SET_ASIDE,
+    AuditEntry, AuditQuery, Failing, FileKind, Ingest, MinuteCount, Result, Run, RunFilter, RunQuery, RunStatus, Store,
+    StoreError, StoredFile, Write, SET_ASIDE,
 };
 use crate::record::{Comment, Event, EventKind, Fields, Record, Status};
 
@@ -155,6 +155,33 @@ CREATE UNIQUE INDEX events_idempotency ON events(idempotency_key) WHERE idempote
 CREATE INDEX events_pending ON events(id) WHERE done = 0;
 CREATE INDEX events_record ON events(record_id, id) WHERE done = 0;
 "#,
+    // The audit trail of directory changes: apart from the runs (its own retention), looked up
+    // by DN, by record, by run (the console's run page) and by time (pruning, `--since`).
+    // `run_token` ties the entries a run recorded while it ran to its commit, which sets
+    // `run_id`; the partial index holds only entries still waiting for that.
+    r#"
+CREATE TABLE directory_audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    directory TEXT NOT NULL,
+    dn TEXT NOT NULL,
+    dn_key TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    detail TEXT,
+    planned INTEGER NOT NULL,
+    run_id INTEGER,
+    run_token TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    record_id TEXT,
+    event_id INTEGER
+);
+CREATE INDEX directory_audit_dn ON directory_audit(dn_key, id);
+CREATE INDEX directory_audit_record ON directory_audit(record_id, id);
+CREATE INDEX directory_audit_run ON directory_audit(run_id);
+CREATE INDEX directory_audit_at ON directory_audit(at);
+CREATE INDEX directory_audit_unlinked ON directory_audit(run_token) WHERE run_id IS NULL;
+"#,
 ];
 
 /// The schema version this build migrates a store to (`PRAGMA user_version`).
@@ -225,6 +252,23 @@ struct PendingRun {
     finish_event: Option<i64>,
     max_fanout: u64,
     claim_raised: Option<(String, DateTime<Utc>)>,
+    /// The run's audit token and the entries to store with it.
+    audit: Option<(String, Vec<AuditEntry>)>,
+}
+
+impl PendingRun {
+    fn new(ticket: u64, c: &super::Commit<'_>, max_fanout: u64) -> PendingRun {
+        PendingRun {
+            ticket,
+            run: c.run.clone(),
+            writes: c.writes.to_vec(),
+            depth: c.depth,
+            finish_event: c.finish_event,
+            max_fanout,
+            claim_raised: c.claim_raised.map(|(o, t)| (o.to_string(), t)),
+            audit: c.audit.map(|a| (a.token.to_string(), a.entries.to_vec())),
+        }
+    }
 }
 
 /// Clears `writing` if the writer unwinds, so that the others do not wait forever.
@@ -843,7 +887,64 @@ fn write_run(tx: &Connection, p: &PendingRun) -> Result<(i64, Vec<Event>)> {
         tx.prepare_cached("UPDATE events SET done = 1, claimed_by = NULL, claimed_until = NULL WHERE id = ?1")?
             .execute(params![e])?;
     }
+    if let Some((token, entries)) = &p.audit {
+        tx.prepare_cached("UPDATE directory_audit SET run_id = ?1 WHERE run_token = ?2 AND run_id IS NULL")?
+            .execute(params![id, token])?;
+        for entry in entries {
+            insert_audit(tx, entry, Some(id))?;
+        }
+    }
     Ok((id, raised))
+}
+
+fn insert_audit(tx: &Connection, e: &AuditEntry, run_id: Option<i64>) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO directory_audit (at, directory, dn, dn_key, operation, attributes, detail, planned, run_id, run_token, rule, record_id, event_id)
+         VALUES (?1, ?2, ?3, ?13, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        ts(e.at),
+        e.directory,
+        e.dn,
+        e.operation,
+        to_json(&e.attributes),
+        e.detail,
+        e.planned,
+        run_id.or(e.run_id),
+        e.run_token,
+        e.rule,
+        e.record_id,
+        e.event_id,
+        e.dn_key,
+    ])?;
+    Ok(())
+}
+
+const AUDIT_COLUMNS: &str =
+    "id, at, directory, dn, operation, attributes, detail, planned, run_id, run_token, rule, record_id, event_id, dn_key";
+
+fn row_to_audit(r: &rusqlite::Row) -> rusqlite::Result<Result<AuditEntry>> {
+    let at: String = r.get(1)?;
+    let attributes: String = r.get(5)?;
+    let entry = (|| -> Result<AuditEntry> {
+        Ok(AuditEntry {
+            id: r.get(0)?,
+            at: parse_ts(&at)?,
+            directory: r.get(2)?,
+            dn: r.get(3)?,
+            operation: r.get(4)?,
+            attributes: json(&attributes)?,
+            detail: r.get(6)?,
+            planned: r.get(7)?,
+            run_id: r.get(8)?,
+            run_token: r.get(9)?,
+            rule: r.get(10)?,
+            record_id: r.get(11)?,
+            event_id: r.get(12)?,
+            dn_key: r.get(13)?,
+        })
+    })();
+    Ok(entry)
 }
 
 /// Finishes events that cannot be processed, each with a failed [`SET_ASIDE`] run giving the
@@ -1112,22 +1213,13 @@ impl Store for SqliteStore {
     }
 
     fn commit_run(&self, c: super::Commit<'_>) -> Result<(i64, Vec<Event>)> {
-        let super::Commit { run, writes, depth, finish_event, claim_raised } = c;
         let q = &self.commits;
         let arrived = Instant::now();
+        let max_fanout = self.max_fanout.load(std::sync::atomic::Ordering::Relaxed);
         let mut st = lock(&q.state);
         let ticket = st.next_ticket;
         st.next_ticket += 1;
-        let max_fanout = self.max_fanout.load(std::sync::atomic::Ordering::Relaxed);
-        st.waiting.push(PendingRun {
-            ticket,
-            run: run.clone(),
-            writes: writes.to_vec(),
-            depth,
-            finish_event,
-            max_fanout,
-            claim_raised: claim_raised.map(|(o, t)| (o.to_string(), t)),
-        });
+        st.waiting.push(PendingRun::new(ticket, &c, max_fanout));
         st.inside += 1;
         st.peak = st.peak.max(st.inside);
         if st.lingering && st.waiting.len() >= st.expected() {
@@ -1140,19 +1232,7 @@ impl Store for SqliteStore {
 
     fn commit_runs(&self, commits: &[super::Commit<'_>]) -> Vec<Result<(i64, Vec<Event>)>> {
         let max_fanout = self.max_fanout.load(std::sync::atomic::Ordering::Relaxed);
-        let group = commits
-            .iter()
-            .enumerate()
-            .map(|(i, c)| PendingRun {
-                ticket: i as u64,
-                run: c.run.clone(),
-                writes: c.writes.to_vec(),
-                depth: c.depth,
-                finish_event: c.finish_event,
-                max_fanout,
-                claim_raised: c.claim_raised.map(|(o, t)| (o.to_string(), t)),
-            })
-            .collect();
+        let group = commits.iter().enumerate().map(|(i, c)| PendingRun::new(i as u64, c, max_fanout)).collect();
         let mut results = self.commit_group(group);
         (0..commits.len() as u64).map(|i| results.remove(&i).expect("the group holds every run")).collect()
     }
@@ -1383,6 +1463,49 @@ impl Store for SqliteStore {
         }
         Ok(found)
     }
+
+    fn record_audit(&self, entries: &[AuditEntry]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for e in entries {
+            insert_audit(&tx, e, None)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM directory_audit WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(dn) = &q.dn {
+            sql.push_str(" AND dn_key = ?");
+            args.push(dn.clone().into());
+        }
+        if let Some(record) = &q.record_id {
+            sql.push_str(" AND record_id = ?");
+            args.push(record.clone().into());
+        }
+        if let Some(run) = q.run_id {
+            sql.push_str(" AND run_id = ?");
+            args.push(run.into());
+        }
+        if let Some(since) = q.since {
+            sql.push_str(" AND at >= ?");
+            args.push(ts(since).into());
+        }
+        let limit = if q.limit == 0 { i64::MAX } else { q.limit as i64 };
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), row_to_audit)?;
+        let mut out = rows.map(|r| r?).collect::<Result<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64> {
+        Ok(self.conn().execute("DELETE FROM directory_audit WHERE at < ?1", params![ts(before)])? as u64)
+    }
 }
 
 #[cfg(test)]
@@ -1496,6 +1619,7 @@ mod tests {
             depth: 1,
             finish_event: None,
             claim_raised: None,
+            audit: None,
         })
         .unwrap();
         let mut ahead = vec![events[1].record.id.clone(), events[5].record.id.clone()];
@@ -1521,6 +1645,74 @@ mod tests {
         assert!(s.find_records("ticket", &Fields::new(), 10).unwrap().is_empty());
     }
 
+    fn audit_entry(dn: &str, token: &str, at: DateTime<Utc>, planned: bool) -> AuditEntry {
+        AuditEntry {
+            id: 0,
+            at,
+            directory: "AD".into(),
+            dn: dn.into(),
+            operation: "update_user".into(),
+            attributes: vec![crate::store::AuditAttr {
+                attribute: "title".into(),
+                before: Some(vec!["Clerk".into()]),
+                after: vec!["Controller".into()],
+            }],
+            detail: None,
+            planned,
+            run_id: None,
+            rule: "r".into(),
+            record_id: Some("rec1".into()),
+            event_id: Some(1),
+            run_token: token.into(),
+            dn_key: dn.to_lowercase(),
+        }
+    }
+
+    #[test]
+    fn audit_entries_are_tied_to_their_run_at_commit_and_pruned_apart() {
+        let s = SqliteStore::in_memory().unwrap();
+        let events = created(&s, "ticket", 1);
+        let old = Utc::now() - chrono::Duration::days(400);
+        // Recorded while the run ran; a planned one comes with the commit.
+        s.record_audit(&[audit_entry("CN=A,DC=x", "t1", old, false)]).unwrap();
+        s.record_audit(&[audit_entry("CN=B,DC=x", "t1", Utc::now(), false)]).unwrap();
+        s.record_audit(&[audit_entry("CN=C,DC=x", "other", Utc::now(), false)]).unwrap();
+        let planned = [audit_entry("CN=D,DC=x", "t1", Utc::now(), true)];
+        let run = run_of(&events[0], "r");
+        let (run_id, _) = s
+            .commit_run(Commit {
+                audit: Some(crate::store::RunAudit { token: "t1", entries: &planned }),
+                ..Commit::bare(&run, Some(events[0].id))
+            })
+            .unwrap();
+        let all = s.audit(&AuditQuery::default()).unwrap();
+        let runs: Vec<(&str, Option<i64>)> = all.iter().map(|e| (e.dn.as_str(), e.run_id)).collect();
+        assert_eq!(
+            runs,
+            [
+                ("CN=A,DC=x", Some(run_id)),
+                ("CN=B,DC=x", Some(run_id)),
+                ("CN=C,DC=x", None),
+                ("CN=D,DC=x", Some(run_id))
+            ]
+        );
+        assert_eq!(all[0].attributes[0].to_string(), "title: \"Clerk\" -> \"Controller\"");
+        assert!(all[3].planned);
+        let by_run = s.audit(&AuditQuery { run_id: Some(run_id), ..Default::default() }).unwrap();
+        assert_eq!(by_run.len(), 3);
+        let by_dn = s.audit(&AuditQuery { dn: Some("cn=b,dc=x".into()), ..Default::default() }).unwrap();
+        assert_eq!(by_dn.len(), 1);
+        let since = s.audit(&AuditQuery { since: Some(Utc::now() - chrono::Duration::days(1)), ..Default::default() });
+        assert_eq!(since.unwrap().len(), 3);
+        let newest = s.audit(&AuditQuery { limit: 1, ..Default::default() }).unwrap();
+        assert_eq!(newest[0].dn, "CN=D,DC=x");
+        // Run pruning leaves the trail alone; the trail's own pruning takes what is older.
+        s.prune(Utc::now() + chrono::Duration::days(1)).unwrap();
+        assert_eq!(s.audit(&AuditQuery::default()).unwrap().len(), 4);
+        assert_eq!(s.prune_audit(Utc::now() - chrono::Duration::days(365)).unwrap(), 1);
+        assert_eq!(s.audit(&AuditQuery::default()).unwrap().len(), 3);
+    }
+
     #[test]
     fn prune_drops_old_finished_work_and_keeps_failures() {
         let s = SqliteStore::in_memory().unwrap();
@@ -1538,6 +1730,7 @@ mod tests {
             depth: 1,
             finish_event: Some(events[0].id),
             claim_raised: None,
+            audit: None,
         })
         .unwrap();
         s.commit_run(Commit {
@@ -1546,6 +1739,7 @@ mod tests {
             depth: 1,
             finish_event: Some(events[1].id),
             claim_raised: None,
+            audit: None,
         })
         .unwrap();
         s.commit_run(Commit {
@@ -1554,6 +1748,7 @@ mod tests {
             depth: 1,
             finish_event: Some(events[2].id),
             claim_raised: None,
+            audit: None,
         })
         .unwrap();
         // Events are as old as the test: prune everything finished before tomorrow.
@@ -1597,6 +1792,7 @@ mod tests {
                 depth: 1,
                 finish_event: None,
                 claim_raised: None,
+                audit: None,
             })
             .unwrap();
         }
@@ -1664,6 +1860,7 @@ mod tests {
             finish_event: Some(e.id),
             max_fanout: 100,
             claim_raised: None,
+            audit: None,
         };
         let comment = Write::Comment { id: events[0].record.id.clone(), text: "kept".into(), key: None };
         let refused = Write::Update { id: "no-such-record".into(), fields: Fields::new() };
@@ -1695,6 +1892,7 @@ mod tests {
                                 depth: 1,
                                 finish_event: Some(e.id),
                                 claim_raised: None,
+                                audit: None,
                             })
                             .unwrap();
                         assert!(id > 0);

@@ -319,7 +319,8 @@ async fn console_operators_run_jobs_and_test_connections_and_no_page_shows_a_sec
     // Test: the connection answers with the token tripline adds; the directory is a dry run.
     b.goto(&console_url(&d, "/connections")).await;
     let row = b.text_of("#connections").await;
-    assert!(row.contains("header") && row.contains("not tested"), "{row}");
+    // The configured auth type (it said how the credential is sent, `header`, before).
+    assert!(row.contains("bearer") && row.contains("not tested"), "{row}");
     b.click(".test").await;
     assert!(b.text_of("#connections").await.contains("-> 200"), "{}", b.text_of("#connections").await);
     b.goto(&console_url(&d, "/directories")).await;

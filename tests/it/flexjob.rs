@@ -1571,3 +1571,99 @@ async fn the_microsoft_365_leaver_example_disables_unlicenses_and_revokes() {
     let out = format!("{ran:?}");
     assert!(!out.contains("graph-secret-5521") && !out.contains("graph-token"), "{out}");
 }
+
+/// The job's state and how many records, runs and audit entries the project's store holds.
+fn store_snapshot(p: &Project) -> (Option<Value>, usize, usize, usize) {
+    use tripline::store::Store;
+    let store = tripline::store::sqlite::SqliteStore::open_dir(&p.path().join("data")).unwrap();
+    let records = store
+        .entities()
+        .unwrap()
+        .iter()
+        .map(|e| store.find_records(e, &Default::default(), 10_000).unwrap().len())
+        .sum();
+    let runs = store.runs(&Default::default()).unwrap().len();
+    let audit = store.audit(&Default::default()).unwrap().len();
+    (store.kv_get("job:flex_hr_sync", "last_modified_at").unwrap(), records, runs, audit)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_dry_run_shows_its_tickets_and_what_the_rule_would_do_to_each_and_writes_nothing() {
+    let hr = FlexHr::start().await;
+    let p = flex_project(&hr.server, "");
+    let config = std::fs::read_to_string(p.path().join("tripline.toml")).unwrap();
+    p.file(
+        "tripline.toml",
+        &format!(
+            "{config}\n[directories.ActiveDirectory]\nkind = \"active_directory\"\nurl = \"ldaps://dc1.example.test\"\n\
+             base_dn = \"DC=example,DC=test\"\nusers_ou = \"OU=Staff,DC=example,DC=test\"\ndry_run = true\n"
+        ),
+    )
+    .file("rules/process_flexhr_user.toml", include_str!("../../rules/process_flexhr_user.toml"))
+    .file("scripts/process_flexhr_user.rhai", include_str!("../../scripts/process_flexhr_user.rhai"));
+    let users = vec![
+        json!({"EmployeeId": "E2001", "FirstName": "Ann", "LastName": "Lee", "Department": "Sales",
+               "Active": true, "ModifiedAt": hours_ago(5)}),
+        json!({"EmployeeId": "E2002", "FirstName": "Bob", "LastName": "Stone", "Department": "IT",
+               "Active": true, "ModifiedAt": hours_ago(4)}),
+    ];
+    hr.serve(&users, 2).await;
+
+    let ran = p.run_env(&["job", "run", "flex_hr_sync", "--dry-run", "--json"], &env());
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let report = ran.json();
+    assert_eq!(report["outcome"], "ok", "{report:#}");
+    let lines: Vec<&str> = report["write_lines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert_eq!(lines.iter().filter(|l| l.starts_with("create ticket ")).count(), 2, "{lines:#?}");
+    assert!(lines.iter().any(|l| l.starts_with("state job:flex_hr_sync last_modified_at")), "{lines:#?}");
+    let triggered = report["triggered"].as_array().unwrap();
+    assert_eq!(triggered.len(), 2, "the two tickets trigger the rule: {report:#}");
+    for (t, name) in triggered.iter().zip(["Ann Lee", "Bob Stone"]) {
+        assert_eq!((t["entity"].as_str(), t["event"].as_str()), (Some("ticket"), Some("created")));
+        let rule = &t["rules"][0];
+        assert_eq!(rule["rule"], "Process FlexHR user on AD");
+        assert_eq!(rule["outcome"], "ok", "{rule:#}");
+        let dn = format!("CN={name},OU=Staff,DC=example,DC=test");
+        assert_eq!(rule["directory_changes"][0]["dn"], dn.as_str(), "{rule:#}");
+        assert_eq!(rule["directory_changes"][0]["operation"], "create_user");
+        let close = rule["write_lines"][0].as_str().unwrap();
+        assert!(close.starts_with("close this record with comment: dry run: nothing was changed"), "{close}");
+        assert!(close.contains(&format!("would create {dn}")), "{close}");
+    }
+    // GETs were sent; nothing was stored: no record, no run, no audit entry, no state.
+    assert_eq!(hr.user_requests().await.len(), 1);
+    assert_eq!(store_snapshot(&p), (None, 0, 0, 0));
+
+    // The text form says the same.
+    let text = p.run_env(&["job", "run", "flex_hr_sync", "--dry-run"], &env());
+    assert_eq!(text.code, 0, "{text:?}");
+    assert!(
+        text.stdout.contains("job flex_hr_sync (dry run: nothing is written): the run would end ok"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("rule \"Process FlexHR user on AD\" matches; its run would end ok"),
+        "{}",
+        text.stdout
+    );
+    assert!(text.stdout.contains("would create CN=Bob Stone,OU=Staff,DC=example,DC=test"), "{}", text.stdout);
+    assert!(text.stdout.ends_with("2 records would trigger 2 rule runs; nothing was written\n"), "{}", text.stdout);
+
+    // After a real run, a dry run moves neither the records nor the watermark.
+    let (ran, _) = run_job(&p);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let before = store_snapshot(&p);
+    assert!(before.0.is_some() && before.1 == 4, "{before:?}");
+    let mut changed = users.clone();
+    changed[1]["Department"] = json!("Finance");
+    changed[1]["ModifiedAt"] = json!(hours_ago(1));
+    hr.serve(&changed, 2).await;
+    let ran = p.run_env(&["job", "run", "flex_hr_sync", "--dry-run", "--json"], &env());
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let report = ran.json();
+    let lines = report["write_lines"].to_string();
+    assert!(lines.contains("Finance") && lines.contains("IsNewUser"), "{report:#}");
+    assert_eq!(store_snapshot(&p), before, "the dry run wrote nothing");
+    assert!(!ran.stdout.contains(PASSWORD) && !ran.stderr.contains(PASSWORD));
+}

@@ -1,6 +1,8 @@
 //! The integration tests: one binary, with a harness in `common/` that starts real servers
 //! (Samba AD DC, slapd, local HTTP peers) and makes temp folders.
 
+mod audit;
+mod cases;
 mod cli;
 mod common;
 mod connection;
@@ -17,6 +19,7 @@ mod hardening;
 mod hostile;
 mod install;
 mod layering;
+mod lists;
 mod notification;
 mod origin;
 mod outage;
