@@ -145,8 +145,8 @@ pub struct AuditArgs {
     /// UTC), or a span back from now (`7d`, `12h`, `30m`).
     #[arg(long)]
     pub since: Option<String>,
-    /// The most recent N changes (0: all).
-    #[arg(long, default_value_t = 0)]
+    /// The most recent N changes (0: all; a year of changes may be large).
+    #[arg(long, default_value_t = AUDIT_LIMIT)]
     pub limit: usize,
     #[arg(long, conflicts_with = "csv")]
     pub json: bool,
@@ -1032,6 +1032,9 @@ fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, Failure> {
     })
 }
 
+/// How many changes `tripline audit` shows unless told otherwise.
+const AUDIT_LIMIT: usize = 1000;
+
 fn audit(ro: &ReadOnly, args: AuditArgs) -> Result<u8, Failure> {
     let query = crate::store::AuditQuery {
         dn: args.dn.as_deref().map(|dn| {
@@ -1043,6 +1046,9 @@ fn audit(ro: &ReadOnly, args: AuditArgs) -> Result<u8, Failure> {
         limit: args.limit,
     };
     let entries = ro.store.audit(&query)?;
+    if args.limit > 0 && entries.len() >= args.limit {
+        eprintln!("the newest {} changes; --limit N (0 for all) or --since to see others", entries.len());
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&entries)?)?;

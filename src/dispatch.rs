@@ -18,9 +18,13 @@
 //!   reading them back; the rest are read from the store in their record's order. A lock
 //!   (`Shared::order`) keeps the two ways apart: the queue is never read between a commit
 //!   and the filing of what it raised;
-//! - finished runs are committed by each worker; concurrent commits share transactions (the
-//!   store's group commit), and a run is reported, and its event finished, only once its
-//!   commit is durable.
+//! - an event's last run is committed by the **committer** thread, with every other that
+//!   finished meanwhile, in one transaction; its worker goes on with another record at once
+//!   (the record itself waits for the commit, so its next event sees what this one wrote).
+//!   An event's earlier runs, when several rules match, are committed by the worker before
+//!   the next rule runs. A run is reported, and its event finished, only once its commit is
+//!   durable. Runs waiting for the committer hold at most `[limits] max_run_bytes` in all (a
+//!   worker waits beyond it); failure notices are sent after the commit, holding nothing.
 //!
 //! A worker that fails on the store (a locked database) leaves the event claimed and cools
 //! down before the feeder offers it again; the claim's tries count such rounds, so an event
@@ -134,8 +138,13 @@ struct State {
     stopping: bool,
     /// The last failure of a feeder round or a unit, while they keep failing.
     failure: Option<(chrono::DateTime<chrono::Utc>, u64, String)>,
-    /// Events whose last run waits for the committer (their records stay in flight).
+    /// Events whose last run waits for the committer (their records stay in flight), and what
+    /// their runs hold in memory.
     committing: Vec<Committing>,
+    committing_bytes: u64,
+    /// The committer thread runs: without it (it could not be started), workers commit their
+    /// runs themselves.
+    committer_running: bool,
     /// Worker threads not ended yet.
     workers_running: usize,
 }
@@ -157,9 +166,10 @@ struct Shared {
     progress: Condvar,
     /// A run waits for the committer, or a worker ended (the committer waits on it).
     commit: Condvar,
-    /// Held (shared) by a worker from its run's commit until the events the run raised are
-    /// filed, and (exclusive) by a driver from storing events until they are filed: so no
-    /// event is filed before an earlier one of its record that is already stored.
+    /// Held (shared) by a worker or the committer from a commit until the events its runs
+    /// raised are filed, and (exclusive) by a driver from storing events until they are filed
+    /// and by the feeder while it reads the queue: so no event is filed before an earlier one
+    /// of its record that is already stored.
     order: std::sync::RwLock<()>,
 }
 
@@ -764,9 +774,10 @@ fn run_record(runtime: &Runtime, shared: &Shared, record: &str) {
                 let raised = |raised| hand_over(runtime, shared, raised);
                 match runtime.process_claimed(&event, owner, &shared.order, &raised) {
                     Ok((runs, Some(tail))) => {
-                        let mut st = lock(&shared.state);
-                        st.committing.push(Committing { record: record.to_string(), event, runs, tail });
-                        shared.commit.notify_one();
+                        let item = Committing { record: record.to_string(), event, runs, tail };
+                        if let Some(item) = to_committer(runtime, shared, item) {
+                            commit_batch(runtime, shared, vec![item], &std::cell::Cell::new(0));
+                        }
                         return;
                     }
                     Ok((runs, None)) => {
@@ -804,16 +815,48 @@ struct Committing {
     tail: crate::runtime::Tail,
 }
 
+/// Queues an event's last run for the committer, waiting while what waits already holds more
+/// than `[limits] max_run_bytes` (so that finished runs hold no more memory than running ones
+/// do); gives the run back when there is no committer to take it.
+fn to_committer(runtime: &Runtime, shared: &Shared, item: Committing) -> Option<Committing> {
+    let budget = runtime.scripts().limits().max_run_bytes as u64;
+    let mut st = lock(&shared.state);
+    while st.committer_running && !st.committing.is_empty() && st.committing_bytes + item.tail.bytes > budget {
+        st = shared.progress.wait(st).unwrap_or_else(|e| e.into_inner());
+    }
+    if !st.committer_running {
+        return Some(item);
+    }
+    st.committing_bytes += item.tail.bytes;
+    st.committing.push(item);
+    shared.commit.notify_one();
+    None
+}
+
+/// Marks the committer running while it lives (see [`State::committer_running`]).
+struct CommitterRunning<'a>(&'a Shared);
+
+impl Drop for CommitterRunning<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).committer_running = false;
+        self.0.progress.notify_all();
+    }
+}
+
 /// The committer's loop: commit the last runs the workers finished, all that wait in one
-/// transaction, then report them, file what they raised and hand their records on. A worker
-/// does not wait for its run's commit: it takes the next record meanwhile, so a commit is
-/// shared by as many runs as finished while the one before was written.
+/// transaction ([`commit_batch`]). A worker does not wait for its run's commit: it takes the
+/// next record meanwhile, so a commit is shared by as many runs as finished while the one
+/// before was written.
 fn committer(runtime: &Runtime, shared: &Shared) {
+    lock(&shared.state).committer_running = true;
+    let _running = CommitterRunning(shared);
     loop {
         let batch = {
             let mut st = lock(&shared.state);
             loop {
                 if !st.committing.is_empty() {
+                    st.committing_bytes = 0;
+                    shared.progress.notify_all();
                     break std::mem::take(&mut st.committing);
                 }
                 // Runs in progress finish and are committed even when stopping.
@@ -823,40 +866,79 @@ fn committer(runtime: &Runtime, shared: &Shared) {
                 st = shared.commit.wait(st).unwrap_or_else(|e| e.into_inner());
             }
         };
-        let mut tails = Vec::with_capacity(batch.len());
-        let items: Vec<(String, Event, Vec<Run>)> = batch
-            .into_iter()
-            .map(|c| {
-                tails.push(c.tail);
-                (c.record, c.event, c.runs)
-            })
-            .collect();
-        let results = {
-            let _order = shared.order.read().unwrap_or_else(|e| e.into_inner());
-            let mut results = runtime.commit_tails(tails, &shared.owner);
-            for (_, raised) in results.iter_mut().flatten() {
-                hand_over(runtime, shared, std::mem::take(raised));
-            }
-            results
-        };
-        for ((record, event, mut runs), result) in items.into_iter().zip(results) {
-            let result = result.map(|(run, _)| {
-                runs.extend(run);
-                runs
-            });
-            let outcome = reported(shared, Some(&event), result);
-            complete(runtime, shared, &record, Unit::Event(event), outcome);
-            // The record's next unit, if any, is for a worker.
+        let keys: Vec<(String, i64)> = batch.iter().map(|c| (c.record.clone(), c.event.id)).collect();
+        let done = std::cell::Cell::new(0);
+        let batch = std::panic::AssertUnwindSafe(batch);
+        let committed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit_batch(runtime, shared, batch.0, &done)));
+        if committed.is_err() {
+            // A panic (in a report callback, say): the events not handed on stay claimed and
+            // unfinished, and are offered again after a cool-down, like a failed commit.
+            error!("The dispatcher failed on a batch of finished runs; their events are offered again shortly.");
+            note_failure(shared, Some("the dispatcher failed on a batch of finished runs (a panic)".into()));
             let mut st = lock(&shared.state);
-            if st.queues.get(&record).is_some_and(|q| !q.is_empty()) && !st.stopping {
-                st.in_flight.remove(&record);
-                st.ready.push_back(record);
-                shared.work.notify_one();
-            } else {
-                release(shared, &mut st, &record);
+            for (record, id) in &keys[done.get()..] {
+                st.known.remove(id);
+                st.finished += 1;
+                cool_down(&mut st, record);
+                release(shared, &mut st, record);
             }
         }
     }
+}
+
+/// Commits events' last runs in one transaction, then files what they raised (under
+/// [`Shared::order`]), reports them and hands each record its next unit; failure notices are
+/// sent last, when nothing waits for them. `done` counts the events handed on.
+fn commit_batch(runtime: &Runtime, shared: &Shared, batch: Vec<Committing>, done: &std::cell::Cell<usize>) {
+    let mut tails = Vec::with_capacity(batch.len());
+    let items: Vec<(String, Event, Vec<Run>)> = batch
+        .into_iter()
+        .map(|c| {
+            tails.push(c.tail);
+            (c.record, c.event, c.runs)
+        })
+        .collect();
+    let (results, notices) = {
+        let _order = shared.order.read().unwrap_or_else(|e| e.into_inner());
+        let (mut results, notices) = runtime.commit_tails(tails, &shared.owner);
+        for (_, raised) in results.iter_mut().flatten() {
+            hand_over(runtime, shared, std::mem::take(raised));
+        }
+        (results, notices)
+    };
+    for ((record, event, mut runs), result) in items.into_iter().zip(results) {
+        let result = match result {
+            Ok((run, _)) => {
+                runs.extend(run);
+                Ok(runs)
+            }
+            Err(e) => {
+                // The event's earlier runs are committed: they are reported now, and the
+                // ledger keeps them from running again when the event is offered again.
+                if !runs.is_empty() {
+                    runs.iter().for_each(crate::metrics::run_finished);
+                    if let Some(f) = &shared.options.on_done {
+                        f(None, &runs);
+                    }
+                }
+                Err(e)
+            }
+        };
+        let outcome = reported(shared, Some(&event), result);
+        complete(runtime, shared, &record, Unit::Event(event), outcome);
+        // The record's next unit, if any, is for a worker.
+        let mut st = lock(&shared.state);
+        if st.queues.get(&record).is_some_and(|q| !q.is_empty()) && !st.stopping {
+            st.in_flight.remove(&record);
+            st.ready.push_back(record);
+            shared.work.notify_one();
+        } else {
+            release(shared, &mut st, &record);
+        }
+        done.set(done.get() + 1);
+    }
+    runtime.send_notices(notices);
 }
 
 /// Counts a unit finished with its `outcome` (see [`reported`]), and, when it failed on the
@@ -887,13 +969,7 @@ fn complete(runtime: &Runtime, shared: &Shared, record: &str, unit: Unit, outcom
             st.known.remove(&e.id);
             st.finished_this_round.insert(e.id);
             if !ok {
-                // The record's later events wait behind this one: all of them cool down.
-                st.cooling.insert(record.to_string(), Instant::now() + COOL_DOWN);
-                let later: Vec<i64> =
-                    st.queues.remove(record).into_iter().flatten().filter_map(|u| u.event_id()).collect();
-                for id in later {
-                    st.known.remove(&id);
-                }
+                cool_down(&mut st, record);
             }
         }
         Unit::Retry(r) => {
@@ -901,6 +977,16 @@ fn complete(runtime: &Runtime, shared: &Shared, record: &str, unit: Unit, outcom
         }
     }
     shared.progress.notify_all();
+}
+
+/// A record's unit failed on the store: the record's later events wait behind it, so all of
+/// them leave the queue and cool down before the feeder offers them again.
+fn cool_down(st: &mut State, record: &str) {
+    st.cooling.insert(record.to_string(), Instant::now() + COOL_DOWN);
+    let later: Vec<i64> = st.queues.remove(record).into_iter().flatten().filter_map(|u| u.event_id()).collect();
+    for id in later {
+        st.known.remove(&id);
+    }
 }
 
 /// Reports a unit's runs (metrics, `on_done`): whether one of them ended retrying, or `None`

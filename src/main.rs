@@ -66,7 +66,27 @@ fn log_format() -> LogFormat {
     }
 }
 
+/// glibc gives each thread that allocates its own arena, up to 8 per core, and memory freed
+/// on another thread (a run's values, built by a worker and dropped by the committer) is
+/// reused only in its own arena: with the dispatcher's threads, the peak RSS of `fire` grew
+/// with the size of the batch (42 MiB at 50,000 events, 52 MiB at 500,000). Two arenas keep
+/// it flat (34 / 35 MiB) at the same speed. `MALLOC_ARENA_MAX` in the environment still wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a parameter of the allocator; called before any other
+        // thread starts.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = tripline::cli::Cli::parse();
     // Colours only for a person at a terminal: not in a file, a pipe or journald, nor with
     // NO_COLOR set (https://no-color.org).

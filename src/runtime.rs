@@ -495,7 +495,7 @@ impl Runtime {
         let Some((last, earlier)) = rules.split_last() else {
             return Ok((
                 runs,
-                Some(Tail { outcome: None, event_id: event.id, depth: event.depth, notify: Vec::new() }),
+                Some(Tail { outcome: None, bytes: 0, event_id: event.id, depth: event.depth, notify: Vec::new() }),
             ));
         };
         for (i, rule) in earlier.iter().enumerate() {
@@ -516,19 +516,22 @@ impl Runtime {
         if !earlier.is_empty() && self.claim(&[event.id], owner)?.is_empty() {
             return Ok((runs, None));
         }
+        let before = crate::memory::thread_bytes();
         let outcome = self.execute(&catalog, last, event, 1, false);
-        Ok((
-            runs,
-            Some(Tail { outcome, event_id: event.id, depth: event.depth, notify: last.notify_on_failure.clone() }),
-        ))
+        let bytes = crate::memory::thread_bytes().saturating_sub(before).max(0) as u64;
+        let notify = last.notify_on_failure.clone();
+        Ok((runs, Some(Tail { outcome, bytes, event_id: event.id, depth: event.depth, notify })))
     }
 
     /// Commits the tails of several events (see [`Runtime::process_claimed`]), in one
     /// transaction where the store can: each event is marked processed with its last run.
     /// Returns, for each tail in order, its run (none when its rule's `when` guard said no)
     /// and the events its writes raised (claimed by `owner`), or the store's error (a
-    /// transient one: the event stays claimed and unfinished, to be offered again).
-    pub(crate) fn commit_tails(&self, tails: Vec<Tail>, owner: &str) -> Vec<TailCommitted> {
+    /// transient one: the event stays claimed and unfinished, to be offered again). The
+    /// failure notices of the runs that failed are returned, not sent: the caller sends them
+    /// ([`Runtime::send_notices`]) once it holds nothing others wait for.
+    pub(crate) fn commit_tails(&self, tails: Vec<Tail>, owner: &str) -> (Vec<TailCommitted>, Vec<Notice>) {
+        let mut notices = Vec::new();
         let claim_raised = Some((owner, self.lease_until()));
         let mut results: Vec<Option<TailCommitted>> = tails.iter().map(|_| None).collect();
         let mut with_runs = Vec::new();
@@ -575,11 +578,21 @@ impl Runtime {
                 Err(e) => self.commit_refused(o.run.clone(), &writes, audit, depth, Some(event_id), owner, e),
             };
             if let Ok((run, _)) = &done {
-                self.hosts.notifier.run_failed(&notify, run);
+                if !notify.is_empty() && matches!(run.status, RunStatus::Failed | RunStatus::Dead) {
+                    notices.push((notify, run.clone()));
+                }
             }
             results[i] = Some(done.map(|(run, raised)| (Some(run), raised)));
         }
-        results.into_iter().map(|r| r.expect("every tail has a result")).collect()
+        (results.into_iter().map(|r| r.expect("every tail has a result")).collect(), notices)
+    }
+
+    /// Sends the failure notices [`Runtime::commit_tails`] returned (blocking; a failure to
+    /// notify is logged).
+    pub(crate) fn send_notices(&self, notices: Vec<Notice>) {
+        for (contacts, run) in notices {
+            self.hosts.notifier.run_failed(&contacts, &run);
+        }
     }
 
     /// Runs a retry claimed with the due retries; the events it raises stay claimed by
@@ -1420,6 +1433,9 @@ impl Outcome {
     }
 }
 
+/// A failed run and the contacts its rule's `notify_on_failure` names.
+pub(crate) type Notice = (Vec<String>, Run);
+
 /// What committing a [`Tail`] gives: its run (none when only the event was finished) and the
 /// events the run's writes raised.
 pub(crate) type TailCommitted = Result<(Option<Run>, Vec<Event>), StoreError>;
@@ -1429,6 +1445,9 @@ pub(crate) struct Tail {
     /// `None`: the last rule's `when` guard said no (or no rule matches any more): only the
     /// event is finished.
     outcome: Option<Outcome>,
+    /// What the tail holds in memory, as the counting allocator saw it (0 without it): the
+    /// dispatcher keeps what waits for the committer within `[limits] max_run_bytes`.
+    pub(crate) bytes: u64,
     event_id: i64,
     depth: u32,
     /// The rule's `notify_on_failure`.

@@ -546,8 +546,24 @@ impl OAuth2 {
             true => format!("it answered {status} (a redirect is never followed)"),
             false => {
                 // The OAuth2 error code only (`unsupported_token_type`, ...), never the body.
-                let body: serde_json::Value = response.json().await.unwrap_or_default();
-                match body.get("error").and_then(|e| e.as_str()).filter(|c| c.len() <= 64) {
+                let mut response = response;
+                let mut bytes = Vec::new();
+                // An error answer is a few bytes: more than 16 KiB is not read on.
+                while let Ok(Some(chunk)) = response.chunk().await {
+                    if bytes.len() + chunk.len() > 16 * 1024 {
+                        bytes.clear();
+                        break;
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                // RFC 6749's codes are short words; anything else (a token echoed back) is
+                // not shown.
+                let code = body
+                    .get("error")
+                    .and_then(|e| e.as_str())
+                    .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)));
+                match code {
                     Some(code) => format!("it answered {status} ({})", scrub(code, &[])),
                     None => format!("it answered {status}"),
                 }

@@ -129,48 +129,7 @@ impl Directory {
             all.sort();
             return Ok(all);
         }
-        let mut all = Vec::new();
-        let mut start: u64 = 0;
-        loop {
-            let asked = format!("{member};range={start}-{}", start + RANGE - 1);
-            let attrs = read(asked.clone()).await?;
-            let mut slice = None;
-            let mut plain = None;
-            for (name, values) in attrs {
-                match name.split_once(';') {
-                    Some((attr, options)) if attr.eq_ignore_ascii_case(member) => {
-                        let lower = options.to_ascii_lowercase();
-                        if let Some(range) = lower.strip_prefix("range=") {
-                            slice = Some((range.to_string(), values));
-                        }
-                    }
-                    None if name.eq_ignore_ascii_case(member) => plain = Some(values),
-                    _ => {}
-                }
-            }
-            let Some((range, values)) = slice else {
-                // A server that ignores the range option answers the whole attribute; no
-                // attribute at all: no members (or none past `start`, when the last slice
-                // ended exactly at a range boundary).
-                all.extend(plain.unwrap_or_default());
-                break;
-            };
-            all.extend(values);
-            match next_start(start, &range) {
-                Ok(Some(next)) => start = next,
-                Ok(None) => break,
-                Err(()) => {
-                    return Err(DirectoryError::Rejected {
-                        op: format!("read the members of {group_dn}"),
-                        code: 0,
-                        reason: format!("the server answered the range `{range}` to `{asked}`"),
-                    })
-                }
-            }
-        }
-        all.sort();
-        all.dedup();
-        Ok(all)
+        read_ranges(member, &group_dn, MAX_MEMBERS, read).await
     }
 
     /// The groups the user is a direct member of (`dn`, `cn`, `description`, and
@@ -188,6 +147,79 @@ impl Directory {
         Ok(groups)
     }
 }
+
+/// Reads the values of `member` by ranges (see [`Directory::group_members`]) with `read`,
+/// which reads one attribute description of the group: at most `max` values, each read
+/// moving forward, sorted and without duplicates.
+async fn read_ranges<F, Fut>(member: &str, group_dn: &str, max: usize, read: F) -> Result<Vec<String>, DirectoryError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<std::collections::BTreeMap<String, Vec<String>>, DirectoryError>>,
+{
+    let mut all = Vec::new();
+    let mut start: u64 = 0;
+    loop {
+        let asked = format!("{member};range={start}-{}", start + RANGE - 1);
+        let attrs = read(asked.clone()).await?;
+        let mut slice = None;
+        let mut plain = None;
+        for (name, values) in attrs {
+            match name.split_once(';') {
+                Some((attr, options)) if attr.eq_ignore_ascii_case(member) => {
+                    let lower = options.to_ascii_lowercase();
+                    if let Some(range) = lower.strip_prefix("range=") {
+                        slice = Some((range.to_string(), values));
+                    }
+                }
+                None if name.eq_ignore_ascii_case(member) => plain = Some(values),
+                _ => {}
+            }
+        }
+        let Some((range, values)) = slice else {
+            // A server that ignores the range option answers the whole attribute; no
+            // attribute at all: no members (or none past `start`, when the last slice
+            // ended exactly at a range boundary).
+            all.extend(plain.unwrap_or_default());
+            break;
+        };
+        let empty = values.is_empty();
+        all.extend(values);
+        if all.len() > max {
+            return Err(DirectoryError::Rejected {
+                op: format!("read the members of {group_dn}"),
+                code: 0,
+                reason: format!("the group has more than {max} members, more than a run may read"),
+            });
+        }
+        match next_start(start, &range) {
+            // A slice that is not the last must carry values: a server that answers empty
+            // slices would otherwise be asked again and again until the run's deadline.
+            Ok(Some(_)) if empty => {
+                return Err(DirectoryError::Rejected {
+                    op: format!("read the members of {group_dn}"),
+                    code: 0,
+                    reason: format!("the server answered an empty range `{range}` that is not the last to `{asked}`"),
+                })
+            }
+            Ok(Some(next)) => start = next,
+            Ok(None) => break,
+            Err(()) => {
+                return Err(DirectoryError::Rejected {
+                    op: format!("read the members of {group_dn}"),
+                    code: 0,
+                    reason: format!("the server answered the range `{range}` to `{asked}`"),
+                })
+            }
+        }
+    }
+    all.sort();
+    all.dedup();
+    Ok(all)
+}
+
+/// The most members a group read returns: a larger answer is an error, not memory without
+/// bound.
+const MAX_MEMBERS: usize = 1_000_000;
 
 /// Where the next ranged read starts after a slice `range` (`"0-1499"`, or `"1500-*"` for
 /// the last: `None`) of a read that started at `start`. A slice that does not start there, or
@@ -212,7 +244,63 @@ fn next_start(start: u64, range: &str) -> Result<Option<u64>, ()> {
 
 #[cfg(test)]
 mod tests {
-    use super::next_start;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use super::{next_start, read_ranges, DirectoryError};
+
+    /// A server answering each ranged read with the next of `slices` (`(range, values)`), and
+    /// the reads it was asked for.
+    fn server(slices: Vec<(&str, usize)>) -> (Mutex<Vec<String>>, Mutex<std::vec::IntoIter<(String, usize)>>) {
+        let answers: Vec<(String, usize)> = slices.into_iter().map(|(r, n)| (r.to_string(), n)).collect();
+        (Mutex::new(Vec::new()), Mutex::new(answers.into_iter()))
+    }
+
+    async fn read_from(
+        asked: &Mutex<Vec<String>>,
+        answers: &Mutex<std::vec::IntoIter<(String, usize)>>,
+        max: usize,
+    ) -> Result<Vec<String>, DirectoryError> {
+        let read = |attr: String| {
+            asked.lock().unwrap().push(attr);
+            let next = answers.lock().unwrap().next();
+            async move {
+                let mut attrs = BTreeMap::new();
+                if let Some((range, n)) = next {
+                    let from: usize = range.split('-').next().unwrap().parse().unwrap_or(0);
+                    attrs.insert(
+                        format!("member;range={range}"),
+                        (from..from + n).map(|i| format!("CN=u{i}")).collect(),
+                    );
+                }
+                Ok(attrs)
+            }
+        };
+        read_ranges("member", "CN=g", max, read).await
+    }
+
+    #[tokio::test]
+    async fn ranged_reads_follow_the_slices_to_the_last() {
+        let (asked, answers) = server(vec![("0-1499", 1500), ("1500-2999", 1500), ("3000-*", 20)]);
+        let all = read_from(&asked, &answers, 1_000_000).await.unwrap();
+        assert_eq!(all.len(), 3020);
+        assert_eq!(*asked.lock().unwrap(), ["member;range=0-1499", "member;range=1500-2999", "member;range=3000-4499"]);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_answers_empty_or_endless_slices_is_an_error_not_a_loop() {
+        // Empty slices that are not the last: once, then an error.
+        let (asked, answers) = server(vec![("0-1499", 0), ("0-1499", 0), ("0-1499", 0)]);
+        let e = read_from(&asked, &answers, 1_000_000).await.unwrap_err();
+        assert!(e.to_string().contains("empty range"), "{e}");
+        assert_eq!(asked.lock().unwrap().len(), 1);
+        // Slices without end: stopped at the most a read may return.
+        let endless: Vec<(String, usize)> = (0..100).map(|i| (format!("{}-{}", i * 10, i * 10 + 9), 10)).collect();
+        let (asked, answers) = (Mutex::new(Vec::new()), Mutex::new(endless.into_iter()));
+        let e = read_from(&asked, &answers, 55).await.unwrap_err();
+        assert!(e.to_string().contains("more than 55 members"), "{e}");
+        assert_eq!(asked.lock().unwrap().len(), 6);
+    }
 
     #[test]
     fn ranged_reads_move_forward_or_fail() {
