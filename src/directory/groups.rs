@@ -249,16 +249,19 @@ mod tests {
 
     use super::{next_start, read_ranges, DirectoryError};
 
+    /// The answers a scripted server has left: each a range and how many values it carries.
+    type Answers = Mutex<std::vec::IntoIter<(String, usize)>>;
+
     /// A server answering each ranged read with the next of `slices` (`(range, values)`), and
     /// the reads it was asked for.
-    fn server(slices: Vec<(&str, usize)>) -> (Mutex<Vec<String>>, Mutex<std::vec::IntoIter<(String, usize)>>) {
+    fn server(slices: Vec<(&str, usize)>) -> (Mutex<Vec<String>>, Answers) {
         let answers: Vec<(String, usize)> = slices.into_iter().map(|(r, n)| (r.to_string(), n)).collect();
         (Mutex::new(Vec::new()), Mutex::new(answers.into_iter()))
     }
 
     async fn read_from(
         asked: &Mutex<Vec<String>>,
-        answers: &Mutex<std::vec::IntoIter<(String, usize)>>,
+        answers: &Answers,
         max: usize,
     ) -> Result<Vec<String>, DirectoryError> {
         let read = |attr: String| {
