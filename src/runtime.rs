@@ -932,10 +932,7 @@ impl Runtime {
                             ex.when = Some(Ok(true));
                         }
                         // A failed run keeps only its notes: list what would really be written.
-                        let kept: Vec<&Write> = match o.run.status {
-                            RunStatus::Ok => o.writes.iter().chain(&o.notes).collect(),
-                            _ => o.notes.iter().collect(),
-                        };
+                        let kept = o.kept();
                         ex.writes = kept.iter().map(|w| describe_write(w)).collect();
                         ex.write_lines = kept.iter().map(|w| describe_write_line(w, &event.record)).collect();
                         ex.planned = o.planned;
@@ -1019,10 +1016,7 @@ impl Runtime {
                 triggered.push(TriggeredRecord { entity, record_id, event: kind.as_str().to_string(), rules });
             }
         }
-        let kept: Vec<&Write> = match o.run.status {
-            RunStatus::Ok => o.writes.iter().chain(&o.notes).collect(),
-            _ => o.notes.iter().collect(),
-        };
+        let kept = o.kept();
         Ok(JobDryRun {
             job: name.to_string(),
             outcome: o.run.status,
@@ -1422,14 +1416,19 @@ fn unrecorded(entries: &[AuditEntry], error: &StoreError) {
 }
 
 impl Outcome {
-    /// What committing the run writes: its notes, after its writes when it ended ok (a run
-    /// that did not end ok writes nothing of its own).
-    fn writes_to_commit(&self) -> Vec<Write> {
-        let mut writes = self.notes.clone();
-        if self.run.status == RunStatus::Ok {
-            writes.splice(0..0, self.writes.iter().cloned());
+    /// What the run keeps when committed: its writes, then its notes, when it ended ok; only
+    /// its notes otherwise (a run that did not end ok writes nothing of its own). What a dry
+    /// run lists and what a commit writes are this, so that they cannot differ.
+    fn kept(&self) -> Vec<&Write> {
+        match self.run.status {
+            RunStatus::Ok => self.writes.iter().chain(&self.notes).collect(),
+            _ => self.notes.iter().collect(),
         }
-        writes
+    }
+
+    /// [`Outcome::kept`], owned, for the store.
+    fn writes_to_commit(&self) -> Vec<Write> {
+        self.kept().into_iter().cloned().collect()
     }
 }
 
