@@ -252,6 +252,7 @@ mod tests {
             started_at: now,
             finished_at: now,
             next_attempt_at: None,
+            writes: Vec::new(),
         });
         let text = encode();
         assert!(

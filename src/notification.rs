@@ -708,6 +708,7 @@ mod tests {
             started_at: now,
             finished_at: now,
             next_attempt_at: None,
+            writes: Vec::new(),
         };
         let (subject, body) = failure_message(&run);
         assert_eq!(subject, "tripline: rule \"Process FlexHR user on AD\" gave up");

@@ -696,6 +696,7 @@ impl Runtime {
             let run = Run {
                 status: RunStatus::Failed,
                 error: Some(format!("the run's writes were refused: {e}")),
+                writes: Vec::new(),
                 ..run.clone()
             };
             match self.store.commit_run(Commit {
@@ -723,6 +724,7 @@ impl Runtime {
             error: Some(format!("the run could not be stored, so it was recorded without its log and writes: {why}")),
             log: Vec::new(),
             next_attempt_at: None,
+            writes: Vec::new(),
             ..run
         };
         let commit = Commit { run: &run, writes: &[], depth: depth + 1, finish_event: finish, claim_raised, audit };
@@ -806,7 +808,7 @@ impl Runtime {
         };
         drop(audit_guard);
         let (writes, notes) = ctx.take_writes();
-        Some(Outcome {
+        let outcome = Outcome {
             audit: trail.take(),
             audit_token: trail.token.clone(),
             planned: ctx.planned(),
@@ -824,10 +826,12 @@ impl Runtime {
                 started_at,
                 finished_at: Utc::now(),
                 next_attempt_at,
+                writes: Vec::new(),
             },
             writes,
             notes,
-        })
+        };
+        Some(outcome.with_written_lines(&event.record))
     }
 
     /// Which rules would match a record and why, and what their scripts would write, with
@@ -1079,8 +1083,10 @@ impl Runtime {
             started_at,
             finished_at: Utc::now(),
             next_attempt_at: None,
+            writes: Vec::new(),
         };
         Outcome { run, writes, notes, planned: ctx.planned(), audit: trail.take(), audit_token: trail.token.clone() }
+            .with_written_lines(&Record::new("", Default::default()))
     }
 
     /// Tells the contacts of every enabled job with `stale_after` that has gone that long
@@ -1424,6 +1430,13 @@ impl Outcome {
             RunStatus::Ok => self.writes.iter().chain(&self.notes).collect(),
             _ => self.notes.iter().collect(),
         }
+    }
+
+    /// The run with the lines of what it keeps ([`describe_write_line`], `record` being the
+    /// record it ran on), for its history.
+    fn with_written_lines(mut self, record: &Record) -> Outcome {
+        self.run.writes = self.kept().iter().map(|w| describe_write_line(w, record)).collect();
+        self
     }
 
     /// [`Outcome::kept`], owned, for the store.

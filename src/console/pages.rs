@@ -616,6 +616,8 @@ struct RunPage {
     nav: Nav,
     run: RunRow,
     changes: Vec<ChangeRow>,
+    /// What the run wrote to the store, a line each.
+    writes: Vec<String>,
     is_job: bool,
     job: String,
     error: Option<String>,
@@ -705,6 +707,7 @@ pub async fn run(State(state): Shared, Extension(s): Extension<Session>, Path(id
             .collect(),
         verdicts,
         verdict_note,
+        writes: run.writes.clone(),
         changes: changes
             .iter()
             .map(|c| ChangeRow {

@@ -192,6 +192,11 @@ pub struct Run {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// What the run wrote to the store, a line each as `tripline test` prints them (fields
+    /// set, comments, closes, records created): kept with the run for its history (the
+    /// console's run page); empty when it wrote nothing or its writes were not kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writes: Vec<String>,
 }
 
 /// Which pending events a dispatcher takes (see [`Store::pending_events`]).

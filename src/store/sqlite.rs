@@ -182,6 +182,10 @@ CREATE INDEX directory_audit_run ON directory_audit(run_id);
 CREATE INDEX directory_audit_at ON directory_audit(at);
 CREATE INDEX directory_audit_unlinked ON directory_audit(run_token) WHERE run_id IS NULL;
 "#,
+    // What a run wrote, a line each, for its history (the console's run page).
+    r#"
+ALTER TABLE runs ADD COLUMN writes TEXT NOT NULL DEFAULT '[]';
+"#,
 ];
 
 /// The schema version this build migrates a store to (`PRAGMA user_version`).
@@ -571,8 +575,8 @@ fn build_event(
     })
 }
 
-const RUN_COLUMNS: &str =
-    "id, rule, record_id, event_id, event, status, error, duration_ms, log, attempts, started_at, finished_at, next_attempt_at";
+const RUN_COLUMNS: &str = "id, rule, record_id, event_id, event, status, error, duration_ms, log, attempts, \
+     started_at, finished_at, next_attempt_at, writes";
 
 fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Result<Run>> {
     let status: String = r.get(5)?;
@@ -580,6 +584,7 @@ fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Result<Run>> {
     let started: String = r.get(10)?;
     let finished: String = r.get(11)?;
     let next: Option<String> = r.get(12)?;
+    let writes: String = r.get(13)?;
     let (id, rule, record_id, event_id, event, error, duration_ms, attempts) =
         (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(6)?, r.get::<_, i64>(7)?, r.get(9)?);
     Ok((|| {
@@ -597,6 +602,7 @@ fn row_to_run(r: &rusqlite::Row) -> rusqlite::Result<Result<Run>> {
             started_at: parse_ts(&started)?,
             finished_at: parse_ts(&finished)?,
             next_attempt_at: next.as_deref().map(parse_ts).transpose()?,
+            writes: json(&writes)?,
         })
     })())
 }
@@ -871,15 +877,16 @@ fn write_run(tx: &Connection, p: &PendingRun) -> Result<(i64, Vec<Event>)> {
         ts(run.started_at),
         ts(run.finished_at),
         run.next_attempt_at.map(ts),
+        to_json(&run.writes),
     ];
     let id: i64 = tx
         .prepare_cached(
-            "INSERT INTO runs (event_id, rule, record_id, event, status, error, duration_ms, log, attempts, started_at, finished_at, next_attempt_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+            "INSERT INTO runs (event_id, rule, record_id, event, status, error, duration_ms, log, attempts, started_at, finished_at, next_attempt_at, writes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
              ON CONFLICT(event_id, rule) WHERE event_id IS NOT NULL DO UPDATE SET
                status = excluded.status, error = excluded.error, duration_ms = excluded.duration_ms, log = excluded.log,
                attempts = excluded.attempts, started_at = excluded.started_at, finished_at = excluded.finished_at,
-               next_attempt_at = excluded.next_attempt_at
+               next_attempt_at = excluded.next_attempt_at, writes = excluded.writes
              RETURNING id",
         )?
         .query_row(args, |r| r.get(0))?;
@@ -1824,6 +1831,7 @@ mod tests {
             started_at: Utc::now(),
             finished_at: Utc::now(),
             next_attempt_at: None,
+            writes: Vec::new(),
         }
     }
 

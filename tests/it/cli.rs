@@ -122,6 +122,16 @@ fn rules_run_in_priority_order_and_writes_raise_events() {
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0]["fields"]["Parent"], runs[0]["record_id"]);
     assert_eq!(tasks[0]["comments"][0]["text"], "child");
+    // Each run keeps the lines of what it wrote, in its history as well.
+    let stored = p.run(&["runs", "--json"]).json();
+    let writes_of = |rule: &str| {
+        let run = stored.as_array().unwrap().iter().find(|r| r["rule"] == rule).unwrap();
+        run["writes"].as_array().map(|w| w.iter().map(|l| l.as_str().unwrap().to_string()).collect::<Vec<_>>())
+    };
+    let middle = writes_of("middle").expect("the run that created a task lists it");
+    assert!(middle.len() == 1 && middle[0].contains("task"), "{middle:?}");
+    let early = writes_of("early").expect("a comment is a write");
+    assert!(early[0].contains("early"), "{early:?}");
 }
 
 #[test]

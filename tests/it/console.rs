@@ -273,6 +273,7 @@ async fn console_pages_show_a_failed_run_a_ticket_a_broken_file_and_a_replay_aft
     assert_eq!(b.path().await, format!("/runs/{failed_run}"));
     assert_eq!(b.text_of("#run-status").await, "ok");
     assert!(b.text_of("#log").await.contains("HR said yes"));
+    assert!(b.text_of("#writes").await.contains("Laptop ordered"), "the run's comment is among its writes");
     assert!(!b.has("#run-error").await);
     b.goto(&console_url(&d, "/runs?status=failed")).await;
     b.check(&format!("input[name='run'][value='{second_run}']")).await;

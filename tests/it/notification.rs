@@ -138,6 +138,7 @@ fn failed_run(status: RunStatus) -> Run {
         started_at: now,
         finished_at: now,
         next_attempt_at: None,
+        writes: Vec::new(),
     }
 }
 
