@@ -577,7 +577,7 @@ fn fire(rt: &Runtime, args: FireArgs) -> Result<u8, Failure> {
         })?;
         flush(&mut batch, lines)?;
         Ok(events)
-    })?;
+    })??;
     report.finish();
     let [ok, failed, retrying, dead] = report.counts();
     if !args.json {
@@ -904,7 +904,7 @@ fn replay(config: &Path, run_id: &str) -> Result<u8, Failure> {
         print_run(&mut std::io::stdout(), &run)?;
         d.wake();
         Ok(run)
-    })?;
+    })??;
     let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
     Ok(if run.status == RunStatus::Ok && failed == 0 { 0 } else { 1 })
 }
@@ -1168,7 +1168,7 @@ fn job_run(rt: &Runtime, name: &str, json: bool) -> Result<u8, Failure> {
         }
         d.wake();
         Ok(run)
-    })?;
+    })??;
     let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
     Ok(if run.status == RunStatus::Ok && failed == 0 { 0 } else { 1 })
 }

@@ -248,14 +248,24 @@ impl Control {
 /// Runs a dispatcher on `runtime` while `driver` stores work for it, then until everything
 /// it owns is done (its events and what they raised): what `fire`, `job run` and `replay` do.
 /// Returns the driver's result.
-pub fn drain<R>(runtime: &Runtime, options: Options, driver: impl FnOnce(&Control) -> R) -> R {
+pub fn drain<R>(runtime: &Runtime, options: Options, driver: impl FnOnce(&Control) -> R) -> std::io::Result<R> {
     let control = Control { shared: new_shared(options) };
     let stack = crate::memory::script_stack_bytes(runtime.scripts().limits().max_run_bytes);
+    let shared = &control.shared;
     std::thread::scope(|scope| {
-        let handles = start_threads(runtime, &control.shared, |name, body| {
-            std::thread::Builder::new().name(name).stack_size(stack).spawn_scoped(scope, body)
+        let (handles, failed) = start_threads(shared, |name, kind| {
+            std::thread::Builder::new()
+                .name(name)
+                .stack_size(stack)
+                .spawn_scoped(scope, move || kind.run(runtime, shared))
         });
-        let result = driver(&control);
+        let result = match failed {
+            None => Ok(driver(&control)),
+            Some(e) => {
+                control.stop();
+                Err(e)
+            }
+        };
         {
             lock(&control.shared.state).draining = true;
             control.shared.progress.notify_all();
@@ -284,7 +294,8 @@ impl Runtime {
             d.submit(self, |owner| {
                 Ok::<_, StoreError>(((), self.submit_claimed(&[item], owner)?.into_iter().flatten().collect()))
             })
-        })?;
+        })
+        .map_err(no_threads)??;
         let runs = std::mem::take(&mut *runs.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(runs)
     }
@@ -297,10 +308,15 @@ impl Runtime {
         let mut options = Options::own(self)
             .on_done(move |_, r| collected.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(r));
         options.source = Source::Everything;
-        drain(self, options, |_| ());
+        drain(self, options, |_| ()).map_err(no_threads)?;
         let runs = std::mem::take(&mut *runs.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(runs)
     }
+}
+
+/// The dispatcher's threads could not be started (the system is out of threads or memory).
+fn no_threads(e: std::io::Error) -> StoreError {
+    StoreError::Io("the dispatcher's threads".into(), e)
 }
 
 /// A dispatcher serving the store until [`Control::stop`]: the daemon's.
@@ -323,26 +339,10 @@ impl Serving {
 pub fn serve(runtime: Arc<Runtime>, options: Options) -> std::io::Result<Serving> {
     let control = Control { shared: new_shared(options) };
     let stack = crate::memory::script_stack_bytes(runtime.scripts().limits().max_run_bytes);
-    let mut threads = Vec::new();
-    let mut failed = None;
-    for (name, kind) in thread_kinds(control.shared.options.workers) {
+    let (threads, failed) = start_threads(&control.shared, |name, kind| {
         let (rt, shared) = (runtime.clone(), control.shared.clone());
-        let is_worker = matches!(kind, Kind::Worker);
-        let spawned = std::thread::Builder::new().name(name).stack_size(stack).spawn(move || match kind {
-            Kind::Feeder => feeder(&rt, &shared),
-            Kind::Committer => committer(&rt, &shared),
-            Kind::Worker => worker(&rt, &shared),
-        });
-        match spawned {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                if is_worker {
-                    not_started(&control.shared);
-                }
-                failed = Some(e)
-            }
-        }
-    }
+        std::thread::Builder::new().name(name).stack_size(stack).spawn(move || kind.run(&rt, &shared))
+    });
     let serving = Serving { control, threads };
     match failed {
         None => Ok(serving),
@@ -378,35 +378,47 @@ fn thread_kinds(workers: usize) -> impl Iterator<Item = (String, Kind)> {
         .chain((0..workers.max(1)).map(|i| (format!("tripline-worker-{i}"), Kind::Worker)))
 }
 
-/// Starts the feeder and the workers with `spawn`, for scoped threads.
-fn start_threads<'scope, 'env, H>(
-    runtime: &'env Runtime,
-    shared: &'env Arc<Shared>,
-    spawn: impl Fn(String, Box<dyn FnOnce() + Send + 'scope>) -> std::io::Result<H>,
-) -> Vec<H>
-where
-    'env: 'scope,
-{
+impl Kind {
+    fn run(self, runtime: &Runtime, shared: &Shared) {
+        match self {
+            Kind::Feeder => feeder(runtime, shared),
+            Kind::Committer => committer(runtime, shared),
+            Kind::Worker => worker(runtime, shared),
+        }
+    }
+}
+
+/// Starts the dispatcher's threads with `spawn` (scoped threads for [`drain`], owned ones for
+/// [`serve`]). The feeder is required (without it nothing is read and a drain never ends), and
+/// one worker at least; fewer workers than configured still work, and without the committer
+/// the workers commit their runs themselves. Returns the threads started and, when a required
+/// one could not be, the error: the caller then stops the others.
+fn start_threads<H>(
+    shared: &Shared,
+    mut spawn: impl FnMut(String, Kind) -> std::io::Result<H>,
+) -> (Vec<H>, Option<std::io::Error>) {
     let mut handles = Vec::new();
+    let (mut feeder_failed, mut worker_failed, mut workers) = (None, None, 0);
     for (name, kind) in thread_kinds(shared.options.workers) {
-        let is_worker = matches!(kind, Kind::Worker);
-        let body: Box<dyn FnOnce() + Send + 'scope> = match kind {
-            Kind::Feeder => Box::new(move || feeder(runtime, shared)),
-            Kind::Committer => Box::new(move || committer(runtime, shared)),
-            Kind::Worker => Box::new(move || worker(runtime, shared)),
-        };
-        match spawn(name, body) {
-            Ok(h) => handles.push(h),
+        let (is_worker, is_feeder) = (matches!(kind, Kind::Worker), matches!(kind, Kind::Feeder));
+        match spawn(name, kind) {
+            Ok(h) => {
+                handles.push(h);
+                workers += is_worker as usize;
+            }
             Err(e) => {
+                error!(error = %e, "Cannot start a dispatcher thread.");
                 if is_worker {
                     not_started(shared);
+                    worker_failed = Some(e);
+                } else if is_feeder {
+                    feeder_failed = Some(e);
                 }
-                // Fewer workers than configured still work; none at all cannot.
-                error!(error = %e, "Cannot start a dispatcher thread.");
             }
         }
     }
-    handles
+    let failed = feeder_failed.or(if workers == 0 { worker_failed } else { None });
+    (handles, failed)
 }
 
 /// A worker thread could not be started: the committer does not wait for it.
