@@ -254,23 +254,34 @@ struct PendingRun {
     writes: Vec<Write>,
     depth: u32,
     finish_event: Option<i64>,
-    max_fanout: u64,
     claim_raised: Option<(String, DateTime<Utc>)>,
     /// The run's audit token and the entries to store with it.
     audit: Option<(String, Vec<AuditEntry>)>,
 }
 
 impl PendingRun {
-    fn new(ticket: u64, c: &super::Commit<'_>, max_fanout: u64) -> PendingRun {
+    /// An owned copy of what `commit_run` was given: the run waits in the queue beyond the
+    /// borrow.
+    fn new(ticket: u64, c: &super::Commit<'_>) -> PendingRun {
         PendingRun {
             ticket,
             run: c.run.clone(),
             writes: c.writes.to_vec(),
             depth: c.depth,
             finish_event: c.finish_event,
-            max_fanout,
             claim_raised: c.claim_raised.map(|(o, t)| (o.to_string(), t)),
             audit: c.audit.map(|a| (a.token.to_string(), a.entries.to_vec())),
+        }
+    }
+
+    fn commit(&self) -> super::Commit<'_> {
+        super::Commit {
+            run: &self.run,
+            writes: &self.writes,
+            depth: self.depth,
+            finish_event: self.finish_event,
+            claim_raised: self.claim_raised.as_ref().map(|(o, t)| (o.as_str(), *t)),
+            audit: self.audit.as_ref().map(|(token, entries)| super::RunAudit { token, entries }),
         }
     }
 }
@@ -781,7 +792,8 @@ impl SqliteStore {
         }
         drop(st);
         let unwinding = WritingGuard(q);
-        let mut results = self.commit_group(group);
+        let views: Vec<(u64, super::Commit<'_>)> = group.iter().map(|p| (p.ticket, p.commit())).collect();
+        let mut results = self.commit_group(&views);
         let mine = results.remove(&ticket).expect("the group holds this run");
         std::mem::forget(unwinding);
         let mut st = lock(&q.state);
@@ -794,14 +806,15 @@ impl SqliteStore {
     /// Commits a group of runs in one transaction. When any of them fails (a write the
     /// store refuses), nothing of the group is kept and each run is committed alone, so that
     /// each gets its own result.
-    fn commit_group(&self, group: Vec<PendingRun>) -> HashMap<u64, Committed> {
+    fn commit_group(&self, group: &[(u64, super::Commit<'_>)]) -> HashMap<u64, Committed> {
+        let max_fanout = self.max_fanout.load(std::sync::atomic::Ordering::Relaxed);
         let mut conn = self.conn();
         if group.len() > 1 {
             let together = (|| -> Result<Vec<(u64, Committed)>> {
                 let tx = conn.transaction()?;
                 let mut out = Vec::with_capacity(group.len());
-                for p in &group {
-                    out.push((p.ticket, Ok(write_run(&tx, p)?)));
+                for (ticket, c) in group {
+                    out.push((*ticket, Ok(write_run(&tx, c, max_fanout)?)));
                 }
                 tx.commit()?;
                 Ok(out)
@@ -812,14 +825,14 @@ impl SqliteStore {
         }
         group
             .iter()
-            .map(|p| {
+            .map(|(ticket, c)| {
                 let one = (|| {
                     let tx = conn.transaction()?;
-                    let done = write_run(&tx, p)?;
+                    let done = write_run(&tx, c, max_fanout)?;
                     tx.commit()?;
                     Ok(done)
                 })();
-                (p.ticket, one)
+                (*ticket, one)
             })
             .collect()
     }
@@ -855,14 +868,14 @@ fn charge_fanout(tx: &Connection, cause: i64, raised: &[Event], max: u64) -> Res
 
 /// Saves a run with its writes and marks its event processed (within the caller's
 /// transaction).
-fn write_run(tx: &Connection, p: &PendingRun) -> Result<(i64, Vec<Event>)> {
-    let (run, depth) = (&p.run, p.depth);
+fn write_run(tx: &Connection, p: &super::Commit<'_>, max_fanout: u64) -> Result<(i64, Vec<Event>)> {
+    let (run, depth) = (p.run, p.depth);
     let mut raised = Vec::new();
-    for w in &p.writes {
-        apply_write(tx, w, depth, p.claim_raised.as_ref().map(|(o, t)| (o.as_str(), *t)), &mut raised)?;
+    for w in p.writes {
+        apply_write(tx, w, depth, p.claim_raised, &mut raised)?;
     }
     if let (Some(cause), false) = (run.event_id, raised.is_empty()) {
-        charge_fanout(tx, cause, &raised, p.max_fanout)?;
+        charge_fanout(tx, cause, &raised, max_fanout)?;
     }
     let args = params![
         run.event_id,
@@ -894,10 +907,10 @@ fn write_run(tx: &Connection, p: &PendingRun) -> Result<(i64, Vec<Event>)> {
         tx.prepare_cached("UPDATE events SET done = 1, claimed_by = NULL, claimed_until = NULL WHERE id = ?1")?
             .execute(params![e])?;
     }
-    if let Some((token, entries)) = &p.audit {
+    if let Some(audit) = p.audit {
         tx.prepare_cached("UPDATE directory_audit SET run_id = ?1 WHERE run_token = ?2 AND run_id IS NULL")?
-            .execute(params![id, token])?;
-        for entry in entries {
+            .execute(params![id, audit.token])?;
+        for entry in audit.entries {
             insert_audit(tx, entry, Some(id))?;
         }
     }
@@ -1222,11 +1235,10 @@ impl Store for SqliteStore {
     fn commit_run(&self, c: super::Commit<'_>) -> Result<(i64, Vec<Event>)> {
         let q = &self.commits;
         let arrived = Instant::now();
-        let max_fanout = self.max_fanout.load(std::sync::atomic::Ordering::Relaxed);
         let mut st = lock(&q.state);
         let ticket = st.next_ticket;
         st.next_ticket += 1;
-        st.waiting.push(PendingRun::new(ticket, &c, max_fanout));
+        st.waiting.push(PendingRun::new(ticket, &c));
         st.inside += 1;
         st.peak = st.peak.max(st.inside);
         if st.lingering && st.waiting.len() >= st.expected() {
@@ -1238,9 +1250,9 @@ impl Store for SqliteStore {
     }
 
     fn commit_runs(&self, commits: &[super::Commit<'_>]) -> Vec<Result<(i64, Vec<Event>)>> {
-        let max_fanout = self.max_fanout.load(std::sync::atomic::Ordering::Relaxed);
-        let group = commits.iter().enumerate().map(|(i, c)| PendingRun::new(i as u64, c, max_fanout)).collect();
-        let mut results = self.commit_group(group);
+        // Written straight from the caller's borrows: nothing waits in the queue.
+        let group: Vec<(u64, super::Commit<'_>)> = commits.iter().enumerate().map(|(i, c)| (i as u64, *c)).collect();
+        let mut results = self.commit_group(&group);
         (0..commits.len() as u64).map(|i| results.remove(&i).expect("the group holds every run")).collect()
     }
 
@@ -1860,20 +1872,20 @@ mod tests {
     fn a_group_commit_keeps_each_run_apart() {
         let s = SqliteStore::in_memory().unwrap();
         let events = created(&s, "t", 2);
-        let pending = |ticket, e: &Event, writes| PendingRun {
-            ticket,
-            run: run_of(e, "r"),
+        let comment = Write::Comment { id: events[0].record.id.clone(), text: "kept".into(), key: None };
+        let refused = Write::Update { id: "no-such-record".into(), fields: Fields::new() };
+        let (run1, run2) = (run_of(&events[0], "r"), run_of(&events[1], "r"));
+        let (writes1, writes2) = ([comment], [refused]);
+        let pending = |run, writes, e: &Event| Commit {
+            run,
             writes,
             depth: 1,
             finish_event: Some(e.id),
-            max_fanout: 100,
             claim_raised: None,
             audit: None,
         };
-        let comment = Write::Comment { id: events[0].record.id.clone(), text: "kept".into(), key: None };
-        let refused = Write::Update { id: "no-such-record".into(), fields: Fields::new() };
         let results =
-            s.commit_group(vec![pending(1, &events[0], vec![comment]), pending(2, &events[1], vec![refused])]);
+            s.commit_group(&[(1, pending(&run1, &writes1, &events[0])), (2, pending(&run2, &writes2, &events[1]))]);
         assert!(results[&1].is_ok());
         assert!(matches!(results[&2], Err(StoreError::NoRecord(_))));
         assert_eq!(s.get_record(&events[0].record.id).unwrap().unwrap().comments.len(), 1);
