@@ -324,8 +324,8 @@ fn open_store(config_path: &Path) -> Result<ReadOnly, Failure> {
     let source = Config::read(config_path).map_err(diagnostics)?;
     // Problems of the sections (the ones `check` reports) do not stop reading the history.
     let (config, _) = Config::parse_with(&source, config_path, Secrets::Defer).map_err(diagnostics)?;
-    let store = crate::store::sqlite::SqliteStore::open_dir(&config.engine.data_dir)?;
-    Ok(ReadOnly { config, store: std::sync::Arc::new(store) })
+    let store = crate::store::open(config.store.as_ref(), &config.engine.data_dir)?;
+    Ok(ReadOnly { config, store })
 }
 
 fn diagnostics(d: Vec<Diagnostic>) -> Failure {

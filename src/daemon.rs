@@ -419,8 +419,10 @@ fn scheduler_task(
     shutdown: impl Future<Output = ()> + Send,
 ) -> impl Future<Output = ()> + Send {
     let jobs: Vec<Job> = runtime.jobs().values().filter(|j| j.enabled).cloned().collect();
-    let scheduler = Scheduler::new(jobs, Arc::new(StoreLastRuns(runtime.store().clone())));
-    scheduler.run(RuntimeJobs(runtime, Arc::from(owner)), shutdown)
+    let owner: Arc<str> = Arc::from(owner);
+    let last_runs = StoreLastRuns { store: runtime.store().clone(), owner: owner.clone(), lease: runtime.lease() };
+    let scheduler = Scheduler::new(jobs, Arc::new(last_runs));
+    scheduler.run(RuntimeJobs(runtime, owner), shutdown)
 }
 
 /// One channel for every reload request: SIGHUP and the options' [`ControlHandle`]. The caller

@@ -28,7 +28,6 @@ use crate::rule::Rule;
 use crate::scheduler::Job;
 use crate::script::{EngineHook, Hosts, Invocation, RunCtx, ScriptEngine};
 use crate::secret::Secrets;
-use crate::store::sqlite::SqliteStore;
 use crate::store::{AuditEntry, Commit, Ingest, Run, RunAudit, RunFilter, RunStatus, Store, StoreError, Write};
 
 /// Why a job could not run.
@@ -115,7 +114,7 @@ impl RuntimeBuilder {
         let scripts = Arc::new(ScriptEngine::new(&config.limits, &self.hooks));
         let store = match self.store {
             Some(s) => s,
-            None => Arc::new(SqliteStore::open_dir(&config.engine.data_dir)?),
+            None => crate::store::open(config.store.as_ref(), &config.engine.data_dir)?,
         };
         store.set_max_fanout(config.engine.max_fanout);
         // A file that is broken now runs the version that last loaded, even after a restart;
@@ -384,7 +383,13 @@ impl Runtime {
     /// How long a claim holds: longer than a run can take (every host call stops at the run's
     /// `timeout_ms`), renewed before each rule, so that no run outlives its claim.
     fn lease_until(&self) -> chrono::DateTime<Utc> {
-        Utc::now() + chrono::Duration::milliseconds(self.scripts.limits().timeout_ms as i64 * 2 + 60_000)
+        Utc::now() + chrono::Duration::from_std(self.lease()).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// How long a claim holds: twice `[limits] timeout_ms` and `[engine] claim_lease_ms`.
+    pub fn lease(&self) -> std::time::Duration {
+        let ms = (self.scripts.limits().timeout_ms).saturating_mul(2).saturating_add(self.config.engine.claim_lease_ms);
+        std::time::Duration::from_millis(ms)
     }
 
     /// Releases the claims of processes on this host that died; the daemon calls it at start
@@ -413,7 +418,7 @@ impl Runtime {
     /// Whether an own claim held until `until` needs renewing before a worker takes the
     /// event: when less than half a lease is left.
     pub(crate) fn claim_needs_renewal(&self, until: chrono::DateTime<Utc>) -> bool {
-        until < Utc::now() + chrono::Duration::milliseconds(self.scripts.limits().timeout_ms as i64 + 30_000)
+        until < Utc::now() + chrono::Duration::from_std(self.lease() / 2).unwrap_or(chrono::Duration::MAX)
     }
 
     /// Whether any enabled rule matches the event (its `when` guard aside): an event none

@@ -24,11 +24,12 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::task::JoinSet;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::de::{duration, toml_to_json};
 use crate::diag::CheckCtx;
 use crate::store::Store;
+pub use crate::store::TickTaken;
 
 /// Any error, as runners and stores report them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -197,6 +198,14 @@ pub trait JobRunner: Send + Sync + 'static {
 pub trait LastRunStore: Send + Sync {
     fn last_tick(&self, job: &str) -> Result<Option<DateTime<Utc>>, BoxError>;
     fn record_tick(&self, job: &str, tick: DateTime<Utc>) -> Result<(), BoxError>;
+    /// Takes `tick` of `job` to run it. Where several workers share the store, one of those
+    /// asking for the same tick is told [`TickTaken::Run`]; a scheduler alone runs every tick.
+    fn take_tick(&self, job: &str, tick: DateTime<Utc>) -> Result<TickTaken, BoxError> {
+        self.record_tick(job, tick)?;
+        Ok(TickTaken::Run)
+    }
+    /// The run of a tick this scheduler took has ended.
+    fn end_run(&self, _job: &str) {}
 }
 
 /// Last ticks in memory only.
@@ -222,20 +231,34 @@ impl LastRunStore for MemoryLastRunStore {
     }
 }
 
-/// The last handled tick of each job in the store's key-value table (namespace `scheduler`),
-/// so that a restart catches up on a missed tick once.
-pub struct StoreLastRuns(pub Arc<dyn Store>);
+/// The last handled tick of each job in the store, so that a restart catches up on a missed
+/// tick once, and each tick runs once across the workers sharing the store: `owner` (a
+/// worker's claim name) holds the job while it runs, for `lease` at a time (its heartbeats
+/// extend it), so that a worker that dies mid-run is replaced at the next tick.
+pub struct StoreLastRuns {
+    pub store: Arc<dyn Store>,
+    pub owner: Arc<str>,
+    pub lease: Duration,
+}
 
 impl LastRunStore for StoreLastRuns {
     fn last_tick(&self, job: &str) -> Result<Option<DateTime<Utc>>, BoxError> {
-        match self.0.kv_get("scheduler", job)? {
-            Some(Value::String(s)) => Ok(Some(DateTime::parse_from_rfc3339(&s)?.with_timezone(&Utc))),
-            _ => Ok(None),
-        }
+        Ok(self.store.last_job_tick(job)?)
     }
 
     fn record_tick(&self, job: &str, tick: DateTime<Utc>) -> Result<(), BoxError> {
-        Ok(self.0.kv_set("scheduler", job, &Value::String(tick.to_rfc3339()))?)
+        Ok(self.store.record_job_tick(job, tick)?)
+    }
+
+    fn take_tick(&self, job: &str, tick: DateTime<Utc>) -> Result<TickTaken, BoxError> {
+        let until = Utc::now() + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX);
+        Ok(self.store.take_job_tick(job, tick, &self.owner, until)?)
+    }
+
+    fn end_run(&self, job: &str) {
+        if let Err(e) = self.store.end_job_run(job, &self.owner) {
+            warn!(job, error = %e, "Cannot mark the job's run ended; other workers wait for its lease to run out.");
+        }
     }
 }
 
@@ -336,16 +359,32 @@ impl Scheduler {
                 warn!(job, %tick, error = %e, "Cannot record the job's last tick; a restart may run it once more.");
             }
         };
+        // A tick runs here when the store gives it to this scheduler: once across the workers
+        // sharing the store, and never while a run of the job is going anywhere.
+        let take = |slot: &Slot, tick: DateTime<Utc>| match last_runs.take_tick(&slot.job.name, tick) {
+            Ok(TickTaken::Run) => true,
+            Ok(TickTaken::Taken) => {
+                debug!(job = %slot.job.name, %tick, "Another worker took the tick.");
+                false
+            }
+            Ok(TickTaken::Running(owner)) => {
+                info!(job = %slot.job.name, %tick, worker = %owner, "Skipping the tick: the previous run is still going.");
+                false
+            }
+            Err(e) => {
+                warn!(job = %slot.job.name, %tick, error = %e, "Cannot take the tick from the store; it is skipped.");
+                false
+            }
+        };
 
         let now = clock.now();
         for (index, slot) in slots.iter_mut().enumerate() {
             match last_runs.last_tick(&slot.job.name) {
                 Ok(Some(last)) => {
                     if let Some(missed) = slot.job.schedule.latest_until(now, zone) {
-                        if missed > last {
+                        if missed > last && take(slot, missed) {
                             info!(job = %slot.job.name, tick = %missed, last = %last, "Running the tick missed while the daemon was down.");
                             start(slot, index, missed, &mut running, &mut tasks);
-                            record(&slot.job.name, missed);
                         }
                     }
                 }
@@ -375,7 +414,7 @@ impl Scheduler {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(done) = running.join_next_with_id(), if !running.is_empty() => {
-                    finished(done, &mut slots, &mut tasks);
+                    finished(done, &mut slots, &mut tasks, last_runs.as_ref());
                     continue;
                 }
                 _ = wait => {}
@@ -388,10 +427,10 @@ impl Scheduler {
                 }
                 if slot.running {
                     info!(job = %slot.job.name, %tick, "Skipping the tick: the previous run is still going.");
-                } else {
+                    record(&slot.job.name, tick);
+                } else if take(slot, tick) {
                     start(slot, index, tick, &mut running, &mut tasks);
                 }
-                record(&slot.job.name, tick);
                 // From now, not from the tick: ticks passed while asleep (a suspended
                 // machine) are not run one after another.
                 slot.next = slot.job.schedule.next_after(now, zone);
@@ -401,14 +440,19 @@ impl Scheduler {
             info!(runs = running.len(), "Scheduler stopping; waiting for the runs in progress.");
         }
         while let Some(done) = running.join_next_with_id().await {
-            finished(done, &mut slots, &mut tasks);
+            finished(done, &mut slots, &mut tasks, last_runs.as_ref());
         }
     }
 }
 
 type Finished = Result<(tokio::task::Id, Result<(), BoxError>), tokio::task::JoinError>;
 
-fn finished(done: Finished, slots: &mut [Slot], tasks: &mut HashMap<tokio::task::Id, (usize, DateTime<Utc>)>) {
+fn finished(
+    done: Finished,
+    slots: &mut [Slot],
+    tasks: &mut HashMap<tokio::task::Id, (usize, DateTime<Utc>)>,
+    last_runs: &dyn LastRunStore,
+) {
     let id = match &done {
         Ok((id, _)) => *id,
         Err(e) => e.id(),
@@ -419,6 +463,7 @@ fn finished(done: Finished, slots: &mut [Slot], tasks: &mut HashMap<tokio::task:
     let slot = &mut slots[index];
     slot.running = false;
     let job = &slot.job.name;
+    last_runs.end_run(job);
     match done {
         Ok((_, Ok(()))) => info!(job = %job, %tick, "Job finished."),
         Ok((_, Err(e))) => warn!(job = %job, %tick, error = %e, "Job failed."),

@@ -53,6 +53,10 @@ pub struct EngineConfig {
     /// script writes: a rule that creates records of its own entity would otherwise multiply
     /// without end. The run that would cross it fails, naming this setting.
     pub max_fanout: u64,
+    /// How long a worker's claim on an event (and on a job it runs) holds beyond twice
+    /// `[limits] timeout_ms`, in milliseconds. The daemon's heartbeat renews its claims; when
+    /// a worker dies, its claims come free after this long and another worker runs them.
+    pub claim_lease_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +76,7 @@ impl Default for EngineConfig {
             audit_retention_days: 365,
             check_dirs: Vec::new(),
             max_fanout: crate::store::DEFAULT_MAX_FANOUT,
+            claim_lease_ms: 60_000,
         }
     }
 }
@@ -100,6 +105,7 @@ impl EngineConfig {
         ctx.in_range(t, "retention_days", self.retention_days, 0, 36_500, " (100 years)");
         ctx.in_range(t, "audit_retention_days", self.audit_retention_days, 0, 36_500, " (100 years)");
         ctx.in_range(t, "max_fanout", self.max_fanout, 1, 10_000_000, "");
+        ctx.in_range(t, "claim_lease_ms", self.claim_lease_ms, 1_000, DAY_MS, " (a day)");
         for dir in &self.check_dirs {
             let full = ctx.base_dir.join(dir);
             if !full.join("rules").is_dir() && !full.join("scripts").is_dir() {

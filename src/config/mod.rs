@@ -55,6 +55,8 @@ struct Document {
     notify: BTreeMap<String, Spanned<NotifyConfig>>,
     #[serde(default)]
     console: Option<ConsoleConfig>,
+    #[serde(default)]
+    store: Option<crate::store::StoreConfig>,
 }
 
 /// A TOML error with a suggestion when it is an unknown key (serde's "unknown field `x`,
@@ -100,6 +102,9 @@ pub struct Config {
     pub notify: BTreeMap<String, Arc<Channel>>,
     /// `[console]`: no section, no console.
     pub console: Option<ConsoleSettings>,
+    /// `[store]`: the PostgreSQL store several workers share; `None`, the SQLite file in
+    /// `[engine] data_dir`.
+    pub store: Option<crate::store::postgres::PgSettings>,
     /// Every name the file declares, built or not.
     pub declared: Declared,
     /// Problems of the file that do not stop it from being used (see [`Severity::Warning`]);
@@ -205,6 +210,7 @@ impl Config {
             webhooks: Webhooks::default(),
             notify: BTreeMap::new(),
             console: None,
+            store: None,
             declared: Declared::default(),
             warnings: Vec::new(),
         }
@@ -254,6 +260,7 @@ impl Document {
         let webhooks = crate::webhook::build(&self.webhooks, self.server.is_some(), ctx);
         let notify = build_each(&self.notify, ctx, |name, n, span, ctx| n.build(name, span, ctx).map(Arc::new));
         let console = self.console.as_ref().and_then(|c| c.build(ctx));
+        let store = self.store.as_ref().and_then(|s| s.build(ctx));
         let declared = Declared {
             directories: self.directories.keys().cloned().collect(),
             connections: self.connections.keys().cloned().collect(),
@@ -274,6 +281,7 @@ impl Document {
             webhooks,
             notify,
             console,
+            store,
             declared,
             warnings: Vec::new(),
         }

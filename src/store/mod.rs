@@ -2,8 +2,10 @@
 //! key-value table (job watermarks, OAuth2 tokens).
 //!
 //! Everything goes through the [`Store`] trait so that another database can stand behind it
-//! without touching rules or scripts; SQLite ([`sqlite::SqliteStore`]) is the embedded default.
+//! without touching rules or scripts; SQLite ([`sqlite::SqliteStore`]) is the embedded default,
+//! PostgreSQL ([`postgres::PgStore`], `[store] url`) lets several workers share one store.
 
+pub mod postgres;
 pub mod sqlite;
 
 use chrono::{DateTime, Utc};
@@ -27,6 +29,10 @@ pub enum StoreError {
     Exists(String),
     #[error("store: {0}")]
     Db(#[from] rusqlite::Error),
+    /// PostgreSQL refused or could not be reached; `transient` when the same work can succeed
+    /// later (the server is down or restarting, a serialization failure).
+    #[error("store (PostgreSQL): {message}")]
+    Postgres { message: String, transient: bool },
     #[error("store: cannot create {0}: {1}")]
     Io(String, std::io::Error),
     #[error("store: corrupt row: {0}")]
@@ -52,12 +58,150 @@ impl Classify for StoreError {
             {
                 Class::Transient
             }
+            StoreError::Postgres { transient: true, .. } => Class::Transient,
             _ => Class::Permanent,
         }
     }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// How many times an event may be claimed without its processing ending before it is set
+/// aside: each such claim is a process that died while running it (or a run that outlived
+/// its lease). `tripline replay` of the set-aside run queues it again.
+pub const MAX_EVENT_TRIES: u32 = 3;
+
+/// Why an event claimed [`MAX_EVENT_TRIES`] times is set aside.
+fn never_ended(id: i64, tries: impl std::fmt::Display) -> String {
+    format!(
+        "event {id} was claimed {tries} times and its processing never ended: running it stopped \
+         tripline (or outlived its claim) each time, so it is set aside; fix the cause, then \
+         `tripline replay` this run to queue it again"
+    )
+}
+
+/// The refusal of a run whose writes would raise more events than `[engine] max_fanout`.
+fn fanout_exceeded(raised: usize, root: i64, total: i64, max: u64) -> StoreError {
+    StoreError::Invalid(format!(
+        "its writes would raise {raised} more events in the chain of event {root}, {total} in all: more than \
+         [engine] max_fanout = {max}; a rule probably creates or updates records that trigger it again"
+    ))
+}
+
+/// `[store]`: where the store is. Without the section, the SQLite file in `data_dir`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgres://user:${PGPASSWORD}@host:5432/db?sslmode=require`.
+    pub url: crate::secret::SecretRef,
+    /// How many connections one worker opens at most (default 8).
+    #[serde(default)]
+    pub pool: Option<usize>,
+}
+
+impl StoreConfig {
+    /// Checks the section; its settings when they are usable.
+    pub fn build(&self, ctx: &mut crate::diag::CheckCtx) -> Option<postgres::PgSettings> {
+        let url = self.url.require(ctx, "[store] url")?;
+        let text = url.expose();
+        if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+            ctx.error(
+                self.url.span(),
+                "[store] url must be a postgres:// URL (without [store], the SQLite file in data_dir is used)",
+            );
+            return None;
+        }
+        if let Err(e) = text.parse::<tokio_postgres::Config>() {
+            ctx.error(self.url.span(), format!("[store] url: {e}"));
+            return None;
+        }
+        let pool = self.pool.unwrap_or(8);
+        if !(2..=256).contains(&pool) {
+            ctx.error(self.url.span(), format!("[store] pool = {pool}: between 2 and 256 connections"));
+            return None;
+        }
+        Some(postgres::PgSettings { url, pool })
+    }
+}
+
+/// Opens the store a configuration names: PostgreSQL with `[store]`, else the SQLite file in
+/// `data_dir`.
+pub fn open(store: Option<&postgres::PgSettings>, data_dir: &std::path::Path) -> Result<std::sync::Arc<dyn Store>> {
+    Ok(match store {
+        Some(pg) => std::sync::Arc::new(postgres::PgStore::connect(pg)?),
+        None => std::sync::Arc::new(sqlite::SqliteStore::open_dir(data_dir)?),
+    })
+}
+
+/// What [`Store::take_job_tick`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TickTaken {
+    /// This worker runs the tick (and holds the job until [`Store::end_job_run`]).
+    Run,
+    /// Another worker took this tick (or a later one) already.
+    Taken,
+    /// A run of the job by this owner is still going: the tick is skipped (jobs never
+    /// overlap), and marked handled.
+    Running(String),
+}
+
+/// Whether `tick` of a job can be run, given the job's last handled tick and the run that
+/// holds it (its owner and lease): the same rule in every store.
+pub fn decide_tick(
+    last: Option<DateTime<Utc>>,
+    runner: Option<&str>,
+    run_until: Option<DateTime<Utc>>,
+    tick: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> TickTaken {
+    // Stores keep microseconds: a tick is compared at that precision.
+    use chrono::SubsecRound;
+    let tick = tick.trunc_subsecs(6);
+    if last.is_some_and(|last| last.trunc_subsecs(6) >= tick) {
+        return TickTaken::Taken;
+    }
+    match (runner, run_until) {
+        (Some(runner), Some(until)) if until > now => TickTaken::Running(runner.to_string()),
+        _ => TickTaken::Run,
+    }
+}
+
+/// What a worker tells the store at each heartbeat.
+#[derive(Debug, Clone)]
+pub struct WorkerBeat<'a> {
+    /// Its claim owner name.
+    pub id: &'a str,
+    pub host: &'a str,
+    pub pid: u32,
+    pub started_at: DateTime<Utc>,
+    /// Its own figures (runs, failures, queue), shown by the console and `/healthz`.
+    pub figures: &'a Value,
+}
+
+/// A worker as the store last heard of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Worker {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub started_at: DateTime<Utc>,
+    pub seen_at: DateTime<Utc>,
+    pub figures: Value,
+}
+
+/// A lock held across workers (see [`Store::lock`]); released when dropped.
+pub struct StoreLock(#[allow(dead_code)] Option<Box<dyn Send>>);
+
+impl StoreLock {
+    pub fn new(held: impl Send + 'static) -> StoreLock {
+        StoreLock(Some(Box::new(held)))
+    }
+
+    /// A lock nobody else can contend for (a store of one process).
+    pub fn local() -> StoreLock {
+        StoreLock(None)
+    }
+}
 
 /// An event to store, from outside (CLI, webhook) or from a script's write.
 #[derive(Debug, Clone)]
@@ -348,7 +492,7 @@ pub trait Store: Send + Sync {
     /// Events not yet processed that `feed` may run, oldest first, that can run now: no
     /// earlier event of the same record is still being processed by another owner, and with
     /// `wait_behind_retries`, the record has no run waiting for a retry. An event whose row
-    /// cannot be read, or that was claimed [`sqlite::MAX_EVENT_TRIES`] times without its
+    /// cannot be read, or that was claimed [`MAX_EVENT_TRIES`] times without its
     /// processing ending, is set aside instead (finished, with a failed [`SET_ASIDE`] run
     /// saying why), so that it never blocks the queue. Only events with an id above `after`
     /// (a feeder's cursor; 0 for all). Each event's [`Event::claims`] counts the claim the
@@ -451,6 +595,35 @@ pub trait Store: Send + Sync {
     /// Deletes audit entries older than `before` (`[engine] audit_retention_days`); returns
     /// how many went.
     fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64>;
+    /// Takes a scheduled tick of a job for `owner` (see [`decide_tick`]): of all workers
+    /// asking for the same tick, one gets [`TickTaken::Run`], and holds the job until
+    /// [`Store::end_job_run`] or until `until` (extended by its heartbeats) runs out.
+    fn take_job_tick(&self, job: &str, tick: DateTime<Utc>, owner: &str, until: DateTime<Utc>) -> Result<TickTaken>;
+    /// The last handled tick of a job.
+    fn last_job_tick(&self, job: &str) -> Result<Option<DateTime<Utc>>>;
+    /// Marks a tick handled (a job seen for the first time), never moving it back.
+    fn record_job_tick(&self, job: &str, tick: DateTime<Utc>) -> Result<()>;
+    /// Lets go of a job `owner` ran.
+    fn end_job_run(&self, job: &str, owner: &str) -> Result<()>;
+    /// A worker's heartbeat: its figures are saved, and its event claims and job runs are
+    /// held until `until`.
+    fn heartbeat(&self, beat: &WorkerBeat<'_>, until: DateTime<Utc>) -> Result<()>;
+    /// The workers that beat lately (a stopped worker leaves; a dead one stays until pruned).
+    fn workers(&self) -> Result<Vec<Worker>>;
+    /// A worker stopping leaves the list.
+    fn forget_worker(&self, id: &str) -> Result<()>;
+    /// Takes a lock named `name` across every worker of the store, waiting for it: one OAuth2
+    /// refresh at a time per connection. A store only one process uses needs none.
+    fn lock(&self, _name: &str) -> Result<StoreLock> {
+        Ok(StoreLock::local())
+    }
+    /// Calls `wake` whenever another worker stores events (and after a lost connection is
+    /// back), so that idle workers start at once; a store of one process has nothing to say.
+    fn subscribe(&self, _wake: std::sync::Arc<dyn Fn() + Send + Sync>) -> Result<()> {
+        Ok(())
+    }
+    /// Which store this is, for the log line at start (never a password).
+    fn describe(&self) -> String;
 }
 
 /// Which runs [`Store::runs_page`] lists. Empty fields select everything.
@@ -487,5 +660,5 @@ pub struct Failing {
 
 /// The `rule` of the run that records an event set aside without running any rule: its row
 /// could not be read, or processing it stopped tripline again and again
-/// ([`sqlite::MAX_EVENT_TRIES`]). `tripline replay` of that run queues the event again.
+/// ([`MAX_EVENT_TRIES`]). `tripline replay` of that run queues the event again.
 pub const SET_ASIDE: &str = "(set aside)";

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::{
     AuditEntry, AuditQuery, Failing, FileKind, Ingest, MinuteCount, Result, Run, RunFilter, RunQuery, RunStatus, Store,
-    StoreError, StoredFile, Write, SET_ASIDE,
+    StoreError, StoredFile, TickTaken, Worker, WorkerBeat, Write, SET_ASIDE,
 };
 use crate::record::{Comment, Event, EventKind, Fields, Record, Status};
 
@@ -186,19 +186,40 @@ CREATE INDEX directory_audit_unlinked ON directory_audit(run_token) WHERE run_id
     r#"
 ALTER TABLE runs ADD COLUMN writes TEXT NOT NULL DEFAULT '[]';
 "#,
+    // Scheduled ticks taken in a transaction (the same rule as PostgreSQL's, where several
+    // workers share the store), with the run that holds the job; the last ticks kept in the
+    // key-value table until now move here. Workers and their heartbeats.
+    r#"
+CREATE TABLE job_ticks (
+    job TEXT PRIMARY KEY,
+    tick TEXT NOT NULL,
+    runner TEXT,
+    run_until TEXT
+);
+INSERT INTO job_ticks (job, tick) SELECT key, json_extract(value, '$') FROM kv
+    WHERE namespace = 'scheduler' AND json_type(value) = 'text';
+DELETE FROM kv WHERE namespace = 'scheduler';
+CREATE TABLE workers (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    seen_at TEXT NOT NULL,
+    figures TEXT NOT NULL
+);
+"#,
 ];
 
 /// The schema version this build migrates a store to (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
-/// How many times an event may be claimed without its processing ending before it is set
-/// aside: each such claim is a process that died while running it (or a run that outlived
-/// its lease). `tripline replay` of the set-aside run queues it again.
-pub const MAX_EVENT_TRIES: u32 = 3;
+pub use super::MAX_EVENT_TRIES;
 
 /// The SQLite store.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// The file (`None`: in memory), for [`Store::describe`].
+    path: Option<std::path::PathBuf>,
     commits: CommitQueue,
     /// `[engine] max_fanout`.
     max_fanout: std::sync::atomic::AtomicU64,
@@ -328,7 +349,7 @@ impl SqliteStore {
     /// Opens a database file.
     pub fn open(path: &Path) -> Result<SqliteStore> {
         let conn = Connection::open(path)?;
-        Self::init(conn)
+        Ok(SqliteStore { path: Some(path.to_path_buf()), ..Self::init(conn)? })
     }
 
     /// A private in-memory store (tests, `tripline test`, embedding without persistence).
@@ -355,6 +376,7 @@ impl SqliteStore {
         tx.commit()?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            path: None,
             commits: CommitQueue::default(),
             max_fanout: std::sync::atomic::AtomicU64::new(super::DEFAULT_MAX_FANOUT),
         })
@@ -481,7 +503,14 @@ fn add_comment(tx: &Connection, id: &str, text: &str, key: Option<&str>, at: Dat
             "INSERT INTO comments (record_id, text, at, key) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(record_id, key) DO UPDATE SET text = excluded.text, at = excluded.at",
         )?
-        .execute(params![id, text, ts(at), key])?;
+        .execute(params![id, text, ts(at), key])
+        .map_err(|e| match e.sqlite_error() {
+            // The record's foreign key: there is no such record.
+            Some(f) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => {
+                StoreError::NoRecord(id.to_string())
+            }
+            _ => StoreError::Db(e),
+        })?;
     if n == 0 {
         return Err(StoreError::NoRecord(id.to_string()));
     }
@@ -857,11 +886,7 @@ fn charge_fanout(tx: &Connection, cause: i64, raised: &[Event], max: u64) -> Res
         .prepare_cached("UPDATE events SET fanout = fanout + ?1 WHERE id = ?2 RETURNING fanout")?
         .query_row(params![raised.len() as i64, root], |r| r.get(0))?;
     if total as u64 > max {
-        return Err(StoreError::Invalid(format!(
-            "its writes would raise {} more events in the chain of event {root}, {total} in all: more than \
-             [engine] max_fanout = {max}; a rule probably creates or updates records that trigger it again",
-            raised.len()
-        )));
+        return Err(super::fanout_exceeded(raised.len(), root, total, max));
     }
     Ok(())
 }
@@ -1053,15 +1078,7 @@ impl Store for SqliteStore {
                     }
                 };
                 if tries >= MAX_EVENT_TRIES {
-                    aside.push((
-                        id,
-                        record_id,
-                        format!(
-                            "event {id} was claimed {tries} times and its processing never ended: running it stopped \
-                         tripline (or outlived its claim) each time, so it is set aside; fix the cause, then \
-                         `tripline replay` this run to queue it again"
-                        ),
-                    ));
+                    aside.push((id, record_id, super::never_ended(id, tries)));
                     continue;
                 }
                 let own_claim_until = own_until.as_deref().map(parse_ts).transpose();
@@ -1090,13 +1107,20 @@ impl Store for SqliteStore {
         let now = ts(Utc::now());
         let mut claimed = Vec::with_capacity(ids.len());
         {
-            // A claim that is not the renewal of the owner's own live claim is a try.
+            // A claim that is not the renewal of the owner's own live claim is a try. An event
+            // is taken only when every earlier unfinished event of its record is the owner's
+            // (claimed in this batch, in id order, or before): a record's events run in order
+            // whoever runs them.
             let mut stmt = tx.prepare_cached(
                 "UPDATE events SET claimed_by = ?1, claimed_until = ?2,
                    tries = tries + CASE WHEN claimed_by = ?1 AND claimed_until >= ?4 THEN 0 ELSE 1 END
-                 WHERE id = ?3 AND done = 0 AND (claimed_by IS NULL OR claimed_by = ?1 OR claimed_until < ?4)",
+                 WHERE id = ?3 AND done = 0 AND (claimed_by IS NULL OR claimed_by = ?1 OR claimed_until < ?4)
+                   AND NOT EXISTS (SELECT 1 FROM events p WHERE p.record_id = events.record_id AND p.done = 0
+                                   AND p.id < events.id AND p.claimed_by IS NOT ?1)",
             )?;
-            for id in ids {
+            let mut ids = ids.to_vec();
+            ids.sort_unstable();
+            for id in &ids {
                 if stmt.execute(params![owner, ts(until), id, now])? == 1 {
                     claimed.push(*id);
                 }
@@ -1155,6 +1179,7 @@ impl Store for SqliteStore {
              AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = events.id)",
             params![cutoff],
         )?;
+        tx.execute("DELETE FROM workers WHERE seen_at < ?1", params![cutoff])?;
         tx.commit()?;
         Ok((runs + events) as u64)
     }
@@ -1524,6 +1549,125 @@ impl Store for SqliteStore {
 
     fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64> {
         Ok(self.conn().execute("DELETE FROM directory_audit WHERE at < ?1", params![ts(before)])? as u64)
+    }
+
+    fn take_job_tick(&self, job: &str, tick: DateTime<Utc>, owner: &str, until: DateTime<Utc>) -> Result<TickTaken> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let row: Option<(String, Option<String>, Option<String>)> = tx
+            .query_row("SELECT tick, runner, run_until FROM job_ticks WHERE job = ?1", params![job], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        let (last, runner, run_until) = match row {
+            Some((tick, runner, until)) => {
+                (Some(parse_ts(&tick)?), runner, until.as_deref().map(parse_ts).transpose()?)
+            }
+            None => (None, None, None),
+        };
+        let taken = super::decide_tick(last, runner.as_deref(), run_until, tick, Utc::now());
+        match &taken {
+            TickTaken::Run => tx.execute(
+                "INSERT INTO job_ticks (job, tick, runner, run_until) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(job) DO UPDATE SET tick = excluded.tick, runner = excluded.runner, run_until = excluded.run_until",
+                params![job, ts(tick), owner, ts(until)],
+            )?,
+            TickTaken::Running(_) => tx.execute("UPDATE job_ticks SET tick = ?2 WHERE job = ?1", params![job, ts(tick)])?,
+            TickTaken::Taken => 0,
+        };
+        tx.commit()?;
+        Ok(taken)
+    }
+
+    fn last_job_tick(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
+        let tick: Option<String> = self
+            .conn()
+            .query_row("SELECT tick FROM job_ticks WHERE job = ?1", params![job], |r| r.get(0))
+            .optional()?;
+        tick.as_deref().map(parse_ts).transpose()
+    }
+
+    fn record_job_tick(&self, job: &str, tick: DateTime<Utc>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let last: Option<String> =
+            tx.query_row("SELECT tick FROM job_ticks WHERE job = ?1", params![job], |r| r.get(0)).optional()?;
+        if last.as_deref().map(parse_ts).transpose()?.is_none_or(|last| last < tick) {
+            tx.execute(
+                "INSERT INTO job_ticks (job, tick) VALUES (?1, ?2) ON CONFLICT(job) DO UPDATE SET tick = excluded.tick",
+                params![job, ts(tick)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn end_job_run(&self, job: &str, owner: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE job_ticks SET runner = NULL, run_until = NULL WHERE job = ?1 AND runner = ?2",
+            params![job, owner],
+        )?;
+        Ok(())
+    }
+
+    fn heartbeat(&self, beat: &WorkerBeat<'_>, until: DateTime<Utc>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO workers (id, host, pid, started_at, seen_at, figures) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(id) DO UPDATE SET seen_at = excluded.seen_at, figures = excluded.figures",
+            params![beat.id, beat.host, beat.pid, ts(beat.started_at), ts(Utc::now()), to_json(beat.figures)],
+        )?;
+        let until = ts(until);
+        tx.execute(
+            "UPDATE events SET claimed_until = ?2 WHERE claimed_by = ?1 AND done = 0 AND claimed_until < ?2",
+            params![beat.id, until],
+        )?;
+        tx.execute("UPDATE job_ticks SET run_until = ?2 WHERE runner = ?1", params![beat.id, until])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn workers(&self) -> Result<Vec<Worker>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, host, pid, started_at, seen_at, figures FROM workers ORDER BY started_at, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u32>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, host, pid, started, seen, figures) = row?;
+            out.push(Worker {
+                id,
+                host,
+                pid,
+                started_at: parse_ts(&started)?,
+                seen_at: parse_ts(&seen)?,
+                figures: json(&figures)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn forget_worker(&self, id: &str) -> Result<()> {
+        self.conn().execute("DELETE FROM workers WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        match &self.path {
+            Some(p) => format!("sqlite:{}", p.display()),
+            None => "sqlite (in memory)".into(),
+        }
     }
 }
 

@@ -29,6 +29,7 @@ mod scheduler;
 mod script_checks;
 mod secrets;
 mod seeds;
+mod store;
 mod trust;
 mod unsafe_requests;
 mod webhook;

@@ -5,6 +5,7 @@ pub mod browser;
 pub mod daemon;
 pub mod directory_servers;
 pub mod http;
+pub mod postgres;
 pub mod project;
 pub mod smtp;
 
