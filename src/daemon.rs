@@ -214,6 +214,15 @@ pub async fn run_with(
             .expect("starting the dispatcher does not panic")
             .map_err(|e| DaemonError::Config(format!("cannot start the dispatcher's threads: {e}")))?
     };
+    let worker = dispatcher.control.owner().to_string();
+    info!(store = %runtime.store().describe(), %worker, "Using the store.");
+    // Events other workers store wake this one's dispatcher at once (a store several
+    // workers share announces them); polling stays the fallback.
+    let woken = dispatcher.control.clone();
+    if let Err(e) = runtime.store().subscribe(Arc::new(move || woken.wake())) {
+        warn!(error = %e, "Cannot listen for events stored by other workers; polling for them.");
+    }
+    let heartbeat = tokio::spawn(heartbeat_task(runtime.clone(), worker.clone()));
     let mut daemon = Daemon {
         runtime: runtime.clone(),
         status: status.clone(),
@@ -290,6 +299,11 @@ pub async fn run_with(
         }
     };
     tokio::join!(server_stopped, runs_finished, jobs_finished);
+    heartbeat.abort();
+    let (rt, id) = (runtime.clone(), worker.clone());
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || rt.store().forget_worker(&id)).await {
+        debug!(error = %e, "Cannot take this worker off the store's list; it ages out.");
+    }
     drop(daemon.watcher.take());
     drop(files_tx);
     info!("tripline daemon stopped.");
@@ -456,6 +470,54 @@ fn controls(options: &mut Options) -> (UnboundedSender<Control>, UnboundedReceiv
         }
     }
     (tx, rx)
+}
+
+/// How often a worker beats at most: it says it is alive (with its figures) and extends its
+/// claims on events and jobs, so that they hold while it lives and come free soon after it
+/// dies.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+
+/// The worker's heartbeat, until aborted: every [`HEARTBEAT_EVERY`], or a third of the
+/// claim lease when that is shorter.
+async fn heartbeat_task(runtime: Arc<Runtime>, worker: String) {
+    let lease = runtime.lease();
+    let every = HEARTBEAT_EVERY.min(lease / 3).max(Duration::from_millis(100));
+    let started_at = Utc::now();
+    let host = crate::runtime::hostname();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let (rt, id, host) = (runtime.clone(), worker.clone(), host.clone());
+        let beat = tokio::task::spawn_blocking(move || {
+            let figures = crate::metrics::worker_figures();
+            let beat = crate::store::WorkerBeat {
+                id: &id,
+                host: &host,
+                pid: std::process::id(),
+                started_at,
+                figures: &figures,
+            };
+            let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+            rt.store().heartbeat(&beat, until)
+        })
+        .await;
+        match beat {
+            Ok(Ok(())) => {
+                if failing {
+                    info!("The store hears this worker's heartbeat again.");
+                }
+                failing = false;
+            }
+            Ok(Err(e)) if !failing => {
+                warn!(error = %e, "Cannot beat in the store; this worker's claims expire unless it comes back.");
+                failing = true;
+            }
+            Ok(Err(_)) => {}
+            Err(e) => error!(error = %e, "The heartbeat task panicked."),
+        }
+    }
 }
 
 /// Releases the event claims of processes on this host that died, so that a crash's
@@ -683,6 +745,20 @@ fn health_report(
         };
         let files_in_error = listed(errors);
         let queue_depth = runtime.store().queue_depth().ok();
+        let now = Utc::now();
+        // A worker that missed three heartbeats is shown as not alive.
+        let alive_within = chrono::Duration::from_std(HEARTBEAT_EVERY.min(runtime.lease() / 3) * 3).unwrap_or_default();
+        let workers: Option<Vec<Value>> = runtime.store().workers().ok().map(|ws| {
+            ws.into_iter()
+                .map(|w| {
+                    let alive = now - w.seen_at <= alive_within;
+                    json!({
+                        "id": w.id, "host": w.host, "pid": w.pid, "started_at": w.started_at,
+                        "seen_at": w.seen_at, "alive": alive, "figures": w.figures,
+                    })
+                })
+                .collect()
+        });
         let s = lock(&status);
         let config_rejected = s.last_config_reload.as_ref().is_some_and(|r| r.outcome == ReloadOutcome::Rejected);
         let failure = dispatcher.failure();
@@ -704,6 +780,10 @@ fn health_report(
                 Some((since, n, error)) => json!({"ok": false, "failing_since": since, "failures": n, "error": error}),
             },
             "notify_channels": runtime.hosts().notifier.channels(),
+            "store": runtime.store().describe(),
+            "worker": dispatcher.owner(),
+            "figures": crate::metrics::worker_figures(),
+            "workers": workers,
         })
     })
 }

@@ -67,6 +67,12 @@ struct ChannelLabels {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: String,
+    host: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Run durations from 1 ms to about a minute, doubling.
@@ -88,6 +94,13 @@ struct Metrics {
     directory_errors: Family<DirectoryLabels, Counter>,
     webhook_requests: Family<WebhookLabels, Counter>,
     notifications: Family<ChannelLabels, Counter>,
+    /// Of every worker of the store (this one's figures as it last told the store).
+    worker_seen_age: Family<WorkerLabels, Gauge>,
+    worker_events_processed: Family<WorkerLabels, Gauge>,
+    worker_runs_failed: Family<WorkerLabels, Gauge>,
+    /// This worker's own totals, for its heartbeat.
+    runs_ok: std::sync::atomic::AtomicU64,
+    runs_not_ok: std::sync::atomic::AtomicU64,
 }
 
 impl Metrics {
@@ -104,6 +117,11 @@ impl Metrics {
             directory_errors: Family::default(),
             webhook_requests: Family::default(),
             notifications: Family::default(),
+            worker_seen_age: Family::default(),
+            worker_events_processed: Family::default(),
+            worker_runs_failed: Family::default(),
+            runs_ok: Default::default(),
+            runs_not_ok: Default::default(),
             registry: Registry::with_prefix("tripline"),
         };
         let mut m = m;
@@ -148,6 +166,22 @@ impl Metrics {
             m.webhook_requests.clone(),
         );
         registry.register("notifications", "Notifications, by channel and outcome", m.notifications.clone());
+        registry.register_with_unit(
+            "worker_last_seen_age",
+            "How long ago each worker of the store last beat (a dead worker's age grows)",
+            prometheus_client::registry::Unit::Seconds,
+            m.worker_seen_age.clone(),
+        );
+        registry.register(
+            "worker_events_processed",
+            "Events each worker of the store has processed since it started, as of its last beat",
+            m.worker_events_processed.clone(),
+        );
+        registry.register(
+            "worker_runs_failed",
+            "Runs that did not end ok on each worker since it started, as of its last beat",
+            m.worker_runs_failed.clone(),
+        );
         m
     }
 }
@@ -173,6 +207,35 @@ pub fn run_finished(run: &Run) {
     let metrics = m();
     metrics.runs.get_or_create(&RunLabels { rule: run.rule.clone(), status: run.status.as_str().to_string() }).inc();
     metrics.run_duration.get_or_create(&RuleLabels { rule: run.rule.clone() }).observe(run.duration_ms as f64 / 1e3);
+    let total = if run.status == crate::store::RunStatus::Ok { &metrics.runs_ok } else { &metrics.runs_not_ok };
+    total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// This process's totals since it started, as its heartbeat tells the store.
+pub fn worker_figures() -> serde_json::Value {
+    let metrics = m();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    serde_json::json!({
+        "events_processed": metrics.events_processed.get(),
+        "runs_ok": load(&metrics.runs_ok),
+        "runs_not_ok": load(&metrics.runs_not_ok),
+    })
+}
+
+/// The store's workers as the store knows them (set when `/metrics` is scraped).
+pub fn set_workers(workers: &[crate::store::Worker]) {
+    let metrics = m();
+    metrics.worker_seen_age.clear();
+    metrics.worker_events_processed.clear();
+    metrics.worker_runs_failed.clear();
+    let now = chrono::Utc::now();
+    for w in workers {
+        let labels = WorkerLabels { worker: w.id.clone(), host: w.host.clone() };
+        metrics.worker_seen_age.get_or_create(&labels).set((now - w.seen_at).num_seconds().max(0));
+        let figure = |k: &str| w.figures.get(k).and_then(serde_json::Value::as_i64).unwrap_or(0);
+        metrics.worker_events_processed.get_or_create(&labels).set(figure("events_processed"));
+        metrics.worker_runs_failed.get_or_create(&labels).set(figure("runs_not_ok"));
+    }
 }
 
 /// A reload was attempted. `trigger` is `files` or `signal`; `outcome` one of

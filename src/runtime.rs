@@ -257,7 +257,7 @@ pub(crate) fn claim_owner() -> String {
     format!("{}@{}/{}", std::process::id(), hostname(), &instance[instance.len() - 8..])
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())

@@ -338,8 +338,14 @@ async fn healthz(State(state): State<Arc<ServerState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
     let store = state.store.clone();
-    if let Ok(Ok(depth)) = tokio::task::spawn_blocking(move || store.queue_depth()).await {
-        crate::metrics::set_queue_depth(depth);
+    let read = tokio::task::spawn_blocking(move || (store.queue_depth(), store.workers())).await;
+    if let Ok((depth, workers)) = read {
+        if let Ok(depth) = depth {
+            crate::metrics::set_queue_depth(depth);
+        }
+        if let Ok(workers) = workers {
+            crate::metrics::set_workers(&workers);
+        }
     }
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::encode()).into_response()
 }

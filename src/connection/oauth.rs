@@ -48,6 +48,13 @@ pub trait TokenStore: Send + Sync {
     fn save(&self, connection: &str, token: &StoredToken) -> Result<(), TokenStoreError>;
     /// Forgets the token of `connection` (`tripline connection revoke`); none is no error.
     fn delete(&self, connection: &str) -> Result<(), TokenStoreError>;
+    /// Holds the connection's token for a refresh against every other process sharing the
+    /// store, until the lock is dropped: one refresh at a time per connection across workers,
+    /// so that a rotated refresh token is used once and saved once. A store of one process
+    /// needs none (the connection's own mutex serves).
+    fn lock(&self, _connection: &str) -> Result<crate::store::StoreLock, TokenStoreError> {
+        Ok(crate::store::StoreLock::local())
+    }
 }
 
 /// A [`TokenStore`] failure, as text.
@@ -113,6 +120,10 @@ impl TokenStore for StoreTokens {
     fn delete(&self, connection: &str) -> Result<(), TokenStoreError> {
         self.0.kv_delete(TOKENS, connection).map_err(TokenStoreError::new)
     }
+
+    fn lock(&self, connection: &str) -> Result<crate::store::StoreLock, TokenStoreError> {
+        self.0.lock(&format!("{TOKENS}:{connection}")).map_err(TokenStoreError::new)
+    }
 }
 
 /// The token store of a configuration's connections, bound once, later: the connections are
@@ -151,6 +162,10 @@ impl TokenStore for TokenSlot {
 
     fn delete(&self, connection: &str) -> Result<(), TokenStoreError> {
         self.store().delete(connection)
+    }
+
+    fn lock(&self, connection: &str) -> Result<crate::store::StoreLock, TokenStoreError> {
+        self.store().lock(connection)
     }
 }
 
@@ -425,24 +440,51 @@ impl OAuth2 {
     /// A token that is fresh for at least the refresh margin, refreshing it if needed.
     pub async fn access_token(&self) -> Result<Token, ConnectionError> {
         let mut state = self.state.lock().await;
+        let fresh = |state: &TokenState| {
+            state.token.as_ref().filter(|t| t.is_fresh(Utc::now(), self.refresh_margin)).map(|t| t.access_token.clone())
+        };
         self.load_once(&mut state)?;
-        if let Some(token) = &state.token {
-            if token.is_fresh(Utc::now(), self.refresh_margin) {
-                return Ok(token.access_token.clone());
-            }
+        if let Some(token) = fresh(&state) {
+            return Ok(token);
+        }
+        // Another worker may be refreshing it: wait for it, then read what it saved.
+        let _held = self.hold().await?;
+        self.load_once(&mut state)?;
+        if let Some(token) = fresh(&state) {
+            return Ok(token);
         }
         self.renew(&mut state).await
+    }
+
+    /// The connection's token held against other workers for a refresh (see
+    /// [`TokenStore::lock`]).
+    async fn hold(&self) -> Result<crate::store::StoreLock, ConnectionError> {
+        let (store, connection) = (self.store.clone(), self.connection.clone());
+        let held = tokio::task::spawn_blocking(move || store.lock(&connection)).await;
+        let error = |message: String| ConnectionError::TokenStore { connection: self.connection.clone(), message };
+        match held {
+            Ok(Ok(lock)) => Ok(lock),
+            Ok(Err(e)) => Err(error(e.to_string())),
+            Err(e) => Err(error(format!("the token lock's task stopped: {e}"))),
+        }
     }
 
     /// After the API answered 401 to `rejected`: a newer token if another caller already
     /// replaced it, else a refreshed one. The caller retries its request once with it.
     pub async fn token_after_rejection(&self, rejected: Option<&Token>) -> Result<Token, ConnectionError> {
         let mut state = self.state.lock().await;
+        let replaced = |state: &TokenState| match (&state.token, rejected) {
+            (Some(current), Some(rejected)) if current.access_token != *rejected => Some(current.access_token.clone()),
+            _ => None,
+        };
         self.load_once(&mut state)?;
-        if let (Some(current), Some(rejected)) = (&state.token, rejected) {
-            if current.access_token != *rejected {
-                return Ok(current.access_token.clone());
-            }
+        if let Some(token) = replaced(&state) {
+            return Ok(token);
+        }
+        let _held = self.hold().await?;
+        self.load_once(&mut state)?;
+        if let Some(token) = replaced(&state) {
+            return Ok(token);
         }
         info!(connection = %self.connection, "Access token refused (401); refreshing it.");
         self.renew(&mut state).await

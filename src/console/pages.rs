@@ -291,6 +291,22 @@ struct OverviewPage {
     files_in_error: Vec<ProblemRow>,
     failing: Vec<FailingRow>,
     job_alerts: Vec<JobAlert>,
+    store: String,
+    worker: String,
+    workers: Vec<WorkerRow>,
+}
+
+/// A worker of the store, on the overview.
+struct WorkerRow {
+    id: String,
+    host: String,
+    pid: String,
+    started_at: String,
+    seen_at: String,
+    alive: bool,
+    events: String,
+    runs_ok: String,
+    runs_not_ok: String,
 }
 
 /// Minutes shown in the runs-per-minute chart.
@@ -393,7 +409,28 @@ pub async fn overview(State(state): Shared, Extension(s): Extension<Session>) ->
                 .collect()
         })
         .unwrap_or_default();
+    let workers = health["workers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|w| WorkerRow {
+                    id: text(&w["id"]),
+                    host: text(&w["host"]),
+                    pid: text(&w["pid"]),
+                    started_at: text(&w["started_at"]),
+                    seen_at: text(&w["seen_at"]),
+                    alive: w["alive"] == true,
+                    events: text(&w["figures"]["events_processed"]),
+                    runs_ok: text(&w["figures"]["runs_ok"]),
+                    runs_not_ok: text(&w["figures"]["runs_not_ok"]),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let page = OverviewPage {
+        store: text(&health["store"]),
+        worker: text(&health["worker"]),
+        workers,
         nav: Nav::new(&s, "overview"),
         status: text(&health["status"]),
         healthy: health["status"] == "ok",

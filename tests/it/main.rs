@@ -25,6 +25,7 @@ mod origin;
 mod outage;
 mod reliability;
 mod revoke;
+mod scaleout;
 mod scheduler;
 mod script_checks;
 mod secrets;
