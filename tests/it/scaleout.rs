@@ -54,7 +54,7 @@ fn project(url: &str, extra: &str) -> Project {
 
 /// Each ticket's three events (created, then two updates) run once each, in order: every
 /// step comments on the ticket and creates a task, in the run's commit.
-const STEPS: &str = "let x = 0; for i in 0..20000 { x += i; }\n\
+const STEPS: &str = "let x = 0; for i in 0..5000 { x += i; }\n\
                      api.comment(record, `step ${record.Step}`);\n\
                      api.create(\"task\", #{ Parent: record.id, Step: record.Step });";
 
@@ -94,7 +94,7 @@ fn three_workers_one_killed_lose_nothing_double_nothing_and_keep_order() {
 fn a_job_every_two_seconds_runs_once_per_tick_with_three_workers() {
     let p =
         project(&postgres::shared().create_db(), "[jobs.pull]\nschedule = \"*/2 * * * * *\"\nscript = \"pull.rhai\"\n");
-    p.script("pull.rhai", "let x = 0; for i in 0..20000 { x += i; }\napi.create(\"pulled\", #{});");
+    p.script("pull.rhai", "let x = 0; for i in 0..5000 { x += i; }\napi.create(\"pulled\", #{});");
     let workers: Vec<Daemon> = (0..3).map(|_| Daemon::start(&p)).collect();
     std::thread::sleep(Duration::from_secs(20));
     for w in workers {
@@ -125,7 +125,7 @@ fn postgres_stopped_and_started_mid_batch_loses_no_accepted_event() {
     let url = pg.create_db();
     let p = Project::new(&format!("{}[engine]\nworkers = 4\nretention_days = 0\n", Postgres::store_section(&url)));
     p.rule("r", "name = \"child\"\nentity = \"ticket\"\nscript = \"s.rhai\"\n")
-        .script("s.rhai", "let x = 0; for i in 0..20000 { x += i; }\napi.create(\"task\", #{ Parent: record.id });");
+        .script("s.rhai", "let x = 0; for i in 0..5000 { x += i; }\napi.create(\"task\", #{ Parent: record.id });");
     let batch: String = (0..N).map(|i| format!("{{\"n\": {i}}}\n")).collect();
     queue(&p, "batch.jsonl", "created", &batch);
     let workers: Vec<Daemon> = (0..2).map(|_| Daemon::start(&p)).collect();

@@ -562,7 +562,7 @@ impl Slapd {
             .expect("start slapd");
         let stdin = child.stdin.take().unwrap();
         let url = self.url();
-        if let Err(e) = wait_ready(&mut child, &url, &log, Duration::from_secs(10)) {
+        if let Err(e) = wait_ready(&mut child, &url, &log, Duration::from_secs(30)) {
             panic!("slapd did not start: {e}");
         }
         self.child = Some((child, stdin));
