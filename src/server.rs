@@ -489,7 +489,7 @@ async fn deliver(state: &ServerState, hook: &Webhook, req: Request) -> Response 
 /// The HTTP answer to a store error.
 fn store_problem(hook: &Webhook, e: StoreError) -> Response {
     match &e {
-        StoreError::NoRecord(_) => problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        StoreError::NoRecord(_) | StoreError::Invalid(_) => problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         StoreError::WrongEntity { .. } | StoreError::Exists(_) => problem(StatusCode::CONFLICT, e.to_string()),
         _ if e.is_transient() => {
             let mut r = problem(StatusCode::SERVICE_UNAVAILABLE, "the store is busy; try again");

@@ -1237,3 +1237,50 @@ async fn secrets_never_reach_errors_answers_debug_or_logs() {
         assert!(!text.contains(canary), "a secret leaked: {text}");
     }
 }
+
+/// Two workers on one PostgreSQL store (two stores, two connections each, as two processes
+/// would have): their callers, all at once, find the token expired; one refresh is made, and
+/// the rotated refresh token is saved once and used by both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_sharing_a_store_refresh_a_token_once() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth/token"))
+        .and(body_string_contains("refresh_token=refresh-1"))
+        .respond_with(token_answer("access-2", Some("refresh-2"), 3600).set_delay(Duration::from_millis(300)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/api/users"))
+        .and(bearer_token("access-2"))
+        .respond_with(json_answer(json!([])))
+        .expect(20)
+        .mount(&server)
+        .await;
+    let url = crate::common::postgres::shared().create_db();
+    let settings = crate::store::pg_settings(&url);
+    let worker = |_: usize| -> Arc<dyn TokenStore> {
+        let store: Arc<dyn tripline::store::Store> =
+            Arc::new(tripline::store::postgres::PgStore::connect(&settings).unwrap());
+        Arc::new(tripline::connection::StoreTokens(store))
+    };
+    let (a, b) = (worker(0), worker(1));
+    a.save(
+        "halo",
+        &StoredToken {
+            access_token: Token::new("access-1"),
+            refresh_token: Some(Token::new("refresh-1")),
+            expires_at: Some(Utc::now() - chrono::Duration::seconds(60)),
+        },
+    )
+    .unwrap();
+    let section = oauth_section(&server, "authorization_code", AUTH_CODE_EXTRA);
+    let (ca, cb) = (connection_with_store("halo", &section, a.clone()), connection_with_store("halo", &section, b));
+    let calls =
+        (0..10).flat_map(|_| [ca.get("users", RequestOptions::default()), cb.get("users", RequestOptions::default())]);
+    for r in futures::future::join_all(calls).await {
+        r.unwrap();
+    }
+    let saved = a.load("halo").unwrap().unwrap();
+    assert_eq!(saved.refresh_token.as_ref().map(|t| t.expose().to_string()).as_deref(), Some("refresh-2"));
+}

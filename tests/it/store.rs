@@ -56,6 +56,7 @@ on_both!(
     due_retries_are_claimed_once,
     the_fanout_limit_refuses_the_run_that_crosses_it,
     kv_catalog_and_pages,
+    a_delivery_key_taken_at_once_by_many_is_stored_once,
 );
 
 fn fields(v: Value) -> Fields {
@@ -568,4 +569,23 @@ fn kv_catalog_and_pages(s: Arc<dyn Store>) {
     assert_eq!(s.entities().unwrap(), ["t"]);
     assert_eq!(s.runs(&RunFilter { failed: true, ..Default::default() }).unwrap().len(), 2);
     assert_eq!(s.runs(&RunFilter { rule: Some("y".into()), ..Default::default() }).unwrap().len(), 2);
+}
+
+/// The same delivery taken by several listeners at once (workers behind one load balancer):
+/// one event is stored, the others are told it was seen.
+fn a_delivery_key_taken_at_once_by_many_is_stored_once(s: Arc<dyn Store>) {
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let mut item = ingest("ticket", EventKind::Created, None, json!({"n": 1}));
+                item.idempotency_key = Some("delivery-1".into());
+                s.ingest(&[item], None).unwrap().pop().unwrap()
+            })
+        })
+        .collect();
+    let stored: Vec<Event> = threads.into_iter().filter_map(|t| t.join().unwrap()).collect();
+    assert_eq!(stored.len(), 1, "one of the six stored it");
+    assert_eq!(s.find_records("ticket", &Fields::new(), 10).unwrap().len(), 1, "one record, not six");
+    assert_eq!(s.event_by_idempotency_key("delivery-1").unwrap().map(|e| e.id), Some(stored[0].id));
 }
