@@ -17,55 +17,18 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+#[path = "common/p1.rs"]
+mod p1;
 #[path = "common/process.rs"]
 mod process;
 use process::{binary, run_measured};
-
-const EVENT_TYPES: usize = 20;
-const DEPARTMENTS: usize = 10;
-
-/// A project with the 200 rules, and `n` events in events.jsonl.
-fn project(n: usize) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    std::fs::create_dir_all(dir.path().join("scripts")).unwrap();
-    std::fs::write(dir.path().join("tripline.toml"), "").unwrap();
-    std::fs::write(dir.path().join("scripts/x.rhai"), "let x = 1;\n").unwrap();
-    for e in 0..EVENT_TYPES {
-        for d in 0..DEPARTMENTS {
-            std::fs::write(
-                dir.path().join(format!("rules/r_{e}_{d}.toml")),
-                format!(
-                    "name = \"r_{e}_{d}\"\nentity = \"event\"\nscript = \"x.rhai\"\nconditions = [\n  \
-                     {{ field = \"event_type\", op = \"equals\", value = \"e{e}\" }},\n  \
-                     {{ field = \"department\", op = \"equals\", value = \"d{d}\" }},\n]\n"
-                ),
-            )
-            .unwrap();
-        }
-    }
-    // A fixed sequence (an LCG), so that every run sees the same events.
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = |m: usize| {
-        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        ((state >> 33) as usize) % m
-    };
-    let mut lines = String::with_capacity(n * 64);
-    for i in 0..n {
-        let e = next(EVENT_TYPES);
-        let department = if next(10) < 8 { format!("d{}", next(DEPARTMENTS)) } else { "none".to_string() };
-        lines.push_str(&format!("{{\"event_type\":\"e{e}\",\"department\":\"{department}\",\"n\":{i}}}\n"));
-    }
-    std::fs::write(dir.path().join("events.jsonl"), lines).unwrap();
-    dir
-}
 
 fn main() {
     let n: usize = std::env::var("RULES200_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
     let bin = binary();
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/reference/durable_rules_p1.py");
     for count in [n, n * 10] {
-        let dir = project(count);
+        let dir = p1::project("", count);
         let cfg = dir.path().join("tripline.toml");
         let events = dir.path().join("events.jsonl");
         let (t_python, _) = run_measured(Command::new("python3").arg(&reference).arg(&events));

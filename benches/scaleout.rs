@@ -13,50 +13,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/p1.rs"]
+mod p1;
 #[path = "../tests/it/common/postgres.rs"]
 #[allow(dead_code)]
 mod postgres;
 #[path = "common/process.rs"]
 #[allow(dead_code)]
 mod process;
-
-const EVENT_TYPES: usize = 20;
-const DEPARTMENTS: usize = 10;
-
-/// The 200 rules of P1 and `n` events (the same fixed sequence as `rules200`).
-fn project(config: &str, n: usize) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    std::fs::create_dir_all(dir.path().join("scripts")).unwrap();
-    std::fs::write(dir.path().join("tripline.toml"), config).unwrap();
-    std::fs::write(dir.path().join("scripts/x.rhai"), "let x = 1;\n").unwrap();
-    for e in 0..EVENT_TYPES {
-        for d in 0..DEPARTMENTS {
-            std::fs::write(
-                dir.path().join(format!("rules/r_{e}_{d}.toml")),
-                format!(
-                    "name = \"r_{e}_{d}\"\nentity = \"event\"\nscript = \"x.rhai\"\nconditions = [\n  \
-                     {{ field = \"event_type\", op = \"equals\", value = \"e{e}\" }},\n  \
-                     {{ field = \"department\", op = \"equals\", value = \"d{d}\" }},\n]\n"
-                ),
-            )
-            .unwrap();
-        }
-    }
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = |m: usize| {
-        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        ((state >> 33) as usize) % m
-    };
-    let mut lines = String::with_capacity(n * 64);
-    for i in 0..n {
-        let e = next(EVENT_TYPES);
-        let department = if next(10) < 8 { format!("d{}", next(DEPARTMENTS)) } else { "none".to_string() };
-        lines.push_str(&format!("{{\"event_type\":\"e{e}\",\"department\":\"{department}\",\"n\":{i}}}\n"));
-    }
-    std::fs::write(dir.path().join("events.jsonl"), lines).unwrap();
-    dir
-}
 
 /// Queues the events, starts `workers` daemons, and times them until the queue is empty.
 fn drain(bin: &Path, dir: &Path, workers: usize, depth: &dyn Fn() -> u64) -> Duration {
@@ -101,7 +65,7 @@ fn main() {
     let pg = postgres::Postgres::start();
     let mut sqlite_one = None;
     for workers in 1..=3 {
-        let dir = project("", n);
+        let dir = p1::project("", n);
         let db = dir.path().join("data/tripline.db");
         let t_sqlite = drain(&bin, dir.path(), workers, &|| {
             rusqlite::Connection::open(&db)
@@ -111,7 +75,7 @@ fn main() {
         });
         let url = pg.create_db();
         let name = url.rsplit('/').next().unwrap().to_string();
-        let dir = project(&format!("[store]\nurl = \"{url}\"\n"), n);
+        let dir = p1::project(&format!("[store]\nurl = \"{url}\"\n"), n);
         let t_pg = drain(&bin, dir.path(), workers, &|| {
             pg.psql(&name, "SELECT count(*) FROM events WHERE NOT done").parse().unwrap_or(1)
         });

@@ -17,7 +17,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Local, Utc};
+use chrono::{DateTime, Local, SubsecRound, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 use futures::future::BoxFuture;
@@ -151,24 +151,29 @@ impl Schedule {
         &self.text
     }
 
-    /// The first tick strictly after `t`.
+    /// The first tick strictly after `t`. Ticks are whole seconds (the time's fraction of a
+    /// second is not carried into them), so that every worker computes the same ticks.
     pub fn next_after(&self, t: DateTime<Utc>, zone: Zone) -> Option<DateTime<Utc>> {
-        match zone {
+        let t = t.trunc_subsecs(0);
+        let next = match zone {
             Zone::Utc => self.cron.find_next_occurrence(&t, false).ok(),
             Zone::Local => {
                 self.cron.find_next_occurrence(&t.with_timezone(&Local), false).ok().map(|d| d.with_timezone(&Utc))
             }
-        }
+        };
+        next.map(|d| d.trunc_subsecs(0))
     }
 
-    /// The latest tick at or before `t`.
+    /// The latest tick at or before `t` (a whole second).
     pub fn latest_until(&self, t: DateTime<Utc>, zone: Zone) -> Option<DateTime<Utc>> {
-        match zone {
+        let t = t.trunc_subsecs(0);
+        let latest = match zone {
             Zone::Utc => self.cron.find_previous_occurrence(&t, true).ok(),
             Zone::Local => {
                 self.cron.find_previous_occurrence(&t.with_timezone(&Local), true).ok().map(|d| d.with_timezone(&Utc))
             }
-        }
+        };
+        latest.map(|d| d.trunc_subsecs(0))
     }
 }
 
@@ -486,6 +491,19 @@ mod tests {
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+    }
+
+    /// Two workers started at different fractions of a second compute the same ticks.
+    #[test]
+    fn ticks_are_whole_seconds_whenever_they_are_asked_for() {
+        let s = Schedule::parse("*/2 * * * * *").unwrap();
+        let a = utc(2026, 1, 1, 0, 0, 1) + chrono::Duration::milliseconds(120);
+        let b = utc(2026, 1, 1, 0, 0, 1) + chrono::Duration::milliseconds(870);
+        for zone in [Zone::Utc, Zone::Local] {
+            assert_eq!(s.next_after(a, zone), Some(utc(2026, 1, 1, 0, 0, 2)));
+            assert_eq!(s.next_after(a, zone), s.next_after(b, zone));
+            assert_eq!(s.latest_until(b, zone), Some(utc(2026, 1, 1, 0, 0, 0)));
+        }
     }
 
     #[test]

@@ -483,6 +483,12 @@ fn a_tick_is_taken_once_and_a_running_job_is_not_overlapped(s: Arc<dyn Store>) {
     // The next tick while that run goes on: skipped, marked handled.
     assert!(matches!(s.take_job_tick("pull", t1, "w1", later(60)).unwrap(), TickTaken::Running(_)));
     assert_eq!(s.take_job_tick("pull", t1, "w2", later(60)).unwrap(), TickTaken::Taken);
+    // A run that ended quickly: the same tick asked for again, late, is still taken.
+    for w in ["w0", "w1", "w2"] {
+        s.end_job_run("pull", w).unwrap();
+    }
+    assert_eq!(s.take_job_tick("pull", t1, "w0", later(60)).unwrap(), TickTaken::Taken);
+    assert_eq!(s.take_job_tick("pull", t0, "w0", later(60)).unwrap(), TickTaken::Taken);
     // Its run ends (only its runner's word counts): the tick after runs.
     for w in ["w0", "w1", "w2"] {
         s.end_job_run("pull", w).unwrap();
