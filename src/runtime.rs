@@ -511,9 +511,15 @@ impl Runtime {
             let Some(outcome) = self.execute(&catalog, rule, event, 1, false) else { continue };
             let run = {
                 let _order = order.read().unwrap_or_else(|e| e.into_inner());
-                let (run, r) = self.commit(outcome, event.depth, None, owner)?;
-                raised(r);
-                run
+                match self.commit(outcome, event.depth, None, owner, true) {
+                    Ok((run, r)) => {
+                        raised(r);
+                        run
+                    }
+                    // Taken by another process, which goes on with the event.
+                    Err(StoreError::ClaimLost(_)) => return Ok((runs, None)),
+                    Err(e) => return Err(e),
+                }
             };
             self.hosts.notifier.run_failed(&rule.notify_on_failure, &run);
             runs.push(run);
@@ -568,6 +574,7 @@ impl Runtime {
                 finish_event: Some(*event_id),
                 claim_raised,
                 audit: Some(RunAudit { token: &o.audit_token, entries: &o.audit }),
+                fence: Some(owner),
             })
             .collect();
         let committed = self.store.commit_runs(&commits);
@@ -576,11 +583,18 @@ impl Runtime {
             let audit = RunAudit { token: &o.audit_token, entries: &o.audit };
             let done = match result {
                 Ok((id, raised)) => Ok((Run { id, ..o.run.clone() }, raised)),
+                // Taken by another process, which runs the event: nothing of this run is kept.
+                Err(StoreError::ClaimLost(event)) => {
+                    tracing::warn!(event, rule = %o.run.rule, "A run's event was taken by another process while it ran (its claim ran out); the run is not kept.");
+                    unrecorded(&o.audit, &StoreError::ClaimLost(event));
+                    results[i] = Some(Ok((None, Vec::new())));
+                    continue;
+                }
                 Err(e) if e.is_transient() => {
                     unrecorded(&o.audit, &e);
                     Err(e)
                 }
-                Err(e) => self.commit_refused(o.run.clone(), &writes, audit, depth, Some(event_id), owner, e),
+                Err(e) => self.commit_refused(o.run.clone(), &writes, audit, depth, Some(event_id), Some(owner), e),
             };
             if let Ok((run, _)) = &done {
                 if !notify.is_empty() && matches!(run.status, RunStatus::Failed | RunStatus::Dead) {
@@ -644,19 +658,22 @@ impl Runtime {
         let Some(outcome) = self.execute(&catalog, &rule, &event, previous.attempts + 1, false) else {
             return Ok(None);
         };
-        let (run, _raised) = self.commit(outcome, event.depth, None, owner)?;
+        let (run, _raised) = self.commit(outcome, event.depth, None, owner, false)?;
         self.hosts.notifier.run_failed(&rule.notify_on_failure, &run);
         Ok(Some(run))
     }
 
-    /// Commits a run; the events its writes raise are stored claimed by `owner`.
+    /// Commits a run; the events its writes raise are stored claimed by `owner`. `fenced`:
+    /// only while `owner` still holds the run's event (see [`Commit::fence`]).
     fn commit(
         &self,
         o: Outcome,
         depth: u32,
         finish: Option<i64>,
         owner: &str,
+        fenced: bool,
     ) -> Result<(Run, Vec<Event>), StoreError> {
+        let fence = fenced.then_some(owner);
         let writes = o.writes_to_commit();
         let claim_raised = Some((owner, self.lease_until()));
         // The directory changes go with the run whatever becomes of its writes.
@@ -668,14 +685,15 @@ impl Runtime {
             finish_event: finish,
             claim_raised,
             audit: Some(audit),
+            fence,
         }) {
             Ok((id, raised)) => Ok((Run { id, ..o.run.clone() }, raised)),
-            // Busy: the caller tries the whole event again later.
-            Err(e) if e.is_transient() => {
+            // Busy: the caller tries the whole event again later; taken: the other goes on.
+            Err(e) if e.is_transient() || matches!(e, StoreError::ClaimLost(_)) => {
                 unrecorded(&o.audit, &e);
                 Err(e)
             }
-            Err(e) => self.commit_refused(o.run.clone(), &writes, audit, depth, finish, owner, e),
+            Err(e) => self.commit_refused(o.run.clone(), &writes, audit, depth, finish, fence, e),
         }
     }
 
@@ -690,10 +708,11 @@ impl Runtime {
         audit: RunAudit<'_>,
         depth: u32,
         finish: Option<i64>,
-        owner: &str,
+        fence: Option<&str>,
         e: StoreError,
     ) -> Result<(Run, Vec<Event>), StoreError> {
-        let claim_raised = Some((owner, self.lease_until()));
+        // A refused run writes nothing, so it raises nothing: no claim for raised events.
+        let claim_raised = None;
         let audit = Some(audit);
         let entries = audit.map_or(&[][..], |a| a.entries);
         let mut why = e.to_string();
@@ -711,6 +730,7 @@ impl Runtime {
                 finish_event: finish,
                 claim_raised,
                 audit,
+                fence,
             }) {
                 Ok((id, raised)) => return Ok((Run { id, ..run }, raised)),
                 Err(e) if e.is_transient() => {
@@ -732,7 +752,8 @@ impl Runtime {
             writes: Vec::new(),
             ..run
         };
-        let commit = Commit { run: &run, writes: &[], depth: depth + 1, finish_event: finish, claim_raised, audit };
+        let commit =
+            Commit { run: &run, writes: &[], depth: depth + 1, finish_event: finish, claim_raised, audit, fence };
         match self.store.commit_run(commit) {
             Ok((id, raised)) => Ok((Run { id, ..run }, raised)),
             Err(e) => {
@@ -978,7 +999,7 @@ impl Runtime {
     pub fn run_job(&self, name: &str, trigger: &str, owner: &str) -> Result<(Run, Vec<Event>), JobError> {
         let job = self.job(name)?;
         let outcome = self.execute_job(name, job, trigger, false);
-        let (run, raised) = self.commit(outcome, 0, None, owner)?;
+        let (run, raised) = self.commit(outcome, 0, None, owner, false)?;
         crate::metrics::run_finished(&run);
         // Manual runs count too: a job's success resets its staleness clock.
         self.hosts.notifier.job_finished(self.store.as_ref(), &job.notify_on_failure, &run);

@@ -37,6 +37,13 @@ pub enum StoreError {
     Io(String, std::io::Error),
     #[error("store: corrupt row: {0}")]
     Corrupt(String),
+    /// A run of an event committed by a process that no longer holds the event's claim (it
+    /// ran out, and another process took the event): the run is not kept, since the other
+    /// process runs the event.
+    #[error(
+        "event {0} is no longer claimed by this process (its claim ran out and another took it): its run is not kept"
+    )]
+    ClaimLost(i64),
     /// A write the store refuses whatever the state (a value too deep, a chain too wide).
     #[error("{0}")]
     Invalid(String),
@@ -376,12 +383,16 @@ pub struct Commit<'a> {
     pub claim_raised: Option<(&'a str, DateTime<Utc>)>,
     /// The run's directory changes (see [`RunAudit`]).
     pub audit: Option<RunAudit<'a>>,
+    /// The run's event must still be unfinished and claimed by this owner, or the commit is
+    /// refused ([`StoreError::ClaimLost`]) and changes nothing: a process whose claim ran out
+    /// while it ran never commits over the process that took the event from it.
+    pub fence: Option<&'a str>,
 }
 
 impl<'a> Commit<'a> {
     /// A run without writes, raising nothing.
     pub fn bare(run: &'a Run, finish_event: Option<i64>) -> Commit<'a> {
-        Commit { run, writes: &[], depth: 0, finish_event, claim_raised: None, audit: None }
+        Commit { run, writes: &[], depth: 0, finish_event, claim_raised: None, audit: None, fence: None }
     }
 }
 

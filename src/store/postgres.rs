@@ -959,6 +959,18 @@ async fn charge_fanout(tx: &Transaction<'_>, cause: i64, raised: &[Event], max: 
 
 async fn write_run(tx: &Transaction<'_>, p: &Commit<'_>, max_fanout: u64) -> Result<(i64, Vec<Event>)> {
     let (run, depth) = (p.run, p.depth);
+    if let (Some(owner), Some(event)) = (p.fence, run.event_id) {
+        // Locked until the commit: no other worker can take the event in between.
+        let held = tx
+            .query_opt(
+                "SELECT 1 FROM events WHERE id = $1 AND NOT done AND claimed_by = $2 FOR UPDATE",
+                &[&event, &owner],
+            )
+            .await?;
+        if held.is_none() {
+            return Err(StoreError::ClaimLost(event));
+        }
+    }
     let mut raised = Vec::new();
     for w in p.writes {
         apply_write(tx, w, depth, p.claim_raised, &mut raised).await?;

@@ -278,6 +278,7 @@ struct PendingRun {
     claim_raised: Option<(String, DateTime<Utc>)>,
     /// The run's audit token and the entries to store with it.
     audit: Option<(String, Vec<AuditEntry>)>,
+    fence: Option<String>,
 }
 
 impl PendingRun {
@@ -292,6 +293,7 @@ impl PendingRun {
             finish_event: c.finish_event,
             claim_raised: c.claim_raised.map(|(o, t)| (o.to_string(), t)),
             audit: c.audit.map(|a| (a.token.to_string(), a.entries.to_vec())),
+            fence: c.fence.map(str::to_string),
         }
     }
 
@@ -303,6 +305,7 @@ impl PendingRun {
             finish_event: self.finish_event,
             claim_raised: self.claim_raised.as_ref().map(|(o, t)| (o.as_str(), *t)),
             audit: self.audit.as_ref().map(|(token, entries)| super::RunAudit { token, entries }),
+            fence: self.fence.as_deref(),
         }
     }
 }
@@ -895,6 +898,14 @@ fn charge_fanout(tx: &Connection, cause: i64, raised: &[Event], max: u64) -> Res
 /// transaction).
 fn write_run(tx: &Connection, p: &super::Commit<'_>, max_fanout: u64) -> Result<(i64, Vec<Event>)> {
     let (run, depth) = (p.run, p.depth);
+    if let (Some(owner), Some(event)) = (p.fence, run.event_id) {
+        let held: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE id = ?1 AND done = 0 AND claimed_by = ?2)")?
+            .query_row(params![event, owner], |r| r.get(0))?;
+        if !held {
+            return Err(StoreError::ClaimLost(event));
+        }
+    }
     let mut raised = Vec::new();
     for w in p.writes {
         apply_write(tx, w, depth, p.claim_raised, &mut raised)?;

@@ -57,6 +57,7 @@ on_both!(
     the_fanout_limit_refuses_the_run_that_crosses_it,
     kv_catalog_and_pages,
     a_delivery_key_taken_at_once_by_many_is_stored_once,
+    a_run_whose_claim_was_taken_commits_nothing,
 );
 
 fn fields(v: Value) -> Fields {
@@ -594,4 +595,28 @@ fn a_delivery_key_taken_at_once_by_many_is_stored_once(s: Arc<dyn Store>) {
     assert_eq!(stored.len(), 1, "one of the six stored it");
     assert_eq!(s.find_records("ticket", &Fields::new(), 10).unwrap().len(), 1, "one record, not six");
     assert_eq!(s.event_by_idempotency_key("delivery-1").unwrap().map(|e| e.id), Some(stored[0].id));
+}
+
+/// A worker whose claim ran out while its run went on, and whose event another worker took:
+/// its commit is refused and keeps nothing; the worker holding the event commits.
+fn a_run_whose_claim_was_taken_commits_nothing(s: Arc<dyn Store>) {
+    let e = one(&*s, ingest("ticket", EventKind::Created, None, json!({})));
+    let soon = Utc::now() + chrono::Duration::milliseconds(200);
+    assert_eq!(s.claim(&[e.id], "slow", soon).unwrap(), [e.id]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(s.claim(&[e.id], "fast", later(60)).unwrap(), [e.id], "the claim ran out: another takes it");
+    let writes = [Write::Comment { id: e.record.id.clone(), text: "done".into(), key: None }];
+    let run = run_of(&e, "r");
+    let late = s.commit_run(Commit { writes: &writes, fence: Some("slow"), ..Commit::bare(&run, Some(e.id)) });
+    assert!(matches!(late, Err(StoreError::ClaimLost(id)) if id == e.id), "{late:?}");
+    assert!(s.get_record(&e.record.id).unwrap().unwrap().comments.is_empty(), "nothing of the late run is kept");
+    assert!(s.runs_of_event(e.id).unwrap().is_empty());
+    assert_eq!(s.queue_depth().unwrap(), 1);
+    s.commit_run(Commit { writes: &writes, fence: Some("fast"), ..Commit::bare(&run, Some(e.id)) }).unwrap();
+    assert_eq!(s.get_record(&e.record.id).unwrap().unwrap().comments.len(), 1);
+    assert_eq!(s.queue_depth().unwrap(), 0);
+    // Finished: a second commit of the same event is refused too.
+    let again = s.commit_run(Commit { writes: &writes, fence: Some("fast"), ..Commit::bare(&run, Some(e.id)) });
+    assert!(matches!(again, Err(StoreError::ClaimLost(_))), "{again:?}");
+    assert_eq!(s.get_record(&e.record.id).unwrap().unwrap().comments.len(), 1);
 }
