@@ -477,11 +477,16 @@ fn controls(options: &mut Options) -> (UnboundedSender<Control>, UnboundedReceiv
 /// dies.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 
-/// The worker's heartbeat, until aborted: every [`HEARTBEAT_EVERY`], or a third of the
-/// claim lease when that is shorter.
+/// How often this worker beats: every [`HEARTBEAT_EVERY`], or a third of the claim lease
+/// when that is shorter.
+fn heartbeat_every(runtime: &Runtime) -> Duration {
+    HEARTBEAT_EVERY.min(runtime.lease() / 3).max(Duration::from_millis(100))
+}
+
+/// The worker's heartbeat, until aborted (see [`heartbeat_every`]).
 async fn heartbeat_task(runtime: Arc<Runtime>, worker: String) {
     let lease = runtime.lease();
-    let every = HEARTBEAT_EVERY.min(lease / 3).max(Duration::from_millis(100));
+    let every = heartbeat_every(&runtime);
     let started_at = Utc::now();
     let host = crate::runtime::hostname();
     let mut tick = tokio::time::interval(every);
@@ -747,7 +752,7 @@ fn health_report(
         let queue_depth = runtime.store().queue_depth().ok();
         let now = Utc::now();
         // A worker that missed three heartbeats is shown as not alive.
-        let alive_within = chrono::Duration::from_std(HEARTBEAT_EVERY.min(runtime.lease() / 3) * 3).unwrap_or_default();
+        let alive_within = chrono::Duration::from_std(heartbeat_every(&runtime) * 3).unwrap_or_default();
         let workers: Option<Vec<Value>> = runtime.store().workers().ok().map(|ws| {
             ws.into_iter()
                 .map(|w| {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::class::{Class, Classify};
-use crate::record::{Event, EventKind, Fields, Record, Submitted};
+use crate::record::{Event, EventKind, Fields, Record, Status, Submitted};
 
 /// `[engine] max_fanout` when not set: how many events one event from outside may cause.
 pub const DEFAULT_MAX_FANOUT: u64 = 10_000;
@@ -138,6 +138,69 @@ pub fn open(store: Option<&postgres::PgSettings>, data_dir: &std::path::Path) ->
         Some(pg) => std::sync::Arc::new(postgres::PgStore::connect(pg)?),
         None => std::sync::Arc::new(sqlite::SqliteStore::open_dir(data_dir)?),
     })
+}
+
+/// What storing an ingested item does to its record: one rule for every store, decided from
+/// the item and the stored record it names (see [`plan_ingest`]).
+pub(crate) enum Change {
+    /// A new record; `fresh` when the store made its id (no earlier event can name it).
+    Create { record: Record, fresh: bool },
+    /// The stored record goes; the event carries it as it was.
+    Delete(Record),
+    /// The record with the item's fields and status set; `previous` as it was.
+    Update { record: Record, previous: Record },
+}
+
+/// How an ingested item changes `existing` (the stored record its id names), or why it
+/// cannot: a record of another entity, a creation of an id that exists, an update or a
+/// custom event of an id that does not.
+pub(crate) fn plan_ingest(item: &Ingest, existing: Option<Record>, now: DateTime<Utc>) -> Result<Change> {
+    if let Some(r) = &existing {
+        if r.entity != item.entity {
+            return Err(StoreError::WrongEntity {
+                id: r.id.clone(),
+                actual: r.entity.clone(),
+                expected: item.entity.clone(),
+            });
+        }
+    }
+    match (&item.kind, existing) {
+        (EventKind::Created, Some(r)) => Err(StoreError::Exists(r.id)),
+        (EventKind::Custom(_), None) if item.record.id.is_some() => {
+            Err(StoreError::NoRecord(item.record.id.clone().unwrap_or_default()))
+        }
+        (EventKind::Created, None) | (EventKind::Custom(_), None) => {
+            let mut record = Record::new(&item.entity, item.record.fields.clone());
+            if let Some(id) = &item.record.id {
+                record.id = id.clone();
+            }
+            if let Some(s) = item.record.status {
+                record.status = s;
+            }
+            Ok(Change::Create { record, fresh: item.record.id.is_none() })
+        }
+        (EventKind::Updated, None) | (EventKind::Deleted, None) => {
+            Err(StoreError::NoRecord(item.record.id.clone().unwrap_or_else(|| "(none given)".into())))
+        }
+        (EventKind::Deleted, Some(r)) => Ok(Change::Delete(r)),
+        (_, Some(previous)) => {
+            let record = changed(&previous, &item.record.fields, item.record.status, now);
+            Ok(Change::Update { record, previous })
+        }
+    }
+}
+
+/// `previous` with `fields` set (the others kept), and `status` when given, updated `now`.
+pub(crate) fn changed(previous: &Record, fields: &Fields, status: Option<Status>, now: DateTime<Utc>) -> Record {
+    let mut r = previous.clone();
+    for (k, v) in fields {
+        r.fields.insert(k.clone(), v.clone());
+    }
+    if let Some(s) = status {
+        r.status = s;
+    }
+    r.updated_at = now;
+    r
 }
 
 /// What [`Store::take_job_tick`] decided.

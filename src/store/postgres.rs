@@ -30,7 +30,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Row, Transaction};
 
 use super::{
-    AuditEntry, AuditQuery, Commit, Event, Failing, Feed, FileKind, Ingest, MinuteCount, Pending, Result, Run,
+    AuditEntry, AuditQuery, Change, Commit, Event, Failing, Feed, FileKind, Ingest, MinuteCount, Pending, Result, Run,
     RunFilter, RunQuery, RunStatus, Store, StoreError, StoredFile, TickTaken, Worker, WorkerBeat, Write,
     MAX_EVENT_TRIES, SET_ASIDE,
 };
@@ -172,7 +172,7 @@ impl std::fmt::Debug for PgSettings {
 }
 
 /// The URL without its password, for logs and errors.
-pub fn redacted_url(url: &str) -> String {
+fn redacted_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) => {
             if u.password().is_some() {
@@ -392,11 +392,10 @@ impl PgStore {
     /// Connects to the database `settings` names and applies pending migrations (under an
     /// advisory lock: workers starting together migrate once).
     pub fn connect(settings: &PgSettings) -> Result<PgStore> {
-        let config: tokio_postgres::Config =
+        let mut config: tokio_postgres::Config =
             settings.url.expose().parse().map_err(|e| {
                 StoreError::Invalid(format!("[store] url {}: {e}", redacted_url(settings.url.expose())))
             })?;
-        let mut config = config;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -425,11 +424,6 @@ impl PgStore {
         };
         store.migrate()?;
         Ok(store)
-    }
-
-    /// `host:port/database`, for the log line that says which store a worker uses.
-    pub fn describe(&self) -> &str {
-        &self.target
     }
 
     fn handle(&self) -> &tokio::runtime::Handle {
@@ -686,58 +680,23 @@ async fn ingest_one(tx: &Transaction<'_>, item: &Ingest, claim: Claim<'_>) -> Re
     if let Some(id) = &item.record.id {
         no_nul("a record id", id)?;
     }
-    let now = Utc::now();
     let existing = match &item.record.id {
         Some(id) => load_record(tx, id).await?,
         None => None,
     };
-    if let Some(r) = &existing {
-        if r.entity != item.entity {
-            return Err(StoreError::WrongEntity {
-                id: r.id.clone(),
-                actual: r.entity.clone(),
-                expected: item.entity.clone(),
-            });
+    let (kind, key) = (&item.kind, item.idempotency_key.as_deref());
+    let event = match super::plan_ingest(item, existing, Utc::now())? {
+        Change::Create { record, fresh } => {
+            save_record(tx, &record).await?;
+            insert_event(tx, kind, &record, None, 0, key, claim, fresh).await?
         }
-    }
-    let key = item.idempotency_key.as_deref();
-    let event = match (&item.kind, existing) {
-        (EventKind::Created, Some(r)) => return Err(StoreError::Exists(r.id)),
-        (EventKind::Created, None) | (EventKind::Custom(_), None) => {
-            if matches!(item.kind, EventKind::Custom(_)) {
-                if let Some(id) = &item.record.id {
-                    return Err(StoreError::NoRecord(id.clone()));
-                }
-            }
-            let mut r = Record::new(&item.entity, item.record.fields.clone());
-            if let Some(id) = &item.record.id {
-                r.id = id.clone();
-            }
-            if let Some(s) = item.record.status {
-                r.status = s;
-            }
-            save_record(tx, &r).await?;
-            insert_event(tx, &item.kind, &r, None, 0, key, claim, item.record.id.is_none()).await?
-        }
-        (EventKind::Updated, None) | (EventKind::Deleted, None) => {
-            let id = item.record.id.clone().unwrap_or_else(|| "(none given)".into());
-            return Err(StoreError::NoRecord(id));
-        }
-        (EventKind::Deleted, Some(r)) => {
+        Change::Delete(r) => {
             tx.execute("DELETE FROM records WHERE id = $1", &[&r.id]).await?;
-            insert_event(tx, &item.kind, &r, None, 0, key, claim, false).await?
+            insert_event(tx, kind, &r, None, 0, key, claim, false).await?
         }
-        (kind, Some(previous)) => {
-            let mut r = previous.clone();
-            for (k, v) in &item.record.fields {
-                r.fields.insert(k.clone(), v.clone());
-            }
-            if let Some(s) = item.record.status {
-                r.status = s;
-            }
-            r.updated_at = now;
-            save_record(tx, &r).await?;
-            insert_event(tx, kind, &r, Some(&previous), 0, key, claim, false).await?
+        Change::Update { record, previous } => {
+            save_record(tx, &record).await?;
+            insert_event(tx, kind, &record, Some(&previous), 0, key, claim, false).await?
         }
     };
     Ok(Some(event))
@@ -901,11 +860,7 @@ async fn apply_write(
         }
         Write::Update { id, fields } => {
             let previous = load_record(tx, id).await?.ok_or_else(|| StoreError::NoRecord(id.clone()))?;
-            let mut r = previous.clone();
-            for (k, v) in fields {
-                r.fields.insert(k.clone(), v.clone());
-            }
-            r.updated_at = now;
+            let r = super::changed(&previous, fields, None, now);
             save_record(tx, &r).await?;
             raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim, false).await?);
         }
@@ -916,9 +871,7 @@ async fn apply_write(
                 add_comment(tx, id, text, None, now).await?;
             }
             if previous.status != Status::Closed {
-                let mut r = previous.clone();
-                r.status = Status::Closed;
-                r.updated_at = now;
+                let r = super::changed(&previous, &Fields::new(), Some(Status::Closed), now);
                 save_record(tx, &r).await?;
                 raised
                     .push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim, false).await?);
@@ -1418,20 +1371,15 @@ impl Store for PgStore {
     }
 
     fn claim_due_retries(&self, now: DateTime<Utc>, limit: usize, until: DateTime<Utc>) -> Result<Vec<Run>> {
-        // The runs as they were (their next attempt before the claim moved it), like SQLite's.
-        let cols = RUN_COLUMNS
-            .split(", ")
-            .map(|c| format!("r.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-            .replace("r.next_attempt_at", "due.was");
         self.tx(async |tx| {
-            let sql = format!(
-                "WITH due AS (SELECT id, next_attempt_at AS was FROM runs WHERE status = 'retrying' AND next_attempt_at <= $1
-                              ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-                 UPDATE runs r SET next_attempt_at = $3 FROM due WHERE r.id = due.id RETURNING {cols}"
-            );
-            let mut runs = runs_of(tx.query(&sql, &[&now, &(limit.min(i64::MAX as usize) as i64), &until]).await?)?;
+            // The runs as they were (their next attempt before the claim moved it), like SQLite's.
+            const DUE: &str = "WITH due AS (SELECT id, next_attempt_at AS was FROM runs
+                                   WHERE status = 'retrying' AND next_attempt_at <= $1
+                                   ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 UPDATE runs r SET next_attempt_at = $3 FROM due WHERE r.id = due.id
+                 RETURNING r.id, r.rule, r.record_id, r.event_id, r.event, r.status, r.error, r.duration_ms, r.log,
+                           r.attempts, r.started_at, r.finished_at, due.was, r.writes";
+            let mut runs = runs_of(tx.query(DUE, &[&now, &(limit.min(i64::MAX as usize) as i64), &until]).await?)?;
             runs.sort_by_key(|r| (r.next_attempt_at, r.id));
             Ok(runs)
         })

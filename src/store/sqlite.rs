@@ -17,8 +17,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::{
-    AuditEntry, AuditQuery, Failing, FileKind, Ingest, MinuteCount, Result, Run, RunFilter, RunQuery, RunStatus, Store,
-    StoreError, StoredFile, TickTaken, Worker, WorkerBeat, Write, SET_ASIDE,
+    AuditEntry, AuditQuery, Change, Failing, FileKind, Ingest, MinuteCount, Result, Run, RunFilter, RunQuery,
+    RunStatus, Store, StoreError, StoredFile, TickTaken, Worker, WorkerBeat, Write, SET_ASIDE,
 };
 use crate::record::{Comment, Event, EventKind, Fields, Record, Status};
 
@@ -534,66 +534,23 @@ fn ingest_one(
             return Ok(None);
         }
     }
-    let now = Utc::now();
     let existing = match &item.record.id {
         Some(id) => load_record(tx, id)?,
         None => None,
     };
-    if let Some(r) = &existing {
-        if r.entity != item.entity {
-            return Err(StoreError::WrongEntity {
-                id: r.id.clone(),
-                actual: r.entity.clone(),
-                expected: item.entity.clone(),
-            });
+    let (kind, key) = (&item.kind, item.idempotency_key.as_deref());
+    let event = match super::plan_ingest(item, existing, Utc::now())? {
+        Change::Create { record, fresh } => {
+            save_record(tx, &record)?;
+            insert_event(tx, kind, &record, None, depth, key, claim, fresh)?
         }
-    }
-    let event = match (&item.kind, existing) {
-        (EventKind::Created, Some(r)) => return Err(StoreError::Exists(r.id)),
-        (EventKind::Created, None) | (EventKind::Custom(_), None) => {
-            if matches!(item.kind, EventKind::Custom(_)) {
-                if let Some(id) = &item.record.id {
-                    return Err(StoreError::NoRecord(id.clone()));
-                }
-            }
-            let mut r = Record::new(&item.entity, item.record.fields.clone());
-            if let Some(id) = &item.record.id {
-                r.id = id.clone();
-            }
-            if let Some(s) = item.record.status {
-                r.status = s;
-            }
-            save_record(tx, &r)?;
-            insert_event(
-                tx,
-                &item.kind,
-                &r,
-                None,
-                depth,
-                item.idempotency_key.as_deref(),
-                claim,
-                item.record.id.is_none(),
-            )?
-        }
-        (EventKind::Updated, None) | (EventKind::Deleted, None) => {
-            let id = item.record.id.clone().unwrap_or_else(|| "(none given)".into());
-            return Err(StoreError::NoRecord(id));
-        }
-        (EventKind::Deleted, Some(r)) => {
+        Change::Delete(r) => {
             tx.execute("DELETE FROM records WHERE id = ?1", params![r.id])?;
-            insert_event(tx, &item.kind, &r, None, depth, item.idempotency_key.as_deref(), claim, false)?
+            insert_event(tx, kind, &r, None, depth, key, claim, false)?
         }
-        (kind, Some(previous)) => {
-            let mut r = previous.clone();
-            for (k, v) in &item.record.fields {
-                r.fields.insert(k.clone(), v.clone());
-            }
-            if let Some(s) = item.record.status {
-                r.status = s;
-            }
-            r.updated_at = now;
-            save_record(tx, &r)?;
-            insert_event(tx, kind, &r, Some(&previous), depth, item.idempotency_key.as_deref(), claim, false)?
+        Change::Update { record, previous } => {
+            save_record(tx, &record)?;
+            insert_event(tx, kind, &record, Some(&previous), depth, key, claim, false)?
         }
     };
     Ok(Some(event))
@@ -750,11 +707,7 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised:
         }
         Write::Update { id, fields } => {
             let previous = load_record(tx, id)?.ok_or_else(|| StoreError::NoRecord(id.clone()))?;
-            let mut r = previous.clone();
-            for (k, v) in fields {
-                r.fields.insert(k.clone(), v.clone());
-            }
-            r.updated_at = now;
+            let r = super::changed(&previous, fields, None, now);
             save_record(tx, &r)?;
             raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim, false)?);
         }
@@ -765,9 +718,7 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised:
                 add_comment(tx, id, text, None, now)?;
             }
             if previous.status != Status::Closed {
-                let mut r = previous.clone();
-                r.status = Status::Closed;
-                r.updated_at = now;
+                let r = super::changed(&previous, &Fields::new(), Some(Status::Closed), now);
                 save_record(tx, &r)?;
                 raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim, false)?);
             }
