@@ -34,7 +34,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use crate::record::{Event, EventKind, Submitted};
 use crate::runtime::Runtime;
@@ -793,8 +793,11 @@ fn run_record(runtime: &Runtime, shared: &Shared, record: &str) {
                         return;
                     }
                     Ok((runs, None)) => {
-                        let outcome = reported(shared, Some(&event), Ok(runs));
-                        complete(runtime, shared, record, Unit::Event(event), outcome);
+                        // The claim was lost between two rules: the process that took the
+                        // event goes on with it, and the record's later events wait (as after
+                        // a failure) until it is done, so that they never overtake it.
+                        reported(shared, Some(&event), Ok(runs));
+                        complete(runtime, shared, record, Unit::Event(event), None);
                         continue;
                     }
                     Err(e) => {
@@ -1002,7 +1005,8 @@ fn cool_down(st: &mut State, record: &str) {
 }
 
 /// Reports a unit's runs (metrics, `on_done`): whether one of them ended retrying, or `None`
-/// when it failed on the store (it is offered again).
+/// when it failed on the store (it is offered again) or another process took its event (it
+/// runs it): either way the record's later events wait.
 fn reported(shared: &Shared, event: Option<&Event>, result: Result<Vec<Run>, StoreError>) -> Option<bool> {
     match result {
         Ok(runs) => {
@@ -1015,6 +1019,11 @@ fn reported(shared: &Shared, event: Option<&Event>, result: Result<Vec<Run>, Sto
             }
             note_failure(shared, None);
             Some(runs.iter().any(|r| r.status == crate::store::RunStatus::Retrying))
+        }
+        // Not a failure: another process holds the event now and runs it.
+        Err(err @ StoreError::ClaimLost(_)) => {
+            warn!(%err, "An event was taken by another process while it ran here; that process goes on with it.");
+            None
         }
         Err(err) => {
             let what = event.map_or_else(|| "a retry".to_string(), |e| format!("event {}", e.id));

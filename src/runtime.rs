@@ -583,14 +583,9 @@ impl Runtime {
             let audit = RunAudit { token: &o.audit_token, entries: &o.audit };
             let done = match result {
                 Ok((id, raised)) => Ok((Run { id, ..o.run.clone() }, raised)),
-                // Taken by another process, which runs the event: nothing of this run is kept.
-                Err(StoreError::ClaimLost(event)) => {
-                    tracing::warn!(event, rule = %o.run.rule, "A run's event was taken by another process while it ran (its claim ran out); the run is not kept.");
-                    unrecorded(&o.audit, &StoreError::ClaimLost(event));
-                    results[i] = Some(Ok((None, Vec::new())));
-                    continue;
-                }
-                Err(e) if e.is_transient() => {
+                // Busy: the event is offered again; taken by another process while it ran (its
+                // claim ran out): the other runs it, and nothing of this run is kept.
+                Err(e) if e.is_transient() || matches!(e, StoreError::ClaimLost(_)) => {
                     unrecorded(&o.audit, &e);
                     Err(e)
                 }
