@@ -21,13 +21,15 @@
 //! operations fail with a transient error: the dispatcher and the webhook listener wait and
 //! retry, and nothing accepted is lost (an event is accepted once its transaction commits).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, GenericClient, Row, Transaction};
+use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
 
 use super::{
     AuditEntry, AuditQuery, Change, Commit, Event, Failing, Feed, FileKind, Ingest, MinuteCount, Pending, Result, Run,
@@ -215,46 +217,108 @@ struct Pool {
 
 #[derive(Default)]
 struct PoolState {
-    idle: Vec<Client>,
+    idle: Vec<Conn>,
     open: usize,
     max: usize,
 }
 
+/// A connection of the pool, with the store's fixed statements prepared on it as they are
+/// first used: each later use is one round trip to the server instead of two (prepare, then
+/// run).
+struct Conn {
+    client: Client,
+    prepared: Prepared,
+}
+
+type Prepared = RefCell<HashMap<&'static str, Statement>>;
+
 /// A connection taken from the pool; back in it when dropped (unless it broke).
 struct Pooled<'a> {
     pool: &'a Pool,
-    client: Option<Client>,
+    conn: Option<Conn>,
 }
 
 impl std::ops::Deref for Pooled<'_> {
-    type Target = Client;
-    fn deref(&self) -> &Client {
-        self.client.as_ref().expect("a pooled connection is held until dropped")
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        self.conn.as_ref().expect("a pooled connection is held until dropped")
     }
 }
 
 impl std::ops::DerefMut for Pooled<'_> {
-    fn deref_mut(&mut self) -> &mut Client {
-        self.client.as_mut().expect("a pooled connection is held until dropped")
+    fn deref_mut(&mut self) -> &mut Conn {
+        self.conn.as_mut().expect("a pooled connection is held until dropped")
     }
 }
 
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            self.pool.put_back(client);
+        if let Some(conn) = self.conn.take() {
+            self.pool.put_back(conn);
         }
+    }
+}
+
+/// Statements on a connection (`C`: its client, or a transaction of it). The store's fixed
+/// statements (`&'static str`) go through the connection's prepared ones; a statement
+/// built for one call (`*_dyn`) is prepared for that call only.
+struct Db<'a, C> {
+    c: &'a C,
+    prepared: &'a Prepared,
+}
+
+/// Statements in a transaction.
+type Tx<'a> = Db<'a, Transaction<'a>>;
+
+type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+impl<C: GenericClient + Sync> Db<'_, C> {
+    async fn statement(&self, sql: &'static str) -> Result<Statement> {
+        if let Some(s) = self.prepared.borrow().get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.c.prepare(sql).await?;
+        self.prepared.borrow_mut().insert(sql, s.clone());
+        Ok(s)
+    }
+
+    async fn query(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
+        let s = self.statement(sql).await?;
+        Ok(self.c.query(&s, params).await?)
+    }
+
+    async fn query_one(&self, sql: &'static str, params: Params<'_>) -> Result<Row> {
+        let s = self.statement(sql).await?;
+        Ok(self.c.query_one(&s, params).await?)
+    }
+
+    async fn query_opt(&self, sql: &'static str, params: Params<'_>) -> Result<Option<Row>> {
+        let s = self.statement(sql).await?;
+        Ok(self.c.query_opt(&s, params).await?)
+    }
+
+    async fn execute(&self, sql: &'static str, params: Params<'_>) -> Result<u64> {
+        let s = self.statement(sql).await?;
+        Ok(self.c.execute(&s, params).await?)
+    }
+
+    async fn query_dyn(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+        Ok(self.c.query(sql, params).await?)
+    }
+
+    async fn batch_execute(&self, sql: &str) -> Result<()> {
+        Ok(self.c.batch_execute(sql).await?)
     }
 }
 
 impl Pool {
     /// Takes a connection back (or forgets it, when it broke).
-    fn put_back(&self, client: Client) {
+    fn put_back(&self, conn: Conn) {
         let mut st = lock(&self.state);
-        if client.is_closed() {
+        if conn.client.is_closed() {
             st.open -= 1;
         } else {
-            st.idle.push(client);
+            st.idle.push(conn);
         }
         drop(st);
         self.freed.notify_one();
@@ -294,22 +358,22 @@ async fn connect(
 /// An advisory lock held on a connection of its own (see [`Store::lock`]).
 struct HeldLock {
     pool: Arc<Pool>,
-    client: Option<Client>,
+    conn: Option<Conn>,
     key: String,
 }
 
 impl Drop for HeldLock {
     fn drop(&mut self) {
-        let Some(client) = self.client.take() else { return };
+        let Some(conn) = self.conn.take() else { return };
         let unlocked = futures::executor::block_on(
-            client.execute("SELECT pg_advisory_unlock(hashtextextended($1, 11))", &[&self.key]),
+            conn.client.execute("SELECT pg_advisory_unlock(hashtextextended($1, 11))", &[&self.key]),
         );
         match unlocked {
-            Ok(_) => self.pool.put_back(client),
+            Ok(_) => self.pool.put_back(conn),
             // Unknown state: the connection goes, and with it the lock.
             Err(e) => {
                 tracing::debug!(error = %e, "A store lock could not be released; its connection is closed instead.");
-                drop(client);
+                drop(conn);
                 lock(&self.pool.state).open -= 1;
                 self.pool.freed.notify_one();
             }
@@ -431,10 +495,10 @@ impl PgStore {
     }
 
     /// A new connection, its socket driven by the store's runtime.
-    fn open(&self) -> Result<Client> {
+    fn open(&self) -> Result<Conn> {
         let connect = self.handle().spawn(connect(self.config.clone(), self.tls.clone(), None));
         match futures::executor::block_on(connect) {
-            Ok(connected) => Ok(connected?.0),
+            Ok(connected) => Ok(Conn { client: connected?.0, prepared: Prepared::default() }),
             Err(e) => Err(StoreError::Postgres { message: format!("connecting: {e}"), transient: true }),
         }
     }
@@ -445,17 +509,17 @@ impl PgStore {
         let mut st = lock(&self.pool.state);
         loop {
             while let Some(c) = st.idle.pop() {
-                if c.is_closed() {
+                if c.client.is_closed() {
                     st.open -= 1;
                     continue;
                 }
-                return Ok(Pooled { pool: &self.pool, client: Some(c) });
+                return Ok(Pooled { pool: &self.pool, conn: Some(c) });
             }
             if st.open < st.max {
                 st.open += 1;
                 drop(st);
                 return match self.open() {
-                    Ok(c) => Ok(Pooled { pool: &self.pool, client: Some(c) }),
+                    Ok(c) => Ok(Pooled { pool: &self.pool, conn: Some(c) }),
                     Err(e) => {
                         lock(&self.pool.state).open -= 1;
                         self.pool.freed.notify_one();
@@ -474,37 +538,52 @@ impl PgStore {
         }
     }
 
-    /// Runs `f` on a pooled connection, blocking this thread until it is done. A
-    /// serialization failure or deadlock (the transaction was rolled back whole) is run again,
-    /// a few times.
-    fn run<T>(&self, f: impl AsyncFn(&mut Client) -> Result<T>) -> Result<T> {
-        let mut attempt = 0;
+    /// Runs `f` on a pooled connection, blocking this thread until it is done (see
+    /// [`PgStore::retrying`]).
+    fn run<T>(&self, f: impl AsyncFn(&Db<'_, Client>) -> Result<T>) -> Result<T> {
+        self.retrying(|conn| futures::executor::block_on(f(&Db { c: &conn.client, prepared: &conn.prepared })))
+    }
+
+    /// Runs `f` in a transaction, committed when it returns `Ok`.
+    fn tx<T>(&self, f: impl AsyncFn(&Tx<'_>) -> Result<T>) -> Result<T> {
+        self.in_tx(true, f)
+    }
+
+    /// Runs `f` in a transaction, committed when it returns `Ok` and `commit` says so, else
+    /// rolled back.
+    fn in_tx<T>(&self, commit: bool, f: impl AsyncFn(&Tx<'_>) -> Result<T>) -> Result<T> {
+        self.retrying(|conn| {
+            let Conn { client, prepared } = conn;
+            futures::executor::block_on(async {
+                let tx = client.transaction().await?;
+                let out = f(&Db { c: &tx, prepared }).await?;
+                if commit {
+                    tx.commit().await?;
+                } else {
+                    tx.rollback().await?;
+                }
+                Ok(out)
+            })
+        })
+    }
+
+    /// Runs `attempt` on a pooled connection; a serialization failure or deadlock (the
+    /// transaction was rolled back whole) is run again, a few times.
+    fn retrying<T>(&self, mut attempt: impl FnMut(&mut Conn) -> Result<T>) -> Result<T> {
+        let mut tries = 0;
         loop {
-            let mut c = self.client()?;
-            let out = futures::executor::block_on(f(&mut c));
-            match out {
-                Err(StoreError::Postgres { ref message, transient: true }) if attempt < 3 && retryable(message) => {
-                    attempt += 1;
-                    continue;
+            let mut conn = self.client()?;
+            match attempt(&mut conn) {
+                Err(StoreError::Postgres { ref message, transient: true }) if tries < 3 && retryable(message) => {
+                    tries += 1;
                 }
                 out => return out,
             }
         }
     }
 
-    /// Runs `f` in a transaction, committed when it returns `Ok`.
-    fn tx<T>(&self, f: impl AsyncFn(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        self.run(async |c| {
-            let tx = c.transaction().await?;
-            let out = f(&tx).await?;
-            tx.commit().await?;
-            Ok(out)
-        })
-    }
-
     fn migrate(&self) -> Result<()> {
-        self.run(async |c| {
-            let tx = c.transaction().await?;
+        self.tx(async |tx| {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
             tx.batch_execute("CREATE TABLE IF NOT EXISTS tripline_schema (version BIGINT NOT NULL)").await?;
             let version: i64 = match tx.query_opt("SELECT version FROM tripline_schema", &[]).await? {
@@ -522,7 +601,6 @@ impl PgStore {
                 tx.batch_execute(m).await?;
             }
             tx.execute("UPDATE tripline_schema SET version = $1", &[&(MIGRATIONS.len() as i64)]).await?;
-            tx.commit().await?;
             Ok(())
         })
     }
@@ -556,7 +634,7 @@ fn describe_target(config: &tokio_postgres::Config) -> String {
     format!("postgres://{host}:{port}/{}", config.get_dbname().unwrap_or("(the user's database)"))
 }
 
-async fn load_record(c: &impl GenericClient, id: &str) -> Result<Option<Record>> {
+async fn load_record(c: &Db<'_, impl GenericClient + Sync>, id: &str) -> Result<Option<Record>> {
     let Some(row) =
         c.query_opt("SELECT entity, status, fields, created_at, updated_at FROM records WHERE id = $1", &[&id]).await?
     else {
@@ -580,7 +658,7 @@ async fn load_record(c: &impl GenericClient, id: &str) -> Result<Option<Record>>
     }))
 }
 
-async fn save_record(tx: &Transaction<'_>, r: &Record) -> Result<()> {
+async fn save_record(tx: &Tx<'_>, r: &Record) -> Result<()> {
     crate::record::check_depth(&r.fields).map_err(|e| StoreError::Invalid(format!("record {}: {e}", r.id)))?;
     no_nul("a record id", &r.id)?;
     no_nul("an entity", &r.entity)?;
@@ -603,7 +681,7 @@ type Claim<'a> = Option<(&'a str, DateTime<Utc>)>;
 
 #[allow(clippy::too_many_arguments)]
 async fn insert_event(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     kind: &EventKind,
     record: &Record,
     previous: Option<&Record>,
@@ -653,7 +731,7 @@ async fn insert_event(
     })
 }
 
-async fn add_comment(tx: &Transaction<'_>, id: &str, text: &str, key: Option<&str>, at: DateTime<Utc>) -> Result<()> {
+async fn add_comment(tx: &Tx<'_>, id: &str, text: &str, key: Option<&str>, at: DateTime<Utc>) -> Result<()> {
     no_nul("a comment", text)?;
     if !tx.query_one("SELECT EXISTS (SELECT 1 FROM records WHERE id = $1)", &[&id]).await?.get::<_, bool>(0) {
         return Err(StoreError::NoRecord(id.to_string()));
@@ -667,7 +745,7 @@ async fn add_comment(tx: &Transaction<'_>, id: &str, text: &str, key: Option<&st
     Ok(())
 }
 
-async fn ingest_one(tx: &Transaction<'_>, item: &Ingest, claim: Claim<'_>) -> Result<Option<Event>> {
+async fn ingest_one(tx: &Tx<'_>, item: &Ingest, claim: Claim<'_>) -> Result<Option<Event>> {
     if let Some(key) = &item.idempotency_key {
         no_nul("an idempotency key", key)?;
         // Two workers taking the same delivery at once: the second waits here for the first
@@ -702,12 +780,17 @@ async fn ingest_one(tx: &Transaction<'_>, item: &Ingest, claim: Claim<'_>) -> Re
     Ok(Some(event))
 }
 
-async fn notify(tx: &Transaction<'_>) -> Result<()> {
+async fn notify(tx: &Tx<'_>) -> Result<()> {
     tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
     Ok(())
 }
 
-const EVENT_COLUMNS: &str = "id, kind, record, previous, depth, created_at";
+/// An event's columns as [`build_event`] reads them (a macro, for `concat!`).
+macro_rules! event_columns {
+    () => {
+        "id, kind, record, previous, depth, created_at"
+    };
+}
 
 fn build_event(row: &Row) -> Result<Event> {
     Ok(Event {
@@ -722,8 +805,14 @@ fn build_event(row: &Row) -> Result<Event> {
     })
 }
 
-const RUN_COLUMNS: &str = "id, rule, record_id, event_id, event, status, error, duration_ms, log, attempts, \
-     started_at, finished_at, next_attempt_at, writes";
+/// A run's columns as [`build_run`] reads them (a macro, for `concat!`).
+macro_rules! run_columns {
+    () => {
+        "id, rule, record_id, event_id, event, status, error, duration_ms, log, attempts, \
+         started_at, finished_at, next_attempt_at, writes"
+    };
+}
+const RUN_COLUMNS: &str = run_columns!();
 
 fn build_run(row: &Row) -> Result<Run> {
     let status: &str = row.get(5);
@@ -822,13 +911,13 @@ fn ordered(mut sql: String, args: &mut Args, in_rust: &Fields, limit: usize) -> 
 /// Runs a query of [`ordered`] and loads at most `limit` of the records that also match
 /// `in_rust`.
 async fn load_matching(
-    c: &impl GenericClient,
+    c: &Db<'_, impl GenericClient + Sync>,
     sql: &str,
     args: &Args,
     in_rust: &Fields,
     limit: usize,
 ) -> Result<Vec<Record>> {
-    let ids: Vec<String> = c.query(sql, &args.refs()).await?.iter().map(|r| r.get(0)).collect();
+    let ids: Vec<String> = c.query_dyn(sql, &args.refs()).await?.iter().map(|r| r.get(0)).collect();
     let mut found = Vec::new();
     for id in &ids {
         if found.len() >= limit {
@@ -842,13 +931,7 @@ async fn load_matching(
     Ok(found)
 }
 
-async fn apply_write(
-    tx: &Transaction<'_>,
-    w: &Write,
-    depth: u32,
-    claim: Claim<'_>,
-    raised: &mut Vec<Event>,
-) -> Result<()> {
+async fn apply_write(tx: &Tx<'_>, w: &Write, depth: u32, claim: Claim<'_>, raised: &mut Vec<Event>) -> Result<()> {
     let now = Utc::now();
     match w {
         Write::Create(r) => {
@@ -890,7 +973,7 @@ async fn apply_write(
     Ok(())
 }
 
-async fn charge_fanout(tx: &Transaction<'_>, cause: i64, raised: &[Event], max: u64) -> Result<()> {
+async fn charge_fanout(tx: &Tx<'_>, cause: i64, raised: &[Event], max: u64) -> Result<()> {
     let Some(root) = tx.query_opt("SELECT COALESCE(root_id, id) FROM events WHERE id = $1", &[&cause]).await? else {
         return Ok(());
     };
@@ -910,7 +993,7 @@ async fn charge_fanout(tx: &Transaction<'_>, cause: i64, raised: &[Event], max: 
     Ok(())
 }
 
-async fn write_run(tx: &Transaction<'_>, p: &Commit<'_>, max_fanout: u64) -> Result<(i64, Vec<Event>)> {
+async fn write_run(tx: &Tx<'_>, p: &Commit<'_>, max_fanout: u64) -> Result<(i64, Vec<Event>)> {
     let (run, depth) = (p.run, p.depth);
     if let (Some(owner), Some(event)) = (p.fence, run.event_id) {
         // Locked until the commit: no other worker can take the event in between.
@@ -980,7 +1063,7 @@ async fn write_run(tx: &Transaction<'_>, p: &Commit<'_>, max_fanout: u64) -> Res
     Ok((id, raised))
 }
 
-async fn insert_audit(tx: &Transaction<'_>, e: &AuditEntry, run_id: Option<i64>) -> Result<()> {
+async fn insert_audit(tx: &Tx<'_>, e: &AuditEntry, run_id: Option<i64>) -> Result<()> {
     tx.execute(
         "INSERT INTO directory_audit (at, directory, dn, dn_key, operation, attributes, detail, planned, run_id, run_token, rule, record_id, event_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
@@ -1026,8 +1109,7 @@ fn build_audit(r: &Row) -> Result<AuditEntry> {
     })
 }
 
-async fn set_aside(c: &mut Client, events: &[(i64, String, String)]) -> Result<()> {
-    let tx = c.transaction().await?;
+async fn set_aside(tx: &Tx<'_>, events: &[(i64, String, String)]) -> Result<()> {
     let now = Utc::now();
     for (id, record_id, reason) in events {
         tracing::error!(event = id, %reason, "An event is set aside.");
@@ -1041,7 +1123,6 @@ async fn set_aside(c: &mut Client, events: &[(i64, String, String)]) -> Result<(
         )
         .await?;
     }
-    tx.commit().await?;
     Ok(())
 }
 
@@ -1060,10 +1141,8 @@ impl Store for PgStore {
     }
 
     fn validate(&self, item: &Ingest) -> Result<()> {
-        self.run(async |c| {
-            let tx = c.transaction().await?;
-            ingest_one(&tx, item, None).await?;
-            tx.rollback().await?;
+        self.in_tx(false, async |tx| {
+            ingest_one(tx, item, None).await?;
             Ok(())
         })
     }
@@ -1114,8 +1193,11 @@ impl Store for PgStore {
                     Err(e) => aside.push((id, record_id, format!("event {id} cannot be read, so it is set aside: {e}"))),
                 }
             }
+            Ok((events, aside))
+        })
+        .and_then(|(events, aside)| {
             if !aside.is_empty() {
-                set_aside(c, &aside).await?;
+                self.tx(async |tx| set_aside(tx, &aside).await)?;
             }
             Ok(events)
         })
@@ -1212,11 +1294,11 @@ impl Store for PgStore {
 
     fn release_claims(&self, owner: &str) -> Result<u64> {
         self.run(async |c| {
-            Ok(c.execute(
+            c.execute(
                 "UPDATE events SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1 AND NOT done",
                 &[&owner],
             )
-            .await?)
+            .await
         })
     }
 
@@ -1247,15 +1329,15 @@ impl Store for PgStore {
             return Ok(None);
         }
         self.run(async |c| {
-            let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE idempotency_key = $1");
-            c.query_opt(&sql, &[&key]).await?.as_ref().map(build_event).transpose()
+            const SQL: &str = concat!("SELECT ", event_columns!(), " FROM events WHERE idempotency_key = $1");
+            c.query_opt(SQL, &[&key]).await?.as_ref().map(build_event).transpose()
         })
     }
 
     fn get_event(&self, id: i64) -> Result<Option<Event>> {
         self.run(async |c| {
-            let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1");
-            c.query_opt(&sql, &[&id]).await?.as_ref().map(build_event).transpose()
+            const SQL: &str = concat!("SELECT ", event_columns!(), " FROM events WHERE id = $1");
+            c.query_opt(SQL, &[&id]).await?.as_ref().map(build_event).transpose()
         })
     }
 
@@ -1263,7 +1345,7 @@ impl Store for PgStore {
         if id.contains('\0') {
             return Ok(None);
         }
-        self.run(async |c| load_record(&*c, id).await)
+        self.run(async |c| load_record(c, id).await)
     }
 
     fn entities(&self) -> Result<Vec<String>> {
@@ -1284,7 +1366,7 @@ impl Store for PgStore {
         let mut sql = format!("SELECT id FROM records WHERE entity = {}", args.push(entity.to_string()));
         let in_rust = criteria_sql(criteria, &mut sql, &mut args);
         let sql = ordered(sql, &mut args, &in_rust, limit);
-        self.run(async |c| load_matching(&*c, &sql, &args, &in_rust, limit).await)
+        self.run(async |c| load_matching(c, &sql, &args, &in_rust, limit).await)
     }
 
     fn find_busy_before(&self, entity: &str, criteria: &Fields, before: &str, limit: usize) -> Result<Vec<Record>> {
@@ -1302,14 +1384,14 @@ impl Store for PgStore {
         );
         let in_rust = criteria_sql(criteria, &mut sql, &mut args);
         let sql = ordered(sql, &mut args, &in_rust, limit);
-        let found = self.run(async |c| load_matching(&*c, &sql, &args, &in_rust, limit).await)?;
+        let found = self.run(async |c| load_matching(c, &sql, &args, &in_rust, limit).await)?;
         Ok(found.into_iter().filter(|r| r.id != before).collect())
     }
 
     fn runs_of_event(&self, event_id: i64) -> Result<Vec<Run>> {
         self.run(async |c| {
             runs_of(
-                c.query(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE event_id = $1 ORDER BY id"), &[&event_id])
+                c.query(concat!("SELECT ", run_columns!(), " FROM runs WHERE event_id = $1 ORDER BY id"), &[&event_id])
                     .await?,
             )
         })
@@ -1355,14 +1437,14 @@ impl Store for PgStore {
         }
         let limit = if filter.limit == 0 { i64::MAX } else { filter.limit.min(i64::MAX as usize) as i64 };
         sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
-        let mut runs = self.run(async |c| runs_of(c.query(&sql, &args.refs()).await?))?;
+        let mut runs = self.run(async |c| runs_of(c.query_dyn(&sql, &args.refs()).await?))?;
         runs.reverse();
         Ok(runs)
     }
 
     fn get_run(&self, id: i64) -> Result<Option<Run>> {
         self.run(async |c| {
-            c.query_opt(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"), &[&id])
+            c.query_opt(concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1"), &[&id])
                 .await?
                 .as_ref()
                 .map(build_run)
@@ -1506,7 +1588,7 @@ impl Store for PgStore {
             sql.push_str(&format!(" AND id < {}", args.push(before)));
         }
         sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", args.push(q.limit.min(i64::MAX as usize) as i64)));
-        self.run(async |c| runs_of(c.query(&sql, &args.refs()).await?))
+        self.run(async |c| runs_of(c.query_dyn(&sql, &args.refs()).await?))
     }
 
     fn runs_per_minute(&self, since: DateTime<Utc>, max_runs: usize) -> Result<Vec<MinuteCount>> {
@@ -1556,7 +1638,7 @@ impl Store for PgStore {
             };
             let mut found = Vec::with_capacity(rows.len());
             for row in &rows {
-                if let Some(r) = load_record(&*c, row.get(0)).await? {
+                if let Some(r) = load_record(c, row.get(0)).await? {
                     found.push(r);
                 }
             }
@@ -1590,8 +1672,9 @@ impl Store for PgStore {
         }
         let limit = if q.limit == 0 { i64::MAX } else { q.limit.min(i64::MAX as usize) as i64 };
         sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
-        let mut out =
-            self.run(async |c| c.query(&sql, &args.refs()).await?.iter().map(build_audit).collect::<Result<Vec<_>>>())?;
+        let mut out = self.run(async |c| {
+            c.query_dyn(&sql, &args.refs()).await?.iter().map(build_audit).collect::<Result<Vec<_>>>()
+        })?;
         out.reverse();
         Ok(out)
     }
@@ -1707,11 +1790,13 @@ impl Store for PgStore {
 
     fn lock(&self, name: &str) -> Result<super::StoreLock> {
         let mut pooled = self.client()?;
-        futures::executor::block_on(pooled.execute("SELECT pg_advisory_lock(hashtextextended($1, 11))", &[&name]))?;
+        futures::executor::block_on(
+            pooled.client.execute("SELECT pg_advisory_lock(hashtextextended($1, 11))", &[&name]),
+        )?;
         // The lock is the connection's: held until unlocked, or until the connection closes
         // (a worker that dies lets it go with its connection).
-        let client = pooled.client.take();
-        Ok(super::StoreLock::new(HeldLock { pool: self.pool.clone(), client, key: name.to_string() }))
+        let conn = pooled.conn.take();
+        Ok(super::StoreLock::new(HeldLock { pool: self.pool.clone(), conn, key: name.to_string() }))
     }
 
     fn subscribe(&self, wake: Arc<dyn Fn() + Send + Sync>) -> Result<()> {
