@@ -788,13 +788,15 @@ impl SqliteStore {
 
     /// Commits a group of runs in one transaction. When any of them fails (a write the
     /// store refuses), nothing of the group is kept and each run is committed alone, so that
-    /// each gets its own result.
+    /// each gets its own result. The transactions take the write lock at once: a commit reads
+    /// before it writes (its claim), and a read transaction that another process wrote past
+    /// could not become a write one without failing busy.
     fn commit_group(&self, group: &[(u64, super::Commit<'_>)]) -> HashMap<u64, Committed> {
         let max_fanout = self.max_fanout.load(std::sync::atomic::Ordering::Relaxed);
         let mut conn = self.conn();
         if group.len() > 1 {
             let together = (|| -> Result<Vec<(u64, Committed)>> {
-                let tx = conn.transaction()?;
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let mut out = Vec::with_capacity(group.len());
                 for (ticket, c) in group {
                     out.push((*ticket, Ok(write_run(&tx, c, max_fanout)?)));
@@ -810,7 +812,7 @@ impl SqliteStore {
             .iter()
             .map(|(ticket, c)| {
                 let one = (|| {
-                    let tx = conn.transaction()?;
+                    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                     let done = write_run(&tx, c, max_fanout)?;
                     tx.commit()?;
                     Ok(done)
@@ -977,7 +979,9 @@ fn set_aside(conn: &mut Connection, events: &[(i64, String, String)]) -> Result<
 impl Store for SqliteStore {
     fn ingest(&self, items: &[Ingest], claim: Option<(&str, DateTime<Utc>)>) -> Result<Vec<Option<Event>>> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        // An ingest reads (the record, the key) before it writes: it takes the write lock at
+        // once, like a commit.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let events = items.iter().map(|i| ingest_one(&tx, i, 0, claim)).collect::<Result<Vec<_>>>()?;
         tx.commit()?;
         Ok(events)
