@@ -428,15 +428,22 @@ fn load_record(tx: &Connection, id: &str) -> Result<Option<Record>> {
     }))
 }
 
-fn save_record(tx: &Connection, r: &Record) -> Result<()> {
+fn save_record(tx: &Connection, r: &Record, new: bool) -> Result<()> {
     // The last guard of the one depth limit: whatever way a record came in, the store never
     // keeps one it could not read back.
     crate::record::check_depth(&r.fields).map_err(|e| StoreError::Invalid(format!("record {}: {e}", r.id)))?;
-    tx.prepare_cached(
-        "INSERT INTO records (id, entity, status, fields, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT(id) DO UPDATE SET status = excluded.status, fields = excluded.fields, updated_at = excluded.updated_at",
-    )?
-    .execute(params![r.id, r.entity, r.status.as_str(), to_json(&r.fields), ts(r.created_at), ts(r.updated_at)])?;
+    // A plain INSERT or UPDATE, not an upsert: SQLite writes an upsert with a statement
+    // journal, which costs as much as the row.
+    let fields = to_json(&r.fields);
+    if new {
+        tx.prepare_cached(
+            "INSERT INTO records (id, entity, status, fields, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![r.id, r.entity, r.status.as_str(), fields, ts(r.created_at), ts(r.updated_at)])?;
+    } else {
+        tx.prepare_cached("UPDATE records SET status = ?2, fields = ?3, updated_at = ?4 WHERE id = ?1")?
+            .execute(params![r.id, r.status.as_str(), fields, ts(r.updated_at)])?;
+    }
     Ok(())
 }
 
@@ -541,7 +548,7 @@ fn ingest_one(
     let (kind, key) = (&item.kind, item.idempotency_key.as_deref());
     let event = match super::plan_ingest(item, existing, Utc::now())? {
         Change::Create { record, fresh } => {
-            save_record(tx, &record)?;
+            save_record(tx, &record, true)?;
             insert_event(tx, kind, &record, None, depth, key, claim, fresh)?
         }
         Change::Delete(r) => {
@@ -549,7 +556,7 @@ fn ingest_one(
             insert_event(tx, kind, &r, None, depth, key, claim, false)?
         }
         Change::Update { record, previous } => {
-            save_record(tx, &record)?;
+            save_record(tx, &record, false)?;
             insert_event(tx, kind, &record, Some(&previous), depth, key, claim, false)?
         }
     };
@@ -702,13 +709,13 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised:
             if load_record(tx, &r.id)?.is_some() {
                 return Err(StoreError::Exists(r.id.clone()));
             }
-            save_record(tx, r)?;
+            save_record(tx, r, true)?;
             raised.push(insert_event(tx, &EventKind::Created, r, None, depth, None, claim, false)?);
         }
         Write::Update { id, fields } => {
             let previous = load_record(tx, id)?.ok_or_else(|| StoreError::NoRecord(id.clone()))?;
             let r = super::changed(&previous, fields, None, now);
-            save_record(tx, &r)?;
+            save_record(tx, &r, false)?;
             raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim, false)?);
         }
         Write::Comment { id, text, key } => add_comment(tx, id, text, key.as_deref(), now)?,
@@ -719,7 +726,7 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised:
             }
             if previous.status != Status::Closed {
                 let r = super::changed(&previous, &Fields::new(), Some(Status::Closed), now);
-                save_record(tx, &r)?;
+                save_record(tx, &r, false)?;
                 raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim, false)?);
             }
         }
@@ -881,17 +888,26 @@ fn write_run(tx: &Connection, p: &super::Commit<'_>, max_fanout: u64) -> Result<
         run.next_attempt_at.map(ts),
         to_json(&run.writes),
     ];
-    let id: i64 = tx
+    // A plain INSERT, not an upsert with RETURNING (SQLite writes those with a statement
+    // journal and an ephemeral table, which cost as much as the row): an event's rule has a
+    // run already only when this is a later attempt, which then replaces it.
+    let inserted = tx
         .prepare_cached(
             "INSERT INTO runs (event_id, rule, record_id, event, status, error, duration_ms, log, attempts, started_at, finished_at, next_attempt_at, writes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-             ON CONFLICT(event_id, rule) WHERE event_id IS NOT NULL DO UPDATE SET
-               status = excluded.status, error = excluded.error, duration_ms = excluded.duration_ms, log = excluded.log,
-               attempts = excluded.attempts, started_at = excluded.started_at, finished_at = excluded.finished_at,
-               next_attempt_at = excluded.next_attempt_at, writes = excluded.writes
-             RETURNING id",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?
-        .query_row(args, |r| r.get(0))?;
+        .execute(args);
+    let id = match inserted {
+        Ok(_) => tx.last_insert_rowid(),
+        Err(e) if e.sqlite_error().is_some_and(|f| f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE) => tx
+            .prepare_cached(
+                "UPDATE runs SET status = ?5, error = ?6, duration_ms = ?7, log = ?8, attempts = ?9, started_at = ?10,
+                   finished_at = ?11, next_attempt_at = ?12, writes = ?13
+                 WHERE event_id = ?1 AND rule = ?2 RETURNING id",
+            )?
+            .query_row(args, |r| r.get(0))?,
+        Err(e) => return Err(e.into()),
+    };
     if let Some(e) = p.finish_event {
         tx.prepare_cached("UPDATE events SET done = 1, claimed_by = NULL, claimed_until = NULL WHERE id = ?1")?
             .execute(params![e])?;
