@@ -428,23 +428,31 @@ fn load_record(tx: &Connection, id: &str) -> Result<Option<Record>> {
     }))
 }
 
-fn save_record(tx: &Connection, r: &Record, new: bool) -> Result<()> {
-    // The last guard of the one depth limit: whatever way a record came in, the store never
-    // keeps one it could not read back.
-    crate::record::check_depth(&r.fields).map_err(|e| StoreError::Invalid(format!("record {}: {e}", r.id)))?;
-    // A plain INSERT or UPDATE, not an upsert: SQLite writes an upsert with a statement
-    // journal, which costs as much as the row.
-    let fields = to_json(&r.fields);
-    if new {
-        tx.prepare_cached(
-            "INSERT INTO records (id, entity, status, fields, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![r.id, r.entity, r.status.as_str(), fields, ts(r.created_at), ts(r.updated_at)])?;
-    } else {
-        tx.prepare_cached("UPDATE records SET status = ?2, fields = ?3, updated_at = ?4 WHERE id = ?1")?
-            .execute(params![r.id, r.status.as_str(), fields, ts(r.updated_at)])?;
-    }
+/// Stores a new record. Records are written with a plain INSERT ([`update_record`] with a
+/// plain UPDATE), not an upsert: SQLite writes an upsert with a statement journal, which
+/// costs as much as the row.
+fn insert_record(tx: &Connection, r: &Record) -> Result<()> {
+    let fields = checked_fields(r)?;
+    tx.prepare_cached(
+        "INSERT INTO records (id, entity, status, fields, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![r.id, r.entity, r.status.as_str(), fields, ts(r.created_at), ts(r.updated_at)])?;
     Ok(())
+}
+
+/// Stores a changed record (one already in the store).
+fn update_record(tx: &Connection, r: &Record) -> Result<()> {
+    let fields = checked_fields(r)?;
+    tx.prepare_cached("UPDATE records SET status = ?2, fields = ?3, updated_at = ?4 WHERE id = ?1")?
+        .execute(params![r.id, r.status.as_str(), fields, ts(r.updated_at)])?;
+    Ok(())
+}
+
+/// The record's fields as stored. The last guard of the one depth limit: whatever way a
+/// record came in, the store never keeps one it could not read back.
+fn checked_fields(r: &Record) -> Result<String> {
+    crate::record::check_depth(&r.fields).map_err(|e| StoreError::Invalid(format!("record {}: {e}", r.id)))?;
+    Ok(to_json(&r.fields))
 }
 
 /// A record as events carry it: without its comments, which only grow.
@@ -548,7 +556,7 @@ fn ingest_one(
     let (kind, key) = (&item.kind, item.idempotency_key.as_deref());
     let event = match super::plan_ingest(item, existing, Utc::now())? {
         Change::Create { record, fresh } => {
-            save_record(tx, &record, true)?;
+            insert_record(tx, &record)?;
             insert_event(tx, kind, &record, None, depth, key, claim, fresh)?
         }
         Change::Delete(r) => {
@@ -556,7 +564,7 @@ fn ingest_one(
             insert_event(tx, kind, &r, None, depth, key, claim, false)?
         }
         Change::Update { record, previous } => {
-            save_record(tx, &record, false)?;
+            update_record(tx, &record)?;
             insert_event(tx, kind, &record, Some(&previous), depth, key, claim, false)?
         }
     };
@@ -709,13 +717,13 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised:
             if load_record(tx, &r.id)?.is_some() {
                 return Err(StoreError::Exists(r.id.clone()));
             }
-            save_record(tx, r, true)?;
+            insert_record(tx, r)?;
             raised.push(insert_event(tx, &EventKind::Created, r, None, depth, None, claim, false)?);
         }
         Write::Update { id, fields } => {
             let previous = load_record(tx, id)?.ok_or_else(|| StoreError::NoRecord(id.clone()))?;
             let r = super::changed(&previous, fields, None, now);
-            save_record(tx, &r, false)?;
+            update_record(tx, &r)?;
             raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim, false)?);
         }
         Write::Comment { id, text, key } => add_comment(tx, id, text, key.as_deref(), now)?,
@@ -726,7 +734,7 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised:
             }
             if previous.status != Status::Closed {
                 let r = super::changed(&previous, &Fields::new(), Some(Status::Closed), now);
-                save_record(tx, &r, false)?;
+                update_record(tx, &r)?;
                 raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim, false)?);
             }
         }
