@@ -78,13 +78,32 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// its lease). `tripline replay` of the set-aside run queues it again.
 pub const MAX_EVENT_TRIES: u32 = 3;
 
-/// Why an event claimed [`MAX_EVENT_TRIES`] times is set aside.
-fn never_ended(id: i64, tries: impl std::fmt::Display) -> String {
-    format!(
-        "event {id} was claimed {tries} times and its processing never ended: running it stopped \
-         tripline (or outlived its claim) each time, so it is set aside; fix the cause, then \
-         `tripline replay` this run to queue it again"
-    )
+/// An event [`Store::pending_events`] sets aside rather than returns.
+struct Aside {
+    id: i64,
+    record_id: String,
+    /// Why: the set-aside run's error.
+    reason: String,
+    /// The claims the event must still count when it is set aside: it was read outside the
+    /// transaction that sets it aside, and a replay in between starts its count afresh.
+    tries: u32,
+}
+
+impl Aside {
+    /// An event whose row cannot be read.
+    fn unreadable(id: i64, record_id: String, error: impl std::fmt::Display) -> Aside {
+        Aside { id, record_id, reason: format!("event {id} cannot be read, so it is set aside: {error}"), tries: 0 }
+    }
+
+    /// An event claimed [`MAX_EVENT_TRIES`] times whose processing never ended.
+    fn never_ended(id: i64, record_id: String, tries: u32) -> Aside {
+        let reason = format!(
+            "event {id} was claimed {tries} times and its processing never ended: running it stopped \
+             tripline (or outlived its claim) each time, so it is set aside; fix the cause, then \
+             `tripline replay` this run to queue it again"
+        );
+        Aside { id, record_id, reason, tries: MAX_EVENT_TRIES }
+    }
 }
 
 /// The refusal of a run whose writes would raise more events than `[engine] max_fanout`.
@@ -566,9 +585,12 @@ pub trait Store: Send + Sync {
     /// Events not yet processed that `feed` may run, oldest first, that can run now: no
     /// earlier event of the same record is still being processed by another owner, and with
     /// `wait_behind_retries`, the record has no run waiting for a retry. An event whose row
-    /// cannot be read, or that was claimed [`MAX_EVENT_TRIES`] times without its
-    /// processing ending, is set aside instead (finished, with a failed [`SET_ASIDE`] run
-    /// saying why), so that it never blocks the queue. Only events with an id above `after`
+    /// cannot be read, or that the caller would claim for a time beyond [`MAX_EVENT_TRIES`]
+    /// (each earlier processing of it never ended), is set aside instead (finished, with a
+    /// failed [`SET_ASIDE`] run saying why), so that it never blocks the queue; an event
+    /// the caller holds the claim of is its own to run, never set aside for its tries. An
+    /// event is set aside only while no other process holds it and it is not done: another
+    /// may have claimed or finished it since the queue was read. Only events with an id above `after`
     /// (a feeder's cursor; 0 for all). Each event's [`Event::claims`] counts the claim the
     /// caller is about to take.
     fn pending_events(

@@ -1109,17 +1109,29 @@ fn build_audit(r: &Row) -> Result<AuditEntry> {
     })
 }
 
-async fn set_aside(tx: &Tx<'_>, events: &[(i64, String, String)]) -> Result<()> {
+/// Finishes events that cannot be processed, each with a failed [`SET_ASIDE`] run giving the
+/// reason: those still undone, free for `owner`, and claimed often enough (see
+/// [`Store::pending_events`]).
+async fn set_aside(tx: &Tx<'_>, events: &[super::Aside], owner: &str) -> Result<()> {
     let now = Utc::now();
-    for (id, record_id, reason) in events {
-        tracing::error!(event = id, %reason, "An event is set aside.");
-        tx.execute("UPDATE events SET done = true, claimed_by = NULL, claimed_until = NULL WHERE id = $1", &[id])
+    for e in events {
+        let taken = tx
+            .execute(
+                "UPDATE events SET done = true, claimed_by = NULL, claimed_until = NULL
+                 WHERE id = $1 AND NOT done AND tries >= $2
+                   AND (claimed_by IS NULL OR claimed_by = $3 OR claimed_until < $4)",
+                &[&e.id, &(e.tries as i64), &owner, &now],
+            )
             .await?;
+        if taken == 0 {
+            continue;
+        }
+        tracing::error!(event = e.id, reason = %e.reason, "An event is set aside.");
         tx.execute(
             "INSERT INTO runs (event_id, rule, record_id, event, status, error, duration_ms, log, attempts, started_at, finished_at)
              VALUES ($1, $2, $3, '', 'failed', $4, 0, '[]', 0, $5, $5)
              ON CONFLICT (event_id, rule) WHERE event_id IS NOT NULL DO UPDATE SET error = excluded.error, status = 'failed'",
-            &[id, &SET_ASIDE, record_id, reason, &now],
+            &[&e.id, &SET_ASIDE, &e.record_id, &e.reason, &now],
         )
         .await?;
     }
@@ -1178,8 +1190,9 @@ impl Store for PgStore {
             for row in &rows {
                 let (id, tries, record_id): (i64, i64, String) = (row.get(0), row.get(6), row.get(7));
                 let own_claim_until: Option<DateTime<Utc>> = row.get(8);
-                if tries >= MAX_EVENT_TRIES as i64 {
-                    aside.push((id, record_id, super::never_ended(id, tries)));
+                // An event this caller holds is its own to run.
+                if tries >= MAX_EVENT_TRIES as i64 && own_claim_until.is_none() {
+                    aside.push(super::Aside::never_ended(id, record_id, tries as u32));
                     continue;
                 }
                 match build_event(row) {
@@ -1190,14 +1203,14 @@ impl Store for PgStore {
                         },
                         own_claim_until,
                     }),
-                    Err(e) => aside.push((id, record_id, format!("event {id} cannot be read, so it is set aside: {e}"))),
+                    Err(e) => aside.push(super::Aside::unreadable(id, record_id, e)),
                 }
             }
             Ok((events, aside))
         })
         .and_then(|(events, aside)| {
             if !aside.is_empty() {
-                self.tx(async |tx| set_aside(tx, &aside).await)?;
+                self.tx(async |tx| set_aside(tx, &aside, owner).await)?;
             }
             Ok(events)
         })

@@ -981,20 +981,29 @@ fn row_to_audit(r: &rusqlite::Row) -> rusqlite::Result<Result<AuditEntry>> {
 }
 
 /// Finishes events that cannot be processed, each with a failed [`SET_ASIDE`] run giving the
-/// reason (see [`Store::pending_events`]).
-fn set_aside(conn: &mut Connection, events: &[(i64, String, String)]) -> Result<()> {
-    let tx = conn.transaction()?;
-    let now = Utc::now();
-    for (id, record_id, reason) in events {
-        tracing::error!(event = id, %reason, "An event is set aside.");
-        tx.prepare_cached("UPDATE events SET done = 1, claimed_by = NULL, claimed_until = NULL WHERE id = ?1")?
-            .execute(params![id])?;
+/// reason: those still undone, free for `owner`, and claimed often enough (see
+/// [`Store::pending_events`]).
+fn set_aside(conn: &mut Connection, events: &[super::Aside], owner: &str) -> Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let now = ts(Utc::now());
+    for e in events {
+        let taken = tx
+            .prepare_cached(
+                "UPDATE events SET done = 1, claimed_by = NULL, claimed_until = NULL
+                 WHERE id = ?1 AND done = 0 AND tries >= ?2
+                   AND (claimed_by IS NULL OR claimed_by = ?3 OR claimed_until < ?4)",
+            )?
+            .execute(params![e.id, e.tries, owner, now])?;
+        if taken == 0 {
+            continue;
+        }
+        tracing::error!(event = e.id, reason = %e.reason, "An event is set aside.");
         tx.prepare_cached(
             "INSERT INTO runs (event_id, rule, record_id, event, status, error, duration_ms, log, attempts, started_at, finished_at)
              VALUES (?1, ?2, ?3, '', 'failed', ?4, 0, '[]', 0, ?5, ?5)
              ON CONFLICT(event_id, rule) WHERE event_id IS NOT NULL DO UPDATE SET error = excluded.error, status = 'failed'",
         )?
-        .execute(params![id, super::SET_ASIDE, record_id, reason, ts(now)])?;
+        .execute(params![e.id, super::SET_ASIDE, e.record_id, e.reason, now])?;
     }
     tx.commit()?;
     Ok(())
@@ -1063,12 +1072,13 @@ impl Store for SqliteStore {
                 let (row, tries, own_until) = match (row, tries, own_until) {
                     (Ok(row), Ok(tries), Ok(own_until)) => (row, tries, own_until),
                     (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-                        aside.push((id, record_id, format!("event {id} cannot be read, so it is set aside: {e}")));
+                        aside.push(super::Aside::unreadable(id, record_id, e));
                         continue;
                     }
                 };
-                if tries >= MAX_EVENT_TRIES {
-                    aside.push((id, record_id, super::never_ended(id, tries)));
+                // An event this caller holds is its own to run.
+                if tries >= MAX_EVENT_TRIES && own_until.is_none() {
+                    aside.push(super::Aside::never_ended(id, record_id, tries));
                     continue;
                 }
                 let own_claim_until = own_until.as_deref().map(parse_ts).transpose();
@@ -1078,15 +1088,13 @@ impl Store for SqliteStore {
                         event: Event { claims: if own_claim_until.is_some() { tries } else { tries + 1 }, ..e },
                         own_claim_until,
                     }),
-                    Err(e) => {
-                        aside.push((id, record_id, format!("event {id} cannot be read, so it is set aside: {e}")))
-                    }
+                    Err(e) => aside.push(super::Aside::unreadable(id, record_id, e)),
                 }
             }
             (events, aside)
         };
         if !aside.is_empty() {
-            set_aside(&mut conn, &aside)?;
+            set_aside(&mut conn, &aside, owner)?;
         }
         Ok(events)
     }

@@ -43,11 +43,13 @@ fn queue(p: &Project, name: &str, event: &str, lines: &str) {
     assert_eq!(ran.code, 0, "{ran:?}");
 }
 
-/// A project on a fresh database of `pg`: claims held 1 s beyond twice the 1 s run limit,
-/// so that a dead worker's events come back within seconds.
+/// A project on a fresh database of `pg`: claims held 3 s beyond twice the 1 s run limit,
+/// so that a dead worker's events come back within seconds, while a live worker that a
+/// loaded machine starves of CPU for a few seconds keeps its claims (a claim lost that way
+/// counts as a try, and three of them set an event aside).
 fn project(url: &str, extra: &str) -> Project {
     Project::new(&format!(
-        "{}[engine]\nworkers = 4\nclaim_lease_ms = 1000\nretention_days = 0\n[limits]\ntimeout_ms = 1000\n{extra}",
+        "{}[engine]\nworkers = 4\nclaim_lease_ms = 3000\nretention_days = 0\n[limits]\ntimeout_ms = 1000\n{extra}",
         Postgres::store_section(url)
     ))
 }
