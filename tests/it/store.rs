@@ -10,7 +10,7 @@ use tripline::store::postgres::{PgSettings, PgStore};
 use tripline::store::sqlite::SqliteStore;
 use tripline::store::{
     AuditEntry, AuditQuery, Commit, Feed, Ingest, Run, RunAudit, RunFilter, RunStatus, Store, StoreError, TickTaken,
-    WorkerBeat, Write,
+    WorkerBeat, Write, MAX_EVENT_TRIES, SET_ASIDE,
 };
 
 use crate::common::postgres as pg_server;
@@ -52,6 +52,7 @@ on_both!(
     find_compares_json_values_with_their_type_and_any_field_name,
     claims_keep_a_records_events_with_one_owner_in_order,
     an_expired_claim_returns_to_the_queue_and_a_heartbeat_keeps_it,
+    an_event_is_set_aside_when_taken_beyond_its_tries_never_while_held,
     a_tick_is_taken_once_and_a_running_job_is_not_overlapped,
     due_retries_are_claimed_once,
     the_fanout_limit_refuses_the_run_that_crosses_it,
@@ -463,6 +464,31 @@ fn an_expired_claim_returns_to_the_queue_and_a_heartbeat_keeps_it(s: Arc<dyn Sto
     assert_eq!((workers[0].id.as_str(), workers[0].pid, &workers[0].figures), ("alive", 7, &figures));
     s.forget_worker("alive").unwrap();
     assert!(s.workers().unwrap().is_empty());
+}
+
+fn an_event_is_set_aside_when_taken_beyond_its_tries_never_while_held(s: Arc<dyn Store>) {
+    let e = one(&*s, ingest("t", EventKind::Created, None, json!({})));
+    let ms = |n| Utc::now() + chrono::Duration::milliseconds(n);
+    let pause = |n| std::thread::sleep(std::time::Duration::from_millis(n));
+    // Two owners lose their claims in turn; a third takes it for the last try.
+    for owner in ["a", "b"] {
+        assert_eq!(s.claim(&[e.id], owner, ms(200)).unwrap(), [e.id]);
+        pause(250);
+    }
+    assert_eq!(s.claim(&[e.id], "c", ms(1500)).unwrap(), [e.id]);
+    let held = s.pending_events(10, true, Feed::OwnAndUnclaimed("c"), 0).unwrap();
+    assert_eq!(held.len(), 1, "its holder runs the last try");
+    assert_eq!(held[0].event.claims, MAX_EVENT_TRIES);
+    assert!(pending_ids(&*s, Feed::OwnAndUnclaimed("d")).is_empty());
+    assert!(s.runs_of_event(e.id).unwrap().is_empty(), "nothing sets aside an event another holds");
+    assert_eq!(s.queue_depth().unwrap(), 1);
+    // The last try's claim runs out too: taking it once more sets it aside instead.
+    pause(1600);
+    assert!(pending_ids(&*s, Feed::OwnAndUnclaimed("d")).is_empty());
+    let runs = s.runs_of_event(e.id).unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!((runs[0].rule.as_str(), runs[0].status), (SET_ASIDE, RunStatus::Failed));
+    assert_eq!(s.queue_depth().unwrap(), 0);
 }
 
 fn a_tick_is_taken_once_and_a_running_job_is_not_overlapped(s: Arc<dyn Store>) {
