@@ -410,17 +410,19 @@ impl Directory {
     /// The reads a sync needs do not depend on each other, so they are sent at once on the
     /// shared, pipelined connection and the sync waits for one round trip instead of one per
     /// read: the account by employee ID, the manager's, and, for a person who is probably
-    /// new (active, `IsNewUser` not 0), the searches for a free CN and logon name. Their
+    /// new (active, `IsNewUser` not 0), the search for a free CN. (The logon name is chosen
+    /// after them, under [`Directory::lock_login`]: the directory refuses a CN in use, but
+    /// not always a logon name, see [`Directory::create_named`].) Their
     /// results are used in the order the decisions need them, so a sync ends as it would
     /// with the reads one after the other (the same outcome, and the same error first); a
     /// read whose answer turns out not to be needed (the names of a person who has an
     /// account, the manager of a leaver who has none) is dropped, its error too.
     async fn sync_once(&self, hr: &HrUser, lock: &KeyGuard<'_>, mode: SyncMode) -> Result<SyncOutcome, DirectoryError> {
         let probably_new = hr.active && hr.is_new != Some(false) && mode != SyncMode::UpdateOnly;
-        let (account, manager, names) =
+        let (account, manager, cn) =
             futures::join!(self.synced_account(&hr.employee_id), self.manager_dn(hr, lock), async {
                 match probably_new {
-                    true => Some(self.free_names(hr).await),
+                    true => Some(self.free_cn(&self.users_ou, &hr.display_name(), None).await),
                     false => None,
                 }
             },);
@@ -444,12 +446,11 @@ impl Directory {
                 Ok(o)
             }
             None => {
-                let names = match names {
-                    Some(names) => names,
-                    None => self.free_names(hr).await,
-                };
-                let (cn, login) = names?;
-                self.sync_new(hr, cn, login, manager?).await
+                let cn = match cn {
+                    Some(cn) => cn,
+                    None => self.free_cn(&self.users_ou, &hr.display_name(), None).await,
+                }?;
+                self.create_named(hr, cn, manager).await
             }
         }
     }
@@ -652,11 +653,22 @@ impl Directory {
         Ok(outcome)
     }
 
-    /// A free CN in `users_ou` and a free logon name for a new person, both searched at once.
-    async fn free_names(&self, hr: &HrUser) -> Result<(String, String), DirectoryError> {
-        let display = hr.display_name();
-        let (cn, login) = futures::join!(self.free_cn(&self.users_ou, &display, None), self.free_login(hr));
-        Ok((cn?, login?))
+    /// Creates the account of a new person named `cn`, with a free logon name. The name is
+    /// searched and the account added under the lock of the name it derives from: a
+    /// directory need not refuse a logon name in use (OpenLDAP's `uid` is not unique), so
+    /// two namesakes synced at once in this process could otherwise both find `sam.same2`
+    /// free. Across processes, only the directory can guarantee it: on OpenLDAP, the
+    /// `unique` overlay on `uid`.
+    async fn create_named(
+        &self,
+        hr: &HrUser,
+        cn: String,
+        manager: Result<Option<String>, DirectoryError>,
+    ) -> Result<SyncOutcome, DirectoryError> {
+        let base = self.login_base(hr);
+        let _choosing = self.lock_login(&base).await;
+        let login = self.free_login(base).await?;
+        self.sync_new(hr, cn, login, manager?).await
     }
 
     /// A CN not used in `ou` (other than by `own`, the entry being renamed).
@@ -687,17 +699,25 @@ impl Directory {
             .collect())
     }
 
-    /// A logon name (and, on AD, UPN) no account uses yet; like [`Directory::free_cn`], an
-    /// equality look-up first and the prefix search only for a name in use.
-    async fn free_login(&self, hr: &HrUser) -> Result<String, DirectoryError> {
+    /// The logon name a new person would have if it were free: the HR username, else one
+    /// derived from the name, else from the employee ID.
+    fn login_base(&self, hr: &HrUser) -> String {
         let max = self.schema.login_max;
-        let mut base = match &hr.username {
+        let base = match &hr.username {
             Some(u) => sanitize_login(u, max),
             None => derive_login(&hr.first, &hr.last, max),
         };
         if base.is_empty() {
-            base = cut(&format!("user{}", slug(&hr.employee_id)), max);
+            return cut(&format!("user{}", slug(&hr.employee_id)), max);
         }
+        base
+    }
+
+    /// `base`, or the first numbered variant of it, that no account uses as its logon name
+    /// (or, on AD, UPN); like [`Directory::free_cn`], an equality look-up first and the
+    /// prefix search only for a name in use.
+    async fn free_login(&self, base: String) -> Result<String, DirectoryError> {
+        let max = self.schema.login_max;
         let lower = base.to_lowercase();
         let mut exact = vec![filter::eq(self.schema.login, &lower)];
         if let Some(upn) = self.schema.upn {

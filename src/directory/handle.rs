@@ -49,6 +49,11 @@ pub struct Directory {
     /// Syncs of one employee run one at a time (two tickets for one person must not both
     /// create an account).
     sync_locks: KeyLocks,
+    /// New accounts whose logon names derive to the same text are created one at a time,
+    /// each choosing its name after the one before was added: a directory need not refuse
+    /// a logon name in use (OpenLDAP's `uid` is not unique), and a search answered while
+    /// another sync's add was under way would not see its name.
+    login_locks: KeyLocks,
 }
 
 /// Async locks by key (employee IDs), forgotten when nobody holds or waits for them; and,
@@ -372,6 +377,7 @@ impl DirectoryConfig {
             sync_mode: self.mode,
             mode,
             sync_locks: KeyLocks::default(),
+            login_locks: KeyLocks::default(),
         })
     }
 }
@@ -421,6 +427,7 @@ impl Directory {
             sync_mode: self.sync_mode,
             mode: Mode::DryRun(Mutex::new(Vec::new())),
             sync_locks: KeyLocks::default(),
+            login_locks: KeyLocks::default(),
         }
     }
 
@@ -486,6 +493,13 @@ impl Directory {
     /// Waits until no other sync of this employee runs in this process.
     pub(crate) async fn lock_employee(&self, employee_id: &str) -> KeyGuard<'_> {
         self.sync_locks.lock(employee_id).await
+    }
+
+    /// Waits until no other sync in this process is choosing a logon name like `base` (case
+    /// aside) or creating the account that has it. Taken only by a sync that waits for no
+    /// other sync while it holds it, so that no wait can close a circle.
+    pub(crate) async fn lock_login(&self, base: &str) -> KeyGuard<'_> {
+        self.login_locks.lock(&base.to_lowercase()).await
     }
 
     /// Whether a sync of employee `other` runs or waits in this process (besides the one
