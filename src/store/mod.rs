@@ -590,9 +590,9 @@ pub trait Store: Send + Sync {
     /// failed [`SET_ASIDE`] run saying why), so that it never blocks the queue; an event
     /// the caller holds the claim of is its own to run, never set aside for its tries. An
     /// event is set aside only while no other process holds it and it is not done: another
-    /// may have claimed or finished it since the queue was read. Only events with an id above `after`
-    /// (a feeder's cursor; 0 for all). Each event's [`Event::claims`] counts the claim the
-    /// caller is about to take.
+    /// may have claimed or finished it since the queue was read. Only events with an id
+    /// above `after` (a feeder's cursor; 0 for all). Each event's [`Event::claims`] counts
+    /// the claim the caller is about to take.
     fn pending_events(
         &self,
         limit: usize,
