@@ -422,7 +422,7 @@ impl Directory {
         let (account, manager, cn) =
             futures::join!(self.synced_account(&hr.employee_id), self.manager_dn(hr, lock), async {
                 match probably_new {
-                    true => Some(self.free_cn(&self.users_ou, &hr.display_name(), None).await),
+                    true => Some(self.new_person_cn(hr).await),
                     false => None,
                 }
             },);
@@ -448,7 +448,7 @@ impl Directory {
             None => {
                 let cn = match cn {
                     Some(cn) => cn,
-                    None => self.free_cn(&self.users_ou, &hr.display_name(), None).await,
+                    None => self.new_person_cn(hr).await,
                 }?;
                 self.create_named(hr, cn, manager).await
             }
@@ -651,6 +651,11 @@ impl Directory {
         }
         outcome.changes = changes;
         Ok(outcome)
+    }
+
+    /// A free CN in `users_ou` for a new person.
+    async fn new_person_cn(&self, hr: &HrUser) -> Result<String, DirectoryError> {
+        self.free_cn(&self.users_ou, &hr.display_name(), None).await
     }
 
     /// Creates the account of a new person named `cn`, with a free logon name. The name is

@@ -56,7 +56,7 @@ pub struct Directory {
     login_locks: KeyLocks,
 }
 
-/// Async locks by key (employee IDs), forgotten when nobody holds or waits for them; and,
+/// Async locks by key (employee IDs, logon names), forgotten when nobody holds or waits for them; and,
 /// for a holder that waits for another key as well (a person's sync waiting for their
 /// manager's), which key it waits for, so that no such wait can close a circle.
 #[derive(Default)]

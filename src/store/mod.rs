@@ -95,7 +95,14 @@ impl Aside {
         Aside { id, record_id, reason: format!("event {id} cannot be read, so it is set aside: {error}"), tries: 0 }
     }
 
-    /// An event claimed [`MAX_EVENT_TRIES`] times whose processing never ended.
+    /// Whether an event is to be set aside for its tries: claimed [`MAX_EVENT_TRIES`]
+    /// times with no processing that ended, and not `held` by the caller (an event the
+    /// caller holds is its own to run, on its last try).
+    fn worn_out(tries: u32, held: bool) -> bool {
+        tries >= MAX_EVENT_TRIES && !held
+    }
+
+    /// An event set aside for its tries (see [`Aside::worn_out`]).
     fn never_ended(id: i64, record_id: String, tries: u32) -> Aside {
         let reason = format!(
             "event {id} was claimed {tries} times and its processing never ended: running it stopped \

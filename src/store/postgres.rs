@@ -33,8 +33,7 @@ use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
 
 use super::{
     AuditEntry, AuditQuery, Change, Commit, Event, Failing, Feed, FileKind, Ingest, MinuteCount, Pending, Result, Run,
-    RunFilter, RunQuery, RunStatus, Store, StoreError, StoredFile, TickTaken, Worker, WorkerBeat, Write,
-    MAX_EVENT_TRIES, SET_ASIDE,
+    RunFilter, RunQuery, RunStatus, Store, StoreError, StoredFile, TickTaken, Worker, WorkerBeat, Write, SET_ASIDE,
 };
 use crate::record::{Comment, EventKind, Fields, Record, Status};
 
@@ -1190,15 +1189,15 @@ impl Store for PgStore {
             for row in &rows {
                 let (id, tries, record_id): (i64, i64, String) = (row.get(0), row.get(6), row.get(7));
                 let own_claim_until: Option<DateTime<Utc>> = row.get(8);
-                // An event this caller holds is its own to run.
-                if tries >= MAX_EVENT_TRIES as i64 && own_claim_until.is_none() {
-                    aside.push(super::Aside::never_ended(id, record_id, tries as u32));
+                let tries = u32::try_from(tries).unwrap_or(u32::MAX);
+                if super::Aside::worn_out(tries, own_claim_until.is_some()) {
+                    aside.push(super::Aside::never_ended(id, record_id, tries));
                     continue;
                 }
                 match build_event(row) {
                     Ok(e) => events.push(Pending {
                         event: Event {
-                            claims: if own_claim_until.is_some() { tries as u32 } else { tries as u32 + 1 },
+                            claims: if own_claim_until.is_some() { tries } else { tries + 1 },
                             ..e
                         },
                         own_claim_until,

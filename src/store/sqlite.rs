@@ -1076,8 +1076,7 @@ impl Store for SqliteStore {
                         continue;
                     }
                 };
-                // An event this caller holds is its own to run.
-                if tries >= MAX_EVENT_TRIES && own_until.is_none() {
+                if super::Aside::worn_out(tries, own_until.is_some()) {
                     aside.push(super::Aside::never_ended(id, record_id, tries));
                     continue;
                 }
