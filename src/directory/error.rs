@@ -115,6 +115,21 @@ impl DirectoryError {
     }
 
     /// Whether the connection this came from should be dropped and opened again.
+    /// Whether the error is the connection's (opening it, binding, TLS, losing it, or no
+    /// answer in time), not the operation's: another operation sent at the time would have
+    /// met it too.
+    pub(crate) fn is_the_connections(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable { .. }
+                | Self::ConnectionLost(_)
+                | Self::Timeout { .. }
+                | Self::BindFailed { .. }
+                | Self::Tls { .. }
+                | Self::InsecureConnection { .. }
+        )
+    }
+
     pub(crate) fn breaks_connection(&self) -> bool {
         matches!(self, Self::ConnectionLost(_) | Self::Unreachable { .. })
     }

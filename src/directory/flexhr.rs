@@ -36,10 +36,10 @@ use ldap3::Scope;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::batch::{Lookup, Term};
 use super::config::{DirectoryKind, SyncMode};
 use super::dn::Dn;
 use super::error::DirectoryError;
-use super::filter;
 use super::handle::{Directory, Entry, KeyGuard};
 use super::ident::UserId;
 use super::users::{NewUser, SAM_FORBIDDEN};
@@ -459,9 +459,8 @@ impl Directory {
     /// `None` when no account has the key, a conflict when one that has it is out of scope.
     async fn synced_account(&self, employee_id: &str) -> Result<Option<Entry>, DirectoryError> {
         let key = UserId::EmployeeId(employee_id.to_string());
-        let f = key.filter(self.schema, &self.employee_attr);
         // Three: enough to tell one, several and a match out of scope apart.
-        let found = self.search_raw(&self.base_text, Scope::Subtree, &f, &[], Some(3), false).await?;
+        let found = self.find(self.user_lookup(vec![Term::eq(&self.employee_attr, employee_id)], &[], 3)).await?;
         let bases = || self.user_search_bases.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
         for entry in &found {
             let in_scope = Dn::parse(&entry.dn).is_ok_and(|dn| self.user_search_bases.iter().any(|b| dn.is_within(b)));
@@ -684,19 +683,29 @@ impl Directory {
     async fn free_cn(&self, ou: &Dn, wanted: &str, own: Option<&str>) -> Result<String, DirectoryError> {
         let base = cut_cn(wanted, "");
         let own = own.and_then(|d| Dn::parse(d).ok());
-        if !self.taken_cns(ou, &filter::eq("cn", &base), own.as_ref()).await?.contains(&base.to_lowercase()) {
+        if !self.taken_cns(ou, Term::eq("cn", &base), own.as_ref()).await?.contains(&base.to_lowercase()) {
             return Ok(base);
         }
-        let taken = self.taken_cns(ou, &filter::prefix("cn", &cn_prefix(&base)), own.as_ref()).await?;
+        let taken = self.taken_cns(ou, Term::prefix("cn", &cn_prefix(&base)), own.as_ref()).await?;
         unique_cn(&base, &taken).ok_or_else(|| {
             DirectoryError::InvalidInput(format!("no free name like `{base}` in {ou}: 999 entries already use it"))
         })
     }
 
-    /// The CNs (lower case) of the entries directly in `ou` that match `f`, `own` left out.
-    async fn taken_cns(&self, ou: &Dn, f: &str, own: Option<&Dn>) -> Result<HashSet<String>, DirectoryError> {
+    /// The CNs (lower case) of the entries directly in `ou` that have `cn`, `own` left out.
+    async fn taken_cns(&self, ou: &Dn, cn: Term, own: Option<&Dn>) -> Result<HashSet<String>, DirectoryError> {
+        let ou = ou.to_string();
+        let lookup = Lookup {
+            base: &ou,
+            scope: Scope::OneLevel,
+            constraint: None,
+            terms: vec![cn],
+            attrs: &["cn"],
+            limit: None,
+            missing_base_ok: true,
+        };
         Ok(self
-            .search_few(&ou.to_string(), Scope::OneLevel, f, &["cn"], true)
+            .find(lookup)
             .await?
             .into_iter()
             .filter(|e| own.is_none() || Dn::parse(&e.dn).ok().as_ref() != own)
@@ -724,20 +733,20 @@ impl Directory {
     async fn free_login(&self, base: String) -> Result<String, DirectoryError> {
         let max = self.schema.login_max;
         let lower = base.to_lowercase();
-        let mut exact = vec![filter::eq(self.schema.login, &lower)];
+        let mut exact = vec![Term::eq(self.schema.login, &lower)];
         if let Some(upn) = self.schema.upn {
-            exact.push(filter::prefix(upn, &format!("{lower}@")));
+            exact.push(Term::prefix(upn, &format!("{lower}@")));
         }
-        if !self.taken_logins(&filter::or(&exact)).await?.contains(&lower) {
+        if !self.taken_logins(exact).await?.contains(&lower) {
             return Ok(base);
         }
         // Every candidate up to `base999` starts with this prefix.
         let prefix = cut(&base, max.saturating_sub(3)).to_lowercase();
-        let mut parts = vec![filter::prefix(self.schema.login, &prefix)];
+        let mut parts = vec![Term::prefix(self.schema.login, &prefix)];
         if let Some(upn) = self.schema.upn {
-            parts.push(filter::prefix(upn, &prefix));
+            parts.push(Term::prefix(upn, &prefix));
         }
-        let taken = self.taken_logins(&filter::or(&parts)).await?;
+        let taken = self.taken_logins(parts).await?;
         (1..1000u32)
             .map(|n| if n == 1 { base.clone() } else { with_suffix(&base, n, max) })
             .find(|c| !taken.contains(&c.to_lowercase()))
@@ -746,12 +755,22 @@ impl Directory {
             })
     }
 
-    /// The logon names (lower case) and UPN local parts of the accounts that match `f`.
-    async fn taken_logins(&self, f: &str) -> Result<HashSet<String>, DirectoryError> {
+    /// The logon names (lower case) and UPN local parts of the entries that have one of
+    /// `names`.
+    async fn taken_logins(&self, names: Vec<Term>) -> Result<HashSet<String>, DirectoryError> {
         let mut attrs = vec![self.schema.login];
         attrs.extend(self.schema.upn);
+        let lookup = Lookup {
+            base: &self.base_text,
+            scope: Scope::Subtree,
+            constraint: None,
+            terms: names,
+            attrs: &attrs,
+            limit: None,
+            missing_base_ok: false,
+        };
         Ok(self
-            .search_few(&self.base_text, Scope::Subtree, f, &attrs, false)
+            .find(lookup)
             .await?
             .iter()
             .flat_map(|e| {

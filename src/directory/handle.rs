@@ -14,6 +14,7 @@ use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::{Ldap, LdapError, Scope, SearchEntry, SearchOptions};
 use serde::Serialize;
 
+use super::batch::{Lookup, Term};
 use super::config::{DirectoryConfig, DirectoryKind};
 use super::conn::{tls_connector, ConnSpec, Pool};
 use super::dn::Dn;
@@ -54,6 +55,10 @@ pub struct Directory {
     /// a logon name in use (OpenLDAP's `uid` is not unique), and a search answered while
     /// another sync's add was under way would not see its name.
     login_locks: KeyLocks,
+    /// Look-ups waiting to share a search ([`super::batch`]).
+    pub(crate) batches: super::batch::Batches,
+    /// Searches sent so far.
+    searches: std::sync::atomic::AtomicU64,
 }
 
 /// Async locks by key (employee IDs, logon names), forgotten when nobody holds or waits for them; and,
@@ -378,6 +383,8 @@ impl DirectoryConfig {
             mode,
             sync_locks: KeyLocks::default(),
             login_locks: KeyLocks::default(),
+            batches: Default::default(),
+            searches: Default::default(),
         })
     }
 }
@@ -428,6 +435,8 @@ impl Directory {
             mode: Mode::DryRun(Mutex::new(Vec::new())),
             sync_locks: KeyLocks::default(),
             login_locks: KeyLocks::default(),
+            batches: Default::default(),
+            searches: Default::default(),
         }
     }
 
@@ -479,6 +488,11 @@ impl Directory {
             Mode::Live(pool) => pool.connections_opened(),
             Mode::DryRun(_) => 0,
         }
+    }
+
+    /// How many searches were sent so far (look-ups that shared one count once).
+    pub fn searches_sent(&self) -> u64 {
+        self.searches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Opens and binds the connection now if it is not open (the seed's "bind" step, and
@@ -587,7 +601,7 @@ impl Directory {
             return Ok(Vec::new());
         }
         let one_page = matches!(scope, Scope::Base) || limit.is_some_and(|l| l <= self.page_size.max(1) as usize);
-        let (entries, result) = self.search_once(base, scope, filter, attrs, limit, !one_page).await?;
+        let (entries, result) = self.search_once(base, scope, filter, attrs, limit, !one_page, None).await?;
         Self::search_outcome(base, filter, entries, result, limit.is_some(), missing_base_ok)
     }
 
@@ -607,7 +621,7 @@ impl Directory {
             return Ok(Vec::new());
         }
         let page = self.page_size.max(1) as usize;
-        let (entries, result) = self.search_once(base, scope, filter, attrs, Some(page), false).await?;
+        let (entries, result) = self.search_once(base, scope, filter, attrs, Some(page), false, None).await?;
         match result {
             // Complete: fewer entries than a page.
             Some(r) if r.rc == 0 => Ok(entries),
@@ -620,8 +634,10 @@ impl Directory {
     }
 
     /// The entries of a search, and its final result (`None` when it was stopped at
-    /// `limit` entries and abandoned).
-    async fn search_once(
+    /// `limit` entries and abandoned). An error names the search as `op` does, else by its
+    /// base and filter.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn search_once(
         &self,
         base: &str,
         scope: Scope,
@@ -629,12 +645,14 @@ impl Directory {
         attrs: &[&str],
         limit: Option<usize>,
         paged: bool,
+        op: Option<&str>,
     ) -> Result<(Vec<Entry>, Option<ldap3::LdapResult>), DirectoryError> {
         let attrs: Vec<&str> = if attrs.is_empty() { vec!["*"] } else { attrs.to_vec() };
         let page_size = self.page_size;
         let size_limit = limit.map(|l| l.min(i32::MAX as usize) as i32).unwrap_or(0);
+        self.searches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.run(
-            || format!("search {base} for {filter}"),
+            || op.map_or_else(|| format!("search {base} for {filter}"), str::to_string),
             |mut ldap| async move {
                 let adapters: Vec<Box<dyn Adapter<'_, &str, Vec<&str>>>> = if paged {
                     vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(page_size))]
@@ -705,9 +723,10 @@ impl Directory {
                 self.name, self.kind
             )));
         }
-        let found = match id {
-            UserId::Dn(dn) => self.search_raw(dn, Scope::Base, self.schema.user_filter, attrs, None, true).await?,
-            _ => {
+        let found = match (id, id.terms(self.schema, &self.employee_attr)) {
+            (UserId::Dn(dn), _) => self.search_raw(dn, Scope::Base, self.schema.user_filter, attrs, None, true).await?,
+            (_, Some(terms)) => self.find(self.user_lookup(terms, attrs, 2)).await?,
+            (_, None) => {
                 let f = id.filter(self.schema, &self.employee_attr);
                 self.search_raw(&self.base_text, Scope::Subtree, &f, attrs, Some(2), false).await?
             }
@@ -715,6 +734,20 @@ impl Directory {
         match found.len() {
             0 | 1 => Ok(found.into_iter().next()),
             count => Err(DirectoryError::Ambiguous { what: id.to_string(), count }),
+        }
+    }
+
+    /// A look-up of at most `limit` user accounts anywhere under the base that have one of
+    /// `terms`.
+    pub(crate) fn user_lookup<'a>(&'a self, terms: Vec<Term>, attrs: &'a [&'a str], limit: usize) -> Lookup<'a> {
+        Lookup {
+            base: &self.base_text,
+            scope: Scope::Subtree,
+            constraint: Some(self.schema.user_filter),
+            terms,
+            attrs,
+            limit: Some(limit),
+            missing_base_ok: false,
         }
     }
 

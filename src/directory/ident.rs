@@ -9,6 +9,7 @@
 
 use std::fmt;
 
+use super::batch::Term;
 use super::dn::Dn;
 use super::error::DirectoryError;
 use super::filter;
@@ -221,20 +222,33 @@ impl UserId {
         })
     }
 
+    /// The values a look-up of this user asks for, when they are plain attribute values
+    /// (not a DN, SID or GUID): an account that has one of them (and matches
+    /// `schema.user_filter`) is the user.
+    pub(crate) fn terms(&self, schema: &Schema, employee_attr: &str) -> Option<Vec<Term>> {
+        Some(match self {
+            UserId::Dn(_) | UserId::Sid(_) | UserId::Guid(_) => return None,
+            UserId::Login(v) => vec![Term::eq(schema.login, v)],
+            UserId::Upn(v) => vec![Term::eq(schema.upn.unwrap_or("mail"), v)],
+            UserId::Mail(v) => vec![Term::eq("mail", v)],
+            UserId::UpnOrMail(v) => match schema.upn {
+                Some(upn) => vec![Term::eq(upn, v), Term::eq("mail", v)],
+                None => vec![Term::eq("mail", v)],
+            },
+            UserId::EmployeeId(v) => vec![Term::eq(employee_attr, v)],
+        })
+    }
+
     /// The search filter that finds this user (not for [`UserId::Dn`], which is read directly).
     pub(crate) fn filter(&self, schema: &Schema, employee_attr: &str) -> String {
         let inner = match self {
             UserId::Dn(dn) => filter::eq("distinguishedName", dn),
-            UserId::Login(v) => filter::eq(schema.login, v),
-            UserId::Upn(v) => filter::eq(schema.upn.unwrap_or("mail"), v),
-            UserId::Mail(v) => filter::eq("mail", v),
-            UserId::UpnOrMail(v) => match schema.upn {
-                Some(upn) => filter::or(&[filter::eq(upn, v), filter::eq("mail", v)]),
-                None => filter::eq("mail", v),
-            },
-            UserId::EmployeeId(v) => filter::eq(employee_attr, v),
             UserId::Sid(sid) => filter::eq_bytes("objectSid", &sid.to_bytes()),
             UserId::Guid(guid) => filter::eq_bytes("objectGUID", &guid.to_bytes()),
+            _ => {
+                let terms = self.terms(schema, employee_attr).unwrap_or_default();
+                filter::or(&terms.iter().map(Term::filter).collect::<Vec<_>>())
+            }
         };
         filter::and(&[schema.user_filter.to_string(), inner])
     }

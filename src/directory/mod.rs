@@ -21,6 +21,7 @@
 
 pub mod ad;
 pub mod audit;
+mod batch;
 pub mod config;
 mod conn;
 pub mod dn;

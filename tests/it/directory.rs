@@ -860,3 +860,78 @@ async fn ldap_flexhr_long_names_get_a_free_cn_each() {
     assert_eq!(unique.len(), 4, "{dns:#?}");
     assert!(dns[1].contains(" (2),") && dns[3].contains(" (4),"), "{dns:#?}");
 }
+
+#[tokio::test]
+async fn ldap_lookups_asked_together_share_searches_and_find_what_each_alone_finds() {
+    let server = Slapd::start();
+    let mut admin = server.admin().await;
+    let people = format!("ou=people,{LDAP_BASE}");
+    let mut accounts: Vec<(String, String, String)> =
+        (0..40).map(|i| (format!("Person {i}"), format!("p{i}"), format!("E{i}"))).collect();
+    // Two accounts with one ID, a value stored in other case, one that is not plain ASCII.
+    for (cn, uid, employee) in
+        [("Twin A", "twa", "T1"), ("Twin B", "twb", "T1"), ("Mixed Case", "mixed", "MiXeD-7"), ("Zoë", "zoe", "Zoë-1")]
+    {
+        accounts.push((cn.into(), uid.into(), employee.into()));
+    }
+    for (cn, uid, employee) in &accounts {
+        let attrs = vec![
+            ("objectClass", ["inetOrgPerson"].into()),
+            ("cn", [cn.as_str()].into()),
+            ("sn", ["Person"].into()),
+            ("uid", [uid.as_str()].into()),
+            ("employeeNumber", [employee.as_str()].into()),
+        ];
+        admin.add(&format!("cn={cn},{people}"), attrs).await.unwrap().success().unwrap();
+    }
+
+    let mut asked: Vec<UserId> = Vec::new();
+    for i in 0..60 {
+        // E0..E39 exist, E40..E59 do not; every other one in other case.
+        let id = if i % 2 == 0 { format!("E{i}") } else { format!("e{i}") };
+        asked.push(UserId::by("employeeNumber", &id).unwrap());
+    }
+    for v in ["T1", "mixed-7", "Zoë-1", "*", "E1)(uid=*"] {
+        asked.push(UserId::by("employeeNumber", v).unwrap());
+    }
+    for v in ["p3", "P4", "nobody", "twa"] {
+        asked.push(login(v));
+    }
+    let answer = |r: Result<Option<tripline::directory::Entry>, DirectoryError>| match r {
+        Ok(found) => Ok(found.map(|e| e.dn.to_lowercase())),
+        Err(e) => Err(format!("{e:?}")),
+    };
+
+    // Each alone, one after the other: the reference.
+    let alone = server.directory();
+    let mut expected = Vec::new();
+    for id in &asked {
+        expected.push(answer(alone.find_user(id).await));
+    }
+    assert_eq!(alone.searches_sent(), asked.len() as u64);
+
+    // All at once: the same answers from far fewer searches.
+    let together = server.directory();
+    let got: Vec<_> = futures::future::join_all(asked.iter().map(|id| together.find_user(id)))
+        .await
+        .into_iter()
+        .map(answer)
+        .collect();
+    for (id, (want, got)) in asked.iter().zip(expected.iter().zip(&got)) {
+        assert_eq!(want, got, "{id}");
+    }
+    let found = |i: usize| expected[i].clone().unwrap().unwrap_or_default();
+    assert_eq!(found(0), format!("cn=person 0,{people}"));
+    assert_eq!(found(1), format!("cn=person 1,{people}"), "found without case");
+    assert!(expected[40].as_ref().unwrap().is_none());
+    assert!(expected[60].as_ref().unwrap_err().contains("Ambiguous"), "{:?}", expected[60]);
+    assert_eq!(found(61), format!("cn=mixed case,{people}"));
+    assert_eq!(found(62), format!("cn=zoë,{people}"));
+    assert!(expected[63].as_ref().unwrap().is_none() && expected[64].as_ref().unwrap().is_none());
+    assert!(
+        together.searches_sent() * 4 < asked.len() as u64,
+        "{} searches for {} look-ups",
+        together.searches_sent(),
+        asked.len()
+    );
+}
