@@ -273,7 +273,7 @@ impl Directory {
     async fn search_batch(&self, q: &Lookup<'_>, waiting: Vec<Waiting>) -> Option<DirectoryError> {
         if waiting.len() <= 1 {
             // Alone, or none left (the connection failed while this batch waited).
-            let Some(w) = waiting.into_iter().next() else { return None };
+            let w = waiting.into_iter().next()?;
             let own = Lookup { terms: w.terms, limit: w.limit, ..*q };
             let result = self.search_alone(&own).await;
             let failed = result.as_ref().err().filter(|e| e.is_the_connections()).cloned();
