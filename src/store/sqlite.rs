@@ -223,6 +223,37 @@ pub struct SqliteStore {
     commits: CommitQueue,
     /// `[engine] max_fanout`.
     max_fanout: std::sync::atomic::AtomicU64,
+    /// Stops the checkpointer thread of a store file when dropped.
+    _checkpoints: Option<std::sync::mpsc::Sender<()>>,
+}
+
+/// Prepared statements kept per connection: more than the store's distinct statements.
+const STATEMENT_CACHE: usize = 128;
+
+/// How often the checkpointer copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// WAL pages past which a commit checkpoints by itself (the checkpointer fell behind):
+/// about 64 MiB.
+const CHECKPOINT_BACKSTOP: i64 = 16_000;
+
+/// Copies the WAL into the database file every [`CHECKPOINT_EVERY`], on a connection of its
+/// own, until `stop` is dropped. SQLite would otherwise do it in whichever commit finds the
+/// WAL past 1,000 pages, holding the store's one connection through the copy and its
+/// `fsync` while every run waits; a passive checkpoint blocks no writer.
+fn checkpointer(path: &Path) -> Result<std::sync::mpsc::Sender<()>> {
+    let conn = Connection::open(path)?;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("tripline-checkpoint".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::debug!(error = %e, "A checkpoint of the store did not run; the next one will.");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Io("the store's checkpointer thread".into(), e))?;
+    Ok(stop)
 }
 
 /// Runs waiting to be committed, and the results of those committed by another thread.
@@ -240,7 +271,7 @@ struct QueueState {
     /// A thread is writing a group.
     writing: bool,
     next_ticket: u64,
-    waiting: Vec<PendingRun>,
+    waiting: Vec<(u64, Pending)>,
     done: HashMap<u64, Committed>,
     /// Runs inside `commit_run` now, the most at once since the last group was taken, and
     /// that most for each of the last groups: how many runs a group can expect.
@@ -268,9 +299,31 @@ impl QueueState {
 /// What committing a run gives: its id and the events its writes raised.
 type Committed = Result<(i64, Vec<Event>)>;
 
+/// What waits in the commit queue: a run, or directory changes to record at once
+/// ([`Store::record_audit`]), which then share the transaction of what waits with them.
+enum Pending {
+    Run(PendingRun),
+    Audit(Vec<AuditEntry>),
+}
+
+/// What a group commit writes, borrowed from the queue or from the caller.
+#[derive(Clone, Copy)]
+enum Item<'a> {
+    Run(super::Commit<'a>),
+    Audit(&'a [AuditEntry]),
+}
+
+impl Pending {
+    fn item(&self) -> Item<'_> {
+        match self {
+            Pending::Run(p) => Item::Run(p.commit()),
+            Pending::Audit(entries) => Item::Audit(entries),
+        }
+    }
+}
+
 /// A run to commit, with what `commit_run` was given.
 struct PendingRun {
-    ticket: u64,
     run: Run,
     writes: Vec<Write>,
     depth: u32,
@@ -284,9 +337,8 @@ struct PendingRun {
 impl PendingRun {
     /// An owned copy of what `commit_run` was given: the run waits in the queue beyond the
     /// borrow.
-    fn new(ticket: u64, c: &super::Commit<'_>) -> PendingRun {
+    fn new(c: &super::Commit<'_>) -> PendingRun {
         PendingRun {
-            ticket,
             run: c.run.clone(),
             writes: c.writes.to_vec(),
             depth: c.depth,
@@ -352,7 +404,9 @@ impl SqliteStore {
     /// Opens a database file.
     pub fn open(path: &Path) -> Result<SqliteStore> {
         let conn = Connection::open(path)?;
-        Ok(SqliteStore { path: Some(path.to_path_buf()), ..Self::init(conn)? })
+        let store = Self::init(conn)?;
+        store.conn().pragma_update(None, "wal_autocheckpoint", CHECKPOINT_BACKSTOP)?;
+        Ok(SqliteStore { path: Some(path.to_path_buf()), _checkpoints: Some(checkpointer(path)?), ..store })
     }
 
     /// A private in-memory store (tests, `tripline test`, embedding without persistence).
@@ -362,6 +416,9 @@ impl SqliteStore {
 
     fn init(mut conn: Connection) -> Result<SqliteStore> {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Every statement the store runs stays prepared (rusqlite keeps 16 by default, fewer
+        // than a run's commit and the dispatcher use in turn, so each was parsed again).
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -382,6 +439,7 @@ impl SqliteStore {
             path: None,
             commits: CommitQueue::default(),
             max_fanout: std::sync::atomic::AtomicU64::new(super::DEFAULT_MAX_FANOUT),
+            _checkpoints: None,
         })
     }
 
@@ -750,6 +808,24 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised:
 }
 
 impl SqliteStore {
+    /// Commits `pending` with whatever else waits in the queue (see [`CommitQueue`]).
+    fn commit_queued(&self, pending: Pending) -> Committed {
+        let q = &self.commits;
+        let arrived = Instant::now();
+        let mut st = lock(&q.state);
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.waiting.push((ticket, pending));
+        st.inside += 1;
+        st.peak = st.peak.max(st.inside);
+        if st.lingering && st.waiting.len() >= st.expected() {
+            q.gathered.notify_one();
+        }
+        let (mut st, result) = self.commit_waiting(st, ticket, arrived);
+        st.inside -= 1;
+        result
+    }
+
     /// Waits until the run of `ticket` is written by another thread, or writes the group it
     /// belongs to. Returns the state lock, held again, with the run's result.
     fn commit_waiting<'a>(
@@ -765,7 +841,7 @@ impl SqliteStore {
                 return (st, result);
             }
         }
-        if !st.waiting.iter().any(|p| p.ticket == ticket) {
+        if !st.waiting.iter().any(|(t, _)| *t == ticket) {
             let lost = StoreError::Corrupt("a run's commit was lost: the thread writing it panicked".into());
             return (st, Err(lost));
         }
@@ -790,7 +866,7 @@ impl SqliteStore {
         }
         drop(st);
         let unwinding = WritingGuard(q);
-        let views: Vec<(u64, super::Commit<'_>)> = group.iter().map(|p| (p.ticket, p.commit())).collect();
+        let views: Vec<(u64, Item<'_>)> = group.iter().map(|(t, p)| (*t, p.item())).collect();
         let mut results = self.commit_group(&views);
         let mine = results.remove(&ticket).expect("the group holds this run");
         std::mem::forget(unwinding);
@@ -806,15 +882,15 @@ impl SqliteStore {
     /// each gets its own result. The transactions take the write lock at once: a commit reads
     /// before it writes (its claim), and a read transaction that another process wrote past
     /// could not become a write one without failing busy.
-    fn commit_group(&self, group: &[(u64, super::Commit<'_>)]) -> HashMap<u64, Committed> {
+    fn commit_group(&self, group: &[(u64, Item<'_>)]) -> HashMap<u64, Committed> {
         let max_fanout = self.max_fanout.load(std::sync::atomic::Ordering::Relaxed);
         let mut conn = self.conn();
         if group.len() > 1 {
             let together = (|| -> Result<Vec<(u64, Committed)>> {
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let mut out = Vec::with_capacity(group.len());
-                for (ticket, c) in group {
-                    out.push((*ticket, Ok(write_run(&tx, c, max_fanout)?)));
+                for (ticket, item) in group {
+                    out.push((*ticket, Ok(write_item(&tx, item, max_fanout)?)));
                 }
                 tx.commit()?;
                 Ok(out)
@@ -825,10 +901,10 @@ impl SqliteStore {
         }
         group
             .iter()
-            .map(|(ticket, c)| {
+            .map(|(ticket, item)| {
                 let one = (|| {
                     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                    let done = write_run(&tx, c, max_fanout)?;
+                    let done = write_item(&tx, item, max_fanout)?;
                     tx.commit()?;
                     Ok(done)
                 })();
@@ -860,6 +936,20 @@ fn charge_fanout(tx: &Connection, cause: i64, raised: &[Event], max: u64) -> Res
         return Err(super::fanout_exceeded(raised.len(), root, total, max));
     }
     Ok(())
+}
+
+/// Writes one item of a group commit (within the caller's transaction); audit entries give
+/// no run id and raise no events.
+fn write_item(tx: &Connection, item: &Item<'_>, max_fanout: u64) -> Result<(i64, Vec<Event>)> {
+    match item {
+        Item::Run(c) => write_run(tx, c, max_fanout),
+        Item::Audit(entries) => {
+            for e in *entries {
+                insert_audit(tx, e, None)?;
+            }
+            Ok((0, Vec::new()))
+        }
+    }
 }
 
 /// Saves a run with its writes and marks its event processed (within the caller's
@@ -1255,25 +1345,12 @@ impl Store for SqliteStore {
     }
 
     fn commit_run(&self, c: super::Commit<'_>) -> Result<(i64, Vec<Event>)> {
-        let q = &self.commits;
-        let arrived = Instant::now();
-        let mut st = lock(&q.state);
-        let ticket = st.next_ticket;
-        st.next_ticket += 1;
-        st.waiting.push(PendingRun::new(ticket, &c));
-        st.inside += 1;
-        st.peak = st.peak.max(st.inside);
-        if st.lingering && st.waiting.len() >= st.expected() {
-            q.gathered.notify_one();
-        }
-        let (mut st, result) = self.commit_waiting(st, ticket, arrived);
-        st.inside -= 1;
-        result
+        self.commit_queued(Pending::Run(PendingRun::new(&c)))
     }
 
     fn commit_runs(&self, commits: &[super::Commit<'_>]) -> Vec<Result<(i64, Vec<Event>)>> {
         // Written straight from the caller's borrows: nothing waits in the queue.
-        let group: Vec<(u64, super::Commit<'_>)> = commits.iter().enumerate().map(|(i, c)| (i as u64, *c)).collect();
+        let group: Vec<(u64, Item<'_>)> = commits.iter().enumerate().map(|(i, c)| (i as u64, Item::Run(*c))).collect();
         let mut results = self.commit_group(&group);
         (0..commits.len() as u64).map(|i| results.remove(&i).expect("the group holds every run")).collect()
     }
@@ -1506,12 +1583,7 @@ impl Store for SqliteStore {
     }
 
     fn record_audit(&self, entries: &[AuditEntry]) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        for e in entries {
-            insert_audit(&tx, e, None)?;
-        }
-        tx.commit()?;
+        self.commit_queued(Pending::Audit(entries.to_vec()))?;
         Ok(())
     }
 
