@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::{record_id, Api, Res, RunCtx};
 use crate::class::{Class, Classify};
-use crate::directory::{DirectoryError, ManagerOutcome, PlannedChange, SyncOptions, SyncOutcome, SyncStatus};
+use crate::directory::{DirectoryError, ManagerOutcome, PlannedChange, SyncOptions, SyncOutcome, SyncStatus, UserId};
 use crate::record::{Fields, Record, Status, RESERVED_KEYS};
 use crate::script::{dynamic_to_json, json_to_dynamic, HostError};
 use crate::store::{StoreError, Write};
@@ -115,20 +115,39 @@ fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str, options:
     };
 
     let dir = super::directory::directory_for(&ctx, directory).map_err(|e| fail(e, Class::Permanent))?;
-    wait_for_earlier_manager_ticket(&ctx, &stored, &fields).map_err(|e| fail(e.to_string(), e.class()))?;
     // The seed's first step is the bind: an unreachable server or a refused bind is reported
     // as such, before any lookup.
     // Bounded by the run's deadline like every host call; a sync cut short is completed by the
     // retry (it is idempotent), and the ticket says why it waits.
+    let cut_short = |e: Box<EvalAltResult>| {
+        let (reason, class) = host_error_parts(&e);
+        fail(reason, class)
+    };
+    let what = format!("ProcessFlexHrUserOnAD on directory {directory}");
+    // A manager the directory has already needs no waiting for their ticket (see
+    // `wait_for_earlier_manager_ticket`).
+    let manager = fields.get("ManagerEmployeeId").and_then(Value::as_str).filter(|m| !m.is_empty());
+    let has_manager = match manager.filter(|_| !ctx.dry_run && !dir.is_dry_run()) {
+        Some(m) => {
+            let id = UserId::EmployeeId(m.to_string());
+            ctx.within_deadline(&what, async {
+                dir.connect().await?;
+                dir.user_exists(&id).await
+            })
+            .map_err(&cut_short)?
+            .map_err(|e| fail(format!("directory {directory}: {e}"), e.class()))?
+        }
+        None => false,
+    };
+    if !has_manager {
+        wait_for_earlier_manager_ticket(&ctx, &stored, &fields).map_err(|e| fail(e.to_string(), e.class()))?;
+    }
     let result = ctx
-        .within_deadline(&format!("ProcessFlexHrUserOnAD on directory {directory}"), async {
+        .within_deadline(&what, async {
             dir.connect().await?;
             dir.sync_flexhr_user_with(&fields, &options).await
         })
-        .map_err(|e| {
-            let (reason, class) = host_error_parts(&e);
-            fail(reason, class)
-        })?;
+        .map_err(&cut_short)?;
     let planned = dir.take_planned_changes();
     let outcome = result.map_err(|e| fail(format!("directory {directory}: {e}"), e.class()))?;
     for change in &planned {
@@ -180,7 +199,9 @@ fn process_flexhr_user_with_options(api: &mut Api, record: Dynamic, directory: &
 /// ticket, polling the store, until it is done or the run's deadline is near; the manager is
 /// then looked up as it would be had the tickets run one after the other. Only earlier
 /// tickets are waited for, so two tickets naming each other never wait on each other. A dry
-/// run does not wait: it changes nothing for the manager's run to provide.
+/// run does not wait: it changes nothing for the manager's run to provide. Nor does a run
+/// whose manager the directory has already (the usual case, looked up first: one batched
+/// look-up costs less than reading the tickets in flight ahead of this one).
 fn wait_for_earlier_manager_ticket(ctx: &RunCtx, ticket: &Record, fields: &Fields) -> Result<(), StoreError> {
     const POLL: Duration = Duration::from_millis(20);
     /// Left of the run's time for the sync itself after waiting.
