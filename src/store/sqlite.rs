@@ -302,7 +302,7 @@ type Committed = Result<(i64, Vec<Event>)>;
 /// What waits in the commit queue: a run, or directory changes to record at once
 /// ([`Store::record_audit`]), which then share the transaction of what waits with them.
 enum Pending {
-    Run(PendingRun),
+    Run(Box<PendingRun>),
     Audit(Vec<AuditEntry>),
 }
 
@@ -1345,7 +1345,7 @@ impl Store for SqliteStore {
     }
 
     fn commit_run(&self, c: super::Commit<'_>) -> Result<(i64, Vec<Event>)> {
-        self.commit_queued(Pending::Run(PendingRun::new(&c)))
+        self.commit_queued(Pending::Run(Box::new(PendingRun::new(&c))))
     }
 
     fn commit_runs(&self, commits: &[super::Commit<'_>]) -> Vec<Result<(i64, Vec<Event>)>> {
