@@ -5,7 +5,10 @@
 //! and the next writer commits every run that waits in one transaction (should one of them
 //! fail, each is committed alone instead, so one run's refused write undoes no other). Many
 //! workers finishing at once then cost one WAL append and one lock cycle instead of one each,
-//! which is most of a short run's cost (see `benches/directory_flow.rs`).
+//! which is most of a short run's cost (see `benches/directory_flow.rs`). Directory changes
+//! recorded at once ([`Store::record_audit`]) go through the same queue.
+//!
+//! A store file is checkpointed by a thread of its own (see [`checkpointer`]).
 
 use std::collections::HashMap;
 use std::path::Path;
