@@ -8,7 +8,7 @@
 //! which is most of a short run's cost (see `benches/directory_flow.rs`). Directory changes
 //! recorded at once ([`Store::record_audit`]) go through the same queue.
 //!
-//! A store file is checkpointed by a thread of its own (see [`checkpointer`]).
+//! A store file is checkpointed by a thread of its own (`checkpointer`).
 
 use std::collections::HashMap;
 use std::path::Path;
