@@ -248,7 +248,8 @@ impl Directory {
         if let Some((batch, gate)) = lead {
             let leading = Leading { batches: &self.batches, kind: kind.clone(), batch };
             let _one_at_a_time = gate.lock_owned().await;
-            // Only its leader takes a batch, so it is still there.
+            // Only its leader takes a batch; it is gone only when the failure of a connection
+            // was shared with its look-ups, which then have their answer.
             let waiting = self.batches.table().get_mut(&kind).map(|k| k.take(batch)).unwrap_or_default();
             drop(leading);
             if let Some(e) = self.search_batch(&q, waiting).await {
