@@ -114,7 +114,6 @@ impl DirectoryError {
         }
     }
 
-    /// Whether the connection this came from should be dropped and opened again.
     /// Whether the error is the connection's (opening it, binding, TLS, losing it, or no
     /// answer in time), not the operation's: another operation sent at the time would have
     /// met it too.
@@ -130,6 +129,7 @@ impl DirectoryError {
         )
     }
 
+    /// Whether the connection this came from should be dropped and opened again.
     pub(crate) fn breaks_connection(&self) -> bool {
         matches!(self, Self::ConnectionLost(_) | Self::Unreachable { .. })
     }

@@ -126,21 +126,18 @@ fn process_flexhr_user(api: &mut Api, record: Dynamic, directory: &str, options:
     let what = format!("ProcessFlexHrUserOnAD on directory {directory}");
     // A manager the directory has already needs no waiting for their ticket (see
     // `wait_for_earlier_manager_ticket`).
-    let manager = fields.get("ManagerEmployeeId").and_then(Value::as_str).filter(|m| !m.is_empty());
-    let has_manager = match manager.filter(|_| !ctx.dry_run && !dir.is_dry_run()) {
-        Some(m) => {
-            let id = UserId::EmployeeId(m.to_string());
-            ctx.within_deadline(&what, async {
+    if let Some(manager) = manager_to_wait_for(&ctx, &fields) {
+        let id = UserId::EmployeeId(manager.to_string());
+        let has_manager = ctx
+            .within_deadline(&what, async {
                 dir.connect().await?;
                 dir.user_exists(&id).await
             })
             .map_err(&cut_short)?
-            .map_err(|e| fail(format!("directory {directory}: {e}"), e.class()))?
+            .map_err(|e| fail(format!("directory {directory}: {e}"), e.class()))?;
+        if !has_manager {
+            wait_for_earlier_manager_ticket(&ctx, &stored, manager).map_err(|e| fail(e.to_string(), e.class()))?;
         }
-        None => false,
-    };
-    if !has_manager {
-        wait_for_earlier_manager_ticket(&ctx, &stored, &fields).map_err(|e| fail(e.to_string(), e.class()))?;
     }
     let result = ctx
         .within_deadline(&what, async {
@@ -191,6 +188,14 @@ fn process_flexhr_user_with_options(api: &mut Api, record: Dynamic, directory: &
     process_flexhr_user(api, record, directory, options)
 }
 
+/// The manager whose earlier ticket a run may wait for ([`wait_for_earlier_manager_ticket`]):
+/// the one the record names, unless it names the person themself or the run is a dry run.
+fn manager_to_wait_for<'a>(ctx: &RunCtx, fields: &'a Fields) -> Option<&'a str> {
+    let text = |key: &str| fields.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let manager = text("ManagerEmployeeId")?;
+    (!ctx.dry_run && text("EmployeeId") != Some(manager)).then_some(manager)
+}
+
 /// Tickets run concurrently, one record each, so a job that opens a ticket for a manager and
 /// then one for their report may see the report's run start first. When the record names a
 /// manager who has an *earlier* open ticket of the same entity still being processed (an
@@ -202,15 +207,10 @@ fn process_flexhr_user_with_options(api: &mut Api, record: Dynamic, directory: &
 /// run does not wait: it changes nothing for the manager's run to provide. Nor does a run
 /// whose manager the directory has already (the usual case, looked up first: one batched
 /// look-up costs less than reading the tickets in flight ahead of this one).
-fn wait_for_earlier_manager_ticket(ctx: &RunCtx, ticket: &Record, fields: &Fields) -> Result<(), StoreError> {
+fn wait_for_earlier_manager_ticket(ctx: &RunCtx, ticket: &Record, manager: &str) -> Result<(), StoreError> {
     const POLL: Duration = Duration::from_millis(20);
     /// Left of the run's time for the sync itself after waiting.
     const KEEP: Duration = Duration::from_secs(1);
-    let text = |key: &str| fields.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
-    let Some(manager) = text("ManagerEmployeeId") else { return Ok(()) };
-    if ctx.dry_run || text("EmployeeId") == Some(manager) {
-        return Ok(());
-    }
     let criteria: Fields = [("EmployeeId".to_string(), Value::from(manager))].into_iter().collect();
     // Only tickets with work ahead of this one's are read (not every ticket of the entity,
     // which would make each run cost more as the store grows).
