@@ -147,6 +147,11 @@ struct State {
     committer_running: bool,
     /// Worker threads not ended yet.
     workers_running: usize,
+    /// While a driver waits in [`Control::wait_below`]: the count it waits to fall under.
+    waiting_below: usize,
+    /// While the feeder waits for progress: whether a queue running low is a reason for it
+    /// to look again (its last round found something).
+    feeder_waiting: Option<bool>,
 }
 
 impl State {
@@ -221,8 +226,10 @@ impl Control {
     pub fn wait_below(&self, n: usize) {
         let mut st = lock(&self.shared.state);
         while st.known.len() + st.known_retries.len() >= n && !st.stopping {
+            st.waiting_below = n;
             st = self.shared.progress.wait_timeout(st, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
         }
+        st.waiting_below = 0;
     }
 
     /// Units finished so far.
@@ -438,11 +445,29 @@ fn note_failure(shared: &Shared, failure: Option<String>) {
 }
 
 /// The feeder's loop: fetch, claim and file work while the workers need it.
+/// Fetch again when fewer records than this wait: enough to keep every worker busy until
+/// the next round lands, few enough that a round is not made per finished run.
+fn low_water(options: &Options) -> usize {
+    options.workers.max(1) * 2
+}
+
+/// A unit finished or a record left the workers: wakes what waits on [`Shared::progress`]
+/// when what it waits for may have come (a driver's window has room, the feeder has a reason
+/// to look, nothing is left). Waking them on every finished unit cost a system call and
+/// usually a switch of threads per run.
+fn progressed(shared: &Shared, st: &State) {
+    let count = st.known.len() + st.known_retries.len();
+    let feeder = st.feeder_waiting.is_some_and(|after_finding| {
+        !st.full() && (st.woken || after_finding && st.ready.len() < low_water(&shared.options))
+    });
+    if count == 0 || count < st.waiting_below || feeder {
+        shared.progress.notify_all();
+    }
+}
+
 fn feeder(runtime: &Runtime, shared: &Shared) {
     let options = &shared.options;
-    // Fetch again when fewer records than this wait: enough to keep every worker busy until
-    // the next round lands, few enough that a round is not made per finished run.
-    let low_water = options.workers.max(1) * 2;
+    let low_water = low_water(options);
     let mut cursor = Cursor::default();
     // Whether the store may hold something of ours not filed yet (at the start, after a wake).
     let mut look = true;
@@ -512,7 +537,9 @@ fn feeder(runtime: &Runtime, shared: &Shared) {
             if left.is_zero() || !st.full() && (st.woken || fetched > 0 && st.ready.len() < low_water) {
                 break;
             }
+            st.feeder_waiting = Some(fetched > 0);
             st = shared.progress.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
+            st.feeder_waiting = None;
         }
         if st.woken {
             // Something was stored: the next round looks for it.
@@ -819,7 +846,7 @@ fn release(shared: &Shared, st: &mut State, record: &str) {
         st.queues.remove(record);
     }
     st.in_flight.remove(record);
-    shared.progress.notify_all();
+    progressed(shared, st);
 }
 
 /// An event's last run, waiting for the committer, with the runs of the event before it.
@@ -844,8 +871,52 @@ fn to_committer(runtime: &Runtime, shared: &Shared, item: Committing) -> Option<
     }
     st.committing_bytes += item.tail.bytes;
     st.committing.push(item);
-    shared.commit.notify_one();
+    // The committer waits for the first run, and while it gathers more only for what ends
+    // its wait early (see [`gather`]): a wake-up per run would cost about what it saves.
+    if st.committing.len() == 1 || gathered(&st, budget) {
+        shared.commit.notify_one();
+    }
     None
+}
+
+/// How long the committer waits for more runs to share a transaction with the ones waiting,
+/// while workers are still on records (see [`gather`]).
+const COMMIT_LINGER: Duration = Duration::from_millis(1);
+/// Runs enough for one transaction: the committer waits for no more.
+const COMMIT_GROUP: usize = 256;
+
+/// Whether the runs waiting for the committer go now: enough of them, enough bytes held
+/// (workers would soon wait for room), or no worker on a record that could add one (every
+/// record in flight waits for this commit).
+fn gathered(st: &State, budget: u64) -> bool {
+    group_ready(st.committing.len(), st.committing_bytes, st.in_flight.len(), budget)
+}
+
+/// [`gathered`] on counts: `waiting` runs holding `bytes`, with `in_flight` records on the
+/// workers or waiting for this commit.
+fn group_ready(waiting: usize, bytes: u64, in_flight: usize, budget: u64) -> bool {
+    waiting >= COMMIT_GROUP || bytes.saturating_mul(2) >= budget || in_flight <= waiting
+}
+
+/// Lets more finished runs join the ones waiting, for at most [`COMMIT_LINGER`]: a commit
+/// costs about the same for one run as for dozens, and without the wait each transaction
+/// holds the two or three runs that finished while the one before was written. An idle
+/// dispatcher's run is not delayed: with no other record in flight, it goes at once.
+fn gather<'a>(
+    runtime: &Runtime,
+    shared: &'a Shared,
+    mut st: std::sync::MutexGuard<'a, State>,
+) -> std::sync::MutexGuard<'a, State> {
+    let budget = runtime.scripts().limits().max_run_bytes as u64;
+    let until = Instant::now() + COMMIT_LINGER;
+    while !st.stopping && !gathered(&st, budget) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        st = shared.commit.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
+    }
+    st
 }
 
 /// Marks the committer running while it lives (see [`State::committer_running`]).
@@ -870,6 +941,7 @@ fn committer(runtime: &Runtime, shared: &Shared) {
             let mut st = lock(&shared.state);
             loop {
                 if !st.committing.is_empty() {
+                    st = gather(runtime, shared, st);
                     st.committing_bytes = 0;
                     shared.progress.notify_all();
                     break std::mem::take(&mut st.committing);
@@ -991,7 +1063,7 @@ fn complete(runtime: &Runtime, shared: &Shared, record: &str, unit: Unit, outcom
             st.known_retries.remove(&r.id);
         }
     }
-    shared.progress.notify_all();
+    progressed(shared, &st);
 }
 
 /// A record's unit failed on the store: the record's later events wait behind it, so all of
@@ -1031,5 +1103,25 @@ fn reported(shared: &Shared, event: Option<&Event>, result: Result<Vec<Run>, Sto
             note_failure(shared, Some(crate::secret::redact(&err.to_string()).into_owned()));
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_waits_for_company_only_while_workers_can_still_add_to_it() {
+        let budget = 1 << 20;
+        // Alone, or with every record in flight waiting for it: at once.
+        assert!(group_ready(1, 10, 1, budget));
+        assert!(group_ready(5, 10, 5, budget));
+        // Other records on the workers: it waits, until the group is full or holds half the
+        // bytes finished runs may hold.
+        assert!(!group_ready(1, 10, 8, budget));
+        assert!(!group_ready(COMMIT_GROUP - 1, 10, COMMIT_GROUP + 8, budget));
+        assert!(group_ready(COMMIT_GROUP, 10, COMMIT_GROUP + 8, budget));
+        assert!(group_ready(2, budget / 2, 8, budget));
+        assert!(group_ready(2, u64::MAX, 8, budget));
     }
 }

@@ -573,14 +573,14 @@ impl Runtime {
                 depth: depth + 1,
                 finish_event: Some(*event_id),
                 claim_raised,
-                audit: Some(RunAudit { token: &o.audit_token, entries: &o.audit }),
+                audit: Some(RunAudit { token: o.audit_token.as_deref(), entries: &o.audit }),
                 fence: Some(owner),
             })
             .collect();
         let committed = self.store.commit_runs(&commits);
         drop(commits);
         for ((i, event_id, depth, notify, o, writes), result) in with_runs.into_iter().zip(committed) {
-            let audit = RunAudit { token: &o.audit_token, entries: &o.audit };
+            let audit = RunAudit { token: o.audit_token.as_deref(), entries: &o.audit };
             let done = match result {
                 Ok((id, raised)) => Ok((Run { id, ..o.run.clone() }, raised)),
                 // Busy: the event is offered again; taken by another process while it ran (its
@@ -672,7 +672,7 @@ impl Runtime {
         let writes = o.writes_to_commit();
         let claim_raised = Some((owner, self.lease_until()));
         // The directory changes go with the run whatever becomes of its writes.
-        let audit = RunAudit { token: &o.audit_token, entries: &o.audit };
+        let audit = RunAudit { token: o.audit_token.as_deref(), entries: &o.audit };
         match self.store.commit_run(Commit {
             run: &o.run,
             writes: &writes,
@@ -831,7 +831,7 @@ impl Runtime {
         let (writes, notes) = ctx.take_writes();
         let outcome = Outcome {
             audit: trail.take(),
-            audit_token: trail.token.clone(),
+            audit_token: trail.recorded_token(),
             planned: ctx.planned(),
             run: Run {
                 id: 0,
@@ -1106,7 +1106,7 @@ impl Runtime {
             next_attempt_at: None,
             writes: Vec::new(),
         };
-        Outcome { run, writes, notes, planned: ctx.planned(), audit: trail.take(), audit_token: trail.token.clone() }
+        Outcome { run, writes, notes, planned: ctx.planned(), audit: trail.take(), audit_token: trail.recorded_token() }
             .with_written_lines(&Record::new("", Default::default()))
     }
 
@@ -1353,7 +1353,8 @@ struct Outcome {
     /// Directory changes to store with the run (see [`AuditTrail`]); for `tripline test`,
     /// every change it planned, to show.
     audit: Vec<AuditEntry>,
-    audit_token: String,
+    /// The token of the entries stored at once, if any (see [`AuditTrail::recorded_token`]).
+    audit_token: Option<String>,
 }
 
 /// The audit trail of one run: the directory changes made on its thread (see
@@ -1372,6 +1373,9 @@ struct AuditTrail {
     record_id: Option<String>,
     event_id: Option<i64>,
     token: String,
+    /// Whether an entry was stored at once under `token`: only then has the run's commit
+    /// entries to link.
+    recorded: std::sync::atomic::AtomicBool,
     pending: std::sync::Mutex<Vec<AuditEntry>>,
 }
 
@@ -1390,12 +1394,18 @@ impl AuditTrail {
             record_id: record_id.map(str::to_string),
             event_id: event_id.filter(|id| *id > 0),
             token: uuid::Uuid::now_v7().simple().to_string(),
+            recorded: Default::default(),
             pending: Default::default(),
         })
     }
 
     fn take(&self) -> Vec<AuditEntry> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The token to link at the run's commit: `None` when no entry was stored under it.
+    fn recorded_token(&self) -> Option<String> {
+        self.recorded.load(std::sync::atomic::Ordering::Acquire).then(|| self.token.clone())
     }
 }
 
@@ -1419,7 +1429,10 @@ impl crate::directory::audit::Sink for AuditTrail {
         };
         if self.keep && !entry.planned {
             match self.store.record_audit(std::slice::from_ref(&entry)) {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.recorded.store(true, std::sync::atomic::Ordering::Release);
+                    return;
+                }
                 Err(e) => tracing::warn!(
                     error = %e, directory = %entry.directory, dn = %entry.dn, operation = %entry.operation,
                     "A directory change could not be recorded at once; it is recorded with its run."

@@ -486,12 +486,12 @@ impl<'a> Commit<'a> {
 }
 
 /// What a run's commit does to the audit trail, in the run's transaction: the entries the run
-/// recorded already ([`Store::record_audit`], under `token`) get the run's id, and `entries`
-/// (changes a dry-run directory planned, and changes whose own write failed) are stored with
-/// it.
+/// recorded already ([`Store::record_audit`], under `token`; `None` when it recorded none) get
+/// the run's id, and `entries` (changes a dry-run directory planned, and changes whose own
+/// write failed) are stored with it.
 #[derive(Debug, Clone, Copy)]
 pub struct RunAudit<'a> {
-    pub token: &'a str,
+    pub token: Option<&'a str>,
     pub entries: &'a [AuditEntry],
 }
 

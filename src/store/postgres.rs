@@ -1047,11 +1047,13 @@ async fn write_run(tx: &Tx<'_>, p: &Commit<'_>, max_fanout: u64) -> Result<(i64,
             .await?;
     }
     if let Some(audit) = p.audit {
-        tx.execute(
-            "UPDATE directory_audit SET run_id = $1 WHERE run_token = $2 AND run_id IS NULL",
-            &[&id, &audit.token],
-        )
-        .await?;
+        if let Some(token) = audit.token {
+            tx.execute(
+                "UPDATE directory_audit SET run_id = $1 WHERE run_token = $2 AND run_id IS NULL",
+                &[&id, &token],
+            )
+            .await?;
+        }
         for entry in audit.entries {
             insert_audit(tx, entry, Some(id)).await?;
         }

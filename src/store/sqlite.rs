@@ -336,7 +336,7 @@ struct PendingRun {
     finish_event: Option<i64>,
     claim_raised: Option<(String, DateTime<Utc>)>,
     /// The run's audit token and the entries to store with it.
-    audit: Option<(String, Vec<AuditEntry>)>,
+    audit: Option<(Option<String>, Vec<AuditEntry>)>,
     fence: Option<String>,
 }
 
@@ -350,7 +350,7 @@ impl PendingRun {
             depth: c.depth,
             finish_event: c.finish_event,
             claim_raised: c.claim_raised.map(|(o, t)| (o.to_string(), t)),
-            audit: c.audit.map(|a| (a.token.to_string(), a.entries.to_vec())),
+            audit: c.audit.map(|a| (a.token.map(str::to_string), a.entries.to_vec())),
             fence: c.fence.map(str::to_string),
         }
     }
@@ -362,7 +362,7 @@ impl PendingRun {
             depth: self.depth,
             finish_event: self.finish_event,
             claim_raised: self.claim_raised.as_ref().map(|(o, t)| (o.as_str(), *t)),
-            audit: self.audit.as_ref().map(|(token, entries)| super::RunAudit { token, entries }),
+            audit: self.audit.as_ref().map(|(token, entries)| super::RunAudit { token: token.as_deref(), entries }),
             fence: self.fence.as_deref(),
         }
     }
@@ -496,7 +496,11 @@ fn load_record(tx: &Connection, id: &str) -> Result<Option<Record>> {
 /// plain UPDATE), not an upsert: SQLite writes an upsert with a statement journal, which
 /// costs as much as the row.
 fn insert_record(tx: &Connection, r: &Record) -> Result<()> {
-    let fields = checked_fields(r)?;
+    write_record(tx, r, &checked_fields(r)?)
+}
+
+/// Stores a new record whose fields are written already ([`checked_fields`]).
+fn write_record(tx: &Connection, r: &Record, fields: &str) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO records (id, entity, status, fields, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
@@ -519,9 +523,45 @@ fn checked_fields(r: &Record) -> Result<String> {
     Ok(to_json(&r.fields))
 }
 
-/// A record as events carry it: without its comments, which only grow.
-fn snapshot(r: &Record) -> Record {
-    Record { comments: Vec::new(), ..r.clone() }
+/// A record as an event carries it (without its comments, which only grow), with its JSON.
+struct Snapshot {
+    record: Record,
+    json: String,
+}
+
+impl Snapshot {
+    fn of(r: &Record) -> Snapshot {
+        let record = Record { comments: Vec::new(), ..r.clone() };
+        Snapshot { json: to_json(&record), record }
+    }
+}
+
+/// An ingested record that needs nothing from the store (no id given, no idempotency key),
+/// made ready to insert: the record built and its JSON written before the write lock is
+/// taken, so that a batch holds the lock only for its inserts.
+struct NewRecord {
+    record: Record,
+    fields: String,
+    snapshot: Snapshot,
+}
+
+impl NewRecord {
+    /// `None`: the item needs the store to be planned ([`ingest_one`]).
+    fn prepare(item: &Ingest) -> Result<Option<NewRecord>> {
+        if item.record.id.is_some() || item.idempotency_key.is_some() {
+            return Ok(None);
+        }
+        let Change::Create { record, .. } = super::plan_ingest(item, None, Utc::now())? else {
+            return Ok(None);
+        };
+        Ok(Some(NewRecord { fields: checked_fields(&record)?, snapshot: Snapshot::of(&record), record }))
+    }
+
+    fn insert(self, tx: &Connection, kind: &EventKind, claim: Claim<'_>) -> Result<Event> {
+        write_record(tx, &self.record, &self.fields)?;
+        // The id was made just now: no earlier event of it can be unfinished.
+        insert_event(tx, kind, self.snapshot, None, 0, None, claim, true)
+    }
 }
 
 /// A claim to store an event with: its owner and until when.
@@ -531,16 +571,14 @@ type Claim<'a> = Option<(&'a str, DateTime<Utc>)>;
 fn insert_event(
     tx: &Connection,
     kind: &EventKind,
-    record: &Record,
-    previous: Option<&Record>,
+    record: Snapshot,
+    previous: Option<Snapshot>,
     depth: u32,
     key: Option<&str>,
     claim: Claim<'_>,
     fresh: bool,
 ) -> Result<Event> {
     let now = Utc::now();
-    let record = snapshot(record);
-    let previous = previous.map(snapshot);
     let (owner, until) = claim.map_or((None, None), |(o, u)| (Some(o), Some(ts(u))));
     // A creation behind nothing (the usual case: a fresh id) can be run by whoever stored it
     // at once; an id reused while an event of its earlier record is unfinished waits for it.
@@ -550,16 +588,16 @@ fn insert_event(
         && (fresh
             || !tx
                 .prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE record_id = ?1 AND done = 0)")?
-                .query_row(params![record.id], |r| r.get::<_, bool>(0))?);
+                .query_row(params![record.record.id], |r| r.get::<_, bool>(0))?);
     tx.prepare_cached(
         "INSERT INTO events (kind, record_id, record, previous, depth, created_at, idempotency_key, claimed_by, claimed_until, tries)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         kind.as_str(),
-        record.id,
-        to_json(&record),
-        previous.as_ref().map(to_json),
+        record.record.id,
+        record.json,
+        previous.as_ref().map(|p| &p.json),
         depth,
         ts(now),
         key,
@@ -570,8 +608,8 @@ fn insert_event(
     Ok(Event {
         id: tx.last_insert_rowid(),
         kind: kind.clone(),
-        record,
-        previous,
+        record: record.record,
+        previous: previous.map(|p| p.record),
         depth,
         created_at: now,
         claims: 1,
@@ -621,15 +659,15 @@ fn ingest_one(
     let event = match super::plan_ingest(item, existing, Utc::now())? {
         Change::Create { record, fresh } => {
             insert_record(tx, &record)?;
-            insert_event(tx, kind, &record, None, depth, key, claim, fresh)?
+            insert_event(tx, kind, Snapshot::of(&record), None, depth, key, claim, fresh)?
         }
         Change::Delete(r) => {
             tx.execute("DELETE FROM records WHERE id = ?1", params![r.id])?;
-            insert_event(tx, kind, &r, None, depth, key, claim, false)?
+            insert_event(tx, kind, Snapshot::of(&r), None, depth, key, claim, false)?
         }
         Change::Update { record, previous } => {
             update_record(tx, &record)?;
-            insert_event(tx, kind, &record, Some(&previous), depth, key, claim, false)?
+            insert_event(tx, kind, Snapshot::of(&record), Some(Snapshot::of(&previous)), depth, key, claim, false)?
         }
     };
     Ok(Some(event))
@@ -782,13 +820,22 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised:
                 return Err(StoreError::Exists(r.id.clone()));
             }
             insert_record(tx, r)?;
-            raised.push(insert_event(tx, &EventKind::Created, r, None, depth, None, claim, false)?);
+            raised.push(insert_event(tx, &EventKind::Created, Snapshot::of(r), None, depth, None, claim, false)?);
         }
         Write::Update { id, fields } => {
             let previous = load_record(tx, id)?.ok_or_else(|| StoreError::NoRecord(id.clone()))?;
             let r = super::changed(&previous, fields, None, now);
             update_record(tx, &r)?;
-            raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim, false)?);
+            raised.push(insert_event(
+                tx,
+                &EventKind::Updated,
+                Snapshot::of(&r),
+                Some(Snapshot::of(&previous)),
+                depth,
+                None,
+                claim,
+                false,
+            )?);
         }
         Write::Comment { id, text, key } => add_comment(tx, id, text, key.as_deref(), now)?,
         Write::Close { id, text } => {
@@ -799,7 +846,16 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised:
             if previous.status != Status::Closed {
                 let r = super::changed(&previous, &Fields::new(), Some(Status::Closed), now);
                 update_record(tx, &r)?;
-                raised.push(insert_event(tx, &EventKind::Updated, &r, Some(&previous), depth, None, claim, false)?);
+                raised.push(insert_event(
+                    tx,
+                    &EventKind::Updated,
+                    Snapshot::of(&r),
+                    Some(Snapshot::of(&previous)),
+                    depth,
+                    None,
+                    claim,
+                    false,
+                )?);
             }
         }
         Write::SetState { namespace, key, value } => {
@@ -962,10 +1018,23 @@ fn write_item(tx: &Connection, item: &Item<'_>, max_fanout: u64) -> Result<(i64,
 /// transaction).
 fn write_run(tx: &Connection, p: &super::Commit<'_>, max_fanout: u64) -> Result<(i64, Vec<Event>)> {
     let (run, depth) = (p.run, p.depth);
+    // A fenced run that finishes its own event (every run of the dispatcher) checks the claim
+    // and marks the event processed in one statement, before its writes: nothing in them
+    // reads whether the event is done.
+    let mut finish_event = p.finish_event;
     if let (Some(owner), Some(event)) = (p.fence, run.event_id) {
-        let held: bool = tx
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE id = ?1 AND done = 0 AND claimed_by = ?2)")?
-            .query_row(params![event, owner], |r| r.get(0))?;
+        let held = if finish_event == Some(event) {
+            finish_event = None;
+            tx.prepare_cached(
+                "UPDATE events SET done = 1, claimed_by = NULL, claimed_until = NULL
+                 WHERE id = ?1 AND done = 0 AND claimed_by = ?2",
+            )?
+            .execute(params![event, owner])?
+                == 1
+        } else {
+            tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE id = ?1 AND done = 0 AND claimed_by = ?2)")?
+                .query_row(params![event, owner], |r| r.get(0))?
+        };
         if !held {
             return Err(StoreError::ClaimLost(event));
         }
@@ -1012,13 +1081,15 @@ fn write_run(tx: &Connection, p: &super::Commit<'_>, max_fanout: u64) -> Result<
             .query_row(args, |r| r.get(0))?,
         Err(e) => return Err(e.into()),
     };
-    if let Some(e) = p.finish_event {
+    if let Some(e) = finish_event {
         tx.prepare_cached("UPDATE events SET done = 1, claimed_by = NULL, claimed_until = NULL WHERE id = ?1")?
             .execute(params![e])?;
     }
     if let Some(audit) = p.audit {
-        tx.prepare_cached("UPDATE directory_audit SET run_id = ?1 WHERE run_token = ?2 AND run_id IS NULL")?
-            .execute(params![id, audit.token])?;
+        if let Some(token) = audit.token {
+            tx.prepare_cached("UPDATE directory_audit SET run_id = ?1 WHERE run_token = ?2 AND run_id IS NULL")?
+                .execute(params![id, token])?;
+        }
         for entry in audit.entries {
             insert_audit(tx, entry, Some(id))?;
         }
@@ -1107,11 +1178,19 @@ fn set_aside(conn: &mut Connection, events: &[super::Aside], owner: &str) -> Res
 
 impl Store for SqliteStore {
     fn ingest(&self, items: &[Ingest], claim: Option<(&str, DateTime<Utc>)>) -> Result<Vec<Option<Event>>> {
+        let ready = items.iter().map(NewRecord::prepare).collect::<Result<Vec<_>>>()?;
         let mut conn = self.conn();
         // An ingest reads (the record, the key) before it writes: it takes the write lock at
         // once, like a commit.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let events = items.iter().map(|i| ingest_one(&tx, i, 0, claim)).collect::<Result<Vec<_>>>()?;
+        let events = items
+            .iter()
+            .zip(ready)
+            .map(|(i, ready)| match ready {
+                Some(new) => new.insert(&tx, &i.kind, claim).map(Some),
+                None => ingest_one(&tx, i, 0, claim),
+            })
+            .collect::<Result<Vec<_>>>()?;
         tx.commit()?;
         Ok(events)
     }

@@ -218,7 +218,7 @@ fn audit_entries_are_tied_to_their_run_at_commit_and_pruned_apart(s: Arc<dyn Sto
     let run = run_of(&events[0], "r");
     let (run_id, _) = s
         .commit_run(Commit {
-            audit: Some(RunAudit { token: "t1", entries: &planned }),
+            audit: Some(RunAudit { token: Some("t1"), entries: &planned }),
             ..Commit::bare(&run, Some(events[0].id))
         })
         .unwrap();
