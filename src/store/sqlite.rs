@@ -531,7 +531,12 @@ struct Snapshot {
 
 impl Snapshot {
     fn of(r: &Record) -> Snapshot {
-        let record = Record { comments: Vec::new(), ..r.clone() };
+        Snapshot::taking(Record { comments: Vec::new(), ..r.clone() })
+    }
+
+    /// The snapshot of a record that has no comments (a new one): the record itself.
+    fn taking(record: Record) -> Snapshot {
+        debug_assert!(record.comments.is_empty());
         Snapshot { json: to_json(&record), record }
     }
 }
@@ -540,8 +545,8 @@ impl Snapshot {
 /// made ready to insert: the record built and its JSON written before the write lock is
 /// taken, so that a batch holds the lock only for its inserts.
 struct NewRecord {
-    record: Record,
     fields: String,
+    /// The new record itself: it has no comments yet.
     snapshot: Snapshot,
 }
 
@@ -554,11 +559,11 @@ impl NewRecord {
         let Change::Create { record, .. } = super::plan_ingest(item, None, Utc::now())? else {
             return Ok(None);
         };
-        Ok(Some(NewRecord { fields: checked_fields(&record)?, snapshot: Snapshot::of(&record), record }))
+        Ok(Some(NewRecord { fields: checked_fields(&record)?, snapshot: Snapshot::taking(record) }))
     }
 
     fn insert(self, tx: &Connection, kind: &EventKind, claim: Claim<'_>) -> Result<Event> {
-        write_record(tx, &self.record, &self.fields)?;
+        write_record(tx, &self.snapshot.record, &self.fields)?;
         // The id was made just now: no earlier event of it can be unfinished.
         insert_event(tx, kind, self.snapshot, None, 0, None, claim, true)
     }
