@@ -622,6 +622,12 @@ fn insert_event(
     })
 }
 
+/// Stores a script's change of a record (`r`, from `previous`) and the event it raises.
+fn store_update(tx: &Connection, r: &Record, previous: &Record, depth: u32, claim: Claim<'_>) -> Result<Event> {
+    update_record(tx, r)?;
+    insert_event(tx, &EventKind::Updated, Snapshot::of(r), Some(Snapshot::of(previous)), depth, None, claim, false)
+}
+
 fn add_comment(tx: &Connection, id: &str, text: &str, key: Option<&str>, at: DateTime<Utc>) -> Result<()> {
     let n = tx
         .prepare_cached(
@@ -830,17 +836,7 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised:
         Write::Update { id, fields } => {
             let previous = load_record(tx, id)?.ok_or_else(|| StoreError::NoRecord(id.clone()))?;
             let r = super::changed(&previous, fields, None, now);
-            update_record(tx, &r)?;
-            raised.push(insert_event(
-                tx,
-                &EventKind::Updated,
-                Snapshot::of(&r),
-                Some(Snapshot::of(&previous)),
-                depth,
-                None,
-                claim,
-                false,
-            )?);
+            raised.push(store_update(tx, &r, &previous, depth, claim)?);
         }
         Write::Comment { id, text, key } => add_comment(tx, id, text, key.as_deref(), now)?,
         Write::Close { id, text } => {
@@ -850,17 +846,7 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised:
             }
             if previous.status != Status::Closed {
                 let r = super::changed(&previous, &Fields::new(), Some(Status::Closed), now);
-                update_record(tx, &r)?;
-                raised.push(insert_event(
-                    tx,
-                    &EventKind::Updated,
-                    Snapshot::of(&r),
-                    Some(Snapshot::of(&previous)),
-                    depth,
-                    None,
-                    claim,
-                    false,
-                )?);
+                raised.push(store_update(tx, &r, &previous, depth, claim)?);
             }
         }
         Write::SetState { namespace, key, value } => {
