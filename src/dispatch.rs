@@ -444,7 +444,6 @@ fn note_failure(shared: &Shared, failure: Option<String>) {
     };
 }
 
-/// The feeder's loop: fetch, claim and file work while the workers need it.
 /// Fetch again when fewer records than this wait: enough to keep every worker busy until
 /// the next round lands, few enough that a round is not made per finished run.
 fn low_water(options: &Options) -> usize {
@@ -465,6 +464,7 @@ fn progressed(shared: &Shared, st: &State) {
     }
 }
 
+/// The feeder's loop: fetch, claim and file work while the workers need it.
 fn feeder(runtime: &Runtime, shared: &Shared) {
     let options = &shared.options;
     let low_water = low_water(options);

@@ -492,14 +492,9 @@ fn load_record(tx: &Connection, id: &str) -> Result<Option<Record>> {
     }))
 }
 
-/// Stores a new record. Records are written with a plain INSERT ([`update_record`] with a
-/// plain UPDATE), not an upsert: SQLite writes an upsert with a statement journal, which
-/// costs as much as the row.
-fn insert_record(tx: &Connection, r: &Record) -> Result<()> {
-    write_record(tx, r, &checked_fields(r)?)
-}
-
-/// Stores a new record whose fields are written already ([`checked_fields`]).
+/// Stores a new record whose fields are written already ([`checked_fields`]). Records are
+/// written with a plain INSERT ([`update_record`] with a plain UPDATE), not an upsert:
+/// SQLite writes an upsert with a statement journal, which costs as much as the row.
 fn write_record(tx: &Connection, r: &Record, fields: &str) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO records (id, entity, status, fields, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -530,28 +525,27 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn of(r: &Record) -> Snapshot {
-        Snapshot::taking(Record { comments: Vec::new(), ..r.clone() })
-    }
-
-    /// The snapshot of a record that has no comments (a new one): the record itself.
-    fn taking(record: Record) -> Snapshot {
-        debug_assert!(record.comments.is_empty());
+    fn of(record: Record) -> Snapshot {
+        let record = Record { comments: Vec::new(), ..record };
         Snapshot { json: to_json(&record), record }
     }
 }
 
-/// An ingested record that needs nothing from the store (no id given, no idempotency key),
-/// made ready to insert: the record built and its JSON written before the write lock is
-/// taken, so that a batch holds the lock only for its inserts.
+/// A new record made ready to store: its fields checked and written, its snapshot taken.
 struct NewRecord {
     fields: String,
-    /// The new record itself: it has no comments yet.
+    /// The record itself (a new record has no comments).
     snapshot: Snapshot,
 }
 
 impl NewRecord {
-    /// `None`: the item needs the store to be planned ([`ingest_one`]).
+    fn new(record: Record) -> Result<NewRecord> {
+        Ok(NewRecord { fields: checked_fields(&record)?, snapshot: Snapshot::of(record) })
+    }
+
+    /// An ingested item that needs nothing from the store (no id given, no idempotency key),
+    /// made ready before the write lock is taken, so that a batch holds the lock only for its
+    /// inserts. `None`: the item needs the store to be planned ([`ingest_one`]).
     fn prepare(item: &Ingest) -> Result<Option<NewRecord>> {
         if item.record.id.is_some() || item.idempotency_key.is_some() {
             return Ok(None);
@@ -559,13 +553,22 @@ impl NewRecord {
         let Change::Create { record, .. } = super::plan_ingest(item, None, Utc::now())? else {
             return Ok(None);
         };
-        Ok(Some(NewRecord { fields: checked_fields(&record)?, snapshot: Snapshot::taking(record) }))
+        NewRecord::new(record).map(Some)
     }
 
-    fn insert(self, tx: &Connection, kind: &EventKind, claim: Claim<'_>) -> Result<Event> {
+    /// Stores the record and the event of its creation; `fresh`: the store made its id just
+    /// now (see [`insert_event`]).
+    fn insert(
+        self,
+        tx: &Connection,
+        kind: &EventKind,
+        depth: u32,
+        key: Option<&str>,
+        claim: Claim<'_>,
+        fresh: bool,
+    ) -> Result<Event> {
         write_record(tx, &self.snapshot.record, &self.fields)?;
-        // The id was made just now: no earlier event of it can be unfinished.
-        insert_event(tx, kind, self.snapshot, None, 0, None, claim, true)
+        insert_event(tx, kind, self.snapshot, None, depth, key, claim, fresh)
     }
 }
 
@@ -622,10 +625,18 @@ fn insert_event(
     })
 }
 
-/// Stores a script's change of a record (`r`, from `previous`) and the event it raises.
-fn store_update(tx: &Connection, r: &Record, previous: &Record, depth: u32, claim: Claim<'_>) -> Result<Event> {
-    update_record(tx, r)?;
-    insert_event(tx, &EventKind::Updated, Snapshot::of(r), Some(Snapshot::of(previous)), depth, None, claim, false)
+/// Stores a change of a record (`r`, from `previous`) and its event of `kind`.
+fn store_update(
+    tx: &Connection,
+    kind: &EventKind,
+    r: Record,
+    previous: Record,
+    depth: u32,
+    key: Option<&str>,
+    claim: Claim<'_>,
+) -> Result<Event> {
+    update_record(tx, &r)?;
+    insert_event(tx, kind, Snapshot::of(r), Some(Snapshot::of(previous)), depth, key, claim, false)
 }
 
 fn add_comment(tx: &Connection, id: &str, text: &str, key: Option<&str>, at: DateTime<Utc>) -> Result<()> {
@@ -668,18 +679,12 @@ fn ingest_one(
     };
     let (kind, key) = (&item.kind, item.idempotency_key.as_deref());
     let event = match super::plan_ingest(item, existing, Utc::now())? {
-        Change::Create { record, fresh } => {
-            insert_record(tx, &record)?;
-            insert_event(tx, kind, Snapshot::of(&record), None, depth, key, claim, fresh)?
-        }
+        Change::Create { record, fresh } => NewRecord::new(record)?.insert(tx, kind, depth, key, claim, fresh)?,
         Change::Delete(r) => {
             tx.execute("DELETE FROM records WHERE id = ?1", params![r.id])?;
-            insert_event(tx, kind, Snapshot::of(&r), None, depth, key, claim, false)?
+            insert_event(tx, kind, Snapshot::of(r), None, depth, key, claim, false)?
         }
-        Change::Update { record, previous } => {
-            update_record(tx, &record)?;
-            insert_event(tx, kind, Snapshot::of(&record), Some(Snapshot::of(&previous)), depth, key, claim, false)?
-        }
+        Change::Update { record, previous } => store_update(tx, kind, record, previous, depth, key, claim)?,
     };
     Ok(Some(event))
 }
@@ -830,13 +835,12 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised:
             if load_record(tx, &r.id)?.is_some() {
                 return Err(StoreError::Exists(r.id.clone()));
             }
-            insert_record(tx, r)?;
-            raised.push(insert_event(tx, &EventKind::Created, Snapshot::of(r), None, depth, None, claim, false)?);
+            raised.push(NewRecord::new(r.clone())?.insert(tx, &EventKind::Created, depth, None, claim, false)?);
         }
         Write::Update { id, fields } => {
             let previous = load_record(tx, id)?.ok_or_else(|| StoreError::NoRecord(id.clone()))?;
             let r = super::changed(&previous, fields, None, now);
-            raised.push(store_update(tx, &r, &previous, depth, claim)?);
+            raised.push(store_update(tx, &EventKind::Updated, r, previous, depth, None, claim)?);
         }
         Write::Comment { id, text, key } => add_comment(tx, id, text, key.as_deref(), now)?,
         Write::Close { id, text } => {
@@ -846,7 +850,7 @@ fn apply_write(tx: &Connection, w: &Write, depth: u32, claim: Claim<'_>, raised:
             }
             if previous.status != Status::Closed {
                 let r = super::changed(&previous, &Fields::new(), Some(Status::Closed), now);
-                raised.push(store_update(tx, &r, &previous, depth, claim)?);
+                raised.push(store_update(tx, &EventKind::Updated, r, previous, depth, None, claim)?);
             }
         }
         Write::SetState { namespace, key, value } => {
@@ -1178,7 +1182,8 @@ impl Store for SqliteStore {
             .iter()
             .zip(ready)
             .map(|(i, ready)| match ready {
-                Some(new) => new.insert(&tx, &i.kind, claim).map(Some),
+                // The id was made just now: no earlier event of it can be unfinished.
+                Some(new) => new.insert(&tx, &i.kind, 0, None, claim, true).map(Some),
                 None => ingest_one(&tx, i, 0, claim),
             })
             .collect::<Result<Vec<_>>>()?;
