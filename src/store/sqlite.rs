@@ -457,20 +457,19 @@ impl SqliteStore {
 }
 
 fn load_record(tx: &Connection, id: &str) -> Result<Option<Record>> {
+    // Prepared once per connection: `Connection::query_row` parses its statement every time,
+    // and a run reads its record this way for every read and write of it.
     let row = tx
-        .query_row(
-            "SELECT entity, status, fields, created_at, updated_at FROM records WHERE id = ?1",
-            params![id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                ))
-            },
-        )
+        .prepare_cached("SELECT entity, status, fields, created_at, updated_at FROM records WHERE id = ?1")?
+        .query_row(params![id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })
         .optional()?;
     let Some((entity, status, fields, created, updated)) = row else { return Ok(None) };
     let mut stmt = tx.prepare_cached("SELECT text, at FROM comments WHERE record_id = ?1 ORDER BY id")?;
@@ -667,8 +666,10 @@ fn ingest_one(
     claim: Option<(&str, DateTime<Utc>)>,
 ) -> Result<Option<Event>> {
     if let Some(key) = &item.idempotency_key {
-        let seen: Option<i64> =
-            tx.query_row("SELECT id FROM events WHERE idempotency_key = ?1", params![key], |r| r.get(0)).optional()?;
+        let seen: Option<i64> = tx
+            .prepare_cached("SELECT id FROM events WHERE idempotency_key = ?1")?
+            .query_row(params![key], |r| r.get(0))
+            .optional()?;
         if seen.is_some() {
             return Ok(None);
         }
@@ -1505,7 +1506,8 @@ impl Store for SqliteStore {
     fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Value>> {
         let conn = self.conn();
         let v: Option<String> = conn
-            .query_row("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2", params![namespace, key], |r| r.get(0))
+            .prepare_cached("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2")?
+            .query_row(params![namespace, key], |r| r.get(0))
             .optional()?;
         v.as_deref().map(json).transpose()
     }
