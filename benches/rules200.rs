@@ -99,14 +99,14 @@ fn sql_floor(written: &Path, dir: &Path) -> Duration {
     );
     assert_eq!(records.len(), events.len(), "one new record per event");
     drop(from);
-    // The schema, by the store itself; then its settings on a bare connection.
+    // The schema (and the WAL, which the file keeps), by the store itself; then its settings
+    // of a connection on a bare one.
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("tripline.db");
     drop(tripline::store::sqlite::SqliteStore::open(&path).unwrap());
     let mut conn = rusqlite::Connection::open(&path).unwrap();
-    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
-    conn.pragma_update(None, "wal_autocheckpoint", 16_000).unwrap();
+    conn.pragma_update(None, "wal_autocheckpoint", tripline::store::sqlite::CHECKPOINT_BACKSTOP).unwrap();
     let until = "2999-01-01T00:00:00Z";
     let start = std::time::Instant::now();
     for (records, events) in records.chunks(500).zip(events.chunks(500)) {
@@ -128,20 +128,13 @@ fn sql_floor(written: &Path, dir: &Path) -> Duration {
         }
         tx.commit().unwrap();
     }
-    let ran: std::collections::HashSet<i64> = runs
-        .iter()
-        .filter_map(|r| match r[0] {
-            rusqlite::types::Value::Integer(id) => Some(id),
-            _ => None,
-        })
-        .collect();
-    let unmatched: Vec<i64> = events
-        .iter()
-        .filter_map(|e| match e[0] {
-            rusqlite::types::Value::Integer(id) if !ran.contains(&id) => Some(id),
-            _ => None,
-        })
-        .collect();
+    // Event ids: always integers (the store's own ids).
+    let id = |v: &rusqlite::types::Value| match v {
+        rusqlite::types::Value::Integer(id) => *id,
+        other => panic!("an event id that is not an integer: {other:?}"),
+    };
+    let ran: std::collections::HashSet<i64> = runs.iter().map(|r| id(&r[0])).collect();
+    let unmatched: Vec<i64> = events.iter().map(|e| id(&e[0])).filter(|e| !ran.contains(e)).collect();
     for ids in unmatched.chunks(500) {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
         for id in ids {

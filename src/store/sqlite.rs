@@ -240,7 +240,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// a checkpoint that copied all of it, and writers keep appending), most of it copied by the
 /// checkpointer already. A smaller backstop (4,000 pages) made 500,000 events through `fire`
 /// about 10 % slower.
-const CHECKPOINT_BACKSTOP: i64 = 16_000;
+pub const CHECKPOINT_BACKSTOP: i64 = 16_000;
 
 /// Copies the WAL into the database file every [`CHECKPOINT_EVERY`], on a connection of its
 /// own, until `stop` is dropped. SQLite would otherwise do it in whichever commit finds the
